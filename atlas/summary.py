@@ -1,0 +1,97 @@
+"""Human-readable output: the ingest summary and the model list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+import atlas
+from atlas.handle import Atlas
+
+EXAMPLE_TOKENS = 6
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """An aligned plain-text table."""
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def example_directions(a: Atlas, model_id: str) -> list[dict[str, Any]]:
+    """The largest-sigma judged direction of each matrix kind, with its top tokens."""
+    query = """
+        WITH judged AS (
+            SELECT * FROM directions
+            WHERE model_id = ? AND (side = 'write') = (kind IN ('ov', 'mlp_out'))
+            QUALIFY row_number() OVER (PARTITION BY kind ORDER BY sigma DESC) = 1
+        )
+        SELECT j.direction_id, j.kind, j.layer, j.head, j.side, j.sv_index, j.sigma,
+               j.degenerate, t.polarity, list(t.token_display ORDER BY t.rank) AS tokens
+        FROM judged j JOIN top_tokens t USING (direction_id)
+        WHERE t.rank < ?
+        GROUP BY ALL ORDER BY j.kind, t.polarity DESC
+    """
+    rows = a.sql(query, [model_id, EXAMPLE_TOKENS]).to_pylist()
+    merged: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        merged.setdefault(r["direction_id"], r)[r["polarity"]] = r["tokens"]
+    return list(merged.values())
+
+
+def print_ingest_summary(path: str, report: Any) -> None:
+    click.echo(f"\ningested {report.model_id!r} into {path} on {report.device}")
+    counts = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in report.counts.items())
+    click.echo(f"  rows:    {counts}")
+    times = ", ".join(f"{k} {v:.2f} s" for k, v in report.stage_seconds.items())
+    click.echo(f"  time:    {times} (total {sum(report.stage_seconds.values()):.2f} s)")
+    click.echo(f"  memory:  peak RSS {max(report.peak_rss_mb.values()):.0f} MB"
+               + (f", peak GPU {max(report.peak_gpu_mb.values()):.0f} MB"
+                  if report.peak_gpu_mb else ""))
+    click.echo(f"  on disk: {human_bytes(report.size_bytes)}")
+    for message in report.skipped:
+        click.echo(f"  skipped: {message}")
+    with atlas.open(path) as a:
+        click.echo("  examples (largest singular value of each kind):")
+        for ex in example_directions(a, report.model_id):
+            where = f"L{ex['layer']}" + (f" H{ex['head']}" if ex["head"] is not None else "")
+            flag = "  [degenerate: only its group's span is meaningful]" if ex["degenerate"] else ""
+            click.echo(f"    #{ex['direction_id']} {ex['kind']} {where} {ex['side']} "
+                       f"sv{ex['sv_index']} sigma={ex['sigma']:.3g}{flag}")
+            click.echo(f"        + {', '.join(ex.get('pos', []))}")
+            click.echo(f"        - {', '.join(ex.get('neg', []))}")
+
+
+def print_models(a: Atlas) -> None:
+    rows = a.sql("""
+        SELECT model_id, architecture, n_layers AS layers, n_heads AS heads, d_model, d_head,
+               d_mlp, d_vocab, processing, n_directions AS directions, source
+        FROM models ORDER BY model_id
+    """).to_pylist()
+    if not rows:
+        click.echo(f"{a.root} holds no models yet (svd-atlas ingest MODEL adds one)")
+        return
+    sizes = a.model_sizes()
+    for r in rows:
+        r["size"] = human_bytes(sizes[r["model_id"]])
+    print_table(rows, ["model_id", "architecture", "layers", "heads", "d_model", "d_head",
+                       "d_mlp", "d_vocab", "processing", "directions", "size", "source"])

@@ -1,0 +1,234 @@
+"""The ingest job: boot → decompose → project → write → index → publish, with progress.
+
+Nothing is visible to readers until the final publish (see ``atlas.layout``): an interrupted or
+failed ingest leaves the atlas exactly as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from atlas.defaults import DEFAULT_GAP_TOLERANCE, DEFAULT_TOP_K
+from atlas.errors import AtlasError
+from atlas.layout import AtlasDir, CatalogEntry, dir_size
+from atlas.tokens import display_vocabulary
+from ingest import writer
+from ingest.assemble import IdBase, assemble, residual_vectors
+from ingest.decompose import OvMethod, decompose, ov_factored
+from ingest.loading import BUNDLED, LoadedModel, load_model, resolve_device
+from ingest.project import project
+from ingest.random_models import RANDOM_PREFIX
+from ingest.weights import extract_weights
+
+STAGES = ("boot", "decompose", "project", "write", "index")
+
+
+@dataclass
+class IngestOptions:
+    model: str
+    model_id: str | None = None
+    device: str = "auto"
+    processing: str = "raw"
+    top_k: int = DEFAULT_TOP_K
+    max_rank: int | None = None
+    dtype: str = "float32"
+    replace: bool = False
+    gap_tolerance: float = DEFAULT_GAP_TOLERANCE
+
+
+@dataclass
+class IngestReport:
+    model_id: str
+    counts: dict[str, int]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    peak_gpu_mb: dict[str, float] = field(default_factory=dict)
+    size_bytes: int = 0
+    skipped: list[str] = field(default_factory=list)
+    device: str = "cpu"
+
+
+def default_model_id(spec: str) -> str:
+    """The model_id an ingest uses when --name is not given (known before booting)."""
+    if spec == BUNDLED or spec.startswith(RANDOM_PREFIX):
+        return spec
+    path = Path(spec).expanduser()
+    return path.resolve().name if path.exists() else spec
+
+
+def library_versions() -> dict[str, str]:
+    names = ("svd-atlas", "torch", "transformer_lens", "transformers", "duckdb", "faiss-cpu",
+             "numpy", "pyarrow")
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class _Stages:
+    """Times each stage, records peak memory after it, and reports progress on stderr."""
+
+    def __init__(self, report: IngestReport, log: Callable[[str], None]):
+        self.report, self.log = report, log
+
+    @contextmanager
+    def stage(self, name: str, what: str) -> Iterator[None]:
+        self.log(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name:<9} {what}")
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        yield
+        if self.report.device == "cuda":
+            torch.cuda.synchronize()
+            self.report.peak_gpu_mb[name] = torch.cuda.max_memory_allocated() / 2**20
+        self.report.stage_seconds[name] = round(time.perf_counter() - start, 3)
+        self.report.peak_rss_mb[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.log(f"{'':>15} done in {self.report.stage_seconds[name]:.2f} s")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def ingest(
+    root: str | Path,
+    options: IngestOptions,
+    loaded: LoadedModel | None = None,
+    ov_method: OvMethod = ov_factored,
+    log: Callable[[str], None] = _stderr,
+    progress: bool = True,
+) -> IngestReport:
+    """Decompose one model into the atlas at ``root``.
+
+    ``loaded`` lets Python callers ingest a bridge they built or edited themselves; otherwise
+    ``options.model`` is booted. ``ov_method`` exists for the full-SVD baseline and its tests.
+    """
+    atlas_dir = AtlasDir(root)
+    atlas_dir.ensure_writable()
+    model_id = options.model_id or (loaded.default_id if loaded else default_model_id(options.model))
+    _refuse_existing(atlas_dir, model_id, options.replace)
+    device = resolve_device(options.device)
+    report = IngestReport(model_id=model_id, counts={}, device=device)
+    stages = _Stages(report, log)
+
+    with stages.stage("boot", f"{options.model} on {device} ({options.processing} weights)"):
+        if loaded is None:
+            loaded = load_model(options.model, device, options.dtype, options.processing)
+        weights = extract_weights(loaded.bridge, device)
+        report.skipped = weights.skipped
+        for message in weights.skipped:
+            log(f"{'':>15} skipped: {message}")
+
+    with atlas_dir.writer_lock():
+        catalog = atlas_dir.read_catalog()
+        _refuse_existing(atlas_dir, model_id, options.replace)
+        atlas_dir.sweep(catalog)
+        staging = atlas_dir.new_staging_dir()
+        try:
+            with stages.stage("decompose", "batched SVD of every OV circuit and MLP matrix"):
+                groups = decompose(weights, options.max_rank, ov_method)
+                vectors = residual_vectors(groups)
+            with stages.stage("project", f"{vectors.shape[0]:,} directions through W_U"):
+                scores = _project_with_progress(vectors, weights.W_U, options.top_k, progress)
+                vocab = pa.array(loaded.vocabulary)
+                rows = assemble(
+                    model_id, groups, vectors, scores, vocab,
+                    pa.array(display_vocabulary(loaded.vocabulary)),
+                    IdBase(catalog.next_matrix_id, catalog.next_direction_id),
+                    options.gap_tolerance, options.top_k,
+                )
+            cfg = loaded.bridge.cfg
+            report.counts = {
+                "matrices": rows.matrices.num_rows,
+                "directions": rows.directions.num_rows,
+                "top_tokens": rows.top_tokens.num_rows,
+                "top_neurons": rows.top_neurons.num_rows,
+            }
+            with stages.stage("write", "DuckDB tables through Arrow"):
+                model_row = _model_row(model_id, loaded, options, report, cfg)
+                writer.write_tables(staging, model_row, rows, cfg.d_model)
+            with stages.stage("index", "FAISS residual-space index and manifest"):
+                writer.write_index(staging, rows.vectors, rows.direction_ids)
+                writer.record_stage_seconds(staging, report.stage_seconds)
+                writer.write_manifest(staging, model_id, report.counts)
+            entry = CatalogEntry(
+                store="",
+                first_direction_id=catalog.next_direction_id,
+                n_directions=rows.directions.num_rows,
+                first_matrix_id=catalog.next_matrix_id,
+                n_matrices=rows.matrices.num_rows,
+            )
+            catalog.next_direction_id += entry.n_directions
+            catalog.next_matrix_id += entry.n_matrices
+            atlas_dir.publish(model_id, staging, entry, catalog)
+            report.size_bytes = dir_size(atlas_dir.store_path(entry))
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _refuse_existing(atlas_dir: AtlasDir, model_id: str, replace: bool) -> None:
+    if not replace and model_id in atlas_dir.read_catalog().models:
+        raise AtlasError(
+            f"model {model_id!r} is already in {atlas_dir.root}; "
+            "pass --replace to replace it or --name to store it under another name"
+        )
+
+
+def _project_with_progress(
+    vectors: torch.Tensor, W_U: torch.Tensor, k: int, progress: bool
+) -> Any:
+    from tqdm import tqdm
+
+    with tqdm(total=vectors.shape[0], unit="dir", disable=not progress, file=sys.stderr,
+              leave=False, desc="               projecting") as bar:
+        return project(vectors, W_U, k, on_chunk=bar.update)
+
+
+def _model_row(
+    model_id: str, loaded: LoadedModel, options: IngestOptions, report: IngestReport, cfg: Any
+) -> dict[str, Any]:
+    return {
+        "model_id": model_id,
+        "source": loaded.source,
+        "architecture": str(getattr(cfg, "original_architecture", None) or cfg.architecture),
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": getattr(cfg, "n_key_value_heads", None) or cfg.n_heads,
+        "d_model": cfg.d_model,
+        "d_head": cfg.d_head,
+        "d_mlp": cfg.d_mlp,
+        "d_vocab": cfg.d_vocab,
+        "gated_mlp": bool(getattr(cfg, "gated_mlp", False)),
+        "processing": loaded.processing,
+        "processing_applied": loaded.processing_applied,
+        "top_k": options.top_k,
+        "max_rank": options.max_rank,
+        "gap_tolerance": options.gap_tolerance,
+        "skipped": report.skipped,
+        "device": report.device,
+        "dtype": f"weights {options.dtype}; SVD float32, OV cores float64",
+        "versions": library_versions(),
+        "stage_seconds": report.stage_seconds,
+        "n_matrices": report.counts["matrices"],
+        "n_directions": report.counts["directions"],
+        "ingested_at": dt.datetime.now(dt.UTC),
+    }

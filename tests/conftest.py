@@ -1,0 +1,25 @@
+"""Shared fixtures: atlases are built once per session, in-process, on the CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def quiet(_message: str) -> None:
+    """Stage log sink for in-process ingests."""
+
+
+@pytest.fixture(scope="session")
+def minilm_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An atlas holding the bundled MiniLM, ingested with default options."""
+    from ingest.job import IngestOptions, ingest
+
+    root = tmp_path_factory.mktemp("minilm") / "atlas"
+    ingest(root, IngestOptions(model="minilm", device="cpu"), log=quiet, progress=False)
+    return root
