@@ -1,8 +1,8 @@
 """svd-atlas: a persistent, searchable atlas of transformer weight SVDs.
 
-    import atlas
-    a = atlas.open("data/atlas")
-    a.sql("SELECT model_id, n_layers FROM models").to_pandas()
+import atlas
+a = atlas.open("data/atlas")
+a.sql("SELECT model_id, n_layers FROM models").to_pandas()
 """
 
 from __future__ import annotations

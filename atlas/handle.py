@@ -27,7 +27,9 @@ class Atlas:
     def __init__(self, root: str | os.PathLike[str]):
         self.dir = AtlasDir(root)
         if not self.dir.exists():
-            raise AtlasError(f"no atlas at {self.dir.root} (create one with: svd-atlas ingest MODEL)")
+            raise AtlasError(
+                f"no atlas at {self.dir.root} (create one with: svd-atlas ingest MODEL)"
+            )
         for attempt in range(_OPEN_ATTEMPTS):
             self.catalog = self.dir.read_catalog()
             try:
@@ -51,7 +53,9 @@ class Atlas:
         for table in TABLES:
             if aliases:
                 select = "* REPLACE (vector::FLOAT[] AS vector)" if table == "directions" else "*"
-                union = " UNION ALL BY NAME ".join(f"SELECT {select} FROM {a}.{table}" for a in aliases)
+                union = " UNION ALL BY NAME ".join(
+                    f"SELECT {select} FROM {a}.{table}" for a in aliases
+                )
                 con.execute(f"CREATE TEMP VIEW {table} AS {union}")
             else:
                 con.execute(_empty_table_ddl(table))

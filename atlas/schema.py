@@ -135,7 +135,9 @@ def create_statements(d_model: int) -> list[str]:
     from sqlalchemy.schema import CreateTable
 
     dialect = Dialect()
-    return [str(CreateTable(t).compile(dialect=dialect)) for t in build_metadata(d_model).sorted_tables]
+    return [
+        str(CreateTable(t).compile(dialect=dialect)) for t in build_metadata(d_model).sorted_tables
+    ]
 
 
 TABLES = tuple(build_metadata(None).tables)

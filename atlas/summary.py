@@ -64,9 +64,10 @@ def print_ingest_summary(path: str, report: Any) -> None:
     click.echo(f"  rows:    {counts}")
     times = ", ".join(f"{k} {v:.2f} s" for k, v in report.stage_seconds.items())
     click.echo(f"  time:    {times} (total {sum(report.stage_seconds.values()):.2f} s)")
-    click.echo(f"  memory:  peak RSS {max(report.peak_rss_mb.values()):.0f} MB"
-               + (f", peak GPU {max(report.peak_gpu_mb.values()):.0f} MB"
-                  if report.peak_gpu_mb else ""))
+    click.echo(
+        f"  memory:  peak RSS {max(report.peak_rss_mb.values()):.0f} MB"
+        + (f", peak GPU {max(report.peak_gpu_mb.values()):.0f} MB" if report.peak_gpu_mb else "")
+    )
     click.echo(f"  on disk: {human_bytes(report.size_bytes)}")
     for message in report.skipped:
         click.echo(f"  skipped: {message}")
@@ -75,8 +76,10 @@ def print_ingest_summary(path: str, report: Any) -> None:
         for ex in example_directions(a, report.model_id):
             where = f"L{ex['layer']}" + (f" H{ex['head']}" if ex["head"] is not None else "")
             flag = "  [degenerate: only its group's span is meaningful]" if ex["degenerate"] else ""
-            click.echo(f"    #{ex['direction_id']} {ex['kind']} {where} {ex['side']} "
-                       f"sv{ex['sv_index']} sigma={ex['sigma']:.3g}{flag}")
+            click.echo(
+                f"    #{ex['direction_id']} {ex['kind']} {where} {ex['side']} "
+                f"sv{ex['sv_index']} sigma={ex['sigma']:.3g}{flag}"
+            )
             click.echo(f"        + {', '.join(ex.get('pos', []))}")
             click.echo(f"        - {', '.join(ex.get('neg', []))}")
 
@@ -93,5 +96,20 @@ def print_models(a: Atlas) -> None:
     sizes = a.model_sizes()
     for r in rows:
         r["size"] = human_bytes(sizes[r["model_id"]])
-    print_table(rows, ["model_id", "architecture", "layers", "heads", "d_model", "d_head",
-                       "d_mlp", "d_vocab", "processing", "directions", "size", "source"])
+    print_table(
+        rows,
+        [
+            "model_id",
+            "architecture",
+            "layers",
+            "heads",
+            "d_model",
+            "d_head",
+            "d_mlp",
+            "d_vocab",
+            "processing",
+            "directions",
+            "size",
+            "source",
+        ],
+    )

@@ -6,6 +6,7 @@ live in M's input space (what it reads), ``V``'s in its output space (what it wr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,13 +30,50 @@ def factored_svd(left: torch.Tensor, right: torch.Tensor) -> BatchSVD:
 
     ``left`` is ``[B, n, r]`` and ``right`` is ``[B, r, m]`` with ``r <= n, m`` (an OV circuit:
     ``W_V`` and ``W_O``). With QR factors ``left = Q1 R1`` and ``rightᵀ = Q2 R2`` the product is
-    ``Q1 (R1 R2ᵀ) Q2ᵀ``, so only the small ``r x r`` core needs an SVD. The QRs and the core are
-    computed in float64: it costs little at these sizes and keeps close singular values apart.
+    ``Q1 (R1 R2ᵀ) Q2ᵀ``, so only the small ``r x r`` core needs an SVD; then ``U = Q1 U'`` and
+    ``V = Q2 V'``. The triangular factors and the core are computed in float64, which keeps
+    close singular values apart at little cost for r x r matrices.
     """
-    q1, r1 = torch.linalg.qr(left.double())
-    q2, r2 = torch.linalg.qr(right.double().mT)
+    r1, apply_q1 = _qr_factor(left)
+    r2, apply_q2 = _qr_factor(right.mT)
     core_u, s, core_vh = torch.linalg.svd(r1 @ r2.mT)
-    return BatchSVD(U=(q1 @ core_u).float(), S=s.float(), V=(q2 @ core_vh.mT).float())
+    return BatchSVD(U=apply_q1(core_u), S=s.float(), V=apply_q2(core_vh.mT))
+
+
+# CholeskyQR is used while the factor's condition number stays below this; beyond it (and for
+# rank-deficient factors, e.g. pruned heads) Householder QR takes over.
+_CHOLESKY_MAX_CONDITION = 1e5
+
+
+def _qr_factor(
+    a: torch.Tensor,
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """``R`` of ``a = Q R`` (float64) and a function computing ``Q @ x`` (float32).
+
+    CholeskyQR (``R`` from the Cholesky factor of the small Gram matrix ``aᵀa``, and
+    ``Q x = a (R⁻¹ x)``) is several times faster than Householder QR on a batch of tall thin
+    matrices and as accurate while ``a`` is well conditioned. Batch elements that are not
+    get Householder QR.
+    """
+    a64 = a.double()
+    chol, info = torch.linalg.cholesky_ex(a64.mT @ a64)
+    r = chol.mT
+    diag = torch.diagonal(r, dim1=-2, dim2=-1).abs()
+    bad = (info != 0) | (diag.amin(-1) * _CHOLESKY_MAX_CONDITION < diag.amax(-1))
+    if not bad.any():
+        return r, lambda x: a @ torch.linalg.solve_triangular(r, x, upper=True).float()
+    q_bad, r[bad] = torch.linalg.qr(a64[bad])
+    good = ~bad
+
+    def apply_q(x: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(a.shape[:-1] + x.shape[-1:], dtype=torch.float32, device=a.device)
+        if good.any():
+            solved = torch.linalg.solve_triangular(r[good], x[good], upper=True)
+            out[good] = a[good] @ solved.float()
+        out[bad] = (q_bad @ x[bad]).float()
+        return out
+
+    return r, apply_q
 
 
 def full_svd(matrices: torch.Tensor, rank: int | None = None) -> BatchSVD:

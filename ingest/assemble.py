@@ -17,8 +17,12 @@ from atlas.svd import canonical_signs, degenerate_groups, relative_gaps, spectru
 from ingest.decompose import MatrixGroup
 from ingest.project import TokenScores
 
-SIDES_OF = {"ov": ("read", "write"), "mlp_in": ("read",), "mlp_gate": ("read",),
-            "mlp_out": ("write",)}
+SIDES_OF = {
+    "ov": ("read", "write"),
+    "mlp_in": ("read",),
+    "mlp_gate": ("read",),
+    "mlp_out": ("write",),
+}
 JUDGED_SIDE = {"ov": "write", "mlp_in": "read", "mlp_gate": "read", "mlp_out": "write"}
 # For MLP matrices the singular vector that is not in the residual stream lives in neuron space.
 NEURON_SIDE = {"mlp_in": "write", "mlp_gate": "write", "mlp_out": "read"}
@@ -113,23 +117,26 @@ def assemble(
 def _matrix_table(model_id: str, g: MatrixGroup, matrix_ids: np.ndarray) -> pa.Table:
     stats = spectrum_stats(g.spectra, g.shape)
     n = len(matrix_ids)
-    return pa.table({
-        "matrix_id": matrix_ids,
-        "model_id": pa.array([model_id] * n),
-        "layer": g.layers.astype(np.int16),
-        "head": pa.array(g.heads.astype(np.int16) if g.heads is not None else [None] * n,
-                         type=pa.int16()),
-        "kind": pa.array([g.kind] * n),
-        "n_rows": np.full(n, g.shape[0], np.int32),
-        "n_cols": np.full(n, g.shape[1], np.int32),
-        "rank": np.full(n, g.svd.S.shape[1], np.int32),
-        "numerical_rank": stats.numerical_rank.astype(np.int32),
-        "sigma_max": stats.sigma_max,
-        "frobenius_norm": stats.frobenius_norm,
-        "stable_rank": stats.stable_rank,
-        "effective_rank": stats.effective_rank,
-        "spectrum": pa.array(list(g.spectra.astype(np.float32)), type=pa.list_(pa.float32())),
-    })
+    return pa.table(
+        {
+            "matrix_id": matrix_ids,
+            "model_id": pa.array([model_id] * n),
+            "layer": g.layers.astype(np.int16),
+            "head": pa.array(
+                g.heads.astype(np.int16) if g.heads is not None else [None] * n, type=pa.int16()
+            ),
+            "kind": pa.array([g.kind] * n),
+            "n_rows": np.full(n, g.shape[0], np.int32),
+            "n_cols": np.full(n, g.shape[1], np.int32),
+            "rank": np.full(n, g.svd.S.shape[1], np.int32),
+            "numerical_rank": stats.numerical_rank.astype(np.int32),
+            "sigma_max": stats.sigma_max,
+            "frobenius_norm": stats.frobenius_norm,
+            "stable_rank": stats.stable_rank,
+            "effective_rank": stats.effective_rank,
+            "spectrum": pa.array(list(g.spectra.astype(np.float32)), type=pa.list_(pa.float32())),
+        }
+    )
 
 
 def _direction_table(
@@ -155,20 +162,24 @@ def _direction_table(
         if g.heads is not None
         else pa.nulls(block.size, pa.int16())
     )
-    return pa.table({
-        "direction_id": block.ravel() + first_direction_id,
-        "matrix_id": np.repeat(matrix_ids, rank * n_sides),
-        "model_id": pa.array([model_id] * block.size),
-        "layer": np.repeat(g.layers, rank * n_sides).astype(np.int16),
-        "head": heads,
-        "kind": pa.array([g.kind] * block.size),
-        "sv_index": per_row(sv_index).astype(np.int32),
-        "sigma": per_row(g.svd.S.double().cpu().numpy()),
-        "side": pa.array(np.tile(SIDES_OF[g.kind], n_mat * rank)),
-        "sv_gap": per_row(gaps),
-        "degenerate": per_row(degenerate),
-        "degenerate_group": pa.array(per_row(groups).astype(np.int32), mask=~per_row(degenerate)),
-    })
+    return pa.table(
+        {
+            "direction_id": block.ravel() + first_direction_id,
+            "matrix_id": np.repeat(matrix_ids, rank * n_sides),
+            "model_id": pa.array([model_id] * block.size),
+            "layer": np.repeat(g.layers, rank * n_sides).astype(np.int16),
+            "head": heads,
+            "kind": pa.array([g.kind] * block.size),
+            "sv_index": per_row(sv_index).astype(np.int32),
+            "sigma": per_row(g.svd.S.double().cpu().numpy()),
+            "side": pa.array(np.tile(SIDES_OF[g.kind], n_mat * rank)),
+            "sv_gap": per_row(gaps),
+            "degenerate": per_row(degenerate),
+            "degenerate_group": pa.array(
+                per_row(groups).astype(np.int32), mask=~per_row(degenerate)
+            ),
+        }
+    )
 
 
 def _token_table(
@@ -178,15 +189,17 @@ def _token_table(
     token_ids = np.concatenate([scores.top_ids, scores.bottom_ids], axis=1).ravel()
     values = np.concatenate([scores.top_scores, scores.bottom_scores], axis=1).ravel()
     polarity = np.tile(np.repeat(np.array(["pos", "neg"]), k), n)
-    return pa.table({
-        "direction_id": np.repeat(direction_ids, 2 * k),
-        "polarity": pa.array(polarity),
-        "rank": np.tile(np.arange(k, dtype=np.int16), 2 * n),
-        "token_id": token_ids.astype(np.int32),
-        "token": vocabulary.take(token_ids),
-        "token_display": display.take(token_ids),
-        "score": values.astype(np.float32),
-    })
+    return pa.table(
+        {
+            "direction_id": np.repeat(direction_ids, 2 * k),
+            "polarity": pa.array(polarity),
+            "rank": np.tile(np.arange(k, dtype=np.int16), 2 * n),
+            "token_id": token_ids.astype(np.int32),
+            "token": vocabulary.take(token_ids),
+            "token_display": display.take(token_ids),
+            "score": values.astype(np.float32),
+        }
+    )
 
 
 def _neuron_table(partner: torch.Tensor, direction_ids: np.ndarray, k: int) -> pa.Table:
@@ -195,18 +208,22 @@ def _neuron_table(partner: torch.Tensor, direction_ids: np.ndarray, k: int) -> p
     top = torch.topk(flat.abs(), k, dim=1).indices
     weights = torch.gather(flat, 1, top)
     n = flat.shape[0]
-    return pa.table({
-        "direction_id": np.repeat(direction_ids.ravel(), k),
-        "rank": np.tile(np.arange(k, dtype=np.int16), n),
-        "neuron": top.cpu().numpy().ravel().astype(np.int32),
-        "weight": weights.cpu().numpy().ravel().astype(np.float32),
-    })
+    return pa.table(
+        {
+            "direction_id": np.repeat(direction_ids.ravel(), k),
+            "rank": np.tile(np.arange(k, dtype=np.int16), n),
+            "neuron": top.cpu().numpy().ravel().astype(np.int32),
+            "weight": weights.cpu().numpy().ravel().astype(np.float32),
+        }
+    )
 
 
 def _empty_neurons() -> pa.Table:
-    return pa.table({
-        "direction_id": pa.array([], pa.int64()),
-        "rank": pa.array([], pa.int16()),
-        "neuron": pa.array([], pa.int32()),
-        "weight": pa.array([], pa.float32()),
-    })
+    return pa.table(
+        {
+            "direction_id": pa.array([], pa.int64()),
+            "rank": pa.array([], pa.int16()),
+            "neuron": pa.array([], pa.int32()),
+            "weight": pa.array([], pa.float32()),
+        }
+    )

@@ -66,8 +66,10 @@ def _decompose_ov(weights: ModelWeights, method: OvMethod, max_rank: int | None)
     W_V = weights.W_V.reshape(n_layers * n_heads, d_model, d_head)
     W_O = weights.W_O.reshape(n_layers * n_heads, d_head, d_model)
     per_batch = max(1, _OV_BATCH_BYTES // (8 * 3 * d_model * d_head))
-    parts = [method(W_V[i : i + per_batch], W_O[i : i + per_batch])
-             for i in range(0, W_V.shape[0], per_batch)]
+    parts = [
+        method(W_V[i : i + per_batch], W_O[i : i + per_batch])
+        for i in range(0, W_V.shape[0], per_batch)
+    ]
     svd = BatchSVD(
         U=torch.cat([p.U for p in parts]),
         S=torch.cat([p.S for p in parts]),

@@ -71,8 +71,16 @@ def default_model_id(spec: str) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    names = ("svd-atlas", "torch", "transformer_lens", "transformers", "duckdb", "faiss-cpu",
-             "numpy", "pyarrow")
+    names = (
+        "svd-atlas",
+        "torch",
+        "transformer_lens",
+        "transformers",
+        "duckdb",
+        "faiss-cpu",
+        "numpy",
+        "pyarrow",
+    )
     versions = {"python": platform.python_version()}
     for name in names:
         try:
@@ -122,7 +130,9 @@ def ingest(
     """
     atlas_dir = AtlasDir(root)
     atlas_dir.ensure_writable()
-    model_id = options.model_id or (loaded.default_id if loaded else default_model_id(options.model))
+    model_id = options.model_id or (
+        loaded.default_id if loaded else default_model_id(options.model)
+    )
     _refuse_existing(atlas_dir, model_id, options.replace)
     device = resolve_device(options.device)
     report = IngestReport(model_id=model_id, counts={}, device=device)
@@ -149,10 +159,15 @@ def ingest(
                 scores = _project_with_progress(vectors, weights.W_U, options.top_k, progress)
                 vocab = pa.array(loaded.vocabulary)
                 rows = assemble(
-                    model_id, groups, vectors, scores, vocab,
+                    model_id,
+                    groups,
+                    vectors,
+                    scores,
+                    vocab,
                     pa.array(display_vocabulary(loaded.vocabulary)),
                     IdBase(catalog.next_matrix_id, catalog.next_direction_id),
-                    options.gap_tolerance, options.top_k,
+                    options.gap_tolerance,
+                    options.top_k,
                 )
             cfg = loaded.bridge.cfg
             report.counts = {
@@ -164,10 +179,10 @@ def ingest(
             with stages.stage("write", "DuckDB tables through Arrow"):
                 model_row = _model_row(model_id, loaded, options, report, cfg)
                 writer.write_tables(staging, model_row, rows, cfg.d_model)
-            with stages.stage("index", "FAISS residual-space index and manifest"):
+            with stages.stage("index", "FAISS residual-space index"):
                 writer.write_index(staging, rows.vectors, rows.direction_ids)
-                writer.record_stage_seconds(staging, report.stage_seconds)
-                writer.write_manifest(staging, model_id, report.counts)
+            writer.record_stage_seconds(staging, report.stage_seconds)
+            writer.write_manifest(staging, model_id, report.counts)
             entry = CatalogEntry(
                 store="",
                 first_direction_id=catalog.next_direction_id,
@@ -193,13 +208,17 @@ def _refuse_existing(atlas_dir: AtlasDir, model_id: str, replace: bool) -> None:
         )
 
 
-def _project_with_progress(
-    vectors: torch.Tensor, W_U: torch.Tensor, k: int, progress: bool
-) -> Any:
+def _project_with_progress(vectors: torch.Tensor, W_U: torch.Tensor, k: int, progress: bool) -> Any:
     from tqdm import tqdm
 
-    with tqdm(total=vectors.shape[0], unit="dir", disable=not progress, file=sys.stderr,
-              leave=False, desc="               projecting") as bar:
+    with tqdm(
+        total=vectors.shape[0],
+        unit="dir",
+        disable=not progress,
+        file=sys.stderr,
+        leave=False,
+        desc="               projecting",
+    ) as bar:
         return project(vectors, W_U, k, on_chunk=bar.update)
 
 

@@ -154,13 +154,13 @@ def _boot_random(shape: str, device: str, dtype: Any) -> LoadedModel:
             f"unknown random shape {shape!r}; choose one of {', '.join(sorted(RANDOM_SHAPES))}"
         )
     from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge.sources.native import boot as boot_native
 
     from ingest.random_models import minilm_words, random_config, wordlevel_tokenizer
 
     config = TransformerBridgeConfig.from_dict(random_config(shape))
     tokenizer = wordlevel_tokenizer(minilm_words(), config.d_vocab)
-    bridge = TransformerBridge.boot_native(
+    bridge = boot_native(
         config, tokenizer=tokenizer, device=device, dtype=dtype, model_name=f"random-{shape}"
     )
     vocab = vocabulary_of(tokenizer, bridge.cfg.d_vocab)

@@ -18,9 +18,19 @@ RANDOM_SHAPES: dict[str, dict[str, Any]] = {
     "gpt2-xl": dict(n_layers=48, n_heads=25, d_model=1600, d_head=64, d_mlp=6400),
     # A Llama-style shape: gated SiLU MLP, grouped-query attention, RMSNorm, rotary positions.
     "llama-tiny": dict(
-        n_layers=4, n_heads=8, n_key_value_heads=2, d_model=256, d_head=32, d_mlp=688,
-        d_vocab=32000, act_fn="silu", gated_mlp=True, normalization_type="RMS",
-        positional_embedding_type="rotary", rotary_dim=32, n_ctx=2048,
+        n_layers=4,
+        n_heads=8,
+        n_key_value_heads=2,
+        d_model=256,
+        d_head=32,
+        d_mlp=688,
+        d_vocab=32000,
+        act_fn="silu",
+        gated_mlp=True,
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_dim=32,
+        n_ctx=2048,
     ),
 }
 GPT2_DEFAULTS: dict[str, Any] = dict(

@@ -100,7 +100,9 @@ def test_top_tokens_equal_numpy_projection(minilm_atlas: Path) -> None:
     W_Uc = oracle.centered_unembedding().astype(np.float32)
     vocab = oracle.vocabulary()
     with atlas.open(minilm_atlas) as a:
-        dirs = a.sql("SELECT direction_id, vector FROM directions ORDER BY direction_id").to_pydict()
+        dirs = a.sql(
+            "SELECT direction_id, vector FROM directions ORDER BY direction_id"
+        ).to_pydict()
         toks = a.sql(
             "SELECT direction_id, polarity, rank, token_id, token, score FROM top_tokens "
             "ORDER BY direction_id, polarity DESC, rank"

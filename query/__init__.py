@@ -1,0 +1,1 @@
+"""Reading an atlas: SQL, concept search, tracing, cards, export and load."""

@@ -1,0 +1,56 @@
+"""Running the real CLI in a subprocess, and fingerprinting an atlas on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = [sys.executable, "-c", "from atlas.cli import main; main()"]
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=cli_env()
+    )
+
+
+def start_cli(*args: str | Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+
+
+def fingerprint(root: Path) -> dict[str, str]:
+    """sha256 of the catalog and of every file of every store the catalog names."""
+    import json
+
+    catalog_path = root / "catalog.json"
+    if not catalog_path.exists():
+        return {}
+    out = {"catalog.json": hashlib.sha256(catalog_path.read_bytes()).hexdigest()}
+    for entry in json.loads(catalog_path.read_text())["models"].values():
+        for f in sorted((root / entry["store"]).rglob("*")):
+            if f.is_file():
+                out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
