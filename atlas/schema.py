@@ -48,6 +48,7 @@ def build_metadata(d_model: int | None) -> MetaData:
         "models",
         md,
         Column("model_id", String, primary_key=True),
+        Column("spec", String, nullable=False),  # the MODEL argument that boots it again
         Column("source", String, nullable=False),
         Column("architecture", String, nullable=False),
         Column("n_layers", Integer, nullable=False),

@@ -11,8 +11,12 @@ start = time.perf_counter()
 from ingest.job import IngestOptions, ingest  # noqa: E402
 
 imported = time.perf_counter() - start
-report = ingest(sys.argv[1], IngestOptions(model=sys.argv[2], device=sys.argv[3]),
-                log=lambda _m: None, progress=False)
+report = ingest(
+    sys.argv[1],
+    IngestOptions(model=sys.argv[2], device=sys.argv[3]),
+    log=lambda _m: None,
+    progress=False,
+)
 out = dataclasses.asdict(report)
 out["import_seconds"] = round(imported, 3)
 out["total_seconds"] = round(time.perf_counter() - start, 3)

@@ -52,9 +52,16 @@ def ingest_subprocess(model: str, device: str) -> dict[str, Any]:
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         start = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "ingest_report.py"), f"{tmp}/atlas", model,
-             device],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                str(ROOT / "bench" / "ingest_report.py"),
+                f"{tmp}/atlas",
+                model,
+                device,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
         )
         wall = time.perf_counter() - start
@@ -88,11 +95,33 @@ def _best_of(fn: Callable[[], Any], repeats: int) -> float:
     return min(times)
 
 
+def time_ov_decomposition(W_V: Any, W_O: Any, device: str) -> tuple[float, float]:
+    """Seconds for the batched factored SVD and for a per-head full SVD of explicit OV."""
+    import torch
+
+    from atlas.svd import factored_svd
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def batched() -> None:
+        factored_svd(W_V, W_O)
+        sync()
+
+    def per_head() -> None:  # what the sprint notebook and SVDInterpreter do
+        for h in range(W_V.shape[0]):
+            torch.linalg.svd(W_V[h] @ W_O[h])
+        sync()
+
+    batched()  # warm-up
+    return _best_of(batched, 3), _best_of(per_head, 1)
+
+
 def bench_decompose(device: str, large: bool) -> list[dict[str, Any]]:
     """Batched QR-factored OV SVD against a per-head full SVD of the explicit OV matrix."""
     import torch
 
-    from atlas.svd import factored_svd
     from ingest.random_models import RANDOM_SHAPES
 
     out = []
@@ -102,29 +131,17 @@ def bench_decompose(device: str, large: bool) -> list[dict[str, Any]]:
         n = s["n_layers"] * s["n_heads"]
         W_V = (torch.randn(n, s["d_model"], s["d_head"], generator=gen) * 0.02).to(device)
         W_O = (torch.randn(n, s["d_head"], s["d_model"], generator=gen) * 0.02).to(device)
-
-        def sync() -> None:
-            if device == "cuda":
-                torch.cuda.synchronize()
-
-        def batched() -> None:
-            factored_svd(W_V, W_O)
-            sync()
-
-        def per_head() -> None:  # what the sprint notebook and SVDInterpreter do
-            for h in range(n):
-                torch.linalg.svd(W_V[h] @ W_O[h])
-            sync()
-
-        batched()  # warm-up
-        t_batched = _best_of(batched, 3)
-        t_naive = _best_of(per_head, 1)
-        out.append({
-            "shape": shape, "heads": n, "device": device,
-            "batched_factored_seconds": round(t_batched, 4),
-            "per_head_full_seconds": round(t_naive, 3),
-            "speedup": round(t_naive / t_batched, 1),
-        })
+        t_batched, t_naive = time_ov_decomposition(W_V, W_O, device)
+        out.append(
+            {
+                "shape": shape,
+                "heads": n,
+                "device": device,
+                "batched_factored_seconds": round(t_batched, 4),
+                "per_head_full_seconds": round(t_naive, 3),
+                "speedup": round(t_naive / t_batched, 1),
+            }
+        )
     return out
 
 
@@ -140,32 +157,44 @@ def markdown(results: dict[str, Any]) -> str:
         "# Benchmarks",
         "",
         f"Measured {results['date']} with `python bench/run.py "
-        f"{' '.join(results['argv'])}`".rstrip() + "`.",
+        f"{' '.join(results['argv'])}`".rstrip()
+        + "`.",
         "",
         f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} "
         f"({m['torch_threads']} threads), GPU: {m['gpu'] or 'none'}.",
         "",
     ]
     if "decompose" in results:
-        lines += ["## Decomposition: batched factored OV SVD vs per-head full SVD", "",
-                  "| shape | heads | device | batched factored (s) | per-head full (s) | speedup |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {r['shape']} | {r['heads']} | {r['device']} | "
-                  f"{r['batched_factored_seconds']} | {r['per_head_full_seconds']} | "
-                  f"{r['speedup']}x |" for r in results["decompose"]]
+        lines += [
+            "## Decomposition: batched factored OV SVD vs per-head full SVD",
+            "",
+            "| shape | heads | device | batched factored (s) | per-head full (s) | speedup |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['shape']} | {r['heads']} | {r['device']} | "
+            f"{r['batched_factored_seconds']} | {r['per_head_full_seconds']} | "
+            f"{r['speedup']}x |"
+            for r in results["decompose"]
+        ]
         lines.append("")
     if "ingest" in results:
-        lines += ["## Ingest end to end (fresh process, imports included)", "",
-                  "| model | device | wall (s) | import | boot | decompose | project | write | "
-                  "index | peak RSS (MB) | on disk (MB) | directions |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Ingest end to end (fresh process, imports included)",
+            "",
+            "| model | device | wall (s) | import | boot | decompose | project | write | "
+            "index | peak RSS (MB) | on disk (MB) | directions |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in results["ingest"]:
             st = r["stage_seconds"]
             lines.append(
                 f"| {r['model']} | {r['device']} | {r['wall_seconds']} | {r['import_seconds']} | "
-                + " | ".join(str(st.get(k, "")) for k in
-                             ("boot", "decompose", "project", "write", "index"))
-                + f" | {r['peak_rss_mb']} | {r['size_mb']} | {r['directions']:,} |")
+                + " | ".join(
+                    str(st.get(k, "")) for k in ("boot", "decompose", "project", "write", "index")
+                )
+                + f" | {r['peak_rss_mb']} | {r['size_mb']} | {r['directions']:,} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -178,7 +207,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = parser.parse_args()
     results: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:], "machine": machine()}
+        "date": time.strftime("%Y-%m-%d"),
+        "argv": sys.argv[1:],
+        "machine": machine(),
+    }
     for name in args.only.split(","):
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results[name] = SECTIONS[name](args.device, args.large)

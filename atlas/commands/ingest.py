@@ -1,0 +1,90 @@
+"""`svd-atlas ingest`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from atlas.defaults import DEFAULT_GAP_TOLERANCE, DEFAULT_TOP_K
+
+
+@click.command()
+@click.argument("model")
+@click.option("--name", help="model_id to store it under (default: derived from MODEL).")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--processing",
+    type=click.Choice(["raw", "tl"]),
+    default="raw",
+    show_default=True,
+    help="raw weights, or TransformerLens's fold_ln/centering where supported.",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(1, 1000),
+    default=DEFAULT_TOP_K,
+    show_default=True,
+    help="Tokens kept per polarity (and neurons per MLP direction).",
+)
+@click.option(
+    "--max-rank",
+    type=click.IntRange(1),
+    default=None,
+    help="Singular triples kept per matrix (default: all).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float64", "float16", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="dtype the model is loaded in.",
+)
+@click.option(
+    "--gap-tol",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_GAP_TOLERANCE,
+    show_default=True,
+    help="Relative singular-value gap below which directions are flagged degenerate.",
+)
+@click.option("--replace", is_flag=True, help="Replace a model_id that is already in the atlas.")
+@click.pass_obj
+def ingest(
+    obj: dict[str, Any],
+    model: str,
+    name: str | None,
+    device: str,
+    processing: str,
+    top_k: int,
+    max_rank: int | None,
+    dtype: str,
+    gap_tol: float,
+    replace: bool,
+) -> None:
+    """Decompose MODEL into the atlas.
+
+    MODEL is `minilm` (bundled, offline), a local Hugging Face model folder, a hub name
+    (needs a network), or random:gpt2-small|gpt2-medium|gpt2-large|gpt2-xl|llama-tiny.
+    """
+    from atlas.summary import print_ingest_summary
+    from ingest.job import IngestOptions
+    from ingest.job import ingest as run_ingest
+
+    options = IngestOptions(
+        model=model,
+        model_id=name,
+        device=device,
+        processing=processing,
+        top_k=top_k,
+        max_rank=max_rank,
+        dtype=dtype,
+        replace=replace,
+        gap_tolerance=gap_tol,
+    )
+    report = run_ingest(obj["atlas"], options)
+    print_ingest_summary(obj["atlas"], report)
+
+
+COMMANDS = [ingest]

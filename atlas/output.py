@@ -1,0 +1,78 @@
+"""Printing query results: an aligned table for people, JSON or CSV for machines."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+FORMATS = ("table", "json", "csv")
+
+
+def format_option(fn: Any) -> Any:
+    """The ``--format table|json|csv`` option every query command takes."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default="table",
+        show_default=True,
+        help="table for reading, json or csv for machines.",
+    )(fn)
+
+
+def emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str = "table") -> None:
+    """Print ``rows`` (dicts) restricted to ``columns`` in the chosen format."""
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                [{c: r.get(c) for c in columns} for r in rows],
+                default=str,
+                ensure_ascii=False,
+                indent=1,
+            )
+        )
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow([_csv_cell(r.get(c)) for c in columns])
+    else:
+        print_table(rows, columns)
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """An aligned plain-text table."""
+    cells = [[table_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def table_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(table_cell(v) for v in value)
+    return str(value)
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return value
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
