@@ -4,7 +4,7 @@
 
     ATLAS/
       catalog.json          format version, the published models and the id counters
-      store/<uuid>/         one model: model.duckdb, residual.faiss, manifest.json
+      store/<uuid>/         one model: model.duckdb, residual.faiss, unembed.npy, manifest.json
       .staging/<uuid>/      a store being written; never read by anyone else
       .lock                 held by the one process that may publish
 
@@ -37,6 +37,7 @@ FORMAT_VERSION = 1
 CATALOG = "catalog.json"
 MODEL_DB = "model.duckdb"
 RESIDUAL_INDEX = "residual.faiss"
+UNEMBED = "unembed.npy"  # centered W_U, [d_vocab, d_model] float16: turns text into a query
 MANIFEST = "manifest.json"
 # Stores replaced or abandoned less than this long ago are kept for readers that still use them.
 SWEEP_GRACE_SECONDS = 600

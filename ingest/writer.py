@@ -11,14 +11,18 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from atlas.layout import MANIFEST, MODEL_DB, RESIDUAL_INDEX
+from atlas.indexes import build_index, write_index
+from atlas.layout import MANIFEST, MODEL_DB, RESIDUAL_INDEX, UNEMBED
 from atlas.schema import create_statements
+from atlas.token_space import BUILD_TOKEN_BAGS
 from ingest.assemble import AtlasRows
 
-TABLE_ORDER = ("models", "matrices", "directions", "top_tokens", "top_neurons")
+TABLE_ORDER = ("models", "matrices", "directions", "top_tokens", "top_neurons", "vocab")
 
 
-def write_tables(store: Path, model_row: dict[str, Any], rows: AtlasRows, d_model: int) -> None:
+def write_tables(
+    store: Path, model_row: dict[str, Any], rows: AtlasRows, vocab: pa.Table, d_model: int
+) -> None:
     """Create the schema and bulk-insert every table through Arrow, in one transaction."""
     tables = {
         "models": _models_table(model_row),
@@ -26,6 +30,7 @@ def write_tables(store: Path, model_row: dict[str, Any], rows: AtlasRows, d_mode
         "directions": rows.directions,
         "top_tokens": rows.top_tokens,
         "top_neurons": rows.top_neurons,
+        "vocab": vocab,
     }
     con = duckdb.connect(str(store / MODEL_DB))
     try:
@@ -36,19 +41,21 @@ def write_tables(store: Path, model_row: dict[str, Any], rows: AtlasRows, d_mode
             con.register("incoming", tables[name])
             con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
             con.unregister("incoming")
+        con.execute(BUILD_TOKEN_BAGS)
         con.execute("COMMIT")
         con.execute("CHECKPOINT")
     finally:
         con.close()
 
 
-def write_index(store: Path, vectors: np.ndarray, ids: np.ndarray) -> None:
-    """The residual-space cosine index: unit vectors, inner product, ids = direction_id."""
-    import faiss
+def write_residual_index(store: Path, rows: AtlasRows, exact_max: int) -> None:
+    """The residual-space cosine index of one model; ids = direction_id."""
+    write_index(build_index(rows.vectors, rows.direction_ids, exact_max), store / RESIDUAL_INDEX)
 
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
-    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
-    faiss.write_index(index, str(store / RESIDUAL_INDEX))
+
+def write_unembedding(store: Path, W_U_centered: np.ndarray) -> None:
+    """Keep the centered unembedding (one row per token) so text queries need no model."""
+    np.save(store / UNEMBED, np.ascontiguousarray(W_U_centered.T, dtype=np.float16))
 
 
 def write_manifest(store: Path, model_id: str, counts: dict[str, int]) -> None:
