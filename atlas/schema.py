@@ -131,6 +131,7 @@ def build_metadata(d_model: int | None) -> MetaData:
     Table(
         "vocab",
         md,
+        Column("model_id", String, nullable=False),
         Column("token_id", Integer, primary_key=True, autoincrement=False),
         Column("token", String, nullable=False),
         Column("token_display", String, nullable=False),

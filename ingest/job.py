@@ -160,7 +160,7 @@ def ingest(
                 vectors = residual_vectors(groups)
             with stages.stage("project", f"{vectors.shape[0]:,} directions through W_U"):
                 scores = _project_with_progress(vectors, weights.W_U, options.top_k, progress)
-                vocab = vocabulary_table(loaded.vocabulary)
+                vocab = vocabulary_table(model_id, loaded.vocabulary)
                 rows = assemble(
                     model_id,
                     groups,
@@ -204,9 +204,10 @@ def ingest(
     return report
 
 
-def vocabulary_table(raw_tokens: list[str]) -> pa.Table:
+def vocabulary_table(model_id: str, raw_tokens: list[str]) -> pa.Table:
     return pa.table(
         {
+            "model_id": [model_id] * len(raw_tokens),
             "token_id": np.arange(len(raw_tokens), dtype=np.int32),
             "token": raw_tokens,
             "token_display": display_vocabulary(raw_tokens),
