@@ -58,7 +58,7 @@ class Atlas:
                 )
                 con.execute(f"CREATE TEMP VIEW {table} AS {union}")
             else:
-                con.execute(_empty_table_ddl(table))
+                con.execute(empty_table_ddl(table))
         return con
 
     def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
@@ -78,7 +78,17 @@ class Atlas:
             ) from None
 
     def index_path(self, model_id: str) -> Path:
-        return self.store_path(model_id) / RESIDUAL_INDEX
+        """The model's FAISS file; a model loaded from a bundle without vectors has none."""
+        path = self.store_path(model_id) / RESIDUAL_INDEX
+        if not path.is_file():
+            raise no_vectors(model_id)
+        return path
+
+    def residual_index(self, model_id: str) -> Any:
+        """The model's residual-space FAISS index (ids = direction_id), read from its store."""
+        import faiss
+
+        return faiss.read_index(str(self.index_path(model_id)))
 
     def model_sizes(self) -> dict[str, int]:
         """Bytes on disk per model."""
@@ -94,11 +104,18 @@ class Atlas:
         self.close()
 
 
+def no_vectors(model_id: str) -> AtlasError:
+    return AtlasError(
+        f"model {model_id!r} has no vectors (it was loaded from a bundle exported with "
+        "--vectors none), so it cannot be searched: load a bundle with vectors or ingest it again"
+    )
+
+
 def _quote(path: Path) -> str:
     return str(path).replace("'", "''")
 
 
-def _empty_table_ddl(table: str) -> str:
+def empty_table_ddl(table: str) -> str:
     from atlas.schema import create_statements
 
     ddl = next(s for s in create_statements(0) if s.strip().startswith(f"CREATE TABLE {table} "))
