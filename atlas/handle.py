@@ -61,7 +61,7 @@ class Atlas:
                 )
                 con.execute(f"CREATE TEMP VIEW {table} AS {union}")
             else:
-                con.execute(_empty_table_ddl(table))
+                con.execute(empty_table_ddl(table))
         create_views(con)
         self._attach_user_db(con, write=False)
         return con
@@ -128,12 +128,19 @@ class Atlas:
                 f"{', '.join(self.model_ids()) or 'nothing yet'}"
             ) from None
 
+    def index_path(self, model_id: str) -> Path:
+        """The model's FAISS file; a model loaded from a bundle without vectors has none."""
+        path = self.store_path(model_id) / RESIDUAL_INDEX
+        if not path.is_file():
+            raise no_vectors(model_id)
+        return path
+
     def residual_index(self, model_id: str) -> Any:
-        """One model's FAISS residual-space index, read once per handle."""
+        """One model's residual-space FAISS index (ids = direction_id), read once per handle."""
         if model_id not in self._indexes:
             from atlas.indexes import read_index
 
-            self._indexes[model_id] = read_index(self.store_path(model_id) / RESIDUAL_INDEX)
+            self._indexes[model_id] = read_index(self.index_path(model_id))
         return self._indexes[model_id]
 
     def model_sizes(self) -> dict[str, int]:
@@ -186,11 +193,18 @@ class Atlas:
         self.close()
 
 
+def no_vectors(model_id: str) -> AtlasError:
+    return AtlasError(
+        f"model {model_id!r} has no vectors (it was loaded from a bundle exported with "
+        "--vectors none), so it cannot be searched: load a bundle with vectors or ingest it again"
+    )
+
+
 def _quote(path: Path) -> str:
     return str(path).replace("'", "''")
 
 
-def _empty_table_ddl(table: str) -> str:
+def empty_table_ddl(table: str) -> str:
     from atlas.schema import create_statements
 
     ddl = next(s for s in create_statements(0) if s.strip().startswith(f"CREATE TABLE {table} "))

@@ -175,15 +175,20 @@ class AtlasDir:
         Must be called under :meth:`writer_lock`. ``entry.store`` is filled in here. Whatever
         the model replaces stays on disk until a later sweep, for readers that opened it.
         """
-        fsync_tree(staging)
-        final = self.root / "store" / staging.name
-        os.replace(staging, final)
-        _fsync_dir(final.parent)
-        entry.store = f"store/{staging.name}"
-        replaced = catalog.models.get(model_id)
-        if replaced is not None and self.store_path(replaced).is_dir():
-            os.utime(self.store_path(replaced))  # starts its sweep grace period now
-        catalog.models[model_id] = entry
+        self.publish_many([(model_id, staging, entry)], catalog)
+
+    def publish_many(self, stores: list[tuple[str, Path, CatalogEntry]], catalog: Catalog) -> None:
+        """:meth:`publish` for several models at once: one new catalog names all of them."""
+        for model_id, staging, entry in stores:
+            fsync_tree(staging)
+            final = self.root / "store" / staging.name
+            os.replace(staging, final)
+            entry.store = f"store/{staging.name}"
+            replaced = catalog.models.get(model_id)
+            if replaced is not None and self.store_path(replaced).is_dir():
+                os.utime(self.store_path(replaced))  # starts its sweep grace period now
+            catalog.models[model_id] = entry
+        _fsync_dir(self.root / "store")
         self.write_catalog(catalog)
 
     def write_catalog(self, catalog: Catalog) -> None:
