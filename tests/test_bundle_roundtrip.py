@@ -63,6 +63,15 @@ def test_round_trip_into_empty_atlas(
         expected = neighbours(original, "minilm", queries)
         np.testing.assert_array_equal(neighbours(loaded, "minilm", queries), expected)
         assert recall_at_k(expected, brute_force(original, "minilm", queries)) == 1.0
+        for kwargs in (
+            {"text": "fire"},
+            {"text": "ocean, sea", "kinds": ("ov",)},
+            {"direction": 432},
+            {"text": "fire", "space": "token"},
+        ):
+            assert [h.to_dict() for h in loaded.search(**kwargs)] == [
+                h.to_dict() for h in original.search(**kwargs)
+            ]
         if variant == "f32+index":  # the bundled index was verified and used as it is
             index_bytes = (loaded.index_path("minilm")).read_bytes()
             assert index_bytes == original.index_path("minilm").read_bytes()
@@ -105,6 +114,11 @@ def test_open_bundle_read_only(
     listing = run_cli("--atlas", bundle, "models")
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.splitlines()[1].startswith("minilm ")
+    hits = [
+        run_cli("--atlas", where, "search", "fire", "--format", "json").stdout
+        for where in (bundle, minilm_atlas)
+    ]
+    assert json.loads(hits[0]) == json.loads(hits[1]) and len(json.loads(hits[0])) == 10
 
 
 def test_f16_and_no_vectors(minilm_atlas: Path, bundles: dict[str, Path]) -> None:
