@@ -14,6 +14,8 @@ TABLE_ORDER = {
     "directions": "direction_id",
     "top_tokens": "direction_id, polarity, rank",
     "top_neurons": "direction_id, rank",
+    "vocab": "model_id, token_id",
+    "token_bags": "direction_id, token_norm",
 }
 
 
