@@ -6,6 +6,7 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 
 start = time.perf_counter()
 from ingest.job import IngestOptions, ingest  # noqa: E402
@@ -20,4 +21,6 @@ report = ingest(
 out = dataclasses.asdict(report)
 out["import_seconds"] = round(imported, 3)
 out["total_seconds"] = round(time.perf_counter() - start, 3)
+store = next(Path(sys.argv[1], "store").iterdir())
+out["db_bytes"] = (store / "model.duckdb").stat().st_size
 print(json.dumps(out))

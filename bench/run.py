@@ -73,11 +73,15 @@ def ingest_subprocess(model: str, device: str) -> dict[str, Any]:
         "wall_seconds": round(wall, 2),
         "import_seconds": report["import_seconds"],
         "stage_seconds": report["stage_seconds"],
-        "peak_rss_mb_after_stage": {k: round(v) for k, v in report["peak_rss_mb"].items()},
+        "peak_rss_mb_by_stage": {k: round(v) for k, v in report["peak_rss_mb"].items()},
         "peak_gpu_mb_by_stage": {k: round(v) for k, v in report["peak_gpu_mb"].items()},
         "peak_rss_mb": round(max(peak, before) / 1024),
         "size_mb": round(report["size_bytes"] / 2**20, 1),
         "directions": report["counts"]["directions"],
+        "write_rows_per_s": round(
+            sum(report["counts"].values()) / report["stage_seconds"]["write"]
+        ),
+        "write_mb_per_s": round(report["db_bytes"] / 2**20 / report["stage_seconds"]["write"], 1),
     }
 
 
@@ -225,10 +229,84 @@ def bench_search(device: str, large: bool) -> list[dict[str, Any]]:
     return out
 
 
+def bench_e2e(device: str, large: bool) -> list[dict[str, Any]]:
+    """The atlas ingest against the naive per-head pipeline, same booted model, boot excluded."""
+    from bench.naive import naive_ingest
+    from ingest.job import IngestOptions, ingest
+    from ingest.loading import load_model
+
+    out = []
+    for spec in ["minilm"]:
+        loaded = load_model(spec, device)
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            report = ingest(
+                f"{tmp}/atlas",
+                IngestOptions(model=spec, device=device),
+                loaded=loaded,
+                log=lambda _m: None,
+                progress=False,
+            )
+            ours = time.perf_counter() - start
+            start = time.perf_counter()
+            naive_parts = naive_ingest(loaded.bridge, loaded.vocabulary, f"{tmp}/naive.duckdb")
+            naive = time.perf_counter() - start
+        out.append(
+            {
+                "model": spec,
+                "device": device,
+                "atlas_seconds": round(ours, 2),
+                "atlas_stages": report.stage_seconds,
+                "naive_seconds": round(naive, 2),
+                "naive_parts": {k: round(v, 2) for k, v in naive_parts.items()},
+                "speedup": round(naive / ours, 1),
+            }
+        )
+    return out
+
+
+def bench_projection(device: str, large: bool) -> list[dict[str, Any]]:
+    """Projection + top/bottom-k throughput as a fraction of plain matmul throughput."""
+    import torch
+
+    from ingest.project import CHUNK_BYTES, project
+
+    gen = torch.Generator().manual_seed(0)
+    n, d, vocab = 8192, 768, 50257
+    vectors = torch.randn(n, d, generator=gen).to(device)
+    W_U = torch.randn(d, vocab, generator=gen).to(device)
+    rows = max(1, CHUNK_BYTES // (4 * vocab))
+
+    def matmul_only() -> None:
+        for start in range(0, n, rows):
+            (vectors[start : start + rows] @ W_U).sum()
+
+    def projection() -> None:
+        project(vectors, W_U, 20)
+
+    matmul_only()
+    t_matmul = _best_of(matmul_only, 2)
+    t_project = _best_of(projection, 2)
+    flops = 2 * n * d * vocab
+    return [
+        {
+            "vectors": n,
+            "d_model": d,
+            "d_vocab": vocab,
+            "device": device,
+            "matmul_gflops": round(flops / t_matmul / 1e9, 1),
+            "projection_gflops": round(flops / t_project / 1e9, 1),
+            "fraction_of_matmul": round(t_matmul / t_project, 3),
+        }
+    ]
+
+
 SECTIONS: dict[str, Callable[[str, bool], list[dict[str, Any]]]] = {
     "decompose": bench_decompose,
     "ingest": bench_ingest,
     "search": bench_search,
+    "e2e": bench_e2e,
+    "projection": bench_projection,
 }
 
 

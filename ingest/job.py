@@ -104,14 +104,36 @@ class _Stages:
         self.log(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name:<9} {what}")
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        _reset_peak_rss()
         start = time.perf_counter()
         yield
         if self.report.device == "cuda":
             torch.cuda.synchronize()
             self.report.peak_gpu_mb[name] = torch.cuda.max_memory_allocated() / 2**20
         self.report.stage_seconds[name] = round(time.perf_counter() - start, 3)
-        self.report.peak_rss_mb[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.report.peak_rss_mb[name] = _peak_rss_mb()
         self.log(f"{'':>15} done in {self.report.stage_seconds[name]:.2f} s")
+
+
+def _reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass  # elsewhere the peak is the process's peak so far
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory since the last reset, in MB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _stderr(message: str) -> None:
