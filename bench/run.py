@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # `python bench/run.py` from anywhere: bench.* is importable
 RESULTS = ROOT / "bench" / "results"
 
 
