@@ -16,5 +16,7 @@ __all__ = ["Atlas", "AtlasError", "open"]
 
 
 def open(path: str | os.PathLike[str]) -> Atlas:  # noqa: A001 - mirrors builtins.open on purpose
-    """Open the atlas at ``path`` read-only."""
-    return Atlas(path)
+    """Open ``path`` read-only: an atlas directory, a bundle file or an exported Parquet tree."""
+    from atlas.sources import open_atlas
+
+    return open_atlas(path)

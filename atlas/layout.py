@@ -4,7 +4,7 @@
 
     ATLAS/
       catalog.json          format version, the published models and the id counters
-      store/<uuid>/         one model: model.duckdb, residual.faiss, manifest.json
+      store/<uuid>/         one model: model.duckdb, residual.faiss, unembed.npy, manifest.json
       .staging/<uuid>/      a store being written; never read by anyone else
       .lock                 held by the one process that may publish
 
@@ -37,6 +37,7 @@ FORMAT_VERSION = 1
 CATALOG = "catalog.json"
 MODEL_DB = "model.duckdb"
 RESIDUAL_INDEX = "residual.faiss"
+UNEMBED = "unembed.npy"  # centered W_U, [d_vocab, d_model] float16: turns text into a query
 MANIFEST = "manifest.json"
 # Stores replaced or abandoned less than this long ago are kept for readers that still use them.
 SWEEP_GRACE_SECONDS = 600
@@ -174,15 +175,20 @@ class AtlasDir:
         Must be called under :meth:`writer_lock`. ``entry.store`` is filled in here. Whatever
         the model replaces stays on disk until a later sweep, for readers that opened it.
         """
-        fsync_tree(staging)
-        final = self.root / "store" / staging.name
-        os.replace(staging, final)
-        _fsync_dir(final.parent)
-        entry.store = f"store/{staging.name}"
-        replaced = catalog.models.get(model_id)
-        if replaced is not None and self.store_path(replaced).is_dir():
-            os.utime(self.store_path(replaced))  # starts its sweep grace period now
-        catalog.models[model_id] = entry
+        self.publish_many([(model_id, staging, entry)], catalog)
+
+    def publish_many(self, stores: list[tuple[str, Path, CatalogEntry]], catalog: Catalog) -> None:
+        """:meth:`publish` for several models at once: one new catalog names all of them."""
+        for model_id, staging, entry in stores:
+            fsync_tree(staging)
+            final = self.root / "store" / staging.name
+            os.replace(staging, final)
+            entry.store = f"store/{staging.name}"
+            replaced = catalog.models.get(model_id)
+            if replaced is not None and self.store_path(replaced).is_dir():
+                os.utime(self.store_path(replaced))  # starts its sweep grace period now
+            catalog.models[model_id] = entry
+        _fsync_dir(self.root / "store")
         self.write_catalog(catalog)
 
     def write_catalog(self, catalog: Catalog) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 import click
 
 FORMATS = ("table", "json", "csv")
+MAX_LIST_CELL = 24  # longer lists (vectors, spectra) are abbreviated in tables
+MAX_TABLE_ROWS = 500
 
 
 def format_option(fn: Any) -> Any:
@@ -42,7 +44,9 @@ def emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str = "tab
         for r in rows:
             writer.writerow([_csv_cell(r.get(c)) for c in columns])
     else:
-        print_table(rows, columns)
+        print_table(rows[:MAX_TABLE_ROWS], columns)
+        if len(rows) > MAX_TABLE_ROWS:
+            click.echo(f"... {len(rows) - MAX_TABLE_ROWS} more rows (use --format csv or json)")
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -60,6 +64,9 @@ def table_cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list | tuple):
+        if len(value) > MAX_LIST_CELL:
+            shown = ", ".join(table_cell(v) for v in value[:3])
+            return f"[{shown}, ... ({len(value)} values)]"
         return ", ".join(table_cell(v) for v in value)
     return str(value)
 

@@ -64,6 +64,7 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("top_k", Integer, nullable=False),
         Column("max_rank", Integer),
         Column("gap_tolerance", Double, nullable=False),
+        Column("index_type", String, nullable=False),  # flat (exact) or hnsw
         Column("skipped", JSON, nullable=False),
         Column("device", String, nullable=False),
         Column("dtype", String, nullable=False),
@@ -126,6 +127,22 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("rank", SmallInteger, nullable=False),
         Column("neuron", Integer, nullable=False),
         Column("weight", Float, nullable=False),
+    )
+    Table(
+        "vocab",
+        md,
+        Column("model_id", String, nullable=False),
+        Column("token_id", Integer, primary_key=True, autoincrement=False),
+        Column("token", String, nullable=False),
+        Column("token_display", String, nullable=False),
+        Column("token_norm", String, nullable=False),  # markers stripped, lower case
+    )
+    Table(
+        "token_bags",
+        md,
+        Column("direction_id", BigInteger, nullable=False),
+        Column("token_norm", String, nullable=False),
+        Column("weight", Float, nullable=False),  # unit L2 norm per direction (atlas.token_space)
     )
     return md
 

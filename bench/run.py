@@ -145,9 +145,90 @@ def bench_decompose(device: str, large: bool) -> list[dict[str, Any]]:
     return out
 
 
+def _percentiles_ms(samples: list[float]) -> tuple[float, float]:
+    import numpy as np
+
+    return (
+        round(float(np.percentile(samples, 50)) * 1e3, 3),
+        round(float(np.percentile(samples, 99)) * 1e3, 3),
+    )
+
+
+def realistic_vectors(n: int, seed: int = 0) -> tuple[Any, Any]:
+    """``n`` synthetic unit directions with the covariance of the bundled model's real ones,
+    and 200 real text queries (centered unembedding directions of vocabulary words)."""
+    import numpy as np
+
+    import atlas
+    from ingest.job import IngestOptions, ingest
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ingest(
+            f"{tmp}/a",
+            IngestOptions(model="minilm", device="cpu"),
+            log=lambda _m: None,
+            progress=False,
+        )
+        with atlas.open(f"{tmp}/a") as a:
+            real = np.array(
+                a.sql("SELECT vector FROM directions")["vector"].to_pylist(), np.float32
+            )
+            unembed = np.load(a.store_path("minilm") / "unembed.npy").astype(np.float32)
+    rng = np.random.default_rng(seed)
+    cov = np.cov(real, rowvar=False)
+    root = np.linalg.cholesky(cov + 1e-6 * np.eye(cov.shape[0]))
+    data = (rng.standard_normal((n, real.shape[1]), dtype=np.float32) @ root.T).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    words = rng.choice(np.arange(1000, unembed.shape[0]), size=200, replace=False)
+    queries = unembed[words] / np.linalg.norm(unembed[words], axis=1, keepdims=True)
+    return data, queries
+
+
+def bench_search(device: str, large: bool) -> list[dict[str, Any]]:
+    """p50/p99 latency of one query (both valences) and recall@10 against exact search."""
+    import numpy as np
+
+    from atlas.indexes import build_index
+    from query.search import merge_valences
+
+    sizes = [10_000, 100_000, 1_000_000]
+    data, queries = realistic_vectors(max(sizes))
+    out = []
+    for n in sizes:
+        ids = np.arange(n)
+        exact = build_index(data[:n], ids)
+        start = time.perf_counter()
+        ann = build_index(data[:n], ids, exact_max=0)
+        build_seconds = time.perf_counter() - start
+        row: dict[str, Any] = {
+            "directions": n,
+            "dim": data.shape[1],
+            "ann_build_seconds": round(build_seconds, 1),
+        }
+        truth = []
+        for name, index in (("exact", exact), ("ann", ann)):
+            latencies, found = [], []
+            for q in queries:
+                t = time.perf_counter()
+                sims, hit_ids = index.search(np.stack([q, -q]), 10)
+                top_ids, _ = merge_valences(hit_ids, sims, 10)
+                latencies.append(time.perf_counter() - t)
+                found.append(set(top_ids.tolist()))
+            row[f"{name}_p50_ms"], row[f"{name}_p99_ms"] = _percentiles_ms(latencies)
+            if name == "exact":
+                truth = found
+            else:
+                row["ann_recall_at_10"] = round(
+                    float(np.mean([len(f & t) / 10 for f, t in zip(found, truth, strict=True)])), 4
+                )
+        out.append(row)
+    return out
+
+
 SECTIONS: dict[str, Callable[[str, bool], list[dict[str, Any]]]] = {
     "decompose": bench_decompose,
     "ingest": bench_ingest,
+    "search": bench_search,
 }
 
 
@@ -195,6 +276,24 @@ def markdown(results: dict[str, Any]) -> str:
                 )
                 + f" | {r['peak_rss_mb']} | {r['size_mb']} | {r['directions']:,} |"
             )
+        lines.append("")
+    if "search" in results:
+        lines += [
+            "## Search: one query (both valences), 200 real text queries",
+            "",
+            "Synthetic unit directions with the covariance of MiniLM's real ones (384-d); "
+            "recall@10 of the approximate index against exact search.",
+            "",
+            "| directions | exact p50 (ms) | exact p99 | ANN p50 | ANN p99 | "
+            "ANN recall@10 | ANN build (s) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['directions']:,} | {r['exact_p50_ms']} | {r['exact_p99_ms']} | "
+            f"{r['ann_p50_ms']} | {r['ann_p99_ms']} | {r['ann_recall_at_10']} | "
+            f"{r['ann_build_seconds']} |"
+            for r in results["search"]
+        ]
         lines.append("")
     return "\n".join(lines)
 

@@ -19,13 +19,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 
 from atlas.defaults import DEFAULT_GAP_TOLERANCE, DEFAULT_TOP_K
 from atlas.errors import AtlasError
+from atlas.indexes import DEFAULT_EXACT_MAX
 from atlas.layout import AtlasDir, CatalogEntry, dir_size
-from atlas.tokens import display_vocabulary
+from atlas.tokens import display_vocabulary, normalized_form
 from ingest import writer
 from ingest.assemble import IdBase, assemble, residual_vectors
 from ingest.decompose import OvMethod, decompose, ov_factored
@@ -48,6 +50,7 @@ class IngestOptions:
     dtype: str = "float32"
     replace: bool = False
     gap_tolerance: float = DEFAULT_GAP_TOLERANCE
+    exact_max: int = DEFAULT_EXACT_MAX
 
 
 @dataclass
@@ -157,14 +160,14 @@ def ingest(
                 vectors = residual_vectors(groups)
             with stages.stage("project", f"{vectors.shape[0]:,} directions through W_U"):
                 scores = _project_with_progress(vectors, weights.W_U, options.top_k, progress)
-                vocab = pa.array(loaded.vocabulary)
+                vocab = vocabulary_table(model_id, loaded.vocabulary)
                 rows = assemble(
                     model_id,
                     groups,
                     vectors,
                     scores,
-                    vocab,
-                    pa.array(display_vocabulary(loaded.vocabulary)),
+                    vocab["token"].combine_chunks(),
+                    vocab["token_display"].combine_chunks(),
                     IdBase(catalog.next_matrix_id, catalog.next_direction_id),
                     options.gap_tolerance,
                     options.top_k,
@@ -176,11 +179,12 @@ def ingest(
                 "top_tokens": rows.top_tokens.num_rows,
                 "top_neurons": rows.top_neurons.num_rows,
             }
-            with stages.stage("write", "DuckDB tables through Arrow"):
+            with stages.stage("write", "DuckDB tables through Arrow, token-space bags"):
                 model_row = _model_row(model_id, loaded, options, report, cfg)
-                writer.write_tables(staging, model_row, rows, cfg.d_model)
+                writer.write_tables(staging, model_row, rows, vocab, cfg.d_model)
+                writer.write_unembedding(staging, weights.W_U.cpu().numpy())
             with stages.stage("index", "FAISS residual-space index"):
-                writer.write_index(staging, rows.vectors, rows.direction_ids)
+                writer.write_residual_index(staging, rows, options.exact_max)
             writer.record_stage_seconds(staging, report.stage_seconds)
             writer.write_manifest(staging, model_id, report.counts)
             entry = CatalogEntry(
@@ -198,6 +202,18 @@ def ingest(
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def vocabulary_table(model_id: str, raw_tokens: list[str]) -> pa.Table:
+    return pa.table(
+        {
+            "model_id": [model_id] * len(raw_tokens),
+            "token_id": np.arange(len(raw_tokens), dtype=np.int32),
+            "token": raw_tokens,
+            "token_display": display_vocabulary(raw_tokens),
+            "token_norm": [normalized_form(t) for t in raw_tokens],
+        }
+    )
 
 
 def _refuse_existing(atlas_dir: AtlasDir, model_id: str, replace: bool) -> None:
@@ -243,6 +259,7 @@ def _model_row(
         "top_k": options.top_k,
         "max_rank": options.max_rank,
         "gap_tolerance": options.gap_tolerance,
+        "index_type": "flat" if report.counts["directions"] <= options.exact_max else "hnsw",
         "skipped": report.skipped,
         "device": report.device,
         "dtype": f"weights {options.dtype}; SVD float32, OV cores float64",

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from atlas.defaults import DEFAULT_GAP_TOLERANCE, DEFAULT_TOP_K
+from atlas.indexes import DEFAULT_EXACT_MAX
 
 
 @click.command()
@@ -49,6 +50,13 @@ from atlas.defaults import DEFAULT_GAP_TOLERANCE, DEFAULT_TOP_K
     show_default=True,
     help="Relative singular-value gap below which directions are flagged degenerate.",
 )
+@click.option(
+    "--exact-max",
+    type=click.IntRange(1),
+    default=DEFAULT_EXACT_MAX,
+    show_default=True,
+    help="Models with more directions get an HNSW (approximate) index instead of an exact one.",
+)
 @click.option("--replace", is_flag=True, help="Replace a model_id that is already in the atlas.")
 @click.pass_obj
 def ingest(
@@ -61,6 +69,7 @@ def ingest(
     max_rank: int | None,
     dtype: str,
     gap_tol: float,
+    exact_max: int,
     replace: bool,
 ) -> None:
     """Decompose MODEL into the atlas.
@@ -82,6 +91,7 @@ def ingest(
         dtype=dtype,
         replace=replace,
         gap_tolerance=gap_tol,
+        exact_max=exact_max,
     )
     report = run_ingest(obj["atlas"], options)
     print_ingest_summary(obj["atlas"], report)

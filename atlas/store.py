@@ -1,0 +1,84 @@
+"""Writing one model store: its DuckDB tables, its FAISS index and its checksum manifest.
+
+Shared by the ingest job and by bundle loading, which both build a store under ``.staging``
+and then publish it (see ``atlas.layout``). Kept free of torch so that loading stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from atlas.indexes import DEFAULT_EXACT_MAX, build_index
+from atlas.indexes import write_index as write_faiss
+from atlas.layout import MANIFEST, MODEL_DB, RESIDUAL_INDEX, UNEMBED
+from atlas.schema import create_statements
+from atlas.token_space import BUILD_TOKEN_BAGS
+
+# Written through Arrow; token_bags is derived from top_tokens and vocab inside DuckDB.
+TABLE_ORDER = ("models", "matrices", "directions", "top_tokens", "top_neurons", "vocab")
+
+
+def write_tables(
+    store: Path, tables: dict[str, pa.Table], d_model: int, with_vectors: bool = True
+) -> None:
+    """Create the schema and bulk-insert every table through Arrow, in one transaction.
+
+    ``with_vectors=False`` makes ``directions.vector`` nullable: a model loaded from a bundle
+    exported without vectors keeps NULL there (and has no FAISS index).
+    """
+    con = duckdb.connect(str(store / MODEL_DB))
+    try:
+        con.execute("BEGIN")
+        for ddl in create_statements(d_model):
+            con.execute(ddl)
+        if not with_vectors:
+            con.execute("ALTER TABLE directions ALTER COLUMN vector DROP NOT NULL")
+        for name in TABLE_ORDER:
+            con.register("incoming", tables[name])
+            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
+            con.unregister("incoming")
+        con.execute(BUILD_TOKEN_BAGS)
+        con.execute("COMMIT")
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+
+def write_index(
+    store: Path, vectors: np.ndarray, ids: np.ndarray, exact_max: int = DEFAULT_EXACT_MAX
+) -> None:
+    """The residual-space cosine index (exact, or HNSW above ``exact_max``; see atlas.indexes)."""
+    write_faiss(build_index(vectors, ids, exact_max), store / RESIDUAL_INDEX)
+
+
+def write_unembedding(store: Path, W_U_centered: np.ndarray) -> None:
+    """Keep the centered unembedding (one row per token) so text queries need no model."""
+    np.save(store / UNEMBED, np.ascontiguousarray(W_U_centered.T, dtype=np.float16))
+
+
+def write_manifest(
+    store: Path, model_id: str, counts: dict[str, int], extra: dict[str, Any] | None = None
+) -> None:
+    """Checksums of every file in the store, so that copies and bundles can be verified."""
+    members = {
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(store.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
+    manifest = {"model_id": model_id, "counts": counts, **(extra or {}), "members": members}
+    (store / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

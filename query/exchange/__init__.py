@@ -1,0 +1,1 @@
+"""Sharing atlases: self-describing bundles (export, verify, load) and Parquet trees."""

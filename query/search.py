@@ -1,0 +1,246 @@
+"""Concept search: nearest directions to a query, in both valences, exact or approximate.
+
+Within one model, queries live in the model's residual space (the unit singular vectors,
+searched through FAISS). Across models, they live in the token space (``atlas.token_space``),
+where a direction is a sparse unit vector over normalized token strings and cosines are exact
+sparse dot products computed by DuckDB.
+
+A hit's ``score`` is ``|cos|`` and its ``sign`` says which valence matched: ``-1`` means the
+negated direction points at the query, i.e. the concept sits in its negative tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atlas.errors import AtlasError
+from atlas.handle import Atlas
+from atlas.indexes import is_exact, reconstruct
+from query.filters import Filters
+from query.vectors import (
+    direction_bag,
+    direction_vector,
+    file_vector,
+    split_words,
+    text_residual_vector,
+    text_token_bag,
+)
+
+SPACES = ("residual", "token")
+MAX_K = 10_000
+
+
+@dataclass
+class Hit:
+    direction_id: int
+    model_id: str
+    layer: int
+    head: int | None
+    kind: str
+    side: str
+    sv_index: int
+    sigma: float
+    sign: int
+    score: float
+    degenerate: bool
+    tokens: list[str] = field(default_factory=list)  # the matching valence's top tokens
+    opposite_tokens: list[str] = field(default_factory=list)
+    space: str = "residual"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Query:
+    """A resolved query: a residual vector for one model, or a token bag for several."""
+
+    space: str
+    models: list[str]
+    vector: np.ndarray | None = None
+    bag: dict[str, float] | None = None
+    exclude: int | None = None  # a --direction query does not return itself
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_query(
+    a: Atlas,
+    text: str | list[str] | None = None,
+    direction: int | None = None,
+    vector: str | Path | None = None,
+    models: tuple[str, ...] | None = None,
+    space: str = "auto",
+) -> Query:
+    """Turn words, a direction id or a vector file into a query of the right space.
+
+    ``auto`` searches residual space when only one model is in play (the atlas holds one, or
+    ``models`` names one, or the query is a direction whose model is the only candidate) and
+    token space otherwise.
+    """
+    if sum(x is not None for x in (text, direction, vector)) != 1:
+        raise AtlasError("give exactly one of: words, --direction ID, --vector FILE")
+    if space not in (*SPACES, "auto"):
+        raise AtlasError(f"unknown space {space!r}; choose residual, token or auto")
+    candidates = list(models) if models else a.model_ids()
+    for m in candidates:
+        a.store_path(m)  # an unknown model id fails here, naming the known ones
+    if not candidates:
+        raise AtlasError(f"{a.root} holds no models yet")
+    home = a.model_of(direction) if direction is not None else None
+    if space == "auto":
+        space = "residual" if (candidates == [home] or len(candidates) == 1) else "token"
+        if vector is not None:
+            space = "residual"
+
+    if space == "token":
+        if vector is not None:
+            raise AtlasError("--vector is a residual-space vector: it cannot search token space")
+        if direction is not None:
+            return Query(space, candidates, bag=direction_bag(a, direction), exclude=direction)
+        return Query(space, candidates, bag=text_token_bag(split_words(text)))  # type: ignore[arg-type]
+
+    if direction is not None:
+        if models and home not in candidates:
+            raise AtlasError(
+                f"direction {direction} belongs to {home!r}; residual spaces of different models "
+                "are unrelated: use --space token to search other models"
+            )
+        _, q = direction_vector(a, direction)
+        return Query(space, [home], vector=q, exclude=direction)  # type: ignore[list-item]
+    if len(candidates) != 1:
+        raise AtlasError(
+            "residual-space search works within one model: give --model, or use --space token"
+        )
+    model_id = candidates[0]
+    if vector is not None:
+        d_model = a.sql("SELECT d_model FROM models WHERE model_id = ?", [model_id])
+        return Query(space, [model_id], vector=file_vector(vector, d_model["d_model"][0].as_py()))
+    words = split_words(text)  # type: ignore[arg-type]
+    q, missing = text_residual_vector(a, model_id, words)
+    notes = [f"not in {model_id}'s vocabulary: {', '.join(missing)}"] if missing else []
+    return Query(space, [model_id], vector=q, notes=notes)
+
+
+def search(
+    a: Atlas, query: Query, filters: Filters | None = None, k: int = 10, min_score: float = 0.0
+) -> list[Hit]:
+    """The ``k`` directions with the largest ``|cos|`` to the query, across its models."""
+    if not 1 <= k <= MAX_K:
+        raise AtlasError(f"-k must be between 1 and {MAX_K}")
+    filters = filters or Filters()
+    scored: list[tuple[float, int]] = []
+    for model_id in query.models:
+        if query.space == "residual":
+            assert query.vector is not None
+            ids, sims = nearest_residual(a, model_id, query.vector, filters, k + 1)
+        else:
+            assert query.bag is not None
+            ids, sims = nearest_tokens(a, model_id, query.bag, filters, k + 1)
+        scored += [
+            (float(s), int(i))
+            for i, s in zip(ids, sims, strict=True)
+            if i != query.exclude and abs(s) >= min_score
+        ]
+    scored.sort(key=lambda t: (-abs(t[0]), t[1]))
+    return describe(a, scored[:k], query.space)
+
+
+def nearest_residual(
+    a: Atlas, model_id: str, q: np.ndarray, filters: Filters, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and signed cosines of the ``k`` largest ``|cos|`` in one model's residual index."""
+    import faiss
+
+    index = a.residual_index(model_id)
+    both = np.stack([q, -q]).astype(np.float32)
+    if not filters.active:
+        sims, ids = index.search(both, min(k, index.ntotal))
+        return merge_valences(ids, sims, k)
+    allowed = filters.allowed_ids(a, model_id)
+    if len(allowed) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    if not is_exact(index):  # approximate indexes and selective filters do not mix: scan exactly
+        sims = reconstruct(index, allowed) @ q
+        order = np.lexsort((allowed, -np.abs(sims)))[:k]
+        return allowed[order], sims[order]
+    selector = faiss.IDSelectorBatch(allowed)
+    params = faiss.SearchParameters()
+    params.sel = selector  # keep `selector` alive while FAISS uses it
+    sims, ids = index.search(both, min(k, len(allowed)), params=params)
+    return merge_valences(ids, sims, k)
+
+
+def merge_valences(ids: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row 0 searched q, row 1 searched -q: a direction found by -q has cosine -sim with q."""
+    all_ids = np.concatenate([ids[0], ids[1]])
+    all_sims = np.concatenate([sims[0], -sims[1]])
+    keep = all_ids >= 0
+    all_ids, all_sims = all_ids[keep], all_sims[keep]
+    order = np.lexsort((all_ids, -np.abs(all_sims)))
+    _, first = np.unique(all_ids[order], return_index=True)
+    chosen = order[np.sort(first)][:k]
+    return all_ids[chosen], all_sims[chosen]
+
+
+def nearest_tokens(
+    a: Atlas, model_id: str, bag: dict[str, float], filters: Filters, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact sparse cosines in token space for one model (see ``atlas.token_space``)."""
+    condition, params = filters.where()
+    db = a.alias(model_id)
+    rows = a.con.sql(
+        f"""
+        WITH q AS (SELECT unnest(?) AS token_norm, unnest(?) AS qw),
+        scores AS (
+            SELECT b.direction_id, sum(b.weight * q.qw) AS score
+            FROM {db}.token_bags b JOIN q USING (token_norm)
+            GROUP BY b.direction_id
+        )
+        SELECT s.direction_id, s.score FROM scores s
+        JOIN {db}.directions USING (direction_id)
+        WHERE {condition}
+        ORDER BY abs(s.score) DESC, s.direction_id LIMIT ?
+        """,
+        params=[list(bag), list(bag.values()), *params, k],
+    ).fetchall()
+    return (np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.float32))
+
+
+def describe(a: Atlas, scored: list[tuple[float, int]], space: str) -> list[Hit]:
+    """Hits with their metadata and tokens, in the order given."""
+    if not scored:
+        return []
+    rows = a.sql(
+        "SELECT direction_id, model_id, layer, head, kind, side, sv_index, sigma, degenerate, "
+        "pos_tokens, neg_tokens FROM direction_tokens WHERE direction_id IN (SELECT unnest(?))",
+        [[i for _, i in scored]],
+    ).to_pylist()
+    meta = {r["direction_id"]: r for r in rows}
+    hits = []
+    for score, i in scored:
+        r = meta[i]
+        sign = 1 if score >= 0 else -1
+        pos, neg = r["pos_tokens"] or [], r["neg_tokens"] or []
+        hits.append(
+            Hit(
+                direction_id=i,
+                model_id=r["model_id"],
+                layer=r["layer"],
+                head=r["head"],
+                kind=r["kind"],
+                side=r["side"],
+                sv_index=r["sv_index"],
+                sigma=r["sigma"],
+                sign=sign,
+                score=abs(score),
+                degenerate=r["degenerate"],
+                tokens=pos if sign > 0 else neg,
+                opposite_tokens=neg if sign > 0 else pos,
+                space=space,
+            )
+        )
+    return hits

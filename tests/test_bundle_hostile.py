@@ -1,0 +1,171 @@
+"""Hostile and corrupt bundles are refused with one clear line, and the atlas stays unchanged.
+
+Each bundle here is a valid export rewritten with exactly one defect (checksums in its manifest
+recomputed unless the defect is the checksum), then loaded with --replace into a copy of an
+atlas that already holds the model, so that the defect is the only reason to refuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import assert_one_error_line, fingerprint, run_cli
+
+Members = dict[str, bytes]
+DIRECTIONS = "models/0000/directions.parquet"
+
+
+@pytest.fixture(scope="module")
+def valid_bundle(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("valid") / "minilm.bundle"
+    result = run_cli("--atlas", minilm_atlas, "export", "-o", path, "--vectors", "none")
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+@pytest.fixture
+def atlas_copy(minilm_atlas: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "atlas"
+    shutil.copytree(minilm_atlas, root)
+    return root
+
+
+def read_members(bundle: Path) -> tuple[dict, Members]:
+    with tarfile.open(bundle) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    return json.loads(files.pop("manifest.json")), files
+
+
+def write_bundle(
+    path: Path,
+    manifest: dict,
+    members: Members,
+    listed: Members | None = None,
+    rehash: bool = True,
+    extra: Callable[[tarfile.TarFile], None] | None = None,
+) -> Path:
+    """A tar of ``members``; the manifest's checksums are those of ``listed`` (default: all)."""
+    if rehash:
+        manifest["members"] = {
+            name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            for name, data in (members if listed is None else listed).items()
+        }
+    with tarfile.open(path, "w") as tar:
+        for name, data in [("manifest.json", json.dumps(manifest).encode()), *members.items()]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if extra:
+            extra(tar)
+    return path
+
+
+def refused(atlas_root: Path, bundle: Path, *words: str) -> None:
+    before = fingerprint(atlas_root)
+    line = assert_one_error_line(run_cli("--atlas", atlas_root, "load", bundle, "--replace"))
+    for word in words:
+        assert word in line, line
+    assert fingerprint(atlas_root) == before
+    assert not any((atlas_root / ".staging").iterdir())
+
+
+def test_valid_rewrite_loads(valid_bundle: Path, atlas_copy: Path, tmp_path: Path) -> None:
+    """The rewriting itself is sound: without a defect the bundle loads."""
+    manifest, members = read_members(valid_bundle)
+    bundle = write_bundle(tmp_path / "ok.bundle", manifest, members)
+    result = run_cli("--atlas", atlas_copy, "load", bundle, "--replace")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", ["../escaped.parquet", "/tmp/svd-atlas-escaped.parquet"])
+def test_member_escaping_destination(
+    valid_bundle: Path, atlas_copy: Path, tmp_path: Path, name: str
+) -> None:
+    manifest, members = read_members(valid_bundle)
+    bundle = write_bundle(
+        tmp_path / "escape.bundle", manifest, {name: b"PAR1 evil", **members}, listed=members
+    )
+    refused(atlas_copy, bundle, "escapes the destination")
+    assert not Path("/tmp/svd-atlas-escaped.parquet").exists()
+    assert not list(tmp_path.parent.rglob("escaped.parquet"))
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE], ids=["symlink", "hardlink"])
+def test_link_member(valid_bundle: Path, atlas_copy: Path, tmp_path: Path, kind: bytes) -> None:
+    manifest, members = read_members(valid_bundle)
+    target = "models/0000/top_neurons.parquet"
+    members.pop(target)
+
+    def add_link(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo(target)
+        info.type, info.linkname = kind, "/etc/passwd"
+        tar.addfile(info)
+
+    listed = {**members, target: b""}
+    bundle = write_bundle(tmp_path / "link.bundle", manifest, members, listed, extra=add_link)
+    refused(atlas_copy, bundle, "link", target)
+
+
+def test_checksum_mismatch(valid_bundle: Path, atlas_copy: Path, tmp_path: Path) -> None:
+    manifest, members = read_members(valid_bundle)
+    data = bytearray(members[DIRECTIONS])
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    members[DIRECTIONS] = bytes(data)
+    bundle = write_bundle(tmp_path / "altered.bundle", manifest, members, rehash=False)
+    refused(atlas_copy, bundle, "checksum mismatch", DIRECTIONS)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.999])
+def test_truncated_file(
+    valid_bundle: Path, atlas_copy: Path, tmp_path: Path, fraction: float
+) -> None:
+    data = valid_bundle.read_bytes()
+    bundle = tmp_path / "truncated.bundle"
+    bundle.write_bytes(data[: int(len(data) * fraction)])
+    refused(atlas_copy, bundle, "truncated")
+
+
+def test_newer_format_version(valid_bundle: Path, atlas_copy: Path, tmp_path: Path) -> None:
+    manifest, members = read_members(valid_bundle)
+    manifest["format_version"] = 2
+    bundle = write_bundle(tmp_path / "future.bundle", manifest, members)
+    refused(atlas_copy, bundle, "format version 2", "upgrade")
+
+
+def test_member_not_in_manifest(valid_bundle: Path, atlas_copy: Path, tmp_path: Path) -> None:
+    manifest, members = read_members(valid_bundle)
+    extra = {**members, "models/0000/extra.parquet": b"unexpected"}
+    bundle = write_bundle(tmp_path / "extra.bundle", manifest, extra, listed=members)
+    refused(atlas_copy, bundle, "not listed")
+
+
+def test_inconsistent_rows_with_valid_checksums(
+    valid_bundle: Path, atlas_copy: Path, tmp_path: Path
+) -> None:
+    """A well-formed bundle whose direction ids collide with each other is refused too."""
+    manifest, members = read_members(valid_bundle)
+    directions = pq.read_table(pa.BufferReader(members[DIRECTIONS]))
+    ids = pc.if_else(pc.equal(directions["direction_id"], 5), 4, directions["direction_id"])
+    directions = directions.set_column(0, "direction_id", ids)
+    sink = io.BytesIO()
+    pq.write_table(directions, sink)
+    members[DIRECTIONS] = sink.getvalue()
+    bundle = write_bundle(tmp_path / "dup.bundle", manifest, members)
+    refused(atlas_copy, bundle, "inconsistent", "direction_id")
+
+
+def test_not_a_bundle(atlas_copy: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "notes.bundle"
+    bundle.write_text("just some text\n" * 100)
+    refused(atlas_copy, bundle, "not an svd-atlas bundle")
