@@ -1,0 +1,273 @@
+"""Rank-1 concept editing (sprint finding G): ``W' = W + Σ_i eps_i σ_i u_i v_iᵀ`` on a live model.
+
+eps = -1 removes a singular triple, -1 < eps < 0 dampens it, eps > 0 amplifies it. The edit is
+written into the model's real parameters (the bridge's ``W_V``/``W_O``/``W_in``/``W_gate``/
+``W_out`` are views of them) and :func:`edited` restores the exact original tensors on exit.
+
+The triples are not taken from the atlas as stored: each one is recomputed (float64) from the
+live weights and checked against the atlas (sigma and the stored unit vector, up to sign), so
+an edit is refused when the model is not the one the atlas was built from, and the update is
+an exact singular triple of the live matrix.
+
+**OV edits and the value bias.** A head writes ``A (x W_V + b_V) W_O`` per position; as the
+attention pattern ``A`` sums to 1, that is ``(A x) OV + b_V W_O``: the OV map plus a constant
+write ``b_V W_O``. An edit changes the OV map only and keeps that constant write unchanged:
+
+* heads with their own W_V (multi-head attention): ``W_V += eps σ u cᵀ`` with ``c`` the
+  d_head vector whose image under ``W_O`` is ``v`` (``cᵀ W_O = vᵀ``). ``b_V``, ``W_O`` and
+  ``b_O`` are untouched, so ``b_V W_O`` is unchanged.
+* grouped-query heads share W_V (and b_V) with their group, so W_V cannot be edited for one
+  head; the edit goes through the head's own W_O: ``W_O[h] += eps σ a vᵀ`` with ``W_V a = u``.
+  That would add ``eps σ (b_V·a) v`` to the constant write, so ``b_O`` is corrected by the
+  same amount with the opposite sign (a refusal if the model has no b_O and b_V·a ≠ 0).
+
+MLP edits change W_in / W_gate / W_out directly; their biases are constants outside the linear
+map and are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from atlas.errors import AtlasError
+from atlas.handle import Atlas
+
+EDITABLE_KINDS = ("ov", "mlp_in", "mlp_gate", "mlp_out")
+MLP_VIEWS = {"mlp_in": "W_in", "mlp_gate": "W_gate", "mlp_out": "W_out"}
+# A live triple matches the atlas when sigma agrees to this relative tolerance and the stored
+# unit vector's |cosine| with the live one is at least MIN_COSINE.
+SIGMA_RTOL = 1e-3
+MIN_COSINE = 0.999
+
+
+@dataclass
+class Direction:
+    """One atlas direction (one side of one singular triple) as stored."""
+
+    direction_id: int
+    model_id: str
+    kind: str
+    layer: int
+    head: int | None
+    sv_index: int
+    sigma: float
+    side: str
+    degenerate: bool
+    vector: np.ndarray
+
+    @property
+    def where(self) -> str:
+        head = f" H{self.head}" if self.head is not None else ""
+        return f"{self.kind} L{self.layer}{head} sv{self.sv_index}"
+
+
+@dataclass
+class RankOneEdit:
+    """A resolved edit: the live triple ``(σ, u, v)`` and the factor eps, plus its route."""
+
+    direction: Direction
+    eps: float
+    sigma: float
+    u: torch.Tensor  # float64, the matrix's input space
+    v: torch.Tensor  # float64, the matrix's output space
+    route: str  # which parameters carry it: "W_V", "W_O+b_O", "W_in", ...
+    # For OV: the d_head vector that realises the edit through the chosen route (c or a).
+    head_vector: torch.Tensor | None = None
+
+
+def lookup(a: Atlas, direction_ids: Sequence[int]) -> list[Direction]:
+    """The atlas rows of ``direction_ids`` (in the given order), or one clear error."""
+    rows = a.sql(
+        "SELECT direction_id, model_id, kind, layer, head, sv_index, sigma, side, degenerate, "
+        "vector FROM directions WHERE list_contains(?, direction_id)",
+        [list(direction_ids)],
+    ).to_pylist()
+    found = {r["direction_id"]: r for r in rows}
+    missing = [str(d) for d in direction_ids if d not in found]
+    if missing:
+        raise AtlasError(f"no direction {', '.join(missing)} in {a.root}")
+    out = []
+    for d in direction_ids:
+        r = found[d]
+        r["vector"] = np.asarray(r["vector"], dtype=np.float64)
+        out.append(Direction(**r))
+    return out
+
+
+def check_eps(eps: float) -> None:
+    if not math.isfinite(eps) or eps < -1:
+        raise AtlasError(
+            f"eps must be a finite number >= -1 (-1 removes, (-1, 0) dampens, > 0 amplifies), "
+            f"got {eps:g}"
+        )
+
+
+def plan(bridge: Any, directions: Sequence[Direction], eps: Sequence[float]) -> list[RankOneEdit]:
+    """Recompute each direction's triple from the live weights and choose its route."""
+    if len(directions) != len(eps):
+        raise AtlasError(f"{len(directions)} directions but {len(eps)} eps values")
+    edits = []
+    for d, e in zip(directions, eps, strict=True):
+        check_eps(e)
+        if d.kind not in EDITABLE_KINDS:
+            raise AtlasError(
+                f"direction {d.direction_id} is a {d.kind!r} direction; rank-1 edits apply "
+                f"to residual-space directions of {', '.join(EDITABLE_KINDS)} matrices"
+            )
+        if d.degenerate:
+            raise AtlasError(
+                f"direction {d.direction_id} ({d.where}) is degenerate: its singular value "
+                "ties with a neighbour's, so only their span is defined, not this vector"
+            )
+        if d.layer >= bridge.cfg.n_layers:
+            raise AtlasError(f"direction {d.direction_id} is in layer {d.layer}; {_changed()}")
+        edit = _plan_ov(bridge, d, e) if d.kind == "ov" else _plan_mlp(bridge, d, e)
+        _check_matches(d, edit)
+        edits.append(edit)
+    return edits
+
+
+def _changed() -> str:
+    return "the live model is not the one this atlas was built from (re-ingest it)"
+
+
+def _check_matches(d: Direction, edit: RankOneEdit) -> None:
+    live = edit.u if d.side == "read" else edit.v
+    if live.shape[0] != d.vector.shape[0]:
+        raise AtlasError(f"direction {d.direction_id} has width {d.vector.shape[0]}; {_changed()}")
+    cosine = abs(float(np.dot(live.cpu().numpy(), d.vector)))
+    if abs(edit.sigma - d.sigma) > SIGMA_RTOL * d.sigma or cosine < MIN_COSINE:
+        raise AtlasError(
+            f"direction {d.direction_id} ({d.where}): live sigma {edit.sigma:.6g} vs atlas "
+            f"{d.sigma:.6g}, |cos| {cosine:.4f}; {_changed()}"
+        )
+
+
+def _kv_group(cfg: Any) -> int:
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    return int(cfg.n_heads // n_kv)
+
+
+@torch.no_grad()
+def _plan_ov(bridge: Any, d: Direction, eps: float) -> RankOneEdit:
+    assert d.head is not None
+    attn = bridge.blocks[d.layer].attn
+    group = _kv_group(bridge.cfg)
+    W_V = attn.W_V[d.head // group].double()
+    W_O = attn.W_O[d.head].double()
+    q1, r1 = torch.linalg.qr(W_V)
+    q2, r2 = torch.linalg.qr(W_O.T)
+    core_u, s, core_vh = torch.linalg.svd(r1 @ r2.T)
+    i = d.sv_index
+    if i >= s.shape[0]:
+        raise AtlasError(f"direction {d.direction_id} ({d.where}): {_changed()}")
+    u, v = q1 @ core_u[:, i], q2 @ core_vh[i]
+    if group == 1:
+        # cᵀ W_O = vᵀ with W_O = R2ᵀ Q2ᵀ and v = Q2 V'_i means R2 c = V'_i (pinv: a head of
+        # deficient rank has no exact inverse, and its null part is never written anyway).
+        c = torch.linalg.pinv(r2) @ core_vh[i]
+        return RankOneEdit(d, eps, float(s[i]), u, v, "W_V", c)
+    a = torch.linalg.pinv(r1) @ core_u[:, i]  # W_V a = Q1 R1 a = Q1 U'_i = u
+    b_V = attn.b_V
+    bias_dot = 0.0 if b_V is None else float(b_V[d.head // group].double() @ a)
+    if attn.b_O is None and bias_dot != 0.0:
+        raise AtlasError(
+            f"direction {d.direction_id} ({d.where}): a grouped-query head with a value bias "
+            "but no output bias cannot be edited without changing its constant write"
+        )
+    return RankOneEdit(d, eps, float(s[i]), u, v, "W_O+b_O", a)
+
+
+@torch.no_grad()
+def _plan_mlp(bridge: Any, d: Direction, eps: float) -> RankOneEdit:
+    W = getattr(bridge.blocks[d.layer].mlp, MLP_VIEWS[d.kind])
+    if W is None:
+        raise AtlasError(f"direction {d.direction_id} ({d.where}): {_changed()}")
+    U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
+    i = d.sv_index
+    return RankOneEdit(d, eps, float(S[i]), U[:, i], Vh[i], MLP_VIEWS[d.kind])
+
+
+def _targets(bridge: Any, edit: RankOneEdit) -> list[torch.Tensor]:
+    """The live parameter views an edit writes into."""
+    d = edit.direction
+    if d.kind != "ov":
+        return [getattr(bridge.blocks[d.layer].mlp, MLP_VIEWS[d.kind])]
+    attn = bridge.blocks[d.layer].attn
+    if edit.route == "W_V":
+        return [attn.W_V]
+    return [attn.W_O] + ([attn.b_O] if attn.b_O is not None else [])
+
+
+def _owning_parameters(bridge: Any, views: list[torch.Tensor]) -> list[torch.nn.Parameter]:
+    """The model parameters whose storage the views share (what must be snapshot)."""
+    storages = {v.untyped_storage().data_ptr() for v in views}
+    owners = [p for p in bridge.parameters() if p.untyped_storage().data_ptr() in storages]
+    if len({p.untyped_storage().data_ptr() for p in owners}) != len(storages):
+        raise RuntimeError("a weight view does not share storage with any model parameter")
+    return owners
+
+
+@torch.no_grad()
+def _apply(bridge: Any, edit: RankOneEdit) -> None:
+    d, scale = edit.direction, edit.eps * edit.sigma
+    if d.kind != "ov":
+        view = getattr(bridge.blocks[d.layer].mlp, MLP_VIEWS[d.kind])
+        view += (scale * torch.outer(edit.u, edit.v)).to(view.dtype)
+        return
+    assert d.head is not None and edit.head_vector is not None
+    attn = bridge.blocks[d.layer].attn
+    if edit.route == "W_V":
+        W_V = attn.W_V
+        W_V[d.head] += (scale * torch.outer(edit.u, edit.head_vector)).to(W_V.dtype)
+        return
+    group = _kv_group(bridge.cfg)
+    W_O = attn.W_O
+    W_O[d.head] += (scale * torch.outer(edit.head_vector, edit.v)).to(W_O.dtype)
+    if attn.b_V is not None and attn.b_O is not None:
+        b_O = attn.b_O
+        bias_dot = attn.b_V[d.head // group].double() @ edit.head_vector
+        b_O -= (scale * bias_dot * edit.v).to(b_O.dtype)
+
+
+@contextlib.contextmanager
+def edited(bridge: Any, edits: Sequence[RankOneEdit]) -> Iterator[list[RankOneEdit]]:
+    """Apply ``edits`` to the live parameters; restore them bit for bit on exit.
+
+    Every edit is planned on the unedited weights (see :func:`plan`), so several directions of
+    one matrix add up to ``Σ eps_i σ_i u_i v_iᵀ`` exactly as in the formula.
+    """
+    views = [v for e in edits for v in _targets(bridge, e)]
+    owners = _owning_parameters(bridge, views)
+    saved = [(p, p.detach().clone()) for p in owners]
+    try:
+        for e in edits:
+            _apply(bridge, e)
+        yield list(edits)
+    finally:
+        with torch.no_grad():
+            for p, original in saved:
+                p.copy_(original)
+
+
+@contextlib.contextmanager
+def concept_edit(
+    bridge: Any, a: Atlas, edits: dict[int, float] | Sequence[tuple[int, float]]
+) -> Iterator[list[RankOneEdit]]:
+    """``with concept_edit(bridge, atlas, {direction_id: eps, ...}):`` the model is edited.
+
+    Looks the directions up in the atlas, checks them against the live weights, applies
+    ``W' = W + Σ eps_i σ_i u_i v_iᵀ`` and restores the original weights bit for bit on exit.
+    """
+    pairs = list(edits.items()) if isinstance(edits, dict) else list(edits)
+    directions = lookup(a, [d for d, _ in pairs])
+    planned = plan(bridge, directions, [e for _, e in pairs])
+    with edited(bridge, planned) as applied:
+        yield applied
