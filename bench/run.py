@@ -384,17 +384,18 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="add gpt2-medium shapes")
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = parser.parse_args()
-    results: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "argv": sys.argv[1:],
-        "machine": machine(),
-    }
+    out = Path(args.out)
+    # Sections run separately accumulate in one results file; each keeps its own command line.
+    results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    results["machine"] = machine()
+    runs = results.setdefault("runs", {})
     for name in args.only.split(","):
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results[name] = SECTIONS[name](args.device, args.large)
+        runs[name] = {"date": time.strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:]}
         print(json.dumps(results[name], indent=1), file=sys.stderr)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
     (ROOT / "BENCHMARKS.md").write_text(markdown(results))
     print(markdown(results))
 
