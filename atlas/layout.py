@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas.errors import AtlasError
+from atlas.formats import require_format
 
 FORMAT = "svd-atlas"
 FORMAT_VERSION = 1
@@ -71,14 +72,7 @@ class Catalog:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: Path) -> Catalog:
-        if data.get("format") != FORMAT:
-            raise AtlasError(f"{source} is not an svd-atlas catalog")
-        version = data.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise AtlasError(
-                f"{source} has format version {version}; this svd-atlas reads up to "
-                f"{FORMAT_VERSION}: upgrade svd-atlas"
-            )
+        require_format(data, FORMAT, FORMAT_VERSION, source, "catalog")
         return cls(
             models={k: CatalogEntry(**v) for k, v in data["models"].items()},
             next_direction_id=int(data["next_direction_id"]),

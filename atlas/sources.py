@@ -22,6 +22,7 @@ import duckdb
 import numpy as np
 
 from atlas.errors import AtlasError
+from atlas.formats import require_format
 from atlas.handle import Atlas, empty_table_ddl, no_vectors
 from atlas.layout import dir_size
 from atlas.schema import TABLES
@@ -156,12 +157,5 @@ def read_parquet_marker(root: Path) -> dict[str, Any]:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise AtlasError(f"cannot read {path}: {exc}") from None
-    if not isinstance(info, dict) or info.get("format") != PARQUET_FORMAT:
-        raise AtlasError(f"{path} does not describe an svd-atlas Parquet tree")
-    version = info.get("format_version")
-    if not isinstance(version, int) or version > PARQUET_FORMAT_VERSION:
-        raise AtlasError(
-            f"{root} has Parquet tree format version {version}; this svd-atlas reads up to "
-            f"{PARQUET_FORMAT_VERSION}: upgrade svd-atlas"
-        )
+    require_format(info, PARQUET_FORMAT, PARQUET_FORMAT_VERSION, root, "Parquet tree")
     return info

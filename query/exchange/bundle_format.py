@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from atlas.errors import AtlasError
+from atlas.formats import require_format
 from atlas.store import TABLE_ORDER
 
 FORMAT = "svd-atlas-bundle"
@@ -108,14 +109,7 @@ class BundleManifest:
     @classmethod
     def from_json(cls, data: Any, source: str) -> BundleManifest:
         """Parse and check a manifest; anything unexpected is a refusal naming ``source``."""
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise AtlasError(f"{source} is not an svd-atlas bundle (no bundle manifest)")
-        version = data.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise AtlasError(
-                f"{source} has bundle format version {version}; this svd-atlas reads up to "
-                f"{FORMAT_VERSION}: upgrade svd-atlas to load it"
-            )
+        version = require_format(data, FORMAT, FORMAT_VERSION, source, "bundle")
         try:
             manifest = cls(
                 vectors=data["vectors"],
