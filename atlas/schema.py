@@ -90,6 +90,10 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("stable_rank", Double, nullable=False),
         Column("effective_rank", Double, nullable=False),
         Column("spectrum", FloatArray(), nullable=False),
+        # coherence of the pooled top tokens of its largest directions (see atlas.coherence)
+        Column("coherence", Double),
+        Column("coherence_z", Double),
+        Column("coherence_pct", Double),
     )
     Table(
         "directions",
@@ -106,6 +110,11 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("sv_gap", Double, nullable=False),
         Column("degenerate", Boolean, nullable=False),
         Column("degenerate_group", Integer),
+        Column("coherence_pos", Double),  # score of the top positive tokens
+        Column("coherence_neg", Double),  # score of the top negative tokens
+        Column("coherence", Double),  # the better of the two
+        Column("coherence_z", Double),  # standard score against the model's null
+        Column("coherence_pct", Double),  # percent of null scores at or below it
         Column("vector", FloatArray(d_model), nullable=False),
     )
     Table(
@@ -126,6 +135,14 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("rank", SmallInteger, nullable=False),
         Column("neuron", Integer, nullable=False),
         Column("weight", Float, nullable=False),
+    )
+    Table(
+        "coherence_null",
+        md,
+        Column("model_id", String, nullable=False),
+        Column("scope", String, nullable=False),  # direction | matrix
+        Column("sample", Integer, nullable=False),
+        Column("coherence", Double, nullable=False),
     )
     return md
 

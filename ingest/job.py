@@ -27,14 +27,15 @@ from atlas.errors import AtlasError
 from atlas.layout import AtlasDir, CatalogEntry, dir_size
 from atlas.tokens import display_vocabulary
 from ingest import writer
-from ingest.assemble import IdBase, assemble, residual_vectors
+from ingest.assemble import AtlasRows, IdBase, assemble, residual_vectors
+from ingest.coherence import attach, coherence_columns
 from ingest.decompose import OvMethod, decompose, ov_factored
 from ingest.loading import BUNDLED, LoadedModel, load_model, resolve_device
-from ingest.project import project
+from ingest.project import TokenScores, project
 from ingest.random_models import RANDOM_PREFIX
 from ingest.weights import extract_weights
 
-STAGES = ("boot", "decompose", "project", "write", "index")
+STAGES = ("boot", "decompose", "project", "score", "write", "index")
 
 
 @dataclass
@@ -158,17 +159,20 @@ def ingest(
             with stages.stage("project", f"{vectors.shape[0]:,} directions through W_U"):
                 scores = _project_with_progress(vectors, weights.W_U, options.top_k, progress)
                 vocab = pa.array(loaded.vocabulary)
+                display = display_vocabulary(loaded.vocabulary)
                 rows = assemble(
                     model_id,
                     groups,
                     vectors,
                     scores,
                     vocab,
-                    pa.array(display_vocabulary(loaded.vocabulary)),
+                    pa.array(display),
                     IdBase(catalog.next_matrix_id, catalog.next_direction_id),
                     options.gap_tolerance,
                     options.top_k,
                 )
+            with stages.stage("score", "coherence of every direction and matrix vs a null"):
+                _score_coherence(rows, scores, model_id, display, weights.W_U, options.top_k)
             cfg = loaded.bridge.cfg
             report.counts = {
                 "matrices": rows.matrices.num_rows,
@@ -198,6 +202,23 @@ def ingest(
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _score_coherence(
+    rows: AtlasRows,
+    scores: TokenScores,
+    model_id: str,
+    display: list[str],
+    W_U: torch.Tensor,
+    top_k: int,
+) -> None:
+    """Coherence columns and the null table (all NULL when fewer than two tokens are kept)."""
+    from atlas.coherence import Scorer
+
+    columns = None
+    if top_k >= 2:
+        columns = coherence_columns(model_id, scores, rows.directions, display, W_U, Scorer())
+    attach(rows, columns)
 
 
 def _refuse_existing(atlas_dir: AtlasDir, model_id: str, replace: bool) -> None:

@@ -15,17 +15,25 @@ from atlas.layout import MANIFEST, MODEL_DB, RESIDUAL_INDEX
 from atlas.schema import create_statements
 from ingest.assemble import AtlasRows
 
-TABLE_ORDER = ("models", "matrices", "directions", "top_tokens", "top_neurons")
+TABLE_ORDER = (
+    "models",
+    "matrices",
+    "directions",
+    "top_tokens",
+    "top_neurons",
+    "coherence_null",
+)
 
 
 def write_tables(store: Path, model_row: dict[str, Any], rows: AtlasRows, d_model: int) -> None:
     """Create the schema and bulk-insert every table through Arrow, in one transaction."""
-    tables = {
+    tables: dict[str, pa.Table | None] = {
         "models": _models_table(model_row),
         "matrices": rows.matrices,
         "directions": rows.directions,
         "top_tokens": rows.top_tokens,
         "top_neurons": rows.top_neurons,
+        "coherence_null": rows.coherence_null,
     }
     con = duckdb.connect(str(store / MODEL_DB))
     try:
@@ -33,6 +41,8 @@ def write_tables(store: Path, model_row: dict[str, Any], rows: AtlasRows, d_mode
         for ddl in create_statements(d_model):
             con.execute(ddl)
         for name in TABLE_ORDER:
+            if tables[name] is None:
+                continue
             con.register("incoming", tables[name])
             con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
             con.unregister("incoming")
