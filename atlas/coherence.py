@@ -100,14 +100,15 @@ class Judge:
 
     def embed(self, strings: Sequence[str]) -> np.ndarray:
         """``[len(strings), 384]`` unit vectors, as ``SentenceTransformer.encode`` of the model
-        gives them (mean pooling over the word pieces, then normalized)."""
-        todo = sorted({s for s in strings if s not in self._cache})
+        gives them (mean pooling over the word pieces, then normalized); zeros for ``""``."""
+        todo = sorted({s for s in strings if s and s not in self._cache})
         if todo:
             self._encode(todo)
             self._save()
         if not strings:
             return np.zeros((0, ENCODER_DIM), np.float32)
-        return np.stack([self._cache[s] for s in strings])
+        zero = np.zeros(ENCODER_DIM, np.float32)
+        return np.stack([self._cache[s] if s else zero for s in strings])
 
     def _encode(self, strings: list[str]) -> None:
         import torch
@@ -160,13 +161,15 @@ def features_of_ids(
 
     ``ids`` is ``[N, k]`` (k >= 2); ``embeddings`` ``[V, d]`` unit rows; ``frequency`` and
     ``length`` ``[V]``. With unit vectors the mean pairwise cosine is
-    ``(|sum x|^2 - k) / (k (k - 1))``, so no k x k matrix is formed.
+    ``(|sum x|^2 - sum |x|^2) / (k (k - 1))``, so no k x k matrix is formed. An empty string has
+    a zero embedding: related to nothing.
     """
     k = ids.shape[1]
     sums = np.zeros((ids.shape[0], embeddings.shape[1]), np.float64)
     for j in range(k):
         sums += embeddings[ids[:, j]]
-    semantic = ((sums * sums).sum(1) - k) / (k * (k - 1))
+    self_terms = (embeddings.astype(np.float64) ** 2).sum(1)[ids].sum(1)  # k, less empty strings
+    semantic = ((sums * sums).sum(1) - self_terms) / (k * (k - 1))
     return np.stack([semantic, frequency[ids].mean(1), length[ids].mean(1)], axis=1)
 
 

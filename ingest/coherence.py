@@ -15,6 +15,7 @@ it). The null scores are stored (table ``coherence_null``) so both can be checke
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,9 @@ N_NULL = 1200
 NULL_SEED = 0
 HEAD_DIRECTIONS = 3
 HEAD_TOKENS_EACH = 5
+# Padding entries of padded vocabularies: ingest.loading.vocabulary_of names ids the tokenizer
+# lacks [id_N]; the random models' tokenizer pads with [extra_N] (ingest.random_models).
+UNNAMED = re.compile(r"\[(id|extra)_\d+\]")
 
 
 DIRECTION_COLUMNS = ("coherence_pos", "coherence_neg", "coherence", "coherence_z", "coherence_pct")
@@ -74,10 +78,16 @@ class _Tables:
         self.used = np.unique(ids)
         self.row_of = np.full(len(display), -1, np.int64)
         self.row_of[self.used] = np.arange(len(self.used))
-        self.tables = scorer.tables([clean(display[i]) for i in self.used])
+        self.tables = scorer.tables([_judged_string(display[i]) for i in self.used])
 
     def score(self, ids: np.ndarray) -> np.ndarray:
         return score_features(features_of_ids(self.row_of[ids], *self.tables))
+
+
+def _judged_string(display: str) -> str:
+    """What the judge reads for one vocabulary entry; ids the tokenizer cannot name (padded
+    vocabularies, see ``UNNAMED``) read as the empty string: not a word, related to nothing."""
+    return "" if UNNAMED.fullmatch(display) else clean(display)
 
 
 def null_directions(d_model: int, n: int = N_NULL, seed: int = NULL_SEED) -> np.ndarray:

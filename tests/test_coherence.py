@@ -11,7 +11,7 @@ from scipy.stats import mannwhitneyu
 from sklearn.metrics import roc_auc_score
 
 import atlas
-from atlas.coherence import Judge, Scorer, logit
+from atlas.coherence import BIAS, WEIGHTS, Judge, Scorer, features_of_ids, logit, score_features
 from atlas.tokens import display_vocabulary
 from bench.coherence_auc import load_labels
 from tests.helpers import run_cli
@@ -162,3 +162,23 @@ def test_cli_scores_a_list_a_file_and_json(tmp_path: Path, scorer: Scorer) -> No
 
     bad = run_cli("coherence", "fire")
     assert bad.returncode != 0 and "at least two" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_list_features_equal_explicit_pairwise_computation() -> None:
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((12, 384)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    emb[3] = 0  # an unnamed padding id: related to nothing
+    freq, length = rng.uniform(0, 7, 12), rng.integers(1, 12, 12).astype(float)
+    ids = np.array([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [3, 10, 11, 0, 1]])
+    got = features_of_ids(ids, emb, freq, length)
+    for row, list_ids in zip(got, ids, strict=True):
+        x = emb[list_ids].astype(np.float64)
+        cos = x @ x.T
+        off_diagonal = cos[~np.eye(len(list_ids), dtype=bool)].mean()
+        np.testing.assert_allclose(
+            row, [off_diagonal, freq[list_ids].mean(), length[list_ids].mean()], rtol=1e-6
+        )
+    np.testing.assert_allclose(
+        score_features(got), 1 / (1 + np.exp(-(got @ WEIGHTS + BIAS))), rtol=1e-12
+    )
