@@ -11,7 +11,7 @@ from scipy.stats import mannwhitneyu
 from sklearn.metrics import roc_auc_score
 
 import atlas
-from atlas.coherence import BIAS, WEIGHTS, Judge, Scorer, features_of_ids, logit, score_features
+from atlas.coherence import Judge, Scorer, features_of_ids, logit
 from atlas.tokens import display_vocabulary
 from bench.coherence_auc import load_labels
 from tests.helpers import run_cli
@@ -179,6 +179,3 @@ def test_list_features_equal_explicit_pairwise_computation() -> None:
         np.testing.assert_allclose(
             row, [off_diagonal, freq[list_ids].mean(), length[list_ids].mean()], rtol=1e-6
         )
-    np.testing.assert_allclose(
-        score_features(got), 1 / (1 + np.exp(-(got @ WEIGHTS + BIAS))), rtol=1e-12
-    )
