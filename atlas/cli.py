@@ -50,9 +50,18 @@ def cli(ctx: click.Context, atlas_path: str) -> None:
 
 def _register() -> None:
     """Each area of the tool keeps its commands in its own module under ``atlas.commands``."""
-    from atlas.commands import edit, exchange, ingest, models, query, spectrum
+    from atlas.commands import (
+        coherence,
+        compare,
+        edit,
+        exchange,
+        ingest,
+        models,
+        query,
+        spectrum,
+    )
 
-    for module in (ingest, models, query, spectrum, edit, exchange):
+    for module in (ingest, models, query, spectrum, coherence, compare, edit, exchange):
         for command in module.COMMANDS:
             cli.add_command(command)
 

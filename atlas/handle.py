@@ -53,11 +53,16 @@ class Atlas:
             path = self.dir.store_path(entry) / MODEL_DB
             con.execute(f"ATTACH '{_quote(path)}' AS m{i} (READ_ONLY)")
             aliases.append(f"m{i}")
+        present = set(
+            con.execute("SELECT database_name, table_name FROM duckdb_tables()").fetchall()
+        )
         for table in TABLES:
-            if aliases:
+            # a store written before a table was added to the contract simply lacks it
+            having = [a for a in aliases if (a, table) in present]
+            if having:
                 select = "* REPLACE (vector::FLOAT[] AS vector)" if table == "directions" else "*"
                 union = " UNION ALL BY NAME ".join(
-                    f"SELECT {select} FROM {a}.{table}" for a in aliases
+                    f"SELECT {select} FROM {a}.{table}" for a in having
                 )
                 con.execute(f"CREATE TEMP VIEW {table} AS {union}")
             else:

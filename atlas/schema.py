@@ -91,6 +91,10 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("stable_rank", Double, nullable=False),
         Column("effective_rank", Double, nullable=False),
         Column("spectrum", FloatArray(), nullable=False),
+        # coherence of the pooled top tokens of its largest directions (see atlas.coherence)
+        Column("coherence", Double),
+        Column("coherence_z", Double),
+        Column("coherence_pct", Double),
     )
     Table(
         "directions",
@@ -107,6 +111,11 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("sv_gap", Double, nullable=False),
         Column("degenerate", Boolean, nullable=False),
         Column("degenerate_group", Integer),
+        Column("coherence_pos", Double),  # score of the top positive tokens
+        Column("coherence_neg", Double),  # score of the top negative tokens
+        Column("coherence", Double),  # the better of the two
+        Column("coherence_z", Double),  # standard score against the model's null
+        Column("coherence_pct", Double),  # percent of null scores at or below it
         Column("vector", FloatArray(d_model), nullable=False),
     )
     Table(
@@ -143,6 +152,14 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("direction_id", BigInteger, nullable=False),
         Column("token_norm", String, nullable=False),
         Column("weight", Float, nullable=False),  # unit L2 norm per direction (atlas.token_space)
+    )
+    Table(
+        "coherence_null",
+        md,
+        Column("model_id", String, nullable=False),
+        Column("scope", String, nullable=False),  # direction | matrix
+        Column("sample", Integer, nullable=False),
+        Column("coherence", Double, nullable=False),
     )
     return md
 

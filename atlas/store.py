@@ -22,11 +22,19 @@ from atlas.schema import create_statements
 from atlas.token_space import BUILD_TOKEN_BAGS
 
 # Written through Arrow; token_bags is derived from top_tokens and vocab inside DuckDB.
-TABLE_ORDER = ("models", "matrices", "directions", "top_tokens", "top_neurons", "vocab")
+TABLE_ORDER = (
+    "models",
+    "matrices",
+    "directions",
+    "top_tokens",
+    "top_neurons",
+    "vocab",
+    "coherence_null",
+)
 
 
 def write_tables(
-    store: Path, tables: dict[str, pa.Table], d_model: int, with_vectors: bool = True
+    store: Path, tables: dict[str, pa.Table | None], d_model: int, with_vectors: bool = True
 ) -> None:
     """Create the schema and bulk-insert every table through Arrow, in one transaction.
 
@@ -41,6 +49,8 @@ def write_tables(
         if not with_vectors:
             con.execute("ALTER TABLE directions ALTER COLUMN vector DROP NOT NULL")
         for name in TABLE_ORDER:
+            if tables[name] is None:  # e.g. coherence_null when ingest did not score
+                continue
             con.register("incoming", tables[name])
             con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
             con.unregister("incoming")

@@ -23,6 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/run.py` from anywhere: bench.* is importable
 RESULTS = ROOT / "bench" / "results"
+INGEST_STAGES = ("boot", "decompose", "project", "score", "write", "index")
 
 
 def machine() -> dict[str, Any]:
@@ -351,17 +352,15 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             "## Ingest end to end (fresh process, imports included)",
             "",
-            "| model | device | wall (s) | import | boot | decompose | project | write | "
+            "| model | device | wall (s) | import | boot | decompose | project | score | write | "
             "index | peak RSS (MB) | on disk (MB) | directions |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in results["ingest"]:
             st = r["stage_seconds"]
             lines.append(
                 f"| {r['model']} | {r['device']} | {r['wall_seconds']} | {r['import_seconds']} | "
-                + " | ".join(
-                    str(st.get(k, "")) for k in ("boot", "decompose", "project", "write", "index")
-                )
+                + " | ".join(str(st.get(k, "")) for k in INGEST_STAGES)
                 + f" | {r['peak_rss_mb']} | {r['size_mb']} | {r['directions']:,} |"
             )
         lines.append("")

@@ -58,6 +58,7 @@ class AtlasRows:
     top_neurons: pa.Table
     vectors: np.ndarray
     direction_ids: np.ndarray
+    coherence_null: pa.Table | None = None  # filled by the score stage (ingest.coherence)
 
 
 def assemble(

@@ -29,14 +29,15 @@ from atlas.indexes import DEFAULT_EXACT_MAX
 from atlas.layout import AtlasDir, CatalogEntry, dir_size
 from atlas.tokens import display_vocabulary, normalized_form
 from ingest import writer
-from ingest.assemble import IdBase, assemble, residual_vectors
+from ingest.assemble import AtlasRows, IdBase, assemble, residual_vectors
+from ingest.coherence import attach, coherence_columns
 from ingest.decompose import OvMethod, decompose, ov_factored
 from ingest.loading import BUNDLED, LoadedModel, load_model, resolve_device
-from ingest.project import project
+from ingest.project import TokenScores, project
 from ingest.random_models import RANDOM_PREFIX
 from ingest.weights import extract_weights
 
-STAGES = ("boot", "decompose", "project", "write", "index")
+STAGES = ("boot", "decompose", "project", "score", "write", "index")
 
 
 @dataclass
@@ -51,6 +52,7 @@ class IngestOptions:
     replace: bool = False
     gap_tolerance: float = DEFAULT_GAP_TOLERANCE
     exact_max: int = DEFAULT_EXACT_MAX
+    coherence: bool = False  # the score stage: one sentence-encoder pass per new token string
 
 
 @dataclass
@@ -194,6 +196,12 @@ def ingest(
                     options.gap_tolerance,
                     options.top_k,
                 )
+            if options.coherence:
+                with stages.stage("score", "coherence of every direction and matrix vs a null"):
+                    display = vocab["token_display"].to_pylist()
+                    _score_coherence(rows, scores, model_id, display, weights.W_U, options.top_k)
+            else:
+                attach(rows, None)
             cfg = loaded.bridge.cfg
             report.counts = {
                 "matrices": rows.matrices.num_rows,
@@ -236,6 +244,23 @@ def vocabulary_table(model_id: str, raw_tokens: list[str]) -> pa.Table:
             "token_norm": [normalized_form(t) for t in raw_tokens],
         }
     )
+
+
+def _score_coherence(
+    rows: AtlasRows,
+    scores: TokenScores,
+    model_id: str,
+    display: list[str],
+    W_U: torch.Tensor,
+    top_k: int,
+) -> None:
+    """Coherence columns and the null table (all NULL when fewer than two tokens are kept)."""
+    from atlas.coherence import Scorer
+
+    columns = None
+    if top_k >= 2:
+        columns = coherence_columns(model_id, scores, rows.directions, display, W_U, Scorer())
+    attach(rows, columns)
 
 
 def _refuse_existing(atlas_dir: AtlasDir, model_id: str, replace: bool) -> None:

@@ -27,13 +27,14 @@ def write_tables(
     store: Path, model_row: dict[str, Any], rows: AtlasRows, vocab: pa.Table, d_model: int
 ) -> None:
     """Create the schema and bulk-insert every table through Arrow, in one transaction."""
-    tables = {
+    tables: dict[str, pa.Table | None] = {
         "models": _models_table(model_row),
         "matrices": rows.matrices,
         "directions": rows.directions,
         "top_tokens": rows.top_tokens,
         "top_neurons": rows.top_neurons,
         "vocab": vocab,
+        "coherence_null": rows.coherence_null,
     }
     store_io.write_tables(store, tables, d_model)
 

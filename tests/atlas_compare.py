@@ -16,6 +16,7 @@ TABLE_ORDER = {
     "top_neurons": "direction_id, rank",
     "vocab": "model_id, token_id",
     "token_bags": "direction_id, token_norm",
+    "coherence_null": "model_id, scope, sample",
 }
 
 

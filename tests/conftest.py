@@ -17,9 +17,10 @@ def quiet(_message: str) -> None:
 
 @pytest.fixture(scope="session")
 def minilm_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An atlas holding the bundled MiniLM, ingested with default options."""
+    """An atlas holding the bundled MiniLM, ingested with default options and --coherence."""
     from ingest.job import IngestOptions, ingest
 
     root = tmp_path_factory.mktemp("minilm") / "atlas"
-    ingest(root, IngestOptions(model="minilm", device="cpu"), log=quiet, progress=False)
+    options = IngestOptions(model="minilm", device="cpu", coherence=True)
+    ingest(root, options, log=quiet, progress=False)
     return root

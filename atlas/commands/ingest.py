@@ -57,6 +57,12 @@ from atlas.indexes import DEFAULT_EXACT_MAX
     show_default=True,
     help="Models with more directions get an HNSW (approximate) index instead of an exact one.",
 )
+@click.option(
+    "--coherence",
+    is_flag=True,
+    help="Also score every direction's coherence (one sentence-encoder pass per new token "
+    "string; cached across runs).",
+)
 @click.option("--replace", is_flag=True, help="Replace a model_id that is already in the atlas.")
 @click.pass_obj
 def ingest(
@@ -70,6 +76,7 @@ def ingest(
     dtype: str,
     gap_tol: float,
     exact_max: int,
+    coherence: bool,
     replace: bool,
 ) -> None:
     """Decompose MODEL into the atlas.
@@ -92,6 +99,7 @@ def ingest(
         replace=replace,
         gap_tolerance=gap_tol,
         exact_max=exact_max,
+        coherence=coherence,
     )
     report = run_ingest(obj["atlas"], options)
     print_ingest_summary(obj["atlas"], report)

@@ -58,6 +58,7 @@ MODEL_QUERIES = {
         "ON t.direction_id = d.direction_id AND d.model_id = $m ORDER BY t.direction_id, t.rank"
     ),
     "vocab": "SELECT * FROM vocab WHERE model_id = $m ORDER BY token_id",
+    "coherence_null": ("SELECT * FROM coherence_null WHERE model_id = $m ORDER BY scope, sample"),
 }
 
 

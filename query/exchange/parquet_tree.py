@@ -42,6 +42,7 @@ _ROWS = {
         "JOIN (SELECT direction_id, model_id FROM directions) d USING (direction_id)"
     ),
     "vocab": "SELECT * FROM vocab",
+    "coherence_null": "SELECT * FROM coherence_null",
     "token_bags": (
         "SELECT t.*, d.model_id FROM token_bags t "
         "JOIN (SELECT direction_id, model_id FROM directions) d USING (direction_id)"
@@ -54,6 +55,7 @@ _ORDER = {
     "top_tokens": "direction_id, polarity DESC, rank",
     "top_neurons": "direction_id, rank",
     "vocab": "token_id",
+    "coherence_null": "scope, sample",
     "token_bags": "token_norm, direction_id",
 }
 
