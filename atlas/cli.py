@@ -50,9 +50,9 @@ def cli(ctx: click.Context, atlas_path: str) -> None:
 
 def _register() -> None:
     """Each area of the tool keeps its commands in its own module under ``atlas.commands``."""
-    from atlas.commands import exchange, ingest, models, query
+    from atlas.commands import check, exchange, ingest, models, query
 
-    for module in (ingest, models, query, exchange):
+    for module in (ingest, models, query, exchange, check):
         for command in module.COMMANDS:
             cli.add_command(command)
 
