@@ -17,6 +17,7 @@ from pathlib import Path
 
 import atlas
 from atlas.check import check_atlas
+from atlas.layout import AtlasDir
 from tests.helpers import SINGLE_THREAD, fingerprint, run_cli, start_cli
 
 INGEST = ("ingest", "minilm", "--name", "second", "--max-rank", "4")
@@ -83,3 +84,22 @@ def test_kill_9_at_each_point_leaves_the_atlas_as_it_was(
         assert a.model_ids() == ["minilm", "second"]
         n = a.sql("SELECT count(*) AS n FROM directions WHERE model_id = 'second'").to_pylist()
         assert n == [{"n": 4 * (72 * 2 + 12)}]
+
+
+def test_sweep_removes_every_leftover_kind(tmp_path: Path) -> None:
+    """What killed writers leave: a staging folder, the write probe file (a writer killed inside
+    ensure_writable), a catalog temporary file. One sweep removes them all, and check then
+    reports nothing."""
+    root = tmp_path / "atlas"
+    atlas_dir = AtlasDir(root)
+    atlas_dir.ensure_writable()
+    (root / ".staging" / "0a1b").mkdir()
+    (root / ".staging" / "0a1b" / "model.duckdb").write_bytes(b"half")
+    (root / ".staging" / ".probe-0a1b").write_bytes(b"")
+    (root / ".catalog.json.0a1b.tmp").write_text("{")
+    assert len(check_atlas(root).findings) == 3
+    with atlas_dir.writer_lock():
+        atlas_dir.sweep(atlas_dir.read_catalog())
+    assert not any((root / ".staging").iterdir())
+    assert sorted(p.name for p in root.iterdir()) == [".lock", ".staging", "catalog.json", "store"]
+    assert check_atlas(root).findings == []
