@@ -51,6 +51,7 @@ def cli(ctx: click.Context, atlas_path: str) -> None:
 def _register() -> None:
     """Each area of the tool keeps its commands in its own module under ``atlas.commands``."""
     from atlas.commands import (
+        check,
         coherence,
         compare,
         edit,
@@ -61,7 +62,7 @@ def _register() -> None:
         spectrum,
     )
 
-    for module in (ingest, models, query, spectrum, coherence, compare, edit, exchange):
+    for module in (ingest, models, query, spectrum, coherence, compare, edit, exchange, check):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -38,7 +38,10 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, exact_max: int = DEFAULT_E
 def write_index(index: Any, path: Path) -> None:
     import faiss
 
-    faiss.write_index(index, str(path))
+    try:
+        faiss.write_index(index, str(path))
+    except RuntimeError as exc:  # faiss reports a failed write (e.g. a full disk) this way
+        raise OSError(f"could not write {path}: {' '.join(str(exc).split())[:200]}") from None
 
 
 def read_index(path: Path) -> Any:

@@ -203,7 +203,10 @@ class AtlasDir:
         referenced = {entry.store for entry in catalog.models.values()}
         now = time.time()
         for stale in (self.root / ".staging").glob("*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:  # e.g. the write probe of a writer killed inside ensure_writable
+                stale.unlink(missing_ok=True)
         for store in (self.root / "store").glob("*"):
             if f"store/{store.name}" in referenced:
                 continue

@@ -6,8 +6,10 @@ and then publish it (see ``atlas.layout``). Kept free of torch so that loading s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from atlas.errors import AtlasError
 from atlas.indexes import DEFAULT_EXACT_MAX, build_index
 from atlas.indexes import write_index as write_faiss
 from atlas.layout import MANIFEST, MODEL_DB, RESIDUAL_INDEX, UNEMBED
@@ -31,6 +34,20 @@ TABLE_ORDER = (
     "vocab",
     "coherence_null",
 )
+
+
+@contextlib.contextmanager
+def writing_store(atlas_root: Path) -> Iterator[None]:
+    """Turn a failure to write a new store (a full disk, a file size limit, DuckDB's I/O
+    errors) into one clear line. Callers drop their staging folder, so the atlas is unchanged."""
+    try:
+        yield
+    except (OSError, duckdb.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise AtlasError(
+            f"writing to {atlas_root} failed ({' '.join(reason.split())[:300]}); is the disk "
+            "full? The atlas is unchanged"
+        ) from None
 
 
 def write_tables(

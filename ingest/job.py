@@ -27,6 +27,7 @@ from atlas.defaults import DEFAULT_GAP_TOLERANCE, DEFAULT_TOP_K
 from atlas.errors import AtlasError
 from atlas.indexes import DEFAULT_EXACT_MAX
 from atlas.layout import AtlasDir, CatalogEntry, dir_size
+from atlas.store import writing_store
 from atlas.tokens import display_vocabulary, normalized_form
 from ingest import writer
 from ingest.assemble import AtlasRows, IdBase, assemble, residual_vectors
@@ -209,24 +210,25 @@ def ingest(
                 "top_tokens": rows.top_tokens.num_rows,
                 "top_neurons": rows.top_neurons.num_rows,
             }
-            with stages.stage("write", "DuckDB tables through Arrow, token-space bags"):
-                model_row = _model_row(model_id, loaded, options, report, cfg)
-                writer.write_tables(staging, model_row, rows, vocab, cfg.d_model)
-                writer.write_unembedding(staging, weights.W_U.cpu().numpy())
-            with stages.stage("index", "FAISS residual-space index"):
-                writer.write_residual_index(staging, rows, options.exact_max)
-            writer.record_stage_seconds(staging, report.stage_seconds)
-            writer.write_manifest(staging, model_id, report.counts)
-            entry = CatalogEntry(
-                store="",
-                first_direction_id=catalog.next_direction_id,
-                n_directions=rows.directions.num_rows,
-                first_matrix_id=catalog.next_matrix_id,
-                n_matrices=rows.matrices.num_rows,
-            )
-            catalog.next_direction_id += entry.n_directions
-            catalog.next_matrix_id += entry.n_matrices
-            atlas_dir.publish(model_id, staging, entry, catalog)
+            with writing_store(atlas_dir.root):
+                with stages.stage("write", "DuckDB tables through Arrow, token-space bags"):
+                    model_row = _model_row(model_id, loaded, options, report, cfg)
+                    writer.write_tables(staging, model_row, rows, vocab, cfg.d_model)
+                    writer.write_unembedding(staging, weights.W_U.cpu().numpy())
+                with stages.stage("index", "FAISS residual-space index"):
+                    writer.write_residual_index(staging, rows, options.exact_max)
+                writer.record_stage_seconds(staging, report.stage_seconds)
+                writer.write_manifest(staging, model_id, report.counts)
+                entry = CatalogEntry(
+                    store="",
+                    first_direction_id=catalog.next_direction_id,
+                    n_directions=rows.directions.num_rows,
+                    first_matrix_id=catalog.next_matrix_id,
+                    n_matrices=rows.matrices.num_rows,
+                )
+                catalog.next_direction_id += entry.n_directions
+                catalog.next_matrix_id += entry.n_matrices
+                atlas_dir.publish(model_id, staging, entry, catalog)
             report.size_bytes = dir_size(atlas_dir.store_path(entry))
         finally:
             if staging.exists():

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from atlas.errors import AtlasError
 from atlas.layout import RESIDUAL_INDEX, UNEMBED, AtlasDir, Catalog, CatalogEntry
 from atlas.schema import build_metadata
-from atlas.store import TABLE_ORDER, write_index, write_manifest, write_tables
+from atlas.store import TABLE_ORDER, write_index, write_manifest, write_tables, writing_store
 from query.exchange.bundle_format import (
     BundleModel,
     index_member,
@@ -97,14 +97,15 @@ def load_bundle(root: str | Path, bundle: str | Path, replace: bool = False) -> 
             staged: list[tuple[str, Path, CatalogEntry]] = []
             results = []
             try:
-                for data in models:
-                    staging = atlas_dir.new_staging_dir()
-                    replaced = data.model.model_id in catalog.models
-                    entry = _allocate(catalog, data, [e for _, _, e in staged])
-                    staged.append((data.model.model_id, staging, entry))
-                    _build_store(staging, data, entry, manifest.vectors, bundle.name)
-                    results.append(_result(data, entry, manifest.vectors, replaced))
-                atlas_dir.publish_many(staged, catalog)
+                with writing_store(atlas_dir.root):
+                    for data in models:
+                        staging = atlas_dir.new_staging_dir()
+                        replaced = data.model.model_id in catalog.models
+                        entry = _allocate(catalog, data, [e for _, _, e in staged])
+                        staged.append((data.model.model_id, staging, entry))
+                        _build_store(staging, data, entry, manifest.vectors, bundle.name)
+                        results.append(_result(data, entry, manifest.vectors, replaced))
+                    atlas_dir.publish_many(staged, catalog)
             finally:
                 for _, staging, _ in staged:
                     shutil.rmtree(staging, ignore_errors=True)
