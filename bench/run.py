@@ -204,7 +204,7 @@ def bench_search(device: str, large: bool) -> list[dict[str, Any]]:
     out = []
     for n in sizes:
         ids = np.arange(n)
-        indexes = {"exact": build_index(data[:n], ids)}
+        indexes = {"exact": build_index(data[:n], ids, exact_max=n)}
         row: dict[str, Any] = {"directions": n, "dim": data.shape[1]}
         if n <= 100_000 or large:
             start = time.perf_counter()
@@ -360,6 +360,52 @@ def markdown(results: dict[str, Any]) -> str:
                 + " | ".join(str(st.get(k, "")) for k in INGEST_STAGES)
                 + f" | {r['peak_rss_mb']} | {r['size_mb']} | {r['directions']:,} |"
             )
+        lines += [
+            "",
+            "Peak resident memory within each stage (MB), and DuckDB write throughput:",
+            "",
+            "| model | " + " | ".join(INGEST_STAGES) + " | rows/s | MB/s |",
+            "|---|" + "---|" * (len(INGEST_STAGES) + 2),
+        ]
+        for r in results["ingest"]:
+            mem = r["peak_rss_mb_by_stage"]
+            lines.append(
+                f"| {r['model']} | "
+                + " | ".join(str(mem.get(k, "")) for k in INGEST_STAGES)
+                + f" | {r['write_rows_per_s']:,} | {r['write_mb_per_s']} |"
+            )
+        lines.append("")
+    if "e2e" in results:
+        lines += [
+            "## End to end: atlas ingest vs the naive pipeline (same booted model)",
+            "",
+            "Naive: SVDInterpreter per head and per layer (write side only), a top-k per vector, "
+            "one INSERT per row. Boot excluded from both.",
+            "",
+            "| model | atlas (s) | naive (s) | naive SVD+projection | naive top-k | "
+            "naive inserts | speedup |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in results["e2e"]:
+            parts = r["naive_parts"]
+            lines.append(
+                f"| {r['model']} | {r['atlas_seconds']} | {r['naive_seconds']} | "
+                f"{parts['svd_and_projection']} | {parts['topk']} | {parts['inserts']} | "
+                f"{r['speedup']}x |"
+            )
+        lines.append("")
+    if "projection" in results:
+        lines += [
+            "## Projection vs matrix-multiply throughput",
+            "",
+            "| vectors x d_model x d_vocab | matmul GFLOP/s | projection GFLOP/s | fraction |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['vectors']} x {r['d_model']} x {r['d_vocab']} | {r['matmul_gflops']} | "
+            f"{r['projection_gflops']} | {r['fraction_of_matmul']:.0%} |"
+            for r in results["projection"]
+        ]
         lines.append("")
     if "search" in results:
         lines += [
