@@ -27,6 +27,18 @@ def format_option(fn: Any) -> Any:
     )(fn)
 
 
+def text_or_json_option(text_help: str) -> Any:
+    """``--format text|json`` for commands whose output is lines rather than a table."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help=text_help,
+    )
+
+
 def emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str = "table") -> None:
     """Print ``rows`` (dicts) restricted to ``columns`` in the chosen format."""
     if fmt == "json":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,4 +24,12 @@ def minilm_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("minilm") / "atlas"
     options = IngestOptions(model="minilm", device="cpu", coherence=True)
     ingest(root, options, log=quiet, progress=False)
+    return root
+
+
+@pytest.fixture
+def atlas_copy(minilm_atlas: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's MiniLM atlas, for tests that change or damage it."""
+    root = tmp_path / "atlas"
+    shutil.copytree(minilm_atlas, root)
     return root

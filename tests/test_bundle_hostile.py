@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -32,13 +31,6 @@ def valid_bundle(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -
     result = run_cli("--atlas", minilm_atlas, "export", "-o", path, "--vectors", "none")
     assert result.returncode == 0, result.stderr
     return path
-
-
-@pytest.fixture
-def atlas_copy(minilm_atlas: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "atlas"
-    shutil.copytree(minilm_atlas, root)
-    return root
 
 
 def read_members(bundle: Path) -> tuple[dict, Members]:

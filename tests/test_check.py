@@ -18,13 +18,6 @@ from atlas.store import sha256_file
 from tests.helpers import assert_one_error_line, fingerprint, run_cli
 
 
-@pytest.fixture
-def atlas_copy(minilm_atlas: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "atlas"
-    shutil.copytree(minilm_atlas, root)
-    return root
-
-
 def _store(root: Path) -> Path:
     catalog = json.loads((root / "catalog.json").read_text())
     return root / catalog["models"]["minilm"]["store"]

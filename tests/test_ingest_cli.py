@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -13,13 +12,6 @@ import pytest
 
 import atlas
 from tests.helpers import assert_one_error_line, fingerprint, run_cli, start_cli
-
-
-@pytest.fixture
-def atlas_copy(minilm_atlas: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "atlas"
-    shutil.copytree(minilm_atlas, root)
-    return root
 
 
 def _staging_db(root: Path) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,6 @@ import atlas
 from atlas.check import check_atlas
 from atlas.cli import cli
 from tests.helpers import CLI, SINGLE_THREAD, assert_one_error_line, fingerprint, start_cli
-
-
-@pytest.fixture
-def atlas_copy(minilm_atlas: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "atlas"
-    shutil.copytree(minilm_atlas, root)
-    return root
 
 
 def _assert_intact(root: Path, before: dict[str, str]) -> None:

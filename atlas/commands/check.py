@@ -8,17 +8,12 @@ from typing import Any
 
 import click
 
+from atlas.output import text_or_json_option
+
 
 @click.command()
 @click.option("--repair", is_flag=True, help="Rebuild missing, stale or damaged FAISS indexes.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="text for reading, json for machines.",
-)
+@text_or_json_option("text for reading, json for machines.")
 @click.pass_obj
 def check(obj: dict[str, Any], repair: bool, fmt: str) -> None:
     """Verify the atlas: tables, ids, indexes and checksums of every model.

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from atlas.errors import AtlasError
+from atlas.output import text_or_json_option
 
 
 @click.command()
@@ -19,14 +20,7 @@ from atlas.errors import AtlasError
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Score each line: one comma-separated token list per line.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="text: one score per line; json: one object per list with its score.",
-)
+@text_or_json_option("text: one score per line; json: one object per list with its score.")
 @click.pass_obj
 def coherence(_obj: dict[str, Any], tokens: str | None, path: Path | None, fmt: str) -> None:
     """Score how coherent a list of tokens is ("fire, flame, smoke, ...").
