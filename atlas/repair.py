@@ -42,7 +42,7 @@ def repair_atlas(root: str | Path) -> CheckReport:
 
 
 def rebuild_index(store: Path, scratch: Path) -> None:
-    """Write ``store``'s residual.faiss again from DuckDB, exact or HNSW as ingest chose.
+    """Write ``store``'s residual.faiss again from DuckDB, exact or approximate as ingest chose.
 
     ``scratch`` is an empty folder on the same file system (a staging folder); it is removed.
     A model without vectors (loaded from a ``--vectors none`` bundle) gets no index.
@@ -65,10 +65,8 @@ def rebuild_index(store: Path, scratch: Path) -> None:
     ids = rows["direction_id"].to_numpy().astype(np.int64)
     flat = rows["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
     vectors = np.asarray(flat, np.float32).reshape(len(ids), int(d_model))
-    # build_index goes HNSW above exact_max: reproduce the type the model was ingested with
-    exact_max = len(ids) if index_type == "flat" else len(ids) - 1
     try:
-        write_index(scratch, vectors, ids, exact_max=max(exact_max, 0))
+        write_index(scratch, vectors, ids, index_type)
         fsync_tree(scratch)
         os.replace(scratch / RESIDUAL_INDEX, store / RESIDUAL_INDEX)
         _update_manifest(store, scratch)

@@ -64,7 +64,7 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("top_k", Integer, nullable=False),
         Column("max_rank", Integer),
         Column("gap_tolerance", Double, nullable=False),
-        Column("index_type", String, nullable=False),  # flat (exact) or hnsw
+        Column("index_type", String, nullable=False),  # flat or pq-rerank (atlas.indexes)
         Column("skipped", JSON, nullable=False),
         Column("device", String, nullable=False),
         Column("dtype", String, nullable=False),

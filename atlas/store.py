@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from atlas.errors import AtlasError
-from atlas.indexes import DEFAULT_EXACT_MAX, build_index
+from atlas.indexes import build_index
 from atlas.indexes import write_index as write_faiss
 from atlas.layout import MANIFEST, MODEL_DB, RESIDUAL_INDEX, UNEMBED
 from atlas.schema import create_statements
@@ -78,11 +78,9 @@ def write_tables(
         con.close()
 
 
-def write_index(
-    store: Path, vectors: np.ndarray, ids: np.ndarray, exact_max: int = DEFAULT_EXACT_MAX
-) -> None:
-    """The residual-space cosine index (exact, or HNSW above ``exact_max``; see atlas.indexes)."""
-    write_faiss(build_index(vectors, ids, exact_max), store / RESIDUAL_INDEX)
+def write_index(store: Path, vectors: np.ndarray, ids: np.ndarray, index_type: str) -> None:
+    """The residual-space cosine index, exact or approximate (see atlas.indexes)."""
+    write_faiss(build_index(vectors, ids, index_type), store / RESIDUAL_INDEX)
 
 
 def write_unembedding(store: Path, W_U_centered: np.ndarray) -> None:

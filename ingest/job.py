@@ -25,7 +25,7 @@ import torch
 
 from atlas.defaults import DEFAULT_GAP_TOLERANCE, DEFAULT_TOP_K
 from atlas.errors import AtlasError
-from atlas.indexes import DEFAULT_EXACT_MAX
+from atlas.indexes import DEFAULT_EXACT_MAX, index_type_for
 from atlas.layout import AtlasDir, CatalogEntry, dir_size
 from atlas.store import writing_store
 from atlas.tokens import display_vocabulary, normalized_form
@@ -308,7 +308,7 @@ def _model_row(
         "top_k": options.top_k,
         "max_rank": options.max_rank,
         "gap_tolerance": options.gap_tolerance,
-        "index_type": "flat" if report.counts["directions"] <= options.exact_max else "hnsw",
+        "index_type": index_type_for(report.counts["directions"], options.exact_max),
         "skipped": report.skipped,
         "device": report.device,
         "dtype": f"weights {options.dtype}; SVD float32, OV cores float64",

@@ -10,6 +10,7 @@ import duckdb
 import pyarrow as pa
 
 from atlas import store as store_io
+from atlas.indexes import index_type_for
 from atlas.layout import MODEL_DB
 from atlas.store import write_index, write_manifest, write_unembedding
 from ingest.assemble import AtlasRows
@@ -41,7 +42,8 @@ def write_tables(
 
 def write_residual_index(store: Path, rows: AtlasRows, exact_max: int) -> None:
     """The residual-space cosine index of one model; ids = direction_id."""
-    write_index(store, rows.vectors, rows.direction_ids, exact_max)
+    index_type = index_type_for(len(rows.direction_ids), exact_max)
+    write_index(store, rows.vectors, rows.direction_ids, index_type)
 
 
 def _models_table(row: dict[str, Any]) -> pa.Table:

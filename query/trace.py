@@ -15,7 +15,7 @@ import numpy as np
 
 from atlas.errors import AtlasError
 from atlas.handle import Atlas
-from atlas.indexes import index_ids, is_exact, reconstruct
+from atlas.indexes import full_vectors, index_ids, reconstruct
 from query.filters import Filters
 from query.search import Hit, describe, nearest_tokens
 from query.vectors import direction_bag
@@ -23,7 +23,6 @@ from query.vectors import direction_bag
 DEFAULT_LIMIT = 500
 # (hop, parent, |cos| of the step, valence relative to the origin, space)
 _Found = tuple[int, int | None, float, int, str]
-_RANGE_CHUNK = 65_536
 
 
 @dataclass
@@ -97,20 +96,11 @@ def _residual_range(
     """Every direction of the model whose |cos| with ``node`` is at least ``min_cos``."""
     index = a.residual_index(model_id)
     q = reconstruct(index, np.array([node]))[0]
-    if is_exact(index):
-        lims, sims, ids = index.range_search(np.stack([q, -q]).astype(np.float32), min_cos)
-        pairs = {int(i): float(s) for i, s in zip(ids[: lims[1]], sims[: lims[1]], strict=True)}
-        pairs.update(
-            {int(i): -float(s) for i, s in zip(ids[lims[1] :], sims[lims[1] :], strict=True)}
-        )
-    else:
-        pairs = {}
-        all_ids = index_ids(index)
-        for start in range(0, len(all_ids), _RANGE_CHUNK):
-            chunk = all_ids[start : start + _RANGE_CHUNK]
-            cos = reconstruct(index, chunk) @ q
-            keep = np.abs(cos) >= min_cos
-            pairs.update(zip(chunk[keep].tolist(), cos[keep].tolist(), strict=True))
+    both = np.stack([q, -q]).astype(np.float32)
+    lims, sims, positions = full_vectors(index).range_search(both, min_cos)
+    ids = index_ids(index)[positions]
+    pairs = {int(i): float(s) for i, s in zip(ids[: lims[1]], sims[: lims[1]], strict=True)}
+    pairs.update({int(i): -float(s) for i, s in zip(ids[lims[1] :], sims[lims[1] :], strict=True)})
     pairs.pop(node, None)
     if filters.active:
         allowed = set(filters.allowed_ids(a, model_id).tolist())

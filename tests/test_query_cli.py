@@ -12,8 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import atlas
+from atlas.check import check_atlas
+from atlas.indexes import is_exact
 from ingest.job import IngestOptions, ingest
 from ingest.loading import load_model
+from query.exchange.export import export_bundle
+from query.exchange.load import load_bundle
 from tests.conftest import quiet
 from tests.helpers import assert_one_error_line, cli_env, fingerprint, run_cli
 
@@ -195,8 +199,8 @@ def test_cards(minilm_atlas: Path) -> None:
     assert "minilm layer 2 mlp_in (384x1536, rank 384)" in mlp and "read +" in mlp
 
 
-def test_hnsw_index_above_threshold(tmp_path: Path) -> None:
-    """A model above --exact-max gets HNSW; its hits agree with an exact index's."""
+def test_approximate_index_above_threshold(tmp_path: Path) -> None:
+    """A model above --exact-max gets the approximate index; its hits agree with exact ones."""
     loaded = load_model("random:llama-tiny", "cpu")
     for name, exact_max in (("exact", 10**9), ("ann", 1000)):
         ingest(
@@ -211,20 +215,23 @@ def test_hnsw_index_above_threshold(tmp_path: Path) -> None:
     with atlas.open(tmp_path / "atlas") as a:
         types = a.sql("SELECT model_id, index_type FROM models ORDER BY model_id").to_pylist()
         assert types == [
-            {"model_id": "ann", "index_type": "hnsw"},
+            {"model_id": "ann", "index_type": "pq-rerank"},
             {"model_id": "exact", "index_type": "flat"},
         ]
         first_ann = a.sql("SELECT min(direction_id) AS m FROM directions WHERE model_id = 'ann'")[
             "m"
         ][0].as_py()
-        recall = []
+        recall, traced_total = [], 0
         for d in range(0, first_ann, 40):
-            exact = [h.direction_id for h in a.search(direction=d, model="exact", k=10)]
-            ann = [
-                h.direction_id - first_ann
+            exact = {h.direction_id: h.score for h in a.search(direction=d, model="exact", k=10)}
+            ann = {
+                h.direction_id - first_ann: h.score
                 for h in a.search(direction=d + first_ann, model="ann", k=10)
-            ]
-            recall.append(len(set(exact) & set(ann)) / 10)
+            }
+            shared = set(exact) & set(ann)
+            recall.append(len(shared) / 10)
+            # candidates are re-ranked with the full vectors: the scores are exact cosines
+            assert all(abs(exact[i] - ann[i]) < 1e-5 for i in shared)
             filtered = a.search(
                 direction=d + first_ann, model="ann", k=5, kinds=("ov",), side="write"
             )
@@ -232,4 +239,27 @@ def test_hnsw_index_above_threshold(tmp_path: Path) -> None:
             assert [h.direction_id - first_ann for h in filtered] == [
                 h.direction_id for h in exact_f
             ]
-    assert np.mean(recall) >= 0.95
+            # tracing is a range search over the full vectors: identical on either index
+            traced = {
+                (s.hit.direction_id - first_ann, s.hop, s.hit.sign)
+                for s in a.trace(d + first_ann, min_cos=0.3, hops=2, across_models=False)
+            }
+            exact_t = {
+                (s.hit.direction_id, s.hop, s.hit.sign)
+                for s in a.trace(d, min_cos=0.3, hops=2, across_models=False)
+            }
+            assert traced == exact_t
+            traced_total += len(traced)
+    assert np.mean(recall) >= 0.95 and traced_total > 0
+
+    # the index type survives a bundle round trip (vectors re-indexed on load) and a repair
+    bundle = tmp_path / "ann.svdatlas"
+    with atlas.open(tmp_path / "atlas") as a:
+        export_bundle(a, ["ann"], bundle, vectors="f16")
+    load_bundle(tmp_path / "loaded", bundle)
+    index_file = next((tmp_path / "loaded" / "store").glob("*/residual.faiss"))
+    index_file.unlink()
+    assert run_cli("--atlas", tmp_path / "loaded", "check", "--repair").returncode == 0
+    assert not check_atlas(tmp_path / "loaded").errors
+    with atlas.open(tmp_path / "loaded") as a:
+        assert not is_exact(a.residual_index("ann"))

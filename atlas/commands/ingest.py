@@ -55,7 +55,7 @@ from atlas.indexes import DEFAULT_EXACT_MAX
     type=click.IntRange(1),
     default=DEFAULT_EXACT_MAX,
     show_default=True,
-    help="Models with more directions get an HNSW (approximate) index instead of an exact one.",
+    help="Models with more directions get an approximate index (PQ scan, exact re-rank).",
 )
 @click.option(
     "--coherence",

@@ -257,7 +257,7 @@ def _build_store(
         if data.index_file is not None and shift_d == 0 and _index_matches(data, ids):
             shutil.copyfile(data.index_file, staging / RESIDUAL_INDEX)
         else:
-            write_index(staging, data.vectors, ids)
+            write_index(staging, data.vectors, ids, tables["models"]["index_type"][0].as_py())
     if data.unembed is not None:
         np.save(staging / UNEMBED, data.unembed)
     counts = {t: tables[t].num_rows for t in TABLE_ORDER if t != "models"}
