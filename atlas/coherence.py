@@ -9,9 +9,11 @@ the token strings alone (so it works on any tokenizer's tokens and on bare lists
 - ``frequency``: the mean Zipf frequency of the strings as English words (``wordfreq``; 0 for a
   string that is not a word, 3 = once per million words): lists of word fragments, code and
   rare names are what judges call meaningless;
-- ``length``: the mean length in characters (short strings are fragments and symbols).
+- ``length``: the mean length in characters (short strings are fragments and symbols);
+- ``letters``: the share of strings made of letters only (digits, punctuation, code and
+  mixed pieces are what judges call meaningless even when they are frequent, like ``'s``).
 
-``score = sigmoid(BIAS + WEIGHTS · features)``; the four numbers were fitted by logistic
+``score = sigmoid(BIAS + WEIGHTS · features)``; the five numbers were fitted by logistic
 regression on GPT-3's labels of gpt2-small's MLP directions only (see the README for how the
 features were chosen and the held-out figure on gpt2-large). Everything is deterministic: no
 sampling, a fixed encoder, fixed weights.
@@ -29,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-FEATURES = ("semantic", "frequency", "length")
+FEATURES = ("semantic", "frequency", "length", "letters")
 # Logistic regression on the 720 labelled gpt2-small lists (standardized, C=1, then folded back
-# to raw feature units). Four tuned numbers in all.
-WEIGHTS = np.array([15.29, 1.188, 0.5093])
-BIAS = -8.661
+# to raw feature units). Five tuned numbers in all.
+WEIGHTS = np.array([22.39, 1.03, 0.476, 4.278])
+BIAS = -13.9
 # Tokens per list: the calibration lists hold 15 tokens, so the atlas scores its top 15 too.
 LIST_LENGTH = 15
 
@@ -155,12 +157,16 @@ def _cache_file(cache_dir: Path | None | str) -> Path | None:
 
 
 def features_of_ids(
-    ids: np.ndarray, embeddings: np.ndarray, frequency: np.ndarray, length: np.ndarray
+    ids: np.ndarray,
+    embeddings: np.ndarray,
+    frequency: np.ndarray,
+    length: np.ndarray,
+    letters: np.ndarray,
 ) -> np.ndarray:
-    """``[N, 3]`` features of ``N`` lists given as rows of indices into per-string tables.
+    """``[N, 4]`` features of ``N`` lists given as rows of indices into per-string tables.
 
-    ``ids`` is ``[N, k]`` (k >= 2); ``embeddings`` ``[V, d]`` unit rows; ``frequency`` and
-    ``length`` ``[V]``. With unit vectors the mean pairwise cosine is
+    ``ids`` is ``[N, k]`` (k >= 2); ``embeddings`` ``[V, d]`` unit rows; ``frequency``,
+    ``length`` and ``letters`` ``[V]``. With unit vectors the mean pairwise cosine is
     ``(|sum x|^2 - sum |x|^2) / (k (k - 1))``, so no k x k matrix is formed. An empty string has
     a zero embedding: related to nothing.
     """
@@ -170,11 +176,12 @@ def features_of_ids(
         sums += embeddings[ids[:, j]]
     self_terms = (embeddings.astype(np.float64) ** 2).sum(1)[ids].sum(1)  # k, less empty strings
     semantic = ((sums * sums).sum(1) - self_terms) / (k * (k - 1))
-    return np.stack([semantic, frequency[ids].mean(1), length[ids].mean(1)], axis=1)
+    per_string = (frequency, length, letters)
+    return np.stack([semantic, *(table[ids].mean(1) for table in per_string)], axis=1)
 
 
 def score_features(features: np.ndarray) -> np.ndarray:
-    """Coherence in (0, 1) from ``[N, 3]`` features."""
+    """Coherence in (0, 1) from ``[N, 4]`` features."""
     return 1.0 / (1.0 + np.exp(-(features @ WEIGHTS + BIAS)))
 
 
@@ -191,27 +198,33 @@ class Scorer:
     def __init__(self, judge: Judge | None = None):
         self.judge = judge or Judge()
 
-    def tables(self, strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-string embedding, Zipf frequency and length, for strings already cleaned."""
+    def tables(self, strings: Sequence[str]) -> tuple[np.ndarray, ...]:
+        """Per-string embedding, Zipf frequency, length and letters-only flag (the arguments
+        of ``features_of_ids`` after ``ids``), for strings already cleaned."""
         emb = self.judge.embed(strings)
         freq = np.array([zipf(s) for s in strings], np.float64)
         length = np.array([len(s) for s in strings], np.float64)
-        return emb, freq, length
+        letters = np.array([s.isalpha() for s in strings], np.float64)
+        return emb, freq, length, letters
 
     def score_lists(self, lists: Iterable[Sequence[str]]) -> np.ndarray:
         """One score per list of raw token strings (each cleaned first; >= 2 tokens each)."""
+        return score_features(self.features(lists))
+
+    def features(self, lists: Iterable[Sequence[str]]) -> np.ndarray:
+        """``[N, 4]`` features (``FEATURES``) of raw token lists, each cleaned first."""
         cleaned = [[clean(t) for t in tokens] for tokens in lists]
         if not cleaned:
-            return np.zeros(0)
+            return np.zeros((0, len(FEATURES)))
         vocab = sorted({t for tokens in cleaned for t in tokens})
         index = {t: i for i, t in enumerate(vocab)}
         tables = self.tables(vocab)
-        scores = np.empty(len(cleaned))
+        features = np.empty((len(cleaned), len(FEATURES)))
         # lists of one length at a time, so each batch is a rectangular id array
         for k in sorted({len(tokens) for tokens in cleaned}):
             rows = [i for i, tokens in enumerate(cleaned) if len(tokens) == k]
             if k < 2:
                 raise ValueError("a token list needs at least two tokens to be scored")
             ids = np.array([[index[t] for t in cleaned[i]] for i in rows])
-            scores[rows] = score_features(features_of_ids(ids, *tables))
-        return scores
+            features[rows] = features_of_ids(ids, *tables)
+        return features

@@ -18,8 +18,8 @@ from tests.helpers import run_cli
 from tests.oracle import centered_unembedding, vocabulary
 
 LABELS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "autolabels"
-# What the score reaches on gpt2-large, which it was not tuned on (see README); 0.80 was the aim.
-HELD_OUT_AUC = 0.79
+# The target on gpt2-large, which the score was not tuned on (it reaches 0.810; see README).
+HELD_OUT_AUC = 0.80
 
 PLANTED = [
     ["fire", "flame", "smoke", "burning", "ash", "heat", "burn"],
@@ -170,12 +170,15 @@ def test_list_features_equal_explicit_pairwise_computation() -> None:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     emb[3] = 0  # an unnamed padding id: related to nothing
     freq, length = rng.uniform(0, 7, 12), rng.integers(1, 12, 12).astype(float)
+    letters = rng.integers(0, 2, 12).astype(float)
     ids = np.array([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [3, 10, 11, 0, 1]])
-    got = features_of_ids(ids, emb, freq, length)
+    got = features_of_ids(ids, emb, freq, length, letters)
     for row, list_ids in zip(got, ids, strict=True):
         x = emb[list_ids].astype(np.float64)
         cos = x @ x.T
         off_diagonal = cos[~np.eye(len(list_ids), dtype=bool)].mean()
         np.testing.assert_allclose(
-            row, [off_diagonal, freq[list_ids].mean(), length[list_ids].mean()], rtol=1e-6
+            row,
+            [off_diagonal, *(t[list_ids].mean() for t in (freq, length, letters))],
+            rtol=1e-6,
         )
