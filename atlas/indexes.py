@@ -79,7 +79,7 @@ def full_vectors(index: Any) -> Any:
     positions (``index_ids(index)[position]`` is the direction id): exact range searches."""
     import faiss
 
-    inner = faiss.downcast_index(index.index)
+    inner: Any = faiss.downcast_index(index.index)
     return inner if is_exact(index) else faiss.downcast_index(inner.refine_index)
 
 
