@@ -22,12 +22,15 @@ import numpy as np
 # Above this many vectors an index is approximate (configurable per ingest: --exact-max).
 DEFAULT_EXACT_MAX = 200_000
 EXACT, APPROXIMATE = "flat", "pq-rerank"  # the values of models.index_type
+APPROXIMATE_MIN = 1024
 RERANK_FACTOR = 50  # candidates re-ranked exactly per result asked for
 PQ_TRAIN_MAX = 100_000  # a deterministic sample is enough to train 16 centroids per sub-space
 
 
 def index_type_for(n_vectors: int, exact_max: int) -> str:
-    return EXACT if n_vectors <= exact_max else APPROXIMATE
+    """Exact up to ``exact_max`` vectors, and always below ``APPROXIMATE_MIN``: there exact search
+    takes microseconds, and too few vectors cannot train the codebooks."""
+    return EXACT if n_vectors <= max(exact_max, APPROXIMATE_MIN) else APPROXIMATE
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, index_type: str) -> Any:

@@ -199,6 +199,19 @@ def test_cards(minilm_atlas: Path) -> None:
     assert "minilm layer 2 mlp_in (384x1536, rank 384)" in mlp and "read +" in mlp
 
 
+def test_small_models_stay_exact_whatever_the_threshold(tmp_path: Path) -> None:
+    """Below 1024 directions an approximate index cannot train its codebooks: exact it is."""
+    ingest(
+        tmp_path / "atlas",
+        IngestOptions(model="random:llama-tiny", exact_max=1, max_rank=2),
+        log=quiet,
+        progress=False,
+    )
+    with atlas.open(tmp_path / "atlas") as a:
+        assert a.sql("SELECT index_type FROM models")["index_type"].to_pylist() == ["flat"]
+        assert len(a.search(direction=0, k=5)) == 5
+
+
 def test_approximate_index_above_threshold(tmp_path: Path) -> None:
     """A model above --exact-max gets the approximate index; its hits agree with exact ones."""
     loaded = load_model("random:llama-tiny", "cpu")

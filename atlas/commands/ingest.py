@@ -55,7 +55,8 @@ from atlas.indexes import DEFAULT_EXACT_MAX
     type=click.IntRange(1),
     default=DEFAULT_EXACT_MAX,
     show_default=True,
-    help="Models with more directions get an approximate index (PQ scan, exact re-rank).",
+    help="Models with more directions (and at least 1024) get an approximate index: a PQ scan "
+    "with exact re-ranking.",
 )
 @click.option(
     "--coherence",
