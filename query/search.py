@@ -125,6 +125,20 @@ def resolve_query(
     return Query(space, [model_id], vector=q, notes=notes)
 
 
+def approximate_note(a: Atlas, query: Query, filters: Filters) -> str | None:
+    """What a reader should know when an unfiltered residual search used an approximate index
+    (a filtered one scans its subset exactly)."""
+    if query.space != "residual" or filters.active:
+        return None
+    model_id = query.models[0]
+    if is_exact(a.residual_index(model_id)):
+        return None
+    return (
+        f"{model_id} has an approximate index (more directions than --exact-max at ingest): "
+        "scores are exact, but a true neighbour is missed now and then (recall@10 0.995 at 1e6)"
+    )
+
+
 def search(
     a: Atlas, query: Query, filters: Filters | None = None, k: int = 10, min_score: float = 0.0
 ) -> list[Hit]:

@@ -264,6 +264,11 @@ def test_approximate_index_above_threshold(tmp_path: Path) -> None:
             assert traced == exact_t
             traced_total += len(traced)
     assert np.mean(recall) >= 0.95 and traced_total > 0
+    for model, direction, noted in (("ann", first_ann, True), ("exact", 0, False)):
+        cli = run_cli(
+            "--atlas", tmp_path / "atlas", "search", "--direction", str(direction), "--model", model
+        )
+        assert cli.returncode == 0 and ("approximate index" in cli.stderr) == noted, cli.stderr
 
     # the index type survives a bundle round trip (vectors re-indexed on load) and a repair
     bundle = tmp_path / "ann.svdatlas"

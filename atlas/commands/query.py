@@ -148,7 +148,7 @@ def search(
     """
     import atlas
     from query.filters import parse_names
-    from query.search import resolve_query
+    from query.search import approximate_note, resolve_query
     from query.search import search as run_search
 
     with atlas.open(obj["atlas"]) as a:
@@ -160,15 +160,11 @@ def search(
             models=parse_names(models),
             space=space,
         )
-        for note in query.notes:
-            click.echo(f"note: {note}", err=True)
-        hits = run_search(
-            a,
-            query,
-            _filters(kinds, layers, heads, side, max_sv_index, min_sigma),
-            k=k,
-            min_score=min_score,
-        )
+        filters = _filters(kinds, layers, heads, side, max_sv_index, min_sigma)
+        for note in [*query.notes, approximate_note(a, query, filters)]:
+            if note:
+                click.echo(f"note: {note}", err=True)
+        hits = run_search(a, query, filters, k=k, min_score=min_score)
     if fmt == "json":
         emit(
             [h.to_dict() for h in hits],
