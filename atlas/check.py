@@ -20,6 +20,7 @@ import duckdb
 import numpy as np
 
 from atlas.errors import AtlasError
+from atlas.indexes import index_ids, is_exact, measured_recall, read_index
 from atlas.layout import (
     CATALOG,
     MANIFEST,
@@ -36,6 +37,7 @@ REINGEST = "re-ingest the model (svd-atlas ingest MODEL --replace) or load its b
 REPAIR = "svd-atlas check --repair rebuilds it from DuckDB"
 UNIT_TOLERANCE = 1e-3  # float32 vectors, or float16 ones renormalised on load
 VECTOR_TOLERANCE = 1e-5
+RECALL_QUERIES = 200  # own directions searched to measure an approximate index's recall
 VECTOR_CHUNK = 65_536
 
 
@@ -286,6 +288,16 @@ class ModelCheck:
             self.index_error(f"{missing} directions missing from it, {stale} stale ids in it")
         if mismatched:
             self.index_error(f"{mismatched} vectors differ from DuckDB's")
+        elif not missing and not stale and not is_exact(index[0]):
+            recall = measured_recall(index[0], n_queries=RECALL_QUERIES)
+            self.findings.append(
+                Finding(
+                    "info",
+                    self.model_id,
+                    f"approximate index: recall@10 {recall:.3f} against an exact scan, "
+                    f"{RECALL_QUERIES} of its own directions as queries",
+                )
+            )
 
     def _read_index(self, path: Path, d_model: int, index_type: str) -> tuple[Any, Any] | None:
         if not path.is_file():
@@ -293,8 +305,6 @@ class ModelCheck:
                 self.index_error("missing")
             return None
         import faiss
-
-        from atlas.indexes import index_ids, is_exact, read_index
 
         try:
             index = read_index(path)

@@ -97,3 +97,33 @@ def reconstruct(index: Any, ids: np.ndarray) -> np.ndarray:
     if len(ids) == 0:
         return np.zeros((0, index.d), np.float32)
     return index.reconstruct_batch(np.asarray(ids, np.int64))
+
+
+def merge_valences(ids: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row 0 searched q, row 1 searched -q: a direction found by -q has cosine -sim with q."""
+    all_ids = np.concatenate([ids[0], ids[1]])
+    all_sims = np.concatenate([sims[0], -sims[1]])
+    keep = all_ids >= 0
+    all_ids, all_sims = all_ids[keep], all_sims[keep]
+    order = np.lexsort((all_ids, -np.abs(all_sims)))
+    _, first = np.unique(all_ids[order], return_index=True)
+    chosen = order[np.sort(first)][:k]
+    return all_ids[chosen], all_sims[chosen]
+
+
+def measured_recall(index: Any, k: int = 10, n_queries: int = 100, seed: int = 0) -> float:
+    """recall@k of ``index`` against an exact scan of its own full vectors, with ``n_queries``
+    of its own directions as "more like this" queries (both valences; self-matches dropped)."""
+    flat, ids = full_vectors(index), index_ids(index)
+    picks = np.random.default_rng(seed).choice(len(ids), min(n_queries, len(ids)), replace=False)
+    queries = flat.reconstruct_batch(picks.astype(np.int64))
+    exact_sims, exact_pos = flat.search(np.concatenate([queries, -queries]), k + 1)
+    approx_sims, approx_ids = index.search(np.concatenate([queries, -queries]), k + 1)
+    found = []
+    for row, position in enumerate(picks):
+        both = [row, row + len(picks)]
+        truth, _ = merge_valences(ids[exact_pos[both]], exact_sims[both], k + 1)
+        got, _ = merge_valences(approx_ids[both], approx_sims[both], k + 1)
+        truth, got = truth[truth != ids[position]][:k], got[got != ids[position]][:k]
+        found.append(len(np.intersect1d(truth, got)) / max(len(truth), 1))
+    return float(np.mean(found))

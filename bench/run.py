@@ -194,8 +194,7 @@ def bench_search(device: str, large: bool) -> list[dict[str, Any]]:
     import faiss
     import numpy as np
 
-    from atlas.indexes import APPROXIMATE, EXACT, RERANK_FACTOR, build_index
-    from query.search import merge_valences
+    from atlas.indexes import APPROXIMATE, EXACT, RERANK_FACTOR, build_index, merge_valences
 
     sizes = [10_000, 100_000, 200_000, 1_000_000]  # 200k: the default --exact-max
     data, queries = realistic_vectors(max(sizes))

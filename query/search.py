@@ -19,7 +19,7 @@ import numpy as np
 
 from atlas.errors import AtlasError
 from atlas.handle import Atlas
-from atlas.indexes import is_exact, reconstruct
+from atlas.indexes import is_exact, merge_valences, reconstruct
 from query.filters import Filters
 from query.vectors import (
     direction_bag,
@@ -135,7 +135,8 @@ def approximate_note(a: Atlas, query: Query, filters: Filters) -> str | None:
         return None
     return (
         f"{model_id} has an approximate index (more directions than --exact-max at ingest): "
-        "scores are exact, but a true neighbour is missed now and then (recall@10 0.995 at 1e6)"
+        "scores are exact, but a true neighbour is missed now and then (`svd-atlas check` "
+        "measures its recall)"
     )
 
 
@@ -186,18 +187,6 @@ def nearest_residual(
     params.sel = selector  # keep `selector` alive while FAISS uses it
     sims, ids = index.search(both, min(k, len(allowed)), params=params)
     return merge_valences(ids, sims, k)
-
-
-def merge_valences(ids: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row 0 searched q, row 1 searched -q: a direction found by -q has cosine -sim with q."""
-    all_ids = np.concatenate([ids[0], ids[1]])
-    all_sims = np.concatenate([sims[0], -sims[1]])
-    keep = all_ids >= 0
-    all_ids, all_sims = all_ids[keep], all_sims[keep]
-    order = np.lexsort((all_ids, -np.abs(all_sims)))
-    _, first = np.unique(all_ids[order], return_index=True)
-    chosen = order[np.sort(first)][:k]
-    return all_ids[chosen], all_sims[chosen]
 
 
 def nearest_tokens(
