@@ -63,7 +63,7 @@ def print_ingest_summary(path: str, report: Any) -> None:
 def print_models(a: Atlas) -> None:
     rows = a.sql("""
         SELECT model_id, architecture, n_layers AS layers, n_heads AS heads, d_model, d_head,
-               d_mlp, d_vocab, processing, n_directions AS directions, source
+               d_mlp, d_vocab, processing, n_directions AS directions, index_type AS index, source
         FROM models ORDER BY model_id
     """).to_pylist()
     if not rows:
@@ -85,6 +85,7 @@ def print_models(a: Atlas) -> None:
             "d_vocab",
             "processing",
             "directions",
+            "index",
             "size",
             "source",
         ],

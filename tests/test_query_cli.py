@@ -264,6 +264,9 @@ def test_approximate_index_above_threshold(tmp_path: Path) -> None:
             assert traced == exact_t
             traced_total += len(traced)
     assert np.mean(recall) >= 0.95 and traced_total > 0
+    listing = run_cli("--atlas", tmp_path / "atlas", "models").stdout.splitlines()
+    assert [line.split()[0] for line in listing if " pq-rerank " in line] == ["ann"]
+    assert [line.split()[0] for line in listing if " flat " in line] == ["exact"]
     for model, direction, noted in (("ann", first_ann, True), ("exact", 0, False)):
         cli = run_cli(
             "--atlas", tmp_path / "atlas", "search", "--direction", str(direction), "--model", model
