@@ -99,24 +99,28 @@ def _best_of(fn: Callable[[], Any], repeats: int) -> float:
     return min(times)
 
 
+def _synchronize(device: str) -> None:
+    """Wait for queued GPU work, so that a timer measures it (CUDA calls return early)."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def time_ov_decomposition(W_V: Any, W_O: Any, device: str) -> tuple[float, float]:
     """Seconds for the batched factored SVD and for a per-head full SVD of explicit OV."""
     import torch
 
     from atlas.svd import factored_svd
 
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
     def batched() -> None:
         factored_svd(W_V, W_O)
-        sync()
+        _synchronize(device)
 
     def per_head() -> None:  # what the sprint notebook and SVDInterpreter do
         for h in range(W_V.shape[0]):
             torch.linalg.svd(W_V[h] @ W_O[h])
-        sync()
+        _synchronize(device)
 
     batched()  # warm-up
     return _best_of(batched, 3), _best_of(per_head, 1)
@@ -282,9 +286,11 @@ def bench_projection(device: str, large: bool) -> list[dict[str, Any]]:
     def matmul_only() -> None:
         for start in range(0, n, rows):
             (vectors[start : start + rows] @ W_U).sum()
+        _synchronize(device)
 
     def projection() -> None:
         project(vectors, W_U, 20)
+        _synchronize(device)
 
     matmul_only()
     t_matmul = _best_of(matmul_only, 2)
