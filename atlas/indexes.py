@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from atlas.errors import AtlasError
+
 # Above this many vectors an index is approximate (configurable per ingest: --exact-max).
 DEFAULT_EXACT_MAX = 200_000
 EXACT, APPROXIMATE = "flat", "pq-rerank"  # the values of models.index_type
@@ -68,6 +70,12 @@ def read_index(path: Path) -> Any:
     import faiss
 
     index: Any = faiss.read_index(str(path))
+    inner = faiss.downcast_index(index.index)
+    if not isinstance(inner, faiss.IndexFlat | faiss.IndexRefineFlat):
+        raise AtlasError(
+            f"{path}: {type(inner).__name__} is an index type this version of svd-atlas does not "
+            "use (HNSW came from an earlier one); svd-atlas check --repair rebuilds it"
+        )
     return index
 
 

@@ -14,6 +14,7 @@ import pytest
 
 import atlas
 from atlas.check import check_atlas
+from atlas.indexes import is_exact
 from atlas.store import sha256_file
 from tests.helpers import assert_one_error_line, fingerprint, run_cli
 
@@ -187,3 +188,35 @@ def test_check_refuses_what_is_not_an_atlas(tmp_path: Path) -> None:
     bundle = tmp_path / "file.bundle"
     bundle.write_bytes(b"x")
     assert "is a file" in assert_one_error_line(run_cli("--atlas", bundle, "check"))
+
+
+def test_an_hnsw_index_from_an_earlier_version_is_rebuilt(atlas_copy: Path) -> None:
+    """The first release built HNSW above --exact-max; such a store reads as one error line and
+    `check --repair` rebuilds today's approximate index, leaving DuckDB as it was."""
+    store = _store(atlas_copy)
+    con = duckdb.connect(str(store / "model.duckdb"))
+    con.execute("UPDATE models SET index_type = 'hnsw'")
+    con.close()
+    flat = faiss.read_index(str(store / "residual.faiss"))
+    ids = faiss.vector_to_array(flat.id_map).astype(np.int64)
+    hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(384, 16, faiss.METRIC_INNER_PRODUCT))
+    hnsw.add_with_ids(flat.reconstruct_batch(ids), ids)
+    faiss.write_index(hnsw, str(store / "residual.faiss"))
+    manifest = json.loads((store / "manifest.json").read_text())
+    for name in ("model.duckdb", "residual.faiss"):
+        manifest["members"][name] = {
+            "bytes": (store / name).stat().st_size,
+            "sha256": sha256_file(store / name),
+        }
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    database = sha256_file(store / "model.duckdb")
+
+    line = assert_one_error_line(run_cli("--atlas", atlas_copy, "search", "fire"))
+    assert "IndexHNSWFlat" in line and "check --repair" in line
+    assert run_cli("--atlas", atlas_copy, "check").returncode == 1
+    repaired = run_cli("--atlas", atlas_copy, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout
+    assert sha256_file(store / "model.duckdb") == database
+    with atlas.open(atlas_copy) as a:
+        assert not is_exact(a.residual_index("minilm"))
+        assert len(a.search("fire", k=10)) == 10
