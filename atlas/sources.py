@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 
 from atlas.errors import AtlasError
 from atlas.formats import require_format
@@ -124,7 +123,7 @@ class ParquetAtlas(Atlas):
 
     def residual_index(self, model_id: str) -> Any:
         """An exact index built in memory from the tree's vectors."""
-        import faiss
+        from atlas.indexes import EXACT, build_index
 
         if model_id not in self.info["models"]:
             raise AtlasError(f"no model {model_id!r} in {self._root}")
@@ -136,11 +135,7 @@ class ParquetAtlas(Atlas):
         )
         d = int(self.info["models"][model_id]["d_model"])
         vectors = rows["vector"].combine_chunks().flatten().to_numpy().reshape(-1, d)
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
-        index.add_with_ids(
-            np.ascontiguousarray(vectors, dtype=np.float32), rows["direction_id"].to_numpy()
-        )
-        return index
+        return build_index(vectors, rows["direction_id"].to_numpy(), EXACT)
 
     def model_sizes(self) -> dict[str, int]:
         sizes = dict.fromkeys(self.model_ids(), 0)
