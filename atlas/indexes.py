@@ -36,14 +36,14 @@ def index_type_for(n_vectors: int, exact_max: int) -> str:
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, index_type: str) -> Any:
+    """An index of ``index_type`` (``models.index_type``); any type but ``flat`` is built
+    approximate, so models the first release indexed with HNSW are rebuilt as today's."""
     import faiss
 
-    if index_type not in (EXACT, APPROXIMATE):
-        raise ValueError(f"unknown index type {index_type!r}")
     vectors = np.ascontiguousarray(vectors, np.float32)
     d = vectors.shape[1]
     inner: Any
-    if index_type == APPROXIMATE:
+    if index_type != EXACT:
         sub_quantizers = d // 2 if d % 2 == 0 else d
         coarse = faiss.IndexPQFastScan(d, sub_quantizers, 4, faiss.METRIC_INNER_PRODUCT)
         step = max(1, len(vectors) // PQ_TRAIN_MAX)

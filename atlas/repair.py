@@ -19,7 +19,6 @@ import numpy as np
 
 from atlas.check import CheckReport, check_atlas
 from atlas.errors import AtlasError
-from atlas.indexes import APPROXIMATE, EXACT
 from atlas.layout import MANIFEST, MODEL_DB, RESIDUAL_INDEX, AtlasDir, fsync_tree
 from atlas.store import sha256_file, write_index
 
@@ -66,8 +65,6 @@ def rebuild_index(store: Path, scratch: Path) -> None:
     ids = rows["direction_id"].to_numpy().astype(np.int64)
     flat = rows["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
     vectors = np.asarray(flat, np.float32).reshape(len(ids), int(d_model))
-    if index_type != EXACT:  # "hnsw" from an earlier version is rebuilt as today's approximate
-        index_type = APPROXIMATE
     try:
         write_index(scratch, vectors, ids, index_type)
         fsync_tree(scratch)

@@ -3,8 +3,9 @@
     python bench/coherence_auc.py [--labels ../shared/data/autolabels] [--fit]
 
 The score's five numbers were fitted on gpt2-small only; gpt2-large is held out. ``--fit``
-refits them on gpt2-small (what ``atlas.coherence.WEIGHTS`` and ``BIAS`` hold, rounded) and
-prints the 5-fold cross-validated ROC-AUC on gpt2-small of each feature set compared.
+refits them on gpt2-small (what ``atlas.coherence.WEIGHTS`` and ``BIAS`` hold, rounded), prints
+the 5-fold cross-validated ROC-AUC on gpt2-small of each feature set compared, and the ROC-AUC
+on gpt2-small of the same features fitted on gpt2-large.
 """
 
 from __future__ import annotations
@@ -71,9 +72,11 @@ def main() -> None:
     parser.add_argument("--fit", action="store_true", help="refit the weights on gpt2-small")
     args = parser.parse_args()
     scorer = Scorer()
+    data = {}
     for model, role in (("small", "tuned on"), ("large", "held out")):
         lists, labels = load_labels(args.labels, model)
         features = scorer.features(lists)
+        data[model] = features, labels
         print(
             f"gpt2-{model:<6} {role:<9} lists={len(lists):>5} positive rate={labels.mean():.2f} "
             f"ROC-AUC={roc_auc(score_features(features), labels):.4f}"
@@ -87,6 +90,11 @@ def main() -> None:
             for n in range(1, len(FEATURES) + 1):
                 cv = cross_validated_auc(features[:, :n], labels)
                 print(f"  5-fold CV ROC-AUC with {', '.join(FEATURES[:n])}: {cv:.4f}")
+    if args.fit:  # the same features fitted the other way round
+        weights, bias = fit(*data["large"])
+        features, labels = data["small"]
+        reverse = roc_auc(features @ weights + bias, labels)
+        print(f"fitted on gpt2-large, ROC-AUC on gpt2-small: {reverse:.4f}")
 
 
 if __name__ == "__main__":

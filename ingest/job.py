@@ -216,7 +216,7 @@ def ingest(
                     writer.write_tables(staging, model_row, rows, vocab, cfg.d_model)
                     writer.write_unembedding(staging, weights.W_U.cpu().numpy())
                 with stages.stage("index", "FAISS residual-space index"):
-                    writer.write_residual_index(staging, rows, options.exact_max)
+                    writer.write_residual_index(staging, rows, model_row["index_type"])
                 writer.record_stage_seconds(staging, report.stage_seconds)
                 writer.write_manifest(staging, model_id, report.counts)
                 entry = CatalogEntry(

@@ -10,7 +10,6 @@ import duckdb
 import pyarrow as pa
 
 from atlas import store as store_io
-from atlas.indexes import index_type_for
 from atlas.layout import MODEL_DB
 from atlas.store import write_index, write_manifest, write_unembedding
 from ingest.assemble import AtlasRows
@@ -40,9 +39,8 @@ def write_tables(
     store_io.write_tables(store, tables, d_model)
 
 
-def write_residual_index(store: Path, rows: AtlasRows, exact_max: int) -> None:
+def write_residual_index(store: Path, rows: AtlasRows, index_type: str) -> None:
     """The residual-space cosine index of one model; ids = direction_id."""
-    index_type = index_type_for(len(rows.direction_ids), exact_max)
     write_index(store, rows.vectors, rows.direction_ids, index_type)
 
 
