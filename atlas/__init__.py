@@ -8,15 +8,34 @@ a.sql("SELECT model_id, n_layers FROM models").to_pandas()
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
-from atlas.errors import AtlasError
-from atlas.handle import Atlas
+from atlas.core.errors import AtlasError
+
+if TYPE_CHECKING:
+    from atlas.api import Atlas
 
 __all__ = ["Atlas", "AtlasError", "open"]
 
 
-def open(path: str | os.PathLike[str]) -> Atlas:  # noqa: A001 - mirrors builtins.open on purpose
-    """Open ``path`` read-only: an atlas directory, a bundle file or an exported Parquet tree."""
-    from atlas.sources import open_atlas
+def open(  # noqa: A001 - mirrors builtins.open on purpose
+    location: str | os.PathLike[str], *, write: bool = False
+) -> Atlas:
+    """Open an atlas directory, a bundle file or a Parquet tree (a folder or a URL).
 
-    return open_atlas(path)
+    Read-only: ``write=True`` (atlas directories only) lets ``sql`` keep your own tables in the
+    atlas's ``user.duckdb``; model data always stays read-only.
+    """
+    from atlas.api import Atlas
+
+    return Atlas.open(location, write=write)
+
+
+def __getattr__(name: str) -> Any:
+    # The façade imports the query layer, which imports the storage core under this package:
+    # importing it lazily keeps ``import atlas.core...`` from pulling in the layers above.
+    if name == "Atlas":
+        from atlas.api import Atlas
+
+        return Atlas
+    raise AttributeError(name)

@@ -2,8 +2,7 @@
 
     python bench/bundle_report.py [--atlas DIR] [--model minilm] [--queries 1000]
 
-Exports the model's atlas as bundles with f32 (with and without the FAISS index), f16 and no
-vectors, times export and load, and measures recall@10 of exact inner-product search over the
+Exports the model's atlas as bundles with f32, f16 and no vectors, times export and load, and measures recall@10 of exact inner-product search over the
 loaded f16 vectors against the f32 ones. Queries: the model's own directions (a "direction
 query") and random unit vectors. Without --atlas, MiniLM is ingested into a temporary atlas.
 """
@@ -21,18 +20,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import atlas  # noqa: E402
-from atlas.handle import Atlas  # noqa: E402
-from atlas.output import human_bytes  # noqa: E402
-from query.exchange.export import export_bundle  # noqa: E402
-from query.exchange.load import load_bundle  # noqa: E402
+from atlas.api import Atlas  # noqa: E402
+from atlas.cli.output import human_bytes  # noqa: E402
+from atlas.core.exchange.load import load_bundle  # noqa: E402
+from atlas.core.vectors import vector_matrix  # noqa: E402
 
-MODES = {"f32 + index": ("f32", True), "f32": ("f32", False), "f16": ("f16", False)}
-MODES["none"] = ("none", False)
+MODES = ("f32", "f16", "none")
 
 
 def vectors(a: Atlas, model_id: str) -> np.ndarray:
     t = a.sql("SELECT vector FROM directions WHERE model_id = ? ORDER BY direction_id", [model_id])
-    return t["vector"].combine_chunks().flatten().to_numpy().reshape(t.num_rows, -1)
+    return vector_matrix(t["vector"])
 
 
 def recall(a: Atlas, b: Atlas, model_id: str, queries: np.ndarray, k: int = 10) -> float:
@@ -57,17 +55,17 @@ def main() -> None:
 
     rows, loaded = [], {}
     with atlas.open(root) as source:
-        store = sum(p.stat().st_size for p in source.store_path(args.model).iterdir())
-        for label, (mode, with_index) in MODES.items():
-            out = work / f"{mode}{'-index' if with_index else ''}.bundle"
+        store = next(m["size_bytes"] for m in source.models() if m["model_id"] == args.model)
+        for mode in MODES:
+            out = work / f"{mode}.bundle"
             start = time.perf_counter()
-            export_bundle(source, [args.model], out, mode, with_index)
+            source.export(out, [args.model], mode)
             exported = time.perf_counter() - start
             start = time.perf_counter()
             load_bundle(work / f"loaded-{out.stem}", out)
             load_s = time.perf_counter() - start
-            loaded[label] = work / f"loaded-{out.stem}"
-            rows.append((label, out.stat().st_size, exported, load_s))
+            loaded[mode] = work / f"loaded-{out.stem}"
+            rows.append((mode, out.stat().st_size, exported, load_s))
 
         rng = np.random.default_rng(0)
         own = vectors(source, args.model)

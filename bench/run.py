@@ -111,7 +111,7 @@ def time_ov_decomposition(W_V: Any, W_O: Any, device: str) -> tuple[float, float
     """Seconds for the batched factored SVD and for a per-head full SVD of explicit OV."""
     import torch
 
-    from atlas.svd import factored_svd
+    from ingest.svd import factored_svd
 
     def batched() -> None:
         factored_svd(W_V, W_O)
@@ -181,7 +181,7 @@ def realistic_vectors(n: int, seed: int = 0) -> tuple[Any, Any]:
             real = np.array(
                 a.sql("SELECT vector FROM directions")["vector"].to_pylist(), np.float32
             )
-            unembed = np.load(a.store_path("minilm") / "unembed.npy").astype(np.float32)
+            unembed = np.asarray(a.reader.unembedding("minilm"), dtype=np.float32)
     rng = np.random.default_rng(seed)
     cov = np.cov(real, rowvar=False)
     root = np.linalg.cholesky(cov + 1e-6 * np.eye(cov.shape[0]))
@@ -198,7 +198,7 @@ def bench_search(device: str, large: bool) -> list[dict[str, Any]]:
     import faiss
     import numpy as np
 
-    from atlas.indexes import APPROXIMATE, EXACT, RERANK_FACTOR, build_index, merge_valences
+    from atlas.core.indexes import APPROXIMATE, EXACT, RERANK_FACTOR, build_index, merge_valences
 
     sizes = [10_000, 100_000, 200_000, 1_000_000]  # 200k: the default --exact-max
     data, queries = realistic_vectors(max(sizes))

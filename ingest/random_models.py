@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-RANDOM_PREFIX = "random:"
+from ingest.options import RANDOM_PREFIX
+
+__all__ = ["RANDOM_PREFIX", "RANDOM_SHAPES", "random_config", "wordlevel_tokenizer"]
 
 RANDOM_SHAPES: dict[str, dict[str, Any]] = {
     "gpt2-small": dict(n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072),
@@ -59,9 +61,3 @@ def wordlevel_tokenizer(words: list[str], d_vocab: int) -> Any:
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=unk)
-
-
-def minilm_words() -> list[str]:
-    from ingest.loading import minilm_path
-
-    return (minilm_path() / "vocab.txt").read_text(encoding="utf-8").splitlines()

@@ -9,9 +9,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from atlas import store as store_io
-from atlas.layout import MODEL_DB
-from atlas.store import write_index, write_manifest, write_unembedding
+from atlas.core import store as store_io
+from atlas.core.layout import MODEL_DB
+from atlas.core.store import write_index, write_manifest, write_unembedding
 from ingest.assemble import AtlasRows
 
 __all__ = [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from atlas.errors import AtlasError
-from atlas.handle import Atlas
-from atlas.schema import KINDS
+from atlas.core.contract import KINDS
+from atlas.core.errors import AtlasError
+from atlas.core.reader import Reader, check_direction_id
 
 MATRIX_COLUMNS = (
     "matrix_id, model_id, layer, head, kind, n_rows, n_cols, rank, numerical_rank, sigma_max, "
@@ -15,12 +15,15 @@ MATRIX_COLUMNS = (
 
 
 def matrix_card(
-    a: Atlas, model_id: str, layer: int, head_or_kind: str, top: int = 10
+    a: Reader, model_id: str, layer: Any, head_or_kind: Any, top: int = 10
 ) -> dict[str, Any]:
-    """A head (``head_or_kind`` an integer, kind ov) or an MLP matrix (a kind name)."""
-    a.store_path(model_id)
-    if head_or_kind.isdigit():
-        kind, head = "ov", int(head_or_kind)
+    """A head (``head_or_kind`` a head number, kind ov) or an MLP matrix (a kind name)."""
+    a.require_model(model_id)
+    layer = _number(layer, "LAYER")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise AtlasError(f"top must be an integer of at least 1, not {top!r}")
+    if not isinstance(head_or_kind, str) or head_or_kind.isdigit():
+        kind, head = "ov", _number(head_or_kind, "HEAD")
     elif head_or_kind in KINDS and head_or_kind != "ov":
         kind, head = head_or_kind, None
     else:
@@ -57,8 +60,18 @@ def matrix_card(
     return card
 
 
-def direction_card(a: Atlas, direction_id: int) -> dict[str, Any]:
+def _number(value: Any, what: str) -> int:
+    """A layer or head number from an int or a string of digits; one clear line otherwise."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise AtlasError(f"{what} must be a number (0 or more), not {value!r}")
+
+
+def direction_card(a: Reader, direction_id: int) -> dict[str, Any]:
     """One direction: where it is, its singular value and gap, tokens, partner, top neurons."""
+    direction_id = check_direction_id(direction_id)
     a.model_of(direction_id)
     card = a.sql(
         "SELECT d.direction_id, d.model_id, d.layer, d.head, d.kind, d.side, d.sv_index, d.sigma, "

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from atlas.errors import AtlasError
-from atlas.handle import Atlas
+from atlas.core.contract import JUDGED_SQL, KINDS
+from atlas.core.errors import AtlasError
+from atlas.core.reader import Reader
 
 METRICS = (
     "sigma_change",
@@ -46,7 +47,7 @@ METRICS = (
 COLUMNS = ("scope", "kind", "layer", "head", "n", *METRICS)
 SHAPE = ("n_layers", "n_heads", "d_model", "d_vocab")
 
-_JUDGED = "(d.side = 'write') = (d.kind IN ('ov', 'mlp_out'))"
+_JUDGED = f"({JUDGED_SQL})"
 
 
 @dataclass
@@ -61,10 +62,10 @@ class _Matrix:
     head_coherence: float | None
 
 
-def compare(a: Atlas, model_a: str, model_b: str) -> list[dict[str, Any]]:
+def compare(a: Reader, model_a: str, model_b: str) -> list[dict[str, Any]]:
     """Per-matrix rows (scope ``matrix``) then aggregates per kind and overall."""
     for m in (model_a, model_b):
-        a.store_path(m)  # raises a clear error for an unknown model_id
+        a.require_model(m)
     shapes = {
         r["model_id"]: tuple(r[c] for c in SHAPE)
         for r in a.sql(f"SELECT model_id, {', '.join(SHAPE)} FROM models").to_pylist()
@@ -95,11 +96,10 @@ def compare(a: Atlas, model_a: str, model_b: str) -> list[dict[str, Any]]:
 
 
 def _order(key: tuple[str, int, int | None]) -> tuple[int, int, int]:
-    kinds = ("ov", "mlp_in", "mlp_gate", "mlp_out")
-    return kinds.index(key[0]), key[1], -1 if key[2] is None else key[2]
+    return KINDS.index(key[0]), key[1], -1 if key[2] is None else key[2]
 
 
-def _load(a: Atlas, model_id: str, k: int) -> dict[tuple[str, int, int | None], _Matrix]:
+def _load(a: Reader, model_id: str, k: int) -> dict[tuple[str, int, int | None], _Matrix]:
     dirs = a.sql(
         f"""
         SELECT d.direction_id, d.kind, d.layer, d.head, d.sv_index, d.sigma, d.vector,

@@ -36,8 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from atlas.errors import AtlasError
-from atlas.handle import Atlas
+from atlas.core.errors import AtlasError
+from atlas.core.reader import Reader
+from ingest.svd import factor_svd
+from query.probe import Probe, Reading, make_probes, measure, require_causal
 
 EDITABLE_KINDS = ("ov", "mlp_in", "mlp_gate", "mlp_out")
 MLP_VIEWS = {"mlp_in": "W_in", "mlp_gate": "W_gate", "mlp_out": "W_out"}
@@ -82,7 +84,7 @@ class RankOneEdit:
     head_vector: torch.Tensor | None = None
 
 
-def lookup(a: Atlas, direction_ids: Sequence[int]) -> list[Direction]:
+def lookup(a: Reader, direction_ids: Sequence[int]) -> list[Direction]:
     """The atlas rows of ``direction_ids`` (in the given order), or one clear error."""
     rows = a.sql(
         "SELECT direction_id, model_id, kind, layer, head, sv_index, sigma, side, degenerate, "
@@ -92,7 +94,7 @@ def lookup(a: Atlas, direction_ids: Sequence[int]) -> list[Direction]:
     found = {r["direction_id"]: r for r in rows}
     missing = [str(d) for d in direction_ids if d not in found]
     if missing:
-        raise AtlasError(f"no direction {', '.join(missing)} in {a.root}")
+        raise AtlasError(f"no direction {', '.join(missing)} in {a.location}")
     out = []
     for d in direction_ids:
         r = found[d]
@@ -160,19 +162,16 @@ def _plan_ov(bridge: Any, d: Direction, eps: float) -> RankOneEdit:
     assert d.head is not None
     attn = bridge.blocks[d.layer].attn
     group = _kv_group(bridge.cfg)
-    W_V = attn.W_V[d.head // group].double()
-    W_O = attn.W_O[d.head].double()
-    q1, r1 = torch.linalg.qr(W_V)
-    q2, r2 = torch.linalg.qr(W_O.T)
-    core_u, s, core_vh = torch.linalg.svd(r1 @ r2.T)
+    f = factor_svd(attn.W_V[d.head // group].double()[None], attn.W_O[d.head].double()[None])
+    r1, r2, core_u, s, core_v = f.r1[0], f.r2[0], f.core_u[0], f.s[0], f.core_v[0]
     i = d.sv_index
     if i >= s.shape[0]:
         raise AtlasError(f"direction {d.direction_id} ({d.where}): {_changed()}")
-    u, v = q1 @ core_u[:, i], q2 @ core_vh[i]
+    u, v = f.apply_q1(f.core_u)[0, :, i], f.apply_q2(f.core_v)[0, :, i]
     if group == 1:
         # cᵀ W_O = vᵀ with W_O = R2ᵀ Q2ᵀ and v = Q2 V'_i means R2 c = V'_i (pinv: a head of
         # deficient rank has no exact inverse, and its null part is never written anyway).
-        c = torch.linalg.pinv(r2) @ core_vh[i]
+        c = torch.linalg.pinv(r2) @ core_v[:, i]
         return RankOneEdit(d, eps, float(s[i]), u, v, "W_V", c)
     a = torch.linalg.pinv(r1) @ core_u[:, i]  # W_V a = Q1 R1 a = Q1 U'_i = u
     b_V = attn.b_V
@@ -211,7 +210,10 @@ def _owning_parameters(bridge: Any, views: list[torch.Tensor]) -> list[torch.nn.
     storages = {v.untyped_storage().data_ptr() for v in views}
     owners = [p for p in bridge.parameters() if p.untyped_storage().data_ptr() in storages]
     if len({p.untyped_storage().data_ptr() for p in owners}) != len(storages):
-        raise RuntimeError("a weight view does not share storage with any model parameter")
+        raise AtlasError(
+            "this model's weights are not plain parameters (a weight view does not share "
+            "storage with any of them), so it cannot be edited in place"
+        )
     return owners
 
 
@@ -259,7 +261,7 @@ def edited(bridge: Any, edits: Sequence[RankOneEdit]) -> Iterator[list[RankOneEd
 
 @contextlib.contextmanager
 def concept_edit(
-    bridge: Any, a: Atlas, edits: dict[int, float] | Sequence[tuple[int, float]]
+    bridge: Any, a: Reader, edits: dict[int, float] | Sequence[tuple[int, float]]
 ) -> Iterator[list[RankOneEdit]]:
     """``with concept_edit(bridge, atlas, {direction_id: eps, ...}):`` the model is edited.
 
@@ -271,3 +273,75 @@ def concept_edit(
     planned = plan(bridge, directions, [e for _, e in pairs])
     with edited(bridge, planned) as applied:
         yield applied
+
+
+@dataclass
+class EditReport:
+    """An edit measured on prompts: what was edited, and each probe before and after."""
+
+    model_id: str
+    edits: list[RankOneEdit]
+    probes: list[Probe]
+    before: list[Reading]
+    after: list[Reading]
+    tokens: dict[int, list[str]]  # each edited direction's top positive tokens
+
+
+def boot_model(a: Reader, model_id: str, device: str = "auto") -> Any:
+    """Boot ``model_id`` again as it was ingested (spec, weight processing and dtype) and check
+    that its shape still matches the atlas."""
+    from ingest.loading import load_model, resolve_device
+
+    a.require_model(model_id)
+    info = a.sql(f"SELECT * FROM {a.relation(model_id, 'models')}").to_pylist()[0]
+    dtype = info.get("weight_dtype") or "float32"  # stores from before the column: float32
+    loaded = load_model(info["spec"], resolve_device(device), dtype, info["processing"])
+    cfg = loaded.bridge.cfg
+    if (cfg.d_model, cfg.n_layers) != (info["d_model"], info["n_layers"]):
+        raise AtlasError(
+            f"{info['spec']!r} now boots with d_model {cfg.d_model} and {cfg.n_layers} layers, "
+            f"the atlas has {info['d_model']} and {info['n_layers']}: re-ingest it"
+        )
+    return loaded.bridge
+
+
+def measure_edit(
+    a: Reader,
+    model_id: str,
+    edits: Sequence[tuple[int, float]],
+    pairs: Sequence[tuple[str, str]],
+    device: str = "auto",
+) -> EditReport:
+    """Boot ``model_id``, apply ``edits`` (direction id, eps) and measure each (prompt, target)
+    pair's next-token probability and rank before and after; the weights are restored."""
+    if not edits:
+        raise AtlasError("nothing to edit: give at least one direction and its eps")
+    if not pairs:
+        raise AtlasError("nothing to measure: give at least one prompt and its target")
+    for _, e in edits:
+        check_eps(e)
+    a.require_model(model_id)
+    directions = lookup(a, [d for d, _ in edits])
+    foreign = [d for d in directions if d.model_id != model_id]
+    if foreign:
+        raise AtlasError(
+            f"direction {foreign[0].direction_id} belongs to {foreign[0].model_id!r}, "
+            f"not {model_id!r}"
+        )
+    bridge = boot_model(a, model_id, device)
+    require_causal(bridge, model_id)
+    probes = make_probes(bridge, list(pairs))
+    planned = plan(bridge, directions, [e for _, e in edits])
+    before = measure(bridge, probes)
+    with edited(bridge, planned):
+        after = measure(bridge, probes)
+    return EditReport(model_id, planned, probes, before, after, _top_tokens(a, directions))
+
+
+def _top_tokens(a: Reader, directions: Sequence[Direction]) -> dict[int, list[str]]:
+    rows = a.sql(
+        "SELECT direction_id, list(token_display ORDER BY rank) AS tokens FROM top_tokens "
+        "WHERE list_contains(?, direction_id) AND polarity = 'pos' AND rank < 5 GROUP BY 1",
+        [[d.direction_id for d in directions]],
+    ).to_pylist()
+    return {r["direction_id"]: r["tokens"] for r in rows}

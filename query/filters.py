@@ -1,15 +1,16 @@
-"""Search filters, and the SQL that turns them into the allowed direction ids."""
+"""Search filters: checked values, the SQL that applies them, and parsing the CLI's spelling."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from atlas.errors import AtlasError
-from atlas.handle import Atlas
-from atlas.schema import KINDS, SIDES
+from atlas.core.contract import KINDS, SIDES
+from atlas.core.errors import AtlasError
+from atlas.core.reader import Reader
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,8 @@ class Filters:
     """Which directions a search or trace may return. ``None`` means no restriction.
 
     ``layers`` is a half-open range ``(start, stop)`` like a Python slice (``stop`` None: to
-    the last layer); ``max_sv_index`` keeps sv_index <= it.
+    the last layer); ``max_sv_index`` keeps sv_index <= it. Build one from loosely typed values
+    (the CLI's strings or a Python caller's) with :func:`make_filters`.
     """
 
     kinds: tuple[str, ...] | None = None
@@ -33,6 +35,19 @@ class Filters:
                 raise AtlasError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
         if self.side is not None and self.side not in SIDES:
             raise AtlasError(f"unknown side {self.side!r}; choose read or write")
+        if self.layers is not None:
+            start, stop = self.layers
+            if start < 0 or (stop is not None and stop <= start):
+                raise AtlasError(
+                    f"empty or negative layer range {start}:{'' if stop is None else stop}; "
+                    "give START:STOP with 0 <= START < STOP"
+                )
+        if any(h < 0 for h in self.heads or ()):
+            raise AtlasError(f"head numbers are 0 or more, got {list(self.heads or ())}")
+        if self.max_sv_index is not None and self.max_sv_index < 0:
+            raise AtlasError(f"max_sv_index must be 0 or more, got {self.max_sv_index}")
+        if self.min_sigma is not None and not math.isfinite(self.min_sigma):
+            raise AtlasError(f"min_sigma must be a finite number, got {self.min_sigma}")
 
     @property
     def active(self) -> bool:
@@ -65,13 +80,90 @@ class Filters:
             params.append(self.min_sigma)
         return " AND ".join(clauses), params
 
-    def allowed_ids(self, a: Atlas, model_id: str) -> np.ndarray:
+    def allowed_ids(self, reader: Reader, model_id: str) -> np.ndarray:
         condition, params = self.where()
-        table = a.con.sql(
-            f"SELECT direction_id FROM {a.alias(model_id)}.directions WHERE {condition}",
-            params=params,
-        ).to_arrow_table()
+        table = reader.sql(
+            f"SELECT direction_id FROM {reader.relation(model_id, 'directions')} WHERE {condition}",
+            params,
+        )
         return table["direction_id"].to_numpy().astype(np.int64)
+
+
+def make_filters(
+    kinds: Any = None,
+    layers: Any = None,
+    heads: Any = None,
+    side: Any = None,
+    max_sv_index: Any = None,
+    min_sigma: Any = None,
+) -> Filters:
+    """:class:`Filters` from a Python caller's values, each checked (the CLI parses its strings
+    with :func:`parse_layers`, :func:`parse_ints` and :func:`parse_names` first).
+
+    ``kinds``: a list of kind names; ``layers``: a layer number or ``(start, stop)`` (stop None:
+    to the last layer); ``heads``: a head number or a list of them.
+    """
+    return Filters(
+        kinds=_names(kinds, "kinds"),
+        layers=_layer_range(layers),
+        heads=_ints(heads, "heads"),
+        side=_optional(side, str, "side"),
+        max_sv_index=_optional(max_sv_index, int, "max_sv_index"),
+        min_sigma=_optional(min_sigma, float, "min_sigma"),
+    )
+
+
+def _names(value: Any, what: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple | set | frozenset) or not all(
+        isinstance(v, str) for v in value
+    ):
+        raise AtlasError(f"{what} must be a list of names, e.g. {what}=['ov'], not {value!r}")
+    return tuple(value)
+
+
+def _layer_range(value: Any) -> tuple[int, int | None] | None:
+    if value is None:
+        return None
+    if _is_int(value):
+        return int(value), int(value) + 1
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and _is_int(value[0])
+        and (value[1] is None or _is_int(value[1]))
+    ):
+        return int(value[0]), None if value[1] is None else int(value[1])
+    raise AtlasError(f"layers must be a layer number or (start, stop), not {value!r}")
+
+
+def _ints(value: Any, what: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if _is_int(value):
+        return (int(value),)
+    if isinstance(value, list | tuple | set) and all(_is_int(v) for v in value):
+        return tuple(int(v) for v in value)
+    raise AtlasError(f"{what} must be a number or a list of numbers, not {value!r}")
+
+
+def _optional(value: Any, kind: type, what: str) -> Any:
+    if value is None:
+        return None
+    if kind is int and _is_int(value):
+        return int(value)
+    if kind is float and (_is_int(value) or isinstance(value, float)):
+        return float(value)
+    if kind is str and isinstance(value, str):
+        return value
+    raise AtlasError(
+        f"{what} must be {'a number' if kind is float else kind.__name__}, not {value!r}"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def parse_layers(text: str | None) -> tuple[int, int | None] | None:

@@ -1,7 +1,7 @@
 """Concept search: nearest directions to a query, in both valences, exact or approximate.
 
 Within one model, queries live in the model's residual space (the unit singular vectors,
-searched through FAISS). Across models, they live in the token space (``atlas.token_space``),
+searched through FAISS). Across models, they live in the token space (``atlas.core.token_space``),
 where a direction is a sparse unit vector over normalized token strings and cosines are exact
 sparse dot products computed by DuckDB.
 
@@ -17,20 +17,21 @@ from typing import Any
 
 import numpy as np
 
-from atlas.errors import AtlasError
-from atlas.handle import Atlas
-from atlas.indexes import is_exact, merge_valences, reconstruct
+from atlas.core.errors import AtlasError
+from atlas.core.indexes import is_exact, merge_valences, reconstruct
+from atlas.core.reader import Reader
 from query.filters import Filters
 from query.vectors import (
     direction_bag,
     direction_vector,
-    file_vector,
+    query_vector,
     split_words,
     text_residual_vector,
     text_token_bag,
 )
 
 SPACES = ("residual", "token")
+DEFAULT_K = 10
 MAX_K = 10_000
 
 
@@ -68,10 +69,10 @@ class Query:
 
 
 def resolve_query(
-    a: Atlas,
+    a: Reader,
     text: str | list[str] | None = None,
     direction: int | None = None,
-    vector: str | Path | None = None,
+    vector: str | Path | np.ndarray | None = None,
     models: tuple[str, ...] | None = None,
     space: str = "auto",
 ) -> Query:
@@ -83,18 +84,23 @@ def resolve_query(
     """
     if sum(x is not None for x in (text, direction, vector)) != 1:
         raise AtlasError("give exactly one of: words, --direction ID, --vector FILE")
+    if text is not None and not (
+        isinstance(text, str) or (isinstance(text, list) and all(isinstance(t, str) for t in text))
+    ):
+        raise AtlasError(f"search text must be a string or a list of strings, not {text!r}")
     if space not in (*SPACES, "auto"):
         raise AtlasError(f"unknown space {space!r}; choose residual, token or auto")
     candidates = list(models) if models else a.model_ids()
     for m in candidates:
-        a.store_path(m)  # an unknown model id fails here, naming the known ones
+        a.require_model(m)  # an unknown model id fails here, naming the known ones
     if not candidates:
-        raise AtlasError(f"{a.root} holds no models yet")
+        raise AtlasError(f"{a.location} holds no models yet")
     home = a.model_of(direction) if direction is not None else None
     if space == "auto":
-        space = "residual" if (candidates == [home] or len(candidates) == 1) else "token"
-        if vector is not None:
-            space = "residual"
+        one_model = candidates == [home] or len(candidates) == 1
+        space = "residual" if one_model or vector is not None else "token"
+        if text is not None and one_model and not a.has_unembedding(candidates[0]):
+            space = "token"  # e.g. a Parquet tree: words are searched through token bags
 
     if space == "token":
         if vector is not None:
@@ -118,14 +124,15 @@ def resolve_query(
     model_id = candidates[0]
     if vector is not None:
         d_model = a.sql("SELECT d_model FROM models WHERE model_id = ?", [model_id])
-        return Query(space, [model_id], vector=file_vector(vector, d_model["d_model"][0].as_py()))
+        q = query_vector(vector, d_model["d_model"][0].as_py())
+        return Query(space, [model_id], vector=q)
     words = split_words(text)  # type: ignore[arg-type]
     q, missing = text_residual_vector(a, model_id, words)
     notes = [f"not in {model_id}'s vocabulary: {', '.join(missing)}"] if missing else []
     return Query(space, [model_id], vector=q, notes=notes)
 
 
-def approximate_note(a: Atlas, query: Query, filters: Filters) -> str | None:
+def approximate_note(a: Reader, query: Query, filters: Filters) -> str | None:
     """What a reader should know when an unfiltered residual search used an approximate index
     (a filtered one scans its subset exactly)."""
     if query.space != "residual" or filters.active:
@@ -141,11 +148,17 @@ def approximate_note(a: Atlas, query: Query, filters: Filters) -> str | None:
 
 
 def search(
-    a: Atlas, query: Query, filters: Filters | None = None, k: int = 10, min_score: float = 0.0
+    a: Reader,
+    query: Query,
+    filters: Filters | None = None,
+    k: int = DEFAULT_K,
+    min_score: float = 0.0,
 ) -> list[Hit]:
     """The ``k`` directions with the largest ``|cos|`` to the query, across its models."""
-    if not 1 <= k <= MAX_K:
-        raise AtlasError(f"-k must be between 1 and {MAX_K}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise AtlasError(f"k must be an integer from 1 to {MAX_K}, not {k!r}")
+    if not isinstance(min_score, int | float) or not 0.0 <= min_score <= 1.0:
+        raise AtlasError(f"min_score must be a number from 0 to 1, not {min_score!r}")
     filters = filters or Filters()
     scored: list[tuple[float, int]] = []
     for model_id in query.models:
@@ -165,7 +178,7 @@ def search(
 
 
 def nearest_residual(
-    a: Atlas, model_id: str, q: np.ndarray, filters: Filters, k: int
+    a: Reader, model_id: str, q: np.ndarray, filters: Filters, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ids and signed cosines of the ``k`` largest ``|cos|`` in one model's residual index."""
     import faiss
@@ -190,30 +203,32 @@ def nearest_residual(
 
 
 def nearest_tokens(
-    a: Atlas, model_id: str, bag: dict[str, float], filters: Filters, k: int
+    a: Reader, model_id: str, bag: dict[str, float], filters: Filters, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact sparse cosines in token space for one model (see ``atlas.token_space``)."""
+    """Exact sparse cosines in token space for one model (see ``atlas.core.token_space``)."""
     condition, params = filters.where()
-    db = a.alias(model_id)
-    rows = a.con.sql(
+    rows = a.sql(
         f"""
         WITH q AS (SELECT unnest(?) AS token_norm, unnest(?) AS qw),
         scores AS (
             SELECT b.direction_id, sum(b.weight * q.qw) AS score
-            FROM {db}.token_bags b JOIN q USING (token_norm)
+            FROM {a.relation(model_id, "token_bags")} b JOIN q USING (token_norm)
             GROUP BY b.direction_id
         )
         SELECT s.direction_id, s.score FROM scores s
-        JOIN {db}.directions USING (direction_id)
+        JOIN {a.relation(model_id, "directions")} USING (direction_id)
         WHERE {condition}
         ORDER BY abs(s.score) DESC, s.direction_id LIMIT ?
         """,
-        params=[list(bag), list(bag.values()), *params, k],
-    ).fetchall()
-    return (np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.float32))
+        [list(bag), list(bag.values()), *params, k],
+    )
+    return (
+        rows["direction_id"].to_numpy().astype(np.int64),
+        rows["score"].to_numpy().astype(np.float32),
+    )
 
 
-def describe(a: Atlas, scored: list[tuple[float, int]], space: str) -> list[Hit]:
+def describe(a: Reader, scored: list[tuple[float, int]], space: str) -> list[Hit]:
     """Hits with their metadata and tokens, in the order given."""
     if not scored:
         return []

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from atlas.errors import AtlasError
-from atlas.handle import Atlas
+from atlas.core.contract import KINDS
+from atlas.core.errors import AtlasError
+from atlas.core.reader import Reader
 
 NEIGHBOURS = 4
 DEFAULT_JUMP_FACTOR = 10.0
@@ -111,7 +112,7 @@ def jump_flags(ratio: float, factor: float) -> str | None:
 
 
 def load_spectra(
-    a: Atlas,
+    a: Reader,
     model_id: str,
     kinds: tuple[str, ...] = (),
     jump_factor: float = DEFAULT_JUMP_FACTOR,
@@ -119,7 +120,7 @@ def load_spectra(
     """Per-matrix statistics and the per-layer anomaly summary of ``model_id``."""
     if jump_factor <= 1:
         raise AtlasError(f"--jump-factor must be above 1, got {jump_factor:g}")
-    a.store_path(model_id)  # a clear error for an unknown model
+    a.require_model(model_id)
     present = [
         r["kind"]
         for r in a.sql(
@@ -131,7 +132,7 @@ def load_spectra(
         raise AtlasError(
             f"model {model_id!r} has no {', '.join(missing)} matrices; it has: {', '.join(present)}"
         )
-    chosen = [k for k in ("ov", "mlp_in", "mlp_gate", "mlp_out") if k in (kinds or present)]
+    chosen = [k for k in KINDS if k in (kinds or present)]
     rows = a.sql(
         f"SELECT {', '.join(MATRIX_COLUMNS)}, spectrum FROM matrices "
         "WHERE model_id = ? AND list_contains(?, kind) ORDER BY layer, head NULLS FIRST",

@@ -1,7 +1,7 @@
 """Concept tracing: from one direction to its neighbours, hop by hop, across layers and models.
 
 Within the direction's model neighbours are residual-space cosines; in other models they are
-token-space cosines (``atlas.token_space``). ``hops`` > 1 expands the neighbours' neighbours,
+token-space cosines (``atlas.core.token_space``). ``hops`` > 1 expands the neighbours' neighbours,
 so a concept can be followed through the network beyond one cosine threshold. Each found
 direction records the hop it was reached at, the direction it was reached from, the cosine of
 that step and its valence relative to the origin (signs multiply along the path).
@@ -13,14 +13,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from atlas.errors import AtlasError
-from atlas.handle import Atlas
-from atlas.indexes import full_vectors, index_ids, reconstruct
+from atlas.core.errors import AtlasError
+from atlas.core.indexes import full_vectors, index_ids, reconstruct
+from atlas.core.reader import Reader, check_direction_id
 from query.filters import Filters
 from query.search import Hit, describe, nearest_tokens
 from query.vectors import direction_bag
 
 DEFAULT_LIMIT = 500
+DEFAULT_MIN_COS = 0.3
 # (hop, parent, |cos| of the step, valence relative to the origin, space)
 _Found = tuple[int, int | None, float, int, str]
 
@@ -34,28 +35,38 @@ class TraceStep:
 
 
 def trace(
-    a: Atlas,
+    a: Reader,
     direction_id: int,
-    min_cos: float = 0.3,
+    min_cos: float = DEFAULT_MIN_COS,
     hops: int = 1,
     filters: Filters | None = None,
     limit: int = DEFAULT_LIMIT,
     across_models: bool = True,
+    models: tuple[str, ...] | None = None,
 ) -> list[TraceStep]:
-    """Every direction within ``hops`` steps of cosine >= ``min_cos`` (either valence)."""
-    if not 0.0 < min_cos <= 1.0:
-        raise AtlasError("--min-cos must be in (0, 1]")
-    if hops < 1:
-        raise AtlasError("--hops must be at least 1")
+    """Every direction within ``hops`` steps of cosine >= ``min_cos`` (either valence).
+
+    ``models`` keeps the walk inside those models (the origin is always reported), so
+    ``limit`` counts only directions that can be returned.
+    """
+    direction_id = check_direction_id(direction_id)
+    if not isinstance(min_cos, int | float) or not 0.0 < min_cos <= 1.0:
+        raise AtlasError(f"min_cos must be a number in (0, 1], not {min_cos!r}")
+    for name, value in (("hops", hops), ("limit", limit)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AtlasError(f"{name} must be an integer of at least 1, not {value!r}")
     filters = filters or Filters()
     a.model_of(direction_id)  # an unknown id fails here
+    for m in models or ():
+        a.require_model(m)
+    walk = _Walk(filters, across_models, models)
     found: dict[int, _Found] = {direction_id: (0, None, 1.0, 1, "residual")}
     frontier = [direction_id]
     for hop in range(1, hops + 1):
         candidates: dict[int, _Found] = {}
         for node in frontier:
             node_sign = found[node][3]
-            for nid, cos, space in _neighbours(a, node, min_cos, filters, across_models):
+            for nid, cos, space in _neighbours(a, node, min_cos, walk):
                 if nid in found:
                     continue
                 step: _Found = (hop, node, abs(cos), node_sign * (1 if cos >= 0 else -1), space)
@@ -71,17 +82,30 @@ def trace(
     return _steps(a, found)
 
 
-def _neighbours(
-    a: Atlas, node: int, min_cos: float, filters: Filters, across_models: bool
-) -> list[tuple[int, float, str]]:
+@dataclass(frozen=True)
+class _Walk:
+    """Where a trace may step: the filters, and which models."""
+
+    filters: Filters
+    across_models: bool
+    models: tuple[str, ...] | None
+
+    def allows(self, model_id: str) -> bool:
+        return self.models is None or model_id in self.models
+
+
+def _neighbours(a: Reader, node: int, min_cos: float, walk: _Walk) -> list[tuple[int, float, str]]:
     model_id = a.model_of(node)
-    out = [(i, c, "residual") for i, c in _residual_range(a, model_id, node, min_cos, filters)]
-    if across_models:
+    out = []
+    if walk.allows(model_id):
+        pairs = _residual_range(a, model_id, node, min_cos, walk.filters)
+        out = [(i, c, "residual") for i, c in pairs]
+    if walk.across_models:
         bag = direction_bag(a, node)
         for other in a.model_ids():
-            if other == model_id or not bag:
+            if other == model_id or not bag or not walk.allows(other):
                 continue
-            ids, sims = nearest_tokens(a, other, bag, filters, k=1_000_000)
+            ids, sims = nearest_tokens(a, other, bag, walk.filters, k=1_000_000)
             out += [
                 (int(i), float(s), "token")
                 for i, s in zip(ids, sims, strict=True)
@@ -91,7 +115,7 @@ def _neighbours(
 
 
 def _residual_range(
-    a: Atlas, model_id: str, node: int, min_cos: float, filters: Filters
+    a: Reader, model_id: str, node: int, min_cos: float, filters: Filters
 ) -> list[tuple[int, float]]:
     """Every direction of the model whose |cos| with ``node`` is at least ``min_cos``."""
     index = a.residual_index(model_id)
@@ -108,7 +132,7 @@ def _residual_range(
     return list(pairs.items())
 
 
-def _steps(a: Atlas, found: dict[int, _Found]) -> list[TraceStep]:
+def _steps(a: Reader, found: dict[int, _Found]) -> list[TraceStep]:
     hits = describe(a, [(step[2] * step[3], i) for i, step in found.items()], "residual")
     steps = [
         TraceStep(

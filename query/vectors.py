@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
 import numpy as np
 
-from atlas.errors import AtlasError
-from atlas.handle import Atlas
-from atlas.indexes import reconstruct
-from atlas.layout import UNEMBED
-from atlas.token_space import word_bag
-from atlas.tokens import normalized_form
+from atlas.core.errors import AtlasError, one_line
+from atlas.core.indexes import reconstruct
+from atlas.core.reader import Reader
+from atlas.core.token_space import word_bag
+from atlas.core.tokens import normalized_form
 
 
 def split_words(text: str | list[str]) -> list[str]:
@@ -24,24 +24,22 @@ def split_words(text: str | list[str]) -> list[str]:
     return words
 
 
-def word_token_ids(a: Atlas, model_id: str, words: list[str]) -> dict[str, list[int]]:
+def word_token_ids(a: Reader, model_id: str, words: list[str]) -> dict[str, list[int]]:
     """Every token of the model whose normalized string equals a word (casing and
     leading-space variants included)."""
     keys = {normalized_form(w): w for w in words}
-    rows = (
-        a.con.sql(
-            "SELECT token_norm, list(token_id ORDER BY token_id) AS ids "
-            f"FROM {a.alias(model_id)}.vocab "
-            "WHERE token_norm IN (SELECT unnest(?)) GROUP BY token_norm",
-            params=[list(keys)],
-        )
-        .to_arrow_table()
-        .to_pylist()
-    )
+    rows = a.sql(
+        "SELECT token_norm, list(token_id ORDER BY token_id) AS ids "
+        f"FROM {a.relation(model_id, 'vocab')} "
+        "WHERE token_norm IN (SELECT unnest(?)) GROUP BY token_norm",
+        [list(keys)],
+    ).to_pylist()
     return {keys[r["token_norm"]]: r["ids"] for r in rows}
 
 
-def text_residual_vector(a: Atlas, model_id: str, words: list[str]) -> tuple[np.ndarray, list[str]]:
+def text_residual_vector(
+    a: Reader, model_id: str, words: list[str]
+) -> tuple[np.ndarray, list[str]]:
     """Mean of the words' centered-unembedding directions (each word's tokens averaged first).
 
     Returns the unit query vector and the words the vocabulary does not have.
@@ -50,8 +48,11 @@ def text_residual_vector(a: Atlas, model_id: str, words: list[str]) -> tuple[np.
     missing = [w for w in words if w not in found]
     if not found:
         raise AtlasError(f"no token of model {model_id!r} matches {', '.join(words)}")
-    unembed = np.load(a.store_path(model_id) / UNEMBED, mmap_mode="r")
-    per_word = [unit(unembed[ids].astype(np.float32).mean(axis=0)) for ids in found.values()]
+    unembed = a.unembedding(model_id)
+    try:
+        per_word = [unit(unembed[ids].astype(np.float32).mean(axis=0)) for ids in found.values()]
+    except IndexError:
+        raise AtlasError(f"model {model_id!r}: its unembedding is damaged (too few rows)") from None
     return unit(np.mean(per_word, axis=0)), missing
 
 
@@ -62,32 +63,43 @@ def text_token_bag(words: list[str]) -> dict[str, float]:
     return bag
 
 
-def direction_vector(a: Atlas, direction_id: int) -> tuple[str, np.ndarray]:
+def direction_vector(a: Reader, direction_id: int) -> tuple[str, np.ndarray]:
     """The model a direction belongs to and its stored residual-space vector."""
     model_id = a.model_of(direction_id)
     return model_id, reconstruct(a.residual_index(model_id), np.array([direction_id]))[0]
 
 
-def direction_bag(a: Atlas, direction_id: int) -> dict[str, float]:
+def direction_bag(a: Reader, direction_id: int) -> dict[str, float]:
     """A direction's token-space vector (its normalized token strings and weights)."""
     model_id = a.model_of(direction_id)
-    rows = a.con.sql(
-        f"SELECT token_norm, weight FROM {a.alias(model_id)}.token_bags WHERE direction_id = ?",
-        params=[direction_id],
-    ).fetchall()
-    return {t: float(w) for t, w in rows}
+    rows = a.sql(
+        f"SELECT token_norm, weight FROM {a.relation(model_id, 'token_bags')} "
+        "WHERE direction_id = ?",
+        [direction_id],
+    ).to_pylist()
+    return {r["token_norm"]: float(r["weight"]) for r in rows}
 
 
-def file_vector(path: str | Path, d_model: int) -> np.ndarray:
-    try:
-        vector = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise AtlasError(f"cannot read vector file {path}: {exc}") from None
-    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+def query_vector(source: str | Path | np.ndarray | bytes, d_model: int) -> np.ndarray:
+    """A residual-space query vector from a ``.npy`` file (a path or its bytes) or an array:
+    real numbers only, ``d_model`` of them, finite and not all zero. Returned unit-length."""
+    name = "the vector" if isinstance(source, np.ndarray | bytes) else str(source)
+    if isinstance(source, np.ndarray):
+        vector = source
+    else:
+        try:
+            data = io.BytesIO(source) if isinstance(source, bytes) else source
+            vector = np.load(data, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise AtlasError(f"cannot read {name} as a .npy array ({one_line(exc, 200)})") from None
+    if not isinstance(vector, np.ndarray) or vector.dtype.kind not in "iuf":
+        kind = getattr(vector, "dtype", type(vector))
+        raise AtlasError(f"{name} must hold real numbers, not {kind}")
+    vector = vector.astype(np.float64).reshape(-1)
     if vector.shape[0] != d_model:
-        raise AtlasError(f"{path} holds {vector.shape[0]} values; the model has d_model {d_model}")
+        raise AtlasError(f"{name} holds {vector.shape[0]} values; the model has d_model {d_model}")
     if not np.isfinite(vector).all() or not np.any(vector):
-        raise AtlasError(f"{path} is zero or not finite")
+        raise AtlasError(f"{name} is zero or not finite")
     return unit(vector)
 
 

@@ -1,0 +1,247 @@
+"""The public Python façade: ``atlas.open(path)`` returns an :class:`Atlas`.
+
+An :class:`Atlas` is a thin handle over a :class:`atlas.core.reader.Reader` (which does the
+reading) that calls the query layer with checked arguments: every misuse is an
+:class:`AtlasError` with one clear line. The CLI and the HTTP server call the same methods.
+A handle can be shared by many threads (each gets its own DuckDB cursor).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from atlas.core.errors import AtlasError, AtlasWarning
+from atlas.core.exchange.bundle_format import BundleManifest
+from atlas.core.exchange.export import export_bundle
+from atlas.core.exchange.parquet_tree import export_parquet_tree
+from atlas.core.reader import Reader
+from atlas.core.sources import open_reader
+from query.cards import direction_card, matrix_card
+from query.compare import compare as compare_models
+from query.filters import make_filters
+from query.search import DEFAULT_K, Hit, approximate_note, resolve_query
+from query.search import search as run_search
+from query.spectrum import DEFAULT_JUMP_FACTOR, Spectra, load_spectra
+from query.trace import DEFAULT_LIMIT, DEFAULT_MIN_COS, TraceStep
+from query.trace import trace as run_trace
+
+MODELS_QUERY = """
+    SELECT model_id, architecture, n_layers AS layers, n_heads AS heads, n_kv_heads AS kv_heads,
+           d_model, d_head, d_mlp, d_vocab, gated_mlp, processing, n_matrices AS matrices,
+           n_directions AS directions, index_type AS index, source, spec, ingested_at
+    FROM models ORDER BY model_id
+"""
+
+
+class Atlas:
+    """A read-only atlas (an atlas directory, a bundle or a Parquet tree); use :func:`atlas.open`.
+
+    ::
+
+        a = atlas.open("data/atlas")
+        a.sql("SELECT * FROM head_summary ORDER BY sigma_max DESC LIMIT 5").to_pandas()
+        hits = a.search("fire", k=5, kinds=["ov"], layers=(0, 3))
+        steps = a.trace(hits[0].direction_id, min_cos=0.3, hops=2)
+        card = a.card("minilm", 3, 3)     # or a.card(direction_id)
+    """
+
+    def __init__(self, reader: Reader):
+        self.reader = reader
+
+    @classmethod
+    def open(cls, location: str | os.PathLike[str], write: bool = False) -> Atlas:
+        if not isinstance(location, str | os.PathLike):
+            raise AtlasError(f"an atlas location is a path or a URL, not {location!r}")
+        reader = open_reader(location, write=write)
+        for model_id, why in reader.damaged.items():
+            warnings.warn(f"model {model_id!r} left out: {why}", AtlasWarning, stacklevel=3)
+        for note in reader.notes:
+            warnings.warn(note, AtlasWarning, stacklevel=3)
+        return cls(reader)
+
+    @property
+    def location(self) -> str:
+        return self.reader.location
+
+    @property
+    def damaged(self) -> dict[str, str]:
+        """Models left out because their store cannot be read (model_id -> why)."""
+        return dict(self.reader.damaged)
+
+    def model_ids(self) -> list[str]:
+        return self.reader.model_ids()
+
+    def residual_index(self, model_id: str) -> Any:
+        """One model's FAISS index of unit direction vectors (ids = direction_id); an
+        :class:`AtlasError` for a model without vectors."""
+        return self.reader.residual_index(model_id)
+
+    def models(self) -> list[dict[str, Any]]:
+        """One row per model: shape, processing, directions, index type and bytes on disk."""
+        rows = self.reader.sql(MODELS_QUERY).to_pylist()
+        sizes = self.reader.model_sizes()
+        for r in rows:
+            r["size_bytes"] = sizes.get(r["model_id"], 0)
+        return rows
+
+    def sql(
+        self,
+        query: str,
+        params: list[Any] | dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> pa.Table:
+        """Run one statement and return an Arrow table (``.to_pandas()`` for pandas).
+
+        Read-only: a query (``SELECT``, ``EXPLAIN``) unless the atlas was opened with
+        ``write=True``, and even then only ``user.duckdb`` can change. ``timeout`` (seconds)
+        stops a runaway query; so does Ctrl-C.
+        """
+        return self.reader.user_sql(query, params, timeout)
+
+    def search(
+        self,
+        text: str | list[str] | None = None,
+        *,
+        direction: int | None = None,
+        vector: str | Path | np.ndarray | None = None,
+        model: str | list[str] | None = None,
+        space: str = "auto",
+        k: int = DEFAULT_K,
+        min_score: float = 0.0,
+        kinds: Any = None,
+        layers: Any = None,
+        heads: Any = None,
+        side: str | None = None,
+        max_sv_index: int | None = None,
+        min_sigma: float | None = None,
+        timeout: float | None = None,
+    ) -> list[Hit]:
+        """Directions nearest to a concept: words, a direction id or a vector (a ``.npy`` path or
+        an array).
+
+        ``kinds`` is a list of matrix kinds, ``layers`` a layer or ``(start, stop)`` (stop
+        excluded, None for the last), ``heads`` a head number or a list of them.
+        """
+        filters = make_filters(kinds, layers, heads, side, max_sv_index, min_sigma)
+        query = resolve_query(self.reader, text, direction, vector, _model_names(model), space)
+        for note in [*query.notes, approximate_note(self.reader, query, filters)]:
+            if note:
+                warnings.warn(note, AtlasWarning, stacklevel=2)
+
+        def work() -> list[Hit]:
+            return run_search(self.reader, query, filters, k=k, min_score=min_score)
+
+        return self._call(work, timeout)
+
+    def trace(
+        self,
+        direction_id: int,
+        min_cos: float = DEFAULT_MIN_COS,
+        hops: int = 1,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        same_model: bool = False,
+        model: str | list[str] | None = None,
+        kinds: Any = None,
+        layers: Any = None,
+        heads: Any = None,
+        side: str | None = None,
+        max_sv_index: int | None = None,
+        min_sigma: float | None = None,
+        timeout: float | None = None,
+    ) -> list[TraceStep]:
+        """Every direction within ``hops`` steps of ``|cos| >= min_cos`` from ``direction_id``."""
+        filters = make_filters(kinds, layers, heads, side, max_sv_index, min_sigma)
+
+        def work() -> list[TraceStep]:
+            return run_trace(
+                self.reader,
+                direction_id,
+                min_cos,
+                hops,
+                filters,
+                limit=limit,
+                across_models=not same_model,
+                models=_model_names(model),
+            )
+
+        return self._call(work, timeout)
+
+    def card(self, *target: Any, top: int = 10) -> dict[str, Any]:
+        """``card(direction_id)`` or ``card(model_id, layer, head_or_kind)``."""
+        if len(target) == 1:
+            return direction_card(self.reader, target[0])
+        if len(target) == 3:
+            model_id, layer, head = target
+            return matrix_card(self.reader, model_id, layer, head, top)
+        raise AtlasError("card takes a direction id, or model_id, layer and head (or MLP kind)")
+
+    def spectrum(
+        self, model_id: str, kinds: tuple[str, ...] = (), jump_factor: float = DEFAULT_JUMP_FACTOR
+    ) -> Spectra:
+        """Spectra of ``model_id`` by layer, and the layers whose norm jumps (query.spectrum)."""
+        return load_spectra(self.reader, model_id, tuple(kinds), jump_factor)
+
+    def compare(self, model_a: str, model_b: str) -> list[dict[str, Any]]:
+        """Two versions of one model matrix by matrix, then per kind (query.compare)."""
+        return compare_models(self.reader, model_a, model_b)
+
+    def export(
+        self, out: str | os.PathLike[str], model_ids: list[str] | None = None, vectors: str = "f32"
+    ) -> BundleManifest:
+        """Write models (all when none named) to one bundle file (see the README)."""
+        return export_bundle(self.reader, list(model_ids or []), Path(out), vectors)
+
+    def export_parquet(
+        self, dest: str | os.PathLike[str], model_ids: list[str] | None = None, vectors: str = "f32"
+    ) -> dict[str, Any]:
+        """Write models (all when none named) to a Parquet tree: a folder or an object-store URL
+        such as ``s3://bucket/prefix``."""
+        return export_parquet_tree(self.reader, list(model_ids or []), str(dest), vectors)
+
+    def edit(
+        self,
+        model_id: str,
+        edits: dict[int, float] | list[tuple[int, float]],
+        prompts: list[tuple[str, str]],
+        device: str = "auto",
+    ) -> Any:
+        """Boot ``model_id``, apply ``W' = W + Σ eps_i σ_i u_i v_iᵀ`` for ``{direction_id: eps}``
+        and measure each (prompt, target) before and after (an ``query.edit.EditReport``).
+        The model's weights are restored bit for bit afterwards."""
+        from query.edit import measure_edit
+
+        pairs = list(edits.items()) if isinstance(edits, dict) else list(edits)
+        return measure_edit(self.reader, model_id, pairs, prompts, device)
+
+    def _call(self, work: Any, timeout: float | None) -> Any:
+        return work() if timeout is None else self.reader.call(work, timeout)
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> Atlas:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Atlas {self.location!r}: {len(self.model_ids())} models>"
+
+
+def _model_names(model: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if model is None:
+        return None
+    if isinstance(model, str):
+        return (model,)
+    if isinstance(model, list | tuple) and all(isinstance(m, str) for m in model):
+        return tuple(model)
+    raise AtlasError(f"model must be a model id or a list of them, not {model!r}")

@@ -1,0 +1,48 @@
+"""`svd-atlas check`: the integrity check of an atlas, and repair of its FAISS indexes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from atlas.cli.output import dumps, printable, text_or_json_option
+
+
+@click.command()
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Fix what can be fixed without the model: rebuild indexes, manifests and a lost "
+    "catalog; take a model whose store cannot be read out of the catalog.",
+)
+@text_or_json_option("text for reading, json for machines.")
+@click.pass_obj
+def check(obj: dict[str, Any], repair: bool, fmt: str) -> None:
+    """Verify the atlas: tables, ids, indexes and checksums of every model.
+
+    Prints one line per problem, each with what fixes it, and a summary; exits 1 if a problem
+    remains. --repair never changes DuckDB data.
+    """
+    from atlas.core.check import check_atlas
+    from atlas.core.repair import repair_atlas
+
+    report = repair_atlas(obj["atlas"]) if repair else check_atlas(obj["atlas"])
+    if fmt == "json":
+        click.echo(dumps(report.to_json()))
+    else:
+        for finding in report.findings:
+            click.echo(printable(finding.line()))
+        for line in report.repaired:
+            click.echo(printable(f"repaired  {line}"))
+        verdict = "ok" if report.ok else f"{len(report.errors)} problem(s)"
+        click.echo(
+            f"checked {report.models} models, {report.directions:,} directions in "
+            f"{report.root}: {verdict}"
+        )
+    if not report.ok:
+        sys.exit(1)
+
+
+COMMANDS = [check]

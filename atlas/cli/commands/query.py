@@ -1,0 +1,337 @@
+"""`svd-atlas sql`, `search`, `trace` and `show`: reading an atlas (no torch imported)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from atlas.cli.output import dumps, emit, format_option
+from atlas.core.contract import KINDS, SIDES, TABLES
+from atlas.core.errors import AtlasError
+from atlas.core.views import VIEWS
+
+# The library's defaults, so the CLI cannot drift from them.
+from query.search import DEFAULT_K, MAX_K, SPACES
+from query.trace import DEFAULT_LIMIT, DEFAULT_MIN_COS
+
+DEFAULT_TOKENS = 8
+
+
+@click.command(
+    help=f"""Run one SQL statement against the atlas: read-only unless --write.
+
+    Tables: {", ".join(TABLES)}. Views: {", ".join(VIEWS)}.
+
+    Read-only means read-only: the model data is attached read-only, the session cannot open
+    any other file (read_text, glob, COPY ... TO and ATTACH are refused by DuckDB itself), and
+    a statement runs in a transaction that is rolled back. --write keeps your own tables in
+    the atlas's user.duckdb and nowhere else. Ctrl-C or --timeout stops a runaway query.
+    """
+)
+@click.argument("query")
+@click.option("--write", is_flag=True, help="Allow writes to your own tables (user.duckdb).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the result to a .parquet file (outside the atlas).",
+)
+@click.option(
+    "--timeout", type=click.FloatRange(0, min_open=True), help="Stop the query after SECONDS."
+)
+@format_option
+@click.pass_obj
+def sql(
+    obj: dict[str, Any], query: str, write: bool, out: Path | None, timeout: float | None, fmt: str
+) -> None:
+    import atlas
+
+    if out is not None:
+        refuse_inside(out, obj["atlas"])
+        if out.is_dir():
+            raise AtlasError(f"{out} is a directory; give a file name")
+    with atlas.open(obj["atlas"], write=write) as a:
+        result = a.sql(query, timeout=timeout)
+    if out is not None:
+        import pyarrow.parquet as pq
+
+        pq.write_table(result, out)
+        click.echo(f"wrote {result.num_rows} rows to {out}", err=True)
+        return
+    emit(result.to_pylist(), result.column_names, fmt)
+
+
+def refuse_inside(out: Path, atlas_location: str) -> None:
+    """An output file may not land inside the atlas (or overwrite the bundle it reads)."""
+    if "://" in str(atlas_location):
+        return
+    root = Path(atlas_location).resolve()
+    target = out.resolve()
+    if target == root or root in target.parents:
+        raise AtlasError(f"{out} is inside the atlas {atlas_location}: write results elsewhere")
+
+
+def _filter_options(fn: Any) -> Any:
+    for decorator in reversed(
+        [
+            click.option("--model", "models", help="Model id(s), comma-separated."),
+            click.option("--kind", "kinds", help=f"{', '.join(KINDS)} (comma-separated)."),
+            click.option(
+                "--layer", "layers", help="N, START:STOP (stop excluded), START: or :STOP."
+            ),
+            click.option("--head", "heads", help="Head number(s), comma-separated."),
+            click.option("--side", type=click.Choice(SIDES)),
+            click.option("--max-sv-index", type=click.IntRange(0), help="Keep sv_index <= N."),
+            click.option("--min-sigma", type=float, help="Keep sigma >= X."),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def _tokens_option(fn: Any) -> Any:
+    return click.option(
+        "--tokens",
+        "n_tokens",
+        type=click.IntRange(1),
+        default=DEFAULT_TOKENS,
+        show_default=True,
+        help="Tokens shown per direction in the table.",
+    )(fn)
+
+
+HIT_COLUMNS = [
+    "direction_id",
+    "model_id",
+    "layer",
+    "head",
+    "kind",
+    "side",
+    "sv_index",
+    "sigma",
+    "sign",
+    "score",
+    "tokens",
+]
+HIT_JSON_COLUMNS = [*HIT_COLUMNS, "opposite_tokens", "degenerate", "space"]
+
+
+def _hit_row(hit: Any, n_tokens: int, fmt: str) -> dict[str, Any]:
+    row = hit.to_dict()
+    if fmt != "json":
+        row["tokens"] = row["tokens"][:n_tokens]
+        if hit.degenerate:
+            row["sv_index"] = f"{hit.sv_index}~"
+    return row
+
+
+@click.command()
+@click.argument("words", nargs=-1)
+@click.option("--direction", type=int, help="More like this direction id.")
+@click.option("--vector", type=click.Path(dir_okay=False), help="A residual-space vector (.npy).")
+@click.option(
+    "--space",
+    type=click.Choice(["auto", *SPACES]),
+    default="auto",
+    show_default=True,
+    help="auto: residual within one model, token across models.",
+)
+@_filter_options
+@click.option(
+    "-k", "k", type=click.IntRange(1, MAX_K), default=DEFAULT_K, show_default=True, help="Hits."
+)
+@click.option("--min-score", type=click.FloatRange(0, 1), default=0.0, help="Keep |cos| >= X.")
+@_tokens_option
+@format_option
+@click.pass_obj
+def search(obj: dict[str, Any], words: tuple[str, ...], n_tokens: int, fmt: str, **kw: Any) -> None:
+    """Directions nearest to a concept: WORDS (one concept), --direction ID or --vector FILE.
+
+    Both valences are matched: sign -1 means the concept sits in the direction's negative
+    tokens. A ~ after sv_index marks a near-degenerate direction (only its group's span is
+    meaningful).
+    """
+    import atlas
+
+    with atlas.open(obj["atlas"]) as a:
+        hits = a.search(list(words) if words else None, **_library_args(kw))
+    columns = HIT_JSON_COLUMNS if fmt == "json" else HIT_COLUMNS
+    emit([_hit_row(h, n_tokens, fmt) for h in hits], columns, fmt)
+
+
+def _library_args(kw: dict[str, Any]) -> dict[str, Any]:
+    """The CLI's option values parsed, under the library's argument names."""
+    from query.filters import parse_ints, parse_layers, parse_names
+
+    out = dict(kw)
+    out["model"] = parse_names(out.pop("models"))
+    out["kinds"] = parse_names(out["kinds"])
+    out["layers"] = parse_layers(out["layers"])
+    out["heads"] = parse_ints(out["heads"], "head")
+    return out
+
+
+TRACE_COLUMNS = [
+    "head",
+    "kind",
+    "side",
+    "sv_index",
+    "sigma",
+    "hop",
+    "parent",
+    "via",
+    "sign",
+    "cos",
+    "direction_id",
+    "tokens",
+]
+
+
+@click.command()
+@click.argument("direction_id", type=int)
+@click.option(
+    "--min-cos",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=DEFAULT_MIN_COS,
+    show_default=True,
+)
+@click.option(
+    "--hops",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Follow neighbours of neighbours this many times.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1),
+    default=DEFAULT_LIMIT,
+    show_default=True,
+    help="Stop after this many directions.",
+)
+@click.option("--same-model", is_flag=True, help="Do not cross into other models.")
+@_filter_options
+@_tokens_option
+@format_option
+@click.pass_obj
+def trace(obj: dict[str, Any], direction_id: int, n_tokens: int, fmt: str, **kw: Any) -> None:
+    """Every direction whose |cos| with DIRECTION_ID passes --min-cos, grouped by layer.
+
+    In the direction's own model through residual space, in other models through token
+    space. sign is the valence relative to DIRECTION_ID; parent is the direction each was
+    reached from (with --hops > 1).
+    """
+    import atlas
+
+    with atlas.open(obj["atlas"]) as a:
+        steps = a.trace(direction_id, **_library_args(kw))
+    rows = [
+        {**_hit_row(s.hit, n_tokens, fmt), "hop": s.hop, "parent": s.parent, "via": s.space,
+         "cos": s.hit.score}
+        for s in steps
+    ]  # fmt: skip
+    if fmt != "table":
+        emit(rows, ["model_id", "layer", *TRACE_COLUMNS], fmt)
+        return
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model_id"], r["layer"]), []).append(r)
+    for (model_id, layer), group in groups.items():
+        click.echo(f"\n{model_id} layer {layer}")
+        emit(group, TRACE_COLUMNS, fmt)
+
+
+@click.command()
+@click.argument("target", nargs=-1, required=True)
+@click.option(
+    "--top",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Singular directions shown on a matrix card.",
+)
+@_tokens_option
+@format_option
+@click.pass_obj
+def show(obj: dict[str, Any], target: tuple[str, ...], top: int, n_tokens: int, fmt: str) -> None:
+    """A card: `show ID` (one direction) or `show MODEL LAYER HEAD` (HEAD: a head number, or
+    mlp_in / mlp_gate / mlp_out)."""
+    import atlas
+
+    if not (len(target) == 1 and target[0].isdigit()) and len(target) != 3:
+        raise AtlasError("give a direction id, or MODEL LAYER HEAD")
+    with atlas.open(obj["atlas"]) as a:
+        card = a.card(int(target[0])) if len(target) == 1 else a.card(*target, top=top)
+    if fmt != "table":
+        click.echo(dumps(card))
+    elif len(target) == 1:
+        _print_direction(card)
+    else:
+        _print_matrix(card, n_tokens)
+
+
+def _print_direction(card: dict[str, Any]) -> None:
+    where = f"layer {card['layer']}" + (f" head {card['head']}" if card["head"] is not None else "")
+    click.echo(
+        f"direction {card['direction_id']}: {card['model_id']} {where} {card['kind']} "
+        f"{card['side']} sv{card['sv_index']}  sigma={card['sigma']:.4g}  "
+        f"gap={card['sv_gap']:.2e}"
+    )
+    if card["degenerate"]:
+        click.echo(
+            f"  near-degenerate (group from sv{card['degenerate_group']}): only the "
+            "group's span is meaningful, not this vector alone"
+        )
+    if card["partner_id"] is not None:
+        click.echo(
+            f"  partner ({'write' if card['side'] == 'read' else 'read'} side): "
+            f"{card['partner_id']}"
+        )
+    from atlas.cli.output import table_cell
+
+    for polarity in ("pos", "neg"):
+        toks = [t for t in card["tokens"] if t["polarity"] == polarity]
+        click.echo(
+            f"  {'+' if polarity == 'pos' else '-'} "
+            + ", ".join(f"{table_cell(t['token_display'])} ({t['score']:.3f})" for t in toks)
+        )
+    if card["top_neurons"]:
+        click.echo(
+            "  top neurons: "
+            + ", ".join(f"{n['neuron']} ({n['weight']:+.3f})" for n in card["top_neurons"])
+        )
+
+
+def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:
+    where = f"layer {card['layer']}" + (f" head {card['head']}" if card["head"] is not None else "")
+    click.echo(
+        f"{card['model_id']} {where} {card['kind']} ({card['n_rows']}x{card['n_cols']}, "
+        f"rank {card['rank']})"
+    )
+    click.echo(
+        f"  sigma_max {card['sigma_max']:.4g}  frobenius {card['frobenius_norm']:.4g}  "
+        f"stable rank {card['stable_rank']:.3g}  effective rank "
+        f"{card['effective_rank']:.3g}"
+    )
+    spectrum = card["spectrum"]
+    click.echo(
+        "  spectrum: "
+        + " ".join(f"{s:.3g}" for s in spectrum[:16])
+        + (f" ... ({len(spectrum)} values)" if len(spectrum) > 16 else "")
+    )
+    rows = []
+    for d in card["directions"]:
+        row = {"sv": f"{d['sv_index']}{'~' if d['degenerate'] else ''}", "sigma": d["sigma"]}
+        for side in ("write", "read"):
+            if f"{side}_id" in d:
+                row[f"{side} +"] = (d[f"{side}_pos"] or [])[:n_tokens]
+                row[f"{side} -"] = (d[f"{side}_neg"] or [])[:n_tokens]
+        rows.append(row)
+    columns = ["sv", "sigma"] + [
+        c for c in ("write +", "write -", "read +", "read -") if any(c in r for r in rows)
+    ]
+    emit(rows, columns, "table")
+
+
+COMMANDS = [sql, search, trace, show]

@@ -1,0 +1,106 @@
+"""`svd-atlas spectrum`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from atlas.cli.output import dumps, emit, format_option
+from atlas.core.contract import KINDS
+from query.spectrum import DEFAULT_JUMP_FACTOR, MATRIX_COLUMNS
+
+LAYER_COLUMNS = [
+    "kind",
+    "layer",
+    "matrices",
+    "sigma_max",
+    "frobenius_norm",
+    "sigma_head",
+    "median_stable_rank",
+    "median_effective_rank",
+    "sigma_ratio",
+    "frobenius_ratio",
+    "flag",
+]
+
+
+@click.command()
+@click.argument("model")
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(KINDS),
+    help="Matrix kind (repeatable; default: every kind the model has).",
+)
+@click.option(
+    "--jump-factor",
+    type=float,
+    default=DEFAULT_JUMP_FACTOR,
+    show_default=True,
+    help="Flag a layer whose norm differs from its neighbours' median by more than this factor.",
+)
+@click.option("--heads", is_flag=True, help="One row per matrix (every head) instead of per layer.")
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a PNG figure here."
+)
+@format_option
+@click.pass_obj
+def spectrum(
+    obj: dict[str, Any],
+    model: str,
+    kinds: tuple[str, ...],
+    jump_factor: float,
+    heads: bool,
+    plot_path: str | None,
+    fmt: str,
+) -> None:
+    """Singular value spectra of MODEL by layer, and layers whose norm jumps.
+
+    A layer is flagged when its spectral or Frobenius norm (the largest over heads for ov) is
+    more than --jump-factor times above or below the median of its 4 nearest layers'.
+    """
+    import atlas
+
+    with atlas.open(obj["atlas"]) as a:
+        spectra = a.spectrum(model, kinds, jump_factor)
+    if plot_path:
+        from query.spectrum_plot import plot_spectra
+
+        plot_spectra(spectra, plot_path)
+    if fmt == "json":
+        click.echo(
+            dumps(
+                {
+                    "model_id": spectra.model_id,
+                    "jump_factor": spectra.jump_factor,
+                    "layers": [r.as_dict() for r in spectra.layers],
+                    "anomalies": [r.as_dict() for r in spectra.anomalies],
+                    "matrices": spectra.matrices if heads else None,
+                }
+            )
+        )
+    elif heads:
+        columns = list(MATRIX_COLUMNS) + (["spectrum"] if fmt == "csv" else [])
+        emit(spectra.matrices, columns, fmt)
+    else:
+        emit([r.as_dict() for r in spectra.layers], LAYER_COLUMNS, fmt)
+    if fmt == "table":
+        _summary(spectra, plot_path)
+
+
+def _summary(spectra: Any, plot_path: str | None) -> None:
+    if spectra.anomalies:
+        click.echo(f"\n{len(spectra.anomalies)} flagged (jump factor {spectra.jump_factor:g}):")
+        for r in spectra.anomalies:
+            click.echo(f"  {r.kind} layer {r.layer}: {'; '.join(r.flags)}")
+    else:
+        click.echo(
+            f"\nno layer's norm differs from its neighbours' by more than {spectra.jump_factor:g}x"
+        )
+    if plot_path:
+        click.echo(f"figure: {plot_path}")
+
+
+COMMANDS = [spectrum]

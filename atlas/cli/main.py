@@ -1,0 +1,89 @@
+"""The ``svd-atlas`` command group, and how failures reach the terminal.
+
+Heavy libraries (torch, transformer_lens) are imported inside the commands that need them, so
+that query commands start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any
+
+import click
+
+from atlas.cli.output import printable
+from atlas.core.errors import AtlasError, AtlasWarning
+
+DEFAULT_ATLAS = "./data/atlas"
+SIGPIPE_EXIT = 141  # what a process killed by SIGPIPE reports, as `yes | head` does
+
+
+class _Cli(click.Group):
+    """User errors become one line on stderr and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AtlasError as exc:
+            raise click.ClickException(printable(str(exc))) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: the atlas is unchanged", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            # the reader of our output went away (`| head`): stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(SIGPIPE_EXIT)
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise click.ClickException(printable(f"{exc.strerror or exc}{where}")) from None
+
+
+def _show_note(message: Any, category: type, *_args: Any, **_kwargs: Any) -> None:
+    label = "note" if issubclass(category, AtlasWarning) else "warning"
+    click.echo(f"{label}: {printable(str(message))}", err=True)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--atlas",
+    "atlas_path",
+    envvar="SVD_ATLAS",
+    default=DEFAULT_ATLAS,
+    show_default=True,
+    help="Atlas directory, bundle file or Parquet tree (env SVD_ATLAS).",
+)
+@click.pass_context
+def cli(ctx: click.Context, atlas_path: str) -> None:
+    """A searchable atlas of the SVDs of transformer weight matrices."""
+    ctx.obj = {"atlas": atlas_path}
+    warnings.simplefilter("always", AtlasWarning)
+    warnings.showwarning = _show_note
+
+
+def _register() -> None:
+    """Each area of the tool keeps its commands in its own module under ``atlas.cli.commands``."""
+    from atlas.cli.commands import (
+        check,
+        coherence,
+        compare,
+        edit,
+        exchange,
+        ingest,
+        models,
+        query,
+        spectrum,
+    )
+
+    for module in (ingest, models, query, spectrum, coherence, compare, edit, exchange, check):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="svd-atlas")

@@ -1,0 +1,60 @@
+"""The one-screen summary an ingest ends with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+import atlas
+from atlas.api import Atlas
+from atlas.cli.output import human_bytes, table_cell
+from atlas.core.contract import JUDGED_SQL
+
+EXAMPLE_TOKENS = 6
+
+
+def example_directions(a: Atlas, model_id: str) -> list[dict[str, Any]]:
+    """The largest-sigma judged direction of each matrix kind, with its top tokens."""
+    query = f"""
+        WITH judged AS (
+            SELECT * FROM directions d WHERE model_id = ? AND ({JUDGED_SQL})
+            QUALIFY row_number() OVER (PARTITION BY kind ORDER BY sigma DESC) = 1
+        )
+        SELECT j.direction_id, j.kind, j.layer, j.head, j.side, j.sv_index, j.sigma,
+               j.degenerate, t.polarity, list(t.token_display ORDER BY t.rank) AS tokens
+        FROM judged j JOIN top_tokens t USING (direction_id)
+        WHERE t.rank < ?
+        GROUP BY ALL ORDER BY j.kind, t.polarity DESC
+    """
+    rows = a.sql(query, [model_id, EXAMPLE_TOKENS]).to_pylist()
+    merged: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        merged.setdefault(r["direction_id"], r)[r["polarity"]] = r["tokens"]
+    return list(merged.values())
+
+
+def print_ingest_summary(path: str, report: Any) -> None:
+    click.echo(f"\ningested {report.model_id!r} into {path} on {report.device}")
+    counts = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in report.counts.items())
+    click.echo(f"  rows:    {counts}")
+    times = ", ".join(f"{k} {v:.2f} s" for k, v in report.stage_seconds.items())
+    click.echo(f"  time:    {times} (total {sum(report.stage_seconds.values()):.2f} s)")
+    click.echo(
+        f"  memory:  peak RSS {max(report.peak_rss_mb.values()):.0f} MB"
+        + (f", peak GPU {max(report.peak_gpu_mb.values()):.0f} MB" if report.peak_gpu_mb else "")
+    )
+    click.echo(f"  on disk: {human_bytes(report.size_bytes)}")
+    for message in report.skipped:
+        click.echo(f"  skipped: {message}")
+    with atlas.open(path) as a:
+        click.echo("  examples (largest singular value of each kind):")
+        for ex in example_directions(a, report.model_id):
+            where = f"L{ex['layer']}" + (f" H{ex['head']}" if ex["head"] is not None else "")
+            flag = "  [degenerate: only its group's span is meaningful]" if ex["degenerate"] else ""
+            click.echo(
+                f"    #{ex['direction_id']} {ex['kind']} {where} {ex['side']} "
+                f"sv{ex['sv_index']} sigma={ex['sigma']:.3g}{flag}"
+            )
+            click.echo(f"        + {table_cell(ex.get('pos', []))}")
+            click.echo(f"        - {table_cell(ex.get('neg', []))}")

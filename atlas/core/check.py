@@ -1,0 +1,391 @@
+"""The integrity check of an atlas directory (``svd-atlas check``).
+
+For every model the catalog names it verifies, without writing anything: the store exists, its
+files match the manifest's checksums, the DuckDB tables agree with each other, with the manifest
+and with the catalog's id ranges, the FAISS index holds exactly the model's direction ids with
+the same vectors as DuckDB, and the unembedding has the model's shape. Unreferenced stores and
+staging leftovers are reported as information: they are what a crash leaves and the next ingest
+sweeps.
+
+Each problem says what fixes it. ``check --repair`` (``atlas.core.repair``) fixes what it can
+without the model: an index is rebuilt from DuckDB, a lost manifest recomputed from verified
+data, a lost catalog rebuilt from the stores' manifests, and a model whose data cannot be read
+is taken out of the catalog (its ids stay retired) so that the rest of the atlas is whole again.
+Damage only the model can fix (an altered unembedding, inconsistent tables) says to re-ingest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from atlas.core.errors import AtlasError, one_line
+from atlas.core.indexes import index_ids, is_exact, measured_recall, read_index
+from atlas.core.layout import (
+    CATALOG,
+    MANIFEST,
+    MODEL_DB,
+    RESIDUAL_INDEX,
+    UNEMBED,
+    AtlasDir,
+    Catalog,
+    CatalogEntry,
+)
+from atlas.core.sqlguard import sql_string
+from atlas.core.store import sha256_file
+from atlas.core.vectors import vector_matrix
+
+REINGEST = "re-ingest the model (svd-atlas ingest MODEL --replace) or load its bundle again"
+# What ``check --repair`` does about a problem (``Finding.repair``).
+REBUILD_INDEX, REWRITE_MANIFEST, REBUILD_CATALOG, UNPUBLISH = (
+    "index",
+    "manifest",
+    "catalog",
+    "unpublish",
+)
+REPAIR_SAYS = {
+    REBUILD_INDEX: "svd-atlas check --repair rebuilds it from DuckDB",
+    REWRITE_MANIFEST: "svd-atlas check --repair recomputes it once the data is verified",
+    REBUILD_CATALOG: "svd-atlas check --repair rebuilds it from the stores' manifests",
+    UNPUBLISH: "svd-atlas check --repair takes the model out of the catalog so the rest of the "
+    "atlas is whole; re-ingest it (svd-atlas ingest MODEL --replace) to get it back",
+}
+UNIT_TOLERANCE = 1e-3  # float32 vectors, or float16 ones renormalised on load
+VECTOR_TOLERANCE = 1e-5
+RECALL_QUERIES = 200  # own directions searched to measure an approximate index's recall
+VECTOR_CHUNK = 65_536
+
+
+@dataclass
+class Finding:
+    """One problem (``error``) or one harmless observation (``info``); ``repair`` names what
+    ``check --repair`` would do about it (None: only re-ingesting fixes it)."""
+
+    level: str
+    model_id: str | None
+    message: str
+    fix: str | None = None
+    repair: str | None = None
+
+    @property
+    def repairable(self) -> bool:
+        return self.repair is not None
+
+    def line(self) -> str:
+        where = self.model_id if self.model_id is not None else "-"
+        fix = f" ({self.fix})" if self.fix else ""
+        return f"{self.level:<5}  {where}  {self.message}{fix}"
+
+
+@dataclass
+class CheckReport:
+    root: Path
+    models: int = 0
+    directions: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "error"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "atlas": str(self.root),
+            "ok": self.ok,
+            "models": self.models,
+            "directions": self.directions,
+            "problems": [{**asdict(f), "repairable": f.repairable} for f in self.errors],
+            "info": [asdict(f) for f in self.findings if f.level == "info"],
+            "repaired": self.repaired,
+        }
+
+
+def check_atlas(root: str | Path) -> CheckReport:
+    """Check every published model of the atlas at ``root``; see the module notes."""
+    atlas_dir = AtlasDir(root)
+    if Path(root).is_file():
+        raise AtlasError(
+            f"{root} is a file: check works on an atlas directory (a bundle is verified by "
+            "svd-atlas load)"
+        )
+    try:
+        atlas_dir.require_atlas()
+        catalog = atlas_dir.read_catalog()
+    except AtlasError as exc:
+        if not atlas_dir.orphan_stores():
+            raise
+        report = CheckReport(root=atlas_dir.root)
+        message = str(exc).split(";")[0]
+        fix = REPAIR_SAYS[REBUILD_CATALOG]
+        report.findings.append(Finding("error", None, message, fix, REBUILD_CATALOG))
+        return report
+    report = CheckReport(root=atlas_dir.root, models=len(catalog.models))
+    for model_id, entry in catalog.models.items():
+        report.directions += entry.n_directions
+        report.findings += ModelCheck(atlas_dir, model_id, entry).run()
+    report.findings += _catalog_findings(atlas_dir, catalog)
+    return report
+
+
+def _catalog_findings(atlas_dir: AtlasDir, catalog: Catalog) -> list[Finding]:
+    """Overlapping id ranges and counters (errors), leftovers of interrupted writers (info)."""
+    found = []
+    entries = list(catalog.models.values())
+    if any(e.first_direction_id + e.n_directions > catalog.next_direction_id for e in entries):
+        found.append(Finding("error", None, f"{CATALOG}: next_direction_id is below an id in use"))
+    if any(e.first_matrix_id + e.n_matrices > catalog.next_matrix_id for e in entries):
+        found.append(Finding("error", None, f"{CATALOG}: next_matrix_id is below an id in use"))
+    ranges = sorted((e.first_direction_id, e.n_directions, e.store) for e in entries)
+    for (lo, n, one), (next_lo, _, other) in zip(ranges, ranges[1:], strict=False):
+        if n and lo + n > next_lo:
+            found.append(Finding("error", None, f"direction ids of {one} and {other} overlap"))
+    referenced = {e.store for e in entries}
+    for store in sorted((atlas_dir.root / "store").glob("*")):
+        if f"store/{store.name}" not in referenced:
+            found.append(
+                Finding(
+                    "info",
+                    None,
+                    f"unreferenced store store/{store.name} (a replaced model or an interrupted "
+                    "publish; swept by a later ingest)",
+                )
+            )
+    leftovers = [*(atlas_dir.root / ".staging").glob("*"), *atlas_dir.root.glob(f".{CATALOG}.*")]
+    for path in sorted(leftovers):
+        found.append(
+            Finding(
+                "info",
+                None,
+                f"leftover {path.relative_to(atlas_dir.root)} (an interrupted or running writer; "
+                "swept by the next ingest)",
+            )
+        )
+    return found
+
+
+class ModelCheck:
+    """The checks of one published model's store."""
+
+    def __init__(self, atlas_dir: AtlasDir, model_id: str, entry: CatalogEntry):
+        self.model_id, self.entry = model_id, entry
+        self.store = atlas_dir.store_path(entry)
+        self.findings: list[Finding] = []
+        self.manifest: dict[str, Any] = {}
+
+    def error(self, message: str, repair: str | None = None) -> None:
+        fix = REPAIR_SAYS[repair] if repair else REINGEST
+        self.findings.append(Finding("error", self.model_id, message, fix, repair))
+
+    def index_error(self, message: str) -> None:
+        self.error(f"{RESIDUAL_INDEX}: {message}", REBUILD_INDEX)
+
+    def run(self) -> list[Finding]:
+        if not self.store.is_dir():
+            self.error(f"its store {self.entry.store} is missing", UNPUBLISH)
+            return self.findings
+        self._check_manifest()
+        try:
+            con = duckdb.connect(":memory:")
+        except duckdb.Error as exc:  # pragma: no cover - an in-memory database always opens
+            raise AtlasError(str(exc)) from None
+        try:
+            con.execute(f"ATTACH {sql_string(str(self.store / MODEL_DB))} AS m (READ_ONLY)")
+            con.execute("USE m")
+            model = self._check_tables(con)
+            if model is not None:
+                self._check_vectors(con, model)
+                self._check_unembedding(model)
+        except duckdb.Error as exc:
+            self.error(f"{MODEL_DB} cannot be read: {one_line(exc)}", UNPUBLISH)
+        finally:
+            con.close()
+        return self.findings
+
+    def _check_manifest(self) -> None:
+        try:
+            self.manifest = json.loads((self.store / MANIFEST).read_text(encoding="utf-8"))
+            members = self.manifest["members"]
+            for member in members.values():
+                int(member["bytes"]), str(member["sha256"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.error(f"{MANIFEST} cannot be read ({one_line(exc, 200)})", REWRITE_MANIFEST)
+            self.manifest = {}
+            return
+        for name, member in members.items():
+            path = self.store / name
+            repair = REBUILD_INDEX if name == RESIDUAL_INDEX else None
+            if not path.is_file():
+                self.error(f"{name} is missing", repair)
+            elif path.stat().st_size != member["bytes"] or sha256_file(path) != member["sha256"]:
+                self.error(f"{name} does not match its manifest checksum", repair)
+        for path in sorted(self.store.iterdir()):
+            if path.name not in members and path.name != MANIFEST:
+                repair = REBUILD_INDEX if path.name == RESIDUAL_INDEX else None
+                self.error(f"{path.name} is not in the manifest", repair)
+
+    def _check_tables(self, con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
+        rows = con.sql("SELECT * FROM models").to_arrow_table().to_pylist()
+        if len(rows) != 1 or rows[0]["model_id"] != self.model_id:
+            self.error(f"its models table holds {[r['model_id'] for r in rows]}, not one row")
+            return None
+        model = rows[0]
+        e = self.entry
+        counts = {t: _count(con, t) for t in ("matrices", "directions", "top_tokens")}
+        counts |= {t: _count(con, t) for t in ("top_neurons", "vocab", "token_bags")}
+        for table, expected in self.manifest.get("counts", {}).items():
+            if table in counts and counts[table] != expected:
+                self.error(f"{table} has {counts[table]} rows, its manifest says {expected}")
+        for table, n in (("directions", e.n_directions), ("matrices", e.n_matrices)):
+            if counts[table] != n or model[f"n_{table}"] != n:
+                self.error(
+                    f"{table} has {counts[table]} rows, models.n_{table} {model[f'n_{table}']}, "
+                    f"the catalog {n}"
+                )
+        self._check_ids(con, "directions", "direction_id", e.first_direction_id, e.n_directions)
+        self._check_ids(con, "matrices", "matrix_id", e.first_matrix_id, e.n_matrices)
+        self._check_refs(con, "directions", "matrix_id", "matrices")
+        for table in ("top_tokens", "top_neurons", "token_bags"):
+            self._check_refs(con, table, "direction_id", "directions")
+        per_direction = 2 * min(int(model["top_k"]), int(model["d_vocab"]))
+        wrong = _one(
+            con,
+            "SELECT count(*) FROM directions d LEFT JOIN "
+            "(SELECT direction_id, count(*) AS n FROM top_tokens GROUP BY ALL) t USING "
+            "(direction_id) WHERE coalesce(t.n, 0) <> ?",
+            [per_direction],
+        )
+        if wrong[0]:
+            self.error(f"{wrong[0]} directions do not have {per_direction} top_tokens rows")
+        return model
+
+    def _check_ids(
+        self, con: duckdb.DuckDBPyConnection, table: str, column: str, first: int, n: int
+    ) -> None:
+        lo, hi, distinct = _one(
+            con, f"SELECT min({column}), max({column}), count(DISTINCT {column}) FROM {table}"
+        )
+        if n and (lo, hi, distinct) != (first, first + n - 1, n):
+            self.error(
+                f"{table}.{column} spans {lo}..{hi} ({distinct} distinct); the catalog says "
+                f"{first}..{first + n - 1}"
+            )
+
+    def _check_refs(
+        self, con: duckdb.DuckDBPyConnection, table: str, column: str, parent: str
+    ) -> None:
+        dangling = _one(
+            con,
+            f"SELECT count(*) FROM {table} WHERE {column} NOT IN (SELECT {column} FROM {parent})",
+        )
+        if dangling[0]:
+            self.error(f"{dangling[0]} {table} rows name a {column} that is not in {parent}")
+
+    def _check_vectors(self, con: duckdb.DuckDBPyConnection, model: dict[str, Any]) -> None:
+        """Unit norms in DuckDB, and the FAISS index equal to them (ids and vectors)."""
+        (n_null,) = _one(con, "SELECT count(*) FROM directions WHERE vector IS NULL")
+        has_vectors = not n_null
+        index_path = self.store / RESIDUAL_INDEX
+        if not has_vectors:
+            if self.manifest.get("vectors") != "none":
+                self.error(f"{n_null} directions have no vector")
+            elif index_path.exists():
+                self.index_error("present although the model has no vectors")
+            return  # loaded from a bundle exported with --vectors none: no index by design
+        index = self._read_index(index_path, int(model["d_model"]), str(model["index_type"]))
+        seen = np.zeros(0, np.int64)
+        bad_norm = mismatched = 0
+        for ids, vectors in _vector_chunks(con, int(model["d_model"])):
+            bad_norm += int(np.sum(np.abs(np.linalg.norm(vectors, axis=1) - 1) > UNIT_TOLERANCE))
+            if index is not None:
+                in_index = np.isin(ids, index[1])
+                if in_index.any():
+                    stored = index[0].reconstruct_batch(ids[in_index])
+                    diff = np.abs(stored - vectors[in_index]).max(axis=1)
+                    mismatched += int(np.sum(diff > VECTOR_TOLERANCE))
+            seen = np.concatenate([seen, ids])
+        if bad_norm:
+            self.error(f"{bad_norm} direction vectors are not unit length")
+        if index is None:
+            return
+        missing = np.setdiff1d(seen, index[1]).size
+        stale = np.setdiff1d(index[1], seen).size
+        if missing or stale:
+            self.index_error(f"{missing} directions missing from it, {stale} stale ids in it")
+        if mismatched:
+            self.index_error(f"{mismatched} vectors differ from DuckDB's")
+        elif not missing and not stale and not is_exact(index[0]):
+            recall = measured_recall(index[0], n_queries=RECALL_QUERIES)
+            self.findings.append(
+                Finding(
+                    "info",
+                    self.model_id,
+                    f"approximate index: recall@10 {recall:.3f} against an exact scan, "
+                    f"{RECALL_QUERIES} of its own directions as queries",
+                )
+            )
+
+    def _read_index(self, path: Path, d_model: int, index_type: str) -> tuple[Any, Any] | None:
+        if not path.is_file():
+            if RESIDUAL_INDEX not in self.manifest.get("members", {}):  # else reported already
+                self.index_error("missing")
+            return None
+        import faiss
+
+        try:
+            index = read_index(path)
+        except Exception as exc:  # faiss raises RuntimeError or worse for a damaged file
+            self.index_error(f"cannot be read ({one_line(exc, 200)})")
+            return None
+        if not isinstance(index, faiss.IndexIDMap2) or index.d != d_model:
+            self.index_error(f"is not an id-mapped index of width {d_model}")
+            return None
+        if is_exact(index) != (index_type == "flat"):
+            self.index_error(f"its type does not match models.index_type {index_type!r}")
+        return index, index_ids(index)
+
+    def _check_unembedding(self, model: dict[str, Any]) -> None:
+        path = self.store / UNEMBED
+        if not path.is_file():
+            if UNEMBED not in self.manifest.get("members", {}):
+                self.findings.append(
+                    Finding("info", self.model_id, f"no {UNEMBED}: text search is unavailable")
+                )
+            return
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError) as exc:
+            self.error(f"{UNEMBED} cannot be read ({exc})")
+            return
+        expected = (int(model["d_vocab"]), int(model["d_model"]))
+        if shape != expected:
+            self.error(f"{UNEMBED} has shape {shape}, expected [d_vocab, d_model] {expected}")
+
+
+def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    return int(_one(con, f"SELECT count(*) FROM {table}")[0])
+
+
+def _one(con: duckdb.DuckDBPyConnection, query: str, params: list[Any] | None = None) -> Any:
+    """The single row of an aggregate query."""
+    return con.sql(query, params=params).fetchall()[0]
+
+
+def _vector_chunks(
+    con: duckdb.DuckDBPyConnection, d_model: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(direction ids, float32 vectors) in id order, a bounded number of rows at a time."""
+    query = "SELECT direction_id, vector FROM directions ORDER BY direction_id"
+    reader = con.sql(query).to_arrow_reader(VECTOR_CHUNK)
+    for batch in reader:
+        yield batch.column(0).to_numpy().astype(np.int64), vector_matrix(batch.column(1))

@@ -1,0 +1,34 @@
+"""The storage contract's vocabulary: table names, matrix kinds and sides (import-light).
+
+A matrix kind stores the residual-space sides of its singular triples (``read`` = U's columns,
+``write`` = V's); the canonical sign is judged on one of them (``JUDGED_SIDE``); an MLP
+matrix's other side lives in neuron space (``NEURON_SIDE``). The columns of each table are
+declared in ``atlas.core.schema``.
+"""
+
+from __future__ import annotations
+
+TABLES = (
+    "models",
+    "matrices",
+    "directions",
+    "top_tokens",
+    "top_neurons",
+    "vocab",
+    "token_bags",
+    "coherence_null",
+)
+KINDS = ("ov", "mlp_in", "mlp_gate", "mlp_out")
+MLP_KINDS = ("mlp_in", "mlp_gate", "mlp_out")
+SIDES = ("read", "write")
+POLARITIES = ("pos", "neg")
+SIDES_OF = {
+    "ov": ("read", "write"),
+    "mlp_in": ("read",),
+    "mlp_gate": ("read",),
+    "mlp_out": ("write",),
+}
+JUDGED_SIDE = {"ov": "write", "mlp_in": "read", "mlp_gate": "read", "mlp_out": "write"}
+NEURON_SIDE = {"mlp_in": "write", "mlp_gate": "write", "mlp_out": "read"}
+# A SQL condition on a ``directions`` row (alias ``d``) that keeps each kind's judged side.
+JUDGED_SQL = " OR ".join(f"(d.kind = '{k}' AND d.side = '{s}')" for k, s in JUDGED_SIDE.items())

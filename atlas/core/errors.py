@@ -1,0 +1,26 @@
+"""The one exception type for user-facing failures.
+
+Anything raised as :class:`AtlasError` is a mistake the user can fix (bad model name, a path
+that is not writable, an id that does not exist). The CLI prints its message on one line and
+exits non-zero; it never shows a traceback for one.
+"""
+
+
+class AtlasError(Exception):
+    """A failure caused by the user's input or environment, with a one-line message."""
+
+
+class AtlasWarning(UserWarning):
+    """Something a reader of the results should know (a damaged model left out, a word the
+    vocabulary lacks, an approximate index). The CLI prints it as one ``note:`` line on stderr."""
+
+
+def one_line(error: BaseException | str, limit: int = 300) -> str:
+    """A message on one line: whitespace collapsed, DuckDB's caret diagrams dropped, at most
+    ``limit`` characters (library messages can span pages)."""
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    joined = " ".join(line for line in lines if not set(line) <= {"^", " "})
+    if not joined and isinstance(error, BaseException):
+        joined = type(error).__name__
+    return joined[:limit]

@@ -1,0 +1,152 @@
+"""The bundle format: an uncompressed tar whose first member is a manifest.
+
+::
+
+    manifest.json                  format, version, vectors mode, models, sha256 + size of members
+    models/0000/models.parquet     one folder per model: each table of the storage contract
+    models/0000/matrices.parquet
+    models/0000/directions.parquet vector: FLOAT[] (f32), HALF_FLOAT[] (f16), or no column (none)
+    models/0000/top_tokens.parquet
+    models/0000/top_neurons.parquet
+    models/0000/vocab.parquet
+    models/0000/unembed.npy        centered W_U as float16 (turns words into queries); not with
+                                   --vectors none, where no residual-space search is possible
+    models/0000/residual.faiss     optional (f32 only): can always be rebuilt from the vectors
+
+A bundle is data, never code: nothing in it is unpickled or executed. Member names are fixed by
+this module (never derived from model ids), so a reader accepts only names it would have
+written, and checks every member against the manifest before anything uses it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from atlas.core.errors import AtlasError
+from atlas.core.formats import require_format
+from atlas.core.store import TABLE_ORDER
+
+FORMAT = "svd-atlas-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 64 << 20
+VECTOR_MODES = ("f32", "f16", "none")
+INDEX_FILE = "residual.faiss"
+UNEMBED_FILE = "unembed.npy"
+_MEMBER = re.compile(
+    r"models/\d{4}/(?:(?:" + "|".join(TABLE_ORDER) + r")\.parquet|residual\.faiss|unembed\.npy)"
+)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def model_dir(position: int) -> str:
+    return f"models/{position:04d}"
+
+
+def table_member(position: int, table: str) -> str:
+    return f"{model_dir(position)}/{table}.parquet"
+
+
+def index_member(position: int) -> str:
+    return f"{model_dir(position)}/{INDEX_FILE}"
+
+
+def unembed_member(position: int) -> str:
+    return f"{model_dir(position)}/{UNEMBED_FILE}"
+
+
+def is_known_member(name: str) -> bool:
+    return name == MANIFEST_NAME or _MEMBER.fullmatch(name) is not None
+
+
+@dataclass
+class Member:
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class BundleModel:
+    """One model in a bundle, as the manifest describes it."""
+
+    model_id: str
+    position: int
+    d_model: int
+    architecture: str
+    source: str
+    processing: str
+    counts: dict[str, int]
+    first_direction_id: int
+    n_directions: int
+    first_matrix_id: int
+    n_matrices: int
+    has_index: bool
+    has_unembed: bool
+    ingest_versions: dict[str, str]
+
+    def members(self) -> list[str]:
+        names = [table_member(self.position, t) for t in TABLE_ORDER]
+        names += [unembed_member(self.position)] if self.has_unembed else []
+        return names + ([index_member(self.position)] if self.has_index else [])
+
+
+@dataclass
+class BundleManifest:
+    vectors: str
+    svd_atlas_version: str
+    created_at: str
+    library_versions: dict[str, str]
+    models: list[BundleModel]
+    members: dict[str, Member] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {"format": FORMAT, **data}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> BundleManifest:
+        """Parse and check a manifest; anything unexpected is a refusal naming ``source``."""
+        version = require_format(data, FORMAT, FORMAT_VERSION, source, "bundle")
+        try:
+            manifest = cls(
+                vectors=data["vectors"],
+                svd_atlas_version=str(data["svd_atlas_version"]),
+                created_at=str(data["created_at"]),
+                library_versions=dict(data["library_versions"]),
+                models=[BundleModel(**m) for m in data["models"]],
+                members={k: Member(**v) for k, v in data["members"].items()},
+                format_version=version,
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise AtlasError(f"{source} has a malformed bundle manifest: {exc}") from None
+        manifest._check(source)
+        return manifest
+
+    def _check(self, source: str) -> None:
+        def bad(why: str) -> AtlasError:
+            return AtlasError(f"{source} has a malformed bundle manifest: {why}")
+
+        if self.vectors not in VECTOR_MODES:
+            raise bad(f"vectors {self.vectors!r} is not one of {', '.join(VECTOR_MODES)}")
+        expected: list[str] = []
+        ids = [m.model_id for m in self.models]
+        if len(set(ids)) != len(ids):
+            raise bad("a model_id appears twice")
+        for position, m in enumerate(self.models):
+            if m.position != position or not isinstance(m.model_id, str) or not m.model_id:
+                raise bad(f"model entry {position} is inconsistent")
+            if not isinstance(m.d_model, int) or m.d_model <= 0:
+                raise bad(f"model {m.model_id!r} has d_model {m.d_model!r}")
+            if m.has_index and self.vectors != "f32":
+                raise bad("a FAISS index is only bundled with f32 vectors")
+            expected += m.members()
+        for name, member in self.members.items():
+            if not isinstance(member.bytes, int) or member.bytes < 0:
+                raise bad(f"member {name!r} has size {member.bytes!r}")
+            if not isinstance(member.sha256, str) or not _SHA256.fullmatch(member.sha256):
+                raise bad(f"member {name!r} has no valid sha256")
+        if sorted(expected) != sorted(self.members):
+            raise bad("its member list does not match its models")

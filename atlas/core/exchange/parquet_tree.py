@@ -1,0 +1,130 @@
+"""Writing models into a Parquet tree (see ``tree_format``), on local disk or an object store.
+
+A tree grows model by model: exporting a model writes its partition of every table and leaves
+the other models' partitions alone, so models can be added (or re-exported) without rewriting
+the rest. Each file is written under a temporary name and then moved into place (one PUT on an
+object store), and the marker, which names the tree's models, is written last: a reader of the
+marker never sees a model whose files are incomplete. Rows are streamed in batches, so memory
+stays bounded for large models.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from atlas.core.contract import TABLES
+from atlas.core.errors import AtlasError
+from atlas.core.exchange.export import BATCH_ROWS, COMPRESSION, ROW_ORDER, resolve_models
+from atlas.core.exchange.tree_format import (
+    DATA_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    MARKER,
+    PARTITION,
+    partition_dir,
+    tree_filesystem,
+)
+from atlas.core.formats import require_format
+from atlas.core.reader import Reader
+from atlas.core.versions import library_versions
+
+VECTOR_MODES = ("f32", "none")
+
+
+def export_parquet_tree(
+    a: Reader, model_ids: list[str], dest: str, vectors: str = "f32"
+) -> dict[str, Any]:
+    """Write ``model_ids`` of ``a`` (all when empty) into the tree at ``dest`` (created when
+    new); returns the marker, with ``written`` naming the models just written."""
+    if vectors not in VECTOR_MODES:
+        raise AtlasError("a Parquet tree stores vectors as f32 or not at all (--vectors f32|none)")
+    model_ids = resolve_models(a, model_ids)
+    fs, root = tree_filesystem(dest)
+    info = _existing_marker(fs, root, dest)
+    if info is None:
+        info = {"format": FORMAT, "format_version": FORMAT_VERSION, "vectors": vectors}
+        info["models"] = {}
+    elif info["vectors"] != vectors:
+        raise AtlasError(
+            f"{dest} holds vectors {info['vectors']!r}; export into it with --vectors "
+            f"{info['vectors']} (one tree has one vectors mode)"
+        )
+    for model_id in model_ids:
+        for table in TABLES:
+            _write_partition(
+                a, model_id, table, fs, f"{root}/{partition_dir(table, model_id)}", vectors
+            )
+        info["models"][model_id] = _model_info(a, model_id)
+    info.update(
+        tables=list(TABLES),
+        updated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        library_versions=library_versions(),
+    )
+    _put(fs, f"{root}/{MARKER}", json.dumps(info, indent=2).encode("utf-8"))
+    return {**info, "written": model_ids}
+
+
+def _existing_marker(fs: Any, root: str, dest: str) -> dict[str, Any] | None:
+    if not fs.exists(root):
+        return None
+    marker = f"{root}/{MARKER}"
+    if not fs.exists(marker):
+        if fs.isdir(root) and fs.ls(root):
+            raise AtlasError(f"{dest} exists and is neither empty nor an svd-atlas Parquet tree")
+        return None
+    try:
+        with fs.open(marker, "rb") as fh:
+            info = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AtlasError(f"cannot read {dest}/{MARKER}: {exc}") from None
+    require_format(info, FORMAT, FORMAT_VERSION, dest, "Parquet tree")
+    return info
+
+
+def _write_partition(
+    a: Reader, model_id: str, table: str, fs: Any, folder: str, vectors: str
+) -> None:
+    """One model's rows of one table, streamed; ``model_id`` lives in the folder name."""
+    from atlas.core.exchange.export import encode_vectors
+
+    query = f"SELECT * FROM {a.relation(model_id, table)} ORDER BY {ROW_ORDER[table]}"
+    fs.makedirs(folder, exist_ok=True)
+    tmp = f"{folder}/.{uuid.uuid4().hex}.partial"
+    writer: pq.ParquetWriter | None = None
+    try:
+        with fs.open(tmp, "wb") as fh:
+            for batch in a.batches(query, None, BATCH_ROWS):
+                part = pa.Table.from_batches([batch])
+                if PARTITION in part.column_names:
+                    part = part.drop_columns([PARTITION])
+                if "vector" in part.column_names:
+                    part = encode_vectors(part, vectors)
+                if writer is None:
+                    writer = pq.ParquetWriter(fh, part.schema, compression=COMPRESSION)
+                writer.write_table(part)
+            if writer is not None:
+                writer.close()
+        fs.mv(tmp, f"{folder}/{DATA_FILE}")
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
+def _put(fs: Any, path: str, payload: bytes) -> None:
+    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    with fs.open(tmp, "wb") as fh:
+        fh.write(payload)
+    fs.mv(tmp, path)
+
+
+def _model_info(a: Reader, model_id: str) -> dict[str, Any]:
+    row = a.sql(
+        f"SELECT d_model, n_directions, architecture, source FROM {a.relation(model_id, 'models')}"
+    ).to_pylist()[0]
+    return {**row, "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}

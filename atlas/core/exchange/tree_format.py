@@ -1,0 +1,58 @@
+"""The Parquet tree format: a hive-partitioned dataset that any engine reads directly.
+
+::
+
+    ROOT/_svd_atlas.json                                format name and version, vectors mode
+    ROOT/<table>/model_id=<url-escaped id>/data_0.parquet
+
+One partition per model and table of the storage contract; ``model_id`` lives in the folder name
+(hive style), also for ``top_tokens``, ``top_neurons`` and ``token_bags``, which are partitioned
+by their direction's model. ``directions.vector`` is a ``FLOAT[]`` list (Parquet has no
+fixed-size list), or absent when the tree was written with ``--vectors none``. ROOT is a local
+folder or an object-store URL (``s3://bucket/prefix``).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any
+
+from atlas.core.errors import AtlasError
+from atlas.core.formats import require_format
+
+MARKER = "_svd_atlas.json"
+FORMAT = "svd-atlas-parquet"
+FORMAT_VERSION = 1
+PARTITION = "model_id"
+DATA_FILE = "data_0.parquet"
+# Tables whose rows carry no model_id in the contract: the partition column is not theirs.
+PARTITIONED_BY_DIRECTION = ("top_tokens", "top_neurons", "token_bags")
+
+
+def partition_dir(table: str, model_id: str) -> str:
+    """``<table>/model_id=<escaped>``, relative to the tree's root."""
+    return f"{table}/{PARTITION}={urllib.parse.quote(model_id, safe='')}"
+
+
+def tree_filesystem(location: str) -> tuple[Any, str]:
+    """The fsspec file system and root path of a tree's location (a folder or a URL)."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(location)
+    except (ImportError, ValueError) as exc:
+        raise AtlasError(f"cannot open {location}: {exc}") from None
+    return fs, str(root).rstrip("/")
+
+
+def read_marker(fs: Any, root: str, location: str) -> dict[str, Any]:
+    try:
+        with fs.open(f"{root}/{MARKER}", "rb") as fh:
+            info = json.loads(fh.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise AtlasError(f"{location} is not an svd-atlas Parquet tree (no {MARKER})") from None
+    except (OSError, ValueError) as exc:
+        raise AtlasError(f"cannot read {location}/{MARKER}: {exc}") from None
+    require_format(info, FORMAT, FORMAT_VERSION, location, "Parquet tree")
+    return info

@@ -1,0 +1,309 @@
+"""The atlas directory on disk, and the one way it changes: publishing a finished store.
+
+::
+
+    ATLAS/
+      catalog.json          format version, the published models and the id counters
+      store/<uuid>/         one model: model.duckdb, residual.faiss, unembed.npy, manifest.json
+      .staging/<uuid>/      a store being written; never read by anyone else
+      .lock                 held by the one process that changes the catalog
+      .reserved             id counters past every id handed to a writer (published or not)
+
+A store is written completely under ``.staging``, synced, moved into ``store/`` and only then
+named in a new ``catalog.json`` that replaces the old one with an atomic rename. Readers read the
+catalog once and open the stores it names read-only, so they never see a half-written model and
+never contend with the writer for DuckDB's file lock. A crash at any moment leaves the previous
+catalog in place; what it left under ``.staging`` or ``store/`` is unreferenced and swept later.
+
+Writers hold ``.lock`` only to reserve ids (in ``.reserved``, so that the published state,
+the catalog, changes only when a model is published) and to publish, not while they compute.
+A staging folder can therefore be live while another writer sweeps: each one holds a lock on
+its own ``.owner`` file, and the sweep removes only folders whose owner is gone. The folder is
+created under a temporary name and renamed once its owner lock is held, so no sweep can see it
+unowned. ``atlas.core.publish`` is the one path through these steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atlas.core.errors import AtlasError, one_line
+from atlas.core.formats import require_format
+
+FORMAT = "svd-atlas"
+FORMAT_VERSION = 1
+CATALOG = "catalog.json"
+MODEL_DB = "model.duckdb"
+RESIDUAL_INDEX = "residual.faiss"
+UNEMBED = "unembed.npy"  # centered W_U, [d_vocab, d_model] float16: turns text into a query
+MANIFEST = "manifest.json"
+OWNER = ".owner"  # in a staging folder: locked by the process writing it
+RESERVED = ".reserved"
+# Stores replaced or abandoned less than this long ago are kept for readers that still use them.
+SWEEP_GRACE_SECONDS = 600
+REBUILD_CATALOG = "svd-atlas check --repair rebuilds it from the stores' manifests"
+
+
+@dataclass
+class CatalogEntry:
+    """One published model: where its store is and which ids it owns."""
+
+    store: str
+    first_direction_id: int
+    n_directions: int
+    first_matrix_id: int
+    n_matrices: int
+
+
+@dataclass
+class Catalog:
+    models: dict[str, CatalogEntry] = field(default_factory=dict)
+    next_direction_id: int = 0
+    next_matrix_id: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "next_direction_id": self.next_direction_id,
+            "next_matrix_id": self.next_matrix_id,
+            "models": {name: vars(entry) for name, entry in sorted(self.models.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: Path) -> Catalog:
+        require_format(data, FORMAT, FORMAT_VERSION, source, "catalog")
+        try:
+            return cls(
+                models={str(k): CatalogEntry(**v) for k, v in data["models"].items()},
+                next_direction_id=int(data["next_direction_id"]),
+                next_matrix_id=int(data["next_matrix_id"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise AtlasError(f"{source} is malformed ({exc}); {REBUILD_CATALOG}") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush every file under ``path`` and the directories holding them to disk."""
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with open(Path(root) / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(Path(root))
+
+
+def _owned(staging: Path) -> bool:
+    """Whether a live writer holds ``staging``'s owner lock."""
+    try:
+        fh = open(staging / OWNER, "rb")  # noqa: SIM115
+    except OSError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class AtlasDir:
+    """An atlas directory: reading its catalog, and (under the lock) publishing to it."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / CATALOG
+
+    def exists(self) -> bool:
+        return self.catalog_path.is_file()
+
+    def orphan_stores(self) -> list[Path]:
+        """Store folders on disk (whether or not a catalog names them)."""
+        return sorted(p for p in (self.root / "store").glob("*") if p.is_dir())
+
+    def require_atlas(self) -> None:
+        """Nothing if ``root`` holds a catalog; otherwise one line saying what to do."""
+        if self.exists():
+            return
+        if self.root.is_dir() and self.orphan_stores():
+            raise AtlasError(
+                f"{self.root} has no {CATALOG} but holds {len(self.orphan_stores())} model "
+                f"store(s); {REBUILD_CATALOG}"
+            )
+        raise AtlasError(f"no atlas at {self.root} (create one with: svd-atlas ingest MODEL)")
+
+    def read_catalog(self) -> Catalog:
+        if not self.exists():
+            return Catalog()
+        try:
+            data = json.loads(self.catalog_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            reason = one_line(exc, 200)
+            raise AtlasError(
+                f"cannot read {self.catalog_path} ({reason}); {REBUILD_CATALOG}"
+            ) from None
+        return Catalog.from_json(data, self.catalog_path)
+
+    def store_path(self, entry: CatalogEntry) -> Path:
+        return self.root / entry.store
+
+    def ensure_writable(self) -> None:
+        """Create the atlas directory if needed, or fail with one clear line."""
+        if self.root.exists() and not self.root.is_dir():
+            raise AtlasError(f"atlas path {self.root} exists and is not a directory")
+        if self.root.is_dir() and any(self.root.iterdir()) and not self.exists():
+            if self.orphan_stores():
+                self.require_atlas()  # says how to rebuild a lost catalog
+            raise AtlasError(f"{self.root} is not empty and holds no svd-atlas catalog")
+        try:
+            (self.root / ".staging").mkdir(parents=True, exist_ok=True)
+            (self.root / "store").mkdir(exist_ok=True)
+            probe = self.root / ".staging" / f".probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+            if not self.exists():
+                self.write_catalog(Catalog())
+        except OSError as exc:
+            raise AtlasError(f"atlas path {self.root} is not writable: {exc.strerror}") from exc
+
+    @contextlib.contextmanager
+    def writer_lock(self, repairing: bool = False) -> Iterator[None]:
+        """Hold the atlas's writer lock; a second writer waits for the first to publish.
+
+        ``repairing``: the atlas may have lost its catalog (``check --repair`` rebuilds it).
+        """
+        if not repairing:
+            self.ensure_writable()
+        try:
+            fh = open(self.root / ".lock", "a+b")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise AtlasError(f"atlas path {self.root} is not writable: {exc.strerror}") from None
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting for another writer to release {self.root} ...", file=sys.stderr)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A new staging folder, owned (locked) for as long as the block runs; it is removed
+        when the block leaves it behind (a publish moves it away first)."""
+        base = self.root / ".staging"
+        base.mkdir(parents=True, exist_ok=True)
+        tmp, path = base / f".new-{uuid.uuid4().hex}", base / uuid.uuid4().hex
+        tmp.mkdir()
+        owner = open(tmp / OWNER, "a+b")  # noqa: SIM115 - held open to keep the lock
+        try:
+            fcntl.flock(owner, fcntl.LOCK_EX)
+            os.replace(tmp, path)
+            yield path
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # the rename never happened
+            shutil.rmtree(path, ignore_errors=True)  # unless a publish moved it away
+            owner.close()
+
+    def publish_many(self, stores: list[tuple[str, Path, CatalogEntry]], catalog: Catalog) -> None:
+        """Move finished stores into place and name them in one new catalog, atomically.
+
+        Must be called under :meth:`writer_lock`. Each ``entry.store`` is filled in here.
+        Whatever a model replaces stays on disk until a later sweep, for readers that opened it.
+        """
+        for model_id, staging, entry in stores:
+            (staging / OWNER).unlink(missing_ok=True)
+            fsync_tree(staging)
+            final = self.root / "store" / staging.name
+            os.replace(staging, final)
+            entry.store = f"store/{staging.name}"
+            replaced = catalog.models.get(model_id)
+            if replaced is not None and self.store_path(replaced).is_dir():
+                os.utime(self.store_path(replaced))  # starts its sweep grace period now
+            catalog.models[model_id] = entry
+            catalog.next_direction_id = max(
+                catalog.next_direction_id, entry.first_direction_id + entry.n_directions
+            )
+            catalog.next_matrix_id = max(
+                catalog.next_matrix_id, entry.first_matrix_id + entry.n_matrices
+            )
+        _fsync_dir(self.root / "store")
+        self.write_catalog(catalog)
+
+    def write_catalog(self, catalog: Catalog) -> None:
+        self._write_json(self.catalog_path, catalog.to_json())
+
+    def read_reserved(self) -> tuple[int, int]:
+        """The (direction, matrix) id counters past every id ever handed to a writer."""
+        try:
+            data = json.loads((self.root / RESERVED).read_text(encoding="utf-8"))
+            return int(data["next_direction_id"]), int(data["next_matrix_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0, 0
+
+    def write_reserved(self, next_direction_id: int, next_matrix_id: int) -> None:
+        data = {"next_direction_id": next_direction_id, "next_matrix_id": next_matrix_id}
+        self._write_json(self.root / RESERVED, data)
+
+    def _write_json(self, path: Path, data: Any) -> None:
+        """Replace ``path`` atomically and durably."""
+        tmp = self.root / f".{path.name}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.root)
+
+    def sweep(self, catalog: Catalog) -> None:
+        """Delete stores and staging folders that no catalog entry names and nobody still uses.
+
+        Runs under the writer lock. A staging folder is live while its owner holds the lock on
+        its ``.owner`` file; stores are kept for a grace period after they stop being
+        referenced, for readers that opened them.
+        """
+        referenced = {entry.store for entry in catalog.models.values()}
+        now = time.time()
+        for stale in (self.root / ".staging").glob("*"):
+            if not stale.is_dir():  # e.g. the write probe of a writer killed in ensure_writable
+                stale.unlink(missing_ok=True)
+            elif stale.name.startswith(".new-"):
+                if now - stale.stat().st_mtime > SWEEP_GRACE_SECONDS:
+                    shutil.rmtree(stale, ignore_errors=True)
+            elif not _owned(stale):
+                shutil.rmtree(stale, ignore_errors=True)
+        for store in (self.root / "store").glob("*"):
+            if f"store/{store.name}" in referenced:
+                continue
+            if now - store.stat().st_mtime > SWEEP_GRACE_SECONDS:
+                shutil.rmtree(store, ignore_errors=True)
+        for tmp in self.root.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,122 @@
+"""Reading a Parquet tree (``export --parquet``) in place: a local folder or an object store.
+
+DuckDB reads the tree's files through a read-only file system rooted at the tree
+(``atlas.core.rofs``), the only place the locked session may open. The tree has no FAISS files
+and no unembedding: a model's residual index, where the tree has vectors, is built in memory
+from them (exact); text queries are searched in token space.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from atlas.core.contract import TABLES
+from atlas.core.errors import AtlasError
+from atlas.core.exchange.tree_format import (
+    DATA_FILE,
+    PARTITION,
+    PARTITIONED_BY_DIRECTION,
+    partition_dir,
+    read_marker,
+    tree_filesystem,
+)
+from atlas.core.reader import Reader, check_direction_id, no_vectors
+from atlas.core.rofs import PROTOCOL, ReadOnlyRoot
+from atlas.core.sqlguard import sql_string
+from atlas.core.vectors import vector_matrix
+
+
+class ParquetReader(Reader):
+    """A Parquet tree; see the module notes."""
+
+    def __init__(self, location: str):
+        super().__init__(location)
+        self._fs, self._root = tree_filesystem(location)
+        self.info = read_marker(self._fs, self._root, location)
+        self._con.register_filesystem(ReadOnlyRoot(self._fs, self._root))
+        self._con.execute(f"SET allowed_directories = ['{PROTOCOL}://']")
+        # The marker is written after a model's files: the models it names are complete.
+        self._models = sorted(self.info.get("models", {}))
+        self._ranges: dict[str, tuple[int, int]] | None = None
+        self._indexes: dict[str, Any] = {}
+        self._index_lock = threading.Lock()
+        tables = [t for t in TABLES if t in self.info.get("tables", TABLES)]
+        self._finish_open({t: [self._scan(t, self._models)] for t in tables if self._models})
+
+    def _scan(self, table: str, model_ids: list[str]) -> str:
+        """SQL reading the files of some models' partitions of one table."""
+        files = ", ".join(
+            sql_string(f"{PROTOCOL}://{partition_dir(table, m)}/{DATA_FILE}") for m in model_ids
+        )
+        source = (
+            f"read_parquet([{files}], hive_partitioning = true, "
+            f"hive_types = {{'{PARTITION}': VARCHAR}})"
+        )
+        columns = "*"
+        if table in PARTITIONED_BY_DIRECTION:
+            columns = f"* EXCLUDE ({PARTITION})"
+        elif table == "directions":
+            columns = (
+                "* REPLACE (vector::FLOAT[] AS vector)"
+                if self.info.get("vectors") != "none"
+                else "*, NULL::FLOAT[] AS vector"
+            )
+        return f"(SELECT {columns} FROM {source})"
+
+    def model_ids(self) -> list[str]:
+        return list(self._models)
+
+    def relation(self, model_id: str, table: str) -> str:
+        self.require_model(model_id)
+        return self._scan(table, [model_id])
+
+    def model_of(self, direction_id: int) -> str:
+        direction_id = check_direction_id(direction_id)
+        if self._ranges is None:
+            rows = self.sql(
+                "SELECT model_id, min(direction_id) AS lo, max(direction_id) AS hi "
+                "FROM directions GROUP BY model_id"
+            ).to_pylist()
+            self._ranges = {r["model_id"]: (r["lo"], r["hi"]) for r in rows}
+        for model_id, (lo, hi) in self._ranges.items():
+            if lo <= direction_id <= hi:
+                return model_id
+        raise AtlasError(f"no direction {direction_id} in {self.location}")
+
+    def residual_index(self, model_id: str) -> Any:
+        """An exact index built in memory from the tree's vectors (once per reader)."""
+        from atlas.core.indexes import EXACT, build_index
+
+        with self._index_lock:
+            if model_id not in self._indexes:
+                if self.info.get("vectors") == "none":
+                    raise no_vectors(model_id)
+                rows = self.sql(
+                    f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')} "
+                    "ORDER BY direction_id"
+                )
+                ids = rows["direction_id"].to_numpy().astype(np.int64)
+                self._indexes[model_id] = build_index(vector_matrix(rows["vector"]), ids, EXACT)
+            return self._indexes[model_id]
+
+    def has_unembedding(self, model_id: str) -> bool:
+        self.require_model(model_id)
+        return False
+
+    def unembedding(self, model_id: str) -> np.ndarray:
+        raise AtlasError(
+            f"{self.location} is a Parquet tree: it holds no unembedding, so words are searched "
+            "in token space (--space token)"
+        )
+
+    def model_sizes(self) -> dict[str, int]:
+        sizes = dict.fromkeys(self.model_ids(), 0)
+        for table in TABLES:
+            for model_id in sizes:
+                path = f"{self._root}/{partition_dir(table, model_id)}"
+                if self._fs.exists(path):
+                    sizes[model_id] += int(self._fs.du(path))
+        return sizes

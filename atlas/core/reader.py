@@ -1,0 +1,373 @@
+"""Reading an atlas: one locked-down DuckDB session over every model it holds.
+
+What query code needs from an atlas is a :class:`Reader`: SQL over the contract's tables (one
+view per table, all models together), where one model's rows are (:meth:`Reader.relation`),
+which model a direction belongs to, and, where the data has them, a model's residual index and
+unembedding. Two kinds of reader exist:
+
+- :class:`StoreReader`, an atlas directory: each published store is ATTACHed ``READ_ONLY``;
+  a store that cannot be attached (a truncated or overwritten ``model.duckdb``) is left out,
+  named in :attr:`Reader.damaged`, and the others work as usual. A bundle file is verified and
+  loaded into a private temporary atlas and read the same way (``atlas.core.sources``).
+- ``ParquetReader`` (``atlas.core.parquet_reader``), a Parquet tree: views over its files
+  through a read-only file system rooted at the tree. It has no unembedding, so text search
+  there runs in token space; its residual index, where it has vectors, is built in memory.
+
+Once everything is attached the session is locked (``sqlguard.lock_session``): no statement can
+read or write any other file, and a researcher's statement runs through ``sqlguard`` (read-only,
+rolled back, interruptible). DuckDB connections serve one statement at a time, so each thread
+gets its own cursor on the one database instance; a handle can be used from many threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from atlas.core.contract import TABLES
+from atlas.core.errors import AtlasError, one_line
+from atlas.core.layout import MODEL_DB, RESIDUAL_INDEX, UNEMBED, AtlasDir, Catalog, dir_size
+from atlas.core.sqlguard import interruptible, lock_session, run_statement, sql_string
+from atlas.core.views import create_views
+
+USER_DB = "user.duckdb"
+PARQUET_MARKER = "_svd_atlas.json"
+# Read a catalog again if a store it names vanished meanwhile (a concurrent replace + sweep).
+_OPEN_ATTEMPTS = 3
+
+
+class Reader:
+    """SQL over an atlas, and what query code needs besides; see the module notes.
+
+    Subclasses attach their data to ``self._con`` before calling :meth:`_finish_open`.
+    """
+
+    def __init__(self, location: str):
+        self.location = location
+        self.damaged: dict[str, str] = {}  # model_id -> why it was left out
+        self.notes: list[str] = []  # things a reader of the output should know
+        self.writable = False
+        # an in-memory session spills to ./.tmp by default: keep the caller's folder clean
+        spill = Path(tempfile.gettempdir()) / "svd-atlas-duckdb"
+        self._con = duckdb.connect(":memory:", config={"temp_directory": str(spill)})
+        self._cursors: dict[int, duckdb.DuckDBPyConnection] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _finish_open(self, sources: dict[str, list[str]]) -> None:
+        """Create one view per contract table over ``sources`` (table -> SQL relations), the
+        convenience views, and lock the session."""
+        for table in TABLES:
+            parts = sources.get(table, [])
+            if parts:
+                union = " UNION ALL BY NAME ".join(f"SELECT * FROM {p}" for p in parts)
+                self._con.execute(f"CREATE VIEW {table} AS {union}")
+            else:  # no model has it (an empty atlas, or stores written before it existed)
+                from atlas.core.schema import empty_table_ddl
+
+                self._con.execute(empty_table_ddl(table))
+        create_views(self._con)
+        lock_session(self._con)
+
+    # -- statements ------------------------------------------------------------------------
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor on the atlas's session."""
+        ident = threading.get_ident()
+        with self._lock:
+            self._require_open()
+            cursor = self._cursors.get(ident)
+            if cursor is None:
+                cursor = self._con.cursor()
+                for statement in self._cursor_setup():
+                    cursor.execute(statement)
+                self._cursors[ident] = cursor
+        return cursor
+
+    def _cursor_setup(self) -> list[str]:
+        """Statements each new cursor runs (session-local settings a locked session allows)."""
+        return ["SET search_path = 'memory.main'"]
+
+    def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
+        """One of the library's own queries (trusted SQL, untrusted values as parameters)."""
+        try:
+            return self.cursor().sql(query, params=params).to_arrow_table()
+        except duckdb.Error as exc:
+            raise AtlasError(f"{self.location}: {one_line(exc)}") from None
+
+    def batches(
+        self, query: str, params: list[Any] | dict[str, Any] | None, rows: int
+    ) -> Iterator[pa.RecordBatch]:
+        """A query's rows in Arrow batches of about ``rows`` rows (the schema kept when empty)."""
+        try:
+            reader = self.cursor().sql(query, params=params).to_arrow_reader(rows)
+        except duckdb.Error as exc:
+            raise AtlasError(f"{self.location}: {one_line(exc)}") from None
+        yielded = False
+        for batch in reader:
+            yielded = True
+            yield batch
+        if not yielded:
+            yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+
+    def user_sql(
+        self,
+        query: str,
+        params: list[Any] | dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> pa.Table:
+        """A researcher's statement: read-only unless the handle is writable (``sqlguard``)."""
+        return run_statement(self.cursor(), query, params, self.writable, timeout)
+
+    def call(self, work: Callable[[], Any], timeout: float | None = None) -> Any:
+        """``work()`` (library calls on this reader) stoppable by Ctrl-C and ``timeout``."""
+        return interruptible(self.cursor(), work, timeout)
+
+    def interrupt(self, thread_ident: int) -> None:
+        """Stop the statement another thread is running on this reader, if any."""
+        with self._lock:
+            cursor = self._cursors.get(thread_ident)
+        if cursor is not None:
+            cursor.interrupt()
+
+    # -- models ----------------------------------------------------------------------------
+
+    def model_ids(self) -> list[str]:
+        raise NotImplementedError
+
+    def require_model(self, model_id: str) -> None:
+        """Nothing if the reader has ``model_id``; otherwise one line naming what it has."""
+        if not isinstance(model_id, str):
+            raise AtlasError(f"a model id is a string, not {type(model_id).__name__}")
+        if model_id in self.model_ids():
+            return
+        if model_id in self.damaged:
+            raise AtlasError(f"model {model_id!r} is damaged: {self.damaged[model_id]}")
+        raise AtlasError(
+            f"no model {model_id!r} in {self.location}; it holds: "
+            f"{', '.join(self.model_ids()) or 'nothing yet'}"
+        )
+
+    def relation(self, model_id: str, table: str) -> str:
+        """SQL naming one model's rows of a contract table (no filtering needed)."""
+        raise NotImplementedError
+
+    def model_of(self, direction_id: int) -> str:
+        """The model a direction belongs to."""
+        raise NotImplementedError
+
+    def residual_index(self, model_id: str) -> Any:
+        """The model's residual-space FAISS index (ids = direction_id)."""
+        raise NotImplementedError
+
+    def unembedding(self, model_id: str) -> np.ndarray:
+        """The model's centered unembedding, ``[d_vocab, d_model]`` float16 (memory-mapped)."""
+        raise NotImplementedError
+
+    def has_unembedding(self, model_id: str) -> bool:
+        raise NotImplementedError
+
+    def model_sizes(self) -> dict[str, int]:
+        """Bytes on disk per model."""
+        raise NotImplementedError
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise AtlasError(f"the atlas handle for {self.location} is closed")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for cursor in self._cursors.values():
+                cursor.close()
+            self._cursors.clear()
+            self._con.close()
+
+
+def check_direction_id(direction_id: Any) -> int:
+    """A direction id as an int, or one clear refusal (``"432"``, ``4.5`` and ``True`` are not)."""
+    if isinstance(direction_id, bool) or not isinstance(direction_id, int | np.integer):
+        raise AtlasError(f"a direction id is an integer, not {direction_id!r}")
+    return int(direction_id)
+
+
+class StoreReader(Reader):
+    """An atlas directory (or a bundle loaded into a private one); see the module notes."""
+
+    def __init__(self, root: str | os.PathLike[str], write: bool = False, location: str = ""):
+        self.dir = AtlasDir(root)
+        super().__init__(location or str(self.dir.root))
+        self._indexes: dict[str, Any] = {}
+        self._index_lock = threading.Lock()
+        self._user_db = False
+        try:
+            self.catalog = self._attach_stores()
+            self._attach_user_db(write)
+            self._finish_open(self._store_relations())
+        except BaseException:
+            self._con.close()
+            raise
+
+    def _attach_stores(self) -> Catalog:
+        self.dir.require_atlas()
+        for attempt in range(_OPEN_ATTEMPTS):
+            catalog = self.dir.read_catalog()
+            self._aliases: dict[str, int] = {}
+            self.damaged = {}
+            vanished = False
+            for i, (model_id, entry) in enumerate(catalog.models.items()):
+                path = self.dir.store_path(entry) / MODEL_DB
+                if not path.parent.is_dir() and attempt < _OPEN_ATTEMPTS - 1:
+                    vanished = True  # replaced and swept since the catalog was read
+                    break
+                try:
+                    self._con.execute(f"ATTACH {sql_string(str(path))} AS m{i} (READ_ONLY)")
+                    self._con.execute(f"SELECT count(*) FROM m{i}.models").fetchall()
+                except duckdb.Error as exc:
+                    self._detach(f"m{i}")
+                    self.damaged[model_id] = (
+                        f"its {MODEL_DB} cannot be read ({one_line(exc, 120)}); svd-atlas "
+                        "check --repair or ingest --replace recovers"
+                    )
+                    continue
+                self._aliases[model_id] = i
+            if not vanished:
+                return catalog
+            for i in self._aliases.values():
+                self._detach(f"m{i}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _detach(self, alias: str) -> None:
+        with contextlib.suppress(duckdb.Error):
+            self._con.execute(f"DETACH DATABASE IF EXISTS {alias}")
+
+    def _store_relations(self) -> dict[str, list[str]]:
+        """Each contract table's per-store relations (a store written before a table was added
+        to the contract simply lacks it)."""
+        rows = self._con.execute("SELECT database_name, table_name FROM duckdb_tables()").fetchall()
+        present = set(rows)
+        # vectors of models of different widths union as variable-length lists
+        cast = {"directions": "(SELECT * REPLACE (vector::FLOAT[] AS vector) FROM {})"}
+        return {
+            table: [
+                cast.get(table, "{}").format(f"m{i}.{table}")
+                for i in self._aliases.values()
+                if (f"m{i}", table) in present
+            ]
+            for table in TABLES
+        }
+
+    def _attach_user_db(self, write: bool) -> None:
+        """The researcher's own tables (``user.duckdb``): read-only unless ``write``.
+
+        A reader skips it (with a note) while another process writes it.
+        """
+        path = self.dir.root / USER_DB
+        if not write and not path.exists():
+            return
+        mode = "" if write else " (READ_ONLY)"
+        try:
+            self._con.execute(f"ATTACH {sql_string(str(path))} AS user_db{mode}")
+        except duckdb.Error as exc:
+            if not write:
+                self.notes.append(
+                    f"{path} is being written by another process: your own tables are not "
+                    "visible in this session"
+                )
+                return
+            if not os.access(path if path.exists() else self.dir.root, os.W_OK):
+                raise AtlasError(f"permission denied: cannot write {path}") from None
+            if "lock" in str(exc).lower():
+                raise AtlasError(
+                    f"{path} is open elsewhere (another process, or another handle of this "
+                    "one): close it to write"
+                ) from None
+            raise AtlasError(f"cannot open {path} for writing: {one_line(exc)}") from None
+        self.writable = write
+        self._user_db = True
+
+    def _cursor_setup(self) -> list[str]:
+        if not self._user_db:
+            return super()._cursor_setup()
+        if self.writable:  # new tables go to user.duckdb; the views are still found
+            return ["USE user_db", "SET search_path = 'user_db.main,memory.main'"]
+        return ["SET search_path = 'memory.main,user_db.main'"]
+
+    def model_ids(self) -> list[str]:
+        return list(self._aliases)
+
+    def relation(self, model_id: str, table: str) -> str:
+        self.require_model(model_id)
+        return f"m{self._aliases[model_id]}.{table}"
+
+    def model_of(self, direction_id: int) -> str:
+        direction_id = check_direction_id(direction_id)
+        for model_id, entry in self.catalog.models.items():
+            first = entry.first_direction_id
+            if first <= direction_id < first + entry.n_directions:
+                self.require_model(model_id)
+                return model_id
+        raise AtlasError(f"no direction {direction_id} in {self.location}")
+
+    def store_path(self, model_id: str) -> Path:
+        self.require_model(model_id)
+        return self.dir.store_path(self.catalog.models[model_id])
+
+    def residual_index(self, model_id: str) -> Any:
+        """Read once per handle; a model without vectors or with a damaged file is one line."""
+        with self._index_lock:
+            if model_id not in self._indexes:
+                from atlas.core.indexes import read_index
+
+                path = self.store_path(model_id) / RESIDUAL_INDEX
+                if not path.is_file():
+                    raise no_vectors(model_id)
+                self._indexes[model_id] = read_index(path)
+            return self._indexes[model_id]
+
+    def has_unembedding(self, model_id: str) -> bool:
+        return (self.store_path(model_id) / UNEMBED).is_file()
+
+    def unembedding(self, model_id: str) -> np.ndarray:
+        path = self.store_path(model_id) / UNEMBED
+        if not path.is_file():
+            raise no_vectors(model_id)
+        try:
+            unembed = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise damaged_file(model_id, path, exc) from None
+        if unembed.ndim != 2:
+            raise damaged_file(model_id, path, ValueError(f"shape {unembed.shape}"))
+        return unembed
+
+    def model_sizes(self) -> dict[str, int]:
+        return {m: dir_size(self.store_path(m)) for m in self.model_ids()}
+
+
+def no_vectors(model_id: str) -> AtlasError:
+    return AtlasError(
+        f"model {model_id!r} has no vectors (it was loaded from a bundle exported with "
+        "--vectors none), so it cannot be searched: load a bundle with vectors or ingest it again"
+    )
+
+
+def damaged_file(model_id: str, path: Path, exc: BaseException) -> AtlasError:
+    return AtlasError(
+        f"model {model_id!r}: {path.name} is damaged ({one_line(exc, 200)}); "
+        "svd-atlas check names the damage, and ingest --replace recovers"
+    )

@@ -1,0 +1,236 @@
+"""``svd-atlas check --repair``: fix what can be fixed without the model.
+
+DuckDB is the source of truth; everything else a store holds is derived from it or describes
+it. Under the atlas's writer lock, for each problem ``atlas.core.check`` marks repairable:
+
+- a missing, stale or damaged ``residual.faiss`` is rebuilt from DuckDB's vectors;
+- a missing or unreadable ``manifest.json`` is recomputed, once the check has verified the data
+  itself (DuckDB opens, row counts and ids agree with the catalog, the index matches DuckDB);
+- a lost or unreadable ``catalog.json`` is rebuilt from the stores' manifests, with the id
+  counters past every id any store on disk holds, so ids stay unique;
+- a model whose store cannot be read at all is taken out of the catalog (its ids stay retired),
+  so that every other model works and ``check`` passes; re-ingesting brings it back.
+
+Files are replaced by writing a new one next to them and renaming it over the old, so readers
+that opened the old one keep it. DuckDB data is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from atlas.core.check import (
+    REBUILD_CATALOG,
+    REBUILD_INDEX,
+    REWRITE_MANIFEST,
+    UNPUBLISH,
+    CheckReport,
+    check_atlas,
+)
+from atlas.core.errors import AtlasError
+from atlas.core.layout import (
+    MANIFEST,
+    MODEL_DB,
+    RESIDUAL_INDEX,
+    AtlasDir,
+    Catalog,
+    CatalogEntry,
+    fsync_tree,
+)
+from atlas.core.sqlguard import sql_string
+from atlas.core.store import sha256_file, write_index, write_manifest
+from atlas.core.vectors import vector_matrix
+
+
+def repair_atlas(root: str | Path) -> CheckReport:
+    """Check, repair what is repairable under the writer lock, and check again (twice at most:
+    a rebuilt catalog lets its models be checked, and repaired, in turn)."""
+    atlas_dir = AtlasDir(root)
+    report = check_atlas(root)
+    done: list[str] = []
+    for _ in range(2):
+        actions = {(f.repair, f.model_id) for f in report.errors if f.repair is not None}
+        if not actions:
+            break
+        with atlas_dir.writer_lock(repairing=True):
+            done += _repair(atlas_dir, actions)
+        report = check_atlas(root)
+    report.repaired = done
+    return report
+
+
+def _repair(atlas_dir: AtlasDir, actions: set[tuple[str, str | None]]) -> list[str]:
+    done: list[str] = []
+    if (REBUILD_CATALOG, None) in actions:
+        done.append(rebuild_catalog(atlas_dir))
+    else:
+        catalog = atlas_dir.read_catalog()
+        broken = {m for a, m in actions if a == UNPUBLISH and m is not None and m in catalog.models}
+        for name in sorted(broken):
+            del catalog.models[name]
+            done.append(f"{name}  taken out of the catalog: its store cannot be read")
+        if broken:
+            atlas_dir.write_catalog(catalog)
+        for action, model_id in sorted(actions, key=str):
+            if model_id is None or model_id in broken or model_id not in catalog.models:
+                continue
+            entry = catalog.models[model_id]
+            store = atlas_dir.store_path(entry)
+            if action == REWRITE_MANIFEST:
+                rewrite_manifest(store, model_id, entry)
+                done.append(f"{model_id}  {MANIFEST} recomputed from the verified data")
+            elif action == REBUILD_INDEX:
+                with atlas_dir.staging() as scratch:
+                    rebuild_index(store, scratch)
+                done.append(f"{model_id}  {RESIDUAL_INDEX} rebuilt from DuckDB")
+    return done
+
+
+def rebuild_index(store: Path, scratch: Path) -> None:
+    """Write ``store``'s residual.faiss again from DuckDB, exact or approximate as ingest chose.
+
+    ``scratch`` is an empty folder on the same file system (a staging folder). A model without
+    vectors (loaded from a ``--vectors none`` bundle) gets no index.
+    """
+    con = _open_store(store)
+    try:
+        index_type = con.sql("SELECT index_type FROM m.models").fetchall()[0][0]
+        rows = con.sql(
+            "SELECT direction_id, vector FROM m.directions ORDER BY direction_id"
+        ).to_arrow_table()
+    finally:
+        con.close()
+    if rows["vector"].null_count:
+        (store / RESIDUAL_INDEX).unlink(missing_ok=True)
+    else:
+        ids = rows["direction_id"].to_numpy().astype(np.int64)
+        write_index(scratch, vector_matrix(rows["vector"]), ids, index_type)
+        fsync_tree(scratch)
+        os.replace(scratch / RESIDUAL_INDEX, store / RESIDUAL_INDEX)
+    _replace_manifest_member(store, scratch)
+    fsync_tree(store)
+
+
+def _replace_manifest_member(store: Path, scratch: Path) -> None:
+    """Replace the manifest's entry for the index (the other checksums stay as they were)."""
+    try:
+        manifest = json.loads((store / MANIFEST).read_text(encoding="utf-8"))
+        members = manifest["members"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AtlasError(f"cannot repair {store}: its {MANIFEST} cannot be read ({exc})") from None
+    index = store / RESIDUAL_INDEX
+    members.pop(RESIDUAL_INDEX, None)
+    if index.is_file():
+        members[RESIDUAL_INDEX] = {"bytes": index.stat().st_size, "sha256": sha256_file(index)}
+    manifest["members"] = dict(sorted(members.items()))
+    _write_json(store / MANIFEST, manifest, scratch)
+
+
+def rewrite_manifest(store: Path, model_id: str, entry: CatalogEntry) -> None:
+    """Recompute a lost manifest (the check has verified the data it describes)."""
+    from atlas.core.publish import IdRange, store_record
+
+    con = _open_store(store)
+    try:
+        spec = con.sql("SELECT spec FROM m.models").fetchall()[0][0]
+        has_vectors = not con.sql(
+            "SELECT count(*) FROM m.directions WHERE vector IS NULL"
+        ).fetchall()[0][0]
+    finally:
+        con.close()
+    ids = IdRange(entry.first_direction_id, entry.n_directions, entry.first_matrix_id,
+                  entry.n_matrices)  # fmt: skip
+    record = store_record(model_id, ids, spec)
+    if not has_vectors:
+        record["vectors"] = "none"
+    (store / MANIFEST).unlink(missing_ok=True)
+    write_manifest(store, record)
+    fsync_tree(store)
+
+
+def rebuild_catalog(atlas_dir: AtlasDir) -> str:
+    """A new catalog from the stores on disk (see the module notes); returns what it did."""
+    found: dict[str, tuple[CatalogEntry, str]] = {}
+    next_direction, next_matrix = atlas_dir.read_reserved()
+    skipped = []
+    for store in atlas_dir.orphan_stores():
+        recorded = _recorded_ids(store)  # an unreadable store's ids stay taken too
+        next_direction = max(next_direction, recorded[0])
+        next_matrix = max(next_matrix, recorded[1])
+        described = _describe_store(store)
+        if described is None:
+            skipped.append(store.name)
+            continue
+        model_id, entry = described
+        entry.store = f"store/{store.name}"
+        next_direction = max(next_direction, entry.first_direction_id + entry.n_directions)
+        next_matrix = max(next_matrix, entry.first_matrix_id + entry.n_matrices)
+        # of two stores of one model (a replaced one not yet swept), the newer ids win
+        if (
+            model_id not in found
+            or entry.first_direction_id > found[model_id][0].first_direction_id
+        ):
+            found[model_id] = (entry, store.name)
+    catalog = Catalog(
+        models={m: e for m, (e, _) in sorted(found.items())},
+        next_direction_id=next_direction,
+        next_matrix_id=next_matrix,
+    )
+    atlas_dir.write_catalog(catalog)
+    note = f" ({len(skipped)} unreadable store(s) left out)" if skipped else ""
+    return f"-  catalog.json rebuilt from {len(found)} store(s){note}"
+
+
+def _recorded_ids(store: Path) -> tuple[int, int]:
+    """The ends of the id ranges a store's manifest records (0, 0 when it has none)."""
+    try:
+        ids = json.loads((store / MANIFEST).read_text(encoding="utf-8"))["ids"]
+        return (
+            int(ids["first_direction_id"]) + int(ids["n_directions"]),
+            int(ids["first_matrix_id"]) + int(ids["n_matrices"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0, 0
+
+
+def _describe_store(store: Path) -> tuple[str, CatalogEntry] | None:
+    """The model id and id ranges of a readable store (from DuckDB, which the ranges must
+    match), or None."""
+    try:
+        con = _open_store(store)
+    except duckdb.Error:
+        return None
+    try:
+        (model_id,) = con.sql("SELECT model_id FROM m.models").fetchall()[0]
+        d_lo, d_n = con.sql("SELECT min(direction_id), count(*) FROM m.directions").fetchall()[0]
+        m_lo, m_n = con.sql("SELECT min(matrix_id), count(*) FROM m.matrices").fetchall()[0]
+    except (duckdb.Error, IndexError):
+        return None
+    finally:
+        con.close()
+    return model_id, CatalogEntry("", int(d_lo or 0), int(d_n), int(m_lo or 0), int(m_n))
+
+
+def _open_store(store: Path) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH {sql_string(str(store / MODEL_DB))} AS m (READ_ONLY)")
+    except duckdb.Error:
+        con.close()
+        raise
+    return con
+
+
+def _write_json(path: Path, data: Any, scratch: Path) -> None:
+    tmp = scratch / path.name
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

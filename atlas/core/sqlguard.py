@@ -1,0 +1,185 @@
+"""Running a researcher's SQL against an atlas: read-only for real, interruptible, time-limited.
+
+Three layers, each enough on its own for what it guards:
+
+1. **The engine.** The reader attaches every model store ``READ_ONLY`` and then locks the
+   session with DuckDB's own settings (``lock_session``): no file system access, no extension
+   installed or loaded, configuration locked. No statement, however it is spelled, reads or
+   writes a file other than the stores already attached.
+2. **The transaction.** A read-only statement runs inside a transaction that is always rolled
+   back, so even a statement that changes the session's own catalog (``EXPLAIN ANALYZE`` runs its
+   statement: ``EXPLAIN ANALYZE DROP VIEW directions``) leaves nothing behind.
+3. **The statement type**, checked by DuckDB's parser, for a clear message: one statement, a
+   query (``SELECT``, or ``EXPLAIN`` of one) unless writes were asked for.
+
+A statement runs in a worker thread while the caller waits, so Ctrl-C (and ``timeout``) reach
+it at once: the wait is interrupted, the engine is told to stop (``interrupt``), and the
+statement ends within milliseconds.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import duckdb
+import pyarrow as pa
+
+from atlas.core.errors import AtlasError, one_line
+
+T = TypeVar("T")
+_T = duckdb.StatementType
+READ_ONLY_TYPES = (_T.SELECT, _T.EXPLAIN)
+# With writes allowed: changing tables of the researcher's own database, nothing about the
+# session (ATTACH, DETACH, USE, SET, PRAGMA) and no files (COPY, EXPORT, LOAD).
+WRITE_TYPES = (*READ_ONLY_TYPES, _T.CREATE, _T.CREATE_FUNC, _T.INSERT, _T.UPDATE, _T.DELETE,
+               _T.MERGE_INTO, _T.DROP, _T.ALTER)  # fmt: skip
+_EXPLAIN_OPTIONS = ("ANALYZE", "ANALYSE")
+
+LOCKDOWN = (
+    "SET enable_external_access = false",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET allow_community_extensions = false",
+    "SET lock_configuration = true",
+)
+
+
+class QueryTimeout(AtlasError):
+    """A statement ran past its time limit and was stopped."""
+
+
+def lock_session(con: duckdb.DuckDBPyConnection) -> None:
+    """After this, the session can read only what is already attached (see the module notes)."""
+    for statement in LOCKDOWN:
+        con.execute(statement)
+
+
+def check_statement(query: str, write: bool = False) -> duckdb.StatementType:
+    """The type of ``query`` if it may run: exactly one statement, and a query unless ``write``."""
+    if not isinstance(query, str):
+        raise AtlasError(f"SQL must be a string, not {type(query).__name__}")
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        raise AtlasError(one_line(exc)) from None
+    if len(statements) != 1:
+        raise AtlasError(f"give exactly one SQL statement (got {len(statements)})")
+    kind = statements[0].type
+    allowed = WRITE_TYPES if write else READ_ONLY_TYPES
+    inner = _explained_type(query) if kind == _T.EXPLAIN else kind
+    if kind in allowed and inner in allowed:
+        return kind
+    name = str(inner or kind).rsplit(".", 1)[-1]
+    what = "EXPLAIN ANALYZE runs its statement: " if kind == _T.EXPLAIN else ""
+    if write:
+        raise AtlasError(
+            f"{what}{name} is not allowed: with --write, statements may create and change "
+            "tables of your own user.duckdb, and nothing else"
+        )
+    raise AtlasError(
+        f"{what}{name} is not allowed: sql is read-only (SELECT, or EXPLAIN of one); to keep "
+        "your own tables in the atlas's user.duckdb, pass --write (atlas.open(path, "
+        "write=True) in Python); model data always stays read-only"
+    )
+
+
+def _explained_type(query: str) -> duckdb.StatementType | None:
+    """The type of the statement an ``EXPLAIN [ANALYZE] [(options)]`` wraps (DuckDB's tokenizer
+    finds where it starts, comments included): ``EXPLAIN ANALYZE`` runs it."""
+    tokens = duckdb.tokenize(query)
+    words = [
+        (pos, query[pos : tokens[i + 1][0] if i + 1 < len(tokens) else len(query)].strip())
+        for i, (pos, kind) in enumerate(tokens)
+        if kind != duckdb.token_type.comment
+    ]
+    i, depth = 1, 0
+    while i < len(words):
+        word = words[i][1].upper()
+        if depth == 0 and word not in _EXPLAIN_OPTIONS and not word.startswith("("):
+            break
+        depth += word.count("(") - word.count(")")
+        i += 1
+    if i >= len(words):
+        return None
+    try:
+        inner = duckdb.extract_statements(query[words[i][0] :])
+    except duckdb.Error:
+        return None
+    return inner[0].type if len(inner) == 1 else None
+
+
+def run_statement(
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    params: list[Any] | dict[str, Any] | None = None,
+    write: bool = False,
+    timeout: float | None = None,
+) -> pa.Table:
+    """Run one checked statement on ``con``; see the module notes.
+
+    Returns the statement's rows: a query's result, DuckDB's ``Count`` of changed rows for an
+    ``INSERT``/``UPDATE``/``DELETE``, and no rows for one that returns none (``CREATE``).
+    """
+    check_statement(query, write)
+
+    def work() -> pa.Table:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            relation = con.sql(query, params=params)
+            table = relation.to_arrow_table() if relation is not None else pa.table({})
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT" if write else "ROLLBACK")
+        return table
+
+    try:
+        return interruptible(con, work, timeout)
+    except duckdb.InterruptException:
+        raise KeyboardInterrupt from None
+    except duckdb.Error as exc:
+        raise AtlasError(one_line(exc)) from None
+
+
+def interruptible(
+    con: duckdb.DuckDBPyConnection, work: Callable[[], T], timeout: float | None = None
+) -> T:
+    """``work()`` (which uses ``con``) in a worker thread; Ctrl-C or ``timeout`` stop it.
+
+    A timeout raises :class:`QueryTimeout`; Ctrl-C re-raises ``KeyboardInterrupt`` once the
+    engine has stopped.
+    """
+    if timeout is not None and not timeout > 0:
+        raise AtlasError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # handed to the waiting thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="svd-atlas-sql", daemon=True).start()
+    try:
+        finished = done.wait(timeout)
+    except KeyboardInterrupt:
+        con.interrupt()
+        done.wait()
+        raise
+    if not finished:
+        con.interrupt()
+        done.wait()
+        raise QueryTimeout(f"the query was stopped after the time limit of {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"

@@ -1,0 +1,116 @@
+"""Writing one model store: its DuckDB tables, its FAISS index and its checksum manifest.
+
+Shared by the ingest job and by bundle loading, which both build a store under ``.staging``
+and then publish it (see ``atlas.core.layout``). Kept free of torch so that loading stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from atlas.core.contract import TABLES
+from atlas.core.errors import AtlasError, one_line
+from atlas.core.indexes import build_index
+from atlas.core.indexes import write_index as write_faiss
+from atlas.core.layout import MANIFEST, MODEL_DB, RESIDUAL_INDEX, UNEMBED
+from atlas.core.schema import create_statements
+from atlas.core.token_space import BUILD_TOKEN_BAGS
+
+# The tables whose row counts a manifest records.
+COUNTED = tuple(t for t in TABLES if t != "models")
+# Written through Arrow; token_bags is derived from top_tokens and vocab inside DuckDB.
+TABLE_ORDER = (
+    "models",
+    "matrices",
+    "directions",
+    "top_tokens",
+    "top_neurons",
+    "vocab",
+    "coherence_null",
+)
+
+
+@contextlib.contextmanager
+def writing_store(atlas_root: Path) -> Iterator[None]:
+    """Turn a failure to write a new store (a full disk, a file size limit, DuckDB's I/O
+    errors) into one clear line. Callers drop their staging folder, so the atlas is unchanged."""
+    try:
+        yield
+    except (OSError, duckdb.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
+        raise AtlasError(
+            f"writing to {atlas_root} failed ({reason}); is the disk full? The atlas is unchanged"
+        ) from None
+
+
+def write_tables(
+    store: Path, tables: dict[str, pa.Table | None], d_model: int, with_vectors: bool = True
+) -> None:
+    """Create the schema and bulk-insert every table through Arrow, in one transaction.
+
+    ``with_vectors=False`` makes ``directions.vector`` nullable: a model loaded from a bundle
+    exported without vectors keeps NULL there (and has no FAISS index).
+    """
+    con = duckdb.connect(str(store / MODEL_DB))
+    try:
+        con.execute("BEGIN")
+        for ddl in create_statements(d_model):
+            con.execute(ddl)
+        if not with_vectors:
+            con.execute("ALTER TABLE directions ALTER COLUMN vector DROP NOT NULL")
+        for name in TABLE_ORDER:
+            if tables[name] is None:  # e.g. coherence_null when ingest did not score
+                continue
+            con.register("incoming", tables[name])
+            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
+            con.unregister("incoming")
+        con.execute(BUILD_TOKEN_BAGS)
+        con.execute("COMMIT")
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+
+def write_index(store: Path, vectors: np.ndarray, ids: np.ndarray, index_type: str) -> None:
+    """The residual-space cosine index, exact or approximate (see atlas.core.indexes)."""
+    write_faiss(build_index(vectors, ids, index_type), store / RESIDUAL_INDEX)
+
+
+def write_unembedding(store: Path, W_U_centered: np.ndarray) -> None:
+    """Keep the centered unembedding (one row per token) so text queries need no model."""
+    np.save(store / UNEMBED, np.ascontiguousarray(W_U_centered.T, dtype=np.float16))
+
+
+def write_manifest(store: Path, record: dict[str, Any]) -> None:
+    """Checksums of every file in the store, so that copies and bundles can be verified, the
+    row count of each table (read from the store itself), and ``record``
+    (``publish.store_record``: the model id, spec and ids)."""
+    con = duckdb.connect(str(store / MODEL_DB), read_only=True)
+    try:
+        counts = {t: con.sql(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in COUNTED}
+    finally:
+        con.close()
+    members = {
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(store.iterdir())
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+    manifest = {**record, "counts": counts, "members": members}
+    (store / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,39 @@
+"""The tokenizer-independent token space in which directions of different models meet.
+
+Residual spaces of different models are unrelated, but the words their directions promote are
+not. In token space a direction is a sparse unit vector over *normalized* token strings
+(``Ġfire``, ``▁Fire`` and ``fire`` are all ``fire``): the sum of its kept top and bottom
+tokens' scores per string (bottom scores are negative), scaled to unit length. Cosines in this
+space are exact sparse dot products, computed by DuckDB over the ``token_bags`` table: no
+hashing, so no collisions, and a GPT-2 head and a BERT head that both write *fire* meet.
+
+A text query is the bag of its words with equal weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+from atlas.core.tokens import normalized_form
+
+# Built at ingest from a store's top_tokens and vocab tables (ordered by token_norm, so that
+# DuckDB's zone maps let a lookup of a few strings skip most of the table).
+BUILD_TOKEN_BAGS = """
+    INSERT INTO token_bags
+    WITH summed AS (
+        SELECT t.direction_id, v.token_norm, sum(t.score) AS w
+        FROM top_tokens t JOIN vocab v USING (token_id)
+        WHERE v.token_norm <> ''
+        GROUP BY t.direction_id, v.token_norm
+    )
+    SELECT direction_id, token_norm,
+           (w / sqrt(sum(w * w) OVER (PARTITION BY direction_id)))::FLOAT AS weight
+    FROM summed
+    ORDER BY token_norm, direction_id
+"""
+
+
+def word_bag(words: list[str]) -> dict[str, float]:
+    """The token-space vector of a text query: each distinct normalized word, equal weight."""
+    keys = sorted({normalized_form(w) for w in words} - {""})
+    return {k: 1.0 / math.sqrt(len(keys)) for k in keys}
