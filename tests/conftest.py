@@ -10,16 +10,21 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+INTEGRATION = Path(__file__).parent / "integration"
 
 
-def quiet(_message: str) -> None:
-    """Stage log sink for in-process ingests."""
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration boots models or runs the CLI: it is ``slow``."""
+    for item in items:
+        if INTEGRATION in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
 def minilm_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An atlas holding the bundled MiniLM, ingested with default options and --coherence."""
     from ingest.job import IngestOptions, ingest
+    from tests.support.helpers import quiet
 
     root = tmp_path_factory.mktemp("minilm") / "atlas"
     options = IngestOptions(model="minilm", device="cpu", coherence=True)

@@ -1,0 +1,266 @@
+"""The Python API and the CLI at their edges: misuse is one AtlasError (one error line), a handle
+serves many threads, output is strict, and the caller's environment is left alone."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import atlas
+from atlas.core.errors import AtlasError
+from tests.support.helpers import CLI, assert_one_error_line, cli_env, run_cli
+
+
+@pytest.fixture(scope="module")
+def handle(minilm_atlas: Path) -> Iterator[atlas.Atlas]:
+    with atlas.open(minilm_atlas) as a:
+        yield a
+
+
+MISUSE: list[tuple[str, Callable[[atlas.Atlas], Any]]] = [
+    ("bad layer range 'abc'|layers must be", lambda a: a.search("fire", layers="abc")),
+    ("LAYER must be a number", lambda a: a.card("minilm", "x", 3)),
+    ("direction id is an integer", lambda a: a.trace("432")),
+    ("search text must be a string", lambda a: a.search(123)),
+    ("kinds must be a list of names", lambda a: a.search("fire", kinds="ov")),
+    ("empty or negative layer range", lambda a: a.search("fire", layers=(5, 2))),
+    ("head numbers are 0 or more", lambda a: a.search("fire", heads=-1)),
+    ("min_sigma must be a finite number", lambda a: a.search("fire", min_sigma=math.nan)),
+    ("k must be an integer", lambda a: a.search("fire", k=0)),
+    ("k must be an integer", lambda a: a.search("fire", k=2.5)),
+    ("no model 'nope'", lambda a: a.search("fire", model="nope")),
+    ("model must be a model id", lambda a: a.search("fire", model=3)),
+    ("no direction", lambda a: a.card(10**9)),
+    ("direction id is an integer", lambda a: a.card(True)),
+    ("HEAD must be a head number", lambda a: a.card("minilm", 3, "mlp_xx")),
+    ("card takes", lambda a: a.card("minilm", 3)),
+    ("min_cos must be", lambda a: a.trace(432, min_cos=2)),
+    ("hops must be", lambda a: a.trace(432, hops=0)),
+    ("SQL must be a string", lambda a: a.sql(5)),
+    ("exactly one of", lambda a: a.search()),
+    ("must hold real numbers", lambda a: a.search(vector=np.array(["a"] * 384))),
+]
+
+
+@pytest.mark.parametrize(("message", "call"), MISUSE, ids=[m for m, _ in MISUSE])
+def test_misuse_is_one_clear_atlas_error(
+    handle: atlas.Atlas, message: str, call: Callable[[atlas.Atlas], Any]
+) -> None:
+    with pytest.raises(AtlasError, match=message) as caught:
+        call(handle)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_closed_handle_says_so(minilm_atlas: Path) -> None:
+    a = atlas.open(minilm_atlas)
+    a.close()
+    for call in (lambda: a.sql("SELECT 1"), lambda: a.search("fire"), lambda: a.card(432)):
+        with pytest.raises(AtlasError, match="closed"):
+            call()
+    a.close()  # closing twice is harmless
+
+
+def test_one_handle_serves_eight_threads(handle: atlas.Atlas) -> None:
+    expected_hits = [h.direction_id for h in handle.search("fire", k=5)]
+    per_layer = {
+        r["layer"]: r["n"]
+        for r in handle.sql("SELECT layer, count(*) AS n FROM directions GROUP BY 1").to_pylist()
+    }
+
+    def call(i: int) -> bool:
+        if i % 3 == 0:
+            return [h.direction_id for h in handle.search("fire", k=5)] == expected_hits
+        if i % 3 == 1:
+            rows = handle.sql("SELECT count(*) AS n FROM directions WHERE layer = ?", [i % 6])
+            return rows["n"][0].as_py() == per_layer[i % 6]
+        return handle.card(432 + i)["direction_id"] == 432 + i
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(180)))
+    assert results == [True] * 180
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search", "fire", "--layer", "5:2"], "empty or negative layer range"),
+        (["search", "fire", "--head", "-1"], "head numbers are 0 or more"),
+        (["search", "fire", "--min-sigma", "nan"], "min_sigma must be a finite number"),
+        (["ingest", "minilm", "--name", ""], "model id must be a non-empty name"),
+        (["ingest", "minilm", "--name", "a\x1b[31mb"], "must be printable"),
+        (["trace", "432", "--model", "nope"], "no model 'nope'"),
+    ],
+)
+def test_bad_values_are_one_error_line(minilm_atlas: Path, args: list[str], message: str) -> None:
+    line = assert_one_error_line(run_cli("--atlas", minilm_atlas, *args))
+    assert message in line and "\x1b" not in line
+
+
+def test_json_output_is_strict(minilm_atlas: Path) -> None:
+    result = run_cli(
+        "--atlas", minilm_atlas, "sql",
+        "SELECT 'nan'::DOUBLE AS n, 'inf'::DOUBLE AS i, INTERVAL '1 month 2 days 3 hours' AS t, "
+        "INTERVAL '90 seconds' AS s, DATE '2026-01-02' AS d",
+        "--format", "json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert row == {"n": None, "i": None, "t": "P1M2DT3H", "s": "PT1M30S", "d": "2026-01-02"}
+
+
+def test_terminal_escapes_are_shown_not_obeyed(minilm_atlas: Path) -> None:
+    result = run_cli(
+        "--atlas", minilm_atlas, "sql", "SELECT 'a' || chr(27) || '[31mred' || chr(7) AS x"
+    )
+    assert result.returncode == 0 and "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "\\x1b[31mred\\x07" in result.stdout
+    line = assert_one_error_line(
+        run_cli("--atlas", minilm_atlas, "search", "fire", "--model", "m\x1b[2Jx")
+    )
+    assert "\x1b" not in line
+
+
+def test_every_listing_command_takes_format(minilm_atlas: Path) -> None:
+    for fmt in ("table", "json", "csv"):
+        result = run_cli("--atlas", minilm_atlas, "models", "--format", fmt)
+        assert result.returncode == 0, result.stderr
+    (row,) = json.loads(run_cli("--atlas", minilm_atlas, "models", "--format", "json").stdout)
+    assert row["model_id"] == "minilm" and row["directions"] == 9216 and row["size"] > 1e6
+    csv_lines = run_cli("--atlas", minilm_atlas, "models", "--format", "csv").stdout.splitlines()
+    assert csv_lines[0].startswith("model_id,") and csv_lines[1].startswith("minilm,")
+    assert "--tokens" in run_cli("search", "--help").stdout
+
+
+def test_broken_pipe_ends_quietly(minilm_atlas: Path) -> None:
+    command = [*CLI, "--atlas", str(minilm_atlas), "sql", "SELECT * FROM range(200000)"]
+    head = subprocess.run(
+        " ".join(f"'{c}'" for c in command) + " | head -2",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+    )
+    assert head.stdout.splitlines()[0].strip() == "range" and head.stderr == ""
+
+
+def test_trace_model_filter_counts_towards_the_limit(minilm_atlas: Path, tmp_path: Path) -> None:
+    from tests.support.tiny_models import ingest_loaded, tiny_gpt2
+
+    root = tmp_path / "atlas"
+    import shutil
+
+    shutil.copytree(minilm_atlas, root)
+    ingest_loaded(root, tiny_gpt2(), "tiny")
+    with atlas.open(root) as a:
+        steps = a.trace(432, min_cos=0.05, hops=2, limit=15, model="tiny")
+        found = [s for s in steps if s.hop > 0]
+        assert len(found) == 15 and {s.hit.model_id for s in found} == {"tiny"}
+
+
+def test_bundle_manifest_with_a_string_version_is_refused_clearly(
+    minilm_atlas: Path, tmp_path: Path
+) -> None:
+    import io
+    import tarfile
+
+    bundle = tmp_path / "b.bundle"
+    assert run_cli("--atlas", minilm_atlas, "export", "minilm", "-o", bundle).returncode == 0
+    with tarfile.open(bundle) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    manifest = json.loads(members[0][1])
+    manifest["format_version"] = "1"
+    payload = json.dumps(manifest).encode()
+    with tarfile.open(tmp_path / "bad.bundle", "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+        for member, data in members[1:]:
+            tar.addfile(member, io.BytesIO(data))
+    line = assert_one_error_line(
+        run_cli("--atlas", tmp_path / "x", "load", tmp_path / "bad.bundle")
+    )
+    assert "format_version '1' is not a positive whole number" in line
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (lambda p: np.save(p, np.array(["a", "b"])), "must hold real numbers"),
+        (lambda p: np.save(p, np.ones(384, complex)), "must hold real numbers"),
+        (lambda p: p.write_bytes(b""), "cannot read"),
+        (lambda p: p.write_bytes(b"\x00" * 64), "cannot read"),
+        (lambda p: np.save(p, np.zeros(384)), "zero or not finite"),
+        (lambda p: np.save(p, np.ones(7)), "holds 7 values"),
+    ],
+)
+def test_bad_vector_files_are_one_error_line(
+    minilm_atlas: Path, tmp_path: Path, content: Callable[[Path], Any], message: str
+) -> None:
+    path = tmp_path / "v.npy"
+    content(path)
+    line = assert_one_error_line(run_cli("--atlas", minilm_atlas, "search", "--vector", path))
+    assert message in line
+
+
+def test_ingest_leaves_the_hub_settings_as_it_found_them(tmp_path: Path) -> None:
+    """A later hub download in the same process must not be blocked by an earlier ingest."""
+    import huggingface_hub.constants as hub_constants
+
+    from ingest.job import IngestOptions, ingest
+    from tests.support.helpers import quiet
+
+    saved = {k: os.environ.pop(k, None) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    flag = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = False
+    try:
+        ingest(
+            tmp_path / "a", IngestOptions(model="minilm", device="cpu"), log=quiet, progress=False
+        )
+        assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
+        assert hub_constants.HF_HUB_OFFLINE is False
+    finally:
+        hub_constants.HF_HUB_OFFLINE = flag
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+
+
+def test_write_on_a_read_only_atlas_says_permission_denied(minilm_atlas: Path) -> None:
+    import shutil
+    import tempfile
+
+    # a folder an unprivileged user can reach (pytest's own are private to their owner)
+    base = Path(tempfile.mkdtemp(prefix="svd-atlas-ro-"))
+    base.chmod(0o755)
+    root = base / "ro"
+    shutil.copytree(minilm_atlas, root)
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        command = ["--atlas", str(root), "sql", "--write", "CREATE TABLE t AS SELECT 1"]
+        line = assert_one_error_line(_run_unprivileged(command))
+        assert "permission denied" in line.lower() and "another process" not in line
+        reading = _run_unprivileged(["--atlas", str(root), "sql", "SELECT count(*) FROM models"])
+        assert reading.returncode == 0, reading.stderr  # reading a read-only atlas is fine
+    finally:
+        for p in [root, *root.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        shutil.rmtree(base)
+
+
+def _run_unprivileged(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """The CLI as user nobody when the tests run as root (root ignores file modes)."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    return subprocess.run(
+        [*prefix, *CLI, *args], capture_output=True, text=True, env=cli_env(), timeout=120
+    )

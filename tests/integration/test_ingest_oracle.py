@@ -1,0 +1,121 @@
+"""The stored SVDs of the bundled MiniLM against numpy on the raw checkpoint (tests/oracle.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import atlas
+from tests.support import oracle
+
+JUDGED_SIDE = {"ov": "write", "mlp_in": "read", "mlp_out": "write"}
+
+
+def stored(root: Path, kind: str, layer: int, head: int | None) -> dict[str, np.ndarray]:
+    """One matrix's stored rows, as arrays indexed by sv_index (side -> [r, d_model])."""
+    with atlas.open(root) as a:
+        rows = a.sql(
+            "SELECT sv_index, side, sigma, sv_gap, degenerate, degenerate_group, vector, "
+            "direction_id FROM directions WHERE model_id = 'minilm' AND kind = ? AND layer = ? "
+            "AND head IS NOT DISTINCT FROM ? ORDER BY sv_index, side",
+            [kind, layer, head],
+        ).to_pydict()
+    out: dict[str, np.ndarray] = {}
+    for side in ("read", "write"):
+        idx = [i for i, s in enumerate(rows["side"]) if s == side]
+        if idx:
+            out[side] = np.array([rows["vector"][i] for i in idx], dtype=np.float64)
+            out["sigma"] = np.array([rows["sigma"][i] for i in idx])
+            out["gap"] = np.array([rows["sv_gap"][i] for i in idx])
+            out["degenerate"] = np.array([rows["degenerate"][i] for i in idx])
+            out[f"{side}_id"] = np.array([rows["direction_id"][i] for i in idx])
+    return out
+
+
+def oracle_svd(matrix: np.ndarray, rank: int, W_Uc: np.ndarray, judged: str):
+    """numpy's SVD with the canonical sign rule applied by hand."""
+    u, s, vh = np.linalg.svd(matrix)
+    u, s, v = u[:, :rank], s[:rank], vh[:rank].T
+    judge = (v if judged == "write" else u).T @ W_Uc
+    largest = judge[np.arange(rank), np.abs(judge).argmax(axis=1)]
+    sign = np.sign(largest)
+    return u * sign, s, v * sign
+
+
+def assert_matches(got: dict[str, np.ndarray], matrix: np.ndarray, kind: str) -> None:
+    rank = len(got["sigma"])
+    u, s, v = oracle_svd(matrix, rank, oracle.centered_unembedding(), JUDGED_SIDE[kind])
+    np.testing.assert_allclose(got["sigma"], s, rtol=1e-4, atol=1e-5 * s[0])
+    expected = {"read": u.T, "write": v.T}
+    ok = ~got["degenerate"]
+    assert ok.sum() > 0.9 * rank, "almost every MiniLM direction is well separated"
+    for side in ("read", "write"):
+        if side not in got:
+            continue
+        # Davis–Kahan: a float32 SVD rotates a vector by about eps * sigma_max / gap.
+        tol = 1e-5 + 2e-6 / got["gap"][ok]
+        err = np.abs(got[side][ok] - expected[side][ok]).max(axis=1)
+        assert (err < tol).all(), f"{kind} {side}: max error {err.max():.2e}"
+        # Degenerate directions: only their joint span is defined; compare projectors.
+        if (~ok).any():
+            span_got = got[side][~ok].T @ got[side][~ok]
+            span_exp = expected[side][~ok].T @ expected[side][~ok]
+            assert np.abs(span_got - span_exp).max() < 1e-2
+
+
+@pytest.mark.parametrize("layer", range(oracle.N_LAYERS))
+def test_every_head_matches_numpy_svd_of_explicit_ov(minilm_atlas: Path, layer: int) -> None:
+    for head in range(oracle.N_HEADS):
+        got = stored(minilm_atlas, "ov", layer, head)
+        assert len(got["sigma"]) == oracle.D_HEAD
+        assert_matches(got, oracle.ov_matrix(layer, head), "ov")
+
+
+@pytest.mark.parametrize("kind", ["mlp_in", "mlp_out"])
+def test_every_mlp_matrix_matches_numpy_svd(minilm_atlas: Path, kind: str) -> None:
+    for layer in range(oracle.N_LAYERS):
+        got = stored(minilm_atlas, kind, layer, None)
+        assert len(got["sigma"]) == 384
+        assert_matches(got, oracle.mlp_matrix(layer, kind), kind)
+
+
+def test_canonical_sign_rule_holds_for_every_judged_direction(minilm_atlas: Path) -> None:
+    with atlas.open(minilm_atlas) as a:
+        rows = a.sql("""
+            SELECT d.kind, d.side,
+                   max(score) FILTER (WHERE polarity = 'pos' AND t.rank = 0) AS top,
+                   min(score) FILTER (WHERE polarity = 'neg' AND t.rank = 0) AS bottom
+            FROM directions d JOIN top_tokens t USING (direction_id)
+            WHERE (d.side = 'write') = (d.kind IN ('ov', 'mlp_out'))
+            GROUP BY d.direction_id, d.kind, d.side
+        """).to_pydict()
+    top, bottom = np.array(rows["top"]), np.array(rows["bottom"])
+    assert len(top) == 72 * 32 + 6 * 384 * 2
+    assert (top >= -bottom).all()
+
+
+def test_top_tokens_equal_numpy_projection(minilm_atlas: Path) -> None:
+    W_Uc = oracle.centered_unembedding().astype(np.float32)
+    vocab = oracle.vocabulary()
+    with atlas.open(minilm_atlas) as a:
+        dirs = a.sql(
+            "SELECT direction_id, vector FROM directions ORDER BY direction_id"
+        ).to_pydict()
+        toks = a.sql(
+            "SELECT direction_id, polarity, rank, token_id, token, score FROM top_tokens "
+            "ORDER BY direction_id, polarity DESC, rank"
+        ).to_pydict()
+        k = a.sql("SELECT top_k FROM models").to_pylist()[0]["top_k"]
+    vectors = np.array(dirs["vector"], dtype=np.float32)
+    scores = vectors @ W_Uc
+    order = np.sort(scores, axis=1)
+    expected = np.concatenate([order[:, ::-1][:, :k], order[:, :k]], axis=1)
+    got_scores = np.array(toks["score"]).reshape(len(vectors), 2 * k)
+    got_ids = np.array(toks["token_id"]).reshape(len(vectors), 2 * k)
+    np.testing.assert_allclose(got_scores, expected, atol=2e-4)
+    own = np.take_along_axis(scores, got_ids, axis=1)
+    np.testing.assert_allclose(own, got_scores, atol=2e-4)
+    assert [vocab[i] for i in got_ids[:50].ravel()] == toks["token"][: 50 * 2 * k]
+    assert np.array(toks["polarity"]).reshape(-1, 2 * k)[:, :k].tolist()[0] == ["pos"] * k

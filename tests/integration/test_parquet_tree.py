@@ -1,0 +1,113 @@
+"""The Parquet tree export, read back by plain DuckDB and pyarrow, and opened by svd-atlas."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import atlas
+from tests.support.atlas_compare import assert_tables_equal, neighbours, query_set
+from tests.support.helpers import assert_one_error_line, run_cli
+
+READER = r"""
+import json, sys
+import duckdb, pyarrow.dataset as ds, pyarrow.parquet as pq
+root = sys.argv[1]
+con = duckdb.connect()
+def scan(table):
+    return (f"read_parquet('{root}/{table}/*/*.parquet', hive_partitioning = true, "
+            "hive_types = {'model_id': VARCHAR})")
+out = {"duckdb": {}, "pyarrow": {}}
+for table in ("models", "matrices", "directions", "top_tokens", "top_neurons"):
+    out["duckdb"][table] = con.sql(
+        f"SELECT model_id, count(*) FROM {scan(table)} GROUP BY ALL ORDER BY ALL").fetchall()
+    t = ds.dataset(f"{root}/{table}", format="parquet", partitioning="hive").to_table()
+    out["pyarrow"][table] = sorted(
+        (str(k), v) for k, v in zip(*t.group_by("model_id").aggregate([("model_id", "count")])
+                                    .to_pydict().values()))
+probe = con.sql(f"SELECT direction_id, vector FROM {scan('directions')} "
+                "WHERE direction_id IN (0, 4321) ORDER BY direction_id").fetchall()
+out["vectors"] = {str(i): v for i, v in probe}
+t = pq.read_table(f"{root}/top_tokens", partitioning="hive",
+                  filters=[("direction_id", "=", 4321), ("polarity", "=", "pos")])
+out["tokens"] = t.sort_by("rank")["token"].to_pylist()
+out["svd_atlas_imported"] = sorted(
+    m for m in sys.modules if m.split(".")[0] in ("atlas", "ingest", "query"))
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def tree(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("parquet") / "tree"
+    result = run_cli("--atlas", minilm_atlas, "export", "--parquet", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_read_by_plain_duckdb_and_pyarrow(minilm_atlas: Path, tree: Path) -> None:
+    assert sorted(p.name for p in tree.iterdir()) == [
+        "_svd_atlas.json", "coherence_null", "directions", "matrices", "models", "token_bags",
+        "top_neurons", "top_tokens", "vocab",
+    ]  # fmt: skip
+    assert [p.name for p in (tree / "directions").iterdir()] == ["model_id=minilm"]
+    result = subprocess.run(
+        [sys.executable, "-c", READER, str(tree)], capture_output=True, text=True, cwd=tree
+    )
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    assert got["svd_atlas_imported"] == []
+    with atlas.open(minilm_atlas) as a:
+        for name in ("models", "matrices", "directions"):
+            n = a.sql(f"SELECT count(*) AS n FROM {name}")["n"][0].as_py()
+            assert got["duckdb"][name] == [["minilm", n]] and got["pyarrow"][name] == [
+                ["minilm", n]
+            ]
+        for name in ("top_tokens", "top_neurons"):
+            n = a.sql(f"SELECT count(*) AS n FROM {name}")["n"][0].as_py()
+            assert got["duckdb"][name] == [["minilm", n]] and got["pyarrow"][name] == [
+                ["minilm", n]
+            ]
+        expected = a.sql(
+            "SELECT direction_id, vector FROM directions WHERE direction_id IN (0, 4321) "
+            "ORDER BY direction_id"
+        ).to_pylist()
+        for row in expected:
+            np.testing.assert_array_equal(got["vectors"][str(row["direction_id"])], row["vector"])
+        tokens = a.sql(
+            "SELECT token FROM top_tokens WHERE direction_id = 4321 AND polarity = 'pos' "
+            "ORDER BY rank"
+        )["token"].to_pylist()
+        assert got["tokens"] == tokens and len(tokens) == 20
+
+
+def test_open_tree_as_atlas(minilm_atlas: Path, tree: Path) -> None:
+    with atlas.open(minilm_atlas) as original, atlas.open(tree) as opened:
+        assert opened.model_ids() == ["minilm"]
+        assert_tables_equal(original, opened)
+        queries = query_set(original, "minilm", n=50)
+        np.testing.assert_array_equal(
+            neighbours(opened, "minilm", queries), neighbours(original, "minilm", queries)
+        )
+        assert opened.models()[0]["size_bytes"] > 10e6
+    listing = run_cli("--atlas", tree, "models")
+    assert listing.returncode == 0 and listing.stdout.splitlines()[1].startswith("minilm ")
+
+
+def test_tree_refuses_a_folder_that_is_not_a_tree_and_f16(minilm_atlas: Path, tree: Path) -> None:
+    stranger = tree.parent / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    line = assert_one_error_line(run_cli("--atlas", minilm_atlas, "export", "--parquet", stranger))
+    assert "neither empty nor an svd-atlas Parquet tree" in line
+    assert sorted(p.name for p in stranger.iterdir()) == ["notes.txt"]
+    other = tree.parent / "other"
+    line = assert_one_error_line(
+        run_cli("--atlas", minilm_atlas, "export", "--parquet", other, "--vectors", "f16")
+    )
+    assert "f32" in line and not other.exists()

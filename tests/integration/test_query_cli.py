@@ -1,0 +1,301 @@
+"""The query commands end to end: read-only SQL, output formats, light imports, cards, ANN."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import atlas
+from atlas.core.check import check_atlas
+from atlas.core.exchange.load import load_bundle
+from atlas.core.indexes import is_exact
+from ingest.job import IngestOptions, ingest
+from ingest.loading import load_model
+from tests.support.helpers import assert_one_error_line, cli_env, fingerprint, quiet, run_cli
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DROP VIEW directions",
+        "INSERT INTO top_tokens SELECT * FROM top_tokens",
+        "CREATE TABLE x AS SELECT 1",
+        "COPY directions TO '/tmp/x.csv'",
+        "SELECT 1; DROP TABLE models",
+    ],
+)
+def test_sql_is_read_only_by_default(minilm_atlas: Path, statement: str) -> None:
+    before = fingerprint(minilm_atlas)
+    line = assert_one_error_line(run_cli("--atlas", minilm_atlas, "sql", statement))
+    assert "read-only" in line or "exactly one" in line
+    assert fingerprint(minilm_atlas) == before
+    assert not (minilm_atlas / "user.duckdb").exists()
+
+
+def test_bad_sql_gives_duckdb_message_on_one_line(minilm_atlas: Path) -> None:
+    line = assert_one_error_line(run_cli("--atlas", minilm_atlas, "sql", "SELECT nope FROM models"))
+    assert "Binder Error" in line and "nope" in line
+
+
+def test_write_keeps_user_tables_and_never_model_data(minilm_atlas: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "atlas"
+    shutil.copytree(minilm_atlas, root)
+    before = fingerprint(root)
+    made = run_cli(
+        "--atlas",
+        root,
+        "sql",
+        "--write",
+        "CREATE TABLE strong AS SELECT * FROM head_summary WHERE sigma_max > 3",
+    )
+    assert made.returncode == 0, made.stderr
+    assert fingerprint(root) == before  # model stores untouched
+    again = run_cli("--atlas", root, "sql", "SELECT count(*) AS n FROM strong", "--format", "json")
+    expected = run_cli(
+        "--atlas",
+        root,
+        "sql",
+        "SELECT count(*) AS n FROM head_summary WHERE sigma_max > 3",
+        "--format",
+        "json",
+    )
+    assert json.loads(again.stdout) == json.loads(expected.stdout)
+    refused = run_cli(
+        "--atlas", root, "sql", "--write", "INSERT INTO directions SELECT * FROM directions LIMIT 1"
+    )
+    assert refused.returncode != 0 and fingerprint(root) == before
+
+
+def test_sql_formats_and_parquet(minilm_atlas: Path, tmp_path: Path) -> None:
+    q = "SELECT layer, head, sigma_max FROM head_summary ORDER BY layer, head LIMIT 5"
+    as_json = json.loads(run_cli("--atlas", minilm_atlas, "sql", q, "--format", "json").stdout)
+    as_csv = run_cli("--atlas", minilm_atlas, "sql", q, "--format", "csv").stdout.splitlines()
+    table = run_cli("--atlas", minilm_atlas, "sql", q).stdout.splitlines()
+    assert [r["head"] for r in as_json] == [0, 1, 2, 3, 4]
+    assert as_csv[0] == "layer,head,sigma_max" and len(as_csv) == 6
+    assert table[0].split() == ["layer", "head", "sigma_max"] and len(table) == 6
+    out = tmp_path / "r.parquet"
+    assert run_cli("--atlas", minilm_atlas, "sql", q, "--out", out).returncode == 0
+    assert pq.read_table(out).to_pylist() == as_json
+
+
+def test_views_agree_with_tables(minilm_atlas: Path) -> None:
+    with atlas.open(minilm_atlas) as a:
+        view = a.sql(
+            "SELECT direction_id, pos_tokens, neg_scores FROM direction_tokens "
+            "WHERE direction_id = 2497"
+        ).to_pylist()[0]
+        raw = a.sql(
+            "SELECT polarity, token_display, score FROM top_tokens "
+            "WHERE direction_id = 2497 ORDER BY rank"
+        ).to_pylist()
+        assert view["pos_tokens"] == [r["token_display"] for r in raw if r["polarity"] == "pos"]
+        np.testing.assert_allclose(
+            view["neg_scores"], [r["score"] for r in raw if r["polarity"] == "neg"]
+        )
+        heads = a.sql(
+            "SELECT count(*) AS n, count(DISTINCT top_write_id) AS d FROM head_summary"
+        ).to_pylist()[0]
+        assert heads == {"n": 72, "d": 72}
+
+
+def run_checking_imports(*args: str) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import sys, atexit\n"
+        "atexit.register(lambda: print('HEAVY', sorted(m for m in ('torch', "
+        "'transformer_lens', 'transformers') if m in sys.modules), file=sys.stderr))\n"
+        "from atlas.cli import main\n"
+        f"sys.argv = ['svd-atlas', *{list(args)!r}]\n"
+        "main()\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sql", "SELECT count(*) FROM directions"],
+        ["search", "fire", "-k", "3"],
+        ["search", "--direction", "432", "--kind", "ov"],
+        ["trace", "432", "--min-cos", "0.2"],
+        ["show", "432"],
+        ["models"],
+    ],
+)
+def test_query_commands_do_not_import_torch(minilm_atlas: Path, command: list[str]) -> None:
+    result = run_checking_imports("--atlas", str(minilm_atlas), *command)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stderr
+
+
+def test_search_json_hits_have_the_documented_fields(minilm_atlas: Path) -> None:
+    result = run_cli("--atlas", minilm_atlas, "search", "fire", "--format", "json", "-k", "4")
+    hits = json.loads(result.stdout)
+    assert len(hits) == 4
+    for hit in hits:
+        assert {
+            "direction_id",
+            "model_id",
+            "layer",
+            "head",
+            "kind",
+            "side",
+            "sv_index",
+            "sigma",
+            "sign",
+            "score",
+            "tokens",
+        } <= set(hit)
+        assert hit["sign"] in (1, -1) and isinstance(hit["tokens"], list)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["search"], "give exactly one of"),
+        (["search", " , "], "empty search text"),
+        (["search", "qwxzv"], "no token"),
+        (["search", "fire", "-k", "1000000"], "-k"),
+        (["search", "--direction", "99999999"], "no direction"),
+        (["search", "fire", "--kind", "attn"], "unknown kind"),
+        (["search", "fire", "--layer", "a:b"], "bad layer range"),
+        (["search", "fire", "--model", "nope"], "no model 'nope'"),
+        (["show", "99999999"], "no direction"),
+        (["show", "minilm", "9", "0"], "no ov matrix"),
+        (["trace", "99999999"], "no direction"),
+    ],
+)
+def test_bad_query_input_is_one_clear_line(minilm_atlas: Path, args, message: str) -> None:
+    assert message in assert_one_error_line(run_cli("--atlas", minilm_atlas, *args))
+
+
+def test_cards(minilm_atlas: Path) -> None:
+    head = run_cli("--atlas", minilm_atlas, "show", "minilm", "3", "3", "--top", "3").stdout
+    assert "minilm layer 3 head 3 ov (384x384, rank 32)" in head
+    assert head.count("\n") >= 6 and "write +" in head
+    card = json.loads(run_cli("--atlas", minilm_atlas, "show", "8724", "--format", "json").stdout)
+    with atlas.open(minilm_atlas) as a:
+        row = a.sql(
+            "SELECT kind, layer, sigma FROM directions WHERE direction_id = 8724"
+        ).to_pylist()[0]
+        neurons = a.sql(
+            "SELECT neuron FROM top_neurons WHERE direction_id = 8724 ORDER BY rank"
+        ).to_pydict()["neuron"]
+    assert (card["kind"], card["layer"]) == (row["kind"], row["layer"])
+    assert [n["neuron"] for n in card["top_neurons"]] == neurons and len(neurons) == 20
+    mlp = run_cli("--atlas", minilm_atlas, "show", "minilm", "2", "mlp_in", "--top", "2").stdout
+    assert "minilm layer 2 mlp_in (384x1536, rank 384)" in mlp and "read +" in mlp
+
+
+def test_small_models_stay_exact_whatever_the_threshold(tmp_path: Path) -> None:
+    """Below 1024 directions an approximate index cannot train its codebooks: exact it is."""
+    ingest(
+        tmp_path / "atlas",
+        IngestOptions(model="random:llama-tiny", exact_max=1, max_rank=2),
+        log=quiet,
+        progress=False,
+    )
+    with atlas.open(tmp_path / "atlas") as a:
+        assert a.sql("SELECT index_type FROM models")["index_type"].to_pylist() == ["flat"]
+        assert len(a.search(direction=0, k=5)) == 5
+
+
+def test_approximate_index_above_threshold(tmp_path: Path) -> None:
+    """A model above --exact-max gets the approximate index; its hits agree with exact ones."""
+    loaded = load_model("random:llama-tiny", "cpu")
+    for name, exact_max in (("exact", 10**9), ("ann", 1000)):
+        ingest(
+            tmp_path / "atlas",
+            IngestOptions(
+                model="random:llama-tiny", model_id=name, exact_max=exact_max, max_rank=16
+            ),
+            loaded=loaded,
+            log=quiet,
+            progress=False,
+        )
+    with atlas.open(tmp_path / "atlas") as a:
+        types = a.sql("SELECT model_id, index_type FROM models ORDER BY model_id").to_pylist()
+        assert types == [
+            {"model_id": "ann", "index_type": "pq-rerank"},
+            {"model_id": "exact", "index_type": "flat"},
+        ]
+        first_ann = a.sql("SELECT min(direction_id) AS m FROM directions WHERE model_id = 'ann'")[
+            "m"
+        ][0].as_py()
+        recall, traced_total = [], 0
+        for d in range(0, first_ann, 40):
+            exact = {h.direction_id: h.score for h in a.search(direction=d, model="exact", k=10)}
+            ann = {
+                h.direction_id - first_ann: h.score
+                for h in a.search(direction=d + first_ann, model="ann", k=10)
+            }
+            shared = set(exact) & set(ann)
+            recall.append(len(shared) / 10)
+            # candidates are re-ranked with the full vectors: the scores are exact cosines
+            assert all(abs(exact[i] - ann[i]) < 1e-5 for i in shared)
+            filtered = a.search(
+                direction=d + first_ann, model="ann", k=5, kinds=("ov",), side="write"
+            )
+            exact_f = a.search(direction=d, model="exact", k=5, kinds=("ov",), side="write")
+            assert [h.direction_id - first_ann for h in filtered] == [
+                h.direction_id for h in exact_f
+            ]
+            # tracing is a range search over the full vectors: identical on either index
+            traced = {
+                (s.hit.direction_id - first_ann, s.hop, s.hit.sign)
+                for s in a.trace(d + first_ann, min_cos=0.3, hops=2, same_model=True)
+            }
+            exact_t = {
+                (s.hit.direction_id, s.hop, s.hit.sign)
+                for s in a.trace(d, min_cos=0.3, hops=2, same_model=True)
+            }
+            assert traced == exact_t
+            traced_total += len(traced)
+    assert np.mean(recall) >= 0.95 and traced_total > 0
+    listing = run_cli("--atlas", tmp_path / "atlas", "models").stdout.splitlines()
+    assert [line.split()[0] for line in listing if " pq-rerank " in line] == ["ann"]
+    assert [line.split()[0] for line in listing if " flat " in line] == ["exact"]
+    for model, direction, noted in (("ann", first_ann, True), ("exact", 0, False)):
+        cli = run_cli(
+            "--atlas", tmp_path / "atlas", "search", "--direction", str(direction), "--model", model
+        )
+        assert cli.returncode == 0 and ("approximate index" in cli.stderr) == noted, cli.stderr
+
+    # the index type survives a bundle round trip (vectors re-indexed on load) and a repair
+    bundle = tmp_path / "ann.svdatlas"
+    with atlas.open(tmp_path / "atlas") as a:
+        a.export(bundle, ["ann"], vectors="f16")
+    load_bundle(tmp_path / "loaded", bundle)
+    index_file = next((tmp_path / "loaded" / "store").glob("*/residual.faiss"))
+    index_file.unlink()
+    assert run_cli("--atlas", tmp_path / "loaded", "check", "--repair").returncode == 0
+    report = check_atlas(tmp_path / "loaded")
+    assert not report.errors
+    # check measures the approximate index's recall; the same figure from a numpy scan
+    (line,) = [f.message for f in report.findings if "recall@10" in f.message]
+    reported = float(line.split("recall@10 ")[1].split()[0])
+    with atlas.open(tmp_path / "loaded") as a:
+        rows = a.sql("SELECT direction_id, vector FROM directions ORDER BY direction_id")
+        ids = rows["direction_id"].to_numpy()
+        vectors = np.array(rows["vector"].to_pylist(), np.float32)
+        picks = np.random.default_rng(0).choice(len(ids), 200, replace=False)
+        hits = []
+        for p in picks:
+            cos = np.abs(vectors @ vectors[p])
+            cos[p] = -1
+            truth = set(ids[np.argsort(-cos, kind="stable")[:10]].tolist())
+            found = a.search(direction=int(ids[p]), k=10)
+            hits.append(len(truth & {h.direction_id for h in found}) / 10)
+    assert reported == pytest.approx(np.mean(hits), abs=1e-3) and reported >= 0.95
+    with atlas.open(tmp_path / "loaded") as a:
+        assert not is_exact(a.residual_index("ann"))

@@ -1,0 +1,261 @@
+"""SQL is read-only for real: judged by effect on the atlas's files, through the CLI and Python.
+
+Whatever a statement is, the atlas's files are byte for byte what they were afterwards, no
+file appears outside the atlas, the handle keeps working, and files outside the atlas cannot
+be read. Runaway queries stop at Ctrl-C or at their time limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import atlas
+from atlas.core.errors import AtlasError
+from tests.support.helpers import CLI, assert_one_error_line, cli_env, run_cli
+
+RUNAWAY = "SELECT count(*) FROM range(1000000000000) a, range(1000000000000) b"
+# Statements that would write or read a file, or change the session, however spelled.
+HOSTILE = [
+    "COPY (SELECT 'x' AS x) TO '{target}' (FORMAT csv, HEADER false)",
+    "EXPLAIN ANALYZE COPY (SELECT 'x' AS x) TO '{target}' (FORMAT csv, HEADER false)",
+    "explain /* quiet */ analyse copy directions to '{target}'",
+    "EXPLAIN (FORMAT json) ANALYZE COPY models TO '{target}'",
+    "EXPORT DATABASE '{folder}'",
+    "ATTACH '{target}' AS x",
+    "SELECT * FROM read_text('{target}')",
+    "SELECT * FROM read_blob('{target}')",
+    "SELECT * FROM read_csv('{target}')",
+    "SELECT count(*) FROM glob('{folder}/*')",
+    "SELECT * FROM sniff_csv('{target}')",
+    "EXPLAIN ANALYZE SELECT * FROM read_text('{target}')",
+    "SELECT * FROM query('COPY models TO ''{target}''')",
+    "LOAD '{target}'",
+    "INSTALL httpfs",
+    "SET enable_external_access = true",
+    "RESET lock_configuration",
+    "PRAGMA enable_profiling = 'json'",
+    "CREATE TABLE t AS SELECT 1",
+    "EXPLAIN ANALYZE CREATE TABLE memory.main.t AS SELECT 1",
+    "DROP VIEW directions",
+    "EXPLAIN ANALYZE DROP VIEW directions",
+    "EXPLAIN ANALYZE CREATE OR REPLACE VIEW directions AS SELECT 1 AS x",
+    "DETACH m0",
+    "USE m0",
+    "CHECKPOINT",
+    "CALL pragma_version()",
+    "SELECT 1; COPY models TO '{target}'",
+]
+
+
+def every_file(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, hidden ones included."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def hostile_atlas(tmp_path_factory: pytest.TempPathFactory, minilm_atlas: Path) -> Path:
+    import shutil
+
+    root = tmp_path_factory.mktemp("hostile") / "atlas"
+    shutil.copytree(minilm_atlas, root)
+    # the researcher's own database exists too: it must not change either
+    with atlas.open(root, write=True) as a:
+        a.sql("CREATE TABLE mine AS SELECT 42 AS answer")
+    return root
+
+
+@pytest.fixture(scope="module")
+def handle(hostile_atlas: Path) -> Iterator[atlas.Atlas]:
+    with atlas.open(hostile_atlas) as a:
+        yield a
+
+
+def _targets(root: Path, canary: Path) -> list[tuple[str, str]]:
+    store = next((root / "store").iterdir())
+    return [
+        (str(root / "catalog.json"), str(root)),
+        (str(store / "model.duckdb"), str(store)),
+        (str(store / "unembed.npy"), str(store)),
+        (str(root / "user.duckdb"), str(root)),
+        (str(canary / "new.csv"), str(canary)),
+        ("/etc/passwd", "/root"),
+    ]
+
+
+def test_hostile_statements_change_nothing_from_python(
+    handle: atlas.Atlas, hostile_atlas: Path, tmp_path: Path
+) -> None:
+    before = every_file(hostile_atlas)
+    for target, folder in _targets(hostile_atlas, tmp_path):
+        outside = hostile_atlas not in Path(target).parents
+        for template in HOSTILE:
+            statement = template.format(target=target, folder=folder)
+            try:
+                handle.sql(statement)
+            except AtlasError:
+                pass
+            else:  # only a read of the atlas's own attached files may succeed
+                assert not outside and "read_" in statement, statement
+            assert every_file(hostile_atlas) == before, statement
+            assert list(tmp_path.iterdir()) == [], statement
+    # the session is intact: the views, the model data and the researcher's table
+    assert handle.sql("SELECT count(*) AS n FROM directions")["n"][0].as_py() == 9216
+    assert handle.sql("SELECT answer FROM mine")["answer"].to_pylist() == [42]
+
+
+def test_read_only_holds_with_write_enabled_outside_user_db(
+    atlas_copy: Path, tmp_path: Path
+) -> None:
+    """--write lets statements change user.duckdb and nothing else."""
+    canary = tmp_path / "canary"
+    canary.mkdir()
+
+    def others() -> dict[str, str]:
+        return {k: v for k, v in every_file(atlas_copy).items() if "user.duckdb" not in k}
+
+    with atlas.open(atlas_copy, write=True) as a:
+        before = others()
+        for target, folder in _targets(atlas_copy, canary):
+            for template in HOSTILE:
+                try:
+                    a.sql(template.format(target=target, folder=folder))
+                except AtlasError:
+                    pass
+                assert others() == before
+                assert list(canary.iterdir()) == []
+        # model data stays read-only even when writes are allowed
+        with pytest.raises(AtlasError, match="read-only|read only|READ_ONLY"):
+            a.sql("INSERT INTO m0.models SELECT * FROM m0.models")
+
+
+SQL_WORDS = st.sampled_from(
+    ["SELECT", "1", "*", "FROM", "directions", "models", ";", "DROP", "TABLE", "VIEW",
+     "INSERT", "INTO", "CREATE", "COPY", "TO", "'{target}'", "ATTACH", "DETACH", "PRAGMA",
+     "EXPLAIN", "ANALYZE", "WITH", "AS", "(", ")", "--", "/*", "*/", "read_text('{target}')",
+     "glob('{folder}/*')", "EXPORT", "DATABASE", "SET", "USE", "m0", "CALL", "LOAD", "\n"]
+)  # fmt: skip
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(SQL_WORDS, min_size=1, max_size=10).map(" ".join), st.sampled_from(range(6)))
+def test_any_statement_leaves_the_atlas_as_it_was(
+    handle: atlas.Atlas, hostile_atlas: Path, tmp_path_factory: pytest.TempPathFactory,
+    words: str, which: int,
+) -> None:  # fmt: skip
+    canary = tmp_path_factory.mktemp("canary")
+    target, folder = _targets(hostile_atlas, canary)[which]
+    statement = words.replace("{target}", target).replace("{folder}", folder)
+    before = every_file(hostile_atlas)
+    try:
+        handle.sql(statement)
+    except AtlasError as exc:
+        assert "\n" not in str(exc)
+    assert every_file(hostile_atlas) == before, statement
+    assert list(canary.iterdir()) == [], statement
+    assert handle.sql("SELECT count(*) AS n FROM models")["n"][0].as_py() == 1
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "EXPLAIN ANALYZE COPY (SELECT 'x' AS x) TO '{root}/catalog.json' (FORMAT csv)",
+        "SELECT * FROM read_text('/etc/passwd')",
+        "SELECT * FROM glob('/root/*')",
+        "COPY models TO '{root}/models.csv'",
+    ],
+)
+def test_hostile_statements_through_the_cli(hostile_atlas: Path, statement: str) -> None:
+    before = every_file(hostile_atlas)
+    result = run_cli("--atlas", hostile_atlas, "sql", statement.format(root=hostile_atlas))
+    assert_one_error_line(result)
+    assert every_file(hostile_atlas) == before
+
+
+def test_out_refuses_any_path_inside_the_atlas(hostile_atlas: Path, tmp_path: Path) -> None:
+    before = every_file(hostile_atlas)
+    store = next((hostile_atlas / "store").iterdir())
+    for inside in (hostile_atlas / "catalog.json", store / "x.parquet", hostile_atlas / "new.pq"):
+        line = assert_one_error_line(
+            run_cli("--atlas", hostile_atlas, "sql", "SELECT 1 AS x", "--out", inside)
+        )
+        assert "inside the atlas" in line
+    # a symlink from outside into the atlas does not get around it
+    link = tmp_path / "link"
+    link.symlink_to(hostile_atlas, target_is_directory=True)
+    line = assert_one_error_line(
+        run_cli("--atlas", hostile_atlas, "sql", "SELECT 1 AS x", "--out", link / "catalog.json")
+    )
+    assert "inside the atlas" in line
+    assert every_file(hostile_atlas) == before
+    ok = run_cli("--atlas", hostile_atlas, "sql", "SELECT 1 AS x", "--out", tmp_path / "r.pq")
+    assert ok.returncode == 0 and (tmp_path / "r.pq").is_file()
+
+
+def test_ctrl_c_stops_a_runaway_query_every_time(hostile_atlas: Path) -> None:
+    for _ in range(4):
+        process = subprocess.Popen(
+            [*CLI, "--atlas", str(hostile_atlas), "sql", RUNAWAY],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
+        time.sleep(3)  # past start-up: the query is running
+        assert process.poll() is None
+        sent = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+        assert time.monotonic() - sent < 1.0
+        assert process.returncode == 130 and "interrupted" in err
+
+
+def test_timeout_stops_a_runaway_query(hostile_atlas: Path, handle: atlas.Atlas) -> None:
+    started = time.monotonic()
+    line = assert_one_error_line(
+        run_cli("--atlas", hostile_atlas, "sql", RUNAWAY, "--timeout", "0.5")
+    )
+    assert "time limit of 0.5 s" in line and time.monotonic() - started < 30
+    started = time.monotonic()
+    with pytest.raises(AtlasError, match="time limit"):
+        handle.sql(RUNAWAY, timeout=0.3)
+    assert time.monotonic() - started < 5
+    assert handle.sql("SELECT 1 AS x")["x"].to_pylist() == [1]  # the handle still works
+    with pytest.raises(AtlasError, match="positive"):
+        handle.sql("SELECT 1", timeout=0)
+
+
+def test_sql_help_names_every_table_and_view() -> None:
+    from atlas.core.contract import TABLES
+    from atlas.core.views import VIEWS
+
+    text = " ".join(run_cli("sql", "--help").stdout.split())
+    for name in (*TABLES, *VIEWS):
+        assert name in text, name
+
+
+def test_python_reads_need_write_to_be_asked_for(atlas_copy: Path) -> None:
+    with atlas.open(atlas_copy) as a, pytest.raises(AtlasError, match="write=True"):
+        a.sql("CREATE TABLE mine2 AS SELECT 1")
+    with atlas.open(atlas_copy, write=True) as a:
+        a.sql("CREATE TABLE mine2 AS SELECT 7 AS seven")
+    with atlas.open(atlas_copy) as a:
+        assert a.sql("SELECT seven FROM mine2")["seven"].to_pylist() == [7]
+    with atlas.open(atlas_copy, write=True) as a:
+        a.sql("DROP TABLE mine2")
+    assert json.loads((atlas_copy / "catalog.json").read_text())["models"]

@@ -1,0 +1,79 @@
+"""The approximate index against a brute-force numpy scan, where re-ranking covers < 5%."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from atlas.core.indexes import (
+    APPROXIMATE,
+    EXACT,
+    RERANK_FACTOR,
+    build_index,
+    is_exact,
+    measured_recall,
+    merge_valences,
+)
+
+N, D, K = 20_000, 64, 10
+
+
+def _directions(n: int, d: int, seed: int) -> np.ndarray:
+    """Unit vectors with some shared structure (a few strong axes), like singular directions."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)) * np.linspace(1.5, 0.5, d)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _brute_force(vectors: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> list[int]:
+    cos = vectors @ q
+    order = np.lexsort((ids, -np.abs(cos)))[:k]
+    return ids[order].tolist()
+
+
+def test_reranking_covers_under_five_percent_of_the_data() -> None:
+    assert RERANK_FACTOR * (K + 1) / N < 0.05
+
+
+def test_approximate_search_recall_against_brute_force() -> None:
+    vectors = _directions(N, D, seed=0)
+    ids = np.arange(1000, 1000 + N, dtype=np.int64)
+    index = build_index(vectors, ids, APPROXIMATE)
+    assert not is_exact(index)
+    queries = _directions(200, D, seed=1)
+    recalls, scores_exact = [], True
+    for q in queries:
+        sims, found = index.search(np.stack([q, -q]), K + 1)
+        got_ids, got_sims = merge_valences(found, sims, K)
+        truth = _brute_force(vectors, ids, q, K)
+        recalls.append(len(set(truth) & set(got_ids.tolist())) / K)
+        # every returned score is the exact cosine of the returned direction
+        exact = vectors[got_ids - 1000] @ q
+        scores_exact &= bool(np.allclose(got_sims, exact, atol=1e-5))
+    assert scores_exact
+    assert np.mean(recalls) >= 0.95, np.mean(recalls)
+
+
+def test_exact_index_equals_brute_force() -> None:
+    vectors = _directions(3000, D, seed=2)
+    ids = np.arange(3000, dtype=np.int64)
+    index = build_index(vectors, ids, EXACT)
+    for q in _directions(20, D, seed=3):
+        sims, found = index.search(np.stack([q, -q]), K)
+        got, _ = merge_valences(found, sims, K)
+        assert got.tolist() == _brute_force(vectors, ids, q, K)
+
+
+def test_measured_recall_agrees_with_a_numpy_scan() -> None:
+    vectors = _directions(N, D, seed=4)
+    ids = np.arange(N, dtype=np.int64)
+    index = build_index(vectors, ids, APPROXIMATE)
+    reported = measured_recall(index, k=K, n_queries=100, seed=0)
+    picks = np.random.default_rng(0).choice(N, 100, replace=False)
+    recalls = []
+    for p in picks:
+        truth = [i for i in _brute_force(vectors, ids, vectors[p], K + 1) if i != p][:K]
+        sims, found = index.search(np.stack([vectors[p], -vectors[p]]), K + 1)
+        got, _ = merge_valences(found, sims, K + 1)
+        got = [i for i in got.tolist() if i != p][:K]
+        recalls.append(len(set(truth) & set(got)) / K)
+    assert abs(reported - float(np.mean(recalls))) < 1e-9

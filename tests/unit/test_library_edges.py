@@ -1,0 +1,129 @@
+"""Small pure pieces: the statement check, strict JSON, escaping, the contract and filters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+
+import pyarrow as pa
+import pytest
+
+from atlas.cli.output import dumps, jsonable, printable, table_cell
+from atlas.core.contract import JUDGED_SIDE, KINDS, SIDES_OF, TABLES
+from atlas.core.errors import AtlasError
+from atlas.core.formats import require_format
+from atlas.core.sqlguard import check_statement
+from query.filters import Filters, make_filters
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "EXPLAIN ANALYZE COPY (SELECT 1) TO 'x.csv'",
+        "EXPLAIN /* a comment */ ANALYSE DROP VIEW directions",
+        "explain analyze create table t as select 1",
+        "EXPLAIN (FORMAT json) ANALYZE INSERT INTO t VALUES (1)",
+        "COPY models TO 'x'",
+        "ATTACH 'x' AS y",
+        "SELECT 1; SELECT 2",
+        "PRAGMA version",
+        "SET threads = 1",
+    ],
+)
+def test_statements_that_are_not_queries_are_refused(statement: str) -> None:
+    with pytest.raises(AtlasError):
+        check_statement(statement)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT 1",
+        "WITH x AS (SELECT 1 AS a) SELECT a FROM x",
+        "EXPLAIN SELECT 1",
+        "EXPLAIN ANALYZE SELECT 1",
+        "EXPLAIN (FORMAT json) SELECT 1",
+        "FROM directions LIMIT 1",
+    ],
+)
+def test_queries_pass(statement: str) -> None:
+    check_statement(statement)
+
+
+def test_writes_pass_only_when_asked_for() -> None:
+    with pytest.raises(AtlasError, match="--write"):
+        check_statement("CREATE TABLE t AS SELECT 1")
+    check_statement("CREATE TABLE t AS SELECT 1", write=True)
+
+
+def test_json_is_strict_and_readable() -> None:
+    value = {
+        "nan": math.nan,
+        "inf": -math.inf,
+        "when": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        "gap": dt.timedelta(hours=1, seconds=0.5),
+        "months": pa.scalar((1, 2, 3_000_000_000), pa.month_day_nano_interval()).as_py(),
+        "list": [1.0, math.nan],
+    }
+    text = dumps(value)
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
+        "nan": None,
+        "inf": None,
+        "when": "2026-01-02T03:04:05+00:00",
+        "gap": "PT1H0.5S",
+        "months": "P1M2DT3S",
+        "list": [1.0, None],
+    }
+    assert jsonable(dt.timedelta(0)) == "PT0S"
+
+
+def test_control_characters_are_escaped_in_text() -> None:
+    assert printable("a\x1b[31mb\x07") == "a\\x1b[31mb\\x07"
+    assert table_cell(["ok", "\x9bx"]) == "ok, \\x9bx"
+    assert printable("tab\tand\nnewline é ü 中") == "tab\tand\nnewline é ü 中"
+
+
+def test_the_contract_names_every_declared_table() -> None:
+    from atlas.core.schema import build_metadata
+
+    assert tuple(build_metadata(None).tables) == TABLES
+    assert set(SIDES_OF) == set(JUDGED_SIDE) == set(KINDS)
+    assert all(JUDGED_SIDE[k] in SIDES_OF[k] for k in KINDS)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kinds": "ov"},
+        {"kinds": ["xx"]},
+        {"layers": "abc"},
+        {"layers": (5, 2)},
+        {"layers": (-1, None)},
+        {"heads": -1},
+        {"heads": ["1"]},
+        {"side": "up"},
+        {"max_sv_index": -3},
+        {"min_sigma": math.nan},
+        {"min_sigma": "1"},
+    ],
+)
+def test_bad_filters_are_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(AtlasError):
+        make_filters(**kwargs)
+
+
+def test_filters_from_python_values() -> None:
+    assert make_filters(kinds=["ov"], layers=3, heads=2) == Filters(
+        kinds=("ov",), layers=(3, 4), heads=(2,)
+    )
+    assert make_filters(layers=(2, None)).layers == (2, None)
+    assert not make_filters().active
+
+
+@pytest.mark.parametrize("version", ["1", 1.0, None, True, 0, -2])
+def test_format_versions_must_be_positive_whole_numbers(version: object) -> None:
+    with pytest.raises(AtlasError, match="format_version"):
+        require_format({"format": "x", "format_version": version}, "x", 1, "f", "bundle")
+    with pytest.raises(AtlasError, match="upgrade"):
+        require_format({"format": "x", "format_version": 2}, "x", 1, "f", "bundle")
