@@ -2,8 +2,9 @@
 
     python bench/bundle_report.py [--atlas DIR] [--model minilm] [--queries 1000]
 
-Exports the model's atlas as bundles with f32, f16 and no vectors, times export and load, and measures recall@10 of exact inner-product search over the
-loaded f16 vectors against the f32 ones. Queries: the model's own directions (a "direction
+Exports the model's atlas as bundles with f32, f16 and no vectors, times export and load, and
+measures recall@10 of exact inner-product search over the loaded f16 vectors against the f32
+ones. Queries: the model's own directions (a "direction
 query") and random unit vectors. Without --atlas, MiniLM is ingested into a temporary atlas.
 """
 

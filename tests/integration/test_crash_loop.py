@@ -2,8 +2,8 @@
 
 Kill points (with the two of test_ingest_cli.py, while computing and while writing DuckDB):
 during boot, while the FAISS index is written under ``.staging``, and three exact moments of
-publishing planted by ``tests.support.kill_at`` (before the store moves, after it moved but before the
-catalog names it, and with the new catalog synced but not yet renamed over the old one).
+publishing planted by ``tests.support.kill_at`` (before the store moves, after it moved but
+before the catalog names it, and with the new catalog synced but not yet renamed over the old one).
 """
 
 from __future__ import annotations
