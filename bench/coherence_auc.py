@@ -5,9 +5,10 @@
 The score's five numbers were fitted on gpt2-small only; gpt2-large is held out. ``--fit``
 refits them on gpt2-small (what ``ingest.coherence.scorer.WEIGHTS`` and ``BIAS`` hold,
 rounded), prints the 5-fold cross-validated ROC-AUC on gpt2-small of each feature set
-compared, and the ROC-AUC on gpt2-small of the same features fitted on gpt2-large. ``--check`` exits 1 when the held-out
-ROC-AUC is below ``HELD_OUT_AUC`` (tests/integration/test_coherence.py runs the same check
-whenever the labels are present, as in CI).
+compared, and the ROC-AUC on gpt2-small of the same features fitted on gpt2-large.
+``--check`` exits 1 when the held-out ROC-AUC is below ``HELD_OUT_AUC``
+(tests/integration/test_coherence.py runs the same check whenever the labels are present, as
+in CI).
 """
 
 from __future__ import annotations
