@@ -49,7 +49,6 @@ class AtlasRows:
     top_neurons: pa.Table
     vectors: np.ndarray
     direction_ids: np.ndarray
-    coherence_null: pa.Table | None = None  # filled by the score stage (ingest.coherence)
 
 
 def assemble(
@@ -59,15 +58,16 @@ def assemble(
     scores: TokenScores,
     vocabulary: pa.Array,
     display: pa.Array,
-    ids: IdBase,
+    bases: list[IdBase],
     gap_tolerance: float,
     top_k: int,
 ) -> AtlasRows:
-    """Apply the sign rule (mutating ``scores``) and build every table of one model."""
+    """Apply the sign rule (mutating ``scores``) and build the tables of ``groups`` (a model, or
+    one block of it); group i's matrix and direction ids start at ``bases[i]``."""
     vecs = vectors.cpu().numpy()
-    matrices, directions, neurons = [], [], []
-    row, matrix_id = 0, ids.first_matrix_id
-    for g in groups:
+    matrices, directions, neurons, direction_ids = [], [], [], []
+    row = 0
+    for g, ids in zip(groups, bases, strict=True):
         n_mat, rank = g.svd.S.shape
         sides = SIDES_OF[g.kind]
         n_rows = n_mat * rank * len(sides)
@@ -78,20 +78,19 @@ def assemble(
         scores.flip(flipped)
         vecs[flipped] *= -1
 
-        matrix_ids = np.arange(matrix_id, matrix_id + n_mat)
+        matrix_ids = np.arange(ids.first_matrix_id, ids.first_matrix_id + n_mat)
+        first_id = ids.first_direction_id - row  # the group's ids, whatever its rows' positions
         matrices.append(_matrix_table(model_id, g, matrix_ids))
-        directions.append(
-            _direction_table(model_id, g, matrix_ids, block, ids.first_direction_id, gap_tolerance)
-        )
+        directions.append(_direction_table(model_id, g, matrix_ids, block, first_id, gap_tolerance))
         if g.kind in NEURON_SIDE:
             partner = side_vectors(g, NEURON_SIDE[g.kind]) * torch.as_tensor(
                 sign, device=g.svd.S.device
             ).unsqueeze(-1)
-            neurons.append(_neuron_table(partner, block[:, :, 0] + ids.first_direction_id, top_k))
+            neurons.append(_neuron_table(partner, block[:, :, 0] + first_id, top_k))
+        direction_ids.append(block.ravel() + first_id)
         row += n_rows
-        matrix_id += n_mat
 
-    direction_ids = np.arange(ids.first_direction_id, ids.first_direction_id + row)
+    direction_ids_all = np.concatenate(direction_ids)
     dir_table = pa.concat_tables(directions)
     dir_table = dir_table.append_column(
         "vector", pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), vecs.shape[1])
@@ -99,10 +98,10 @@ def assemble(
     return AtlasRows(
         matrices=pa.concat_tables(matrices),
         directions=dir_table,
-        top_tokens=_token_table(direction_ids, scores, vocabulary, display),
+        top_tokens=_token_table(direction_ids_all, scores, vocabulary, display),
         top_neurons=pa.concat_tables(neurons) if neurons else _empty_neurons(),
         vectors=vecs,
-        direction_ids=direction_ids,
+        direction_ids=direction_ids_all,
     )
 
 

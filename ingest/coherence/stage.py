@@ -51,7 +51,6 @@ MATRIX_COLUMNS = ("coherence", "coherence_z", "coherence_pct")
 class CoherenceColumns:
     directions: dict[str, np.ndarray]
     matrices: dict[str, np.ndarray]
-    null: pa.Table
 
 
 @dataclass
@@ -97,58 +96,68 @@ def null_directions(d_model: int, n: int = N_NULL, seed: int = NULL_SEED) -> np.
     return g / np.linalg.norm(g, axis=1, keepdims=True)
 
 
-def coherence_columns(
-    model_id: str,
-    scores: TokenScores,
-    directions: pa.Table,
-    display: list[str],
-    W_U: torch.Tensor,
-    scorer: Scorer,
-) -> CoherenceColumns:
-    """Score every direction (``scores`` row i = ``directions`` row i, signs already fixed),
-    every matrix, and the null; return the columns to append and the null table."""
-    k = min(LIST_LENGTH, scores.top_ids.shape[1])
-    nulls = torch.as_tensor(null_directions(W_U.shape[0]), dtype=W_U.dtype, device=W_U.device)
-    null_scores = project(nulls, W_U, k)
-    ids = [scores.top_ids[:, :k], scores.bottom_ids[:, :k]]
-    ids += [null_scores.top_ids, null_scores.bottom_ids]
-    tables = _Tables(scorer, display, np.concatenate([i.ravel() for i in ids]))
+class CoherenceStage:
+    """Scores one ingest's directions block by block against a null computed once.
 
-    def lists_of(s: TokenScores) -> _Lists:
-        top, bottom = s.top_ids[:, :k], s.bottom_ids[:, :k]
+    ``score(scores, directions)`` gives one block's direction and matrix columns (``scores``
+    row i = ``directions`` row i, signs already fixed); ``null`` is the model's null table.
+    """
+
+    def __init__(
+        self, model_id: str, display: list[str], W_U: torch.Tensor, top_k: int, scorer: Scorer
+    ):
+        self.display, self.scorer = display, scorer
+        self.k = min(LIST_LENGTH, top_k)
+        nulls = torch.as_tensor(null_directions(W_U.shape[0]), dtype=W_U.dtype, device=W_U.device)
+        null_scores = project(nulls, W_U, self.k)
+        null = self._lists(null_scores)
+        self.null_best = null.best
+        n_triples = N_NULL // HEAD_DIRECTIONS
+        null_best_ids = null.best_ids()[: n_triples * HEAD_DIRECTIONS]
+        pooled = null_best_ids.reshape(n_triples, HEAD_DIRECTIONS, self.k)[:, :, :HEAD_TOKENS_EACH]
+        self.null_head = self._tables(pooled).score(pooled.reshape(n_triples, -1))
+        self.null = pa.table(
+            {
+                "model_id": pa.array([model_id] * (len(self.null_best) + len(self.null_head))),
+                "scope": pa.array(
+                    ["direction"] * len(self.null_best) + ["matrix"] * len(self.null_head)
+                ),
+                "sample": np.concatenate(
+                    [np.arange(len(self.null_best)), np.arange(len(self.null_head))]
+                ),
+                "coherence": np.concatenate([self.null_best, self.null_head]),
+            }
+        )
+
+    def _tables(self, ids: np.ndarray) -> _Tables:
+        return _Tables(self.scorer, self.display, ids.ravel())
+
+    def _lists(self, s: TokenScores) -> _Lists:
+        top, bottom = s.top_ids[:, : self.k], s.bottom_ids[:, : self.k]
+        tables = self._tables(np.concatenate([top.ravel(), bottom.ravel()]))
         return _Lists(tables.score(top), tables.score(bottom), top, bottom)
 
-    real, null = lists_of(scores), lists_of(null_scores)
-    null_best = null.best
-    direction_cols = {
-        "coherence_pos": real.pos,
-        "coherence_neg": real.neg,
-        "coherence": real.best,
-        **_calibrated(real.best, null_best),
-    }
-
-    pooled = _head_lists(directions, real.best_ids())
-    n_triples = N_NULL // HEAD_DIRECTIONS
-    null_best_ids = null.best_ids()[: n_triples * HEAD_DIRECTIONS]
-    null_pooled = null_best_ids.reshape(n_triples, HEAD_DIRECTIONS, k)[:, :, :HEAD_TOKENS_EACH]
-    null_head = tables.score(null_pooled.reshape(n_triples, -1))
-    matrix_ids, head_lists = pooled
-    head = _score_ragged(tables, head_lists)
-    matrix_cols = {"matrix_id": matrix_ids, "coherence": head, **_calibrated(head, null_head)}
-
-    null_table = pa.table(
-        {
-            "model_id": pa.array([model_id] * (len(null_best) + len(null_head))),
-            "scope": pa.array(["direction"] * len(null_best) + ["matrix"] * len(null_head)),
-            "sample": np.concatenate([np.arange(len(null_best)), np.arange(len(null_head))]),
-            "coherence": np.concatenate([null_best, null_head]),
+    def score(self, scores: TokenScores, directions: pa.Table) -> CoherenceColumns:
+        real = self._lists(scores)
+        direction_cols = {
+            "coherence_pos": real.pos,
+            "coherence_neg": real.neg,
+            "coherence": real.best,
+            **_calibrated(real.best, self.null_best),
         }
-    )
-    return CoherenceColumns(direction_cols, matrix_cols, null_table)
+        matrix_ids, head_lists = _head_lists(directions, real.best_ids())
+        used = np.concatenate(head_lists) if head_lists else np.zeros(0, np.int64)
+        head = _score_ragged(self._tables(used), head_lists)
+        matrix_cols = {
+            "matrix_id": matrix_ids,
+            "coherence": head,
+            **_calibrated(head, self.null_head),
+        }
+        return CoherenceColumns(direction_cols, matrix_cols)
 
 
 def attach(rows: AtlasRows, columns: CoherenceColumns | None) -> None:
-    """Append the coherence columns to ``rows`` (all NULL when nothing was scored)."""
+    """Append one block's coherence columns to ``rows`` (all NULL when nothing was scored)."""
     n_dir, n_mat = rows.directions.num_rows, rows.matrices.num_rows
     for name in DIRECTION_COLUMNS:
         values = columns.directions[name] if columns else np.full(n_dir, np.nan)
@@ -162,7 +171,6 @@ def attach(rows: AtlasRows, columns: CoherenceColumns | None) -> None:
             at = np.searchsorted(columns.matrices["matrix_id"], mat_ids)
             values = columns.matrices[name][at]
         rows.matrices = rows.matrices.append_column(name, _nullable(values))
-    rows.coherence_null = columns.null if columns else None
 
 
 def _nullable(values: np.ndarray) -> pa.Array:
