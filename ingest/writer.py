@@ -1,4 +1,10 @@
-"""Stage 4 and 5: writing one model's store (DuckDB tables, FAISS index, manifest)."""
+"""Writing one model's store as its blocks arrive (ingest's write side).
+
+Each block's rows go into DuckDB through Arrow and its directions into an index shard of their
+own, so the write side holds one block at a time too. ``finish`` adds what only the end knows:
+the ``models`` row (with the final timings), the coherence null, the token-space bags, the
+unembedding and the manifest.
+"""
 
 from __future__ import annotations
 
@@ -6,55 +12,54 @@ import json
 from pathlib import Path
 from typing import Any
 
-import duckdb
+import numpy as np
 import pyarrow as pa
 
-from atlas.core import store as store_io
-from atlas.core.layout import MODEL_DB
-from atlas.core.store import write_index, write_manifest, write_unembedding
+from atlas.core.store import TableWriter, write_index_shard, write_manifest, write_unembedding
 from ingest.assemble import AtlasRows
 
-__all__ = [
-    "record_stage_seconds",
-    "write_manifest",
-    "write_residual_index",
-    "write_tables",
-    "write_unembedding",
-]
+JSON_COLUMNS = ("processing_applied", "skipped", "versions", "stage_seconds")
 
 
-def write_tables(
-    store: Path, model_row: dict[str, Any], rows: AtlasRows, vocab: pa.Table, d_model: int
-) -> None:
-    """Create the schema and bulk-insert every table through Arrow, in one transaction."""
-    tables: dict[str, pa.Table | None] = {
-        "models": _models_table(model_row),
-        "matrices": rows.matrices,
-        "directions": rows.directions,
-        "top_tokens": rows.top_tokens,
-        "top_neurons": rows.top_neurons,
-        "vocab": vocab,
-        "coherence_null": rows.coherence_null,
-    }
-    store_io.write_tables(store, tables, d_model)
+class StoreBuilder:
+    """A staging store filled block by block (see the module notes)."""
+
+    def __init__(self, staging: Path, d_model: int, index_type: str, vocab: pa.Table):
+        self.staging, self.index_type = staging, index_type
+        self.tables = TableWriter(staging, d_model, threads=1)
+        self.tables.append({"vocab": vocab})
+        self.shards = 0
+
+    def add_block(self, rows: AtlasRows) -> None:
+        self.tables.append(
+            {
+                "matrices": rows.matrices,
+                "directions": rows.directions,
+                "top_tokens": rows.top_tokens,
+                "top_neurons": rows.top_neurons,
+            }
+        )
+        write_index_shard(
+            self.staging, self.shards, rows.vectors, rows.direction_ids, self.index_type
+        )
+        self.shards += 1
+
+    def finish(
+        self,
+        model_row: dict[str, Any],
+        coherence_null: pa.Table | None,
+        W_U_centered: np.ndarray,
+        record: dict[str, Any],
+    ) -> None:
+        self.tables.append({"models": models_table(model_row), "coherence_null": coherence_null})
+        self.tables.finish()
+        write_unembedding(self.staging, W_U_centered)
+        write_manifest(self.staging, record)
+
+    def close(self) -> None:
+        self.tables.close()
 
 
-def write_residual_index(store: Path, rows: AtlasRows, index_type: str) -> None:
-    """The residual-space cosine index of one model; ids = direction_id."""
-    write_index(store, rows.vectors, rows.direction_ids, index_type)
-
-
-def _models_table(row: dict[str, Any]) -> pa.Table:
-    json_columns = ("processing_applied", "skipped", "versions", "stage_seconds")
-    encoded = {k: json.dumps(v) if k in json_columns else v for k, v in row.items()}
+def models_table(row: dict[str, Any]) -> pa.Table:
+    encoded = {k: json.dumps(v) if k in JSON_COLUMNS else v for k, v in row.items()}
     return pa.table({k: [v] for k, v in encoded.items()})
-
-
-def record_stage_seconds(store: Path, seconds: dict[str, float]) -> None:
-    """Store the final per-stage times (the row was written before the last stages ended)."""
-    con = duckdb.connect(str(store / MODEL_DB))
-    try:
-        con.execute("UPDATE models SET stage_seconds = ?", [json.dumps(seconds)])
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()

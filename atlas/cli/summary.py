@@ -39,10 +39,10 @@ def print_ingest_summary(path: str, report: Any) -> None:
     counts = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in report.counts.items())
     click.echo(f"  rows:    {counts}")
     times = ", ".join(f"{k} {v:.2f} s" for k, v in report.stage_seconds.items())
-    click.echo(f"  time:    {times} (total {sum(report.stage_seconds.values()):.2f} s)")
+    click.echo(f"  time:    {report.wall_seconds:.2f} s in all; busy: {times}")
     click.echo(
-        f"  memory:  peak RSS {max(report.peak_rss_mb.values()):.0f} MB"
-        + (f", peak GPU {max(report.peak_gpu_mb.values()):.0f} MB" if report.peak_gpu_mb else "")
+        f"  memory:  peak RSS {report.peak_rss_mb:.0f} MB"
+        + (f", peak GPU {report.peak_gpu_mb:.0f} MB" if report.peak_gpu_mb else "")
     )
     click.echo(f"  on disk: {human_bytes(report.size_bytes)}")
     for message in report.skipped:

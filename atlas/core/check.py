@@ -26,12 +26,20 @@ import duckdb
 import numpy as np
 
 from atlas.core.errors import AtlasError, one_line
-from atlas.core.indexes import index_ids, is_exact, measured_recall, read_index
+from atlas.core.indexes import (
+    APPROXIMATE_MIN,
+    EXACT,
+    ResidualIndex,
+    is_exact,
+    is_index_file,
+    measured_recall,
+    read_index,
+    shard_files,
+)
 from atlas.core.layout import (
     CATALOG,
     MANIFEST,
     MODEL_DB,
-    RESIDUAL_INDEX,
     UNEMBED,
     AtlasDir,
     Catalog,
@@ -188,7 +196,7 @@ class ModelCheck:
         self.findings.append(Finding("error", self.model_id, message, fix, repair))
 
     def index_error(self, message: str) -> None:
-        self.error(f"{RESIDUAL_INDEX}: {message}", REBUILD_INDEX)
+        self.error(f"the FAISS index: {message}", REBUILD_INDEX)
 
     def run(self) -> list[Finding]:
         if not self.store.is_dir():
@@ -224,14 +232,14 @@ class ModelCheck:
             return
         for name, member in members.items():
             path = self.store / name
-            repair = REBUILD_INDEX if name == RESIDUAL_INDEX else None
+            repair = REBUILD_INDEX if is_index_file(name) else None
             if not path.is_file():
                 self.error(f"{name} is missing", repair)
             elif path.stat().st_size != member["bytes"] or sha256_file(path) != member["sha256"]:
                 self.error(f"{name} does not match its manifest checksum", repair)
         for path in sorted(self.store.iterdir()):
             if path.name not in members and path.name != MANIFEST:
-                repair = REBUILD_INDEX if path.name == RESIDUAL_INDEX else None
+                repair = REBUILD_INDEX if is_index_file(path.name) else None
                 self.error(f"{path.name} is not in the manifest", repair)
 
     def _check_tables(self, con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
@@ -295,22 +303,21 @@ class ModelCheck:
         """Unit norms in DuckDB, and the FAISS index equal to them (ids and vectors)."""
         (n_null,) = _one(con, "SELECT count(*) FROM directions WHERE vector IS NULL")
         has_vectors = not n_null
-        index_path = self.store / RESIDUAL_INDEX
         if not has_vectors:
             if self.manifest.get("vectors") != "none":
                 self.error(f"{n_null} directions have no vector")
-            elif index_path.exists():
+            elif shard_files(self.store):
                 self.index_error("present although the model has no vectors")
             return  # loaded from a bundle exported with --vectors none: no index by design
-        index = self._read_index(index_path, int(model["d_model"]), str(model["index_type"]))
+        index = self._read_index(int(model["d_model"]), str(model["index_type"]))
         seen = np.zeros(0, np.int64)
         bad_norm = mismatched = 0
         for ids, vectors in _vector_chunks(con, int(model["d_model"])):
             bad_norm += int(np.sum(np.abs(np.linalg.norm(vectors, axis=1) - 1) > UNIT_TOLERANCE))
             if index is not None:
-                in_index = np.isin(ids, index[1])
+                in_index = np.isin(ids, index.ids())
                 if in_index.any():
-                    stored = index[0].reconstruct_batch(ids[in_index])
+                    stored = index.reconstruct_batch(ids[in_index])
                     diff = np.abs(stored - vectors[in_index]).max(axis=1)
                     mismatched += int(np.sum(diff > VECTOR_TOLERANCE))
             seen = np.concatenate([seen, ids])
@@ -318,14 +325,14 @@ class ModelCheck:
             self.error(f"{bad_norm} direction vectors are not unit length")
         if index is None:
             return
-        missing = np.setdiff1d(seen, index[1]).size
-        stale = np.setdiff1d(index[1], seen).size
+        missing = np.setdiff1d(seen, index.ids()).size
+        stale = np.setdiff1d(index.ids(), seen).size
         if missing or stale:
             self.index_error(f"{missing} directions missing from it, {stale} stale ids in it")
         if mismatched:
             self.index_error(f"{mismatched} vectors differ from DuckDB's")
-        elif not missing and not stale and not is_exact(index[0]):
-            recall = measured_recall(index[0], n_queries=RECALL_QUERIES)
+        elif not missing and not stale and not index.exact:
+            recall = measured_recall(index, n_queries=RECALL_QUERIES)
             self.findings.append(
                 Finding(
                     "info",
@@ -335,32 +342,40 @@ class ModelCheck:
                 )
             )
 
-    def _read_index(self, path: Path, d_model: int, index_type: str) -> tuple[Any, Any] | None:
-        if not path.is_file():
-            if RESIDUAL_INDEX not in self.manifest.get("members", {}):  # else reported already
+    def _read_index(self, d_model: int, index_type: str) -> ResidualIndex | None:
+        paths = shard_files(self.store)
+        if not paths:
+            listed = any(is_index_file(n) for n in self.manifest.get("members", {}))
+            if not listed:  # else reported as missing already
                 self.index_error("missing")
             return None
         import faiss
 
-        try:
-            index = read_index(path)
-        except Exception as exc:  # faiss raises RuntimeError or worse for a damaged file
-            self.index_error(f"cannot be read ({one_line(exc, 200)})")
-            return None
-        if not isinstance(index, faiss.IndexIDMap2) or index.d != d_model:
-            self.index_error(f"is not an id-mapped index of width {d_model}")
-            return None
-        if is_exact(index) != (index_type == "flat"):
-            self.index_error(f"its type does not match models.index_type {index_type!r}")
-        return index, index_ids(index)
+        shards = []
+        for path in paths:
+            try:
+                shard = read_index(path)
+            except Exception as exc:  # faiss raises RuntimeError or worse for a damaged file
+                self.index_error(f"{path.name} cannot be read ({one_line(exc, 200)})")
+                return None
+            if not isinstance(shard, faiss.IndexIDMap2) or shard.d != d_model:
+                self.index_error(f"{path.name} is not an id-mapped index of width {d_model}")
+                return None
+            # an approximate model's shards are approximate unless too small to train
+            expected_exact = index_type == EXACT or shard.ntotal < APPROXIMATE_MIN
+            if is_exact(shard) != expected_exact:
+                self.index_error(
+                    f"{path.name}'s type does not match models.index_type {index_type!r}"
+                )
+            shards.append(shard)
+        return ResidualIndex(shards)
 
     def _check_unembedding(self, model: dict[str, Any]) -> None:
         path = self.store / UNEMBED
         if not path.is_file():
             if UNEMBED not in self.manifest.get("members", {}):
-                self.findings.append(
-                    Finding("info", self.model_id, f"no {UNEMBED}: text search is unavailable")
-                )
+                note = f"no {UNEMBED}: words are searched in token space only"
+                self.findings.append(Finding("info", self.model_id, note))
             return
         try:
             shape = np.load(path, mmap_mode="r", allow_pickle=False).shape

@@ -4,6 +4,11 @@ Every index maps FAISS ids to ``direction_id`` (``IndexIDMap2``) over unit vecto
 product, so a score is a cosine. Both index types keep the full float32 vectors, so filtered and
 threshold queries can always be answered exactly from the index itself.
 
+A model's index is a list of shards (one per transformer block at ingest, so that building it
+never needs more than one block's vectors in memory), searched together by
+:class:`ResidualIndex`: each shard answers for its own directions and the results are merged
+exactly, so the shards behave as one index. Shards are memory-mapped where FAISS allows.
+
 Why not HNSW or IVF: singular directions are nearly isotropic (the participation ratio of
 MiniLM's direction covariance is 353 of 384 dimensions), so a query's true neighbours sit only a
 few standard deviations above the bulk, and graph and cluster indexes lose recall there (HNSW
@@ -36,14 +41,16 @@ def index_type_for(n_vectors: int, exact_max: int) -> str:
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, index_type: str) -> Any:
-    """An index of ``index_type`` (``models.index_type``); any type but ``flat`` is built
-    approximate, so models the first release indexed with HNSW are rebuilt as today's."""
+    """A FAISS index of ``index_type`` (``models.index_type``); any type but ``flat`` is built
+    approximate (so models the first release indexed with HNSW are rebuilt as today's), except
+    a shard of fewer than ``APPROXIMATE_MIN`` vectors, which is too small to train codebooks and
+    fast to scan exactly."""
     import faiss
 
     vectors = np.ascontiguousarray(vectors, np.float32)
     d = vectors.shape[1]
     inner: Any
-    if index_type != EXACT:
+    if index_type != EXACT and len(vectors) >= APPROXIMATE_MIN:
         sub_quantizers = d // 2 if d % 2 == 0 else d
         coarse = faiss.IndexPQFastScan(d, sub_quantizers, 4, faiss.METRIC_INNER_PRODUCT)
         step = max(1, len(vectors) // PQ_TRAIN_MAX)
@@ -57,6 +64,21 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, index_type: str) -> Any:
     return index
 
 
+SHARD_FILE = "residual-{:04d}.faiss"
+LEGACY_FILE = "residual.faiss"  # one shard, as stores of earlier versions hold it
+
+
+def shard_files(store: Path) -> list[Path]:
+    """A store's index shards in order (empty when the model has no vectors)."""
+    shards = sorted(store.glob("residual-*.faiss"))
+    legacy = store / LEGACY_FILE
+    return shards or ([legacy] if legacy.is_file() else [])
+
+
+def is_index_file(name: str) -> bool:
+    return name == LEGACY_FILE or (name.startswith("residual-") and name.endswith(".faiss"))
+
+
 def write_index(index: Any, path: Path) -> None:
     import faiss
 
@@ -67,10 +89,17 @@ def write_index(index: Any, path: Path) -> None:
 
 
 def read_index(path: Path) -> Any:
+    """One shard, memory-mapped where FAISS allows (flat codes), checked to be a kind this
+    version writes."""
     import faiss
 
-    index: Any = faiss.read_index(str(path))
-    inner = faiss.downcast_index(index.index)
+    try:
+        index: Any = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+    except RuntimeError as exc:
+        raise AtlasError(
+            f"{path} cannot be read ({one_line(exc, 120)}); svd-atlas check --repair rebuilds it"
+        ) from None
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
     if not isinstance(inner, faiss.IndexFlat | faiss.IndexRefineFlat):
         raise AtlasError(
             f"{path}: {type(inner).__name__} is an index type this version of svd-atlas does not "
@@ -80,13 +109,16 @@ def read_index(path: Path) -> Any:
 
 
 def is_exact(index: Any) -> bool:
+    """Whether a shard (or every shard of a :class:`ResidualIndex`) is exact."""
+    if isinstance(index, ResidualIndex):
+        return index.exact
     import faiss
 
     return isinstance(faiss.downcast_index(index.index), faiss.IndexFlat)
 
 
 def full_vectors(index: Any) -> Any:
-    """The flat inner-product index of the full vectors inside either index type, in FAISS
+    """The flat inner-product index of the full vectors inside a shard of either type, in FAISS
     positions (``index_ids(index)[position]`` is the direction id): exact range searches."""
     import faiss
 
@@ -98,6 +130,130 @@ def index_ids(index: Any) -> np.ndarray:
     import faiss
 
     return faiss.vector_to_array(index.id_map).astype(np.int64)
+
+
+class ResidualIndex:
+    """One model's index: its shards searched as one (see the module notes).
+
+    ``search`` and ``reconstruct_batch`` have FAISS's signatures, so code written for a FAISS
+    index works on it; results are merged across shards exactly.
+    """
+
+    def __init__(self, shards: list[Any]):
+        if not shards:
+            raise ValueError("an index needs at least one shard")
+        self.shards = shards
+        self.d = int(shards[0].d)
+        self._ids = [index_ids(s) for s in shards]
+        every = np.concatenate(self._ids)
+        self._order = np.argsort(every, kind="stable")
+        self._sorted = every[self._order]
+        self._owner = np.repeat(np.arange(len(shards)), [len(i) for i in self._ids])
+        self._offset = np.concatenate([np.arange(len(i)) for i in self._ids])
+
+    @classmethod
+    def read(cls, paths: list[Path]) -> ResidualIndex:
+        return cls([read_index(p) for p in paths])
+
+    @property
+    def ntotal(self) -> int:
+        return len(self._sorted)
+
+    @property
+    def exact(self) -> bool:
+        return all(is_exact(s) for s in self.shards)
+
+    def ids(self) -> np.ndarray:
+        """Every direction id the index holds, ascending."""
+        return self._sorted
+
+    def search(self, queries: np.ndarray, k: int, exact: bool = False) -> tuple[Any, Any]:
+        """The ``k`` largest inner products of each query over all shards: ``(D, I)`` as FAISS
+        returns them (``I`` = direction ids, -1 where fewer exist). ``exact`` scans the full
+        vectors even in approximate shards."""
+        queries = np.ascontiguousarray(queries, np.float32)
+        sims, ids = [], []
+        for shard in self.shards:
+            searched = full_vectors(shard) if exact else shard
+            d, i = searched.search(queries, min(k, shard.ntotal))
+            if exact:  # positions in the shard -> direction ids
+                i = np.where(i >= 0, index_ids(shard)[np.maximum(i, 0)], -1)
+            sims.append(d)
+            ids.append(i)
+        return _top_k(np.concatenate(sims, axis=1), np.concatenate(ids, axis=1), k)
+
+    def search_among(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[Any, Any]:
+        """:meth:`search` restricted to the ``allowed`` direction ids, exactly."""
+        import faiss
+
+        queries = np.ascontiguousarray(queries, np.float32)
+        allowed = np.asarray(allowed, np.int64)
+        sims, ids = [], []
+        for shard, shard_ids in zip(self.shards, self._ids, strict=True):
+            mine = allowed[np.isin(allowed, shard_ids)]
+            if len(mine) == 0:
+                continue
+            if is_exact(shard):
+                params = faiss.SearchParameters()
+                selector = faiss.IDSelectorBatch(mine)
+                params.sel = selector  # keep ``selector`` alive while FAISS uses it
+                d, i = shard.search(queries, min(k, len(mine)), params=params)
+            else:  # approximate shards and selective filters do not mix: scan the subset
+                scores = queries @ self.reconstruct_batch(mine).T
+                top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+                d, i = np.take_along_axis(scores, top, axis=1), mine[top]
+            sims.append(d)
+            ids.append(i)
+        if not sims:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        return _top_k(np.concatenate(sims, axis=1), np.concatenate(ids, axis=1), k)
+
+    def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (direction ids), ``[len(ids), d]``."""
+        ids = np.asarray(ids, np.int64)
+        out = np.zeros((len(ids), self.d), np.float32)
+        if len(ids) == 0:
+            return out
+        at = np.searchsorted(self._sorted, ids)
+        if np.any(at >= len(self._sorted)) or np.any(
+            self._sorted[np.minimum(at, len(self._sorted) - 1)] != ids
+        ):
+            raise KeyError("a direction id is not in the index")
+        rows = self._order[at]
+        owners, offsets = self._owner[rows], self._offset[rows]
+        for shard_no in np.unique(owners):
+            mine = owners == shard_no
+            vectors = full_vectors(self.shards[shard_no])
+            out[mine] = vectors.reconstruct_batch(offsets[mine].astype(np.int64))
+        return out
+
+    def range_search(self, queries: np.ndarray, threshold: float) -> list[tuple[Any, Any]]:
+        """For each query, every (direction id, inner product) at or above ``threshold``."""
+        queries = np.ascontiguousarray(queries, np.float32)
+        found: list[list[Any]] = [[] for _ in queries]
+        for shard, shard_ids in zip(self.shards, self._ids, strict=True):
+            lims, sims, positions = full_vectors(shard).range_search(queries, threshold)
+            for row in range(len(queries)):
+                part = slice(lims[row], lims[row + 1])
+                found[row].append((shard_ids[positions[part]], sims[part]))
+        return [
+            (np.concatenate([f[0] for f in parts]), np.concatenate([f[1] for f in parts]))
+            for parts in found
+        ]
+
+
+def _top_k(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[Any, Any]:
+    """Per row, the ``k`` largest similarities (ties by id), padded with -1 ids."""
+    sims = np.where(ids >= 0, sims, -np.inf)
+    order = np.lexsort((ids, -sims), axis=1)[:, :k]
+    top_sims = np.take_along_axis(sims, order, axis=1)
+    top_ids = np.take_along_axis(ids, order, axis=1)
+    top_ids = np.where(np.isfinite(top_sims), top_ids, -1)
+    if top_ids.shape[1] < k:
+        pad = k - top_ids.shape[1]
+        top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
+        top_sims = np.pad(top_sims, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return top_sims.astype(np.float32), top_ids
 
 
 def reconstruct(index: Any, ids: np.ndarray) -> np.ndarray:
@@ -120,18 +276,23 @@ def merge_valences(ids: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarra
 
 
 def measured_recall(index: Any, k: int = 10, n_queries: int = 100, seed: int = 0) -> float:
-    """recall@k of ``index`` against an exact scan of its own full vectors, with ``n_queries``
-    of its own directions as "more like this" queries (both valences; self-matches dropped)."""
-    flat, ids = full_vectors(index), index_ids(index)
-    picks = np.random.default_rng(seed).choice(len(ids), min(n_queries, len(ids)), replace=False)
-    queries = flat.reconstruct_batch(picks.astype(np.int64))
-    exact_sims, exact_pos = flat.search(np.concatenate([queries, -queries]), k + 1)
-    approx_sims, approx_ids = index.search(np.concatenate([queries, -queries]), k + 1)
+    """recall@k of ``index`` (a shard or a :class:`ResidualIndex`) against an exact scan of its
+    own full vectors, with ``n_queries`` of its own directions as "more like this" queries
+    (both valences; self-matches dropped)."""
+    index = index if isinstance(index, ResidualIndex) else ResidualIndex([index])
+    ids = index.ids()
+    picks = ids[
+        np.random.default_rng(seed).choice(len(ids), min(n_queries, len(ids)), replace=False)
+    ]
+    queries = index.reconstruct_batch(picks)
+    both = np.concatenate([queries, -queries])
+    exact_sims, exact_ids = index.search(both, k + 1, exact=True)
+    approx_sims, approx_ids = index.search(both, k + 1)
     found = []
-    for row, position in enumerate(picks):
-        both = [row, row + len(picks)]
-        truth, _ = merge_valences(ids[exact_pos[both]], exact_sims[both], k + 1)
-        got, _ = merge_valences(approx_ids[both], approx_sims[both], k + 1)
-        truth, got = truth[truth != ids[position]][:k], got[got != ids[position]][:k]
+    for row, own in enumerate(picks):
+        pair = [row, row + len(picks)]
+        truth, _ = merge_valences(exact_ids[pair], exact_sims[pair], k + 1)
+        got, _ = merge_valences(approx_ids[pair], approx_sims[pair], k + 1)
+        truth, got = truth[truth != own][:k], got[got != own][:k]
         found.append(len(np.intersect1d(truth, got)) / max(len(truth), 1))
     return float(np.mean(found))

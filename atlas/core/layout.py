@@ -4,7 +4,8 @@
 
     ATLAS/
       catalog.json          format version, the published models and the id counters
-      store/<uuid>/         one model: model.duckdb, residual.faiss, unembed.npy, manifest.json
+      store/<uuid>/         one model: model.duckdb, residual-NNNN.faiss (one FAISS
+                            index shard per layer), unembed.npy, manifest.json
       .staging/<uuid>/      a store being written; never read by anyone else
       .lock                 held by the one process that changes the catalog
       .reserved             id counters past every id handed to a writer (published or not)
@@ -45,7 +46,6 @@ FORMAT = "svd-atlas"
 FORMAT_VERSION = 1
 CATALOG = "catalog.json"
 MODEL_DB = "model.duckdb"
-RESIDUAL_INDEX = "residual.faiss"
 UNEMBED = "unembed.npy"  # centered W_U, [d_vocab, d_model] float16: turns text into a query
 MANIFEST = "manifest.json"
 OWNER = ".owner"  # in a staging folder: locked by the process writing it

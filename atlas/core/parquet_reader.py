@@ -81,14 +81,20 @@ class ParquetReader(Reader):
                 "FROM directions GROUP BY model_id"
             ).to_pylist()
             self._ranges = {r["model_id"]: (r["lo"], r["hi"]) for r in rows}
-        for model_id, (lo, hi) in self._ranges.items():
-            if lo <= direction_id <= hi:
-                return model_id
-        raise AtlasError(f"no direction {direction_id} in {self.location}")
+        owners = [m for m, (lo, hi) in self._ranges.items() if lo <= direction_id <= hi]
+        if len(owners) > 1:  # models exported from different atlases may share ids
+            raise AtlasError(
+                f"direction {direction_id} is ambiguous in {self.location}: the id ranges of "
+                f"{', '.join(sorted(owners))} overlap, as ids are unique only within the atlas a "
+                "model was exported from"
+            )
+        if not owners:
+            raise AtlasError(f"no direction {direction_id} in {self.location}")
+        return owners[0]
 
     def residual_index(self, model_id: str) -> Any:
         """An exact index built in memory from the tree's vectors (once per reader)."""
-        from atlas.core.indexes import EXACT, build_index
+        from atlas.core.indexes import EXACT, ResidualIndex, build_index
 
         with self._index_lock:
             if model_id not in self._indexes:
@@ -99,7 +105,8 @@ class ParquetReader(Reader):
                     "ORDER BY direction_id"
                 )
                 ids = rows["direction_id"].to_numpy().astype(np.int64)
-                self._indexes[model_id] = build_index(vector_matrix(rows["vector"]), ids, EXACT)
+                shard = build_index(vector_matrix(rows["vector"]), ids, EXACT)
+                self._indexes[model_id] = ResidualIndex([shard])
             return self._indexes[model_id]
 
     def has_unembedding(self, model_id: str) -> bool:

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from atlas.core.contract import TABLES
 from atlas.core.errors import AtlasError, one_line
-from atlas.core.layout import MODEL_DB, RESIDUAL_INDEX, UNEMBED, AtlasDir, Catalog, dir_size
+from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size
 from atlas.core.sqlguard import interruptible, lock_session, run_statement, sql_string
 from atlas.core.views import create_views
 
@@ -329,15 +329,16 @@ class StoreReader(Reader):
         return self.dir.store_path(self.catalog.models[model_id])
 
     def residual_index(self, model_id: str) -> Any:
-        """Read once per handle; a model without vectors or with a damaged file is one line."""
+        """Read once per handle (shards memory-mapped); a model without vectors or with a
+        damaged file is one line."""
         with self._index_lock:
             if model_id not in self._indexes:
-                from atlas.core.indexes import read_index
+                from atlas.core.indexes import ResidualIndex, shard_files
 
-                path = self.store_path(model_id) / RESIDUAL_INDEX
-                if not path.is_file():
+                shards = shard_files(self.store_path(model_id))
+                if not shards:
                     raise no_vectors(model_id)
-                self._indexes[model_id] = read_index(path)
+                self._indexes[model_id] = ResidualIndex.read(shards)
             return self._indexes[model_id]
 
     def has_unembedding(self, model_id: str) -> bool:

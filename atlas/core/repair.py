@@ -3,7 +3,8 @@
 DuckDB is the source of truth; everything else a store holds is derived from it or describes
 it. Under the atlas's writer lock, for each problem ``atlas.core.check`` marks repairable:
 
-- a missing, stale or damaged ``residual.faiss`` is rebuilt from DuckDB's vectors;
+- a missing, stale or damaged FAISS index (its ``residual-NNNN.faiss`` shards) is rebuilt
+  from DuckDB's vectors;
 - a missing or unreadable ``manifest.json`` is recomputed, once the check has verified the data
   itself (DuckDB opens, row counts and ids agree with the catalog, the index matches DuckDB);
 - a lost or unreadable ``catalog.json`` is rebuilt from the stores' manifests, with the id
@@ -34,17 +35,17 @@ from atlas.core.check import (
     check_atlas,
 )
 from atlas.core.errors import AtlasError
+from atlas.core.indexes import is_index_file, shard_files
 from atlas.core.layout import (
     MANIFEST,
     MODEL_DB,
-    RESIDUAL_INDEX,
     AtlasDir,
     Catalog,
     CatalogEntry,
     fsync_tree,
 )
 from atlas.core.sqlguard import sql_string
-from atlas.core.store import sha256_file, write_index, write_manifest
+from atlas.core.store import sha256_file, write_index_shard, write_manifest
 from atlas.core.vectors import vector_matrix
 
 
@@ -88,12 +89,13 @@ def _repair(atlas_dir: AtlasDir, actions: set[tuple[str, str | None]]) -> list[s
             elif action == REBUILD_INDEX:
                 with atlas_dir.staging() as scratch:
                     rebuild_index(store, scratch)
-                done.append(f"{model_id}  {RESIDUAL_INDEX} rebuilt from DuckDB")
+                done.append(f"{model_id}  the FAISS index rebuilt from DuckDB")
     return done
 
 
 def rebuild_index(store: Path, scratch: Path) -> None:
-    """Write ``store``'s residual.faiss again from DuckDB, exact or approximate as ingest chose.
+    """Write ``store``'s index shards again from DuckDB, one per layer as ingest does (so one
+    layer's vectors are in memory at a time), exact or approximate as ingest chose.
 
     ``scratch`` is an empty folder on the same file system (a staging folder). A model without
     vectors (loaded from a ``--vectors none`` bundle) gets no index.
@@ -101,33 +103,40 @@ def rebuild_index(store: Path, scratch: Path) -> None:
     con = _open_store(store)
     try:
         index_type = con.sql("SELECT index_type FROM m.models").fetchall()[0][0]
-        rows = con.sql(
-            "SELECT direction_id, vector FROM m.directions ORDER BY direction_id"
-        ).to_arrow_table()
+        (n_null,) = con.sql("SELECT count(*) FROM m.directions WHERE vector IS NULL").fetchall()[0]
+        layers = [] if n_null else [r[0] for r in con.sql(
+            "SELECT DISTINCT layer FROM m.directions ORDER BY layer").fetchall()]  # fmt: skip
+        for shard, layer in enumerate(layers):
+            rows = con.sql(
+                "SELECT direction_id, vector FROM m.directions WHERE layer = ? "
+                "ORDER BY direction_id",
+                params=[layer],
+            ).to_arrow_table()
+            ids = rows["direction_id"].to_numpy().astype(np.int64)
+            write_index_shard(scratch, shard, vector_matrix(rows["vector"]), ids, index_type)
     finally:
         con.close()
-    if rows["vector"].null_count:
-        (store / RESIDUAL_INDEX).unlink(missing_ok=True)
-    else:
-        ids = rows["direction_id"].to_numpy().astype(np.int64)
-        write_index(scratch, vector_matrix(rows["vector"]), ids, index_type)
-        fsync_tree(scratch)
-        os.replace(scratch / RESIDUAL_INDEX, store / RESIDUAL_INDEX)
-    _replace_manifest_member(store, scratch)
+    fsync_tree(scratch)
+    new = {p.name for p in scratch.iterdir() if is_index_file(p.name)}
+    for name in sorted(new):
+        os.replace(scratch / name, store / name)
+    for old in shard_files(store):
+        if old.name not in new:
+            old.unlink()
+    _replace_index_members(store, scratch)
     fsync_tree(store)
 
 
-def _replace_manifest_member(store: Path, scratch: Path) -> None:
-    """Replace the manifest's entry for the index (the other checksums stay as they were)."""
+def _replace_index_members(store: Path, scratch: Path) -> None:
+    """Replace the manifest's entries for the index (the other checksums stay as they were)."""
     try:
         manifest = json.loads((store / MANIFEST).read_text(encoding="utf-8"))
         members = manifest["members"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise AtlasError(f"cannot repair {store}: its {MANIFEST} cannot be read ({exc})") from None
-    index = store / RESIDUAL_INDEX
-    members.pop(RESIDUAL_INDEX, None)
-    if index.is_file():
-        members[RESIDUAL_INDEX] = {"bytes": index.stat().st_size, "sha256": sha256_file(index)}
+    members = {name: m for name, m in members.items() if not is_index_file(name)}
+    for shard in shard_files(store):
+        members[shard.name] = {"bytes": shard.stat().st_size, "sha256": sha256_file(shard)}
     manifest["members"] = dict(sorted(members.items()))
     _write_json(store / MANIFEST, manifest, scratch)
 

@@ -19,11 +19,12 @@ import pyarrow as pa
 
 from atlas.core.contract import TABLES
 from atlas.core.errors import AtlasError, one_line
-from atlas.core.indexes import build_index
+from atlas.core.indexes import SHARD_FILE, build_index
 from atlas.core.indexes import write_index as write_faiss
-from atlas.core.layout import MANIFEST, MODEL_DB, RESIDUAL_INDEX, UNEMBED
+from atlas.core.layout import MANIFEST, MODEL_DB, UNEMBED
 from atlas.core.schema import create_statements
 from atlas.core.token_space import BUILD_TOKEN_BAGS
+from atlas.core.vectors import vector_matrix
 
 # The tables whose row counts a manifest records.
 COUNTED = tuple(t for t in TABLES if t != "models")
@@ -52,37 +53,91 @@ def writing_store(atlas_root: Path) -> Iterator[None]:
         ) from None
 
 
+class TableWriter:
+    """A new store's DuckDB file, written a batch of rows at a time through Arrow.
+
+    ``with_vectors=False`` makes ``directions.vector`` nullable: a model loaded from a bundle
+    exported without vectors keeps NULL there (and has no FAISS index). ``memory_limit`` bounds
+    DuckDB's buffers (it spills to disk beyond), so a model of any size writes in bounded
+    memory.
+    """
+
+    def __init__(
+        self,
+        store: Path,
+        d_model: int,
+        with_vectors: bool = True,
+        memory_limit: str = "1GB",
+        threads: int | None = None,
+    ):
+        config: dict[str, Any] = {"memory_limit": memory_limit}
+        if threads is not None:  # a writer beside other work keeps to its share of the cores
+            config["threads"] = threads
+        self.con = duckdb.connect(str(store / MODEL_DB), config=config)
+        try:
+            self.con.execute("BEGIN")
+            for ddl in create_statements(d_model):
+                self.con.execute(ddl)
+            if not with_vectors:
+                self.con.execute("ALTER TABLE directions ALTER COLUMN vector DROP NOT NULL")
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.close()
+            raise
+
+    def append(self, tables: dict[str, pa.Table | None]) -> None:
+        """Insert rows of several tables in one transaction (``None``: nothing to insert)."""
+        self.con.execute("BEGIN")
+        for name in TABLE_ORDER:
+            if tables.get(name) is None:
+                continue
+            self.con.register("incoming", tables[name])
+            self.con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
+            self.con.unregister("incoming")
+        self.con.execute("COMMIT")
+
+    def finish(self) -> None:
+        """Derive the token-space bags, flush to disk and close."""
+        try:
+            self.con.execute(BUILD_TOKEN_BAGS)
+            self.con.execute("CHECKPOINT")
+        finally:
+            self.con.close()
+
+    def close(self) -> None:
+        self.con.close()
+
+
 def write_tables(
     store: Path, tables: dict[str, pa.Table | None], d_model: int, with_vectors: bool = True
 ) -> None:
-    """Create the schema and bulk-insert every table through Arrow, in one transaction.
-
-    ``with_vectors=False`` makes ``directions.vector`` nullable: a model loaded from a bundle
-    exported without vectors keeps NULL there (and has no FAISS index).
-    """
-    con = duckdb.connect(str(store / MODEL_DB))
+    """Create the schema and bulk-insert every table through Arrow (a bundle's model)."""
+    writer = TableWriter(store, d_model, with_vectors)
     try:
-        con.execute("BEGIN")
-        for ddl in create_statements(d_model):
-            con.execute(ddl)
-        if not with_vectors:
-            con.execute("ALTER TABLE directions ALTER COLUMN vector DROP NOT NULL")
-        for name in TABLE_ORDER:
-            if tables[name] is None:  # e.g. coherence_null when ingest did not score
-                continue
-            con.register("incoming", tables[name])
-            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
-            con.unregister("incoming")
-        con.execute(BUILD_TOKEN_BAGS)
-        con.execute("COMMIT")
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
+        writer.append(tables)
+        writer.finish()
+    except BaseException:
+        writer.close()
+        raise
 
 
-def write_index(store: Path, vectors: np.ndarray, ids: np.ndarray, index_type: str) -> None:
-    """The residual-space cosine index, exact or approximate (see atlas.core.indexes)."""
-    write_faiss(build_index(vectors, ids, index_type), store / RESIDUAL_INDEX)
+def write_index_shard(
+    store: Path, shard: int, vectors: np.ndarray, ids: np.ndarray, index_type: str
+) -> None:
+    """Shard ``shard`` of the residual-space cosine index, exact or approximate
+    (``atlas.core.indexes``)."""
+    write_faiss(build_index(vectors, ids, index_type), store / SHARD_FILE.format(shard))
+
+
+def write_index_by_layer(store: Path, directions: pa.Table, index_type: str) -> None:
+    """The index of a whole ``directions`` table (ids, layer, vector), one shard per layer as
+    ingest writes it."""
+    layers = directions["layer"].to_numpy()
+    ids = directions["direction_id"].to_numpy().astype(np.int64)
+    vectors = vector_matrix(directions["vector"])
+    for shard, layer in enumerate(np.unique(layers)):
+        rows = layers == layer
+        write_index_shard(store, shard, vectors[rows], ids[rows], index_type)
 
 
 def write_unembedding(store: Path, W_U_centered: np.ndarray) -> None:

@@ -11,7 +11,8 @@
     models/0000/vocab.parquet
     models/0000/unembed.npy        centered W_U as float16 (turns words into queries); not with
                                    --vectors none, where no residual-space search is possible
-    models/0000/residual.faiss     optional (f32 only): can always be rebuilt from the vectors
+    models/0000/residual.faiss     optional (f32 only), written by earlier versions; never read:
+                                   load rebuilds the index from the vectors
 
 A bundle is data, never code: nothing in it is unpickled or executed. Member names are fixed by
 this module (never derived from model ids), so a reader accepts only names it would have

@@ -37,7 +37,13 @@ from atlas.core.exchange.unpack import unpack_bundle
 from atlas.core.layout import UNEMBED, AtlasDir
 from atlas.core.publish import IdRange, publish, refuse_existing, reserve_ids, store_record
 from atlas.core.schema import build_metadata
-from atlas.core.store import TABLE_ORDER, write_index, write_manifest, write_tables, writing_store
+from atlas.core.store import (
+    TABLE_ORDER,
+    write_index_by_layer,
+    write_manifest,
+    write_tables,
+    writing_store,
+)
 from atlas.core.vectors import vector_column, vector_matrix
 
 Refusal = Callable[[str], AtlasError]
@@ -224,9 +230,8 @@ def _build_store(
     except duckdb.Error as exc:
         raise AtlasError(f"model {data.model.model_id!r} could not be stored: {exc}") from None
     if data.vectors is not None:
-        direction_ids = tables["directions"]["direction_id"].to_numpy()
         index_type = tables["models"]["index_type"][0].as_py()
-        write_index(staging, data.vectors, direction_ids, index_type)
+        write_index_by_layer(staging, tables["directions"], index_type)
     if data.unembed is not None:
         np.save(staging / UNEMBED, data.unembed)
     provenance = {
