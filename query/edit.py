@@ -181,7 +181,8 @@ def _plan_ov(bridge: Any, d: Direction, eps: float) -> RankOneEdit:
             f"direction {d.direction_id} ({d.where}): a grouped-query head with a value bias "
             "but no output bias cannot be edited without changing its constant write"
         )
-    return RankOneEdit(d, eps, float(s[i]), u, v, "W_O+b_O", a)
+    route = "W_O" if attn.b_O is None else "W_O+b_O"
+    return RankOneEdit(d, eps, float(s[i]), u, v, route, a)
 
 
 @torch.no_grad()

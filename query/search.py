@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from atlas.core.errors import AtlasError
-from atlas.core.indexes import is_exact, merge_valences, reconstruct
+from atlas.core.indexes import merge_valences
 from atlas.core.reader import Reader
 from query.filters import Filters
 from query.vectors import (
@@ -96,18 +96,24 @@ def resolve_query(
     if not candidates:
         raise AtlasError(f"{a.location} holds no models yet")
     home = a.model_of(direction) if direction is not None else None
+    notes: list[str] = []
     if space == "auto":
         one_model = candidates == [home] or len(candidates) == 1
         space = "residual" if one_model or vector is not None else "token"
         if text is not None and one_model and not a.has_unembedding(candidates[0]):
-            space = "token"  # e.g. a Parquet tree: words are searched through token bags
+            # a Parquet tree, or a bundle loaded with --vectors none: no W_U to embed words
+            space = "token"
+            notes.append(
+                f"{candidates[0]} has no unembedding here: words are searched in token space"
+            )
 
     if space == "token":
         if vector is not None:
             raise AtlasError("--vector is a residual-space vector: it cannot search token space")
         if direction is not None:
             return Query(space, candidates, bag=direction_bag(a, direction), exclude=direction)
-        return Query(space, candidates, bag=text_token_bag(split_words(text)))  # type: ignore[arg-type]
+        bag = text_token_bag(split_words(text))  # type: ignore[arg-type]
+        return Query(space, candidates, bag=bag, notes=notes)
 
     if direction is not None:
         if models and home not in candidates:
@@ -128,7 +134,8 @@ def resolve_query(
         return Query(space, [model_id], vector=q)
     words = split_words(text)  # type: ignore[arg-type]
     q, missing = text_residual_vector(a, model_id, words)
-    notes = [f"not in {model_id}'s vocabulary: {', '.join(missing)}"] if missing else []
+    if missing:
+        notes.append(f"not in {model_id}'s vocabulary: {', '.join(missing)}")
     return Query(space, [model_id], vector=q, notes=notes)
 
 
@@ -138,7 +145,7 @@ def approximate_note(a: Reader, query: Query, filters: Filters) -> str | None:
     if query.space != "residual" or filters.active:
         return None
     model_id = query.models[0]
-    if is_exact(a.residual_index(model_id)):
+    if a.residual_index(model_id).exact:
         return None
     return (
         f"{model_id} has an approximate index (more directions than --exact-max at ingest): "
@@ -181,8 +188,6 @@ def nearest_residual(
     a: Reader, model_id: str, q: np.ndarray, filters: Filters, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ids and signed cosines of the ``k`` largest ``|cos|`` in one model's residual index."""
-    import faiss
-
     index = a.residual_index(model_id)
     both = np.stack([q, -q]).astype(np.float32)
     if not filters.active:
@@ -191,14 +196,7 @@ def nearest_residual(
     allowed = filters.allowed_ids(a, model_id)
     if len(allowed) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    if not is_exact(index):  # approximate indexes and selective filters do not mix: scan exactly
-        sims = reconstruct(index, allowed) @ q
-        order = np.lexsort((allowed, -np.abs(sims)))[:k]
-        return allowed[order], sims[order]
-    selector = faiss.IDSelectorBatch(allowed)
-    params = faiss.SearchParameters()
-    params.sel = selector  # keep `selector` alive while FAISS uses it
-    sims, ids = index.search(both, min(k, len(allowed)), params=params)
+    sims, ids = index.search_among(both, min(k, len(allowed)), allowed)
     return merge_valences(ids, sims, k)
 
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from atlas.core.errors import AtlasError
-from atlas.core.indexes import full_vectors, index_ids, reconstruct
 from atlas.core.reader import Reader, check_direction_id
 from query.filters import Filters
 from query.search import Hit, describe, nearest_tokens
@@ -119,12 +118,10 @@ def _residual_range(
 ) -> list[tuple[int, float]]:
     """Every direction of the model whose |cos| with ``node`` is at least ``min_cos``."""
     index = a.residual_index(model_id)
-    q = reconstruct(index, np.array([node]))[0]
-    both = np.stack([q, -q]).astype(np.float32)
-    lims, sims, positions = full_vectors(index).range_search(both, min_cos)
-    ids = index_ids(index)[positions]
-    pairs = {int(i): float(s) for i, s in zip(ids[: lims[1]], sims[: lims[1]], strict=True)}
-    pairs.update({int(i): -float(s) for i, s in zip(ids[lims[1] :], sims[lims[1] :], strict=True)})
+    q = index.reconstruct_batch(np.array([node]))[0]
+    (same_ids, same), (opposite_ids, opposite) = index.range_search(np.stack([q, -q]), min_cos)
+    pairs = {int(i): float(s) for i, s in zip(same_ids, same, strict=True)}
+    pairs.update({int(i): -float(s) for i, s in zip(opposite_ids, opposite, strict=True)})
     pairs.pop(node, None)
     if filters.active:
         allowed = set(filters.allowed_ids(a, model_id).tolist())

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from atlas.core.errors import AtlasError, one_line
-from atlas.core.indexes import reconstruct
 from atlas.core.reader import Reader
 from atlas.core.token_space import word_bag
 from atlas.core.tokens import normalized_form
@@ -66,7 +65,7 @@ def text_token_bag(words: list[str]) -> dict[str, float]:
 def direction_vector(a: Reader, direction_id: int) -> tuple[str, np.ndarray]:
     """The model a direction belongs to and its stored residual-space vector."""
     model_id = a.model_of(direction_id)
-    return model_id, reconstruct(a.residual_index(model_id), np.array([direction_id]))[0]
+    return model_id, a.residual_index(model_id).reconstruct_batch(np.array([direction_id]))[0]
 
 
 def direction_bag(a: Reader, direction_id: int) -> dict[str, float]:

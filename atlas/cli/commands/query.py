@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from atlas.cli.output import dumps, emit, format_option
+from atlas.cli.output import dumps, emit, format_option, text_or_json_option
 from atlas.core.contract import KINDS, SIDES, TABLES
 from atlas.core.errors import AtlasError
 from atlas.core.views import VIEWS
@@ -252,7 +252,7 @@ def trace(obj: dict[str, Any], direction_id: int, n_tokens: int, fmt: str, **kw:
     help="Singular directions shown on a matrix card.",
 )
 @_tokens_option
-@format_option
+@text_or_json_option("text for reading, json (the whole card) for machines.")
 @click.pass_obj
 def show(obj: dict[str, Any], target: tuple[str, ...], top: int, n_tokens: int, fmt: str) -> None:
     """A card: `show ID` (one direction) or `show MODEL LAYER HEAD` (HEAD: a head number, or
@@ -263,15 +263,15 @@ def show(obj: dict[str, Any], target: tuple[str, ...], top: int, n_tokens: int, 
         raise AtlasError("give a direction id, or MODEL LAYER HEAD")
     with atlas.open(obj["atlas"]) as a:
         card = a.card(int(target[0])) if len(target) == 1 else a.card(*target, top=top)
-    if fmt != "table":
+    if fmt == "json":
         click.echo(dumps(card))
     elif len(target) == 1:
-        _print_direction(card)
+        _print_direction(card, n_tokens)
     else:
         _print_matrix(card, n_tokens)
 
 
-def _print_direction(card: dict[str, Any]) -> None:
+def _print_direction(card: dict[str, Any], n_tokens: int) -> None:
     where = f"layer {card['layer']}" + (f" head {card['head']}" if card["head"] is not None else "")
     click.echo(
         f"direction {card['direction_id']}: {card['model_id']} {where} {card['kind']} "
@@ -291,7 +291,7 @@ def _print_direction(card: dict[str, Any]) -> None:
     from atlas.cli.output import table_cell
 
     for polarity in ("pos", "neg"):
-        toks = [t for t in card["tokens"] if t["polarity"] == polarity]
+        toks = [t for t in card["tokens"] if t["polarity"] == polarity][:n_tokens]
         click.echo(
             f"  {'+' if polarity == 'pos' else '-'} "
             + ", ".join(f"{table_cell(t['token_display'])} ({t['score']:.3f})" for t in toks)
