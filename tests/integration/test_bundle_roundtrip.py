@@ -132,12 +132,17 @@ def test_f16_and_no_vectors(minilm_atlas: Path, bundles: dict[str, Path]) -> Non
         half_ids, widened = vectors(half, "minilm")
         np.testing.assert_array_equal(ids, half_ids)
         np.testing.assert_allclose(np.linalg.norm(widened, axis=1), 1.0, atol=1e-6)
-        assert np.abs(widened - exact).max() < 2e-3  # half precision: 11 significant bits
+        # half precision keeps 11 significant bits (relative error <= 2^-11 = 4.9e-4 per value;
+        # measured: 2.0e-4 absolute); bfloat16's 8 bits would give about 2e-3 and 5e-3
+        error = np.abs(widened - exact)
+        assert error.max() < 4e-4
+        visible = np.abs(exact) > 1e-3
+        assert (error[visible] / np.abs(exact[visible])).max() < 1.5e-3
         queries = query_set(original, "minilm")
         recall = recall_at_k(
             neighbours(half, "minilm", queries), neighbours(original, "minilm", queries)
         )
-        assert recall >= 0.95, recall
+        assert recall >= 0.999, recall  # measured 1.0 on these queries
 
         assert_tables_equal(original, bare, exclude=("vector",))
         assert table(bare, "directions")["vector"].null_count == 9216

@@ -18,6 +18,8 @@ from atlas.core.indexes import is_exact
 from atlas.core.store import sha256_file
 from tests.support.helpers import assert_one_error_line, fingerprint, run_cli
 
+SHARD = "residual-0000.faiss"  # the first layer's index shard
+
 
 def _store(root: Path) -> Path:
     catalog = json.loads((root / "catalog.json").read_text())
@@ -55,8 +57,12 @@ def _edit(change: Callable[[faiss.Index], None]) -> Callable[[Path], None]:
     return damage
 
 
+def _ids(index: faiss.Index) -> np.ndarray:
+    return faiss.vector_to_array(index.id_map).astype(np.int64)
+
+
 def _drop_ids(index: faiss.Index) -> None:
-    index.remove_ids(np.array([0, 17, 9215], np.int64))
+    index.remove_ids(_ids(index)[[0, 17, -1]])
 
 
 def _stale_id(index: faiss.Index) -> None:
@@ -64,28 +70,34 @@ def _stale_id(index: faiss.Index) -> None:
 
 
 def _moved_vector(index: faiss.Index) -> None:
-    vector = index.reconstruct(5)
-    index.remove_ids(np.array([5], np.int64))
-    index.add_with_ids(-vector[None, :], np.array([5], np.int64))
+    moved = _ids(index)[5:6]
+    vector = index.reconstruct(int(moved[0]))
+    index.remove_ids(moved)
+    index.add_with_ids(-vector[None, :], moved)
 
 
 DAMAGE = {
-    "missing": (_delete, "residual.faiss is missing"),
-    "garbage": (_garbage, "residual.faiss: cannot be read"),
+    "missing": (_delete, f"{SHARD} is missing"),
+    "garbage": (_garbage, f"the FAISS index: {SHARD} cannot be read"),
     "dropped": (_edit(_drop_ids), "3 directions missing from it, 0 stale ids"),
     "stale": (_edit(_stale_id), "0 directions missing from it, 1 stale ids"),
     "moved": (_edit(_moved_vector), "1 vectors differ from DuckDB's"),
 }
 
 
+def _hashes(store: Path) -> dict[str, str]:
+    return {path.name: sha256_file(path) for path in sorted(store.iterdir()) if path.is_file()}
+
+
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_repair_rebuilds_a_damaged_index_from_duckdb(atlas_copy: Path, damage: str) -> None:
     store = _store(atlas_copy)
-    original = {name: sha256_file(store / name) for name in ("residual.faiss", "model.duckdb")}
+    original = _hashes(store)
+    assert SHARD in original and "model.duckdb" in original
     with atlas.open(atlas_copy) as a:
         hits = [(h.direction_id, round(h.score, 5)) for h in a.search("fire", k=10)]
     plant, expected = DAMAGE[damage]
-    plant(store / "residual.faiss")
+    plant(store / SHARD)
 
     found = run_cli("--atlas", atlas_copy, "check")
     assert found.returncode == 1
@@ -94,10 +106,9 @@ def test_repair_rebuilds_a_damaged_index_from_duckdb(atlas_copy: Path, damage: s
 
     repaired = run_cli("--atlas", atlas_copy, "check", "--repair")
     assert repaired.returncode == 0, repaired.stdout
-    assert "repaired  minilm  residual.faiss rebuilt from DuckDB" in repaired.stdout
-    # rebuilt from DuckDB's vectors, the index is byte-identical to the one ingest wrote
-    assert sha256_file(store / "residual.faiss") == original["residual.faiss"]
-    assert sha256_file(store / "model.duckdb") == original["model.duckdb"]
+    assert "repaired  minilm  the FAISS index rebuilt from DuckDB" in repaired.stdout
+    # rebuilt from DuckDB's vectors, every shard is byte-identical to the one ingest wrote
+    assert _hashes(store) == original
     assert not any((atlas_copy / ".staging").iterdir())
     with atlas.open(atlas_copy) as a:
         assert [(h.direction_id, round(h.score, 5)) for h in a.search("fire", k=10)] == hits
@@ -148,7 +159,7 @@ def test_inconsistent_tables_are_each_reported(atlas_copy: Path) -> None:
         "1 top_neurons rows name a direction_id that is not in directions",
         f"1 directions do not have {2 * top_k} top_tokens rows",
         "1 direction vectors are not unit length",
-        "residual.faiss: 1 vectors differ from DuckDB's",
+        "the FAISS index: 1 vectors differ from DuckDB's",
     ]
     for text in expected:
         assert any(text in m for m in messages), (text, messages)
@@ -184,7 +195,7 @@ def test_a_model_loaded_without_vectors_has_no_index_by_design(
     assert exported.returncode == 0, exported.stderr
     root = tmp_path / "atlas"
     assert run_cli("--atlas", root, "load", bundle).returncode == 0
-    assert not (_store(root) / "residual.faiss").exists()
+    assert not list(_store(root).glob("*.faiss"))
     result = run_cli("--atlas", root, "check", "--repair")
     assert result.returncode == 0, result.stdout
     assert "repaired" not in result.stdout
@@ -204,13 +215,13 @@ def test_an_hnsw_index_from_an_earlier_version_is_rebuilt(atlas_copy: Path) -> N
     con = duckdb.connect(str(store / "model.duckdb"))
     con.execute("UPDATE models SET index_type = 'hnsw'")
     con.close()
-    flat = faiss.read_index(str(store / "residual.faiss"))
-    ids = faiss.vector_to_array(flat.id_map).astype(np.int64)
+    flat = faiss.read_index(str(store / SHARD))
+    ids = _ids(flat)
     hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(384, 16, faiss.METRIC_INNER_PRODUCT))
     hnsw.add_with_ids(flat.reconstruct_batch(ids), ids)
-    faiss.write_index(hnsw, str(store / "residual.faiss"))
+    faiss.write_index(hnsw, str(store / SHARD))
     manifest = json.loads((store / "manifest.json").read_text())
-    for name in ("model.duckdb", "residual.faiss"):
+    for name in ("model.duckdb", SHARD):
         manifest["members"][name] = {
             "bytes": (store / name).stat().st_size,
             "sha256": sha256_file(store / name),

@@ -1,9 +1,10 @@
 """kill -9 of a real ``svd-atlas ingest`` at several points: the atlas never changes or breaks.
 
 Kill points (with the two of test_ingest_cli.py, while computing and while writing DuckDB):
-during boot, while the FAISS index is written under ``.staging``, and three exact moments of
-publishing planted by ``tests.support.kill_at`` (before the store moves, after it moved but
-before the catalog names it, and with the new catalog synced but not yet renamed over the old one).
+during boot; once the first, the third and the last of the six blocks is written under
+``.staging``; and three exact moments of publishing planted by ``tests.support.kill_at`` (before
+the store moves, after it moved but before the catalog names it, and with the new catalog synced
+but not yet renamed over the old one).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ def _after(seconds: float) -> Callable[[Path], bool]:
     return lambda _root: time.monotonic() - start > seconds
 
 
-def _index_in_staging(root: Path) -> bool:
-    return any((root / ".staging").glob("*/residual.faiss"))
+def _block_written(block: int) -> Callable[[Path], bool]:
+    """True once the staging store holds block ``block``'s index shard (its rows are written)."""
+    return lambda root: any((root / ".staging").glob(f"*/residual-{block:04d}.faiss"))
 
 
 def _kill_when(root: Path, moment: Callable[[Path], bool]) -> None:
@@ -57,7 +59,7 @@ def test_kill_9_at_each_point_leaves_the_atlas_as_it_was(
     before = fingerprint(root)
     kills: list[tuple[str, Callable[[Path], None]]] = [
         ("boot", lambda r: _kill_when(r, _after(1.5))),
-        ("index", lambda r: _kill_when(r, _index_in_staging)),
+        *[(f"block {b}", lambda r, b=b: _kill_when(r, _block_written(b))) for b in (0, 2, 5)],
         *[
             (p, lambda r, p=p: _planted(r, p))
             for p in ("before-move", "after-move", "before-catalog")

@@ -105,14 +105,16 @@ def test_local_folder_equals_bundled_and_models_lists_both(
     assert "examples" in result.stdout and "on disk" in result.stdout
     with atlas.open(atlas_copy) as a:
         q = (
-            "SELECT kind, layer, head, sv_index, side, sigma, vector FROM directions "
+            "SELECT kind, layer, head, sv_index, side, sigma, sv_gap, vector FROM directions "
             "WHERE model_id = ? AND sv_index < 8 ORDER BY kind, layer, head, sv_index, side"
         )
         local = a.sql(q, ["my model ü"]).to_pydict()
         bundled = a.sql(q, ["minilm"]).to_pydict()
     assert local["kind"] == bundled["kind"] and len(local["kind"]) == 8 * (72 * 2 + 12)
     np.testing.assert_allclose(local["sigma"], bundled["sigma"], rtol=1e-6)
-    np.testing.assert_allclose(np.array(local["vector"]), np.array(bundled["vector"]), atol=1e-6)
+    # two float32 SVDs on differently threaded runs agree to about eps * sigma_max / gap
+    error = np.abs(np.array(local["vector"]) - np.array(bundled["vector"])).max(axis=1)
+    assert (error < 1e-6 + 2e-6 / np.array(bundled["sv_gap"])).all()
 
     listing = run_cli("--atlas", atlas_copy, "models")
     assert listing.returncode == 0

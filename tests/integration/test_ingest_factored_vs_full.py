@@ -50,7 +50,8 @@ def test_direction_rows_identical(two_atlases: tuple[Path, Path]) -> None:
     va, vb = np.array(a["vector"]), np.array(b["vector"])
     ok = ~np.array(a["degenerate"])
     assert ok.mean() > 0.9
-    np.testing.assert_allclose(va[ok], vb[ok], atol=2e-3)
+    # float32 round-off on well-separated directions: 3e-5 measured, 1e-4 allowed
+    np.testing.assert_allclose(va[ok], vb[ok], atol=1e-4)
     # signs, not just spans: the same sign on every well-separated direction
     assert (np.sign((va[ok] * vb[ok]).sum(axis=1)) > 0).all()
 

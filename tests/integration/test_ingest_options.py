@@ -46,10 +46,11 @@ def test_tl_processing_records_what_was_applied(tmp_path: Path, minilm_atlas: Pa
     assert n == 4 * (72 * 2 + 12)
     assert set(json.loads(row["stage_seconds"])) == {
         "boot",
+        "load",
         "decompose",
         "project",
         "write",
-        "index",
+        "wall",
     }
     assert '"torch"' in row["versions"] and row["device"] == "cpu"
     with atlas.open(minilm_atlas) as a:
@@ -72,7 +73,7 @@ def test_mixture_of_experts_mlps_are_skipped_with_a_message() -> None:
     )
     weights = extract_weights(bridge, "cpu")
     assert weights.mlp == {}
-    assert weights.skipped == ["MLP layers 0-1: mixture-of-experts MLPs are not decomposed"]
+    assert weights.skipped == ["every layer's MLP: mixture-of-experts MLPs are not decomposed"]
 
 
 def test_cuda_request_without_cuda_is_a_clear_error(tmp_path: Path) -> None:

@@ -111,3 +111,37 @@ def test_tree_refuses_a_folder_that_is_not_a_tree_and_f16(minilm_atlas: Path, tr
         run_cli("--atlas", minilm_atlas, "export", "--parquet", other, "--vectors", "f16")
     )
     assert "f32" in line and not other.exists()
+
+
+def test_ids_shared_by_models_from_two_atlases_are_refused_not_guessed(
+    minilm_atlas: Path, tmp_path: Path
+) -> None:
+    """Two atlases each number their first model from 0: in one tree, `show 5` could be
+    either model's direction 5, so it is refused; SQL by (model_id, direction_id) still works."""
+    from tests.support.tiny_models import ingest_loaded, tiny_gpt2
+
+    other = tmp_path / "other"
+    ingest_loaded(other, tiny_gpt2(), "tiny")
+    tree = tmp_path / "tree"
+    for root in (minilm_atlas, other):
+        result = run_cli("--atlas", root, "export", "--parquet", tree)
+        assert result.returncode == 0, result.stderr
+    for command in (["show", "5"], ["trace", "5"], ["search", "--direction", "5"]):
+        line = assert_one_error_line(run_cli("--atlas", tree, *command))
+        assert "direction 5 is ambiguous" in line and "minilm, tiny" in line, line
+    with atlas.open(tree) as opened, atlas.open(other) as tiny:
+        rows = opened.sql(
+            "SELECT sigma FROM directions WHERE model_id = 'tiny' AND direction_id = 5"
+        ).to_pylist()
+        assert rows == tiny.sql("SELECT sigma FROM directions WHERE direction_id = 5").to_pylist()
+
+
+def test_words_without_an_unembedding_are_searched_in_token_space_with_a_note(
+    tree: Path,
+) -> None:
+    result = run_cli("--atlas", tree, "search", "fire", "-k", "3", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert "note: minilm has no unembedding here: words are searched in token space" in (
+        result.stderr
+    )
+    assert {hit["space"] for hit in json.loads(result.stdout)} == {"token"}

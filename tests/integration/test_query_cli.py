@@ -195,6 +195,12 @@ def test_cards(minilm_atlas: Path) -> None:
     assert [n["neuron"] for n in card["top_neurons"]] == neurons and len(neurons) == 20
     mlp = run_cli("--atlas", minilm_atlas, "show", "minilm", "2", "mlp_in", "--top", "2").stdout
     assert "minilm layer 2 mlp_in (384x1536, rank 384)" in mlp and "read +" in mlp
+    text = run_cli("--atlas", minilm_atlas, "show", "8724", "--tokens", "3").stdout.splitlines()
+    token_lines = {line.split()[0]: line for line in text if line.startswith(("  + ", "  - "))}
+    for sign, polarity in (("+", "pos"), ("-", "neg")):
+        shown = [t for t in card["tokens"] if t["polarity"] == polarity][:3]
+        expected = ", ".join(f"{t['token_display']} ({t['score']:.3f})" for t in shown)
+        assert token_lines[sign] == f"  {sign} {expected}"
 
 
 def test_small_models_stay_exact_whatever_the_threshold(tmp_path: Path) -> None:
@@ -211,14 +217,13 @@ def test_small_models_stay_exact_whatever_the_threshold(tmp_path: Path) -> None:
 
 
 def test_approximate_index_above_threshold(tmp_path: Path) -> None:
-    """A model above --exact-max gets the approximate index; its hits agree with exact ones."""
+    """A model above --exact-max gets the approximate index; its hits agree with exact ones.
+    Full rank, so that each layer's shard (1,536 directions) is large enough to be approximate."""
     loaded = load_model("random:llama-tiny", "cpu")
     for name, exact_max in (("exact", 10**9), ("ann", 1000)):
         ingest(
             tmp_path / "atlas",
-            IngestOptions(
-                model="random:llama-tiny", model_id=name, exact_max=exact_max, max_rank=16
-            ),
+            IngestOptions(model="random:llama-tiny", model_id=name, exact_max=exact_max),
             loaded=loaded,
             log=quiet,
             progress=False,
@@ -276,7 +281,7 @@ def test_approximate_index_above_threshold(tmp_path: Path) -> None:
     with atlas.open(tmp_path / "atlas") as a:
         a.export(bundle, ["ann"], vectors="f16")
     load_bundle(tmp_path / "loaded", bundle)
-    index_file = next((tmp_path / "loaded" / "store").glob("*/residual.faiss"))
+    index_file = next((tmp_path / "loaded" / "store").glob("*/residual-0001.faiss"))
     index_file.unlink()
     assert run_cli("--atlas", tmp_path / "loaded", "check", "--repair").returncode == 0
     report = check_atlas(tmp_path / "loaded")

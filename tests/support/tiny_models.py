@@ -18,10 +18,11 @@ def tiny_gpt2(n_layers: int = 3, seed: int = 1) -> LoadedModel:
     from transformer_lens.model_bridge.sources.native import boot as boot_native
 
     from ingest.bundled import minilm_words
-    from ingest.random_models import GPT2_DEFAULTS, wordlevel_tokenizer
+    from ingest.random_models import wordlevel_tokenizer
 
     fields: dict[str, Any] = {
-        **GPT2_DEFAULTS,
+        "act_fn": "gelu_new",
+        "normalization_type": "LN",
         "n_layers": n_layers,
         "n_heads": 4,
         "d_model": 64,
