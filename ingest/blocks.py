@@ -22,6 +22,7 @@ converted one block at a time.
 from __future__ import annotations
 
 import copy
+import gc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +118,8 @@ class BlockLoader:
         weights = extract_weights(first, "cpu")
         self._unembedding = weights.W_U
         self._first: ModelWeights | None = weights
+        del first
+        gc.collect()  # the full-vocabulary bridge: several embedding-sized copies
 
     def unembedding(self) -> torch.Tensor:
         """The centered unembedding ``[d_model, d_vocab]`` (float32, CPU)."""

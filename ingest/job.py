@@ -3,11 +3,16 @@
 ::
 
     boot     the model's configuration, tokenizer, unembedding and block 0 (ingest.blocks)
-    blocks   for each block, in a three-stage pipeline that keeps the compute device busy:
-               load      the next block's weights, processed (a background thread)
-               compute   decompose, project through W_U, assemble rows, score (this thread)
-               write     DuckDB rows and the block's index shard (a background thread)
+    blocks   for each block, three stages:
+               load      the block's weights, processed
+               compute   decompose, project through W_U, assemble rows, score
+               write     DuckDB rows and the block's index shard
     finish   the models row, token-space bags, unembedding, manifest; publish
+
+On a GPU the stages overlap, so that the GPU stays busy: block i+1 is loaded (a background
+thread) while block i is computed (this thread) and block i-1 written (another thread). On the
+CPU they run in turn: the compute stage already uses every core, and threads beside it would
+only take cores from it (measured: a third slower on 2 cores).
 
 Peak memory is about one block in each stage plus the unembedding, whatever the number of
 layers. Ids are laid out kind by kind, layer by layer, as a whole-model ingest lays them out,
@@ -207,7 +212,9 @@ def ingest(
             with timer("score"):
                 coherence = _coherence_stage(model_id, vocab, W_U, options.top_k)
         log("[2/3] blocks    load, decompose, project and write one block at a time")
-        builder = _open_builder(staging, blocks.info.d_model, index_type, vocab)
+        # beside a GPU's compute the writer keeps to one core; on the CPU it writes alone
+        threads = None if device == "cpu" else 1
+        builder = _open_builder(staging, blocks.info.d_model, index_type, vocab, threads)
         try:
             counts = _run_blocks(
                 blocks, first, W_U, vocab, layout, builder, coherence, options, model_id,
@@ -369,8 +376,9 @@ def _run_blocks(
             builder.add_block(rows)
 
     started = time.perf_counter()
-    loader = _Prefetch(load())
-    writer = _Drain(write)
+    overlap = report.device != "cpu"
+    loader = _Prefetch(load(), background=overlap)
+    writer = _Drain(write, background=overlap)
     try:
         for i in range(blocks.n_blocks):
             if i == 0:
@@ -418,16 +426,20 @@ def _log_progress(log: Callable[[str], None], done: int, total: int, elapsed: fl
 
 
 class _Prefetch:
-    """Runs an iterator in a background thread, one item ahead (a queue of one)."""
+    """Runs an iterator in a background thread, one item ahead (a queue of one); or, not in the
+    ``background``, item by item when asked."""
 
     _END = object()
 
-    def __init__(self, items: Iterator[Any]):
+    def __init__(self, items: Iterator[Any], background: bool = True):
+        self._items = items
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(items,), daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, args=(items,), daemon=True)
+            self._thread.start()
 
     def _run(self, items: Iterator[Any]) -> None:
         try:
@@ -445,7 +457,7 @@ class _Prefetch:
         self._queue.put(self._END)
 
     def next(self) -> Any:
-        item = self._queue.get()
+        item = next(self._items, self._END) if self._thread is None else self._queue.get()
         if item is self._END:
             if self._error is not None:
                 raise self._error
@@ -454,7 +466,7 @@ class _Prefetch:
 
     def stop(self) -> None:
         self._stop.set()
-        while self._thread.is_alive():
+        while self._thread is not None and self._thread.is_alive():
             try:
                 self._queue.get(timeout=0.1)
             except queue.Empty:
@@ -463,15 +475,18 @@ class _Prefetch:
 
 class _Drain:
     """Consumes items in a background thread (a queue of one); errors surface on the next
-    ``put`` or at ``close``."""
+    ``put`` or at ``close``. Not in the ``background``, each item is consumed as it is put."""
 
     _END = object()
 
-    def __init__(self, consume: Callable[[Any], None]):
+    def __init__(self, consume: Callable[[Any], None], background: bool = True):
+        self._consume = consume
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(consume,), daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, args=(consume,), daemon=True)
+            self._thread.start()
 
     def _run(self, consume: Callable[[Any], None]) -> None:
         while (item := self._queue.get()) is not self._END:
@@ -483,15 +498,19 @@ class _Drain:
 
     def put(self, item: Any) -> None:
         self._raise()
-        self._queue.put(item)
+        if self._thread is None:
+            self._consume(item)
+        else:
+            self._queue.put(item)
 
     def close(self) -> None:
-        self._queue.put(self._END)
-        self._thread.join()
+        if self._thread is not None:
+            self._queue.put(self._END)
+            self._thread.join()
         self._raise()
 
     def stop(self) -> None:
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._queue.put(self._END)
             self._thread.join()
 
@@ -500,10 +519,12 @@ class _Drain:
             raise self._error
 
 
-def _open_builder(staging: Path, d_model: int, index_type: str, vocab: pa.Table) -> Any:
+def _open_builder(
+    staging: Path, d_model: int, index_type: str, vocab: pa.Table, threads: int | None
+) -> Any:
     from ingest.writer import StoreBuilder
 
-    return StoreBuilder(staging, d_model, index_type, vocab)
+    return StoreBuilder(staging, d_model, index_type, vocab, threads)
 
 
 def _coherence_stage(model_id: str, vocab: pa.Table, W_U: torch.Tensor, top_k: int) -> Any:

@@ -15,20 +15,25 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from atlas.core.store import TableWriter, write_index_shard, write_manifest, write_unembedding
+from atlas.core.store import IndexShards, TableWriter, write_manifest, write_unembedding
 from ingest.assemble import AtlasRows
 
 JSON_COLUMNS = ("processing_applied", "skipped", "versions", "stage_seconds")
+WRITER_MEMORY = "256MB"
 
 
 class StoreBuilder:
     """A staging store filled block by block (see the module notes)."""
 
-    def __init__(self, staging: Path, d_model: int, index_type: str, vocab: pa.Table):
+    def __init__(
+        self, staging: Path, d_model: int, index_type: str, vocab: pa.Table, threads: int | None
+    ):
         self.staging, self.index_type = staging, index_type
-        self.tables = TableWriter(staging, d_model, threads=1)
+        # DuckDB keeps written pages cached up to its memory limit: a small one keeps an
+        # ingest's memory flat, whatever the number of blocks written
+        self.tables = TableWriter(staging, d_model, memory_limit=WRITER_MEMORY, threads=threads)
         self.tables.append({"vocab": vocab})
-        self.shards = 0
+        self.shards = IndexShards(staging, index_type)
 
     def add_block(self, rows: AtlasRows) -> None:
         self.tables.append(
@@ -39,10 +44,8 @@ class StoreBuilder:
                 "top_neurons": rows.top_neurons,
             }
         )
-        write_index_shard(
-            self.staging, self.shards, rows.vectors, rows.direction_ids, self.index_type
-        )
-        self.shards += 1
+        order = np.argsort(rows.direction_ids, kind="stable")
+        self.shards.add_layer(rows.vectors[order], rows.direction_ids[order])
 
     def finish(
         self,
@@ -51,6 +54,7 @@ class StoreBuilder:
         W_U_centered: np.ndarray,
         record: dict[str, Any],
     ) -> None:
+        self.shards.flush()
         self.tables.append({"models": models_table(model_row), "coherence_null": coherence_null})
         self.tables.finish()
         write_unembedding(self.staging, W_U_centered)

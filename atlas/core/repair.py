@@ -45,7 +45,7 @@ from atlas.core.layout import (
     fsync_tree,
 )
 from atlas.core.sqlguard import sql_string
-from atlas.core.store import sha256_file, write_index_shard, write_manifest
+from atlas.core.store import IndexShards, sha256_file, write_manifest
 from atlas.core.vectors import vector_matrix
 
 
@@ -94,8 +94,8 @@ def _repair(atlas_dir: AtlasDir, actions: set[tuple[str, str | None]]) -> list[s
 
 
 def rebuild_index(store: Path, scratch: Path) -> None:
-    """Write ``store``'s index shards again from DuckDB, one per layer as ingest does (so one
-    layer's vectors are in memory at a time), exact or approximate as ingest chose.
+    """Write ``store``'s index shards again from DuckDB, layer by layer as ingest does (so
+    one shard's vectors are in memory at a time), exact or approximate as ingest chose.
 
     ``scratch`` is an empty folder on the same file system (a staging folder). A model without
     vectors (loaded from a ``--vectors none`` bundle) gets no index.
@@ -106,14 +106,16 @@ def rebuild_index(store: Path, scratch: Path) -> None:
         (n_null,) = con.sql("SELECT count(*) FROM m.directions WHERE vector IS NULL").fetchall()[0]
         layers = [] if n_null else [r[0] for r in con.sql(
             "SELECT DISTINCT layer FROM m.directions ORDER BY layer").fetchall()]  # fmt: skip
-        for shard, layer in enumerate(layers):
+        shards = IndexShards(scratch, index_type)
+        for layer in layers:
             rows = con.sql(
                 "SELECT direction_id, vector FROM m.directions WHERE layer = ? "
                 "ORDER BY direction_id",
                 params=[layer],
             ).to_arrow_table()
             ids = rows["direction_id"].to_numpy().astype(np.int64)
-            write_index_shard(scratch, shard, vector_matrix(rows["vector"]), ids, index_type)
+            shards.add_layer(vector_matrix(rows["vector"]), ids)
+        shards.flush()
     finally:
         con.close()
     fsync_tree(scratch)

@@ -70,7 +70,9 @@ class TableWriter:
         memory_limit: str = "1GB",
         threads: int | None = None,
     ):
-        config: dict[str, Any] = {"memory_limit": memory_limit}
+        # a larger write-ahead log between checkpoints: appending block by block checkpoints
+        # less often (a third faster), at no cost in memory beyond ``memory_limit``
+        config: dict[str, Any] = {"memory_limit": memory_limit, "checkpoint_threshold": "128MB"}
         if threads is not None:  # a writer beside other work keeps to its share of the cores
             config["threads"] = threads
         self.con = duckdb.connect(str(store / MODEL_DB), config=config)
@@ -121,23 +123,55 @@ def write_tables(
         raise
 
 
-def write_index_shard(
-    store: Path, shard: int, vectors: np.ndarray, ids: np.ndarray, index_type: str
-) -> None:
-    """Shard ``shard`` of the residual-space cosine index, exact or approximate
-    (``atlas.core.indexes``)."""
-    write_faiss(build_index(vectors, ids, index_type), store / SHARD_FILE.format(shard))
+SHARD_BYTES = 256 << 20  # vectors per index shard: few shards, in bounded memory
+
+
+class IndexShards:
+    """A store's index, written as shards of at least SHARD_BYTES of vectors (the last one
+    smaller), each holding whole layers.
+
+    Layers are added in order, each with its vectors in direction_id order; a shard is
+    written as soon as it is full. Ingest (block by block), bundle loads and repairs (layer by
+    layer from DuckDB) all write through this, so the same data makes the same files, in
+    memory of one shard and one layer.
+    """
+
+    def __init__(self, store: Path, index_type: str):
+        self.store, self.index_type = store, index_type
+        self.count = 0  # shards written
+        self._vectors: list[np.ndarray] = []
+        self._ids: list[np.ndarray] = []
+        self._bytes = 0
+
+    def add_layer(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self._vectors.append(vectors)
+        self._ids.append(ids.astype(np.int64))
+        self._bytes += vectors.nbytes
+        if self._bytes >= SHARD_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered as the next shard (at the end, or when full)."""
+        if not self._vectors:
+            return
+        vectors, ids = np.concatenate(self._vectors), np.concatenate(self._ids)
+        self._vectors, self._ids, self._bytes = [], [], 0
+        index = build_index(vectors, ids, self.index_type)
+        write_faiss(index, self.store / SHARD_FILE.format(self.count))
+        self.count += 1
 
 
 def write_index_by_layer(store: Path, directions: pa.Table, index_type: str) -> None:
-    """The index of a whole ``directions`` table (ids, layer, vector), one shard per layer as
-    ingest writes it."""
+    """The index of a whole ``directions`` table (ids, layer, vector), as ingest writes it."""
     layers = directions["layer"].to_numpy()
     ids = directions["direction_id"].to_numpy().astype(np.int64)
     vectors = vector_matrix(directions["vector"])
-    for shard, layer in enumerate(np.unique(layers)):
-        rows = layers == layer
-        write_index_shard(store, shard, vectors[rows], ids[rows], index_type)
+    shards = IndexShards(store, index_type)
+    for layer in np.unique(layers):
+        rows = np.flatnonzero(layers == layer)
+        rows = rows[np.argsort(ids[rows], kind="stable")]
+        shards.add_layer(vectors[rows], ids[rows])
+    shards.flush()
 
 
 def write_unembedding(store: Path, W_U_centered: np.ndarray) -> None:

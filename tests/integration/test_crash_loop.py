@@ -2,9 +2,9 @@
 
 Kill points (with the two of test_ingest_cli.py, while computing and while writing DuckDB):
 during boot; once the first, the third and the last of the six blocks is written under
-``.staging``; and three exact moments of publishing planted by ``tests.support.kill_at`` (before
-the store moves, after it moved but before the catalog names it, and with the new catalog synced
-but not yet renamed over the old one).
+``.staging`` (as its progress line says); and three exact moments of publishing planted by
+``tests.support.kill_at`` (before the store moves, after it moved but before the catalog names
+it, and with the new catalog synced but not yet renamed over the old one).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,20 +26,27 @@ INGEST = ("ingest", "minilm", "--name", "second", "--max-rank", "4")
 KILL_AT = [sys.executable, "-m", "tests.support.kill_at"]
 
 
-def _after(seconds: float) -> Callable[[Path], bool]:
+Moment = Callable[[list[str]], bool]  # true, given the stderr lines so far, when to kill
+
+
+def _after(seconds: float) -> Moment:
     start = time.monotonic()
-    return lambda _root: time.monotonic() - start > seconds
+    return lambda _lines: time.monotonic() - start > seconds
 
 
-def _block_written(block: int) -> Callable[[Path], bool]:
-    """True once the staging store holds block ``block``'s index shard (its rows are written)."""
-    return lambda root: any((root / ".staging").glob(f"*/residual-{block:04d}.faiss"))
+def _block_written(block: int) -> Moment:
+    """True once the progress says block ``block`` (0-based) is done: its rows and index
+    vectors are written to the staging store."""
+    return lambda lines: any(f"block {block + 1}/6 done" in line for line in lines)
 
 
-def _kill_when(root: Path, moment: Callable[[Path], bool]) -> None:
+def _kill_when(root: Path, moment: Moment) -> None:
     proc = start_cli("--atlas", root, *INGEST, env=SINGLE_THREAD)
+    lines: list[str] = []
+    assert proc.stderr is not None
+    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
     deadline = time.monotonic() + 240
-    while not moment(root) and proc.poll() is None and time.monotonic() < deadline:
+    while not moment(lines) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.001)
     assert proc.poll() is None, "ingest ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
