@@ -1,26 +1,53 @@
-"""Run one ingest in this (fresh) process and print its report as JSON (used by bench/run.py)."""
+"""One ingest in this (fresh) process, its report printed as JSON (used by bench/run.py).
+
+    python bench/ingest_report.py ATLAS MODEL DEVICE [--whole] [--max-rank N]
+
+``--whole`` boots the whole model first and ingests it from memory (the path every ingest took
+before streaming); otherwise the model streams one block at a time.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
-import sys
 import time
-from pathlib import Path
 
 start = time.perf_counter()
 from ingest.job import IngestOptions, ingest  # noqa: E402
+from ingest.loading import load_model, resolve_spec  # noqa: E402
 
 imported = time.perf_counter() - start
-report = ingest(
-    sys.argv[1],
-    IngestOptions(model=sys.argv[2], device=sys.argv[3]),
-    log=lambda _m: None,
-    progress=False,
-)
+
+
+def parameters(spec: str) -> int:
+    """The model's parameter count, from its configuration (counted on the meta device)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModel
+
+    resolved = resolve_spec(spec)
+    if resolved.shape is not None:
+        from ingest.random_models import random_config
+
+        config = random_config(resolved.shape)
+    else:
+        config = AutoConfig.from_pretrained(resolved.folder)
+    with init_empty_weights():
+        model = AutoModel.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+parser = argparse.ArgumentParser()
+parser.add_argument("atlas")
+parser.add_argument("model")
+parser.add_argument("device")
+parser.add_argument("--whole", action="store_true")
+parser.add_argument("--max-rank", type=int)
+args = parser.parse_args()
+options = IngestOptions(model=args.model, device=args.device, max_rank=args.max_rank)
+loaded = load_model(args.model, args.device) if args.whole else None
+report = ingest(args.atlas, options, loaded=loaded, log=lambda _m: None, progress=False)
 out = dataclasses.asdict(report)
 out["import_seconds"] = round(imported, 3)
-out["total_seconds"] = round(time.perf_counter() - start, 3)
-store = next(Path(sys.argv[1], "store").iterdir())
-out["db_bytes"] = (store / "model.duckdb").stat().st_size
+out["parameters"] = parameters(args.model)
 print(json.dumps(out))

@@ -1,8 +1,11 @@
 """svd-atlas benchmarks: every figure is measured side by side with its baseline in one run.
 
-    python bench/run.py [--only ingest,decompose] [--device cpu|cuda] [--large]
+    python bench/run.py [--only SECTION,...] [--device cpu|cuda] [--large]
 
-Writes bench/results/latest.json and BENCHMARKS.md (machine details included).
+Sections: decompose, ingest, memory, e2e, projection, search. ``--large`` adds the big shapes
+(gpt2-medium to gpt2-xl ingests, the 1e6 search). Writes bench/results/latest.json and
+BENCHMARKS.md (machine details included). Every baseline is named, and gets the same warm-up
+and repeats as what it is compared with.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/run.py` from anywhere: bench.* is importable
 RESULTS = ROOT / "bench" / "results"
-INGEST_STAGES = ("boot", "decompose", "project", "score", "write", "index")
+REPEATS = 3  # best of, after one warm-up, on both sides of every ratio
 
 
 def machine() -> dict[str, Any]:
@@ -47,50 +50,8 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def ingest_subprocess(model: str, device: str) -> dict[str, Any]:
-    """End-to-end ingest in a fresh process (imports included), with its peak RSS (the largest
-    of the per-stage peaks: the ingest resets the kernel's high-water mark at each stage)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "ingest_report.py"),
-                f"{tmp}/atlas",
-                model,
-                device,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
-        )
-        wall = time.perf_counter() - start
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {
-        "model": model,
-        "device": device,
-        "wall_seconds": round(wall, 2),
-        "import_seconds": report["import_seconds"],
-        "stage_seconds": report["stage_seconds"],
-        "peak_rss_mb_by_stage": {k: round(v) for k, v in report["peak_rss_mb"].items()},
-        "peak_gpu_mb_by_stage": {k: round(v) for k, v in report["peak_gpu_mb"].items()},
-        "peak_rss_mb": round(max(report["peak_rss_mb"].values())),  # per-stage windows
-        "size_mb": round(report["size_bytes"] / 2**20, 1),
-        "directions": report["counts"]["directions"],
-        "write_rows_per_s": round(
-            sum(report["counts"].values()) / report["stage_seconds"]["write"]
-        ),
-        "write_mb_per_s": round(report["db_bytes"] / 2**20 / report["stage_seconds"]["write"], 1),
-    }
-
-
-def bench_ingest(device: str, large: bool) -> list[dict[str, Any]]:
-    models = ["minilm", "random:gpt2-small"] + (["random:gpt2-medium"] if large else [])
-    return [ingest_subprocess(m, device) for m in models]
-
-
-def _best_of(fn: Callable[[], Any], repeats: int) -> float:
+def _best_of(fn: Callable[[], Any], repeats: int = REPEATS) -> float:
+    fn()  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -107,50 +68,294 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_ov_decomposition(W_V: Any, W_O: Any, device: str) -> tuple[float, float]:
-    """Seconds for the batched factored SVD and for a per-head full SVD of explicit OV."""
-    import torch
-
-    from ingest.svd import factored_svd
-
-    def batched() -> None:
-        factored_svd(W_V, W_O)
-        _synchronize(device)
-
-    def per_head() -> None:  # what the sprint notebook and SVDInterpreter do
-        for h in range(W_V.shape[0]):
-            torch.linalg.svd(W_V[h] @ W_O[h])
-        _synchronize(device)
-
-    batched()  # warm-up
-    return _best_of(batched, 3), _best_of(per_head, 1)
+# --- decompose ----------------------------------------------------------------------------
 
 
 def bench_decompose(device: str, large: bool) -> list[dict[str, Any]]:
-    """Batched QR-factored OV SVD against a per-head full SVD of the explicit OV matrix."""
+    """Every OV circuit of a shape: the atlas's batched QR-factored SVD against TransformerLens's
+    own route (``FactoredMatrix(W_V[h], W_O[h]).svd()`` per head, what ``SVDInterpreter`` does)
+    and against a full SVD of each explicit d_model x d_model matrix (the sprint notebook)."""
     import torch
+    from transformer_lens.FactoredMatrix import FactoredMatrix
 
-    from ingest.random_models import RANDOM_SHAPES
+    from ingest.random_models import random_config
+    from ingest.svd import factored_svd
 
     out = []
     for shape in ("gpt2-small", "gpt2-medium"):
-        s = RANDOM_SHAPES[shape]
+        c = random_config(shape)
+        n, d, d_head = c.n_layer * c.n_head, c.n_embd, c.n_embd // c.n_head
         gen = torch.Generator().manual_seed(0)
-        n = s["n_layers"] * s["n_heads"]
-        W_V = (torch.randn(n, s["d_model"], s["d_head"], generator=gen) * 0.02).to(device)
-        W_O = (torch.randn(n, s["d_head"], s["d_model"], generator=gen) * 0.02).to(device)
-        t_batched, t_naive = time_ov_decomposition(W_V, W_O, device)
+        W_V = (torch.randn(n, d, d_head, generator=gen) * 0.02).to(device)
+        W_O = (torch.randn(n, d_head, d, generator=gen) * 0.02).to(device)
+
+        def batched(W_V: Any = W_V, W_O: Any = W_O) -> None:
+            factored_svd(W_V, W_O)
+            _synchronize(device)
+
+        def transformer_lens(W_V: Any = W_V, W_O: Any = W_O) -> None:
+            for h in range(W_V.shape[0]):
+                FactoredMatrix(W_V[h], W_O[h]).svd()
+            _synchronize(device)
+
+        def explicit(W_V: Any = W_V, W_O: Any = W_O) -> None:
+            for h in range(W_V.shape[0]):
+                torch.linalg.svd(W_V[h] @ W_O[h])
+            _synchronize(device)
+
+        row: dict[str, Any] = {"shape": shape, "heads": n, "device": device}
+        row["batched_seconds"] = round(_best_of(batched), 4)
+        row["factored_matrix_seconds"] = round(_best_of(transformer_lens), 4)
+        row["vs_factored_matrix"] = round(
+            row["factored_matrix_seconds"] / row["batched_seconds"], 1
+        )
+        if shape == "gpt2-small" or large:
+            row["explicit_seconds"] = round(_best_of(explicit), 3)
+            row["vs_explicit"] = round(row["explicit_seconds"] / row["batched_seconds"], 1)
+        out.append(row)
+    return out
+
+
+# --- ingest: streamed vs whole-model, in fresh processes ------------------------------------
+
+
+PREVIOUS_RELEASE = "109b695"  # the last commit before streaming ingest: "today's path"
+
+
+def _timed_process(command: list[str], env: dict[str, str], cwd: str | None = None
+                   ) -> tuple[str, float, float]:  # fmt: skip
+    """Run ``command``; its stdout, wall seconds and peak RSS in MB (GNU time's %M, the same
+    measurement for every ingest compared)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".txt") as peak:
+        start = time.perf_counter()
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", peak.name, *command],
+            capture_output=True, text=True, env=env, cwd=cwd,
+        )  # fmt: skip
+        wall = time.perf_counter() - start
+        if proc.returncode:
+            raise RuntimeError(f"{command} failed: {proc.stderr[-2000:]}")
+        return proc.stdout, wall, int(peak.read().split()[-1]) / 1024
+
+
+def ingest_subprocess(model: str, device: str, whole: bool = False, max_rank: int | None = None
+                      ) -> dict[str, Any]:  # fmt: skip
+    """One ingest in a fresh process (imports included): streamed, or ``whole`` (the model
+    booted whole first and ingested from memory by today's code)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, str(ROOT / "bench" / "ingest_report.py"), f"{tmp}/atlas",
+                   model, device]  # fmt: skip
+        command += ["--whole"] if whole else []
+        command += ["--max-rank", str(max_rank)] if max_rank else []
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+        stdout, wall, peak_mb = _timed_process(command, env)
+    report = json.loads(stdout.strip().splitlines()[-1])
+    return {
+        "model": model if not model.startswith("/") else Path(model).name,
+        "path": "whole model" if whole else "streamed",
+        "device": device,
+        "wall_seconds": round(wall, 1),
+        "import_seconds": report["import_seconds"],
+        "ingest_seconds": report["wall_seconds"],
+        "stage_seconds": report["stage_seconds"],
+        "waiting": report["waiting"],
+        "peak_rss_mb": round(peak_mb),
+        "peak_gpu_mb": round(report["peak_gpu_mb"]),
+        "size_mb": round(report["size_bytes"] / 2**20, 1),
+        "directions": report["counts"]["directions"],
+        "parameters": report["parameters"],
+    }
+
+
+def ingest_previous_release(model: str, device: str) -> dict[str, Any]:
+    """``svd-atlas ingest MODEL`` as the previous release runs it (``git archive`` of
+    PREVIOUS_RELEASE, the whole model booted then decomposed), in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "previous"
+        tree.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", PREVIOUS_RELEASE], capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(tree)}
+        command = [sys.executable, "-c", "from atlas.cli import main; main()",
+                   "--atlas", f"{tmp}/atlas", "ingest", model, "--device", device]  # fmt: skip
+        _, wall, peak_mb = _timed_process(command, env, cwd=str(tree))
+    return {
+        "model": model,
+        "path": f"previous release ({PREVIOUS_RELEASE})",
+        "device": device,
+        "wall_seconds": round(wall, 1),
+        "peak_rss_mb": round(peak_mb),
+    }
+
+
+def bench_ingest(device: str, large: bool) -> list[dict[str, Any]]:
+    """Streamed ingests of growing shapes; beside gpt2-small and gpt2-medium, today's code on
+    the whole model and the previous release (the path this release replaces)."""
+    models = ["minilm", "random:gpt2-small"]
+    models += ["random:gpt2-medium", "random:gpt2-large", "random:gpt2-xl"] if large else []
+    out = []
+    for model in models:
+        out.append(ingest_subprocess(model, device))
+        print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+        if model in ("random:gpt2-small", "random:gpt2-medium"):
+            out.append(ingest_subprocess(model, device, whole=True))
+            out.append(ingest_previous_release(model, device))
+            for row in out[-2:]:
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    return out
+
+
+def bench_memory(device: str, large: bool) -> list[dict[str, Any]]:
+    """Peak RSS does not grow with depth: gpt2-xl's width with 12 layers and with 48, both saved
+    as folders (one shard per layer) and streamed; --max-rank 16 keeps the projection short
+    while every block is still loaded, processed and decomposed in full."""
+    from transformers import GPT2Config
+
+    from ingest.random_models import RANDOM_SHAPES, save_random_model
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for layers in (12, 48):
+            config = GPT2Config(**{**RANDOM_SHAPES["gpt2-xl"][1], "n_layer": layers})
+            config.architectures = ["GPT2LMHeadModel"]
+            folder = save_random_model("gpt2-xl", f"{tmp}/xl-{layers}", shards=layers,
+                                       config=config)  # fmt: skip
+            row = ingest_subprocess(str(folder), device, max_rank=16)
+            row["layers"] = layers
+            out.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    return out
+
+
+# --- e2e: the atlas against a naive pipeline ------------------------------------------------
+
+
+def bench_e2e(device: str, large: bool) -> list[dict[str, Any]]:
+    """The atlas ingest against the naive TransformerLens pipeline (``bench/naive.py``), both
+    on the same booted model (boot excluded), and both as whole processes."""
+    from bench.naive import naive_ingest
+    from ingest.job import IngestOptions, ingest
+    from ingest.loading import load_model
+
+    out = []
+    loaded = load_model("minilm", device)
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def atlas_run() -> dict[str, Any]:
+            root = f"{tmp}/atlas-{time.monotonic_ns()}"
+            options = IngestOptions(model="minilm", device=device)
+            report = ingest(root, options, loaded=loaded, log=lambda _m: None, progress=False)
+            return report.stage_seconds
+
+        def naive_run(row_by_row: bool) -> dict[str, float]:
+            db = f"{tmp}/naive-{time.monotonic_ns()}.duckdb"
+            return naive_ingest(loaded.bridge, loaded.vocabulary, db, row_by_row=row_by_row)
+
+        timed: dict[str, tuple[float, Any]] = {}
+        for name, run in (("atlas", atlas_run), ("naive_bulk", lambda: naive_run(False))):
+            parts: list[Any] = []
+            seconds = _best_of(lambda run=run, parts=parts: parts.append(run()))
+            timed[name] = (seconds, parts[-1])
+        start = time.perf_counter()
+        row_parts = naive_run(True)  # row-by-row inserts: once (about two minutes)
+        timed["naive_rows"] = (time.perf_counter() - start, row_parts)
+
+        stages = timed["atlas"][1]
+        atlas_compute = sum(stages.get(k, 0.0) for k in ("decompose", "project", "load"))
+        naive_compute = sum(v for k, v in timed["naive_bulk"][1].items() if k != "write")
         out.append(
             {
-                "shape": shape,
-                "heads": n,
+                "model": "minilm",
                 "device": device,
-                "batched_factored_seconds": round(t_batched, 4),
-                "per_head_full_seconds": round(t_naive, 3),
-                "speedup": round(t_naive / t_batched, 1),
+                "in_process": True,
+                "atlas_seconds": round(timed["atlas"][0], 2),
+                "naive_bulk_seconds": round(timed["naive_bulk"][0], 2),
+                "naive_rows_seconds": round(timed["naive_rows"][0], 2),
+                "vs_bulk": round(timed["naive_bulk"][0] / timed["atlas"][0], 2),
+                "vs_rows": round(timed["naive_rows"][0] / timed["atlas"][0], 1),
+                "atlas_compute_seconds": round(atlas_compute, 2),
+                "naive_compute_seconds": round(naive_compute, 2),
+                "compute_ratio": round(naive_compute / atlas_compute, 2),
+                "atlas_stages": stages,
+                "naive_parts": {k: round(v, 2) for k, v in timed["naive_bulk"][1].items()},
             }
         )
+        out.append(_whole_processes(tmp, device))
     return out
+
+
+def _whole_processes(tmp: str, device: str) -> dict[str, Any]:
+    """``svd-atlas ingest minilm`` and the naive script as whole processes, best of 3 each."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+    def atlas_process() -> None:
+        subprocess.run(
+            [sys.executable, "-c", "from atlas.cli import main; main()",
+             "--atlas", f"{tmp}/p-{time.monotonic_ns()}", "ingest", "minilm", "--device", device],
+            check=True, capture_output=True, env=env,
+        )  # fmt: skip
+
+    def naive_process() -> None:
+        subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "naive.py"), "minilm",
+             f"{tmp}/n-{time.monotonic_ns()}.duckdb"],
+            check=True, capture_output=True, env=env,
+        )  # fmt: skip
+
+    ours, naive = _best_of(atlas_process), _best_of(naive_process)
+    return {
+        "model": "minilm",
+        "device": device,
+        "in_process": False,
+        "atlas_seconds": round(ours, 2),
+        "naive_bulk_seconds": round(naive, 2),
+        "vs_bulk": round(naive / ours, 2),
+    }
+
+
+# --- projection ---------------------------------------------------------------------------
+
+
+def bench_projection(device: str, large: bool) -> list[dict[str, Any]]:
+    """Projection + top/bottom-k throughput as a fraction of the same chunked matrix products
+    alone (the same chunks, nothing added to either side)."""
+    import torch
+
+    from ingest.project import CHUNK_BYTES, project
+
+    gen = torch.Generator().manual_seed(0)
+    n, d, vocab = 8192, 768, 50257
+    vectors = torch.randn(n, d, generator=gen).to(device)
+    W_U = torch.randn(d, vocab, generator=gen).to(device)
+    rows = max(1, CHUNK_BYTES // (4 * vocab))
+
+    def matmul_only() -> None:
+        for start in range(0, n, rows):
+            _ = vectors[start : start + rows] @ W_U
+        _synchronize(device)
+
+    def projection() -> None:
+        project(vectors, W_U, 20)
+        _synchronize(device)
+
+    t_matmul, t_project = _best_of(matmul_only), _best_of(projection)
+    flops = 2 * n * d * vocab
+    return [
+        {
+            "vectors": n,
+            "d_model": d,
+            "d_vocab": vocab,
+            "device": device,
+            "matmul_gflops": round(flops / t_matmul / 1e9, 1),
+            "projection_gflops": round(flops / t_project / 1e9, 1),
+            "fraction_of_matmul": round(t_matmul / t_project, 3),
+        }
+    ]
+
+
+# --- search -------------------------------------------------------------------------------
 
 
 def _percentiles_ms(samples: list[float]) -> tuple[float, float]:
@@ -200,7 +405,7 @@ def bench_search(device: str, large: bool) -> list[dict[str, Any]]:
 
     from atlas.core.indexes import APPROXIMATE, EXACT, RERANK_FACTOR, build_index, merge_valences
 
-    sizes = [10_000, 100_000, 200_000, 1_000_000]  # 200k: the default --exact-max
+    sizes = [10_000, 100_000, 200_000] + ([1_000_000] if large else [])
     data, queries = realistic_vectors(max(sizes))
     out = []
     for n in sizes:
@@ -235,234 +440,23 @@ def bench_search(device: str, large: bool) -> list[dict[str, Any]]:
     return out
 
 
-def bench_e2e(device: str, large: bool) -> list[dict[str, Any]]:
-    """The atlas ingest against the naive per-head pipeline, same booted model, boot excluded."""
-    from bench.naive import naive_ingest
-    from ingest.job import IngestOptions, ingest
-    from ingest.loading import load_model
-
-    out = []
-    for spec in ["minilm"]:
-        loaded = load_model(spec, device)
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            report = ingest(
-                f"{tmp}/atlas",
-                IngestOptions(model=spec, device=device),
-                loaded=loaded,
-                log=lambda _m: None,
-                progress=False,
-            )
-            ours = time.perf_counter() - start
-            start = time.perf_counter()
-            naive_parts = naive_ingest(loaded.bridge, loaded.vocabulary, f"{tmp}/naive.duckdb")
-            naive = time.perf_counter() - start
-        out.append(
-            {
-                "model": spec,
-                "device": device,
-                "atlas_seconds": round(ours, 2),
-                "atlas_stages": report.stage_seconds,
-                "naive_seconds": round(naive, 2),
-                "naive_parts": {k: round(v, 2) for k, v in naive_parts.items()},
-                "speedup": round(naive / ours, 1),
-            }
-        )
-    return out
-
-
-def bench_projection(device: str, large: bool) -> list[dict[str, Any]]:
-    """Projection + top/bottom-k throughput as a fraction of plain matmul throughput."""
-    import torch
-
-    from ingest.project import CHUNK_BYTES, project
-
-    gen = torch.Generator().manual_seed(0)
-    n, d, vocab = 8192, 768, 50257
-    vectors = torch.randn(n, d, generator=gen).to(device)
-    W_U = torch.randn(d, vocab, generator=gen).to(device)
-    rows = max(1, CHUNK_BYTES // (4 * vocab))
-
-    def matmul_only() -> None:
-        for start in range(0, n, rows):
-            (vectors[start : start + rows] @ W_U).sum()
-        _synchronize(device)
-
-    def projection() -> None:
-        project(vectors, W_U, 20)
-        _synchronize(device)
-
-    matmul_only()
-    t_matmul = _best_of(matmul_only, 2)
-    t_project = _best_of(projection, 2)
-    flops = 2 * n * d * vocab
-    return [
-        {
-            "vectors": n,
-            "d_model": d,
-            "d_vocab": vocab,
-            "device": device,
-            "matmul_gflops": round(flops / t_matmul / 1e9, 1),
-            "projection_gflops": round(flops / t_project / 1e9, 1),
-            "fraction_of_matmul": round(t_matmul / t_project, 3),
-        }
-    ]
-
-
 SECTIONS: dict[str, Callable[[str, bool], list[dict[str, Any]]]] = {
     "decompose": bench_decompose,
     "ingest": bench_ingest,
-    "search": bench_search,
+    "memory": bench_memory,
     "e2e": bench_e2e,
     "projection": bench_projection,
+    "search": bench_search,
 }
-
-
-def markdown(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    lines = [
-        "# Benchmarks",
-        "",
-        "Each table is one run of the command named below it; ratios are measured side by "
-        "side within that run.",
-        "",
-        f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} "
-        f"({m['torch_threads']} threads), GPU: {m['gpu'] or 'none'}.",
-        "",
-    ]
-    if "decompose" in results:
-        lines += [
-            "## Decomposition: batched factored OV SVD vs per-head full SVD",
-            "",
-            "| shape | heads | device | batched factored (s) | per-head full (s) | speedup |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['shape']} | {r['heads']} | {r['device']} | "
-            f"{r['batched_factored_seconds']} | {r['per_head_full_seconds']} | "
-            f"{r['speedup']}x |"
-            for r in results["decompose"]
-        ]
-        lines.append("")
-    if "ingest" in results:
-        lines += [
-            "## Ingest end to end (fresh process, imports included)",
-            "",
-            "| model | device | wall (s) | import | boot | decompose | project | score | write | "
-            "index | peak RSS (MB) | on disk (MB) | directions |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in results["ingest"]:
-            st = r["stage_seconds"]
-            lines.append(
-                f"| {r['model']} | {r['device']} | {r['wall_seconds']} | {r['import_seconds']} | "
-                + " | ".join(str(st.get(k, "")) for k in INGEST_STAGES)
-                + f" | {r['peak_rss_mb']} | {r['size_mb']} | {r['directions']:,} |"
-            )
-        lines += [
-            "",
-            "Peak resident memory within each stage (MB), and DuckDB write throughput:",
-            "",
-            "| model | " + " | ".join(INGEST_STAGES) + " | rows/s | MB/s |",
-            "|---|" + "---|" * (len(INGEST_STAGES) + 2),
-        ]
-        for r in results["ingest"]:
-            mem = r["peak_rss_mb_by_stage"]
-            lines.append(
-                f"| {r['model']} | "
-                + " | ".join(str(mem.get(k, "")) for k in INGEST_STAGES)
-                + f" | {r['write_rows_per_s']:,} | {r['write_mb_per_s']} |"
-            )
-        lines.append("")
-    if "e2e" in results:
-        lines += [
-            "## End to end: atlas ingest vs the naive pipeline (same booted model)",
-            "",
-            "Naive: SVDInterpreter per head and per layer (write side only), a top-k per vector, "
-            "one INSERT per row. Boot excluded from both.",
-            "",
-            "| model | atlas (s) | naive (s) | naive SVD+projection | naive top-k | "
-            "naive inserts | speedup |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in results["e2e"]:
-            parts = r["naive_parts"]
-            lines.append(
-                f"| {r['model']} | {r['atlas_seconds']} | {r['naive_seconds']} | "
-                f"{parts['svd_and_projection']} | {parts['topk']} | {parts['inserts']} | "
-                f"{r['speedup']}x |"
-            )
-        lines.append("")
-    if "projection" in results:
-        lines += [
-            "## Projection vs matrix-multiply throughput",
-            "",
-            "| vectors x d_model x d_vocab | matmul GFLOP/s | projection GFLOP/s | fraction |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['vectors']} x {r['d_model']} x {r['d_vocab']} | {r['matmul_gflops']} | "
-            f"{r['projection_gflops']} | {r['fraction_of_matmul']:.0%} |"
-            for r in results["projection"]
-        ]
-        lines.append("")
-    if "search" in results:
-        lines += [
-            "## Search: one query (both valences), 200 real text queries",
-            "",
-            "Synthetic unit directions with the covariance of MiniLM's real ones (384-d). "
-            "Approximate: 4-bit PQ fast-scan codes, the best `factor x k` candidates re-ranked "
-            "exactly (`atlas/indexes.py`); recall@10 against exact search.",
-            "",
-            "| directions | exact p50 (ms) | exact p99 | approx. factor 10: p50 | p99 | "
-            "recall@10 | factor 50 (shipped): p50 | p99 | recall@10 | approx. build (s) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        approx = (
-            "rerank10_p50_ms",
-            "rerank10_p99_ms",
-            "rerank10_recall_at_10",
-            "rerank50_p50_ms",
-            "rerank50_p99_ms",
-            "rerank50_recall_at_10",
-            "ann_build_seconds",
-        )
-        lines += [
-            f"| {r['directions']:,} | {r['exact_p50_ms']} | {r['exact_p99_ms']} | "
-            + " | ".join(str(r.get(k, "")) for k in approx)
-            + " |"
-            for r in results["search"]
-        ]
-        lines.append("")
-    return "\n".join(_with_commands(lines, results.get("runs", {})))
-
-
-_SECTION_TITLES = {
-    "## Decomposition": "decompose",
-    "## Ingest end to end": "ingest",
-    "## Search": "search",
-    "## End to end": "e2e",
-    "## Projection": "projection",
-}
-
-
-def _with_commands(lines: list[str], runs: dict[str, Any]) -> list[str]:
-    """Put under each section title the command and date of the run that measured it."""
-    out = []
-    for line in lines:
-        out.append(line)
-        for prefix, name in _SECTION_TITLES.items():
-            if line.startswith(prefix) and name in runs:
-                run = runs[name]
-                out += ["", f"`python bench/run.py {' '.join(run['argv'])}` ({run['date']})"]
-    return out
 
 
 def main() -> None:
+    from bench.report import markdown
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--large", action="store_true", help="add a random:gpt2-medium ingest")
+    parser.add_argument("--large", action="store_true", help="the big shapes too")
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = parser.parse_args()
     out = Path(args.out)
@@ -474,7 +468,6 @@ def main() -> None:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results[name] = SECTIONS[name](args.device, args.large)
         runs[name] = {"date": time.strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:]}
-        print(json.dumps(results[name], indent=1), file=sys.stderr)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))
     (ROOT / "BENCHMARKS.md").write_text(markdown(results))
