@@ -8,6 +8,7 @@ A handle can be shared by many threads (each gets its own DuckDB cursor).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -20,12 +21,12 @@ from atlas.core.errors import AtlasError, AtlasWarning
 from atlas.core.exchange.bundle_format import BundleManifest
 from atlas.core.exchange.export import export_bundle
 from atlas.core.exchange.parquet_tree import export_parquet_tree
-from atlas.core.reader import Reader
+from atlas.core.reader import NoVectors, Reader
 from atlas.core.sources import open_reader
 from query.cards import direction_card, matrix_card
 from query.compare import compare as compare_models
 from query.filters import make_filters
-from query.search import DEFAULT_K, Hit, approximate_note, resolve_query
+from query.search import DEFAULT_K, Hit, Hits, approximate_note, resolve_query
 from query.search import search as run_search
 from query.spectrum import DEFAULT_JUMP_FACTOR, Spectra, load_spectra
 from query.trace import DEFAULT_LIMIT, DEFAULT_MIN_COS, TraceStep
@@ -82,6 +83,15 @@ class Atlas:
         :class:`AtlasError` for a model without vectors."""
         return self.reader.residual_index(model_id)
 
+    def load_indexes(self) -> None:
+        """Read every model's index and map its unembedding now, not at its first search (what
+        a long-running server does once); a model without vectors has neither."""
+        for model_id in self.model_ids():
+            if self.reader.has_unembedding(model_id):
+                self.reader.unembedding(model_id)
+            with contextlib.suppress(NoVectors):
+                self.reader.residual_index(model_id)
+
     def models(self) -> list[dict[str, Any]]:
         """One row per model: shape, processing, directions, index type and bytes on disk."""
         rows = self.reader.sql(MODELS_QUERY).to_pylist()
@@ -96,14 +106,16 @@ class Atlas:
         params: list[Any] | dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        max_rows: int | None = None,
     ) -> pa.Table:
         """Run one statement and return an Arrow table (``.to_pandas()`` for pandas).
 
         Read-only: a query (``SELECT``, ``EXPLAIN``) unless the atlas was opened with
         ``write=True``, and even then only ``user.duckdb`` can change. ``timeout`` (seconds)
-        stops a runaway query; so does Ctrl-C.
+        stops a runaway query; so does Ctrl-C. ``max_rows`` keeps only the first rows, without
+        computing the others where the query allows.
         """
-        return self.reader.user_sql(query, params, timeout)
+        return self.reader.user_sql(query, params, timeout, max_rows)
 
     def search(
         self,
@@ -122,23 +134,23 @@ class Atlas:
         max_sv_index: int | None = None,
         min_sigma: float | None = None,
         timeout: float | None = None,
-    ) -> list[Hit]:
+    ) -> Hits:
         """Directions nearest to a concept: words, a direction id or a vector (a ``.npy`` path or
-        an array).
+        an array); a list of :class:`Hit` whose ``notes`` repeat the warnings given.
 
         ``kinds`` is a list of matrix kinds, ``layers`` a layer or ``(start, stop)`` (stop
         excluded, None for the last), ``heads`` a head number or a list of them.
         """
         filters = make_filters(kinds, layers, heads, side, max_sv_index, min_sigma)
         query = resolve_query(self.reader, text, direction, vector, _model_names(model), space)
-        for note in [*query.notes, approximate_note(self.reader, query, filters)]:
-            if note:
-                warnings.warn(note, AtlasWarning, stacklevel=2)
+        notes = [n for n in (*query.notes, approximate_note(self.reader, query, filters)) if n]
+        for note in notes:
+            warnings.warn(note, AtlasWarning, stacklevel=2)
 
         def work() -> list[Hit]:
             return run_search(self.reader, query, filters, k=k, min_score=min_score)
 
-        return self._call(work, timeout)
+        return Hits(self._call(work, timeout), notes)
 
     def trace(
         self,
@@ -174,13 +186,14 @@ class Atlas:
 
         return self._call(work, timeout)
 
-    def card(self, *target: Any, top: int = 10) -> dict[str, Any]:
-        """``card(direction_id)`` or ``card(model_id, layer, head_or_kind)``."""
+    def card(self, *target: Any, top: int = 10, offset: int = 0) -> dict[str, Any]:
+        """``card(direction_id)`` or ``card(model_id, layer, head_or_kind)`` (its directions
+        from sv_index ``offset``, ``top`` of them)."""
         if len(target) == 1:
             return direction_card(self.reader, target[0])
         if len(target) == 3:
             model_id, layer, head = target
-            return matrix_card(self.reader, model_id, layer, head, top)
+            return matrix_card(self.reader, model_id, layer, head, top, offset)
         raise AtlasError("card takes a direction id, or model_id, layer and head (or MLP kind)")
 
     def spectrum(

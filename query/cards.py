@@ -5,23 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from atlas.core.contract import KINDS
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, NotFound
 from atlas.core.reader import Reader, check_direction_id
 
 MATRIX_COLUMNS = (
     "matrix_id, model_id, layer, head, kind, n_rows, n_cols, rank, numerical_rank, sigma_max, "
-    "frobenius_norm, stable_rank, effective_rank, spectrum"
+    "frobenius_norm, stable_rank, effective_rank, coherence, coherence_z, coherence_pct, spectrum"
 )
 
 
 def matrix_card(
-    a: Reader, model_id: str, layer: Any, head_or_kind: Any, top: int = 10
+    a: Reader, model_id: str, layer: Any, head_or_kind: Any, top: int = 10, offset: int = 0
 ) -> dict[str, Any]:
-    """A head (``head_or_kind`` a head number, kind ov) or an MLP matrix (a kind name)."""
+    """A head (``head_or_kind`` a head number, kind ov) or an MLP matrix (a kind name), with
+    its directions ``offset`` to ``offset + top`` (by sv_index)."""
     a.require_model(model_id)
     layer = _number(layer, "LAYER")
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise AtlasError(f"top must be an integer of at least 1, not {top!r}")
+    offset = _number(offset, "offset")
     if not isinstance(head_or_kind, str) or head_or_kind.isdigit():
         kind, head = "ov", _number(head_or_kind, "HEAD")
     elif head_or_kind in KINDS and head_or_kind != "ov":
@@ -36,7 +38,7 @@ def matrix_card(
         [model_id, layer, kind, head],
     ).to_pylist()
     if not rows:
-        raise AtlasError(
+        raise NotFound(
             f"no {kind} matrix at layer {layer}"
             + (f" head {head}" if head is not None else "")
             + f" in {model_id!r}"
@@ -44,8 +46,9 @@ def matrix_card(
     card = rows[0]
     directions = a.sql(
         "SELECT direction_id, sv_index, side, sigma, degenerate, pos_tokens, neg_tokens "
-        "FROM direction_tokens WHERE matrix_id = ? AND sv_index < ? ORDER BY sv_index, side",
-        [card["matrix_id"], top],
+        "FROM direction_tokens WHERE matrix_id = ? AND sv_index >= ? AND sv_index < ? "
+        "ORDER BY sv_index, side",
+        [card["matrix_id"], offset, offset + top],
     ).to_pylist()
     by_sv: dict[int, dict[str, Any]] = {}
     for d in directions:
@@ -75,7 +78,8 @@ def direction_card(a: Reader, direction_id: int) -> dict[str, Any]:
     a.model_of(direction_id)
     card = a.sql(
         "SELECT d.direction_id, d.model_id, d.layer, d.head, d.kind, d.side, d.sv_index, d.sigma, "
-        "d.sv_gap, d.degenerate, d.degenerate_group, d.matrix_id FROM directions d "
+        "d.sv_gap, d.degenerate, d.degenerate_group, d.matrix_id, d.coherence, d.coherence_z, "
+        "d.coherence_pct FROM directions d "
         "WHERE direction_id = ?",
         [direction_id],
     ).to_pylist()[0]

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, NotFound
 from atlas.core.reader import Reader
 from ingest.svd import factor_svd
 from query.probe import Probe, Reading, make_probes, measure, require_causal
@@ -94,7 +94,7 @@ def lookup(a: Reader, direction_ids: Sequence[int]) -> list[Direction]:
     found = {r["direction_id"]: r for r in rows}
     missing = [str(d) for d in direction_ids if d not in found]
     if missing:
-        raise AtlasError(f"no direction {', '.join(missing)} in {a.location}")
+        raise NotFound(f"no direction {', '.join(missing)} in {a.location}")
     out = []
     for d in direction_ids:
         r = found[d]

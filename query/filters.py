@@ -191,3 +191,16 @@ def parse_ints(text: str | None, what: str) -> tuple[int, ...] | None:
 
 def parse_names(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def text_filters(
+    models: str | None, kinds: str | None, layers: str | None, heads: str | None
+) -> dict[str, Any]:
+    """Filters written as text, as the CLI's options and the server's parameters take them
+    (``"a,b"``, ``"ov,mlp_in"``, ``"0:3"``, ``"1,2"``), as the library's arguments."""
+    return {
+        "model": parse_names(models),
+        "kinds": parse_names(kinds),
+        "layers": parse_layers(layers),
+        "heads": parse_ints(heads, "head"),
+    }

@@ -11,7 +11,7 @@ negated direction points at the query, i.e. the concept sits in its negative tok
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +49,23 @@ class Hit:
     score: float
     degenerate: bool
     tokens: list[str] = field(default_factory=list)  # the matching valence's top tokens
+    token_scores: list[float] = field(default_factory=list)  # their scores, in order
     opposite_tokens: list[str] = field(default_factory=list)
     space: str = "residual"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+HIT_FIELDS = [f.name for f in fields(Hit)]  # a hit's JSON record (CLI and HTTP API alike)
+
+
+class Hits(list[Hit]):
+    """Search results, with the notes a reader of them should know (also given as warnings)."""
+
+    def __init__(self, hits: list[Hit], notes: list[str]):
+        super().__init__(hits)
+        self.notes = notes
 
 
 @dataclass
@@ -232,7 +244,8 @@ def describe(a: Reader, scored: list[tuple[float, int]], space: str) -> list[Hit
         return []
     rows = a.sql(
         "SELECT direction_id, model_id, layer, head, kind, side, sv_index, sigma, degenerate, "
-        "pos_tokens, neg_tokens FROM direction_tokens WHERE direction_id IN (SELECT unnest(?))",
+        "pos_tokens, neg_tokens, pos_scores, neg_scores FROM direction_tokens "
+        "WHERE direction_id IN (SELECT unnest(?))",
         [[i for _, i in scored]],
     ).to_pylist()
     meta = {r["direction_id"]: r for r in rows}
@@ -241,6 +254,7 @@ def describe(a: Reader, scored: list[tuple[float, int]], space: str) -> list[Hit
         r = meta[i]
         sign = 1 if score >= 0 else -1
         pos, neg = r["pos_tokens"] or [], r["neg_tokens"] or []
+        pos_scores, neg_scores = r["pos_scores"] or [], r["neg_scores"] or []
         hits.append(
             Hit(
                 direction_id=i,
@@ -255,6 +269,7 @@ def describe(a: Reader, scored: list[tuple[float, int]], space: str) -> list[Hit
                 score=abs(score),
                 degenerate=r["degenerate"],
                 tokens=pos if sign > 0 else neg,
+                token_scores=pos_scores if sign > 0 else neg_scores,
                 opposite_tokens=neg if sign > 0 else pos,
                 space=space,
             )

@@ -1,12 +1,14 @@
 """The spectrum figure: singular values by layer (and head), and layer norms with flags.
 
-matplotlib is imported here only, with the non-interactive Agg backend, so that no other
-command pays for it and no display is ever needed.
+matplotlib is imported here only, and only through its object-oriented API (a ``Figure`` per
+plot, no pyplot state), so that no other command pays for it, no display is ever needed, and
+a server can draw figures in several threads at once.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from query.spectrum import Spectra
 
@@ -19,18 +21,22 @@ KIND_TITLES = {
 
 
 def plot_spectra(spectra: Spectra, out: str | Path, dpi: int = 80) -> Path:
-    """Write a PNG with one row per kind: spectra on a log scale (left), layer norms (right)."""
-    import matplotlib
+    """Write the figure (:func:`spectra_figure`) as a PNG."""
+    path = Path(out)
+    spectra_figure(spectra).savefig(path, dpi=dpi)
+    return path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def spectra_figure(spectra: Spectra) -> Any:
+    """One row per kind: spectra on a log scale (left), layer norms with flags (right)."""
+    import matplotlib
     from matplotlib import cm, colors
+    from matplotlib.figure import Figure
 
     kinds = list(dict.fromkeys(r.kind for r in spectra.layers))
     n_layers = max(r.layer for r in spectra.layers) + 1
-    fig, axes = plt.subplots(
-        len(kinds), 2, figsize=(11, 3.2 * len(kinds)), squeeze=False, constrained_layout=True
-    )
+    fig = Figure(figsize=(11, 3.2 * len(kinds)), layout="constrained")
+    axes = fig.subplots(len(kinds), 2, squeeze=False)
     norm = colors.Normalize(vmin=0, vmax=max(n_layers - 1, 1))
     cmap = matplotlib.colormaps["viridis"]
     for row, kind in zip(axes, kinds, strict=True):
@@ -47,6 +53,7 @@ def plot_spectra(spectra: Spectra, out: str | Path, dpi: int = 80) -> Path:
                 alpha=0.55 if heads else 0.9,
             )
         left.set_yscale("log")
+        _plain_log_ticks(left)
         left.set_xlabel("singular value index")
         left.set_ylabel("sigma")
         left.set_title(f"{spectra.model_id}: {KIND_TITLES.get(kind, kind)}", fontsize=10)
@@ -70,11 +77,34 @@ def plot_spectra(spectra: Spectra, out: str | Path, dpi: int = 80) -> Path:
                 zorder=5,
             )
         right.set_yscale("log")
+        _plain_log_ticks(right)
         right.set_xlabel("layer")
         right.set_xticks(xs)
         right.set_title("layer norms", fontsize=10)
         right.legend(fontsize=8)
-    path = Path(out)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def singular_values_figure(values: list[float], title: str) -> Any:
+    """One matrix's singular values by index, on a log scale."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 2.6), layout="constrained")
+    ax = fig.subplots()
+    shown = [v for v in values if v > 0]
+    ax.plot(range(len(shown)), shown, "o-", ms=2.5, lw=1)
+    ax.set_yscale("log")
+    _plain_log_ticks(ax)
+    ax.set_xlabel("singular value index")
+    ax.set_ylabel("sigma")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def _plain_log_ticks(ax: Any) -> None:
+    """Log-axis labels as plain numbers (``0.5``, ``2``), not ``5 x 10^-1``."""
+    from matplotlib import ticker
+
+    plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)

@@ -10,13 +10,14 @@ that step and its valence relative to the origin (signs multiply along the path)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from atlas.core.errors import AtlasError
 from atlas.core.reader import Reader, check_direction_id
 from query.filters import Filters
-from query.search import Hit, describe, nearest_tokens
+from query.search import HIT_FIELDS, Hit, describe, nearest_tokens
 from query.vectors import direction_bag
 
 DEFAULT_LIMIT = 500
@@ -31,6 +32,15 @@ class TraceStep:
     hop: int
     parent: int | None
     space: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """One flat record: the hit's fields, and ``hop``, ``parent``, ``via`` (the space of
+        the step) and ``cos`` (its |cos|)."""
+        return {**self.hit.to_dict(), "hop": self.hop, "parent": self.parent,
+                "via": self.space, "cos": self.hit.score}  # fmt: skip
+
+
+TRACE_FIELDS = [*HIT_FIELDS, "hop", "parent", "via", "cos"]  # a step's JSON record
 
 
 def trace(

@@ -10,6 +10,10 @@ class AtlasError(Exception):
     """A failure caused by the user's input or environment, with a one-line message."""
 
 
+class NotFound(AtlasError):
+    """The named model, matrix or direction is not in the atlas (HTTP 404 in the server)."""
+
+
 class AtlasWarning(UserWarning):
     """Something a reader of the results should know (a damaged model left out, a word the
     vocabulary lacks, an approximate index). The CLI prints it as one ``note:`` line on stderr."""

@@ -4,8 +4,8 @@
 
     ATLAS/
       catalog.json          format version, the published models and the id counters
-      store/<uuid>/         one model: model.duckdb, residual-NNNN.faiss (one FAISS
-                            index shard per layer), unembed.npy, manifest.json
+      store/<uuid>/         one model: model.duckdb, residual-NNNN.faiss (its FAISS index
+                            in shards of whole layers), unembed.npy, manifest.json
       .staging/<uuid>/      a store being written; never read by anyone else
       .lock                 held by the one process that changes the catalog
       .reserved             id counters past every id handed to a writer (published or not)
@@ -51,6 +51,7 @@ MANIFEST = "manifest.json"
 OWNER = ".owner"  # in a staging folder: locked by the process writing it
 RESERVED = ".reserved"
 # Stores replaced or abandoned less than this long ago are kept for readers that still use them.
+DEFAULT_ATLAS = "./data/atlas"  # where every command looks unless told otherwise
 SWEEP_GRACE_SECONDS = 600
 REBUILD_CATALOG = "svd-atlas check --repair rebuilds it from the stores' manifests"
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from atlas.core.contract import TABLES
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, NotFound
 from atlas.core.exchange.tree_format import (
     DATA_FILE,
     PARTITION,
@@ -89,7 +89,7 @@ class ParquetReader(Reader):
                 "model was exported from"
             )
         if not owners:
-            raise AtlasError(f"no direction {direction_id} in {self.location}")
+            raise NotFound(f"no direction {direction_id} in {self.location}")
         return owners[0]
 
     def residual_index(self, model_id: str) -> Any:

@@ -26,6 +26,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +35,28 @@ import numpy as np
 import pyarrow as pa
 
 from atlas.core.contract import TABLES
-from atlas.core.errors import AtlasError, one_line
+from atlas.core.errors import AtlasError, NotFound, one_line
 from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size
-from atlas.core.sqlguard import interruptible, lock_session, run_statement, sql_string
+from atlas.core.sqlguard import (
+    QueryTimeout,
+    interruptible,
+    lock_session,
+    run_statement,
+    sql_string,
+)
 from atlas.core.views import create_views
 
 USER_DB = "user.duckdb"
 PARQUET_MARKER = "_svd_atlas.json"
 # Read a catalog again if a store it names vanished meanwhile (a concurrent replace + sweep).
 _OPEN_ATTEMPTS = 3
+
+
+@dataclass(eq=False)
+class WorkUnit:
+    """One cancellable piece of work on a reader (see :meth:`Reader.cancellable`)."""
+
+    ident: int  # the thread doing it
 
 
 class Reader:
@@ -60,6 +74,8 @@ class Reader:
         spill = Path(tempfile.gettempdir()) / "svd-atlas-duckdb"
         self._con = duckdb.connect(":memory:", config={"temp_directory": str(spill)})
         self._cursors: dict[int, duckdb.DuckDBPyConnection] = {}
+        self._working: dict[int, WorkUnit] = {}  # thread ident -> its cancellable unit
+        self._cancelled: set[int] = set()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -87,6 +103,8 @@ class Reader:
         ident = threading.get_ident()
         with self._lock:
             self._require_open()
+            if ident in self._cancelled:  # the next statement of cancelled work does not start
+                raise QueryTimeout("the work was stopped after its time limit")
             cursor = self._cursors.get(ident)
             if cursor is None:
                 cursor = self._con.cursor()
@@ -126,18 +144,52 @@ class Reader:
         query: str,
         params: list[Any] | dict[str, Any] | None = None,
         timeout: float | None = None,
+        max_rows: int | None = None,
     ) -> pa.Table:
         """A researcher's statement: read-only unless the handle is writable (``sqlguard``)."""
-        return run_statement(self.cursor(), query, params, self.writable, timeout)
+        return run_statement(self.cursor(), query, params, self.writable, timeout, max_rows)
 
     def call(self, work: Callable[[], Any], timeout: float | None = None) -> Any:
-        """``work()`` (library calls on this reader) stoppable by Ctrl-C and ``timeout``."""
-        return interruptible(self.cursor(), work, timeout)
+        """``work()`` (library calls on this reader) in a worker thread, stoppable by Ctrl-C and
+        ``timeout`` (see :meth:`cancel`)."""
+        units: list[WorkUnit] = []
 
-    def interrupt(self, thread_ident: int) -> None:
-        """Stop the statement another thread is running on this reader, if any."""
+        def run() -> Any:
+            try:
+                with self.cancellable() as unit:
+                    units.append(unit)
+                    return work()
+            finally:  # the worker thread ends here: its cursor goes with it
+                with self._lock:
+                    cursor = self._cursors.pop(threading.get_ident(), None)
+                if cursor is not None:
+                    cursor.close()
+
+        return interruptible(run, timeout, lambda _worker: self.cancel(units[0]) if units else None)
+
+    @contextlib.contextmanager
+    def cancellable(self) -> Iterator[WorkUnit]:
+        """Mark the calling thread's work, until the block ends, as one unit that
+        :meth:`cancel` can stop."""
+        unit = WorkUnit(threading.get_ident())
         with self._lock:
-            cursor = self._cursors.get(thread_ident)
+            self._working[unit.ident] = unit
+        try:
+            yield unit
+        finally:
+            with self._lock:
+                del self._working[unit.ident]
+                self._cancelled.discard(unit.ident)
+
+    def cancel(self, unit: WorkUnit) -> None:
+        """Stop a unit of work another thread is doing: its running statement is interrupted,
+        and its next one refused. Work between statements (a FAISS search) runs to its end. A
+        unit that has ended is not affected, nor is later work on the same thread."""
+        with self._lock:
+            if self._working.get(unit.ident) is not unit:
+                return
+            self._cancelled.add(unit.ident)
+            cursor = self._cursors.get(unit.ident)
         if cursor is not None:
             cursor.interrupt()
 
@@ -154,7 +206,7 @@ class Reader:
             return
         if model_id in self.damaged:
             raise AtlasError(f"model {model_id!r} is damaged: {self.damaged[model_id]}")
-        raise AtlasError(
+        raise NotFound(
             f"no model {model_id!r} in {self.location}; it holds: "
             f"{', '.join(self.model_ids()) or 'nothing yet'}"
         )
@@ -213,6 +265,7 @@ class StoreReader(Reader):
         self.dir = AtlasDir(root)
         super().__init__(location or str(self.dir.root))
         self._indexes: dict[str, Any] = {}
+        self._unembeddings: dict[str, np.ndarray] = {}
         self._index_lock = threading.Lock()
         self._user_db = False
         try:
@@ -322,7 +375,7 @@ class StoreReader(Reader):
             if first <= direction_id < first + entry.n_directions:
                 self.require_model(model_id)
                 return model_id
-        raise AtlasError(f"no direction {direction_id} in {self.location}")
+        raise NotFound(f"no direction {direction_id} in {self.location}")
 
     def store_path(self, model_id: str) -> Path:
         self.require_model(model_id)
@@ -342,26 +395,38 @@ class StoreReader(Reader):
             return self._indexes[model_id]
 
     def has_unembedding(self, model_id: str) -> bool:
+        with self._index_lock:
+            if model_id in self._unembeddings:
+                return True
         return (self.store_path(model_id) / UNEMBED).is_file()
 
     def unembedding(self, model_id: str) -> np.ndarray:
-        path = self.store_path(model_id) / UNEMBED
-        if not path.is_file():
-            raise no_vectors(model_id)
-        try:
-            unembed = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise damaged_file(model_id, path, exc) from None
-        if unembed.ndim != 2:
-            raise damaged_file(model_id, path, ValueError(f"shape {unembed.shape}"))
-        return unembed
+        """Mapped once per handle, like the index: a handle keeps reading the store it opened
+        even after a replace removed it from the disk."""
+        with self._index_lock:
+            if model_id not in self._unembeddings:
+                path = self.store_path(model_id) / UNEMBED
+                if not path.is_file():
+                    raise no_vectors(model_id)
+                try:
+                    unembed = np.load(path, mmap_mode="r", allow_pickle=False)
+                except (OSError, ValueError) as exc:
+                    raise damaged_file(model_id, path, exc) from None
+                if unembed.ndim != 2:
+                    raise damaged_file(model_id, path, ValueError(f"shape {unembed.shape}"))
+                self._unembeddings[model_id] = unembed
+            return self._unembeddings[model_id]
 
     def model_sizes(self) -> dict[str, int]:
         return {m: dir_size(self.store_path(m)) for m in self.model_ids()}
 
 
+class NoVectors(AtlasError):
+    """The model was loaded without direction vectors: nothing to search in residual space."""
+
+
 def no_vectors(model_id: str) -> AtlasError:
-    return AtlasError(
+    return NoVectors(
         f"model {model_id!r} has no vectors (it was loaded from a bundle exported with "
         "--vectors none), so it cannot be searched: load a bundle with vectors or ingest it again"
     )

@@ -46,6 +46,9 @@ LOCKDOWN = (
 )
 
 
+STREAM_BATCH_ROWS = 10_000
+
+
 class QueryTimeout(AtlasError):
     """A statement ran past its time limit and was stopped."""
 
@@ -116,19 +119,29 @@ def run_statement(
     params: list[Any] | dict[str, Any] | None = None,
     write: bool = False,
     timeout: float | None = None,
+    max_rows: int | None = None,
 ) -> pa.Table:
     """Run one checked statement on ``con``; see the module notes.
 
     Returns the statement's rows: a query's result, DuckDB's ``Count`` of changed rows for an
-    ``INSERT``/``UPDATE``/``DELETE``, and no rows for one that returns none (``CREATE``).
+    ``INSERT``/``UPDATE``/``DELETE``, and no rows for one that returns none (``CREATE``). With
+    ``max_rows``, rows are streamed and only the first ``max_rows`` are ever materialized.
     """
     check_statement(query, write)
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int)
+                                 or max_rows < 0):  # fmt: skip
+        raise AtlasError(f"max_rows must be an integer of at least 0, not {max_rows!r}")
 
     def work() -> pa.Table:
         con.execute("BEGIN TRANSACTION")
         try:
             relation = con.sql(query, params=params)
-            table = relation.to_arrow_table() if relation is not None else pa.table({})
+            if relation is None:
+                table = pa.table({})
+            elif max_rows is None:
+                table = relation.to_arrow_table()
+            else:
+                table = _first_rows(relation, max_rows)
         except BaseException:
             con.execute("ROLLBACK")
             raise
@@ -136,20 +149,34 @@ def run_statement(
         return table
 
     try:
-        return interruptible(con, work, timeout)
+        return interruptible(work, timeout, lambda _worker: con.interrupt())
     except duckdb.InterruptException:
         raise KeyboardInterrupt from None
     except duckdb.Error as exc:
         raise AtlasError(one_line(exc)) from None
 
 
-def interruptible(
-    con: duckdb.DuckDBPyConnection, work: Callable[[], T], timeout: float | None = None
-) -> T:
-    """``work()`` (which uses ``con``) in a worker thread; Ctrl-C or ``timeout`` stop it.
+def _first_rows(relation: duckdb.DuckDBPyRelation, n: int) -> pa.Table:
+    """The first ``n`` rows of ``relation``, reading no further than the batch holding them."""
+    reader = relation.to_arrow_reader(max(1, min(n, STREAM_BATCH_ROWS)))
+    batches, rows = [], 0
+    try:
+        for batch in reader if n else ():
+            batches.append(batch)
+            rows += batch.num_rows
+            if rows >= n:
+                break
+    finally:
+        reader.close()
+    return pa.Table.from_batches(batches, schema=reader.schema).slice(0, n)
+
+
+def interruptible(work: Callable[[], T], timeout: float | None, stop: Callable[[int], None]) -> T:
+    """``work()`` in a worker thread; Ctrl-C or ``timeout`` call ``stop(worker_ident)``, which
+    must make the work end soon (interrupt its statement), and wait for it to end.
 
     A timeout raises :class:`QueryTimeout`; Ctrl-C re-raises ``KeyboardInterrupt`` once the
-    engine has stopped.
+    work has stopped.
     """
     if timeout is not None and not timeout > 0:
         raise AtlasError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -164,15 +191,17 @@ def interruptible(
         finally:
             done.set()
 
-    threading.Thread(target=target, name="svd-atlas-sql", daemon=True).start()
+    worker = threading.Thread(target=target, name="svd-atlas-work", daemon=True)
+    worker.start()
+    assert worker.ident is not None
     try:
         finished = done.wait(timeout)
     except KeyboardInterrupt:
-        con.interrupt()
+        stop(worker.ident)
         done.wait()
         raise
     if not finished:
-        con.interrupt()
+        stop(worker.ident)
         done.wait()
         raise QueryTimeout(f"the query was stopped after the time limit of {timeout:g} s")
     if "error" in outcome:

@@ -13,8 +13,8 @@ from atlas.core.errors import AtlasError
 from atlas.core.views import VIEWS
 
 # The library's defaults, so the CLI cannot drift from them.
-from query.search import DEFAULT_K, MAX_K, SPACES
-from query.trace import DEFAULT_LIMIT, DEFAULT_MIN_COS
+from query.search import DEFAULT_K, HIT_FIELDS, MAX_K, SPACES
+from query.trace import DEFAULT_LIMIT, DEFAULT_MIN_COS, TRACE_FIELDS
 
 DEFAULT_TOKENS = 8
 
@@ -114,7 +114,7 @@ HIT_COLUMNS = [
     "score",
     "tokens",
 ]
-HIT_JSON_COLUMNS = [*HIT_COLUMNS, "opposite_tokens", "degenerate", "space"]
+HIT_JSON_COLUMNS = HIT_FIELDS  # JSON: every field, as the server's API gives them
 
 
 def _hit_row(hit: Any, n_tokens: int, fmt: str) -> dict[str, Any]:
@@ -162,13 +162,10 @@ def search(obj: dict[str, Any], words: tuple[str, ...], n_tokens: int, fmt: str,
 
 def _library_args(kw: dict[str, Any]) -> dict[str, Any]:
     """The CLI's option values parsed, under the library's argument names."""
-    from query.filters import parse_ints, parse_layers, parse_names
+    from query.filters import text_filters
 
     out = dict(kw)
-    out["model"] = parse_names(out.pop("models"))
-    out["kinds"] = parse_names(out["kinds"])
-    out["layers"] = parse_layers(out["layers"])
-    out["heads"] = parse_ints(out["heads"], "head")
+    out.update(text_filters(out.pop("models"), out["kinds"], out["layers"], out["heads"]))
     return out
 
 
@@ -226,12 +223,11 @@ def trace(obj: dict[str, Any], direction_id: int, n_tokens: int, fmt: str, **kw:
 
     with atlas.open(obj["atlas"]) as a:
         steps = a.trace(direction_id, **_library_args(kw))
-    rows = [
-        {**_hit_row(s.hit, n_tokens, fmt), "hop": s.hop, "parent": s.parent, "via": s.space,
-         "cos": s.hit.score}
-        for s in steps
-    ]  # fmt: skip
-    if fmt != "table":
+    rows = [{**s.to_dict(), **_hit_row(s.hit, n_tokens, fmt)} for s in steps]
+    if fmt == "json":
+        emit(rows, TRACE_FIELDS, fmt)
+        return
+    if fmt == "csv":
         emit(rows, ["model_id", "layer", *TRACE_COLUMNS], fmt)
         return
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
