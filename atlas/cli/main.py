@@ -15,8 +15,8 @@ import click
 
 from atlas.cli.output import printable
 from atlas.core.errors import AtlasError, AtlasWarning
+from atlas.core.layout import DEFAULT_ATLAS
 
-DEFAULT_ATLAS = "./data/atlas"
 SIGPIPE_EXIT = 141  # what a process killed by SIGPIPE reports, as `yes | head` does
 
 
@@ -74,10 +74,12 @@ def _register() -> None:
         ingest,
         models,
         query,
+        serve,
         spectrum,
     )
 
-    for module in (ingest, models, query, spectrum, coherence, compare, edit, exchange, check):
+    modules = (ingest, models, query, spectrum, coherence, compare, edit, exchange, check, serve)
+    for module in modules:
         for command in module.COMMANDS:
             cli.add_command(command)
 

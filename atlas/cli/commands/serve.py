@@ -1,0 +1,109 @@
+"""`svd-atlas serve`: the atlas in a browser and over HTTP (``atlas.server``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from atlas.core.errors import AtlasError
+
+DEFAULT_PORT = 8321
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@click.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; the default is reachable from this machine only.",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes (each keeps its own copy of the atlas open).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds a request may take before it is stopped (HTTP 504).",
+)
+@click.pass_obj
+def serve(obj: dict[str, Any], host: str, port: int, workers: int, timeout: float) -> None:
+    """Serve the atlas read-only: web pages at / and a JSON API under /api (/openapi.json).
+
+    The atlas stays open with its indexes loaded; a model that an ingest or a load publishes
+    meanwhile shows up without a restart. Nothing is ever written.
+    """
+    import uvicorn
+
+    from atlas.server.app import LOCATION_ENV, create_app
+
+    _check_free(host, port)
+    location = obj["atlas"]
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    reach = (
+        "loopback only: other machines cannot reach it"
+        if host in LOOPBACK
+        else "reachable from the network: anyone who can reach this address can read the atlas"
+    )
+    options = {"host": host, "port": port, "log_level": "warning"}
+    if workers == 1:
+        started = time.perf_counter()
+        app = create_app(location, timeout)
+        with app.state.live.lease() as a:
+            n_models, n_directions = len(a.model_ids()), sum(m["directions"] for m in a.models())
+        click.echo(
+            f"serving {location}: {n_models} models, {n_directions:,} directions, opened with "
+            f"their indexes in {time.perf_counter() - started:.1f} s; resident memory "
+            f"{_resident_mb():,.0f} MB",
+            err=True,
+        )
+        click.echo(f"  {url}  ({reach}); Ctrl-C stops it", err=True)
+        uvicorn.run(app, **options)  # type: ignore[arg-type]
+        return
+    os.environ[LOCATION_ENV] = json.dumps({"location": location, "timeout": timeout})
+    click.echo(f"serving {location} with {workers} worker processes", err=True)
+    click.echo(f"  {url}  ({reach}); Ctrl-C stops it", err=True)
+    uvicorn.run("atlas.server.app:create_app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+
+
+def _check_free(host: str, port: int) -> None:
+    """One clear line if the address cannot be listened on (rather than a server log)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise AtlasError(f"cannot listen on {host!r}: {exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise AtlasError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port"
+            ) from None
+
+
+def _resident_mb() -> float:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:  # not Linux: the peak instead
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+COMMANDS = [serve]

@@ -1,0 +1,333 @@
+"""The JSON API: the library's calls over HTTP, with the CLI's ``--format json`` field names.
+
+Every parameter is validated by FastAPI before the library sees it (bad input is a 400), and
+every size is bounded: ``k``, trace hops and limits, SQL rows, text and vector lengths, and
+(in :mod:`atlas.server.app`) the request body.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from atlas.api import Atlas
+from atlas.core.contract import KINDS
+from atlas.core.errors import AtlasError
+from atlas.core.jsondata import csv_cell, jsonable
+from atlas.server.live import LiveAtlas
+from atlas.server.work import run
+from query.filters import text_filters
+from query.search import DEFAULT_K
+from query.trace import DEFAULT_LIMIT, DEFAULT_MIN_COS
+
+MAX_K = 1_000
+MAX_TEXT = 500
+MAX_VECTOR = 65_536
+MAX_BODY_NPY = MAX_VECTOR * 8 + 4_096  # a float64 vector of MAX_VECTOR values and its header
+MAX_HOPS = 5
+MAX_TRACE = 2_000
+MAX_TOP = 1_000
+SQL_ROWS = 1_000  # rows a SQL result shows unless asked for more
+MAX_SQL_ROWS = 100_000  # rows a SQL result or download can hold
+MAX_SQL_TEXT = 20_000
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+
+class StrictJSON(Response):
+    """JSON with NaN and infinities as null, times as ISO 8601 (``atlas.core.jsondata``)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        import json
+
+        return json.dumps(jsonable(content), ensure_ascii=False, allow_nan=False).encode()
+
+
+class FilterParams(BaseModel):
+    """The CLI's filters, written as it takes them. An empty value (what a form sends for a
+    field left blank) is the same as no value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v != ""}
+        return data
+
+    model: str | None = Field(None, max_length=MAX_TEXT, description="model id(s), a,b")
+    kind: str | None = Field(None, max_length=60, description=f"kind(s): {', '.join(KINDS)}")
+    layers: str | None = Field(None, max_length=30, description="N, START:STOP, START: or :STOP")
+    head: str | None = Field(None, max_length=MAX_TEXT, description="head number(s), 1,2")
+    side: Literal["read", "write"] | None = None
+    max_sv_index: int | None = Field(None, ge=0, description="keep sv_index <= N")
+    min_sigma: float | None = Field(None, allow_inf_nan=False, description="keep sigma >= X")
+
+    def library_args(self) -> dict[str, Any]:
+        return {
+            **text_filters(self.model, self.kind, self.layers, self.head),
+            "side": self.side,
+            "max_sv_index": self.max_sv_index,
+            "min_sigma": self.min_sigma,
+        }
+
+
+class SearchParams(FilterParams):
+    q: str | None = Field(None, max_length=MAX_TEXT, description="words of one concept")
+    direction: int | None = Field(None, ge=0, description="more like this direction id")
+    space: Literal["auto", "residual", "token"] = "auto"
+    k: int = Field(DEFAULT_K, ge=1, le=MAX_K)
+    min_score: float = Field(0.0, ge=0.0, le=1.0, description="keep |cos| >= X")
+
+
+class VectorSearch(FilterParams):
+    vector: list[float] = Field(max_length=MAX_VECTOR, description="a residual-space vector")
+    space: Literal["auto", "residual"] = "auto"
+    k: int = Field(DEFAULT_K, ge=1, le=MAX_K)
+    min_score: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class TraceParams(FilterParams):
+    min_cos: float = Field(DEFAULT_MIN_COS, gt=0.0, le=1.0)
+    hops: int = Field(1, ge=1, le=MAX_HOPS)
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_TRACE)
+    same_model: bool = False
+
+
+class SqlParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    q: str = Field(min_length=1, max_length=MAX_SQL_TEXT, description="one read-only statement")
+    limit: int = Field(SQL_ROWS, ge=1, le=MAX_SQL_ROWS, description="rows returned at most")
+    format: Literal["json", "csv", "parquet"] = "json"
+
+
+def live_atlas(request: Request) -> LiveAtlas:
+    live: LiveAtlas = request.app.state.live
+    return live
+
+
+def time_limit(request: Request) -> float:
+    limit: float = request.app.state.timeout
+    return limit
+
+
+# -- what the pages call too ---------------------------------------------------------------
+
+
+def search_hits(
+    a: Atlas, params: SearchParams | VectorSearch, vector: Any = None
+) -> dict[str, Any]:
+    text = params.q if isinstance(params, SearchParams) else None
+    direction = params.direction if isinstance(params, SearchParams) else None
+    hits = a.search(
+        text,
+        direction=direction,
+        vector=vector,
+        space=params.space,
+        k=params.k,
+        min_score=params.min_score,
+        **params.library_args(),
+    )
+    return {"hits": [h.to_dict() for h in hits], "notes": hits.notes}
+
+
+def trace_steps(a: Atlas, direction_id: int, params: TraceParams) -> dict[str, Any]:
+    steps = a.trace(
+        direction_id,
+        params.min_cos,
+        params.hops,
+        limit=params.limit,
+        same_model=params.same_model,
+        **params.library_args(),
+    )
+    return {"direction_id": direction_id, "steps": [s.to_dict() for s in steps]}
+
+
+def spectrum_record(
+    a: Atlas, model_id: str, kinds: tuple[str, ...], jump_factor: float, heads: bool
+) -> dict[str, Any]:
+    """What ``svd-atlas spectrum --format json`` prints."""
+    spectra = a.spectrum(model_id, kinds, jump_factor)
+    return {
+        "model_id": spectra.model_id,
+        "jump_factor": spectra.jump_factor,
+        "layers": [r.as_dict() for r in spectra.layers],
+        "anomalies": [r.as_dict() for r in spectra.anomalies],
+        "matrices": spectra.matrices if heads else None,
+    }
+
+
+def sql_result(a: Atlas, query: str, limit: int) -> tuple[Any, bool]:
+    """The statement's first ``limit`` rows, and whether it had more."""
+    table = a.sql(query, max_rows=limit + 1)
+    return table.slice(0, limit), table.num_rows > limit
+
+
+# -- endpoints -----------------------------------------------------------------------------
+
+
+async def answer(request: Request, call: Any) -> StrictJSON:
+    """``call(atlas)`` as strict JSON (not through FastAPI's encoder: the CLI's encoding)."""
+    return StrictJSON(await run(live_atlas(request), call, time_limit(request)))
+
+
+@router.get("/health", response_class=StrictJSON)
+async def health(request: Request) -> Any:
+    """Whether the server is up, and what it serves."""
+    live = live_atlas(request)
+    models = await run(live, lambda a: a.model_ids(), time_limit(request))
+    return StrictJSON({"status": "ok", "location": live.location, "models": models,
+                       "reloads": live.generation})  # fmt: skip
+
+
+@router.get("/models", response_class=StrictJSON)
+async def models(request: Request) -> Any:
+    """One row per model (``svd-atlas models --format json``)."""
+    return await answer(request, lambda a: a.models())
+
+
+@router.get("/search", response_class=StrictJSON)
+async def search(request: Request, params: Annotated[SearchParams, Query()]) -> Any:
+    """Directions nearest to words (``q``) or to a direction (``direction``), both valences."""
+    return await answer(request, lambda a: search_hits(a, params))
+
+
+@router.post("/search", response_class=StrictJSON)
+async def search_vector(request: Request, body: VectorSearch) -> Any:
+    """Directions nearest to a residual-space vector (JSON body ``{"vector": [...]}``)."""
+    vector = np.asarray(body.vector, dtype=np.float32)
+    return await answer(request, lambda a: search_hits(a, body, vector))
+
+
+@router.get("/directions/{direction_id}", response_class=StrictJSON)
+async def direction(request: Request, direction_id: Annotated[int, Path(ge=0)]) -> Any:
+    """A direction's card (``svd-atlas show ID --format json``)."""
+    return await answer(request, lambda a: a.card(direction_id))
+
+
+@router.get("/directions/{direction_id}/trace", response_class=StrictJSON)
+async def trace(
+    request: Request,
+    direction_id: Annotated[int, Path(ge=0)],
+    params: Annotated[TraceParams, Query()],
+) -> Any:
+    """Every direction within ``hops`` steps of ``|cos| >= min_cos`` (``svd-atlas trace``)."""
+    return await answer(request, lambda a: trace_steps(a, direction_id, params))
+
+
+# A model id may hold any printable character, "/" included (hub names): it is a query
+# parameter, never a path segment.
+ModelId = Annotated[str, Query(min_length=1, max_length=MAX_TEXT, description="a model id")]
+MatrixHead = Annotated[
+    str,
+    Query(max_length=10, pattern=r"^(\d+|mlp_in|mlp_gate|mlp_out)$",
+          description="a head number, or mlp_in, mlp_gate, mlp_out"),
+]  # fmt: skip
+
+
+@router.get("/matrix", response_class=StrictJSON)
+async def matrix(
+    request: Request,
+    model: ModelId,
+    layer: Annotated[int, Query(ge=0)],
+    head: MatrixHead,
+    top: Annotated[int, Query(ge=1, le=MAX_TOP)] = 10,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    """A head's (``head`` a number) or MLP matrix's card, with its directions ``offset`` to
+    ``offset + top`` (``svd-atlas show MODEL LAYER HEAD --format json``)."""
+    return await answer(request, lambda a: a.card(model, layer, head, top=top, offset=offset))
+
+
+@router.get("/spectrum", response_class=StrictJSON)
+async def spectrum(
+    request: Request,
+    model: ModelId,
+    kind: Annotated[list[Literal["ov", "mlp_in", "mlp_gate", "mlp_out"]], Query()] = [],  # noqa: B006
+    jump_factor: Annotated[float, Query(gt=1.0, allow_inf_nan=False)] = 10.0,
+    heads: bool = False,
+) -> Any:
+    """Spectra by layer and the layers whose norm jumps (``svd-atlas spectrum --format
+    json``); ``heads`` adds one row per matrix."""
+    return await answer(
+        request, lambda a: spectrum_record(a, model, tuple(kind), jump_factor, heads)
+    )
+
+
+@router.get("/sql", response_model=None)
+async def sql_get(request: Request, params: Annotated[SqlParams, Query()]) -> Response:
+    """One read-only statement (as ``svd-atlas sql``): JSON rows, or a CSV or Parquet file."""
+    return await _sql(request, params)
+
+
+@router.post("/sql", response_model=None)
+async def sql_post(request: Request, params: SqlParams) -> Response:
+    """The same, the statement in a JSON body (for statements too long for a URL)."""
+    return await _sql(request, params)
+
+
+async def _sql(request: Request, params: SqlParams) -> Response:
+    table, truncated = await run(
+        live_atlas(request), lambda a: sql_result(a, params.q, params.limit), time_limit(request)
+    )
+    headers = {"X-Row-Limit": str(params.limit), "X-Truncated": str(truncated).lower()}
+    if params.format == "parquet":
+        import pyarrow.parquet as pq
+
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        return Response(
+            sink.getvalue(),
+            media_type="application/vnd.apache.parquet",
+            headers={**headers, "Content-Disposition": 'attachment; filename="result.parquet"'},
+        )
+    if params.format == "csv":
+        return StreamingResponse(
+            _csv_lines(table),
+            media_type="text/csv; charset=utf-8",
+            headers={**headers, "Content-Disposition": 'attachment; filename="result.csv"'},
+        )
+    return StrictJSON(
+        {
+            "columns": table.column_names,
+            "rows": table.to_pylist(),
+            "row_limit": params.limit,
+            "truncated": truncated,
+        },
+        headers=headers,
+    )
+
+
+def _csv_lines(table: Any) -> Any:
+    import csv
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(table.column_names)
+    for batch in table.to_batches(max_chunksize=1_000):
+        for row in batch.to_pylist():
+            writer.writerow([csv_cell(v) for v in row.values()])
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()
+
+
+def check_vector_file(data: bytes) -> np.ndarray:
+    """An uploaded ``.npy`` file as a vector (never unpickled)."""
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise AtlasError(f"the upload is not a .npy array ({exc})") from None
+    if array.size > MAX_VECTOR:
+        raise AtlasError(f"the uploaded array has {array.size} values; at most {MAX_VECTOR}")
+    return np.asarray(array)

@@ -1,0 +1,175 @@
+"""The ASGI application: the JSON API, the pages, their assets, errors and limits.
+
+Errors are one message with the right status, never a stack trace: bad input 400, an unknown
+model, matrix or direction 404, a request past its time limit 504, a body too large 413. The
+API answers them as ``{"error": message, "status": code}``; pages as an HTML page saying so.
+Every page forbids scripts and any source outside the server (Content-Security-Policy); the
+pages need no JavaScript at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from atlas.core.errors import AtlasError, NotFound
+from atlas.core.sqlguard import QueryTimeout
+from atlas.server import api, pages
+from atlas.server.live import LiveAtlas
+
+log = logging.getLogger("svd_atlas.server")
+
+DEFAULT_TIMEOUT = 10.0  # seconds a request may take
+MAX_BODY = 2 << 20  # bytes: a 65,536-value vector as JSON or .npy fits
+LOCATION_ENV = "SVD_ATLAS_SERVE"  # how `svd-atlas serve --workers N` hands its options over
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'none'; style-src 'self' "
+    "'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def create_app(location: str, timeout: float = DEFAULT_TIMEOUT) -> FastAPI:
+    """The server for the atlas at ``location``, opened (indexes loaded) before it returns."""
+    live = LiveAtlas(location)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        live.close()
+
+    app = FastAPI(
+        title="svd-atlas",
+        version=version("svd-atlas"),
+        description="A read-only atlas of transformer weight SVDs: the JSON API mirrors the "
+        "library and the CLI's --format json.",
+        docs_url=None,  # FastAPI's docs pages load their scripts from a CDN
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.live = live
+    app.state.timeout = timeout
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+    app.add_exception_handler(AtlasError, _atlas_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(_Limits)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The app for each worker process of ``svd-atlas serve --workers N``."""
+    import json
+
+    options = json.loads(os.environ[LOCATION_ENV])
+    return create_app(options["location"], options["timeout"])
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def _error(request: Request, status: int, message: str) -> Response:
+    if request.url.path.startswith("/api/") or request.url.path == "/openapi.json":
+        return JSONResponse({"error": message, "status": status}, status_code=status)
+    return pages.error_page(request, status, message)
+
+
+async def _atlas_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, QueryTimeout):
+        return _error(request, 504, str(exc))
+    return _error(request, 404 if isinstance(exc, NotFound) else 400, str(exc))
+
+
+async def _invalid_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return _error(request, 400, validation_message(exc.errors()))
+
+
+def validation_message(errors: Any) -> str:
+    """FastAPI's list of validation errors as one line: ``k: Input should be ... (got 0)``."""
+    parts = []
+    for error in list(errors)[:3]:
+        where = ".".join(str(x) for x in error.get("loc", ()) if x not in ("query", "body", "path"))
+        got = error.get("input")
+        shown = f" (got {str(got)[:40]!r})" if isinstance(got, str | int | float) else ""
+        parts.append(f"{where or 'request'}: {error.get('msg', 'invalid')}{shown}")
+    return "; ".join(parts)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+    return _error(request, exc.status_code, message)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("error serving %s", request.url.path, exc_info=exc)
+    return _error(request, 500, "internal error (the server's log has the details)")
+
+
+# -- limits and headers --------------------------------------------------------------------
+
+
+class _Limits:
+    """Refuses a request body over MAX_BODY bytes (413) and adds the security headers."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+            await _too_large(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY:
+                raise _BodyTooLarge
+            return message
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [(k.lower().encode(), v.encode()) for k, v in HEADERS.items()]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_headers)
+        except _BodyTooLarge:
+            await _too_large(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    response = JSONResponse(
+        {"error": f"the request body is over {MAX_BODY} bytes", "status": 413}, status_code=413
+    )
+    await response(scope, receive, send)

@@ -1,0 +1,416 @@
+"""The atlas browser: server-side pages over the same calls as the JSON API.
+
+Pages are plain HTML forms and links (no JavaScript), rendered by Jinja2 with every value
+escaped; plots are SVG drawn by matplotlib and shown as images. A model id may hold any
+printable character, "/" included, so it travels as a query parameter.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import jinja2
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from atlas.api import Atlas
+from atlas.core.contract import JUDGED_SIDE, KINDS, MLP_KINDS
+from atlas.core.errors import AtlasError
+from atlas.core.layout import DEFAULT_ATLAS
+from atlas.server import api
+from atlas.server.api import (
+    MAX_K,
+    MAX_VECTOR,
+    SQL_ROWS,
+    MatrixHead,
+    ModelId,
+    SearchParams,
+    SqlParams,
+    TraceParams,
+    VectorSearch,
+    live_atlas,
+    time_limit,
+)
+from atlas.server.work import run
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(
+    env=jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,  # every value, whatever the template's name
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+)
+PAGE_DIRECTIONS = 20  # singular directions per page of a matrix
+SQL_PAGE_ROWS = 1_000  # rows a SQL page shows at most (downloads take up to MAX_SQL_ROWS)
+GRID_STATS = {
+    "sigma_max": "sigma_max (spectral norm)",
+    "stable_rank": "stable rank",
+    "effective_rank": "effective rank",
+    "coherence": "coherence of the matrix",
+    "top_coherence": "coherence of the top direction",
+}
+EDITS = (("ablate", -1.0), ("dampen", -0.5), ("amplify", 1.0))
+
+
+def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def command(request: Request, *args: Any) -> str:
+    """The ``svd-atlas`` command line that reproduces a page, quoted for a shell, naming the
+    served atlas unless it is the default one."""
+    location = live_atlas(request).location
+    prefix = [] if Path(location) == Path(DEFAULT_ATLAS) else ["--atlas", location]
+    return shlex.join(["svd-atlas", *prefix, *(str(a) for a in args)])
+
+
+templates.env.globals["command"] = command
+
+
+def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    return render(request, "error.html", status, status=status, message=message)
+
+
+# -- home and search -----------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+async def home(request: Request) -> HTMLResponse:
+    models = await run(live_atlas(request), lambda a: a.models(), time_limit(request))
+    return render(request, "home.html", models=models, location=live_atlas(request).location)
+
+
+@router.get("/search", response_class=HTMLResponse)
+async def search(request: Request, params: Annotated[SearchParams, Query()]) -> HTMLResponse:
+    asked = params.q is not None or params.direction is not None
+    return await _search_page(request, params, None if asked else {})
+
+
+@router.post("/search", response_class=HTMLResponse)
+async def search_upload(
+    request: Request,
+    vector_file: Annotated[UploadFile, File(description="a .npy vector")],
+    model: Annotated[str | None, Form(max_length=api.MAX_TEXT)] = None,
+    k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
+) -> HTMLResponse:
+    data = await vector_file.read(api.MAX_BODY_NPY + 1)
+    params = VectorSearch(vector=[], model=model or None, k=k)
+    try:
+        if len(data) > api.MAX_BODY_NPY:
+            raise AtlasError(f"the upload is over {api.MAX_BODY_NPY} bytes")
+        vector = api.check_vector_file(data)
+    except AtlasError as exc:
+        return await _search_page(request, SearchParams(model=model, k=k), {"error": str(exc)})
+    return await _search_page(request, SearchParams(model=model, k=k), None, params, vector)
+
+
+async def _search_page(
+    request: Request,
+    params: SearchParams,
+    result: dict[str, Any] | None,
+    vector_params: VectorSearch | None = None,
+    vector: Any = None,
+) -> HTMLResponse:
+    """The search form, filled in, with results (or the error of the query)."""
+    live, limit = live_atlas(request), time_limit(request)
+
+    def work(a: Atlas) -> dict[str, Any]:
+        models = a.model_ids()
+        if result is not None:
+            return {"models": models, **result}
+        try:
+            found = api.search_hits(a, vector_params or params, vector)
+        except AtlasError as exc:
+            return {"models": models, "error": str(exc)}
+        return {"models": models, **found}
+
+    context = await run(live, work, limit)
+    status = 400 if context.get("error") else 200
+    hits = context.get("hits")
+    return render(
+        request,
+        "search.html",
+        status,
+        params=params,
+        kinds=KINDS,
+        models=context["models"],
+        hits=hits,
+        notes=context.get("notes", []),
+        error=context.get("error"),
+        uploaded=vector is not None,
+        max_k=MAX_K,
+        max_vector=MAX_VECTOR,
+        hit_bars=[token_bars(h["tokens"], h["token_scores"]) for h in hits or []],
+    )
+
+
+def token_bars(tokens: list[str], scores: list[float], n: int = 8) -> list[dict[str, Any]]:
+    """The first ``n`` tokens with bar widths (percent of the largest |score| shown)."""
+    shown = list(zip(tokens[:n], scores[:n], strict=False))
+    top = max((abs(s) for _, s in shown), default=0.0) or 1.0
+    return [{"token": t, "score": s, "width": round(100 * abs(s) / top)} for t, s in shown]
+
+
+# -- model ---------------------------------------------------------------------------------
+
+
+@router.get("/model", response_class=HTMLResponse)
+async def model_page(
+    request: Request,
+    model: ModelId,
+    stat: Literal[
+        "sigma_max", "stable_rank", "effective_rank", "coherence", "top_coherence"
+    ] = "sigma_max",
+) -> HTMLResponse:
+    def work(a: Atlas) -> dict[str, Any]:
+        a.reader.require_model(model)
+        row = next(m for m in a.models() if m["model_id"] == model)
+        spectra = a.spectrum(model)
+        return {"model": row, "grid": model_grid(a, model, stat), "spectra": spectra}
+
+    context = await run(live_atlas(request), work, time_limit(request))
+    return render(request, "model.html", stat=stat, stats=GRID_STATS, **context)
+
+
+def model_grid(a: Atlas, model_id: str, stat: str) -> dict[str, Any]:
+    """Layers x heads (and the MLP matrices) with ``stat`` and a colour for each cell. Each
+    kind has its own colour scale: MLP norms are an order of magnitude above heads'."""
+    top = (
+        "(SELECT d.coherence FROM directions d WHERE d.matrix_id = m.matrix_id "
+        "AND d.sv_index = 0 AND d.side = CASE m.kind "
+        + " ".join(f"WHEN '{k}' THEN '{s}'" for k, s in JUDGED_SIDE.items())
+        + " END LIMIT 1)"
+    )
+    column = {"top_coherence": top}.get(stat, f"m.{stat}")
+    rows = a.reader.sql(
+        f"SELECT m.layer, m.head, m.kind, {column} AS value FROM matrices m "
+        "WHERE m.model_id = ? ORDER BY m.layer, m.kind, m.head",
+        [model_id],
+    ).to_pylist()
+    scales = {}
+    for kind in KINDS:
+        values = [r["value"] for r in rows if r["kind"] == kind and _finite(r["value"])]
+        if values:
+            low, high = min(values), max(values)
+            scales[kind] = {"kind": kind, "low": low, "high": high,
+                            "legend": [_colour(low + (high - low) * i / 4, low, high)
+                                       for i in range(5)]}  # fmt: skip
+    layers: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        scale = scales.get(r["kind"], {"low": 0.0, "high": 1.0})
+        cell = {"value": r["value"], **_colour(r["value"], scale["low"], scale["high"])}
+        layer = layers.setdefault(r["layer"], {"layer": r["layer"], "heads": {}, "mlp": {}})
+        if r["kind"] == "ov":
+            layer["heads"][r["head"]] = cell
+        else:
+            layer["mlp"][r["kind"]] = cell
+    n_heads = max((h + 1 for r in layers.values() for h in r["heads"]), default=0)
+    mlp_kinds = [k for k in MLP_KINDS if any(k in r["mlp"] for r in layers.values())]
+    return {
+        "layers": list(layers.values()),
+        "heads": list(range(n_heads)),
+        "mlp_kinds": mlp_kinds,
+        "scales": list(scales.values()),
+        "missing": not scales,
+    }
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _colour(value: float | None, low: float, high: float) -> dict[str, str]:
+    """A viridis colour for ``value`` between ``low`` and ``high``, and a readable text colour."""
+    if not _finite(value):
+        return {"background": "#eeeeee", "text": "#555555"}
+    assert value is not None
+    from matplotlib import colormaps, colors
+
+    share = 0.5 if high <= low else (value - low) / (high - low)
+    r, g, b, _ = colormaps["viridis"](share)
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return {
+        "background": colors.to_hex((r, g, b)),
+        "text": "#000000" if luminance > 0.45 else "#ffffff",
+    }
+
+
+@router.get("/model/spectrum.svg")
+async def model_spectrum_svg(request: Request, model: ModelId) -> Response:
+    from query.spectrum_plot import spectra_figure
+
+    figure = await run(
+        live_atlas(request), lambda a: spectra_figure(a.spectrum(model)), time_limit(request)
+    )
+    return _svg(figure)
+
+
+def _svg(figure: Any) -> Response:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="svg", metadata={"Date": None})
+    return Response(buffer.getvalue(), media_type="image/svg+xml")
+
+
+# -- matrix --------------------------------------------------------------------------------
+
+
+@router.get("/matrix", response_class=HTMLResponse)
+async def matrix_page(
+    request: Request,
+    model: ModelId,
+    layer: Annotated[int, Query(ge=0)],
+    head: MatrixHead,
+    page: Annotated[int, Query(ge=1)] = 1,
+) -> HTMLResponse:
+    offset = (page - 1) * PAGE_DIRECTIONS
+
+    def work(a: Atlas) -> dict[str, Any]:
+        return a.card(model, layer, head, top=PAGE_DIRECTIONS, offset=offset)
+
+    card = await run(live_atlas(request), work, time_limit(request))
+    pages = max(1, math.ceil(card["rank"] / PAGE_DIRECTIONS)) if card["rank"] else 1
+    return render(
+        request,
+        "matrix.html",
+        card=card,
+        page=page,
+        pages=pages,
+        head=head,
+        per_page=PAGE_DIRECTIONS,
+    )
+
+
+@router.get("/matrix/spectrum.svg")
+async def matrix_spectrum_svg(
+    request: Request, model: ModelId, layer: Annotated[int, Query(ge=0)], head: MatrixHead
+) -> Response:
+    from query.spectrum_plot import singular_values_figure
+
+    def work(a: Atlas) -> Any:
+        card = a.card(model, layer, head, top=1)
+        where = f"layer {layer} " + (f"head {head}" if head.isdigit() else head)
+        return singular_values_figure(card["spectrum"], f"{where}: singular values")
+
+    return _svg(await run(live_atlas(request), work, time_limit(request)))
+
+
+# -- direction -----------------------------------------------------------------------------
+
+
+@router.get("/directions/{direction_id}", response_class=HTMLResponse)
+async def direction_page(
+    request: Request, direction_id: int, trace: Annotated[TraceParams, Query()]
+) -> HTMLResponse:
+    def work(a: Atlas) -> dict[str, Any]:
+        card = a.card(direction_id)
+        others = [m for m in a.model_ids() if m != card["model_id"]]
+        near = a.search(direction=direction_id, model=card["model_id"], k=10)
+        across = (
+            a.search(direction=direction_id, model=others, space="token", k=10) if others else []
+        )
+        return {
+            "card": card,
+            "near": [h.to_dict() for h in near],
+            "across": [h.to_dict() for h in across],
+            "trace": api.trace_steps(a, direction_id, trace)["steps"],
+            "models": a.model_ids(),
+        }
+
+    context = await run(live_atlas(request), work, time_limit(request))
+    card = context["card"]
+    tokens = {
+        polarity: token_bars(
+            [t["token_display"] for t in card["tokens"] if t["polarity"] == polarity],
+            [t["score"] for t in card["tokens"] if t["polarity"] == polarity],
+            n=len(card["tokens"]),
+        )
+        for polarity in ("pos", "neg")
+    }
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for step in context["trace"]:
+        groups.setdefault((step["model_id"], step["layer"]), []).append(step)
+    return render(
+        request,
+        "direction.html",
+        card=card,
+        tokens=tokens,
+        near=context["near"],
+        across=context["across"],
+        trace=trace,
+        trace_groups=groups,
+        edits=EDITS,
+        cli=_reproduce(request, direction_id, trace),
+    )
+
+
+def _reproduce(request: Request, direction_id: int, trace: TraceParams) -> dict[str, str]:
+    """The CLI commands and API URLs that give this page's data."""
+    from urllib.parse import urlencode
+
+    options = {"min_cos": trace.min_cos, "hops": trace.hops}
+    trace_args = ["--min-cos", f"{trace.min_cos:g}", "--hops", trace.hops]
+    return {
+        "show": command(request, "show", direction_id),
+        "trace": command(request, "trace", direction_id, *trace_args),
+        "near": command(request, "search", "--direction", direction_id),
+        "api_card": f"/api/directions/{direction_id}",
+        "api_trace": f"/api/directions/{direction_id}/trace?{urlencode(options)}",
+    }
+
+
+# -- SQL -----------------------------------------------------------------------------------
+
+
+@router.get("/sql", response_class=HTMLResponse)
+async def sql_page(
+    request: Request,
+    q: Annotated[str | None, Query(max_length=api.MAX_SQL_TEXT)] = None,
+    limit: Annotated[int, Query(ge=1, le=SQL_PAGE_ROWS)] = 100,
+) -> HTMLResponse:
+    def work(a: Atlas) -> dict[str, Any]:
+        schema = a.reader.sql(
+            "SELECT table_name AS name, list(column_name ORDER BY ordinal_position) AS columns "
+            "FROM information_schema.columns WHERE table_schema = 'main' "
+            "GROUP BY table_name ORDER BY table_name"
+        ).to_pylist()
+        if not q:
+            return {"schema": schema}
+        try:
+            table, truncated = api.sql_result(a, q, limit)
+        except AtlasError as exc:
+            return {"schema": schema, "error": str(exc)}
+        return {"schema": schema, "columns": table.column_names, "rows": table.to_pylist(),
+                "truncated": truncated}  # fmt: skip
+
+    context = await run(live_atlas(request), work, time_limit(request))
+    downloads = {}
+    if q:
+        from urllib.parse import urlencode
+
+        for fmt in ("csv", "json", "parquet"):
+            query = SqlParams(q=q, limit=api.MAX_SQL_ROWS, format=fmt)
+            downloads[fmt] = "/api/sql?" + urlencode(query.model_dump())
+    return render(
+        request,
+        "sql.html",
+        400 if context.get("error") else 200,
+        q=q or "",
+        limit=limit,
+        max_limit=SQL_PAGE_ROWS,
+        download_rows=api.MAX_SQL_ROWS,
+        default_rows=SQL_ROWS,
+        downloads=downloads,
+        schema=context["schema"],
+        columns=context.get("columns"),
+        rows=context.get("rows"),
+        truncated=context.get("truncated", False),
+        error=context.get("error"),
+    )

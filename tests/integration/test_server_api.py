@@ -1,0 +1,222 @@
+"""The JSON API through the ASGI test client: every endpoint equals the library (and the CLI's
+--format json) for the same call, and every error is one JSON message with the right status."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+
+import atlas
+from atlas.core.jsondata import jsonable
+from atlas.server.app import MAX_BODY, create_app
+from tests.support.helpers import run_cli
+
+
+@pytest.fixture(scope="module")
+def client(minilm_atlas: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(str(minilm_atlas))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def handle(minilm_atlas: Path) -> Iterator[atlas.Atlas]:
+    with atlas.open(minilm_atlas) as a:
+        yield a
+
+
+def ok(client: TestClient, url: str, **kw: Any) -> Any:
+    response = client.request(kw.pop("method", "GET"), url, **kw)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def same(value: Any) -> Any:
+    """What the API's strict JSON makes of a library value."""
+    return json.loads(json.dumps(jsonable(value)))
+
+
+def test_models_and_health(client: TestClient, handle: atlas.Atlas) -> None:
+    assert ok(client, "/api/models") == same(handle.models())
+    health = ok(client, "/api/health")
+    assert health["status"] == "ok" and health["models"] == ["minilm"]
+
+
+@pytest.mark.parametrize(
+    ("query", "call"),
+    [
+        ("q=fire&k=5", {"text": "fire", "k": 5}),
+        ("q=fire+flame&kind=ov&layers=0:3&side=read&k=7",
+         {"text": "fire flame", "kinds": ["ov"], "layers": (0, 3), "side": "read", "k": 7}),
+        ("q=water&kind=mlp_in,mlp_out&max_sv_index=50&min_sigma=1&min_score=0.1",
+         {"text": "water", "kinds": ["mlp_in", "mlp_out"], "max_sv_index": 50, "min_sigma": 1.0,
+          "min_score": 0.1}),
+        ("direction=432&k=4&head=1,6", {"direction": 432, "k": 4, "heads": [1, 6]}),
+        ("q=fire&space=token&k=3", {"text": "fire", "space": "token", "k": 3}),
+    ],
+)  # fmt: skip
+def test_search_equals_the_library(
+    client: TestClient, handle: atlas.Atlas, query: str, call: dict[str, Any]
+) -> None:
+    got = ok(client, f"/api/search?{query}")
+    text = call.pop("text", None)
+    expected = handle.search(text, **call)
+    assert got["hits"] == same([h.to_dict() for h in expected]) and got["hits"]
+    assert got["notes"] == expected.notes
+
+
+def test_search_fields_are_the_clis(client: TestClient, minilm_atlas: Path) -> None:
+    cli = run_cli("--atlas", minilm_atlas, "search", "fire", "-k", "6", "--format", "json")
+    assert cli.returncode == 0, cli.stderr
+    assert ok(client, "/api/search?q=fire&k=6")["hits"] == json.loads(cli.stdout)
+    trace = run_cli("--atlas", minilm_atlas, "trace", "432", "--min-cos", "0.2", "--format", "json")
+    api = ok(client, "/api/directions/432/trace?min_cos=0.2")["steps"]
+    assert api == json.loads(trace.stdout)
+    card = run_cli("--atlas", minilm_atlas, "show", "minilm", "3", "3", "--format", "json")
+    assert ok(client, "/api/matrix?model=minilm&layer=3&head=3") == json.loads(card.stdout)
+
+
+def test_vector_search(client: TestClient, handle: atlas.Atlas) -> None:
+    vector = np.random.default_rng(3).standard_normal(384).astype(np.float32)
+    got = ok(client, "/api/search", method="POST", json={"vector": vector.tolist(), "k": 6})
+    assert got["hits"] == same([h.to_dict() for h in handle.search(vector=vector, k=6)])
+    filtered = ok(
+        client, "/api/search", method="POST",
+        json={"vector": vector.tolist(), "k": 3, "kind": "ov", "layers": "2:"},
+    )  # fmt: skip
+    expected = handle.search(vector=vector, k=3, kinds=["ov"], layers=(2, None))
+    assert filtered["hits"] == same([h.to_dict() for h in expected])
+
+
+def test_cards_trace_and_spectrum(client: TestClient, handle: atlas.Atlas) -> None:
+    assert ok(client, "/api/directions/432") == same(handle.card(432))
+    steps = ok(client, "/api/directions/432/trace?min_cos=0.2&hops=2&same_model=true")["steps"]
+    assert steps == same([s.to_dict() for s in handle.trace(432, 0.2, 2, same_model=True)])
+    page = ok(client, "/api/matrix?model=minilm&layer=2&head=mlp_in&top=4&offset=10")
+    assert page == same(handle.card("minilm", 2, "mlp_in", top=4, offset=10))
+    assert [d["sv_index"] for d in page["directions"]] == [10, 11, 12, 13]
+    spectrum = ok(client, "/api/spectrum?model=minilm&kind=ov&heads=true")
+    spectra = handle.spectrum("minilm", ("ov",))
+    assert spectrum["layers"] == same([r.as_dict() for r in spectra.layers])
+    assert spectrum["matrices"] == same(spectra.matrices)
+
+
+def test_sql_json_csv_and_parquet(client: TestClient, handle: atlas.Atlas) -> None:
+    query = "SELECT direction_id, kind, sigma, vector[1:3] AS v FROM directions ORDER BY 1"
+    expected = handle.sql(query)
+    got = ok(client, "/api/sql", params={"q": query, "limit": 25})
+    assert got["columns"] == expected.column_names and got["truncated"] is True
+    assert got["rows"] == same(expected.slice(0, 25).to_pylist()) and got["row_limit"] == 25
+    posted = ok(client, "/api/sql", method="POST", json={"q": query, "limit": 10})
+    assert posted["rows"] == got["rows"][:10]
+    response = client.get("/api/sql", params={"q": query, "limit": 100, "format": "parquet"})
+    assert response.headers["x-truncated"] == "true"
+    table = pq.read_table(io.BytesIO(response.content))
+    assert table.equals(expected.slice(0, 100))
+    csv = client.get("/api/sql", params={"q": query, "limit": 3, "format": "csv"})
+    lines = csv.text.splitlines()
+    assert lines[0] == "direction_id,kind,sigma,v" and len(lines) == 4
+    first = expected.slice(0, 1).to_pylist()[0]
+    assert lines[1].split(",")[0] == str(first["direction_id"])
+
+
+def error(client: TestClient, method: str, url: str, status: int, **kw: Any) -> str:
+    response = client.request(method, url, **kw)
+    assert response.status_code == status, (url, response.status_code, response.text)
+    body = response.json()
+    assert body["status"] == status and isinstance(body["error"], str) and body["error"]
+    assert "Traceback" not in response.text and "\n" not in body["error"]
+    return str(body["error"])
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("/api/search?q=fire&k=0", "k: Input should be greater than or equal to 1"),
+        ("/api/search?q=fire&k=1001", "k: Input should be less than or equal to 1000"),
+        ("/api/search?q=fire&k=ten", "k: Input should be a valid integer"),
+        ("/api/search?q=fire&layers=x", "bad layer range 'x'"),
+        ("/api/search?q=fire&kind=attention", "unknown kind"),
+        ("/api/search?q=fire&side=middle", "side: Input should be 'read' or 'write'"),
+        ("/api/search?q=fire&min_score=2", "min_score: Input should be less than or equal to 1"),
+        ("/api/search?q=fire&min_sigma=nan", "min_sigma"),
+        ("/api/search?q=fire&frobnicate=1", "frobnicate: Extra inputs are not permitted"),
+        ("/api/search?q=" + "x" * 501, "q: String should have at most 500 characters"),
+        ("/api/search", "give exactly one of"),
+        ("/api/search?q=fire&direction=5", "give exactly one of"),
+        ("/api/directions/432/trace?hops=6", "hops: Input should be less than or equal to 5"),
+        ("/api/directions/432/trace?min_cos=0", "min_cos: Input should be greater than 0"),
+        ("/api/directions/-1", "direction_id: Input should be greater than or equal to 0"),
+        ("/api/matrix?model=minilm&layer=1&head=mlp_up", "head: String should match"),
+        ("/api/sql?q=DROP+VIEW+directions", "DROP is not allowed"),
+        ("/api/sql?q=COPY+directions+TO+'/tmp/x.csv'", "not allowed"),
+        ("/api/sql?q=SELEC+1", "syntax error"),
+        ("/api/sql?q=SELECT+1&limit=100001", "limit: Input should be less than or equal to"),
+        ("/api/sql?q=SELECT+1&format=xlsx", "format: Input should be"),
+    ],
+)
+def test_bad_input_is_400(client: TestClient, url: str, message: str) -> None:
+    assert message in error(client, "GET", url, 400)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("/api/directions/987654321", "no direction 987654321"),
+        ("/api/directions/987654321/trace", "no direction 987654321"),
+        ("/api/search?direction=987654321", "no direction 987654321"),
+        ("/api/matrix?model=gpt-9&layer=0&head=0", "no model 'gpt-9'"),
+        ("/api/matrix?model=minilm&layer=99&head=0", "no ov matrix at layer 99 head 0"),
+        ("/api/spectrum?model=..%2F..%2Fetc%2Fpasswd", "no model '../../etc/passwd'"),
+        ("/api/search?q=fire&model=nope", "no model 'nope'"),
+        ("/api/nothing-here", "not found"),
+        ("/api/directions/..%2F..%2Fcatalog.json", "not found"),
+    ],
+)
+def test_unknown_ids_are_404(client: TestClient, url: str, message: str) -> None:
+    assert message in error(client, "GET", url, 404)
+
+
+def test_bodies_vectors_and_methods(client: TestClient) -> None:
+    wrong_width = {"vector": [1.0] * 10}
+    assert "384" in error(client, "POST", "/api/search", 400, json=wrong_width)
+    assert "vector" in error(client, "POST", "/api/search", 400, json={"vector": [1.0, "x"]})
+    assert error(client, "POST", "/api/search", 400, content=b"{not json",
+                 headers={"content-type": "application/json"})  # fmt: skip
+    too_many = {"vector": [0.0] * 65_537}
+    assert "65536" in error(client, "POST", "/api/search", 400, json=too_many)
+    huge = b"[" + b"0," * (MAX_BODY // 2) + b"0]"
+    assert "over" in error(client, "POST", "/api/search", 413, content=huge,
+                           headers={"content-type": "application/json"})  # fmt: skip
+    assert error(client, "DELETE", "/api/models", 405) == "method not allowed"
+    assert error(client, "POST", "/api/models", 405) == "method not allowed"
+
+
+def test_openapi_describes_every_endpoint(client: TestClient) -> None:
+    spec = ok(client, "/openapi.json")
+    paths = set(spec["paths"])
+    assert {"/api/health", "/api/models", "/api/search", "/api/directions/{direction_id}",
+            "/api/directions/{direction_id}/trace", "/api/matrix", "/api/spectrum",
+            "/api/sql"} <= paths  # fmt: skip
+    assert set(spec["paths"]["/api/search"]) == {"get", "post"}
+    assert not any(p.startswith(("/search", "/model", "/sql", "/directions")) for p in paths)
+    assert client.get("/docs").status_code == 404  # its scripts would come from a CDN
+
+
+def test_a_runaway_request_is_stopped_and_the_server_keeps_serving(minilm_atlas: Path) -> None:
+    import time
+
+    runaway = "SELECT count(*) FROM range(1000000000000) a, range(1000000000000) b"
+    with TestClient(create_app(str(minilm_atlas), timeout=1.0)) as slow:
+        started = time.monotonic()
+        message = error(slow, "GET", f"/api/sql?q={runaway}", 504)
+        assert "time limit of 1 s" in message and time.monotonic() - started < 10
+        for _ in range(3):  # the cancelled work freed its thread: later requests are served
+            assert ok(slow, "/api/sql?q=SELECT+42+AS+x")["rows"] == [{"x": 42}]

@@ -1,0 +1,207 @@
+"""`svd-atlas serve` as the README starts it: loopback by default, models published meanwhile
+show up without a restart and never mixed with the old ones, and a kill -9 loses nothing."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.helpers import assert_one_error_line, fingerprint, run_cli, start_cli
+from tests.support.tiny_models import ingest_loaded, tiny_gpt2
+
+START_SECONDS = 90  # a cold start imports FastAPI, DuckDB and FAISS and opens the atlas
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A `svd-atlas serve` subprocess on a free loopback port, stopped by the fixture."""
+
+    def __init__(self, root: Path, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = start_cli("--atlas", root, "serve", "--port", str(self.port), *args)
+        self.banner = self._wait()
+
+    def _wait(self) -> str:
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited: {self.process.stderr.read()}")  # type: ignore[union-attr]
+            try:
+                if httpx.get(f"{self.url}/api/health", timeout=2).status_code == 200:
+                    return ""
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        raise AssertionError("the server did not start in time")
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30, **kw)
+
+    def stop(self, sig: int = signal.SIGINT) -> str:
+        self.process.send_signal(sig)
+        _, err = self.process.communicate(timeout=30)
+        return err
+
+
+@pytest.fixture
+def served(atlas_copy: Path) -> Iterator[tuple[Server, Path]]:
+    server = Server(atlas_copy)
+    yield server, atlas_copy
+    if server.process.poll() is None:
+        server.stop()
+
+
+def test_starts_on_loopback_and_says_so(served: tuple[Server, Path]) -> None:
+    server, root = served
+    assert server.get("/api/models").json()[0]["model_id"] == "minilm"
+    assert server.get("/").status_code == 200
+    err = server.stop()
+    assert f"http://127.0.0.1:{server.port}" in err and "loopback only" in err
+    assert "resident memory" in err and "1 models, 9,216 directions" in err
+    assert "Traceback" not in err
+
+
+def test_publishes_show_up_without_a_restart_and_never_mixed(
+    served: tuple[Server, Path],
+) -> None:
+    """A --replace ingest gives minilm fresh ids; every response in between is all old or all
+    new, and the new model is served once published."""
+    server, root = served
+    old = {h["direction_id"] for h in server.get("/api/search?q=fire&k=20").json()["hits"]}
+    assert max(old) < 9216
+    seen: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            r = server.get("/api/search?q=fire&k=20")
+            if r.status_code != 200:
+                failures.append(f"{r.status_code} {r.text[:200]}")
+                continue
+            ids = [h["direction_id"] for h in r.json()["hits"]]
+            generations = {"old" if i < 9216 else "new" for i in ids}
+            if len(generations) != 1:
+                failures.append(f"mixed: {ids}")
+            seen.append(generations.pop())
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        ingest = run_cli("--atlas", root, "ingest", "minilm", "--replace", timeout=600)
+        assert ingest.returncode == 0, ingest.stderr
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not seen or seen[-1] != "new"):
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not failures, failures[:3]
+    assert seen[0] == "old" and seen[-1] == "new", seen[-3:]
+    assert server.get("/api/health").json()["reloads"] >= 1
+    # a model added by a load shows up the same way
+    other, bundle = root.parent / "other", root.parent / "tiny.bundle"
+    ingest_loaded(other, tiny_gpt2(), "tiny")
+    assert run_cli("--atlas", other, "export", "tiny", "-o", bundle).returncode == 0
+    assert run_cli("--atlas", root, "load", bundle).returncode == 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if "tiny" in server.get("/api/health").json()["models"]:
+            break
+        time.sleep(0.2)
+    assert server.get("/api/health").json()["models"] == ["minilm", "tiny"]
+
+
+def test_kill_9_loses_nothing(served: tuple[Server, Path]) -> None:
+    server, root = served
+    before = fingerprint(root)
+    files = sorted(p.relative_to(root) for p in root.rglob("*"))
+    for path in ("/", "/search?q=fire", "/directions/432", "/api/sql?q=SELECT+1",
+                 "/model?model=minilm", "/sql?q=SELECT+count(*)+FROM+top_tokens"):  # fmt: skip
+        assert server.get(path).status_code == 200
+    server.process.kill()
+    server.process.wait(30)
+    assert fingerprint(root) == before
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == files
+    restarted = Server(root)
+    try:
+        assert restarted.get("/api/search?q=fire&k=3").status_code == 200
+    finally:
+        restarted.stop()
+
+
+def test_workers(atlas_copy: Path) -> None:
+    server = Server(atlas_copy, "--workers", "2")
+    try:
+        answers = {server.get("/api/health").json()["status"] for _ in range(6)}
+        assert answers == {"ok"}
+    finally:
+        err = server.stop(signal.SIGTERM)
+    assert "with 2 worker processes" in err
+
+
+def test_bad_starts_are_one_line(minilm_atlas: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = assert_one_error_line(
+            run_cli("--atlas", minilm_atlas, "serve", "--port", str(port), timeout=60)
+        )
+    assert f"cannot listen on 127.0.0.1:{port}" in line and "--port" in line
+    assert "no atlas at" in assert_one_error_line(
+        run_cli("--atlas", tmp_path / "none", "serve", "--port", str(free_port()), timeout=60)
+    )
+    assert run_cli("--atlas", minilm_atlas, "serve", "--port", "0").returncode == 2  # click
+
+
+def test_the_readmes_server_calls(minilm_atlas: Path) -> None:
+    """The README's `svd-atlas serve` banner, curl calls and httpx lines, replayed against a
+    server of the MiniLM atlas (the README's ./data/atlas)."""
+    import contextlib
+    import io
+    import re
+
+    from tests.integration.test_readme import README_TEXT, fenced_blocks
+
+    server = Server(minilm_atlas)
+    try:
+        blocks = fenced_blocks(README_TEXT)
+        banner = next(b for b in blocks if b.startswith("$ svd-atlas serve\n"))
+        calls = next(b for b in blocks if b.startswith("$ curl "))
+        for command, *output in (c.splitlines() for c in re.split(r"^(?=\$ )", calls, flags=re.M)
+                                 if c.strip()):  # fmt: skip
+            url = re.fullmatch(r"\$ curl -s '(http://127\.0\.0\.1:8321[^']+)'", command)
+            assert url, command
+            got = httpx.get(url[1].replace(":8321", f":{server.port}"), timeout=30).text
+            expected = "\n".join(output).replace("./data/atlas", str(minilm_atlas))
+            assert got.strip() == expected.strip(), command
+        python = next(b for b in fenced_blocks(README_TEXT, "python") if "httpx" in b)
+        shown = next(b for b in blocks if b.startswith("[("))  # what the httpx lines print
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(python.replace(":8321", f":{server.port}"), {})
+        assert printed.getvalue().strip() == shown.strip()
+    finally:
+        err = server.stop()
+    number = re.compile(r"[\d.,]+")
+    words = [number.sub("#", w) for w in banner.splitlines()[1:]]
+    lines = [line.replace(str(minilm_atlas), "./data/atlas").replace(f":{server.port}", ":8321")
+             for line in err.splitlines()[:2]]  # fmt: skip
+    printed_words = [number.sub("#", line) for line in lines]
+    assert printed_words == words
