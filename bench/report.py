@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ingest.report import STAGES
+
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("boot", "load", "decompose", "project", "score", "write", "finish")
 PLOT = ROOT / "docs" / "ingest-memory.png"
 
 

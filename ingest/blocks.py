@@ -61,6 +61,22 @@ class ModelInfo:
     processing_applied: list[str] = field(default_factory=list)
 
 
+def model_info(cfg: Any, n_layers: int, processing_applied: list[str]) -> ModelInfo:
+    """What the atlas records about a model's shape, from a bridge's configuration."""
+    return ModelInfo(
+        architecture=str(getattr(cfg, "original_architecture", None) or cfg.architecture),
+        n_layers=n_layers,
+        n_heads=cfg.n_heads,
+        n_kv_heads=getattr(cfg, "n_key_value_heads", None) or cfg.n_heads,
+        d_model=cfg.d_model,
+        d_head=cfg.d_head,
+        d_mlp=cfg.d_mlp,
+        d_vocab=cfg.d_vocab,
+        gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
+        processing_applied=processing_applied,
+    )
+
+
 class BlockLoader:
     """One block of a checkpoint at a time (see the module notes).
 
@@ -101,20 +117,8 @@ class BlockLoader:
         lacking = [name for name in self._missing if self._in_block(name, self._prefix)]
         if lacking:
             raise AtlasError(f"{name}: block 0 has no tensor for {lacking[0]}")
-        cfg = first.cfg
-        self.vocabulary = vocabulary_of(tokenizer, cfg.d_vocab)
-        self.info = ModelInfo(
-            architecture=str(getattr(cfg, "original_architecture", None) or cfg.architecture),
-            n_layers=self.n_blocks,
-            n_heads=cfg.n_heads,
-            n_kv_heads=getattr(cfg, "n_key_value_heads", None) or cfg.n_heads,
-            d_model=cfg.d_model,
-            d_head=cfg.d_head,
-            d_mlp=cfg.d_mlp,
-            d_vocab=cfg.d_vocab,
-            gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
-            processing_applied=applied,
-        )
+        self.vocabulary = vocabulary_of(tokenizer, first.cfg.d_vocab)
+        self.info = model_info(first.cfg, self.n_blocks, applied)
         weights = extract_weights(first, "cpu")
         self._unembedding = weights.W_U
         self._first: ModelWeights | None = weights

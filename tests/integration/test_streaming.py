@@ -20,13 +20,8 @@ import atlas
 from ingest.job import IngestOptions, ingest
 from ingest.loading import load_model
 from ingest.random_models import save_random_model
-from tests.support.atlas_compare import TABLE_ORDER, table
+from tests.support.atlas_compare import assert_same_atlas
 from tests.support.helpers import quiet, run_cli
-
-FLOAT_COLUMNS = {"sigma", "sv_gap", "sigma_max", "frobenius_norm", "stable_rank",
-                 "effective_rank", "score", "weight", "coherence", "coherence_pos",
-                 "coherence_neg", "coherence_z", "coherence_pct"}  # fmt: skip
-VOLATILE = {"stage_seconds", "ingested_at", "versions", "spec", "source"}
 
 
 def _both(root: Path, spec: str, **options: object) -> tuple[Path, Path]:
@@ -42,33 +37,6 @@ def _both(root: Path, spec: str, **options: object) -> tuple[Path, Path]:
         progress=False,
     )
     return streamed, whole
-
-
-def assert_same_atlas(a: Path, b: Path) -> None:
-    with atlas.open(a) as left, atlas.open(b) as right:
-        for name in TABLE_ORDER:
-            x, y = table(left, name), table(right, name)
-            assert x.num_rows == y.num_rows, name
-            for column in x.column_names:
-                if column in VOLATILE:
-                    continue
-                u, v = x[column].to_pylist(), y[column].to_pylist()
-                if column == "vector":
-                    np.testing.assert_allclose(np.array(u), np.array(v), atol=1e-5)
-                elif column in FLOAT_COLUMNS:
-                    np.testing.assert_allclose(
-                        np.array(u, float), np.array(v, float), rtol=1e-5, atol=1e-6
-                    )
-                elif column == "spectrum":  # one list per matrix; their lengths differ by kind
-                    for s, t in zip(u, v, strict=True):
-                        np.testing.assert_allclose(s, t, rtol=1e-5, atol=1e-7)
-                else:  # ids, layers, heads, kinds, signs (through the tokens), token ids ...
-                    assert u == v, (name, column)
-        model_id = left.model_ids()[0]
-        for query in ({"text": "fire"}, {"direction": 5}, {"text": "water", "kinds": ["ov"]}):
-            got = [(h.direction_id, h.sign) for h in left.search(**query, model=model_id)]
-            expected = [(h.direction_id, h.sign) for h in right.search(**query, model=model_id)]
-            assert got == expected, query
 
 
 def test_minilm_streamed_equals_whole_model(tmp_path: Path) -> None:

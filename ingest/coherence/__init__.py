@@ -1,1 +1,0 @@
-"""Coherence: the score of a token list (scorer) and the ingest stage that applies it."""
