@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,16 @@ from atlas.core.errors import AtlasError, AtlasWarning
 from atlas.core.exchange.bundle_format import BundleManifest
 from atlas.core.exchange.export import export_bundle
 from atlas.core.exchange.parquet_tree import export_parquet_tree
-from atlas.core.reader import NoVectors, Reader
-from atlas.core.sources import open_reader
-from query.cards import direction_card, matrix_card
+from atlas.core.exchange.sources import open_reader
+from atlas.core.reader import NoVectors, Reader, WorkUnit
+from atlas.core.sqlguard import check_timeout
+from query.cards import DEFAULT_TOP, direction_card, matrix_card, matrix_stats
 from query.compare import compare as compare_models
 from query.filters import make_filters
 from query.search import DEFAULT_K, Hit, Hits, approximate_note, resolve_query
 from query.search import search as run_search
 from query.spectrum import DEFAULT_JUMP_FACTOR, Spectra, load_spectra
-from query.trace import DEFAULT_LIMIT, DEFAULT_MIN_COS, TraceStep
+from query.trace import DEFAULT_HOPS, DEFAULT_LIMIT, DEFAULT_MIN_COS, TraceStep
 from query.trace import trace as run_trace
 
 MODELS_QUERY = """
@@ -91,6 +93,25 @@ class Atlas:
                 self.reader.unembedding(model_id)
             with contextlib.suppress(NoVectors):
                 self.reader.residual_index(model_id)
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        """One model's row of :meth:`models` (:class:`NotFound` for an unknown id)."""
+        self.reader.require_model(model_id)
+        return next(m for m in self.models() if m["model_id"] == model_id)
+
+    def tables(self) -> list[dict[str, Any]]:
+        """Every table and view SQL can read: ``name`` and its ``columns``, in order."""
+        return self.reader.sql(
+            "SELECT table_name AS name, list(column_name ORDER BY ordinal_position) AS columns "
+            "FROM information_schema.columns WHERE table_schema = 'main' "
+            "GROUP BY table_name ORDER BY table_name"
+        ).to_pylist()
+
+    def matrix_stats(self, model_id: str, stat: str = "sigma_max") -> list[dict[str, Any]]:
+        """``layer, head, kind, value`` for every matrix of a model, ``stat`` one of
+        ``MATRIX_STATS`` (sigma_max, stable_rank, effective_rank, coherence, top_coherence:
+        the coherence of the matrix's top direction)."""
+        return matrix_stats(self.reader, model_id, stat)
 
     def models(self) -> list[dict[str, Any]]:
         """One row per model: shape, processing, directions, index type and bytes on disk."""
@@ -156,7 +177,7 @@ class Atlas:
         self,
         direction_id: int,
         min_cos: float = DEFAULT_MIN_COS,
-        hops: int = 1,
+        hops: int = DEFAULT_HOPS,
         *,
         limit: int = DEFAULT_LIMIT,
         same_model: bool = False,
@@ -186,7 +207,7 @@ class Atlas:
 
         return self._call(work, timeout)
 
-    def card(self, *target: Any, top: int = 10, offset: int = 0) -> dict[str, Any]:
+    def card(self, *target: Any, top: int = DEFAULT_TOP, offset: int = 0) -> dict[str, Any]:
         """``card(direction_id)`` or ``card(model_id, layer, head_or_kind)`` (its directions
         from sv_index ``offset``, ``top`` of them)."""
         if len(target) == 1:
@@ -231,10 +252,21 @@ class Atlas:
         The model's weights are restored bit for bit afterwards."""
         from query.edit import measure_edit
 
-        pairs = list(edits.items()) if isinstance(edits, dict) else list(edits)
-        return measure_edit(self.reader, model_id, pairs, prompts, device)
+        return measure_edit(self.reader, model_id, edits, prompts, device)
+
+    @contextlib.contextmanager
+    def cancellable(self) -> Iterator[WorkUnit]:
+        """Mark this thread's calls, until the block ends, as one unit of work that
+        :meth:`cancel` (from another thread) can stop: what a server's time limit uses."""
+        with self.reader.cancellable() as unit:
+            yield unit
+
+    def cancel(self, unit: WorkUnit) -> None:
+        """Stop ``unit``: its running statement is interrupted and its next one refused."""
+        self.reader.cancel(unit)
 
     def _call(self, work: Any, timeout: float | None) -> Any:
+        check_timeout(timeout)
         return work() if timeout is None else self.reader.call(work, timeout)
 
     def close(self) -> None:

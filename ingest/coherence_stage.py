@@ -24,7 +24,7 @@ import torch
 
 from atlas.core.contract import JUDGED_SIDE
 from ingest.assemble import AtlasRows
-from ingest.coherence.scorer import (
+from ingest.coherence import (
     LIST_LENGTH,
     Scorer,
     clean,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
-from atlas.core.contract import KINDS
+from atlas.core.contract import JUDGED_SQL, KINDS
 from atlas.core.errors import AtlasError, NotFound
 from atlas.core.reader import Reader, check_direction_id
 
+DEFAULT_TOP = 10  # directions a matrix card shows
 MATRIX_COLUMNS = (
     "matrix_id, model_id, layer, head, kind, n_rows, n_cols, rank, numerical_rank, sigma_max, "
     "frobenius_norm, stable_rank, effective_rank, coherence, coherence_z, coherence_pct, spectrum"
@@ -15,7 +16,7 @@ MATRIX_COLUMNS = (
 
 
 def matrix_card(
-    a: Reader, model_id: str, layer: Any, head_or_kind: Any, top: int = 10, offset: int = 0
+    a: Reader, model_id: str, layer: Any, head_or_kind: Any, top: int = DEFAULT_TOP, offset: int = 0
 ) -> dict[str, Any]:
     """A head (``head_or_kind`` a head number, kind ov) or an MLP matrix (a kind name), with
     its directions ``offset`` to ``offset + top`` (by sv_index)."""
@@ -99,3 +100,26 @@ def direction_card(a: Reader, direction_id: int) -> dict[str, Any]:
         [direction_id],
     ).to_pylist()
     return card
+
+
+# What a model's matrices can be compared by (a model page's grid): a column of ``matrices``,
+# or the coherence of each matrix's top direction on its judged side.
+MatrixStat = Literal["sigma_max", "stable_rank", "effective_rank", "coherence", "top_coherence"]
+MATRIX_STATS: tuple[MatrixStat, ...] = get_args(MatrixStat)
+_TOP_COHERENCE = (
+    "(SELECT d.coherence FROM directions d WHERE d.matrix_id = m.matrix_id "
+    f"AND d.sv_index = 0 AND ({JUDGED_SQL}) LIMIT 1)"
+)
+
+
+def matrix_stats(a: Reader, model_id: str, stat: str) -> list[dict[str, Any]]:
+    """``layer, head, kind, value`` of every matrix of ``model_id``: its ``stat``."""
+    a.require_model(model_id)
+    if stat not in MATRIX_STATS:
+        raise AtlasError(f"unknown statistic {stat!r}; choose one of {', '.join(MATRIX_STATS)}")
+    column = _TOP_COHERENCE if stat == "top_coherence" else f"m.{stat}"
+    return a.sql(
+        f"SELECT m.layer, m.head, m.kind, {column} AS value FROM matrices m "
+        "WHERE m.model_id = ? ORDER BY m.layer, m.kind, m.head",
+        [model_id],
+    ).to_pylist()

@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from atlas.core.contract import KINDS
 from atlas.core.errors import AtlasError, NotFound
 from atlas.core.reader import Reader
 from ingest.svd import factor_svd
 from query.probe import Probe, Reading, make_probes, measure, require_causal
 
-EDITABLE_KINDS = ("ov", "mlp_in", "mlp_gate", "mlp_out")
 MLP_VIEWS = {"mlp_in": "W_in", "mlp_gate": "W_gate", "mlp_out": "W_out"}
 # A live triple matches the atlas when sigma agrees to this relative tolerance and the stored
 # unit vector's |cosine| with the live one is at least MIN_COSINE.
@@ -118,10 +118,10 @@ def plan(bridge: Any, directions: Sequence[Direction], eps: Sequence[float]) -> 
     edits = []
     for d, e in zip(directions, eps, strict=True):
         check_eps(e)
-        if d.kind not in EDITABLE_KINDS:
+        if d.kind not in KINDS:
             raise AtlasError(
                 f"direction {d.direction_id} is a {d.kind!r} direction; rank-1 edits apply "
-                f"to residual-space directions of {', '.join(EDITABLE_KINDS)} matrices"
+                f"to residual-space directions of {', '.join(KINDS)} matrices"
             )
         if d.degenerate:
             raise AtlasError(
@@ -260,6 +260,11 @@ def edited(bridge: Any, edits: Sequence[RankOneEdit]) -> Iterator[list[RankOneEd
                 p.copy_(original)
 
 
+def edit_pairs(edits: dict[int, float] | Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+    """``{direction_id: eps}`` or ``[(direction_id, eps), ...]`` as a list of pairs."""
+    return list(edits.items()) if isinstance(edits, dict) else list(edits)
+
+
 @contextlib.contextmanager
 def concept_edit(
     bridge: Any, a: Reader, edits: dict[int, float] | Sequence[tuple[int, float]]
@@ -269,7 +274,7 @@ def concept_edit(
     Looks the directions up in the atlas, checks them against the live weights, applies
     ``W' = W + Σ eps_i σ_i u_i v_iᵀ`` and restores the original weights bit for bit on exit.
     """
-    pairs = list(edits.items()) if isinstance(edits, dict) else list(edits)
+    pairs = edit_pairs(edits)
     directions = lookup(a, [d for d, _ in pairs])
     planned = plan(bridge, directions, [e for _, e in pairs])
     with edited(bridge, planned) as applied:
@@ -309,12 +314,13 @@ def boot_model(a: Reader, model_id: str, device: str = "auto") -> Any:
 def measure_edit(
     a: Reader,
     model_id: str,
-    edits: Sequence[tuple[int, float]],
+    edits: dict[int, float] | Sequence[tuple[int, float]],
     pairs: Sequence[tuple[str, str]],
     device: str = "auto",
 ) -> EditReport:
     """Boot ``model_id``, apply ``edits`` (direction id, eps) and measure each (prompt, target)
     pair's next-token probability and rank before and after; the weights are restored."""
+    edits = edit_pairs(edits)
     if not edits:
         raise AtlasError("nothing to edit: give at least one direction and its eps")
     if not pairs:

@@ -21,6 +21,7 @@ from query.search import HIT_FIELDS, Hit, describe, nearest_tokens
 from query.vectors import direction_bag
 
 DEFAULT_LIMIT = 500
+DEFAULT_HOPS = 1
 DEFAULT_MIN_COS = 0.3
 # (hop, parent, |cos| of the step, valence relative to the origin, space)
 _Found = tuple[int, int | None, float, int, str]
@@ -47,7 +48,7 @@ def trace(
     a: Reader,
     direction_id: int,
     min_cos: float = DEFAULT_MIN_COS,
-    hops: int = 1,
+    hops: int = DEFAULT_HOPS,
     filters: Filters | None = None,
     limit: int = DEFAULT_LIMIT,
     across_models: bool = True,

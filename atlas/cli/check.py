@@ -38,8 +38,10 @@ def check(obj: dict[str, Any], repair: bool, fmt: str) -> None:
             click.echo(printable(f"repaired  {line}"))
         verdict = "ok" if report.ok else f"{len(report.errors)} problem(s)"
         click.echo(
-            f"checked {report.models} models, {report.directions:,} directions in "
-            f"{report.root}: {verdict}"
+            printable(
+                f"checked {report.models} models, {report.directions:,} directions in "
+                f"{report.root}: {verdict}"
+            )
         )
     if not report.ok:
         sys.exit(1)

@@ -29,7 +29,7 @@ def coherence(_obj: dict[str, Any], tokens: str | None, path: Path | None, fmt: 
     same score the atlas stores for each direction's top tokens. See the README for its
     definition and calibration.
     """
-    from ingest.coherence.scorer import Scorer, parse_list
+    from ingest.coherence import Scorer, parse_list
 
     if (tokens is None) == (path is None):
         raise AtlasError("give either a token list or --file FILE")

@@ -8,7 +8,7 @@ import click
 
 from atlas.cli.output import dumps, emit, format_option
 from atlas.core.errors import AtlasError
-from ingest.options import DEVICES
+from ingest.options import DEFAULT_DEVICE, DEVICES
 
 EDIT_COLUMNS = [
     "direction_id",
@@ -61,7 +61,7 @@ RESULT_COLUMNS = [
     type=click.Path(exists=True, dir_okay=False),
     help="File of prompt<TAB>target lines.",
 )
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default=DEFAULT_DEVICE, show_default=True)
 @format_option
 @click.pass_obj
 def edit(

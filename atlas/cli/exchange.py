@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
-from atlas.cli.commands.query import refuse_inside
+from atlas.cli.query import refuse_inside
 from atlas.core.errors import AtlasError
+from atlas.core.exchange.bundle_format import VECTOR_MODES
 
 
 @click.command()
@@ -27,8 +28,8 @@ from atlas.core.errors import AtlasError
 )
 @click.option(
     "--vectors",
-    type=click.Choice(["f32", "f16", "none"]),
-    default="f32",
+    type=click.Choice(VECTOR_MODES),
+    default=VECTOR_MODES[0],
     show_default=True,
     help="How direction vectors are stored (f16 halves them; none leaves them out).",
 )

@@ -1,37 +1,57 @@
-"""`svd-atlas ingest`."""
+"""`svd-atlas ingest`: one model, or a job of many (serially or on a Ray cluster)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import click
 
+from atlas.core.errors import AtlasError
 from ingest.options import (
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
     DEFAULT_EXACT_MAX,
     DEFAULT_GAP_TOLERANCE,
+    DEFAULT_PROCESSING,
+    DEFAULT_RETRIES,
     DEFAULT_TOP_K,
     DEVICES,
     DTYPES,
+    LOCAL_RAY,
     PROCESSING_CHOICES,
     IngestOptions,
+    read_model_list,
 )
 from ingest.random_models import RANDOM_SHAPES
 
 
 @click.command(
-    help=f"""Decompose MODEL into the atlas.
+    help=f"""Decompose MODEL (or several) into the atlas.
 
     MODEL is `minilm` (bundled, offline), a local Hugging Face model folder, a hub name
     (needs a network), or random:{"|".join(RANDOM_SHAPES)} (random weights of real shapes).
+
+    Several models (or --from FILE) make a job: each is published as soon as it is done, one
+    that fails does not stop the others, and models already in the atlas are skipped unless
+    --replace, so running the job again finishes it. --ray runs the job's models in
+    parallel on a Ray cluster (pip install 'svd-atlas[ray]').
     """
 )
-@click.argument("model")
+@click.argument("models", metavar="MODEL...", nargs=-1)
+@click.option(
+    "--from",
+    "from_file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read models from a file, one per line as on the command line: MODEL [--name ID] "
+    "(blank lines and # comments are ignored).",
+)
 @click.option("--name", help="model_id to store it under (default: derived from MODEL).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default=DEFAULT_DEVICE, show_default=True)
 @click.option(
     "--processing",
     type=click.Choice(PROCESSING_CHOICES),
-    default="raw",
+    default=DEFAULT_PROCESSING,
     show_default=True,
     help="raw weights, or TransformerLens's fold_ln/centering where supported.",
 )
@@ -51,7 +71,7 @@ from ingest.random_models import RANDOM_SHAPES
 @click.option(
     "--dtype",
     type=click.Choice(DTYPES),
-    default="float32",
+    default=DEFAULT_DTYPE,
     show_default=True,
     help="dtype the model is loaded in.",
 )
@@ -77,10 +97,36 @@ from ingest.random_models import RANDOM_SHAPES
     "string; cached across runs).",
 )
 @click.option("--replace", is_flag=True, help="Replace a model_id that is already in the atlas.")
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value=LOCAL_RAY,
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run the models on a Ray cluster: `auto` (the cluster this machine belongs to), an "
+    "address (HOST:PORT, ray://HOST:PORT), or nothing (or `local`) for a cluster on this "
+    "machine. Put it after the models, or they are read as its address. The atlas must be on "
+    "storage every node sees.",
+)
+@click.option(
+    "--gpus-per-task",
+    type=click.FloatRange(0),
+    default=None,
+    help="GPUs each model's task reserves on Ray  [default: 1 when the cluster has GPUs]",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0),
+    default=DEFAULT_RETRIES,
+    show_default=True,
+    help="Times a model is retried on Ray when its worker dies.",
+)
 @click.pass_obj
 def ingest(
     obj: dict[str, Any],
-    model: str,
+    models: tuple[str, ...],
+    from_file: Any,
     name: str | None,
     device: str,
     processing: str,
@@ -91,12 +137,19 @@ def ingest(
     exact_max: int,
     coherence: bool,
     replace: bool,
+    ray_address: str | None,
+    gpus_per_task: float | None,
+    retries: int,
 ) -> None:
-    from atlas.cli.summary import print_ingest_summary
-    from ingest.job import ingest as run_ingest
-
+    specs = [(m, None) for m in models] + (
+        read_model_list(from_file, from_file.name) if from_file else []
+    )
+    if not specs:
+        raise click.UsageError("give a MODEL (or several, or --from FILE)")
+    if name is not None and len(specs) > 1:
+        raise AtlasError("--name names one model; give each model its name in --from FILE")
     options = IngestOptions(
-        model=model,
+        model=specs[0][0],
         model_id=name,
         device=device,
         processing=processing,
@@ -108,8 +161,28 @@ def ingest(
         exact_max=exact_max,
         coherence=coherence,
     )
-    report = run_ingest(obj["atlas"], options)
-    print_ingest_summary(obj["atlas"], report)
+    if len(specs) == 1 and from_file is None and ray_address is None:
+        from atlas.cli.summary import print_ingest_summary
+        from ingest.job import ingest as run_ingest
+
+        print_ingest_summary(obj["atlas"], run_ingest(obj["atlas"], options))
+        return
+    from atlas.cli.summary import print_job_summary
+    from ingest.jobs import run_job
+
+    job = [
+        dataclasses.replace(options, model=spec, model_id=spec_name or name)
+        for spec, spec_name in specs
+    ]
+    outcomes = run_job(obj["atlas"], job, ray_address, gpus_per_task, retries)
+    print_job_summary(outcomes)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        raise AtlasError(
+            f"{len(failed)} of {len(outcomes)} models failed (first: {failed[0].model_id}: "
+            f"{failed[0].error}); the others are in the atlas, and running the job again "
+            "retries only the failed ones"
+        )
 
 
 COMMANDS = [ingest]

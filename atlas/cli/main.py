@@ -64,8 +64,8 @@ def cli(ctx: click.Context, atlas_path: str) -> None:
 
 
 def _register() -> None:
-    """Each area of the tool keeps its commands in its own module under ``atlas.cli.commands``."""
-    from atlas.cli.commands import (
+    """Each area of the tool keeps its commands in its own module under ``atlas.cli``."""
+    from atlas.cli import (
         check,
         coherence,
         compare,

@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from atlas.core.jsondata import csv_cell, dumps, jsonable
+from atlas.core.jsondata import csv_cell, dumps, jsonable, printable
 
 FORMATS = ("table", "json", "csv")
 MAX_LIST_CELL = 24  # longer lists (vectors, spectra) are abbreviated in tables
 MAX_TABLE_ROWS = 500
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (escape sequences, bells, NULs) shown as ``\\xNN``."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def format_option(fn: Any) -> Any:

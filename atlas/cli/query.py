@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,11 @@ from atlas.cli.output import dumps, emit, format_option, text_or_json_option
 from atlas.core.contract import KINDS, SIDES, TABLES
 from atlas.core.errors import AtlasError
 from atlas.core.views import VIEWS
+from query.cards import DEFAULT_TOP
 
 # The library's defaults, so the CLI cannot drift from them.
 from query.search import DEFAULT_K, HIT_FIELDS, MAX_K, SPACES
-from query.trace import DEFAULT_LIMIT, DEFAULT_MIN_COS, TRACE_FIELDS
+from query.trace import DEFAULT_HOPS, DEFAULT_LIMIT, DEFAULT_MIN_COS, TRACE_FIELDS
 
 DEFAULT_TOKENS = 8
 
@@ -54,12 +56,23 @@ def sql(
     with atlas.open(obj["atlas"], write=write) as a:
         result = a.sql(query, timeout=timeout)
     if out is not None:
-        import pyarrow.parquet as pq
-
-        pq.write_table(result, out)
+        write_parquet(result, out)
         click.echo(f"wrote {result.num_rows} rows to {out}", err=True)
         return
     emit(result.to_pylist(), result.column_names, fmt)
+
+
+def write_parquet(table: Any, out: Path) -> None:
+    """``table`` as a new file at ``out``: written beside it, then renamed over it, so that
+    whatever ``out`` was (a hard link to an atlas file, say) is replaced, never written into."""
+    import pyarrow.parquet as pq
+
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def refuse_inside(out: Path, atlas_location: str) -> None:
@@ -196,7 +209,7 @@ TRACE_COLUMNS = [
 @click.option(
     "--hops",
     type=click.IntRange(1),
-    default=1,
+    default=DEFAULT_HOPS,
     show_default=True,
     help="Follow neighbours of neighbours this many times.",
 )
@@ -243,7 +256,7 @@ def trace(obj: dict[str, Any], direction_id: int, n_tokens: int, fmt: str, **kw:
 @click.option(
     "--top",
     type=click.IntRange(1),
-    default=10,
+    default=DEFAULT_TOP,
     show_default=True,
     help="Singular directions shown on a matrix card.",
 )

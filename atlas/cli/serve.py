@@ -12,8 +12,8 @@ from typing import Any
 import click
 
 from atlas.core.errors import AtlasError
+from atlas.server import DEFAULT_PORT, DEFAULT_TIMEOUT
 
-DEFAULT_PORT = 8321
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -35,7 +35,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option(
     "--timeout",
     type=click.FloatRange(0, min_open=True),
-    default=10.0,
+    default=DEFAULT_TIMEOUT,
     show_default=True,
     help="Seconds a request may take before it is stopped (HTTP 504).",
 )

@@ -8,7 +8,7 @@ import click
 
 import atlas
 from atlas.api import Atlas
-from atlas.cli.output import human_bytes, table_cell
+from atlas.cli.output import human_bytes, print_table, table_cell
 from atlas.core.contract import JUDGED_SQL
 
 EXAMPLE_TOKENS = 6
@@ -58,3 +58,23 @@ def print_ingest_summary(path: str, report: Any) -> None:
             )
             click.echo(f"        + {table_cell(ex.get('pos', []))}")
             click.echo(f"        - {table_cell(ex.get('neg', []))}")
+
+
+def print_job_summary(outcomes: list[Any]) -> None:
+    """A job's models, one row each: what became of it, its directions and time, its error."""
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("published", "skipped", "failed")}
+    click.echo(
+        f"\njob of {len(outcomes)} models: {counts['published']} published, "
+        f"{counts['skipped']} skipped (already in the atlas), {counts['failed']} failed"
+    )
+    rows = [
+        {
+            "model_id": o.model_id,
+            "status": o.status,
+            "directions": o.report.counts["directions"] if o.report else None,
+            "seconds": o.seconds if o.status != "skipped" else None,
+            "error": o.error,
+        }
+        for o in outcomes
+    ]
+    print_table(rows, ["model_id", "status", "directions", "seconds", "error"])

@@ -8,6 +8,8 @@ declared in ``atlas.core.schema``.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 TABLES = (
     "models",
     "matrices",
@@ -18,8 +20,9 @@ TABLES = (
     "token_bags",
     "coherence_null",
 )
-KINDS = ("ov", "mlp_in", "mlp_gate", "mlp_out")
-MLP_KINDS = ("mlp_in", "mlp_gate", "mlp_out")
+Kind = Literal["ov", "mlp_in", "mlp_gate", "mlp_out"]  # for type hints and HTTP validation
+KINDS: tuple[Kind, ...] = get_args(Kind)
+MLP_KINDS = KINDS[1:]
 SIDES = ("read", "write")
 POLARITIES = ("pos", "neg")
 SIDES_OF = {

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas.core.errors import AtlasError
-from atlas.core.layout import AtlasDir, Catalog, CatalogEntry
+from atlas.core.layout import AtlasDir, Catalog, CatalogEntry, fsync_tree
 
 MAX_MODEL_ID = 200
 
@@ -98,7 +98,12 @@ def store_record(model_id: str, ids: IdRange, spec: str | None) -> dict[str, Any
 
 
 def publish(atlas_dir: AtlasDir, stores: list[tuple[str, Path, IdRange]], replace: bool) -> Catalog:
-    """Publish finished stores (model_id, staging folder, reserved ids) in one catalog."""
+    """Publish finished stores (model_id, staging folder, reserved ids) in one catalog.
+
+    The stores are flushed to disk first, without the lock: other writers wait only for the
+    catalog to change."""
+    for _, staging, _ in stores:
+        fsync_tree(staging)
     with atlas_dir.writer_lock():
         refuse_existing(atlas_dir, [model_id for model_id, _, _ in stores], replace)
         catalog = atlas_dir.read_catalog()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import duckdb
 
+from atlas.core.contract import JUDGED_SIDE
+
 VIEWS = {
     "direction_tokens": """
         SELECT d.direction_id, d.matrix_id, d.model_id, d.layer, d.head, d.kind, d.side,
@@ -25,14 +27,14 @@ VIEWS = {
         GROUP BY d.direction_id, d.matrix_id, d.model_id, d.layer, d.head, d.kind, d.side,
                  d.sv_index, d.sigma, d.degenerate
     """,
-    "head_summary": """
+    "head_summary": f"""
         SELECT m.model_id, m.layer, m.head, m.matrix_id, m.sigma_max, m.frobenius_norm,
                m.stable_rank, m.effective_rank, m.numerical_rank,
                w.direction_id AS top_write_id, w.pos_tokens AS top_write_tokens,
                w.neg_tokens AS top_write_neg_tokens
         FROM matrices m
         JOIN direction_tokens w
-          ON w.matrix_id = m.matrix_id AND w.side = 'write' AND w.sv_index = 0
+          ON w.matrix_id = m.matrix_id AND w.side = '{JUDGED_SIDE["ov"]}' AND w.sv_index = 0
         WHERE m.kind = 'ov'
     """,
     "layer_norms": """

@@ -6,3 +6,6 @@ in a worker thread under a time limit (:mod:`atlas.server.work`), and serves the
 (:mod:`atlas.server.api`) and the pages (:mod:`atlas.server.pages`) from one app
 (:mod:`atlas.server.app`). It writes nothing.
 """
+
+DEFAULT_PORT = 8321
+DEFAULT_TIMEOUT = 10.0  # seconds a request may take

@@ -16,13 +16,15 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from atlas.api import Atlas
-from atlas.core.contract import KINDS
+from atlas.core.contract import KINDS, MLP_KINDS, Kind
 from atlas.core.errors import AtlasError
 from atlas.core.jsondata import csv_cell, jsonable
 from atlas.server.live import LiveAtlas
 from atlas.server.work import run
+from query.cards import DEFAULT_TOP
 from query.filters import text_filters
 from query.search import DEFAULT_K
+from query.spectrum import DEFAULT_JUMP_FACTOR
 from query.trace import DEFAULT_LIMIT, DEFAULT_MIN_COS
 
 MAX_K = 1_000
@@ -229,8 +231,8 @@ async def trace(
 ModelId = Annotated[str, Query(min_length=1, max_length=MAX_TEXT, description="a model id")]
 MatrixHead = Annotated[
     str,
-    Query(max_length=10, pattern=r"^(\d+|mlp_in|mlp_gate|mlp_out)$",
-          description="a head number, or mlp_in, mlp_gate, mlp_out"),
+    Query(max_length=10, pattern=rf"^(\d+|{'|'.join(MLP_KINDS)})$",
+          description=f"a head number, or {', '.join(MLP_KINDS)}"),
 ]  # fmt: skip
 
 
@@ -240,7 +242,7 @@ async def matrix(
     model: ModelId,
     layer: Annotated[int, Query(ge=0)],
     head: MatrixHead,
-    top: Annotated[int, Query(ge=1, le=MAX_TOP)] = 10,
+    top: Annotated[int, Query(ge=1, le=MAX_TOP)] = DEFAULT_TOP,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Any:
     """A head's (``head`` a number) or MLP matrix's card, with its directions ``offset`` to
@@ -252,8 +254,8 @@ async def matrix(
 async def spectrum(
     request: Request,
     model: ModelId,
-    kind: Annotated[list[Literal["ov", "mlp_in", "mlp_gate", "mlp_out"]], Query()] = [],  # noqa: B006
-    jump_factor: Annotated[float, Query(gt=1.0, allow_inf_nan=False)] = 10.0,
+    kind: Annotated[list[Kind], Query()] = [],  # noqa: B006
+    jump_factor: Annotated[float, Query(gt=1.0, allow_inf_nan=False)] = DEFAULT_JUMP_FACTOR,
     heads: bool = False,
 ) -> Any:
     """Spectra by layer and the layers whose norm jumps (``svd-atlas spectrum --format

@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from atlas.core.errors import AtlasError, NotFound
 from atlas.core.sqlguard import QueryTimeout
-from atlas.server import api, pages
+from atlas.core.versions import version
+from atlas.server import DEFAULT_TIMEOUT, api, pages
 from atlas.server.live import LiveAtlas
 
 log = logging.getLogger("svd_atlas.server")
 
-DEFAULT_TIMEOUT = 10.0  # seconds a request may take
 MAX_BODY = 2 << 20  # bytes: a 65,536-value vector as JSON or .npy fits
 LOCATION_ENV = "SVD_ATLAS_SERVE"  # how `svd-atlas serve --workers N` hands its options over
 HEADERS = {

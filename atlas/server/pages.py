@@ -11,7 +11,7 @@ import io
 import math
 import shlex
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import jinja2
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from atlas.api import Atlas
-from atlas.core.contract import JUDGED_SIDE, KINDS, MLP_KINDS
+from atlas.core.contract import KINDS, MLP_KINDS
 from atlas.core.errors import AtlasError
 from atlas.core.layout import DEFAULT_ATLAS
 from atlas.server import api
@@ -37,6 +37,7 @@ from atlas.server.api import (
     time_limit,
 )
 from atlas.server.work import run
+from query.cards import MatrixStat
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(
@@ -166,13 +167,10 @@ def token_bars(tokens: list[str], scores: list[float], n: int = 8) -> list[dict[
 async def model_page(
     request: Request,
     model: ModelId,
-    stat: Literal[
-        "sigma_max", "stable_rank", "effective_rank", "coherence", "top_coherence"
-    ] = "sigma_max",
+    stat: MatrixStat = "sigma_max",
 ) -> HTMLResponse:
     def work(a: Atlas) -> dict[str, Any]:
-        a.reader.require_model(model)
-        row = next(m for m in a.models() if m["model_id"] == model)
+        row = a.model(model)
         spectra = a.spectrum(model)
         return {"model": row, "grid": model_grid(a, model, stat), "spectra": spectra}
 
@@ -183,18 +181,7 @@ async def model_page(
 def model_grid(a: Atlas, model_id: str, stat: str) -> dict[str, Any]:
     """Layers x heads (and the MLP matrices) with ``stat`` and a colour for each cell. Each
     kind has its own colour scale: MLP norms are an order of magnitude above heads'."""
-    top = (
-        "(SELECT d.coherence FROM directions d WHERE d.matrix_id = m.matrix_id "
-        "AND d.sv_index = 0 AND d.side = CASE m.kind "
-        + " ".join(f"WHEN '{k}' THEN '{s}'" for k, s in JUDGED_SIDE.items())
-        + " END LIMIT 1)"
-    )
-    column = {"top_coherence": top}.get(stat, f"m.{stat}")
-    rows = a.reader.sql(
-        f"SELECT m.layer, m.head, m.kind, {column} AS value FROM matrices m "
-        "WHERE m.model_id = ? ORDER BY m.layer, m.kind, m.head",
-        [model_id],
-    ).to_pylist()
+    rows = a.matrix_stats(model_id, stat)
     scales = {}
     for kind in KINDS:
         values = [r["value"] for r in rows if r["kind"] == kind and _finite(r["value"])]
@@ -376,11 +363,7 @@ async def sql_page(
     limit: Annotated[int, Query(ge=1, le=SQL_PAGE_ROWS)] = 100,
 ) -> HTMLResponse:
     def work(a: Atlas) -> dict[str, Any]:
-        schema = a.reader.sql(
-            "SELECT table_name AS name, list(column_name ORDER BY ordinal_position) AS columns "
-            "FROM information_schema.columns WHERE table_schema = 'main' "
-            "GROUP BY table_name ORDER BY table_name"
-        ).to_pylist()
+        schema = a.tables()
         if not q:
             return {"schema": schema}
         try:

@@ -27,7 +27,7 @@ async def run(live: LiveAtlas, call: Callable[[Atlas], T], timeout: float) -> T:
     started: list[tuple[Atlas, WorkUnit]] = []
 
     def work() -> T:
-        with live.lease() as handle, handle.reader.cancellable() as unit:
+        with live.lease() as handle, handle.cancellable() as unit:
             started.append((handle, unit))
             return call(handle)
 
@@ -37,7 +37,7 @@ async def run(live: LiveAtlas, call: Callable[[Atlas], T], timeout: float) -> T:
     except TimeoutError:
         if started:
             handle, unit = started[0]
-            handle.reader.cancel(unit)
+            handle.cancel(unit)
         raise QueryTimeout(
             f"the request was stopped after the server's time limit of {timeout:g} s"
         ) from None

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 import atlas
 from atlas.core.tokens import display_vocabulary
 from bench.coherence_auc import HELD_OUT_AUC, LABELS, held_out_auc
-from ingest.coherence.scorer import Judge, Scorer, features_of_ids, logit
+from ingest.coherence import Judge, Scorer, features_of_ids, logit
 from tests.support.helpers import run_cli
 from tests.support.oracle import centered_unembedding, vocabulary
 

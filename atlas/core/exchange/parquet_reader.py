@@ -8,7 +8,6 @@ from them (exact); text queries are searched in token space.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
@@ -41,8 +40,6 @@ class ParquetReader(Reader):
         # The marker is written after a model's files: the models it names are complete.
         self._models = sorted(self.info.get("models", {}))
         self._ranges: dict[str, tuple[int, int]] | None = None
-        self._indexes: dict[str, Any] = {}
-        self._index_lock = threading.Lock()
         tables = [t for t in TABLES if t in self.info.get("tables", TABLES)]
         self._finish_open({t: [self._scan(t, self._models)] for t in tables if self._models})
 
@@ -92,22 +89,22 @@ class ParquetReader(Reader):
             raise NotFound(f"no direction {direction_id} in {self.location}")
         return owners[0]
 
-    def residual_index(self, model_id: str) -> Any:
-        """An exact index built in memory from the tree's vectors (once per reader)."""
+    def _read_index(self, model_id: str) -> tuple[Any, int]:
+        """An exact index built in memory from the tree's vectors."""
         from atlas.core.indexes import EXACT, ResidualIndex, build_index
 
-        with self._index_lock:
-            if model_id not in self._indexes:
-                if self.info.get("vectors") == "none":
-                    raise no_vectors(model_id)
-                rows = self.sql(
-                    f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')} "
-                    "ORDER BY direction_id"
-                )
-                ids = rows["direction_id"].to_numpy().astype(np.int64)
-                shard = build_index(vector_matrix(rows["vector"]), ids, EXACT)
-                self._indexes[model_id] = ResidualIndex([shard])
-            return self._indexes[model_id]
+        if self.info.get("vectors") == "none":
+            raise no_vectors(model_id)
+        rows = self.sql(
+            f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')} "
+            "ORDER BY direction_id"
+        )
+        ids = rows["direction_id"].to_numpy().astype(np.int64)
+        vectors = vector_matrix(rows["vector"])
+        return ResidualIndex([build_index(vectors, ids, EXACT)]), vectors.nbytes
+
+    def has_exact_index(self, model_id: str) -> bool:
+        return True  # built in memory, exact
 
     def has_unembedding(self, model_id: str) -> bool:
         self.require_model(model_id)

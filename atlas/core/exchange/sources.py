@@ -4,7 +4,7 @@
 - a bundle file (``svd-atlas export -o FILE``): verified and loaded into a private temporary
   atlas that is deleted on close (:class:`BundleReader`); nothing is imported anywhere else;
 - a Parquet tree (``svd-atlas export --parquet DEST``), a folder or a URL such as
-  ``s3://bucket/prefix``: :class:`atlas.core.parquet_reader.ParquetReader`.
+  ``s3://bucket/prefix``: :class:`atlas.core.exchange.parquet_reader.ParquetReader`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from atlas.core.errors import AtlasError
 from atlas.core.exchange.load import load_bundle
+from atlas.core.exchange.parquet_reader import ParquetReader
 from atlas.core.exchange.tree_format import MARKER
-from atlas.core.parquet_reader import ParquetReader
 from atlas.core.reader import Reader, StoreReader
 
 
