@@ -184,7 +184,7 @@ def parse_ints(text: str | None, what: str) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        return tuple(int(x) for x in text.split(","))  # "1,,2" and "" are refused
     except ValueError:
         raise AtlasError(f"bad {what} {text!r}: give integers separated by commas") from None
 

@@ -45,6 +45,7 @@ from atlas.core.layout import (
     Catalog,
     CatalogEntry,
 )
+from atlas.core.reader import store_problem
 from atlas.core.sqlguard import sql_string
 from atlas.core.store import sha256_file
 from atlas.core.vectors import vector_matrix
@@ -243,10 +244,11 @@ class ModelCheck:
                 self.error(f"{path.name} is not in the manifest", repair)
 
     def _check_tables(self, con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
-        rows = con.sql("SELECT * FROM models").to_arrow_table().to_pylist()
-        if len(rows) != 1 or rows[0]["model_id"] != self.model_id:
-            self.error(f"its models table holds {[r['model_id'] for r in rows]}, not one row")
+        problem = store_problem(con, "m", self.model_id)
+        if problem:
+            self.error(f"{MODEL_DB} {problem}", UNPUBLISH)
             return None
+        rows = con.sql("SELECT * FROM models").to_arrow_table().to_pylist()
         model = rows[0]
         e = self.entry
         counts = {t: _count(con, t) for t in ("matrices", "directions", "top_tokens")}

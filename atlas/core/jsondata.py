@@ -1,11 +1,25 @@
-"""Query results as strict JSON data and CSV cells, the same for the CLI and the server."""
+"""Query results as strict JSON data, CSV cells and printable text, the same for the CLI and
+the server.
+
+Text from a user or a vocabulary is shown with its control characters escaped (``\\x1b``), so
+that a terminal escape sequence in a token or a model id is seen, never obeyed; JSON keeps them
+as JSON escapes, which decode to the original text.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import math
+import re
 from typing import Any
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # tabs and newlines too: one cell, one line
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (escape sequences, bells, NULs) shown as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def jsonable(value: Any) -> Any:
@@ -53,9 +67,9 @@ def dumps(value: Any) -> str:
 
 
 def csv_cell(value: Any) -> Any:
-    """A CSV cell: lists and objects as JSON text, NaN and infinities empty."""
+    """A CSV cell: lists and objects as JSON text, NaN and infinities empty, text printable."""
     if isinstance(value, list | tuple | dict):
-        return json.dumps(jsonable(value), ensure_ascii=False)
+        return printable(json.dumps(jsonable(value), ensure_ascii=False))
     if isinstance(value, float) and not math.isfinite(value):
         return ""
-    return value
+    return printable(value) if isinstance(value, str) else value

@@ -30,6 +30,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -54,6 +55,7 @@ RESERVED = ".reserved"
 DEFAULT_ATLAS = "./data/atlas"  # where every command looks unless told otherwise
 SWEEP_GRACE_SECONDS = 600
 REBUILD_CATALOG = "svd-atlas check --repair rebuilds it from the stores' manifests"
+STORE_NAME = re.compile(r"store/[0-9a-f]{32}")  # what a catalog entry may point at: nothing else
 
 
 @dataclass
@@ -86,13 +88,17 @@ class Catalog:
     def from_json(cls, data: dict[str, Any], source: Path) -> Catalog:
         require_format(data, FORMAT, FORMAT_VERSION, source, "catalog")
         try:
-            return cls(
+            catalog = cls(
                 models={str(k): CatalogEntry(**v) for k, v in data["models"].items()},
                 next_direction_id=int(data["next_direction_id"]),
                 next_matrix_id=int(data["next_matrix_id"]),
             )
+            for model_id, entry in catalog.models.items():
+                if not isinstance(entry.store, str) or not STORE_NAME.fullmatch(entry.store):
+                    raise ValueError(f"{model_id!r} has store {entry.store!r}, not store/<id>")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise AtlasError(f"{source} is malformed ({exc}); {REBUILD_CATALOG}") from None
+        return catalog
 
 
 def _fsync_dir(path: Path) -> None:
@@ -237,12 +243,14 @@ class AtlasDir:
     def publish_many(self, stores: list[tuple[str, Path, CatalogEntry]], catalog: Catalog) -> None:
         """Move finished stores into place and name them in one new catalog, atomically.
 
-        Must be called under :meth:`writer_lock`. Each ``entry.store`` is filled in here.
-        Whatever a model replaces stays on disk until a later sweep, for readers that opened it.
+        Must be called under :meth:`writer_lock`, with every store already on disk
+        (:func:`fsync_tree`, done before the lock is taken). Each ``entry.store`` is filled in
+        here. Whatever a model replaces stays on disk until a later sweep, for readers that
+        opened it.
         """
         for model_id, staging, entry in stores:
             (staging / OWNER).unlink(missing_ok=True)
-            fsync_tree(staging)
+            _fsync_dir(staging)  # its files were flushed before the lock: only the unlink here
             final = self.root / "store" / staging.name
             os.replace(staging, final)
             entry.store = f"store/{staging.name}"

@@ -39,6 +39,7 @@ from atlas.core.indexes import is_index_file, shard_files
 from atlas.core.layout import (
     MANIFEST,
     MODEL_DB,
+    STORE_NAME,
     AtlasDir,
     Catalog,
     CatalogEntry,
@@ -175,7 +176,7 @@ def rebuild_catalog(atlas_dir: AtlasDir) -> str:
         next_direction = max(next_direction, recorded[0])
         next_matrix = max(next_matrix, recorded[1])
         described = _describe_store(store)
-        if described is None:
+        if described is None or not STORE_NAME.fullmatch(f"store/{store.name}"):
             skipped.append(store.name)
             continue
         model_id, entry = described

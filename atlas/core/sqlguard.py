@@ -33,8 +33,8 @@ _T = duckdb.StatementType
 READ_ONLY_TYPES = (_T.SELECT, _T.EXPLAIN)
 # With writes allowed: changing tables of the researcher's own database, nothing about the
 # session (ATTACH, DETACH, USE, SET, PRAGMA) and no files (COPY, EXPORT, LOAD).
-WRITE_TYPES = (*READ_ONLY_TYPES, _T.CREATE, _T.CREATE_FUNC, _T.INSERT, _T.UPDATE, _T.DELETE,
-               _T.MERGE_INTO, _T.DROP, _T.ALTER)  # fmt: skip
+WRITE_TYPES = (*READ_ONLY_TYPES, _T.CREATE, _T.INSERT, _T.UPDATE, _T.DELETE, _T.MERGE_INTO,
+               _T.DROP, _T.ALTER)  # fmt: skip
 _EXPLAIN_OPTIONS = ("ANALYZE", "ANALYSE")
 
 LOCKDOWN = (
@@ -145,6 +145,13 @@ def run_statement(
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        if write and _defines_functions(con):
+            con.execute("ROLLBACK")
+            raise AtlasError(
+                "CREATE MACRO and CREATE FUNCTION are not allowed: your database is on every "
+                "session's search path, where a function would change what the atlas's "
+                "views compute; keep tables and views"
+            )
         con.execute("COMMIT" if write else "ROLLBACK")
         return table
 
@@ -154,6 +161,14 @@ def run_statement(
         raise KeyboardInterrupt from None
     except duckdb.Error as exc:
         raise AtlasError(one_line(exc)) from None
+
+
+def _defines_functions(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the session now has a macro or function of its own (judged by effect, however
+    the statement was spelled): the researcher's database is on every session's search path,
+    where a macro named like a built-in (``abs``) would change what the atlas's views compute."""
+    rows = con.execute("SELECT count(*) FROM duckdb_functions() WHERE NOT internal").fetchall()
+    return rows[0][0] > 0
 
 
 def _first_rows(relation: duckdb.DuckDBPyRelation, n: int) -> pa.Table:
@@ -168,7 +183,22 @@ def _first_rows(relation: duckdb.DuckDBPyRelation, n: int) -> pa.Table:
                 break
     finally:
         reader.close()
-    return pa.Table.from_batches(batches, schema=reader.schema).slice(0, n)
+    table = pa.Table.from_batches(batches, schema=reader.schema)
+    return table.slice(0, min(n, table.num_rows))
+
+
+def check_timeout(timeout: Any) -> None:
+    """A time limit is a positive, finite number of seconds (or None: no limit)."""
+    if timeout is None:
+        return
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= threading.TIMEOUT_MAX
+    ):
+        raise AtlasError(
+            f"timeout must be a positive, finite number of seconds (or None), not {timeout!r}"
+        )
 
 
 def interruptible(work: Callable[[], T], timeout: float | None, stop: Callable[[int], None]) -> T:
@@ -178,8 +208,7 @@ def interruptible(work: Callable[[], T], timeout: float | None, stop: Callable[[
     A timeout raises :class:`QueryTimeout`; Ctrl-C re-raises ``KeyboardInterrupt`` once the
     work has stopped.
     """
-    if timeout is not None and not timeout > 0:
-        raise AtlasError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    check_timeout(timeout)
     outcome: dict[str, Any] = {}
     done = threading.Event()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +95,7 @@ def test_one_handle_serves_eight_threads(handle: atlas.Atlas) -> None:
     [
         (["search", "fire", "--layer", "5:2"], "empty or negative layer range"),
         (["search", "fire", "--head", "-1"], "head numbers are 0 or more"),
+        (["search", "fire", "--head", "1,,2"], "bad head '1,,2'"),
         (["search", "fire", "--min-sigma", "nan"], "min_sigma must be a finite number"),
         (["ingest", "minilm", "--name", ""], "model id must be a non-empty name"),
         (["ingest", "minilm", "--name", "a\x1b[31mb"], "must be printable"),
@@ -117,12 +119,22 @@ def test_json_output_is_strict(minilm_atlas: Path) -> None:
     assert row == {"n": None, "i": None, "t": "P1M2DT3H", "s": "PT1M30S", "d": "2026-01-02"}
 
 
-def test_terminal_escapes_are_shown_not_obeyed(minilm_atlas: Path) -> None:
-    result = run_cli(
-        "--atlas", minilm_atlas, "sql", "SELECT 'a' || chr(27) || '[31mred' || chr(7) AS x"
-    )
-    assert result.returncode == 0 and "\x1b" not in result.stdout and "\x07" not in result.stdout
-    assert "\\x1b[31mred\\x07" in result.stdout
+def test_terminal_escapes_are_shown_not_obeyed(minilm_atlas: Path, tmp_path: Path) -> None:
+    for fmt in ("table", "csv", "json"):
+        result = run_cli(
+            "--atlas", minilm_atlas, "sql", "SELECT 'a' || chr(27) || '[31mred' || chr(7) AS x",
+            "--format", fmt,
+        )  # fmt: skip
+        assert (
+            result.returncode == 0 and "\x1b" not in result.stdout and "\x07" not in result.stdout
+        )
+        shown = "\\u001b[31mred\\u0007" if fmt == "json" else "\\x1b[31mred\\x07"
+        assert shown in result.stdout, fmt
+    odd = tmp_path / "at\x1b]0;PWN\x07las\nx"
+    shutil.copytree(minilm_atlas, odd)
+    check = run_cli("--atlas", odd, "check")
+    assert check.returncode == 0 and "\x1b" not in check.stdout and "\x07" not in check.stdout
+    assert len(check.stdout.splitlines()) == 1
     line = assert_one_error_line(
         run_cli("--atlas", minilm_atlas, "search", "fire", "--model", "m\x1b[2Jx")
     )

@@ -69,6 +69,44 @@ def test_a_truncated_store_leaves_the_other_models_working(two: Path, tmp_path: 
     assert other.returncode == 0, other.stderr
 
 
+def test_a_foreign_duckdb_file_is_a_damaged_store(two: Path) -> None:
+    """A valid DuckDB file that is not the model's store (another model's, or none at all) is
+    left out like a truncated one, and check --repair takes it out of the catalog."""
+    import duckdb
+
+    db = _store(two, "minilm") / "model.duckdb"
+    db.unlink()
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE models (x INT)")
+    for args in (("models",), ("search", "storm"), ("trace", "9216"), ("sql", "FROM models")):
+        result = run_cli("--atlas", two, *args, "--format", "json")
+        assert result.returncode == 0, (args, result.stderr)
+        assert "minilm" in result.stderr and "not an svd-atlas store" in result.stderr
+        rows = json.loads(result.stdout)
+        assert rows and all(r["model_id"] == "tiny" and "x" not in r for r in rows), args
+    check = run_cli("--atlas", two, "check")
+    assert check.returncode == 1 and "not an svd-atlas store" in check.stdout
+    repaired = run_cli("--atlas", two, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout
+    assert check_atlas(two).ok
+
+
+def test_a_catalog_pointing_outside_the_atlas_is_malformed(two: Path, tmp_path: Path) -> None:
+    catalog = json.loads((two / "catalog.json").read_text())
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(_store(two, "tiny"), outside)
+    catalog["models"]["tiny"]["store"] = f"store/../../{outside.name}"
+    (two / "catalog.json").write_text(json.dumps(catalog))
+    line = assert_one_error_line(run_cli("--atlas", two, "models"))
+    assert "malformed" in line and "not store/<id>" in line
+    repaired = run_cli("--atlas", two, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout
+    assert json.loads((two / "catalog.json").read_text())["models"]["tiny"]["store"].startswith(
+        "store/"
+    )
+    assert check_atlas(two).ok
+
+
 @pytest.mark.parametrize("recovery", ["check --repair", "ingest --replace"])
 def test_a_damaged_store_is_recovered(two: Path, recovery: str) -> None:
     _truncate(_store(two, "minilm") / "model.duckdb")

@@ -204,6 +204,22 @@ def test_out_refuses_any_path_inside_the_atlas(hostile_atlas: Path, tmp_path: Pa
     assert every_file(hostile_atlas) == before
     ok = run_cli("--atlas", hostile_atlas, "sql", "SELECT 1 AS x", "--out", tmp_path / "r.pq")
     assert ok.returncode == 0 and (tmp_path / "r.pq").is_file()
+    # a hard link from outside to an atlas file is replaced, never written through
+    hard = tmp_path / "hard.parquet"
+    hard.hardlink_to(hostile_atlas / "catalog.json")
+    ok = run_cli("--atlas", hostile_atlas, "sql", "SELECT 1 AS x", "--out", hard)
+    assert ok.returncode == 0, ok.stderr
+    assert every_file(hostile_atlas) == before
+    assert hard.read_bytes()[:4] == b"PAR1"
+
+
+def test_macros_are_refused_even_with_write(atlas_copy: Path) -> None:
+    """A macro in user.duckdb named like a built-in would change what the views compute for
+    every later reader."""
+    for statement in ("CREATE MACRO abs(x) AS 0", "CREATE FUNCTION twice(x) AS 2 * x"):
+        line = assert_one_error_line(run_cli("--atlas", atlas_copy, "sql", "--write", statement))
+        assert "not allowed" in line
+    assert run_cli("--atlas", atlas_copy, "sql", "SELECT abs(-1) AS a").stdout.split() == ["a", "1"]
 
 
 def test_ctrl_c_stops_a_runaway_query_every_time(hostile_atlas: Path) -> None:
@@ -235,8 +251,17 @@ def test_timeout_stops_a_runaway_query(hostile_atlas: Path, handle: atlas.Atlas)
         handle.sql(RUNAWAY, timeout=0.3)
     assert time.monotonic() - started < 5
     assert handle.sql("SELECT 1 AS x")["x"].to_pylist() == [1]  # the handle still works
-    with pytest.raises(AtlasError, match="positive"):
-        handle.sql("SELECT 1", timeout=0)
+    for bad in (0, -1, float("inf"), float("nan"), 1e300, "1", True):
+        with pytest.raises(AtlasError, match="positive, finite number of seconds"):
+            handle.sql("SELECT 1", timeout=bad)
+        with pytest.raises(AtlasError, match="positive, finite number of seconds"):
+            handle.search("fire", timeout=bad)
+    assert handle.sql("SELECT 1 AS x")["x"].to_pylist() == [1]  # and still works
+    assert handle.sql("SELECT 1 AS x", max_rows=10**30)["x"].to_pylist() == [1]
+    line = assert_one_error_line(
+        run_cli("--atlas", hostile_atlas, "sql", "SELECT 1", "--timeout", "inf")
+    )
+    assert "positive, finite number of seconds" in line
 
 
 def test_cancel_stops_another_threads_work_and_only_that(handle: atlas.Atlas) -> None:

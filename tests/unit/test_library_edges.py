@@ -81,7 +81,8 @@ def test_json_is_strict_and_readable() -> None:
 def test_control_characters_are_escaped_in_text() -> None:
     assert printable("a\x1b[31mb\x07") == "a\\x1b[31mb\\x07"
     assert table_cell(["ok", "\x9bx"]) == "ok, \\x9bx"
-    assert printable("tab\tand\nnewline é ü 中") == "tab\tand\nnewline é ü 中"
+    # one value is one line, whatever it holds (a path with a newline, a token "\\n")
+    assert printable("tab\tand\nnewline é ü 中") == "tab\\x09and\\x0anewline é ü 中"
 
 
 def test_the_contract_names_every_declared_table() -> None:
