@@ -3,7 +3,14 @@
 Within one model, queries live in the model's residual space (the unit singular vectors,
 searched through FAISS). Across models, they live in the token space (``atlas.core.token_space``),
 where a direction is a sparse unit vector over normalized token strings and cosines are exact
-sparse dot products computed by DuckDB.
+sparse dot products computed by DuckDB; or, asked for, in each model's own residual space
+(words embedded by each model's unembedding, a vector in every model of its width).
+
+Across models, a search streams: each model's index (or token bags) is read, searched for
+the model's best ``k`` and merged into the running top ``k``, which is exact because every
+model's ``k`` best include its share of the overall best. The reader keeps only as many
+indexes as fit its cache (``Reader.INDEX_CACHE_BYTES``), so memory stays bounded by about one
+model's index, however many models are searched.
 
 A hit's ``score`` is ``|cos|`` and its ``sign`` says which valence matched: ``-1`` means the
 negated direction points at the query, i.e. the concept sits in its negative tokens.
@@ -70,11 +77,11 @@ class Hits(list[Hit]):
 
 @dataclass
 class Query:
-    """A resolved query: a residual vector for one model, or a token bag for several."""
+    """A resolved query: a residual vector per model, or a token bag for them all."""
 
     space: str
     models: list[str]
-    vector: np.ndarray | None = None
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
     bag: dict[str, float] | None = None
     exclude: int | None = None  # a --direction query does not return itself
     notes: list[str] = field(default_factory=list)
@@ -133,22 +140,50 @@ def resolve_query(
                 f"direction {direction} belongs to {home!r}; residual spaces of different models "
                 "are unrelated: use --space token to search other models"
             )
-        _, q = direction_vector(a, direction)
-        return Query(space, [home], vector=q, exclude=direction)  # type: ignore[list-item]
-    if len(candidates) != 1:
-        raise AtlasError(
-            "residual-space search works within one model: give --model, or use --space token"
-        )
-    model_id = candidates[0]
+        home, q = direction_vector(a, direction)
+        return Query(space, [home], {home: q}, exclude=direction)
     if vector is not None:
-        d_model = a.sql("SELECT d_model FROM models WHERE model_id = ?", [model_id])
-        q = query_vector(vector, d_model["d_model"][0].as_py())
-        return Query(space, [model_id], vector=q)
-    words = split_words(text)  # type: ignore[arg-type]
-    q, missing = text_residual_vector(a, model_id, words)
-    if missing:
-        notes.append(f"not in {model_id}'s vocabulary: {', '.join(missing)}")
-    return Query(space, [model_id], vector=q, notes=notes)
+        return _vector_query(a, vector, candidates)
+    return _words_query(a, split_words(text), candidates)  # type: ignore[arg-type]
+
+
+def _vector_query(a: Reader, vector: Any, candidates: list[str]) -> Query:
+    """A residual vector, searched in every candidate model of its width."""
+    widths = {m: _d_model(a, m) for m in candidates}
+    q = query_vector(vector, set(widths.values()))
+    models = [m for m in candidates if widths[m] == q.size]
+    others = [m for m in candidates if widths[m] != q.size]
+    notes = [f"not searched (d_model is not {q.size}): {', '.join(others)}"] if others else []
+    return Query("residual", models, dict.fromkeys(models, q), notes=notes)
+
+
+def _words_query(a: Reader, words: list[str], candidates: list[str]) -> Query:
+    """Words, embedded by each candidate model's own unembedding."""
+    vectors, notes, lacking = {}, [], []
+    for model_id in candidates:
+        if not a.has_unembedding(model_id):
+            lacking.append(model_id)
+            continue
+        q, missing = text_residual_vector(a, model_id, words, strict=len(candidates) == 1)
+        if q is None:
+            notes.append(f"not in {model_id}'s vocabulary: {', '.join(words)}")
+            continue
+        if missing:
+            notes.append(f"not in {model_id}'s vocabulary: {', '.join(missing)}")
+        vectors[model_id] = q
+    if lacking:
+        notes.append(
+            f"no unembedding, so not searched in residual space: {', '.join(lacking)} "
+            "(--space token searches them)"
+        )
+    if not vectors:
+        raise AtlasError(f"no model searched has a token for {', '.join(words)}")
+    return Query("residual", list(vectors), vectors, notes=notes)
+
+
+def _d_model(a: Reader, model_id: str) -> int:
+    rows = a.sql("SELECT d_model FROM models WHERE model_id = ?", [model_id])
+    return int(rows["d_model"][0].as_py())
 
 
 def approximate_note(a: Reader, query: Query, filters: Filters) -> str | None:
@@ -156,11 +191,13 @@ def approximate_note(a: Reader, query: Query, filters: Filters) -> str | None:
     (a filtered one scans its subset exactly)."""
     if query.space != "residual" or filters.active:
         return None
-    model_id = query.models[0]
-    if a.residual_index(model_id).exact:
+    approximate = [m for m in query.models if not a.has_exact_index(m)]
+    if not approximate:
         return None
+    one = len(approximate) == 1
     return (
-        f"{model_id} has an approximate index (more directions than --exact-max at ingest): "
+        f"{', '.join(approximate)} {'has an' if one else 'have'} approximate "
+        f"ind{'ex' if one else 'exes'} (more directions than --exact-max at ingest): "
         "scores are exact, but a true neighbour is missed now and then (`svd-atlas check` "
         "measures its recall)"
     )
@@ -182,8 +219,7 @@ def search(
     scored: list[tuple[float, int]] = []
     for model_id in query.models:
         if query.space == "residual":
-            assert query.vector is not None
-            ids, sims = nearest_residual(a, model_id, query.vector, filters, k + 1)
+            ids, sims = nearest_residual(a, model_id, query.vectors[model_id], filters, k + 1)
         else:
             assert query.bag is not None
             ids, sims = nearest_tokens(a, model_id, query.bag, filters, k + 1)

@@ -37,15 +37,18 @@ def word_token_ids(a: Reader, model_id: str, words: list[str]) -> dict[str, list
 
 
 def text_residual_vector(
-    a: Reader, model_id: str, words: list[str]
-) -> tuple[np.ndarray, list[str]]:
+    a: Reader, model_id: str, words: list[str], strict: bool = True
+) -> tuple[np.ndarray | None, list[str]]:
     """Mean of the words' centered-unembedding directions (each word's tokens averaged first).
 
-    Returns the unit query vector and the words the vocabulary does not have.
+    Returns the unit query vector and the words the vocabulary does not have; when it has none
+    of them, an error, or (not ``strict``: one model of several) no vector.
     """
     found = word_token_ids(a, model_id, words)
     missing = [w for w in words if w not in found]
     if not found:
+        if not strict:
+            return None, missing
         raise AtlasError(f"no token of model {model_id!r} matches {', '.join(words)}")
     unembed = a.unembedding(model_id)
     try:
@@ -79,9 +82,10 @@ def direction_bag(a: Reader, direction_id: int) -> dict[str, float]:
     return {r["token_norm"]: float(r["weight"]) for r in rows}
 
 
-def query_vector(source: str | Path | np.ndarray | bytes, d_model: int) -> np.ndarray:
+def query_vector(source: str | Path | np.ndarray | bytes, widths: set[int]) -> np.ndarray:
     """A residual-space query vector from a ``.npy`` file (a path or its bytes) or an array:
-    real numbers only, ``d_model`` of them, finite and not all zero. Returned unit-length."""
+    real numbers only, as many as one of ``widths`` (the models' d_model), finite and not all
+    zero. Returned unit-length."""
     name = "the vector" if isinstance(source, np.ndarray | bytes) else str(source)
     if isinstance(source, np.ndarray):
         vector = source
@@ -95,8 +99,12 @@ def query_vector(source: str | Path | np.ndarray | bytes, d_model: int) -> np.nd
         kind = getattr(vector, "dtype", type(vector))
         raise AtlasError(f"{name} must hold real numbers, not {kind}")
     vector = vector.astype(np.float64).reshape(-1)
-    if vector.shape[0] != d_model:
-        raise AtlasError(f"{name} holds {vector.shape[0]} values; the model has d_model {d_model}")
+    if vector.shape[0] not in widths:
+        raise AtlasError(
+            f"{name} holds {vector.shape[0]} values; the model"
+            + (f" has d_model {next(iter(widths))}" if len(widths) == 1
+               else f"s searched have d_model {', '.join(map(str, sorted(widths)))}")
+        )  # fmt: skip
     if not np.isfinite(vector).all() or not np.any(vector):
         raise AtlasError(f"{name} is zero or not finite")
     return unit(vector)

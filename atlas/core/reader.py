@@ -8,8 +8,8 @@ unembedding. Two kinds of reader exist:
 - :class:`StoreReader`, an atlas directory: each published store is ATTACHed ``READ_ONLY``;
   a store that cannot be attached (a truncated or overwritten ``model.duckdb``) is left out,
   named in :attr:`Reader.damaged`, and the others work as usual. A bundle file is verified and
-  loaded into a private temporary atlas and read the same way (``atlas.core.sources``).
-- ``ParquetReader`` (``atlas.core.parquet_reader``), a Parquet tree: views over its files
+  loaded into a private temporary atlas and read the same way (``atlas.core.exchange.sources``).
+- ``ParquetReader`` (``atlas.core.exchange.parquet_reader``), a Parquet tree: views over its files
   through a read-only file system rooted at the tree. It has no unembedding, so text search
   there runs in token space; its residual index, where it has vectors, is built in memory.
 
@@ -21,6 +21,7 @@ gets its own cursor on the one database instance; a handle can be used from many
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import tempfile
@@ -50,6 +51,7 @@ USER_DB = "user.duckdb"
 PARQUET_MARKER = "_svd_atlas.json"
 # Read a catalog again if a store it names vanished meanwhile (a concurrent replace + sweep).
 _OPEN_ATTEMPTS = 3
+FIRST_RELEASE_TABLES = 5  # every store has TABLES[:5]; later ones were added to the contract
 
 
 @dataclass(eq=False)
@@ -59,11 +61,40 @@ class WorkUnit:
     ident: int  # the thread doing it
 
 
+class IndexCache:
+    """Models' residual indexes, most recently used last, up to ``budget`` bytes of them (and
+    always the last one, whatever its size). A search across more models than fit reads each
+    index, searches it and lets it go, so memory stays bounded by about one model's index."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self._items: collections.OrderedDict[str, tuple[Any, int]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, model_id: str, load: Callable[[], tuple[Any, int]]) -> Any:
+        """The model's index, read by ``load()`` (the index and its bytes) if not cached."""
+        with self._lock:
+            if model_id in self._items:
+                self._items.move_to_end(model_id)
+                return self._items[model_id][0]
+            index, size = load()
+            self._items[model_id] = (index, size)
+            while len(self._items) > 1 and sum(s for _, s in self._items.values()) > self.budget:
+                self._items.popitem(last=False)  # unmapped once no search holds it
+            return index
+
+    def cached(self) -> list[str]:
+        with self._lock:
+            return list(self._items)
+
+
 class Reader:
     """SQL over an atlas, and what query code needs besides; see the module notes.
 
     Subclasses attach their data to ``self._con`` before calling :meth:`_finish_open`.
     """
+
+    INDEX_CACHE_BYTES = 2 << 30  # residual indexes kept loaded (see IndexCache)
 
     def __init__(self, location: str):
         self.location = location
@@ -78,6 +109,7 @@ class Reader:
         self._cancelled: set[int] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self.indexes = IndexCache(self.INDEX_CACHE_BYTES)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -220,7 +252,17 @@ class Reader:
         raise NotImplementedError
 
     def residual_index(self, model_id: str) -> Any:
-        """The model's residual-space FAISS index (ids = direction_id)."""
+        """The model's residual-space FAISS index (ids = direction_id), through the cache."""
+        self.require_model(model_id)
+        return self.indexes.get(model_id, lambda: self._read_index(model_id))
+
+    def _read_index(self, model_id: str) -> tuple[Any, int]:
+        """The model's index, read, and its size in bytes."""
+        raise NotImplementedError
+
+    def has_exact_index(self, model_id: str) -> bool:
+        """Whether a search of the model's index returns the exact neighbours, without
+        reading it."""
         raise NotImplementedError
 
     def unembedding(self, model_id: str) -> np.ndarray:
@@ -264,7 +306,6 @@ class StoreReader(Reader):
     def __init__(self, root: str | os.PathLike[str], write: bool = False, location: str = ""):
         self.dir = AtlasDir(root)
         super().__init__(location or str(self.dir.root))
-        self._indexes: dict[str, Any] = {}
         self._unembeddings: dict[str, np.ndarray] = {}
         self._index_lock = threading.Lock()
         self._user_db = False
@@ -290,12 +331,14 @@ class StoreReader(Reader):
                     break
                 try:
                     self._con.execute(f"ATTACH {sql_string(str(path))} AS m{i} (READ_ONLY)")
-                    self._con.execute(f"SELECT count(*) FROM m{i}.models").fetchall()
+                    problem = store_problem(self._con, f"m{i}", model_id)
                 except duckdb.Error as exc:
+                    problem = f"cannot be read ({one_line(exc, 120)})"
+                if problem:
                     self._detach(f"m{i}")
                     self.damaged[model_id] = (
-                        f"its {MODEL_DB} cannot be read ({one_line(exc, 120)}); svd-atlas "
-                        "check --repair or ingest --replace recovers"
+                        f"its {MODEL_DB} {problem}; svd-atlas check --repair or ingest "
+                        "--replace recovers"
                     )
                     continue
                 self._aliases[model_id] = i
@@ -381,18 +424,20 @@ class StoreReader(Reader):
         self.require_model(model_id)
         return self.dir.store_path(self.catalog.models[model_id])
 
-    def residual_index(self, model_id: str) -> Any:
-        """Read once per handle (shards memory-mapped); a model without vectors or with a
-        damaged file is one line."""
-        with self._index_lock:
-            if model_id not in self._indexes:
-                from atlas.core.indexes import ResidualIndex, shard_files
+    def _read_index(self, model_id: str) -> tuple[Any, int]:
+        """Shards memory-mapped; a model without vectors or with a damaged file is one line."""
+        from atlas.core.indexes import ResidualIndex, shard_files
 
-                shards = shard_files(self.store_path(model_id))
-                if not shards:
-                    raise no_vectors(model_id)
-                self._indexes[model_id] = ResidualIndex.read(shards)
-            return self._indexes[model_id]
+        shards = shard_files(self.store_path(model_id))
+        if not shards:
+            raise no_vectors(model_id)
+        return ResidualIndex.read(shards), sum(p.stat().st_size for p in shards)
+
+    def has_exact_index(self, model_id: str) -> bool:
+        from atlas.core.indexes import EXACT
+
+        rows = self.sql("SELECT index_type FROM models WHERE model_id = ?", [model_id])
+        return bool(rows.num_rows) and rows["index_type"][0].as_py() == EXACT
 
     def has_unembedding(self, model_id: str) -> bool:
         with self._index_lock:
@@ -419,6 +464,27 @@ class StoreReader(Reader):
 
     def model_sizes(self) -> dict[str, int]:
         return {m: dir_size(self.store_path(m)) for m in self.model_ids()}
+
+
+def store_problem(con: duckdb.DuckDBPyConnection, alias: str, model_id: str) -> str | None:
+    """Why the store attached as ``alias`` is not ``model_id``'s (a table every store has is
+    missing, or its models table names another model), or None."""
+    present = {
+        name
+        for (name,) in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [alias]
+        ).fetchall()
+    }
+    missing = [t for t in TABLES[:FIRST_RELEASE_TABLES] if t not in present]
+    if missing:
+        return f"is not an svd-atlas store (it has no {missing[0]} table)"
+    try:
+        rows = con.execute(f"SELECT model_id FROM {alias}.models").fetchall()
+    except duckdb.BinderException:
+        return "is not an svd-atlas store (its models table has no model_id)"
+    if rows != [(model_id,)]:
+        return f"holds {[r[0] for r in rows][:3]!r} in its models table, not {model_id!r}"
+    return None
 
 
 class NoVectors(AtlasError):

@@ -84,7 +84,7 @@ def assert_same(hits, ids, scores) -> None:
 def test_text_search_equals_brute_force(a, table, filters: Filters, words: str) -> None:
     query = resolve_query(a.reader, text=words)
     hits = search(a.reader, query, filters, k=15)
-    assert_same(hits, *brute_force(table, query.vector, filters, 15))
+    assert_same(hits, *brute_force(table, query.vectors["minilm"], filters, 15))
 
 
 @pytest.mark.parametrize("filters", FILTERS[:5], ids=lambda f: repr(f)[8:60])
@@ -118,7 +118,7 @@ def test_text_query_is_the_centered_unembedding_of_every_variant(a) -> None:
         per_word.append(mean / np.linalg.norm(mean))
     expected = np.mean(per_word, axis=0)
     expected /= np.linalg.norm(expected)
-    q = resolve_query(a.reader, text="fire, water").vector
+    q = resolve_query(a.reader, text="fire, water").vectors["minilm"]
     assert float(q @ expected) > 0.9999
 
 

@@ -1,0 +1,91 @@
+"""Search across several models in residual space, streamed model by model: the merged top k
+equals a brute-force numpy scan of every model's vectors with each model's own query vector,
+and memory holds one model's index at a time when the cache is too small for more."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import atlas
+from atlas.core.errors import AtlasError
+from query.filters import Filters
+from query.search import resolve_query, search
+from query.vectors import text_residual_vector
+from tests.support.atlas_compare import vectors
+from tests.support.tiny_models import ingest_loaded, tiny_gpt2
+
+
+@pytest.fixture(scope="module")
+def zoo(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MiniLM (d_model 384) and two tiny GPT-2s (d_model 64) of different seeds."""
+    root = tmp_path_factory.mktemp("zoo") / "atlas"
+    shutil.copytree(minilm_atlas, root)
+    ingest_loaded(root, tiny_gpt2(seed=1), "tiny-1")
+    ingest_loaded(root, tiny_gpt2(seed=2), "tiny-2")
+    return root
+
+
+def _brute_force(a: atlas.Atlas, queries: dict[str, np.ndarray], k: int) -> list[tuple[int, int]]:
+    """(direction_id, sign) of the k largest |cos| over every model, each scanned with numpy."""
+    scored = []
+    for model_id, q in queries.items():
+        ids, vecs = vectors(a, model_id)
+        sims = vecs @ q
+        scored += [
+            (abs(float(s)), int(i), 1 if s >= 0 else -1) for i, s in zip(ids, sims, strict=True)
+        ]
+    scored.sort(key=lambda t: (-t[0], t[1]))
+    return [(i, sign) for _, i, sign in scored[:k]]
+
+
+@pytest.mark.parametrize("words", ["fire", "water, ocean"])
+def test_words_in_every_models_residual_space_equal_brute_force(zoo: Path, words: str) -> None:
+    with atlas.open(zoo) as a:
+        hits = a.search(words, space="residual", k=25)
+        queries = {
+            m: text_residual_vector(a.reader, m, [w.strip() for w in words.split(",")])[0]
+            for m in a.model_ids()
+        }
+        assert [(h.direction_id, h.sign) for h in hits] == _brute_force(a, queries, 25)
+        assert len({h.model_id for h in hits}) >= 2  # the merge really crosses models
+
+
+def test_a_vector_searches_the_models_of_its_width(zoo: Path) -> None:
+    q = np.random.default_rng(3).standard_normal(64).astype(np.float32)
+    with atlas.open(zoo) as a:
+        with pytest.warns(atlas.core.errors.AtlasWarning, match="d_model is not 64.*minilm"):
+            hits = a.search(vector=q, k=30)
+        unit = q / np.linalg.norm(q)
+        expected = _brute_force(a, {"tiny-1": unit, "tiny-2": unit}, 30)
+        assert [(h.direction_id, h.sign) for h in hits] == expected
+        with pytest.raises(AtlasError, match="holds 10 values; the models searched have d_model"):
+            a.search(vector=np.ones(10), k=3)
+
+
+def test_streaming_holds_one_index_at_a_time_and_finds_the_same(zoo: Path) -> None:
+    with atlas.open(zoo) as a:
+        everything = a.search("fire", space="residual", k=40, kinds=["ov"])
+        unfiltered = a.search("fire", space="residual", k=40)
+        assert len(a.reader.indexes.cached()) == 3
+    with atlas.open(zoo) as a:
+        a.reader.indexes.budget = 1  # smaller than any index: each is read, searched, dropped
+        assert a.search("fire", space="residual", k=40, kinds=["ov"]) == everything
+        assert a.search("fire", space="residual", k=40) == unfiltered
+        assert len(a.reader.indexes.cached()) == 1
+
+
+def test_token_space_across_models_is_unchanged_by_default(zoo: Path) -> None:
+    """Several models and no --space: token space, as before (each model's bags scanned by
+    DuckDB, merged exactly)."""
+    with atlas.open(zoo) as a:
+        query = resolve_query(a.reader, text="fire")
+        assert query.space == "token" and sorted(query.models) == sorted(a.model_ids())
+        merged = search(a.reader, query, Filters(), k=20)
+        per_model = [h for m in a.model_ids() for h in a.search("fire", model=m, space="token",
+                                                                 k=20)]  # fmt: skip
+        per_model.sort(key=lambda h: (-h.score, h.direction_id))
+        assert [h.direction_id for h in merged] == [h.direction_id for h in per_model[:20]]
