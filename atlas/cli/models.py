@@ -1,4 +1,4 @@
-"""`svd-atlas models`."""
+"""`svd-atlas models` and `svd-atlas open`."""
 
 from __future__ import annotations
 
@@ -30,10 +30,29 @@ MODEL_COLUMNS = [
 @click.pass_obj
 def models(obj: dict[str, Any], fmt: str) -> None:
     """List the atlas's models with their shapes, processing, index type and size."""
+    _list(obj["atlas"], fmt)
+
+
+@click.command("open")
+@click.argument("location")
+@format_option
+def open_location(location: str, fmt: str) -> None:
+    """Open LOCATION and list its models: an atlas directory, a bundle, a Parquet tree, or a
+    tree's URL (s3://bucket/prefix, or any fsspec URL; credentials as the cloud's own tools
+    take them). Every command reads it with --atlas LOCATION, and Python with
+    atlas.open(LOCATION); a bundle and a tree are read-only."""
+    _list(location, fmt)
+    click.echo(
+        f"read it with: svd-atlas --atlas {location} COMMAND, or atlas.open({location!r})",
+        err=True,
+    )
+
+
+def _list(location: str, fmt: str) -> None:
     import atlas
     from atlas.cli.output import human_bytes
 
-    with atlas.open(obj["atlas"]) as a:
+    with atlas.open(location) as a:
         rows = a.models()
         location = a.location
     if not rows and fmt == "table":
@@ -44,4 +63,4 @@ def models(obj: dict[str, Any], fmt: str) -> None:
     emit(rows, MODEL_COLUMNS, fmt)
 
 
-COMMANDS = [models]
+COMMANDS = [models, open_location]
