@@ -85,14 +85,24 @@ class Atlas:
         :class:`AtlasError` for a model without vectors."""
         return self.reader.residual_index(model_id)
 
-    def load_indexes(self) -> None:
-        """Read every model's index and map its unembedding now, not at its first search (what
-        a long-running server does once); a model without vectors has neither."""
+    def load_indexes(self, max_bytes: int) -> None:
+        """Keep up to ``max_bytes`` of residual indexes loaded from now on, and read them now,
+        model by model while they fit, with every unembedding mapped (what a long-running
+        server does once). Without this, a handle keeps only the index it used last: a search
+        across many models streams through their indexes in the memory of one."""
+        self.reader.indexes.budget = max_bytes
+        loaded = 0
         for model_id in self.model_ids():
             if self.reader.has_unembedding(model_id):
                 self.reader.unembedding(model_id)
-            with contextlib.suppress(NoVectors):
-                self.reader.residual_index(model_id)
+            if loaded < max_bytes:
+                with contextlib.suppress(NoVectors):
+                    self.reader.residual_index(model_id)
+                    loaded = self.reader.indexes.size()
+
+    def loaded_indexes(self) -> list[str]:
+        """The models whose residual indexes are loaded now."""
+        return self.reader.indexes.cached()
 
     def model(self, model_id: str) -> dict[str, Any]:
         """One model's row of :meth:`models` (:class:`NotFound` for an unknown id)."""

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from atlas.core.errors import AtlasError
-from atlas.server import DEFAULT_PORT, DEFAULT_TIMEOUT
+from atlas.server import DEFAULT_INDEX_MEMORY_GB, DEFAULT_PORT, DEFAULT_TIMEOUT
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -39,8 +39,19 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
     show_default=True,
     help="Seconds a request may take before it is stopped (HTTP 504).",
 )
+@click.option(
+    "--index-memory",
+    type=click.FloatRange(0),
+    default=DEFAULT_INDEX_MEMORY_GB,
+    show_default=True,
+    metavar="GB",
+    help="Indexes kept loaded (memory-mapped); a search across more models than fit reads "
+    "the others as it goes.",
+)
 @click.pass_obj
-def serve(obj: dict[str, Any], host: str, port: int, workers: int, timeout: float) -> None:
+def serve(
+    obj: dict[str, Any], host: str, port: int, workers: int, timeout: float, index_memory: float
+) -> None:
     """Serve the atlas read-only: web pages at / and a JSON API under /api (/openapi.json).
 
     The atlas stays open with its indexes loaded; a model that an ingest or a load publishes
@@ -61,19 +72,22 @@ def serve(obj: dict[str, Any], host: str, port: int, workers: int, timeout: floa
     options = {"host": host, "port": port, "log_level": "warning"}
     if workers == 1:
         started = time.perf_counter()
-        app = create_app(location, timeout)
+        app = create_app(location, timeout, index_memory)
         with app.state.live.lease() as a:
             n_models, n_directions = len(a.model_ids()), sum(m["directions"] for m in a.models())
+            n_loaded = len(a.loaded_indexes())
         click.echo(
             f"serving {location}: {n_models} models, {n_directions:,} directions, opened with "
-            f"their indexes in {time.perf_counter() - started:.1f} s; resident memory "
-            f"{_resident_mb():,.0f} MB",
+            f"{n_loaded} of their indexes loaded in {time.perf_counter() - started:.1f} s; "
+            f"resident memory {_resident_mb():,.0f} MB",
             err=True,
         )
         click.echo(f"  {url}  ({reach}); Ctrl-C stops it", err=True)
         uvicorn.run(app, **options)  # type: ignore[arg-type]
         return
-    os.environ[LOCATION_ENV] = json.dumps({"location": location, "timeout": timeout})
+    os.environ[LOCATION_ENV] = json.dumps(
+        {"location": location, "timeout": timeout, "index_memory_gb": index_memory}
+    )
     click.echo(f"serving {location} with {workers} worker processes", err=True)
     click.echo(f"  {url}  ({reach}); Ctrl-C stops it", err=True)
     uvicorn.run("atlas.server.app:create_app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]

@@ -87,6 +87,11 @@ class IndexCache:
         with self._lock:
             return list(self._items)
 
+    def size(self) -> int:
+        """Bytes of the indexes held."""
+        with self._lock:
+            return sum(s for _, s in self._items.values())
+
 
 class Reader:
     """SQL over an atlas, and what query code needs besides; see the module notes.
@@ -94,7 +99,9 @@ class Reader:
     Subclasses attach their data to ``self._con`` before calling :meth:`_finish_open`.
     """
 
-    INDEX_CACHE_BYTES = 2 << 30  # residual indexes kept loaded (see IndexCache)
+    # Residual indexes kept loaded beyond the last one used (IndexCache): none, so that a
+    # search across models streams; a server keeps more (``Atlas.load_indexes``).
+    INDEX_CACHE_BYTES = 0
 
     def __init__(self, location: str):
         self.location = location

@@ -9,3 +9,4 @@ in a worker thread under a time limit (:mod:`atlas.server.work`), and serves the
 
 DEFAULT_PORT = 8321
 DEFAULT_TIMEOUT = 10.0  # seconds a request may take
+DEFAULT_INDEX_MEMORY_GB = 4.0  # indexes kept loaded; a search across more models streams

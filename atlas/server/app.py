@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from atlas.core.errors import AtlasError, NotFound
 from atlas.core.sqlguard import QueryTimeout
 from atlas.core.versions import version
-from atlas.server import DEFAULT_TIMEOUT, api, pages
+from atlas.server import DEFAULT_INDEX_MEMORY_GB, DEFAULT_TIMEOUT, api, pages
 from atlas.server.live import LiveAtlas
 
 log = logging.getLogger("svd_atlas.server")
@@ -42,9 +42,14 @@ HEADERS = {
 }
 
 
-def create_app(location: str, timeout: float = DEFAULT_TIMEOUT) -> FastAPI:
-    """The server for the atlas at ``location``, opened (indexes loaded) before it returns."""
-    live = LiveAtlas(location)
+def create_app(
+    location: str,
+    timeout: float = DEFAULT_TIMEOUT,
+    index_memory_gb: float = DEFAULT_INDEX_MEMORY_GB,
+) -> FastAPI:
+    """The server for the atlas at ``location``, opened (up to ``index_memory_gb`` of its
+    indexes loaded) before it returns."""
+    live = LiveAtlas(location, int(index_memory_gb * 2**30))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -78,7 +83,7 @@ def create_app_from_env() -> FastAPI:
     import json
 
     options = json.loads(os.environ[LOCATION_ENV])
-    return create_app(options["location"], options["timeout"])
+    return create_app(options["location"], options["timeout"], options["index_memory_gb"])
 
 
 # -- errors --------------------------------------------------------------------------------
