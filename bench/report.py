@@ -212,6 +212,54 @@ def _search(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _jobs(rows: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "One job of identical models (`svd-atlas ingest --from FILE`), serially in one process "
+        "against `--ray` (a local Ray cluster started by the command; its start-up and the "
+        "planning boot of every model included), fresh processes, best of 2 after one warm-up "
+        "of each.",
+        "",
+        "| models | cores | serial (s) | Ray (s) | speed-up | per model, serial (s) | Ray start "
+        "and stop (s) | peak RSS serial / Ray driver (MB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {r['models']} x {r['model']} | {r['cpus']} | {r['serial_seconds']} | "
+        f"{r['ray_seconds']} | {r['speedup']}x | {r['per_model_seconds']} | "
+        f"{r['ray_start_seconds']} | {r['serial_peak_rss_mb']:,} / "
+        f"{r['ray_driver_peak_rss_mb']:,} |"
+        for r in rows
+    ]
+    for r in rows:
+        out += ["", "Computed from the per-model time (each worker as fast as one ingest alone "
+                "here, planning and scheduling not counted): "
+                + "; ".join(f"{k}: {v:,} s" for k, v in r["computed"].items()) + "."]  # fmt: skip
+    return out
+
+
+def _zoo(rows: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "Search across the first N models of one atlas of 100 `random:llama-tiny` models (5,120 "
+        "directions of width 256 each: a 5.2 MB index), fresh processes: residual space "
+        "streamed (each model's index read, searched, dropped), residual space with every "
+        "index loaded first (`Atlas.load_indexes`, what the server does), and token space. "
+        "Two searches per process (`fire`, then `water`); single runs.",
+        "",
+        "| models | space | indexes | process wall (s) | index loading (s) | first search (ms) | "
+        "second search (ms) | indexes held | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {r['models']} | {r['space']} | {r['indexes'] if r['space'] == 'residual' else ''} | "
+        f"{r['wall_seconds']} | {r['load_seconds']} | {r['first_search_ms']} | "
+        f"{r['second_search_ms']} | {r['indexes_held']} | {r['peak_rss_mb']:,} |"
+        for r in rows
+    ]
+    if rows:
+        out += ["", f"Ingesting the 100 models as one job: {rows[0]['zoo_ingest_seconds']} s."]
+    return out
+
+
 SECTIONS = [
     ("Decomposition: the batched factored OV SVD", "decompose", _decompose),
     ("Ingest: memory and time against model size", "ingest", _ingest),
@@ -219,4 +267,6 @@ SECTIONS = [
     ("End to end: the atlas against a naive pipeline", "e2e", _e2e),
     ("Projection against matrix-multiply throughput", "projection", _projection),
     ("Search", "search", _search),
+    ("A job of many models: serial and on Ray", "jobs", _jobs),
+    ("Search across many models", "zoo", _zoo),
 ]

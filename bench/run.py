@@ -2,7 +2,8 @@
 
     python bench/run.py [--only SECTION,...] [--device cpu|cuda] [--large]
 
-Sections: decompose, ingest, memory, e2e, projection, search. ``--large`` adds the big shapes
+Sections: decompose, ingest, memory, e2e, projection, search, jobs, zoo (``bench/scale.py``).
+``--large`` adds the big shapes
 (gpt2-medium to gpt2-xl ingests, the 1e6 search). Writes bench/results/latest.json and
 BENCHMARKS.md (machine details included). Every baseline is named, and gets the same warm-up
 and repeats as what it is compared with.
@@ -24,6 +25,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/run.py` from anywhere: bench.* is importable
+from bench.scale import bench_jobs, bench_zoo  # noqa: E402
+from bench.timing import timed_process  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 REPEATS = 3  # best of, after one warm-up, on both sides of every ratio
 
@@ -122,22 +126,6 @@ def bench_decompose(device: str, large: bool) -> list[dict[str, Any]]:
 PREVIOUS_RELEASE = "109b695"  # the last commit before streaming ingest: "today's path"
 
 
-def _timed_process(command: list[str], env: dict[str, str], cwd: str | None = None
-                   ) -> tuple[str, float, float]:  # fmt: skip
-    """Run ``command``; its stdout, wall seconds and peak RSS in MB (GNU time's %M, the same
-    measurement for every ingest compared)."""
-    with tempfile.NamedTemporaryFile("r", suffix=".txt") as peak:
-        start = time.perf_counter()
-        proc = subprocess.run(
-            ["/usr/bin/time", "-f", "%M", "-o", peak.name, *command],
-            capture_output=True, text=True, env=env, cwd=cwd,
-        )  # fmt: skip
-        wall = time.perf_counter() - start
-        if proc.returncode:
-            raise RuntimeError(f"{command} failed: {proc.stderr[-2000:]}")
-        return proc.stdout, wall, int(peak.read().split()[-1]) / 1024
-
-
 def ingest_subprocess(model: str, device: str, whole: bool = False, max_rank: int | None = None
                       ) -> dict[str, Any]:  # fmt: skip
     """One ingest in a fresh process (imports included): streamed, or ``whole`` (the model
@@ -148,7 +136,7 @@ def ingest_subprocess(model: str, device: str, whole: bool = False, max_rank: in
         command += ["--whole"] if whole else []
         command += ["--max-rank", str(max_rank)] if max_rank else []
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-        stdout, wall, peak_mb = _timed_process(command, env)
+        stdout, wall, peak_mb = timed_process(command, env)
     report = json.loads(stdout.strip().splitlines()[-1])
     return {
         "model": model if not model.startswith("/") else Path(model).name,
@@ -180,7 +168,7 @@ def ingest_previous_release(model: str, device: str) -> dict[str, Any]:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(tree)}
         command = [sys.executable, "-c", "from atlas.cli import main; main()",
                    "--atlas", f"{tmp}/atlas", "ingest", model, "--device", device]  # fmt: skip
-        _, wall, peak_mb = _timed_process(command, env, cwd=str(tree))
+        _, wall, peak_mb = timed_process(command, env, cwd=str(tree))
     return {
         "model": model,
         "path": f"previous release ({PREVIOUS_RELEASE})",
@@ -447,6 +435,8 @@ SECTIONS: dict[str, Callable[[str, bool], list[dict[str, Any]]]] = {
     "e2e": bench_e2e,
     "projection": bench_projection,
     "search": bench_search,
+    "jobs": bench_jobs,
+    "zoo": bench_zoo,
 }
 
 
