@@ -209,6 +209,7 @@ class _RayJob:
         for outcome in outcomes.values():
             progress.record(outcome)
         started = {position: time.perf_counter() for position, _, _ in todo}
+        todo = [(p, m, _portable(o, m)) for p, m, o in todo]
         log(f"[job] planning {len(todo)} models on Ray ({self.slots} at a time)")
         planner = ray.remote(num_cpus=1, max_retries=self.retries)(plan_task)
         plans = [(p, m, o, planner.remote(replace(o, device="cpu"))) for p, m, o in todo]
@@ -223,12 +224,13 @@ class _RayJob:
             planned.append((position, model_id, options, (n_directions, n_matrices)))
         ranges = reserve_ids(self.atlas_dir, [sizes for *_, sizes in planned])
         builder = ray.remote(num_cpus=1, num_gpus=self.gpus, max_retries=self.retries)(build_task)
+        root = str(self.atlas_dir.root.resolve())  # where workers find it (shared storage)
         with self.atlas_dir.staging() as job_folder:
+            folder = str(job_folder.resolve())
             running = {
-                builder.remote(str(job_folder), str(self.atlas_dir.root), options, ids): (
-                    position, model_id, options, ids)
+                builder.remote(folder, root, options, ids): (position, model_id, options, ids)
                 for (position, model_id, options, _), ids in zip(planned, ranges, strict=True)
-            }  # fmt: skip
+            }
             while running:
                 (ref,), _ = ray.wait(list(running), num_returns=1)
                 position, model_id, options, ids = running.pop(ref)
@@ -272,6 +274,14 @@ class _RayJob:
                 f"{one_line(exc, 200)})"
             )
         return f"{type(exc).__name__}: {one_line(exc)}"
+
+
+def _portable(options: IngestOptions, model_id: str) -> IngestOptions:
+    """``options`` as a worker on another node (or in another folder) reads them: a local
+    folder as an absolute path, and the model_id fixed."""
+    folder = Path(options.model).expanduser()
+    model = str(folder.resolve()) if folder.exists() else options.model
+    return replace(options, model=model, model_id=model_id)
 
 
 def check_ray_address(address: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 import click
@@ -174,7 +175,15 @@ def ingest(
         dataclasses.replace(options, model=spec, model_id=spec_name or name)
         for spec, spec_name in specs
     ]
-    outcomes = run_job(obj["atlas"], job, ray_address, gpus_per_task, retries)
+    try:
+        outcomes = run_job(obj["atlas"], job, ray_address, gpus_per_task, retries)
+    except KeyboardInterrupt:
+        click.echo(
+            "interrupted: the models published before stay in the atlas; the ones in progress "
+            "are not published (running the job again finishes it)",
+            err=True,
+        )
+        sys.exit(130)
     print_job_summary(outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
