@@ -138,15 +138,17 @@ class Atlas:
         *,
         timeout: float | None = None,
         max_rows: int | None = None,
+        max_bytes: int | None = None,
     ) -> pa.Table:
         """Run one statement and return an Arrow table (``.to_pandas()`` for pandas).
 
         Read-only: a query (``SELECT``, ``EXPLAIN``) unless the atlas was opened with
         ``write=True``, and even then only ``user.duckdb`` can change. ``timeout`` (seconds)
         stops a runaway query; so does Ctrl-C. ``max_rows`` keeps only the first rows, without
-        computing the others where the query allows.
+        computing the others where the query allows; ``max_bytes`` (with it) stops at about
+        that many bytes of rows.
         """
-        return self.reader.user_sql(query, params, timeout, max_rows)
+        return self.reader.user_sql(query, params, timeout, max_rows, max_bytes)
 
     def search(
         self,

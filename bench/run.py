@@ -2,7 +2,8 @@
 
     python bench/run.py [--only SECTION,...] [--device cpu|cuda] [--large]
 
-Sections: decompose, ingest, memory, e2e, projection, search, jobs, zoo (``bench/scale.py``).
+Sections: decompose, ingest, memory, e2e, projection, search, jobs, zoo (``bench/scale.py``),
+engines (``bench/engines.py``).
 ``--large`` adds the big shapes
 (gpt2-medium to gpt2-xl ingests, the 1e6 search). Writes bench/results/latest.json and
 BENCHMARKS.md (machine details included). Every baseline is named, and gets the same warm-up
@@ -25,6 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/run.py` from anywhere: bench.* is importable
+from bench.engines import bench_engines  # noqa: E402
 from bench.scale import bench_jobs, bench_zoo  # noqa: E402
 from bench.timing import timed_process  # noqa: E402
 
@@ -437,6 +439,7 @@ SECTIONS: dict[str, Callable[[str, bool], list[dict[str, Any]]]] = {
     "search": bench_search,
     "jobs": bench_jobs,
     "zoo": bench_zoo,
+    "engines": bench_engines,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,16 +167,25 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
+_INTEGER = re.compile(r" *-?[0-9]+ *")  # ASCII digits only: not "1_0", not "٣"
+
+
+def _integer(text: str) -> int:
+    if not _INTEGER.fullmatch(text):
+        raise ValueError(text)
+    return int(text)
+
+
 def parse_layers(text: str | None) -> tuple[int, int | None] | None:
     """``"5"`` -> (5, 6); ``"10:20"`` -> (10, 20); ``"10:"`` -> (10, None); ``":4"`` -> (0, 4)."""
     if text is None:
         return None
     try:
         if ":" not in text:
-            layer = int(text)
+            layer = _integer(text)
             return layer, layer + 1
         start, stop = text.split(":", 1)
-        return int(start or 0), int(stop) if stop else None
+        return _integer(start) if start.strip() else 0, _integer(stop) if stop.strip() else None
     except ValueError:
         raise AtlasError(f"bad layer range {text!r}: use N, START:STOP, START: or :STOP") from None
 
@@ -184,13 +194,19 @@ def parse_ints(text: str | None, what: str) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        return tuple(int(x) for x in text.split(","))  # "1,,2" and "" are refused
+        return tuple(_integer(x) for x in text.split(","))  # "1,,2" and "" are refused
     except ValueError:
         raise AtlasError(f"bad {what} {text!r}: give integers separated by commas") from None
 
 
-def parse_names(text: str | None) -> tuple[str, ...] | None:
-    return None if text is None else tuple(x.strip() for x in text.split(",") if x.strip())
+def parse_names(text: str | None, what: str = "name list") -> tuple[str, ...] | None:
+    """``"a, b"`` -> ("a", "b"); an empty item (``"a,,b"``, ``""``, a tab) is refused."""
+    if text is None:
+        return None
+    names = tuple(x.strip() for x in text.split(","))
+    if not all(names):
+        raise AtlasError(f"bad {what} {text!r}: give names separated by commas")
+    return names
 
 
 def text_filters(
@@ -199,8 +215,8 @@ def text_filters(
     """Filters written as text, as the CLI's options and the server's parameters take them
     (``"a,b"``, ``"ov,mlp_in"``, ``"0:3"``, ``"1,2"``), as the library's arguments."""
     return {
-        "model": parse_names(models),
-        "kinds": parse_names(kinds),
+        "model": parse_names(models, "model list"),
+        "kinds": parse_names(kinds, "kind list"),
         "layers": parse_layers(layers),
         "heads": parse_ints(heads, "head"),
     }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atlas.core.errors import AtlasError, one_line
+from atlas.core.errors import AtlasError
 from atlas.core.reader import Reader
 from atlas.core.token_space import word_bag
 from atlas.core.tokens import normalized_form
@@ -82,19 +82,38 @@ def direction_bag(a: Reader, direction_id: int) -> dict[str, float]:
     return {r["token_norm"]: float(r["weight"]) for r in rows}
 
 
+MAX_VECTOR_VALUES = 1 << 20  # a query vector is one residual direction: d_model values
+
+
+def load_npy(source: str | Path | bytes, max_values: int = MAX_VECTOR_VALUES) -> np.ndarray:
+    """A ``.npy`` array (a path or a file's bytes), its header read and checked before any of
+    its data: never unpickled, and never larger than ``max_values`` numbers."""
+    name = "the vector" if isinstance(source, bytes) else str(source)
+    try:
+        with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)  # fmt: skip
+            shape, _, dtype = read_header(fh)
+            if dtype.hasobject or dtype.kind not in "iuf":
+                raise AtlasError(f"{name} must hold real numbers, not {dtype}")
+            if int(np.prod(shape, dtype=np.int64)) > max_values:
+                raise AtlasError(f"{name} has shape {shape}: more than {max_values:,} values")
+            fh.seek(0)
+            return np.asarray(np.lib.format.read_array(fh, allow_pickle=False))
+    except AtlasError:
+        raise
+    except (OSError, ValueError, EOFError, TypeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a .npy file"
+        raise AtlasError(f"cannot read {name} as a .npy array ({reason})") from None
+
+
 def query_vector(source: str | Path | np.ndarray | bytes, widths: set[int]) -> np.ndarray:
     """A residual-space query vector from a ``.npy`` file (a path or its bytes) or an array:
     real numbers only, as many as one of ``widths`` (the models' d_model), finite and not all
     zero. Returned unit-length."""
     name = "the vector" if isinstance(source, np.ndarray | bytes) else str(source)
-    if isinstance(source, np.ndarray):
-        vector = source
-    else:
-        try:
-            data = io.BytesIO(source) if isinstance(source, bytes) else source
-            vector = np.load(data, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise AtlasError(f"cannot read {name} as a .npy array ({one_line(exc, 200)})") from None
+    vector = source if isinstance(source, np.ndarray) else load_npy(source)
     if not isinstance(vector, np.ndarray) or vector.dtype.kind not in "iuf":
         kind = getattr(vector, "dtype", type(vector))
         raise AtlasError(f"{name} must hold real numbers, not {kind}")

@@ -11,6 +11,7 @@ import click
 from atlas.cli.output import dumps, emit, format_option, text_or_json_option
 from atlas.core.contract import KINDS, SIDES, TABLES
 from atlas.core.errors import AtlasError
+from atlas.core.jsondata import result_rows
 from atlas.core.views import VIEWS
 from query.cards import DEFAULT_TOP
 
@@ -59,7 +60,8 @@ def sql(
         write_parquet(result, out)
         click.echo(f"wrote {result.num_rows} rows to {out}", err=True)
         return
-    emit(result.to_pylist(), result.column_names, fmt)
+    names, rows = result_rows(result)
+    emit([dict(zip(names, row, strict=True)) for row in rows], names, fmt)
 
 
 def write_parquet(table: Any, out: Path) -> None:

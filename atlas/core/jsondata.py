@@ -73,3 +73,32 @@ def csv_cell(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return ""
     return printable(value) if isinstance(value, str) else value
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Column names made unique, as a table of records needs them: ``a, a`` -> ``a, a_2``."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        candidate, n = name, 1
+        while candidate in seen:
+            n += 1
+            candidate = f"{name}_{n}"
+        seen.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def result_rows(table: Any) -> tuple[list[str], list[list[Any]]]:
+    """A result table's unique column names and its rows as lists of Python values. A value
+    Python cannot hold (a date past year 9999, DuckDB's infinite dates) is Arrow's text for it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns = []
+    for column in table.columns:
+        try:
+            columns.append(column.to_pylist())
+        except (OverflowError, ValueError, pa.ArrowException):
+            columns.append(pc.cast(column, pa.string()).to_pylist())
+    return unique_names(table.column_names), [list(row) for row in zip(*columns, strict=True)]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -108,9 +107,9 @@ class Reader:
         self.damaged: dict[str, str] = {}  # model_id -> why it was left out
         self.notes: list[str] = []  # things a reader of the output should know
         self.writable = False
-        # an in-memory session spills to ./.tmp by default: keep the caller's folder clean
-        spill = Path(tempfile.gettempdir()) / "svd-atlas-duckdb"
-        self._con = duckdb.connect(":memory:", config={"temp_directory": str(spill)})
+        # no spilling to disk: a reader writes nothing anywhere (a query past DuckDB's memory
+        # limit is one error line instead)
+        self._con = duckdb.connect(":memory:", config={"temp_directory": ""})
         self._cursors: dict[int, duckdb.DuckDBPyConnection] = {}
         self._working: dict[int, WorkUnit] = {}  # thread ident -> its cancellable unit
         self._cancelled: set[int] = set()
@@ -184,9 +183,12 @@ class Reader:
         params: list[Any] | dict[str, Any] | None = None,
         timeout: float | None = None,
         max_rows: int | None = None,
+        max_bytes: int | None = None,
     ) -> pa.Table:
         """A researcher's statement: read-only unless the handle is writable (``sqlguard``)."""
-        return run_statement(self.cursor(), query, params, self.writable, timeout, max_rows)
+        return run_statement(
+            self.cursor(), query, params, self.writable, timeout, max_rows, max_bytes
+        )
 
     def call(self, work: Callable[[], Any], timeout: float | None = None) -> Any:
         """``work()`` (library calls on this reader) in a worker thread, stoppable by Ctrl-C and

@@ -75,7 +75,7 @@ def check_statement(query: str, write: bool = False) -> duckdb.StatementType:
     if kind in allowed and inner in allowed:
         return kind
     name = str(inner or kind).rsplit(".", 1)[-1]
-    what = "EXPLAIN ANALYZE runs its statement: " if kind == _T.EXPLAIN else ""
+    what = "EXPLAIN " if kind == _T.EXPLAIN and inner is not None else ""
     if write:
         raise AtlasError(
             f"{what}{name} is not allowed: with --write, statements may create and change "
@@ -120,17 +120,21 @@ def run_statement(
     write: bool = False,
     timeout: float | None = None,
     max_rows: int | None = None,
+    max_bytes: int | None = None,
 ) -> pa.Table:
     """Run one checked statement on ``con``; see the module notes.
 
     Returns the statement's rows: a query's result, DuckDB's ``Count`` of changed rows for an
     ``INSERT``/``UPDATE``/``DELETE``, and no rows for one that returns none (``CREATE``). With
-    ``max_rows``, rows are streamed and only the first ``max_rows`` are ever materialized.
+    ``max_rows`` (and ``max_bytes``), rows are streamed and only the first ``max_rows`` (as
+    many batches as fit in about ``max_bytes``) are ever materialized.
     """
     check_statement(query, write)
     if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int)
                                  or max_rows < 0):  # fmt: skip
         raise AtlasError(f"max_rows must be an integer of at least 0, not {max_rows!r}")
+    if max_bytes is not None and max_rows is None:
+        raise AtlasError("max_bytes needs max_rows")
 
     def work() -> pa.Table:
         con.execute("BEGIN TRANSACTION")
@@ -141,7 +145,7 @@ def run_statement(
             elif max_rows is None:
                 table = relation.to_arrow_table()
             else:
-                table = _first_rows(relation, max_rows)
+                table = _first_rows(relation, max_rows, max_bytes)
         except BaseException:
             con.execute("ROLLBACK")
             raise
@@ -171,15 +175,17 @@ def _defines_functions(con: duckdb.DuckDBPyConnection) -> bool:
     return rows[0][0] > 0
 
 
-def _first_rows(relation: duckdb.DuckDBPyRelation, n: int) -> pa.Table:
-    """The first ``n`` rows of ``relation``, reading no further than the batch holding them."""
+def _first_rows(relation: duckdb.DuckDBPyRelation, n: int, max_bytes: int | None) -> pa.Table:
+    """The first ``n`` rows of ``relation``, reading no further than the batch holding them
+    (or the batch past ``max_bytes``)."""
     reader = relation.to_arrow_reader(max(1, min(n, STREAM_BATCH_ROWS)))
-    batches, rows = [], 0
+    batches, rows, size = [], 0, 0
     try:
         for batch in reader if n else ():
             batches.append(batch)
             rows += batch.num_rows
-            if rows >= n:
+            size += batch.nbytes
+            if rows >= n or (max_bytes is not None and size >= max_bytes):
                 break
     finally:
         reader.close()

@@ -8,17 +8,18 @@ every size is bounded: ``k``, trace hops and limits, SQL rows, text and vector l
 from __future__ import annotations
 
 import io
+import json
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from atlas.api import Atlas
 from atlas.core.contract import KINDS, MLP_KINDS, Kind
-from atlas.core.errors import AtlasError
-from atlas.core.jsondata import csv_cell, jsonable
+from atlas.core.errors import AtlasError, one_line
+from atlas.core.jsondata import csv_cell, jsonable, result_rows, unique_names
 from atlas.server.live import LiveAtlas
 from atlas.server.work import run
 from query.cards import DEFAULT_TOP
@@ -26,6 +27,7 @@ from query.filters import text_filters
 from query.search import DEFAULT_K
 from query.spectrum import DEFAULT_JUMP_FACTOR
 from query.trace import DEFAULT_LIMIT, DEFAULT_MIN_COS
+from query.vectors import load_npy
 
 MAX_K = 1_000
 MAX_TEXT = 500
@@ -37,6 +39,7 @@ MAX_TOP = 1_000
 SQL_ROWS = 1_000  # rows a SQL result shows unless asked for more
 MAX_SQL_ROWS = 100_000  # rows a SQL result or download can hold
 MAX_SQL_TEXT = 20_000
+MAX_SQL_BYTES = 32 << 20  # of rows a SQL result holds (the rows past it are cut off)
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -47,8 +50,6 @@ class StrictJSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        import json
-
         return json.dumps(jsonable(content), ensure_ascii=False, allow_nan=False).encode()
 
 
@@ -169,9 +170,11 @@ def spectrum_record(
 
 
 def sql_result(a: Atlas, query: str, limit: int) -> tuple[Any, bool]:
-    """The statement's first ``limit`` rows, and whether it had more."""
-    table = a.sql(query, max_rows=limit + 1)
-    return table.slice(0, limit), table.num_rows > limit
+    """The statement's first ``limit`` rows (as many as fit in about MAX_SQL_BYTES), and
+    whether it had more."""
+    table = a.sql(query, max_rows=limit + 1, max_bytes=MAX_SQL_BYTES)
+    truncated = table.num_rows > limit or table.nbytes >= MAX_SQL_BYTES
+    return table.slice(0, limit), truncated
 
 
 # -- endpoints -----------------------------------------------------------------------------
@@ -231,7 +234,7 @@ async def trace(
 ModelId = Annotated[str, Query(min_length=1, max_length=MAX_TEXT, description="a model id")]
 MatrixHead = Annotated[
     str,
-    Query(max_length=10, pattern=rf"^(\d+|{'|'.join(MLP_KINDS)})$",
+    Query(max_length=10, pattern=rf"^([0-9]+|{'|'.join(MLP_KINDS)})$",
           description=f"a head number, or {', '.join(MLP_KINDS)}"),
 ]  # fmt: skip
 
@@ -278,58 +281,56 @@ async def sql_post(request: Request, params: SqlParams) -> Response:
 
 
 async def _sql(request: Request, params: SqlParams) -> Response:
-    table, truncated = await run(
-        live_atlas(request), lambda a: sql_result(a, params.q, params.limit), time_limit(request)
-    )
+    def work(a: Atlas) -> tuple[bytes, bool]:  # encoded in the worker, under the time limit
+        table, truncated = sql_result(a, params.q, params.limit)
+        return encode_result(table, params.format, params.limit, truncated), truncated
+
+    body, truncated = await run(live_atlas(request), work, time_limit(request))
     headers = {"X-Row-Limit": str(params.limit), "X-Truncated": str(truncated).lower()}
-    if params.format == "parquet":
+    media, filename = RESULT_FORMATS[params.format]
+    if filename:
+        headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return Response(body, media_type=media, headers=headers)
+
+
+RESULT_FORMATS = {  # media type and download name of each SQL result format
+    "json": ("application/json", None),
+    "csv": ("text/csv; charset=utf-8", "result.csv"),
+    "parquet": ("application/vnd.apache.parquet", "result.parquet"),
+}
+
+
+def encode_result(table: Any, fmt: str, limit: int, truncated: bool) -> bytes:
+    """A SQL result as the bytes of a JSON document, a CSV file or a Parquet file. Columns of
+    one name are told apart (``a``, ``a_2``); a value Python cannot hold is shown as text."""
+    if fmt == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         sink = io.BytesIO()
-        pq.write_table(table, sink)
-        return Response(
-            sink.getvalue(),
-            media_type="application/vnd.apache.parquet",
-            headers={**headers, "Content-Disposition": 'attachment; filename="result.parquet"'},
-        )
-    if params.format == "csv":
-        return StreamingResponse(
-            _csv_lines(table),
-            media_type="text/csv; charset=utf-8",
-            headers={**headers, "Content-Disposition": 'attachment; filename="result.csv"'},
-        )
-    return StrictJSON(
-        {
-            "columns": table.column_names,
-            "rows": table.to_pylist(),
-            "row_limit": params.limit,
-            "truncated": truncated,
-        },
-        headers=headers,
-    )
+        try:
+            pq.write_table(table.rename_columns(unique_names(table.column_names)), sink)
+        except pa.ArrowException as exc:
+            raise AtlasError(
+                f"this result cannot be written as Parquet ({one_line(exc, 120)}); ask for "
+                "format=csv or json"
+            ) from None
+        return sink.getvalue()
+    names, rows = result_rows(table)
+    if fmt == "csv":
+        import csv
 
-
-def _csv_lines(table: Any) -> Any:
-    import csv
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(table.column_names)
-    for batch in table.to_batches(max_chunksize=1_000):
-        for row in batch.to_pylist():
-            writer.writerow([csv_cell(v) for v in row.values()])
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-    yield buffer.getvalue()
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows([csv_cell(v) for v in row] for row in rows)
+        return text.getvalue().encode("utf-8")
+    document = {"columns": names, "rows": [dict(zip(names, r, strict=True)) for r in rows],
+                "row_limit": limit, "truncated": truncated}  # fmt: skip
+    return json.dumps(jsonable(document), ensure_ascii=False, allow_nan=False).encode()
 
 
 def check_vector_file(data: bytes) -> np.ndarray:
-    """An uploaded ``.npy`` file as a vector (never unpickled)."""
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise AtlasError(f"the upload is not a .npy array ({exc})") from None
-    if array.size > MAX_VECTOR:
-        raise AtlasError(f"the uploaded array has {array.size} values; at most {MAX_VECTOR}")
-    return np.asarray(array)
+    """An uploaded ``.npy`` file as a vector: its header checked before its data is read, never
+    unpickled, at most MAX_VECTOR values."""
+    return load_npy(data, MAX_VECTOR)

@@ -23,11 +23,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from atlas.core.errors import AtlasError, NotFound
-from atlas.core.sqlguard import QueryTimeout
+from atlas.core.errors import AtlasError
 from atlas.core.versions import version
 from atlas.server import DEFAULT_INDEX_MEMORY_GB, DEFAULT_TIMEOUT, api, pages
 from atlas.server.live import LiveAtlas
+from atlas.server.work import error_status
 
 log = logging.getLogger("svd_atlas.server")
 
@@ -75,6 +75,7 @@ def create_app(
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(_Limits)
+    app.add_middleware(_Head)
     return app
 
 
@@ -96,9 +97,8 @@ def _error(request: Request, status: int, message: str) -> Response:
 
 
 async def _atlas_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, QueryTimeout):
-        return _error(request, 504, str(exc))
-    return _error(request, 404 if isinstance(exc, NotFound) else 400, str(exc))
+    assert isinstance(exc, AtlasError)
+    return _error(request, error_status(exc), str(exc))
 
 
 async def _invalid_request(request: Request, exc: Exception) -> Response:
@@ -120,7 +120,9 @@ def validation_message(errors: Any) -> str:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
-    return _error(request, exc.status_code, message)
+    response = _error(request, exc.status_code, message)
+    response.headers.update(exc.headers or {})  # a 405's Allow
+    return response
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -132,7 +134,8 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 class _Limits:
-    """Refuses a request body over MAX_BODY bytes (413) and adds the security headers."""
+    """Refuses a request body over MAX_BODY bytes (413), whether its length is declared or it
+    comes in chunks, and adds the security headers to every response (errors included)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -141,19 +144,6 @@ class _Limits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
-            await _too_large(scope, receive, send)
-            return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > MAX_BODY:
-                raise _BodyTooLarge
-            return message
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -162,18 +152,56 @@ class _Limits:
                 message = {**message, "headers": headers}
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, send_with_headers)
-        except _BodyTooLarge:
-            await _too_large(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+            await _too_large(scope, receive, send_with_headers)
+            return
+        # the body is read here, at most MAX_BODY + 1 bytes of it, and replayed to the app
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > MAX_BODY:
+                await _too_large(scope, receive, send_with_headers)
+                return
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # a disconnect, once the request is answered
+
+        await self.app(scope, replay, send_with_headers)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _Head:
+    """HEAD answered as GET without its body (RFC 9110: every resource that takes GET takes
+    HEAD)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
-    response = JSONResponse(
-        {"error": f"the request body is over {MAX_BODY} bytes", "status": 413}, status_code=413
-    )
+    request = Request(scope, receive)
+    response = _error(request, 413, f"the request body is over {MAX_BODY} bytes")
     await response(scope, receive, send)

@@ -15,12 +15,14 @@ from typing import Annotated, Any
 
 import jinja2
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from atlas.api import Atlas
 from atlas.core.contract import KINDS, MLP_KINDS
 from atlas.core.errors import AtlasError
+from atlas.core.jsondata import result_rows
 from atlas.core.layout import DEFAULT_ATLAS
 from atlas.server import api
 from atlas.server.api import (
@@ -36,7 +38,7 @@ from atlas.server.api import (
     live_atlas,
     time_limit,
 )
-from atlas.server.work import run
+from atlas.server.work import error_status, run
 from query.cards import MatrixStat
 
 router = APIRouter(include_in_schema=False)
@@ -129,12 +131,12 @@ async def _search_page(
             return {"models": models, **result}
         try:
             found = api.search_hits(a, vector_params or params, vector)
-        except AtlasError as exc:
-            return {"models": models, "error": str(exc)}
+        except AtlasError as exc:  # shown in the form, with the API's status
+            return {"models": models, "error": str(exc), "status": error_status(exc)}
         return {"models": models, **found}
 
     context = await run(live, work, limit)
-    status = 400 if context.get("error") else 200
+    status = context.get("status", 400 if context.get("error") else 200)
     hits = context.get("hits")
     return render(
         request,
@@ -294,7 +296,9 @@ async def matrix_spectrum_svg(
 
 @router.get("/directions/{direction_id}", response_class=HTMLResponse)
 async def direction_page(
-    request: Request, direction_id: int, trace: Annotated[TraceParams, Query()]
+    request: Request,
+    direction_id: Annotated[int, PathParam(ge=0)],
+    trace: Annotated[TraceParams, Query()],
 ) -> HTMLResponse:
     def work(a: Atlas) -> dict[str, Any]:
         card = a.card(direction_id)
@@ -370,8 +374,8 @@ async def sql_page(
             table, truncated = api.sql_result(a, q, limit)
         except AtlasError as exc:
             return {"schema": schema, "error": str(exc)}
-        return {"schema": schema, "columns": table.column_names, "rows": table.to_pylist(),
-                "truncated": truncated}  # fmt: skip
+        columns, rows = result_rows(table)
+        return {"schema": schema, "columns": columns, "rows": rows, "truncated": truncated}
 
     context = await run(live_atlas(request), work, time_limit(request))
     downloads = {}

@@ -15,6 +15,7 @@ import anyio
 import anyio.to_thread
 
 from atlas.api import Atlas
+from atlas.core.errors import AtlasError, NotFound
 from atlas.core.reader import WorkUnit
 from atlas.core.sqlguard import QueryTimeout
 from atlas.server.live import LiveAtlas
@@ -41,3 +42,11 @@ async def run(live: LiveAtlas, call: Callable[[Atlas], T], timeout: float) -> T:
         raise QueryTimeout(
             f"the request was stopped after the server's time limit of {timeout:g} s"
         ) from None
+
+
+def error_status(exc: AtlasError) -> int:
+    """The HTTP status of a library error: 504 for a time limit, 404 for an unknown model,
+    matrix or direction, 400 for any other bad input."""
+    if isinstance(exc, QueryTimeout):
+        return 504
+    return 404 if isinstance(exc, NotFound) else 400

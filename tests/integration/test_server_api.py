@@ -220,3 +220,68 @@ def test_a_runaway_request_is_stopped_and_the_server_keeps_serving(minilm_atlas:
         assert "time limit of 1 s" in message and time.monotonic() - started < 10
         for _ in range(3):  # the cancelled work freed its thread: later requests are served
             assert ok(slow, "/api/sql?q=SELECT+42+AS+x")["rows"] == [{"x": 42}]
+
+
+def test_sql_results_of_any_type_and_shape(client: TestClient) -> None:
+    """Values Python cannot hold are shown as text, not a 500; columns of one name keep their
+    values; a type Parquet cannot store is one 400; CSV is whole or an error, never cut."""
+    odd = "SELECT 'infinity'::DATE AS d, '294247-01-10'::TIMESTAMP AS t, 1 AS a, 2 AS a"
+    got = ok(client, "/api/sql", params={"q": odd})
+    assert got["columns"] == ["d", "t", "a", "a_2"]
+    row = got["rows"][0]
+    assert row["a"] == 1 and row["a_2"] == 2 and "out of range" in row["d"]
+    csv = client.get("/api/sql", params={"q": odd, "format": "csv"})
+    assert csv.status_code == 200 and csv.text.splitlines()[0] == "d,t,a,a_2"
+    assert csv.text.splitlines()[1].endswith(",1,2")
+    parquet = client.get("/api/sql", params={"q": "SELECT 1 AS a, 2 AS a", "format": "parquet"})
+    assert pq.read_table(io.BytesIO(parquet.content)).column_names == ["a", "a_2"]
+    for q in ("SELECT INTERVAL 1 DAY AS i", "SELECT union_value(num := 2) AS u"):
+        message = error(client, "GET", "/api/sql", 400, params={"q": q, "format": "parquet"})
+        assert "cannot be written as Parquet" in message
+    page = client.get("/sql", params={"q": odd})
+    assert page.status_code == 200 and "a_2" in page.text
+
+
+def test_sql_results_are_bounded_in_bytes(client: TestClient) -> None:
+    from atlas.server.api import MAX_SQL_BYTES
+
+    big = "SELECT repeat('x', 3000) AS s FROM range(100000)"  # 300 MB if it were not cut
+    response = client.get("/api/sql", params={"q": big, "limit": 100_000, "format": "csv"})
+    assert response.status_code == 200 and response.headers["x-truncated"] == "true"
+    assert len(response.content) < 2 * MAX_SQL_BYTES
+    assert ok(client, "/api/health")["status"] == "ok"
+
+
+def test_hostile_uploads_and_bodies(client: TestClient) -> None:
+    header = io.BytesIO()  # a header that declares 1e11 values, and no data
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (100_000_000_000,)}
+    )
+    zipped = io.BytesIO()
+    np.savez(zipped, x=np.ones(384))
+    for data, message in (
+        (b"", "not a .npy file"),
+        (zipped.getvalue(), "not a .npy file"),
+        (header.getvalue(), "more than 65,536 values"),
+    ):
+        page = client.post("/search", files={"vector_file": ("v.npy", data)})
+        assert page.status_code == 400 and message in page.text, page.text[:300]
+    chunks = (b"x" * 65_536 for _ in range(40))  # 2.5 MiB, sent chunked (no length)
+    response = client.post("/api/search", content=chunks,
+                           headers={"content-type": "application/json"})  # fmt: skip
+    assert response.status_code == 413
+    assert "script-src 'none'" in response.headers["content-security-policy"]
+    page = client.post("/search", content=b"x" * (MAX_BODY + 1),
+                       headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert page.status_code == 413 and page.headers["content-type"].startswith("text/html")
+
+
+def test_statuses_agree_between_pages_and_the_api(client: TestClient) -> None:
+    assert client.get("/search", params={"direction": 987654321}).status_code == 404
+    assert client.get("/search", params={"q": "fire", "model": "nope"}).status_code == 404
+    assert client.get("/directions/-1").status_code == 400
+    head = client.head("/api/models")
+    assert head.status_code == 200 and head.content == b""
+    assert client.delete("/api/models").headers["allow"] == "GET"
+    for bad in ("model=%09", "kind=,,", "head=%D9%A3", "layers=1_0"):
+        assert client.get(f"/api/search?q=fire&{bad}").status_code == 400, bad
