@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 # Scores of one chunk stay under this many bytes, whatever the vocabulary size.
-CHUNK_BYTES = 64 * 2**20
+CHUNK_BYTES = 256 * 2**20
 
 
 @dataclass

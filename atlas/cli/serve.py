@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, one_line
 from atlas.server import DEFAULT_INDEX_MEMORY_GB, DEFAULT_PORT, DEFAULT_TIMEOUT
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -98,7 +98,7 @@ def _check_free(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise AtlasError(f"cannot listen on {host!r}: {exc}") from None
+        raise AtlasError(f"cannot listen on {host!r}: {one_line(exc)}") from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

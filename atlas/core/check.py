@@ -382,7 +382,7 @@ class ModelCheck:
         try:
             shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
         except (OSError, ValueError) as exc:
-            self.error(f"{UNEMBED} cannot be read ({exc})")
+            self.error(f"{UNEMBED} cannot be read ({one_line(exc)})")
             return
         expected = (int(model["d_vocab"]), int(model["d_model"]))
         if shape != expected:

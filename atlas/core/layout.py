@@ -97,7 +97,8 @@ class Catalog:
                 if not isinstance(entry.store, str) or not STORE_NAME.fullmatch(entry.store):
                     raise ValueError(f"{model_id!r} has store {entry.store!r}, not store/<id>")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise AtlasError(f"{source} is malformed ({exc}); {REBUILD_CATALOG}") from None
+            reason = one_line(exc)
+            raise AtlasError(f"{source} is malformed ({reason}); {REBUILD_CATALOG}") from None
         return catalog
 
 

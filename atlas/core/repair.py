@@ -34,7 +34,7 @@ from atlas.core.check import (
     CheckReport,
     check_atlas,
 )
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, one_line
 from atlas.core.indexes import is_index_file, shard_files
 from atlas.core.layout import (
     MANIFEST,
@@ -136,7 +136,9 @@ def _replace_index_members(store: Path, scratch: Path) -> None:
         manifest = json.loads((store / MANIFEST).read_text(encoding="utf-8"))
         members = manifest["members"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise AtlasError(f"cannot repair {store}: its {MANIFEST} cannot be read ({exc})") from None
+        reason = one_line(exc)
+        message = f"cannot repair {store}: its {MANIFEST} cannot be read ({reason})"
+        raise AtlasError(message) from None
     members = {name: m for name, m in members.items() if not is_index_file(name)}
     for shard in shard_files(store):
         members[shard.name] = {"bytes": shard.stat().st_size, "sha256": sha256_file(shard)}

@@ -25,7 +25,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, one_line
 from atlas.core.formats import require_format
 from atlas.core.store import TABLE_ORDER
 
@@ -122,7 +122,7 @@ class BundleManifest:
                 format_version=version,
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise AtlasError(f"{source} has a malformed bundle manifest: {exc}") from None
+            raise AtlasError(f"{source} has a malformed bundle manifest: {one_line(exc)}") from None
         manifest._check(source)
         return manifest
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, one_line
 from atlas.core.exchange.bundle_format import (
     BundleModel,
     table_member,
@@ -134,7 +134,9 @@ def read_model(folder: Path, model: BundleModel, vectors: str, source: str) -> M
         try:
             tables[table] = pq.read_table(folder / member)
         except (pa.ArrowException, OSError) as exc:
-            raise AtlasError(f"{source}: member {member!r} is not valid Parquet ({exc})") from None
+            reason = one_line(exc)
+            message = f"{source}: member {member!r} is not valid Parquet ({reason})"
+            raise AtlasError(message) from None
         expected = {c for c in _COLUMNS[table] if not (c == "vector" and vectors == "none")}
         have = set(tables[table].column_names)
         if have - expected or expected - have - set(_ADDED_LATER.get(table, ())):
@@ -174,7 +176,7 @@ def _unembedding(folder: Path, model: BundleModel, d_vocab: int, bad: Refusal) -
     try:
         unembed = np.load(folder / unembed_member(model.position), allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise bad(f"its unembedding is not a valid .npy array ({exc})") from None
+        raise bad(f"its unembedding is not a valid .npy array ({one_line(exc)})") from None
     if unembed.dtype != np.float16 or unembed.shape != (d_vocab, model.d_model):
         raise bad(f"its unembedding has shape {unembed.shape} {unembed.dtype}")
     if not np.isfinite(unembed).all():
@@ -228,7 +230,8 @@ def _build_store(
     try:
         write_tables(staging, tables, data.model.d_model, with_vectors=data.vectors is not None)
     except duckdb.Error as exc:
-        raise AtlasError(f"model {data.model.model_id!r} could not be stored: {exc}") from None
+        reason = one_line(exc)
+        raise AtlasError(f"model {data.model.model_id!r} could not be stored: {reason}") from None
     if data.vectors is not None:
         index_type = tables["models"]["index_type"][0].as_py()
         write_index_by_layer(staging, tables["directions"], index_type)

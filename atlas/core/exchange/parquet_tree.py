@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from atlas.core.contract import TABLES
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, one_line
 from atlas.core.exchange.export import BATCH_ROWS, COMPRESSION, ROW_ORDER, resolve_models
 from atlas.core.exchange.tree_format import (
     DATA_FILE,
@@ -82,7 +82,7 @@ def _existing_marker(fs: Any, root: str, dest: str) -> dict[str, Any] | None:
         with fs.open(marker, "rb") as fh:
             info = json.loads(fh.read().decode("utf-8"))
     except (OSError, ValueError) as exc:
-        raise AtlasError(f"cannot read {dest}/{MARKER}: {exc}") from None
+        raise AtlasError(f"cannot read {dest}/{MARKER}: {one_line(exc)}") from None
     require_format(info, FORMAT, FORMAT_VERSION, dest, "Parquet tree")
     return info
 

@@ -18,7 +18,7 @@ import json
 import urllib.parse
 from typing import Any
 
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, one_line
 from atlas.core.formats import require_format
 
 MARKER = "_svd_atlas.json"
@@ -42,7 +42,7 @@ def tree_filesystem(location: str) -> tuple[Any, str]:
     try:
         fs, root = fsspec.core.url_to_fs(location)
     except (ImportError, ValueError) as exc:
-        raise AtlasError(f"cannot open {location}: {exc}") from None
+        raise AtlasError(f"cannot open {location}: {one_line(exc)}") from None
     return fs, str(root).rstrip("/")
 
 
@@ -53,6 +53,6 @@ def read_marker(fs: Any, root: str, location: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise AtlasError(f"{location} is not an svd-atlas Parquet tree (no {MARKER})") from None
     except (OSError, ValueError) as exc:
-        raise AtlasError(f"cannot read {location}/{MARKER}: {exc}") from None
+        raise AtlasError(f"cannot read {location}/{MARKER}: {one_line(exc)}") from None
     require_format(info, FORMAT, FORMAT_VERSION, location, "Parquet tree")
     return info

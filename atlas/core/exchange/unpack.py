@@ -13,7 +13,7 @@ import json
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, one_line
 from atlas.core.exchange.bundle_format import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
@@ -32,7 +32,8 @@ def unpack_bundle(bundle: Path, dest: Path) -> BundleManifest:
         with tarfile.open(bundle, mode="r:") as tar:
             return _unpack(tar, str(bundle), dest)
     except (tarfile.TarError, EOFError) as exc:
-        raise AtlasError(f"{bundle} is truncated or not an svd-atlas bundle ({exc})") from None
+        reason = one_line(exc)
+        raise AtlasError(f"{bundle} is truncated or not an svd-atlas bundle ({reason})") from None
 
 
 def _unpack(tar: tarfile.TarFile, source: str, dest: Path) -> BundleManifest:
@@ -45,7 +46,7 @@ def _unpack(tar: tarfile.TarFile, source: str, dest: Path) -> BundleManifest:
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise AtlasError(f"{source} has an unreadable manifest: {exc}") from None
+        raise AtlasError(f"{source} has an unreadable manifest: {one_line(exc)}") from None
     manifest = BundleManifest.from_json(data, source)
 
     seen: set[str] = set()
