@@ -12,6 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PLOT = ROOT / "docs" / "ingest-memory.png"
 
 
+SERVE = ROOT / "bench" / "results" / "serve.json"  # written by bench/serve_load.py
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -33,6 +36,12 @@ def markdown(results: dict[str, Any]) -> str:
                 lines += [f"`python bench/run.py {' '.join(run['argv'])}` ({run['date']})", ""]
             lines += render(results[key])
             lines.append("")
+    if SERVE.exists():
+        import json
+
+        serve = json.loads(SERVE.read_text())
+        lines += ["## Server", "", f"`python bench/serve_load.py {' '.join(serve['argv'])}` "
+                  f"({serve['date']})", "", *_server(serve), ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -96,7 +105,7 @@ def _ingest(rows: list[dict[str, Any]]) -> list[str]:
                 f"{old['peak_rss_mb']:,} MB ({old['wall_seconds'] / new['wall_seconds']:.2f}x "
                 f"the speed, {old['peak_rss_mb'] / new['peak_rss_mb']:.1f}x less memory)."
             )
-    streamed = [r for r in rows if r["path"] == "streamed" and r["model"] != "minilm"]
+    streamed = [r for r in rows if r["path"] == "streamed" and r["model"].startswith("random:")]
     if len(streamed) >= 2:
         _plot(streamed)
         out += ["", f"![peak RSS against model size]({PLOT.relative_to(ROOT)})"]
@@ -129,21 +138,31 @@ def _plot(rows: list[dict[str, Any]]) -> None:
 
 def _memory(rows: list[dict[str, Any]]) -> list[str]:
     out = [
-        "gpt2-xl's width (1600) with 12 and with 48 layers, saved as folders (one safetensors "
-        "shard per layer) and streamed with --max-rank 16 (every block loaded, processed and "
-        "decomposed in full; fewer directions projected).",
+        "gpt2-xl's width (1600) with 12 and with 48 layers, and llama-7b's (4096, gated MLP of "
+        "11008, grouped-query attention) with 2 of its 32 blocks, saved as folders (one "
+        "safetensors shard per layer) and streamed with --max-rank 16 (every block loaded, "
+        "processed and decomposed in full; fewer directions projected).",
         "",
-        "| layers | parameters | wall (s) | peak RSS (MB) |",
-        "|---|---|---|---|",
+        "| width of | layers | parameters | wall (s) | peak RSS (MB) | peak GPU (MB) |",
+        "|---|---|---|---|---|---|",
     ]
     out += [
-        f"| {r['layers']} | {r['parameters'] / 1e6:.0f}M | {r['wall_seconds']} | "
-        f"{r['peak_rss_mb']:,} |"
+        f"| {r.get('shape', 'gpt2-xl')} | {r['layers']} | {r['parameters'] / 1e6:.0f}M | "
+        f"{r['wall_seconds']} | {r['peak_rss_mb']:,} | {r.get('peak_gpu_mb') or ''} |"
         for r in rows
     ]
-    if len(rows) == 2:
-        ratio = rows[1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
+    xl = {r["layers"]: r for r in rows if r.get("shape", "gpt2-xl") == "gpt2-xl"}
+    if {12, 48} <= set(xl):
+        ratio = xl[48]["peak_rss_mb"] / xl[12]["peak_rss_mb"]
         out += ["", f"48 layers against 12: {ratio:.2f}x the peak RSS."]
+        llama = [r for r in rows if r.get("shape") == "llama-7b"]
+        if llama:
+            # 2 -> 32 blocks is two quadruplings of depth, each as 12 -> 48 layers
+            out.append(
+                f"random:llama-7b on paper (32 blocks, not run here): about "
+                f"{llama[0]['peak_rss_mb'] * ratio**2:,.0f} MB of RSS, its 2-block figure grown "
+                f"twice by the 12-to-48-layer factor ({ratio:.2f}x per quadrupling of depth)."
+            )
     return out
 
 
@@ -257,6 +276,34 @@ def _zoo(rows: list[dict[str, Any]]) -> list[str]:
     ]
     if rows:
         out += ["", f"Ingesting the 100 models as one job: {rows[0]['zoo_ingest_seconds']} s."]
+    return out
+
+
+def _server(r: dict[str, Any]) -> list[str]:
+    lib, cores = r["library_search"], r["cores"]
+    allowed = cores / (lib["mean_ms"] / 1e3)
+    out = [
+        f"`svd-atlas serve` on a {r['directions']:,}-direction atlas (approximate index), "
+        "clients on the same machine (threads of the benchmark process, one keep-alive "
+        f"connection each) sharing its {cores} cores with the server. Baselines in the same "
+        f"run: the library's own search, in process with the index loaded, p50 "
+        f"{lib['p50_ms']} ms, p99 {lib['p99_ms']} ms, mean {lib['mean_ms']} ms (so the cores "
+        f"allow {allowed:,.0f} searches/s); one search as a fresh `svd-atlas search` process: "
+        f"{r['cli_cold_search']['best_seconds']} s.",
+        "",
+        "| workers | start-up (s) | resident at start / after (MB) | clients | requests | p50 (ms) "
+        "| p99 (ms) | throughput (/s) | of what the cores allow | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for server in r["servers"]:
+        for run in server["runs"]:
+            share = f"{run['throughput_per_s'] / allowed:.0%}" if run["mix"] == "search" else ""
+            out.append(
+                f"| {server['workers']} | {server['startup_seconds']} | "
+                f"{server['resident_mb_at_start']:,.0f} / {server['resident_mb_after']:,.0f} | "
+                f"{run['clients']} | {run['mix']} | {run['p50_ms']} | {run['p99_ms']} | "
+                f"{run['throughput_per_s']} | {share} | {run['errors']} |"
+            )
     return out
 
 

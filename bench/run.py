@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -198,24 +199,28 @@ def bench_ingest(device: str, large: bool) -> list[dict[str, Any]]:
 
 
 def bench_memory(device: str, large: bool) -> list[dict[str, Any]]:
-    """Peak RSS does not grow with depth: gpt2-xl's width with 12 layers and with 48, both saved
-    as folders (one shard per layer) and streamed; --max-rank 16 keeps the projection short
+    """Peak RSS does not grow with depth: gpt2-xl's width with 12 layers and with 48, saved as
+    folders (one shard per layer) and streamed; and llama-7b's width with 2 of its 32 blocks
+    (what a 7B model costs here, its depth aside). --max-rank 16 keeps the projection short
     while every block is still loaded, processed and decomposed in full."""
-    from transformers import GPT2Config
+    from transformers import GPT2Config, LlamaConfig
 
     from ingest.random_models import RANDOM_SHAPES, save_random_model
 
+    shapes = [("gpt2-xl", GPT2Config, "n_layer", "GPT2LMHeadModel", n) for n in (12, 48)]
+    shapes.append(("llama-7b", LlamaConfig, "num_hidden_layers", "LlamaForCausalLM", 2))
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for layers in (12, 48):
-            config = GPT2Config(**{**RANDOM_SHAPES["gpt2-xl"][1], "n_layer": layers})
-            config.architectures = ["GPT2LMHeadModel"]
-            folder = save_random_model("gpt2-xl", f"{tmp}/xl-{layers}", shards=layers,
+        for shape, config_class, depth, architecture, layers in shapes:
+            config = config_class(**{**RANDOM_SHAPES[shape][1], depth: layers})
+            config.architectures = [architecture]
+            folder = save_random_model(shape, f"{tmp}/{shape}-{layers}", shards=layers,
                                        config=config)  # fmt: skip
             row = ingest_subprocess(str(folder), device, max_rank=16)
-            row["layers"] = layers
+            row["layers"], row["shape"] = layers, shape
             out.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
+            shutil.rmtree(folder)  # a 7B-wide folder is gigabytes
     return out
 
 

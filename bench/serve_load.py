@@ -118,7 +118,7 @@ def library_search(atlas_dir: Path, sample: list[dict[str, Any]]) -> dict[str, A
 
     warnings.simplefilter("ignore", AtlasWarning)
     with atlas.open(atlas_dir) as a:
-        a.load_indexes()
+        a.load_indexes(8 << 30)
         for q in sample[:20]:  # warm-up
             a.search(q.get("q"), direction=q.get("direction"), k=q["k"])
         times = []

@@ -1,11 +1,19 @@
-"""A job of many models, one after another in this process (``svd-atlas ingest A B ...``).
+"""A job of many models (``svd-atlas ingest A B ...``): one after another in this process, and
+in parallel on a local Ray cluster (``ray.init(num_cpus=2)``).
 
-Each model of a job is stored exactly as its own ingest would store it, ids included; a model
-that fails does not stop the others; running the job again skips what is published.
+Each model of a job is stored exactly as its own ingest would store it (every row, ids
+included, and the same search results), serially or on Ray; a model that fails does not stop
+the others nor take their ids; a worker killed with SIGKILL in the middle of a model is
+retried and the atlas is complete; running the job again skips what is published.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +32,8 @@ JOB = [
     IngestOptions(model="random:llama-tiny", max_rank=4, device="cpu"),
     IngestOptions(model="minilm", model_id="minilm-tl", processing="tl", max_rank=4, device="cpu"),
 ]
+BAD = IngestOptions(model="random:no-such-shape", device="cpu")
+BUILD_TASK = b"ray::build_task"  # the title Ray gives a worker process while it runs one
 
 
 @pytest.fixture(scope="module")
@@ -35,27 +45,22 @@ def one_by_one(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_a_job_stores_what_separate_ingests_store(one_by_one: Path, tmp_path: Path) -> None:
-    root = tmp_path / "atlas"
-    outcomes = run_job(root, JOB, log=quiet)
-    assert [(o.model_id, o.status) for o in outcomes] == [
-        ("minilm", "published"),
-        ("random:llama-tiny", "published"),
-        ("minilm-tl", "published"),
-    ]
-    assert_same_atlas(root, one_by_one)
-    assert check_atlas(root).ok
-
-
-def test_a_failing_model_fails_alone_and_a_rerun_skips_the_published(
+def test_a_job_stores_what_separate_ingests_store_and_a_failure_stays_alone(
     one_by_one: Path, tmp_path: Path
 ) -> None:
     root = tmp_path / "atlas"
-    bad = IngestOptions(model="random:no-such-shape", device="cpu")
-    outcomes = run_job(root, [JOB[0], bad, JOB[1], JOB[2]], log=quiet)
-    assert [o.status for o in outcomes] == ["published", "failed", "published", "published"]
+    lines: list[str] = []
+    outcomes = run_job(root, [JOB[0], BAD, *JOB[1:]], log=lines.append)
+    assert [(o.model_id, o.status) for o in outcomes] == [
+        ("minilm", "published"),
+        ("random:no-such-shape", "failed"),
+        ("random:llama-tiny", "published"),
+        ("minilm-tl", "published"),
+    ]
     assert "unknown random shape 'no-such-shape'" in (outcomes[1].error or "")
     assert_same_atlas(root, one_by_one)  # the failure took no ids from the others
+    assert check_atlas(root).ok
+    assert lines[-1].endswith("4/4 done (3 published, 1 failed), 0 running, 0 queued")
 
     again = run_job(root, JOB, log=quiet)
     assert [o.status for o in again] == ["skipped"] * 3
@@ -80,7 +85,7 @@ def test_two_models_under_one_name_are_refused_before_anything_runs(tmp_path: Pa
     assert not (tmp_path / "atlas").exists()
 
 
-def test_job_files_read_as_command_lines(tmp_path: Path) -> None:
+def test_job_files_read_as_command_lines() -> None:
     lines = [
         "# a zoo",
         "minilm",
@@ -133,3 +138,70 @@ def test_cli_job_misuse_is_one_line(tmp_path: Path, args: tuple[str, ...], messa
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert message in result.stderr
     assert not (tmp_path / "atlas" / "catalog.json").exists()
+
+
+# -- on a local Ray cluster ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    ray = pytest.importorskip(
+        "ray", reason="needs Ray: pip install 'svd-atlas[ray]' (the test extra has it; CI runs it)"
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_on_ray_in_parallel_equals_one_after_another(
+    ray_cluster: None, one_by_one: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "atlas"
+    bad = IngestOptions(model=str(tmp_path / "no-such-folder"), device="cpu")
+    lines: list[str] = []
+    outcomes = run_job(root, [JOB[0], bad, *JOB[1:]], ray_address="local", log=lines.append)
+    statuses = [o.status for o in outcomes]
+    assert statuses == ["published", "failed", "published", "published"], outcomes
+    assert "no-such-folder" in (outcomes[1].error or "")
+    assert_same_atlas(root, one_by_one)  # ids included: the failure took none
+    assert check_atlas(root).ok
+    assert not any((root / ".staging").iterdir())  # the job's folder is gone
+    assert lines[-1].endswith("4/4 done (3 published, 1 failed), 0 running, 0 queued")
+
+
+def test_on_ray_a_worker_killed_mid_model_is_retried(
+    ray_cluster: None, one_by_one: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "atlas"
+    killed: list[int] = []
+
+    def kill_one_building_worker() -> None:
+        deadline = time.monotonic() + 300
+        while not killed and time.monotonic() < deadline:
+            for pid in _building_workers():
+                if any((root / ".staging").glob("*/*/model.duckdb")):  # mid-model, writing
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    break
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_one_building_worker)
+    killer.start()
+    outcomes = run_job(root, JOB, ray_address="local", retries=2, log=quiet)
+    killer.join()
+    assert killed, "no worker was seen building a model"
+    assert [o.status for o in outcomes] == ["published"] * 3, [o.error for o in outcomes]
+    assert_same_atlas(root, one_by_one)
+    assert check_atlas(root).ok
+
+
+def _building_workers() -> list[int]:
+    """Worker processes running ``build_task`` now (Ray sets their title)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(BUILD_TASK):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
