@@ -23,7 +23,7 @@ from atlas.core.exchange.bundle_format import BundleManifest
 from atlas.core.exchange.export import export_bundle
 from atlas.core.exchange.parquet_tree import export_parquet_tree
 from atlas.core.exchange.sources import open_reader
-from atlas.core.reader import NoVectors, Reader, WorkUnit
+from atlas.core.reader import Reader, WorkUnit
 from atlas.core.sqlguard import check_timeout
 from query.cards import DEFAULT_TOP, direction_card, matrix_card, matrix_stats
 from query.compare import compare as compare_models
@@ -38,7 +38,7 @@ MODELS_QUERY = """
     SELECT model_id, architecture, n_layers AS layers, n_heads AS heads, n_kv_heads AS kv_heads,
            d_model, d_head, d_mlp, d_vocab, gated_mlp, processing, n_matrices AS matrices,
            n_directions AS directions, index_type AS index, source, spec, ingested_at
-    FROM models ORDER BY model_id
+    FROM models
 """
 
 
@@ -86,19 +86,19 @@ class Atlas:
         return self.reader.residual_index(model_id)
 
     def load_indexes(self, max_bytes: int) -> None:
-        """Keep up to ``max_bytes`` of residual indexes loaded from now on, and read them now,
-        model by model while they fit, with every unembedding mapped (what a long-running
-        server does once). Without this, a handle keeps only the index it used last: a search
-        across many models streams through their indexes in the memory of one."""
-        self.reader.indexes.budget = max_bytes
-        loaded = 0
+        """Read the models' indexes now, in order while they fit in ``max_bytes``, and keep
+        them, with every unembedding mapped (what a long-running server does once). Without
+        this, a handle keeps only the index it used last: a search across many models streams
+        through their indexes in the memory of one, and so does a search across the models
+        that did not fit."""
+        kept = 0
         for model_id in self.model_ids():
             if self.reader.has_unembedding(model_id):
                 self.reader.unembedding(model_id)
-            if loaded < max_bytes:
-                with contextlib.suppress(NoVectors):
-                    self.reader.residual_index(model_id)
-                    loaded = self.reader.indexes.size()
+            size = self.reader.index_bytes(model_id)
+            if size and kept + size <= max_bytes:
+                self.reader.keep_index(model_id)
+                kept += size
 
     def loaded_indexes(self) -> list[str]:
         """The models whose residual indexes are loaded now."""
@@ -107,7 +107,9 @@ class Atlas:
     def model(self, model_id: str) -> dict[str, Any]:
         """One model's row of :meth:`models` (:class:`NotFound` for an unknown id)."""
         self.reader.require_model(model_id)
-        return next(m for m in self.models() if m["model_id"] == model_id)
+        (row,) = self.reader.sql(f"{MODELS_QUERY} WHERE model_id = ?", [model_id]).to_pylist()
+        row["size_bytes"] = self.reader.model_sizes([model_id])[model_id]
+        return row
 
     def tables(self) -> list[dict[str, Any]]:
         """Every table and view SQL can read: ``name`` and its ``columns``, in order."""
@@ -125,7 +127,7 @@ class Atlas:
 
     def models(self) -> list[dict[str, Any]]:
         """One row per model: shape, processing, directions, index type and bytes on disk."""
-        rows = self.reader.sql(MODELS_QUERY).to_pylist()
+        rows = self.reader.sql(f"{MODELS_QUERY} ORDER BY model_id").to_pylist()
         sizes = self.reader.model_sizes()
         for r in rows:
             r["size_bytes"] = sizes.get(r["model_id"], 0)

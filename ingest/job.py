@@ -117,8 +117,8 @@ def build_in(
 ) -> IngestReport:
     """Make one model's store in the new folder ``folder`` with the ids a job reserved for it
     (:func:`plan` sized them), without publishing it: what a job's worker runs."""
+    folder.mkdir()  # first: a job whose folder is gone fails here, before any boot
     model = boot(model_id_of(options), options, log=log)
-    folder.mkdir()
     build(folder, model, ids, atlas_root, log, progress=True)
     return _finished(model, folder)
 

@@ -152,10 +152,11 @@ def _ingest_here(atlas_dir: AtlasDir, model_id: str, options: IngestOptions, log
     try:
         report = ingest(atlas_dir.root, options, log=log)
     except AtlasError as exc:
-        return Outcome(model_id, options.model, "failed", one_line(exc))
+        return Outcome(model_id, options.model, "failed", one_line(exc), None, _since(started))
     except Exception as exc:  # a bug in one model's ingest does not stop the job
-        return Outcome(model_id, options.model, "failed", f"{type(exc).__name__}: {one_line(exc)}")
-    return Outcome(model_id, options.model, "published", None, report, _since(started))
+        reason = f"{type(exc).__name__}: {one_line(exc)}"
+        return Outcome(model_id, options.model, "failed", reason, None, _since(started))
+    return Outcome(model_id, options.model, "published", None, report, report.wall_seconds)
 
 
 def _since(started: float) -> float:
@@ -231,13 +232,17 @@ class _RayJob:
                 builder.remote(folder, root, options, ids): (position, model_id, options, ids)
                 for (position, model_id, options, _), ids in zip(planned, ranges, strict=True)
             }
-            while running:
-                (ref,), _ = ray.wait(list(running), num_returns=1)
-                position, model_id, options, ids = running.pop(ref)
-                outcomes[position] = self._publish(
-                    ref, job_folder, model_id, options, ids, started[position]
-                )
-                progress.record(outcomes[position])
+            try:
+                while running:
+                    (ref,), _ = ray.wait(list(running), num_returns=1)
+                    position, model_id, options, ids = running.pop(ref)
+                    outcomes[position] = self._publish(
+                        ref, job_folder, model_id, options, ids, started[position]
+                    )
+                    progress.record(outcomes[position])
+            finally:  # interrupted: stop the workers before their folder goes
+                for ref in running:
+                    ray.cancel(ref, force=True)
         return outcomes
 
     def _publish(
@@ -254,7 +259,8 @@ class _RayJob:
             publish(self.atlas_dir, [(model_id, job_folder / folder, ids)], options.replace)
         except Exception as exc:
             return self._failed(model_id, options, exc, started)
-        return Outcome(model_id, options.model, "published", None, report, _since(started))
+        # the model's own time, as a serial job reports it (not its wait in the queue)
+        return Outcome(model_id, options.model, "published", None, report, report.wall_seconds)
 
     def _failed(
         self, model_id: str, options: IngestOptions, exc: BaseException, started: float

@@ -8,9 +8,10 @@ sparse dot products computed by DuckDB; or, asked for, in each model's own resid
 
 Across models, a search streams: each model's index (or token bags) is read, searched for
 the model's best ``k`` and merged into the running top ``k``, which is exact because every
-model's ``k`` best include its share of the overall best. The reader keeps only as many
-indexes as fit its cache (``Reader.INDEX_CACHE_BYTES``), so memory stays bounded by about one
-model's index, however many models are searched.
+model's ``k`` best include its share of the overall best. The reader holds the indexes a
+long-running process pinned (``Atlas.load_indexes``) and the last other one used
+(``IndexCache``), so memory stays bounded by about one model's index beyond the pinned ones,
+however many models are searched.
 
 A hit's ``score`` is ``|cos|`` and its ``sign`` says which valence matched: ``-1`` means the
 negated direction points at the query, i.e. the concept sits in its negative tokens.
@@ -26,7 +27,7 @@ import numpy as np
 
 from atlas.core.errors import AtlasError
 from atlas.core.indexes import merge_valences
-from atlas.core.reader import Reader
+from atlas.core.reader import Reader, no_vectors
 from query.filters import Filters
 from query.vectors import (
     direction_bag,
@@ -149,11 +150,17 @@ def resolve_query(
 
 def _vector_query(a: Reader, vector: Any, candidates: list[str]) -> Query:
     """A residual vector, searched in every candidate model of its width."""
-    widths = {m: _d_model(a, m) for m in candidates}
+    searchable = [m for m in candidates if a.has_vectors(m)]
+    if not searchable:
+        raise no_vectors(candidates[0])
+    widths = {m: _d_model(a, m) for m in searchable}
     q = query_vector(vector, set(widths.values()))
-    models = [m for m in candidates if widths[m] == q.size]
-    others = [m for m in candidates if widths[m] != q.size]
+    models = [m for m in searchable if widths[m] == q.size]
+    others = [m for m in searchable if widths[m] != q.size]
     notes = [f"not searched (d_model is not {q.size}): {', '.join(others)}"] if others else []
+    if len(searchable) < len(candidates):
+        lacking = [m for m in candidates if m not in searchable]
+        notes.append(f"not searched (no vectors here): {', '.join(lacking)}")
     return Query("residual", models, dict.fromkeys(models, q), notes=notes)
 
 
@@ -161,7 +168,7 @@ def _words_query(a: Reader, words: list[str], candidates: list[str]) -> Query:
     """Words, embedded by each candidate model's own unembedding."""
     vectors, notes, lacking = {}, [], []
     for model_id in candidates:
-        if not a.has_unembedding(model_id):
+        if not (a.has_unembedding(model_id) and a.has_vectors(model_id)):
             lacking.append(model_id)
             continue
         q, missing = text_residual_vector(a, model_id, words, strict=len(candidates) == 1)
@@ -171,10 +178,15 @@ def _words_query(a: Reader, words: list[str], candidates: list[str]) -> Query:
         if missing:
             notes.append(f"not in {model_id}'s vocabulary: {', '.join(missing)}")
         vectors[model_id] = q
+    if lacking and not vectors and len(lacking) == len(candidates):
+        raise AtlasError(
+            f"{', '.join(lacking)}: no unembedding or no vectors here, so words cannot be "
+            "searched in residual space; --space token searches them"
+        )
     if lacking:
         notes.append(
-            f"no unembedding, so not searched in residual space: {', '.join(lacking)} "
-            "(--space token searches them)"
+            f"no unembedding or no vectors here, so not searched in residual space: "
+            f"{', '.join(lacking)} (--space token searches them)"
         )
     if not vectors:
         raise AtlasError(f"no model searched has a token for {', '.join(words)}")
@@ -218,6 +230,7 @@ def search(
     filters = filters or Filters()
     scored: list[tuple[float, int]] = []
     for model_id in query.models:
+        a.check_cancelled()  # a server's time limit stops a search between models
         if query.space == "residual":
             ids, sims = nearest_residual(a, model_id, query.vectors[model_id], filters, k + 1)
         else:

@@ -119,9 +119,8 @@ from ingest.random_models import RANDOM_SHAPES
 @click.option(
     "--retries",
     type=click.IntRange(0),
-    default=DEFAULT_RETRIES,
-    show_default=True,
-    help="Times a model is retried on Ray when its worker dies.",
+    default=None,
+    help=f"Times a model is retried on Ray when its worker dies  [default: {DEFAULT_RETRIES}]",
 )
 @click.pass_obj
 def ingest(
@@ -140,7 +139,7 @@ def ingest(
     replace: bool,
     ray_address: str | None,
     gpus_per_task: float | None,
-    retries: int,
+    retries: int | None,
 ) -> None:
     specs = [(m, None) for m in models] + (
         read_model_list(from_file, from_file.name) if from_file else []
@@ -149,6 +148,8 @@ def ingest(
         raise click.UsageError("give a MODEL (or several, or --from FILE)")
     if name is not None and len(specs) > 1:
         raise AtlasError("--name names one model; give each model its name in --from FILE")
+    if ray_address is None and (gpus_per_task is not None or retries is not None):
+        raise AtlasError("--gpus-per-task and --retries are for a job on Ray: add --ray")
     options = IngestOptions(
         model=specs[0][0],
         model_id=name,
@@ -176,7 +177,10 @@ def ingest(
         for spec, spec_name in specs
     ]
     try:
-        outcomes = run_job(obj["atlas"], job, ray_address, gpus_per_task, retries)
+        outcomes = run_job(
+            obj["atlas"], job, ray_address, gpus_per_task,
+            DEFAULT_RETRIES if retries is None else retries,
+        )  # fmt: skip
     except KeyboardInterrupt:
         click.echo(
             "interrupted: the models published before stay in the atlas; the ones in progress "

@@ -15,11 +15,14 @@ import re
 from typing import Any
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # tabs and newlines too: one cell, one line
+_CONTROL_NOT_SPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # CSV quotes the rest
 
 
-def printable(text: str) -> str:
-    """``text`` with control characters (escape sequences, bells, NULs) shown as ``\\xNN``."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+def printable(text: str, keep_spaces: bool = False) -> str:
+    """``text`` with control characters (escape sequences, bells, NULs) shown as ``\\xNN``;
+    tabs and line breaks too, unless ``keep_spaces`` (a CSV cell, which quotes them)."""
+    pattern = _CONTROL_NOT_SPACE if keep_spaces else _CONTROL
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def jsonable(value: Any) -> Any:
@@ -67,12 +70,13 @@ def dumps(value: Any) -> str:
 
 
 def csv_cell(value: Any) -> Any:
-    """A CSV cell: lists and objects as JSON text, NaN and infinities empty, text printable."""
+    """A CSV cell: lists and objects as JSON text, NaN and infinities empty, text printable
+    (its tabs and line breaks kept: the CSV writer quotes them)."""
     if isinstance(value, list | tuple | dict):
         return printable(json.dumps(jsonable(value), ensure_ascii=False))
     if isinstance(value, float) and not math.isfinite(value):
         return ""
-    return printable(value) if isinstance(value, str) else value
+    return printable(value, keep_spaces=True) if isinstance(value, str) else value
 
 
 def unique_names(names: list[str]) -> list[str]:

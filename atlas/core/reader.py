@@ -21,7 +21,6 @@ gets its own cursor on the one database instance; a handle can be used from many
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import threading
@@ -61,35 +60,62 @@ class WorkUnit:
 
 
 class IndexCache:
-    """Models' residual indexes, most recently used last, up to ``budget`` bytes of them (and
-    always the last one, whatever its size). A search across more models than fit reads each
-    index, searches it and lets it go, so memory stays bounded by about one model's index."""
+    """Models' residual indexes: the ones a long-running process pinned (``pin``, up to its
+    memory budget), and the last other one used. A search across more models than are pinned
+    reads each of the others, searches it and lets it go, so memory stays the pinned indexes
+    plus about one more, however many models are searched.
 
-    def __init__(self, budget: int):
-        self.budget = budget
-        self._items: collections.OrderedDict[str, tuple[Any, int]] = collections.OrderedDict()
+    Reading an index (from disk, or from object storage for a Parquet tree) happens outside
+    the cache's lock, one reader per model, so a slow read never holds up searches of other
+    models.
+    """
+
+    def __init__(self) -> None:
+        self._pinned: dict[str, tuple[Any, int]] = {}
+        self._last: tuple[str, Any] | None = None
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
 
     def get(self, model_id: str, load: Callable[[], tuple[Any, int]]) -> Any:
-        """The model's index, read by ``load()`` (the index and its bytes) if not cached."""
+        """The model's index, read by ``load()`` (the index and its bytes) if not held."""
         with self._lock:
-            if model_id in self._items:
-                self._items.move_to_end(model_id)
-                return self._items[model_id][0]
-            index, size = load()
-            self._items[model_id] = (index, size)
-            while len(self._items) > 1 and sum(s for _, s in self._items.values()) > self.budget:
-                self._items.popitem(last=False)  # unmapped once no search holds it
+            held = self._held(model_id)
+            if held is not None:
+                return held
+            loading = self._loading.setdefault(model_id, threading.Lock())
+        with loading:
+            with self._lock:
+                held = self._held(model_id)
+            if held is not None:
+                return held
+            index, _ = load()
+            with self._lock:
+                self._last = (model_id, index)  # the previous one goes once no search holds it
             return index
 
-    def cached(self) -> list[str]:
+    def pin(self, model_id: str, load: Callable[[], tuple[Any, int]]) -> None:
+        """Read the model's index and keep it for the life of the cache."""
+        index, size = load()
         with self._lock:
-            return list(self._items)
+            self._pinned[model_id] = (index, size)
 
-    def size(self) -> int:
-        """Bytes of the indexes held."""
+    def _held(self, model_id: str) -> Any:
+        if model_id in self._pinned:
+            return self._pinned[model_id][0]
+        if self._last is not None and self._last[0] == model_id:
+            return self._last[1]
+        return None
+
+    def cached(self) -> list[str]:
+        """The models whose indexes are held now (the pinned ones first)."""
         with self._lock:
-            return sum(s for _, s in self._items.values())
+            last = [self._last[0]] if self._last and self._last[0] not in self._pinned else []
+            return [*self._pinned, *last]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pinned.clear()
+            self._last = None
 
 
 class Reader:
@@ -97,10 +123,6 @@ class Reader:
 
     Subclasses attach their data to ``self._con`` before calling :meth:`_finish_open`.
     """
-
-    # Residual indexes kept loaded beyond the last one used (IndexCache): none, so that a
-    # search across models streams; a server keeps more (``Atlas.load_indexes``).
-    INDEX_CACHE_BYTES = 0
 
     def __init__(self, location: str):
         self.location = location
@@ -115,7 +137,7 @@ class Reader:
         self._cancelled: set[int] = set()
         self._lock = threading.Lock()
         self._closed = False
-        self.indexes = IndexCache(self.INDEX_CACHE_BYTES)
+        self.indexes = IndexCache()
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -176,6 +198,13 @@ class Reader:
             yield batch
         if not yielded:
             yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+
+    def check_cancelled(self) -> None:
+        """Stop here if the calling thread's unit of work was cancelled (see :meth:`cancel`):
+        for work between statements, such as a search over many models' indexes."""
+        with self._lock:
+            if threading.get_ident() in self._cancelled:
+                raise QueryTimeout("the work was stopped after its time limit")
 
     def user_sql(
         self,
@@ -265,9 +294,22 @@ class Reader:
         self.require_model(model_id)
         return self.indexes.get(model_id, lambda: self._read_index(model_id))
 
+    def keep_index(self, model_id: str) -> None:
+        """Read the model's index now and keep it while the handle is open."""
+        self.require_model(model_id)
+        self.indexes.pin(model_id, lambda: self._read_index(model_id))
+
     def _read_index(self, model_id: str) -> tuple[Any, int]:
         """The model's index, read, and its size in bytes."""
         raise NotImplementedError
+
+    def index_bytes(self, model_id: str) -> int:
+        """About how much memory the model's index takes once read (0 without vectors)."""
+        raise NotImplementedError
+
+    def has_vectors(self, model_id: str) -> bool:
+        """Whether the model has direction vectors here (not a ``--vectors none`` bundle)."""
+        return self.index_bytes(model_id) > 0
 
     def has_exact_index(self, model_id: str) -> bool:
         """Whether a search of the model's index returns the exact neighbours, without
@@ -281,8 +323,8 @@ class Reader:
     def has_unembedding(self, model_id: str) -> bool:
         raise NotImplementedError
 
-    def model_sizes(self) -> dict[str, int]:
-        """Bytes on disk per model."""
+    def model_sizes(self, model_ids: list[str] | None = None) -> dict[str, int]:
+        """Bytes on disk per model (of ``model_ids``, or all)."""
         raise NotImplementedError
 
     # -- closing ---------------------------------------------------------------------------
@@ -300,6 +342,7 @@ class Reader:
                 cursor.close()
             self._cursors.clear()
             self._con.close()
+        self.indexes.clear()  # unmapped once no search holds them
 
 
 def check_direction_id(direction_id: Any) -> int:
@@ -442,6 +485,11 @@ class StoreReader(Reader):
             raise no_vectors(model_id)
         return ResidualIndex.read(shards), sum(p.stat().st_size for p in shards)
 
+    def index_bytes(self, model_id: str) -> int:
+        from atlas.core.indexes import shard_files
+
+        return sum(p.stat().st_size for p in shard_files(self.store_path(model_id)))
+
     def has_exact_index(self, model_id: str) -> bool:
         from atlas.core.indexes import EXACT
 
@@ -471,8 +519,13 @@ class StoreReader(Reader):
                 self._unembeddings[model_id] = unembed
             return self._unembeddings[model_id]
 
-    def model_sizes(self) -> dict[str, int]:
-        return {m: dir_size(self.store_path(m)) for m in self.model_ids()}
+    def model_sizes(self, model_ids: list[str] | None = None) -> dict[str, int]:
+        return {m: dir_size(self.store_path(m)) for m in model_ids or self.model_ids()}
+
+    def close(self) -> None:
+        super().close()
+        with self._index_lock:
+            self._unembeddings.clear()
 
 
 def store_problem(con: duckdb.DuckDBPyConnection, alias: str, model_id: str) -> str | None:

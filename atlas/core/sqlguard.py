@@ -47,6 +47,7 @@ LOCKDOWN = (
 
 
 STREAM_BATCH_ROWS = 10_000
+SIZED_BATCH_ROWS = 1_024  # with a byte limit: smaller batches, so the limit is kept closely
 
 
 class QueryTimeout(AtlasError):
@@ -149,12 +150,14 @@ def run_statement(
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        if write and _defines_functions(con):
+        macros = _own_functions(con) if write else []
+        if macros:
             con.execute("ROLLBACK")
             raise AtlasError(
                 "CREATE MACRO and CREATE FUNCTION are not allowed: your database is on every "
-                "session's search path, where a function would change what the atlas's "
-                "views compute; keep tables and views"
+                "session's search path, where a function would change what the atlas's views "
+                f"compute; keep tables and views (the session has {', '.join(macros)}: DROP "
+                "MACRO removes one an earlier version let you make)"
             )
         con.execute("COMMIT" if write else "ROLLBACK")
         return table
@@ -167,18 +170,21 @@ def run_statement(
         raise AtlasError(one_line(exc)) from None
 
 
-def _defines_functions(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether the session now has a macro or function of its own (judged by effect, however
-    the statement was spelled): the researcher's database is on every session's search path,
-    where a macro named like a built-in (``abs``) would change what the atlas's views compute."""
-    rows = con.execute("SELECT count(*) FROM duckdb_functions() WHERE NOT internal").fetchall()
-    return rows[0][0] > 0
+def _own_functions(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The session's own macros and functions (judged by effect, however the statement was
+    spelled): the researcher's database is on every session's search path, where a macro named
+    like a built-in (``abs``) would change what the atlas's views compute."""
+    rows = con.execute(
+        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE NOT internal ORDER BY 1"
+    ).fetchall()
+    return [name for (name,) in rows]
 
 
 def _first_rows(relation: duckdb.DuckDBPyRelation, n: int, max_bytes: int | None) -> pa.Table:
     """The first ``n`` rows of ``relation``, reading no further than the batch holding them
     (or the batch past ``max_bytes``)."""
-    reader = relation.to_arrow_reader(max(1, min(n, STREAM_BATCH_ROWS)))
+    batch = STREAM_BATCH_ROWS if max_bytes is None else SIZED_BATCH_ROWS
+    reader = relation.to_arrow_reader(max(1, min(n, batch)))
     batches, rows, size = [], 0, 0
     try:
         for batch in reader if n else ():

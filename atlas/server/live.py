@@ -3,10 +3,11 @@
 Every request leases the current handle for its whole duration, so that a response is built
 from one catalog: a model replaced meanwhile is never half old and half new. When
 ``catalog.json`` changes (an ingest or a load published), the next request starts opening a
-new handle in the background, with every index loaded, and keeps being served by the old one
-until the new one is ready; the old one is closed when its last lease ends. The handles hold
-their files open (DuckDB databases, memory-mapped indexes and unembeddings), so a store that a
-replace removed from the disk stays readable for the requests still using it.
+new handle in the background, with its indexes loaded (up to the server's index memory), and
+keeps being served by the old one until the new one is ready; the old one is closed when its
+last lease ends. The handles hold their files open (DuckDB databases, memory-mapped indexes
+and unembeddings), so a store that a replace removed from the disk stays readable for the
+requests still using it.
 
 A bundle or a Parquet tree has no catalog that changes: it is opened once.
 """

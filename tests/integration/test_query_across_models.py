@@ -77,6 +77,32 @@ def test_streaming_holds_one_index_at_a_time_and_finds_the_same(zoo: Path) -> No
         assert a.search("fire", space="residual", k=40, kinds=["ov"]) == streamed
         assert a.search("fire", space="residual", k=40) == unfiltered
         assert sorted(a.loaded_indexes()) == sorted(a.model_ids())
+    with atlas.open(zoo) as a:  # a budget too small for MiniLM's: the tiny ones are kept
+        tiny = a.reader.index_bytes("tiny-1") + a.reader.index_bytes("tiny-2")
+        assert tiny < a.reader.index_bytes("minilm")
+        a.load_indexes(tiny)
+        assert a.loaded_indexes() == ["tiny-1", "tiny-2"]
+        assert a.search("fire", space="residual", k=40) == unfiltered
+        assert a.loaded_indexes() == ["tiny-1", "tiny-2", "minilm"]  # streamed, then held last
+
+
+def test_models_without_vectors_are_left_out_with_a_note(zoo: Path, tmp_path: Path) -> None:
+    """tiny-1 loaded from a --vectors none bundle, tiny-2 with its vectors: a vector search
+    across both searches tiny-2 and says it left tiny-1 out."""
+    from atlas.core.exchange.load import load_bundle
+
+    mixed = tmp_path / "mixed"
+    with atlas.open(zoo) as a:
+        a.export(tmp_path / "none.bundle", ["tiny-1"], vectors="none")
+        a.export(tmp_path / "full.bundle", ["tiny-2"])
+    load_bundle(mixed, tmp_path / "none.bundle")
+    load_bundle(mixed, tmp_path / "full.bundle")
+    q = np.random.default_rng(4).standard_normal(64).astype(np.float32)
+    with atlas.open(mixed) as a:
+        with pytest.warns(atlas.core.errors.AtlasWarning, match="no vectors here.*tiny-1"):
+            hits = a.search(vector=q, k=10)
+        expected = _brute_force(a, {"tiny-2": q / np.linalg.norm(q)}, 10)
+        assert [(h.direction_id, h.sign) for h in hits] == expected
 
 
 def test_token_space_across_models_is_unchanged_by_default(zoo: Path) -> None:

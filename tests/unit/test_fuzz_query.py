@@ -6,6 +6,7 @@ silently would fail too. Example counts are modest to keep the suite fast.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,16 +51,22 @@ def test_parse_ints(text: str) -> None:
     except AtlasError as exc:
         assert "bad head" in str(exc)
         return
-    assert parsed == tuple(int(x) for x in text.split(",") if x.strip())
+    assert parsed == tuple(int(x) for x in text.split(","))
+    assert all(x.strip().lstrip("-").isascii() for x in text.split(","))
 
 
 @FAST
 @given(TEXT)
 def test_parse_names(text: str) -> None:
+    chunks = text.split(",")
+    if not all(chunk.strip() for chunk in chunks):  # an empty name is refused, not dropped
+        with pytest.raises(AtlasError, match="give names separated by commas"):
+            parse_names(text)
+        return
     names = parse_names(text)
     assert names is not None
     assert all(n and n == n.strip() and "," not in n for n in names)
-    assert len(names) == sum(1 for chunk in text.split(",") if chunk.strip())
+    assert len(names) == len(chunks)
     assert parse_names(",".join(names)) == names
 
 

@@ -103,6 +103,14 @@ class ParquetReader(Reader):
         vectors = vector_matrix(rows["vector"])
         return ResidualIndex([build_index(vectors, ids, EXACT)]), vectors.nbytes
 
+    def index_bytes(self, model_id: str) -> int:
+        if self.info.get("vectors") == "none":
+            return 0
+        row = self.sql(
+            "SELECT n_directions, d_model FROM models WHERE model_id = ?", [model_id]
+        ).to_pylist()[0]
+        return int(row["n_directions"]) * int(row["d_model"]) * 4
+
     def has_exact_index(self, model_id: str) -> bool:
         return True  # built in memory, exact
 
@@ -116,8 +124,8 @@ class ParquetReader(Reader):
             "in token space (--space token)"
         )
 
-    def model_sizes(self) -> dict[str, int]:
-        sizes = dict.fromkeys(self.model_ids(), 0)
+    def model_sizes(self, model_ids: list[str] | None = None) -> dict[str, int]:
+        sizes = dict.fromkeys(model_ids or self.model_ids(), 0)
         for table in TABLES:
             for model_id in sizes:
                 path = f"{self._root}/{partition_dir(table, model_id)}"
