@@ -46,6 +46,11 @@ def writing_store(atlas_root: Path) -> Iterator[None]:
     errors) into one clear line. Callers drop their staging folder, so the atlas is unchanged."""
     try:
         yield
+    except duckdb.OutOfMemoryException as exc:
+        raise AtlasError(
+            f"writing to {atlas_root} failed: DuckDB ran out of memory ({one_line(exc, 120)}). "
+            "The atlas is unchanged"
+        ) from None
     except (OSError, duckdb.Error) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
         raise AtlasError(

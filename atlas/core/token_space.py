@@ -18,6 +18,8 @@ from atlas.core.tokens import normalized_form
 
 # Built at ingest from a store's top_tokens and vocab tables (ordered by token_norm, so that
 # DuckDB's zone maps let a lookup of a few strings skip most of the table).
+# Aggregates, a join and a sort, which DuckDB runs out of core within the writer's memory
+# limit (a window over every direction's tokens does not: it failed at 1e6 directions).
 BUILD_TOKEN_BAGS = """
     INSERT INTO token_bags
     WITH summed AS (
@@ -25,10 +27,11 @@ BUILD_TOKEN_BAGS = """
         FROM top_tokens t JOIN vocab v USING (token_id)
         WHERE v.token_norm <> ''
         GROUP BY t.direction_id, v.token_norm
+    ), norms AS (
+        SELECT direction_id, sqrt(sum(w * w)) AS norm FROM summed GROUP BY direction_id
     )
-    SELECT direction_id, token_norm,
-           (w / sqrt(sum(w * w) OVER (PARTITION BY direction_id)))::FLOAT AS weight
-    FROM summed
+    SELECT s.direction_id, s.token_norm, (s.w / n.norm)::FLOAT AS weight
+    FROM summed s JOIN norms n USING (direction_id)
     ORDER BY token_norm, direction_id
 """
 
