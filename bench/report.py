@@ -34,6 +34,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines += [f"## {title}", ""]
             if run:
                 lines += [f"`python bench/run.py {' '.join(run['argv'])}` ({run['date']})", ""]
+                lines += [f"Note: {run['note']}", ""] if run.get("note") else []
             lines += render(results[key])
             lines.append("")
     if SERVE.exists():

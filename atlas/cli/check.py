@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from atlas.cli.output import dumps, printable, text_or_json_option
+from atlas.cli.output import dumps, text_or_json_option
+from atlas.core.jsondata import printable
 
 
 @click.command()

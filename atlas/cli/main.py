@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from atlas.cli.output import printable
 from atlas.core.errors import AtlasError, AtlasWarning
+from atlas.core.jsondata import printable
 from atlas.core.layout import DEFAULT_ATLAS
 
 SIGPIPE_EXIT = 141  # what a process killed by SIGPIPE reports, as `yes | head` does

@@ -7,17 +7,15 @@ terminal escape sequence in a token or a model id is shown, never obeyed.
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from atlas.core.jsondata import csv_cell, dumps, jsonable, printable
+from atlas.core.jsondata import csv_cell, dumps, table_cell
 
 FORMATS = ("table", "json", "csv")
-MAX_LIST_CELL = 24  # longer lists (vectors, spectra) are abbreviated in tables
 MAX_TABLE_ROWS = 500
 
 
@@ -67,21 +65,6 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
-def table_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list | tuple):
-        if len(value) > MAX_LIST_CELL:
-            shown = ", ".join(table_cell(v) for v in value[:3])
-            return f"[{shown}, ... ({len(value)} values)]"
-        return ", ".join(table_cell(v) for v in value)
-    if isinstance(value, dict):
-        return printable(json.dumps(jsonable(value), ensure_ascii=False))
-    return printable(str(value))
 
 
 def human_bytes(n: float) -> str:

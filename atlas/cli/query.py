@@ -299,7 +299,7 @@ def _print_direction(card: dict[str, Any], n_tokens: int) -> None:
             f"  partner ({'write' if card['side'] == 'read' else 'read'} side): "
             f"{card['partner_id']}"
         )
-    from atlas.cli.output import table_cell
+    from atlas.core.jsondata import table_cell
 
     for polarity in ("pos", "neg"):
         toks = [t for t in card["tokens"] if t["polarity"] == polarity][:n_tokens]

@@ -25,6 +25,26 @@ def printable(text: str, keep_spaces: bool = False) -> str:
     return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+MAX_LIST_CELL = 24  # longer lists (vectors, spectra) are abbreviated in a table cell
+
+
+def table_cell(value: Any) -> str:
+    """A value as a table shows it to a person: floats to 4 digits, lists joined (long ones
+    abbreviated), text printable."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        if len(value) > MAX_LIST_CELL:
+            shown = ", ".join(table_cell(v) for v in value[:3])
+            return f"[{shown}, ... ({len(value)} values)]"
+        return ", ".join(table_cell(v) for v in value)
+    if isinstance(value, dict):
+        return printable(json.dumps(jsonable(value), ensure_ascii=False))
+    return printable(str(value))
+
+
 def jsonable(value: Any) -> Any:
     """``value`` as strict JSON data: NaN and infinities become null, times and intervals
     ISO 8601 strings, bytes hex, anything else its string."""

@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from atlas.api import Atlas
 from atlas.core.contract import KINDS, MLP_KINDS
 from atlas.core.errors import AtlasError
-from atlas.core.jsondata import result_rows
+from atlas.core.jsondata import result_rows, table_cell
 from atlas.core.layout import DEFAULT_ATLAS
 from atlas.server import api
 from atlas.server.api import (
@@ -76,6 +76,7 @@ def command(request: Request, *args: Any) -> str:
 
 
 templates.env.globals["command"] = command
+templates.env.filters["cell"] = table_cell
 
 
 def error_page(request: Request, status: int, message: str) -> HTMLResponse:

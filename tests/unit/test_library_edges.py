@@ -9,10 +9,11 @@ import math
 import pyarrow as pa
 import pytest
 
-from atlas.cli.output import dumps, jsonable, printable, table_cell
+from atlas.cli.output import dumps
 from atlas.core.contract import JUDGED_SIDE, KINDS, SIDES_OF, TABLES
 from atlas.core.errors import AtlasError
 from atlas.core.formats import require_format
+from atlas.core.jsondata import jsonable, printable, table_cell
 from atlas.core.sqlguard import check_statement
 from query.filters import Filters, make_filters
 
