@@ -94,7 +94,7 @@ class Atlas:
         kept = 0
         for model_id in self.model_ids():
             if self.reader.has_unembedding(model_id):
-                self.reader.unembedding(model_id)
+                self.reader.keep_unembedding(model_id)
             size = self.reader.index_bytes(model_id)
             if size and kept + size <= max_bytes:
                 self.reader.keep_index(model_id)

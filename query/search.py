@@ -194,7 +194,7 @@ def _words_query(a: Reader, words: list[str], candidates: list[str]) -> Query:
 
 
 def _d_model(a: Reader, model_id: str) -> int:
-    rows = a.sql("SELECT d_model FROM models WHERE model_id = ?", [model_id])
+    rows = a.sql(f"SELECT d_model FROM {a.relation(model_id, 'models')}")
     return int(rows["d_model"][0].as_py())
 
 

@@ -320,6 +320,10 @@ class Reader:
         """The model's centered unembedding, ``[d_vocab, d_model]`` float16 (memory-mapped)."""
         raise NotImplementedError
 
+    def keep_unembedding(self, model_id: str) -> None:
+        """Map the model's unembedding now and keep it mapped while the handle is open."""
+        raise NotImplementedError
+
     def has_unembedding(self, model_id: str) -> bool:
         raise NotImplementedError
 
@@ -493,7 +497,9 @@ class StoreReader(Reader):
     def has_exact_index(self, model_id: str) -> bool:
         from atlas.core.indexes import EXACT
 
-        rows = self.sql("SELECT index_type FROM models WHERE model_id = ?", [model_id])
+        # the model's own table: the ``models`` view spans every store, and a search across
+        # many models asks this of each
+        rows = self.sql(f"SELECT index_type FROM {self.relation(model_id, 'models')}")
         return bool(rows.num_rows) and rows["index_type"][0].as_py() == EXACT
 
     def has_unembedding(self, model_id: str) -> bool:
@@ -503,21 +509,29 @@ class StoreReader(Reader):
         return (self.store_path(model_id) / UNEMBED).is_file()
 
     def unembedding(self, model_id: str) -> np.ndarray:
-        """Mapped once per handle, like the index: a handle keeps reading the store it opened
-        even after a replace removed it from the disk."""
+        """Like the index: the kept map (``keep_unembedding``), or a map of its own, unmapped
+        when the caller drops it. A search across many models touches a few rows of each,
+        and the pages a kept map has read stay in the process's memory."""
         with self._index_lock:
-            if model_id not in self._unembeddings:
-                path = self.store_path(model_id) / UNEMBED
-                if not path.is_file():
-                    raise no_vectors(model_id)
-                try:
-                    unembed = np.load(path, mmap_mode="r", allow_pickle=False)
-                except (OSError, ValueError) as exc:
-                    raise damaged_file(model_id, path, exc) from None
-                if unembed.ndim != 2:
-                    raise damaged_file(model_id, path, ValueError(f"shape {unembed.shape}"))
-                self._unembeddings[model_id] = unembed
-            return self._unembeddings[model_id]
+            kept = self._unembeddings.get(model_id)
+        return kept if kept is not None else self._map_unembedding(model_id)
+
+    def keep_unembedding(self, model_id: str) -> None:
+        unembed = self._map_unembedding(model_id)
+        with self._index_lock:
+            self._unembeddings.setdefault(model_id, unembed)
+
+    def _map_unembedding(self, model_id: str) -> np.ndarray:
+        path = self.store_path(model_id) / UNEMBED
+        if not path.is_file():
+            raise no_vectors(model_id)
+        try:
+            unembed = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise damaged_file(model_id, path, exc) from None
+        if unembed.ndim != 2:
+            raise damaged_file(model_id, path, ValueError(f"shape {unembed.shape}"))
+        return unembed
 
     def model_sizes(self, model_ids: list[str] | None = None) -> dict[str, int]:
         return {m: dir_size(self.store_path(m)) for m in model_ids or self.model_ids()}

@@ -124,6 +124,9 @@ class ParquetReader(Reader):
             "in token space (--space token)"
         )
 
+    def keep_unembedding(self, model_id: str) -> None:
+        self.unembedding(model_id)
+
     def model_sizes(self, model_ids: list[str] | None = None) -> dict[str, int]:
         sizes = dict.fromkeys(model_ids or self.model_ids(), 0)
         for table in TABLES:
