@@ -7,6 +7,7 @@ from typing import Any, Literal, get_args
 from atlas.core.contract import JUDGED_SQL, KINDS
 from atlas.core.errors import AtlasError, NotFound
 from atlas.core.reader import Reader, check_direction_id
+from atlas.core.views import direction_tokens_sql
 
 DEFAULT_TOP = 10  # directions a matrix card shows
 MATRIX_COLUMNS = (
@@ -34,9 +35,9 @@ def matrix_card(
             f"HEAD must be a head number or one of mlp_in, mlp_gate, mlp_out, not {head_or_kind!r}"
         )
     rows = a.sql(
-        f"SELECT {MATRIX_COLUMNS} FROM matrices WHERE model_id = ? AND layer = ? AND kind = ? "
-        "AND head IS NOT DISTINCT FROM ?",
-        [model_id, layer, kind, head],
+        f"SELECT {MATRIX_COLUMNS} FROM {a.relation(model_id, 'matrices')} "
+        "WHERE layer = ? AND kind = ? AND head IS NOT DISTINCT FROM ?",
+        [layer, kind, head],
     ).to_pylist()
     if not rows:
         raise NotFound(
@@ -45,10 +46,14 @@ def matrix_card(
             + f" in {model_id!r}"
         )
     card = rows[0]
+    rows_of_matrix = direction_tokens_sql(
+        a.relation(model_id, "directions"),
+        a.relation(model_id, "top_tokens"),
+        "d.matrix_id = ? AND d.sv_index >= ? AND d.sv_index < ?",
+    )
     directions = a.sql(
         "SELECT direction_id, sv_index, side, sigma, degenerate, pos_tokens, neg_tokens "
-        "FROM direction_tokens WHERE matrix_id = ? AND sv_index >= ? AND sv_index < ? "
-        "ORDER BY sv_index, side",
+        f"FROM ({rows_of_matrix}) ORDER BY sv_index, side",
         [card["matrix_id"], offset, offset + top],
     ).to_pylist()
     by_sv: dict[int, dict[str, Any]] = {}
@@ -76,27 +81,29 @@ def _number(value: Any, what: str) -> int:
 def direction_card(a: Reader, direction_id: int) -> dict[str, Any]:
     """One direction: where it is, its singular value and gap, tokens, partner, top neurons."""
     direction_id = check_direction_id(direction_id)
-    a.model_of(direction_id)
+    model_id = a.model_of(direction_id)  # its own store's tables, not the atlas-wide views
+    directions, top_tokens = a.relation(model_id, "directions"), a.relation(model_id, "top_tokens")
     card = a.sql(
         "SELECT d.direction_id, d.model_id, d.layer, d.head, d.kind, d.side, d.sv_index, d.sigma, "
         "d.sv_gap, d.degenerate, d.degenerate_group, d.matrix_id, d.coherence, d.coherence_z, "
-        "d.coherence_pct FROM directions d "
+        f"d.coherence_pct FROM {directions} d "
         "WHERE direction_id = ?",
         [direction_id],
     ).to_pylist()[0]
     card["tokens"] = a.sql(
-        "SELECT polarity, rank, token_display, token, score FROM top_tokens "
+        f"SELECT polarity, rank, token_display, token, score FROM {top_tokens} "
         "WHERE direction_id = ? ORDER BY polarity DESC, rank",
         [direction_id],
     ).to_pylist()
     partner = a.sql(
-        "SELECT direction_id FROM directions WHERE matrix_id = ? AND sv_index = ? "
+        f"SELECT direction_id FROM {directions} WHERE matrix_id = ? AND sv_index = ? "
         "AND direction_id <> ?",
         [card["matrix_id"], card["sv_index"], direction_id],
     ).to_pylist()
     card["partner_id"] = partner[0]["direction_id"] if partner else None
     card["top_neurons"] = a.sql(
-        "SELECT rank, neuron, weight FROM top_neurons WHERE direction_id = ? ORDER BY rank",
+        f"SELECT rank, neuron, weight FROM {a.relation(model_id, 'top_neurons')} "
+        "WHERE direction_id = ? ORDER BY rank",
         [direction_id],
     ).to_pylist()
     return card
@@ -107,7 +114,7 @@ def direction_card(a: Reader, direction_id: int) -> dict[str, Any]:
 MatrixStat = Literal["sigma_max", "stable_rank", "effective_rank", "coherence", "top_coherence"]
 MATRIX_STATS: tuple[MatrixStat, ...] = get_args(MatrixStat)
 _TOP_COHERENCE = (
-    "(SELECT d.coherence FROM directions d WHERE d.matrix_id = m.matrix_id "
+    "(SELECT d.coherence FROM {directions} d WHERE d.matrix_id = m.matrix_id "
     f"AND d.sv_index = 0 AND ({JUDGED_SQL}) LIMIT 1)"
 )
 
@@ -117,9 +124,12 @@ def matrix_stats(a: Reader, model_id: str, stat: str) -> list[dict[str, Any]]:
     a.require_model(model_id)
     if stat not in MATRIX_STATS:
         raise AtlasError(f"unknown statistic {stat!r}; choose one of {', '.join(MATRIX_STATS)}")
-    column = _TOP_COHERENCE if stat == "top_coherence" else f"m.{stat}"
+    column = (
+        _TOP_COHERENCE.format(directions=a.relation(model_id, "directions"))
+        if stat == "top_coherence"
+        else f"m.{stat}"
+    )
     return a.sql(
-        f"SELECT m.layer, m.head, m.kind, {column} AS value FROM matrices m "
-        "WHERE m.model_id = ? ORDER BY m.layer, m.kind, m.head",
-        [model_id],
+        f"SELECT m.layer, m.head, m.kind, {column} AS value "
+        f"FROM {a.relation(model_id, 'matrices')} m ORDER BY m.layer, m.kind, m.head"
     ).to_pylist()

@@ -28,6 +28,7 @@ import numpy as np
 from atlas.core.errors import AtlasError
 from atlas.core.indexes import merge_valences
 from atlas.core.reader import Reader, no_vectors
+from atlas.core.views import direction_tokens_sql
 from query.filters import Filters
 from query.vectors import (
     direction_bag,
@@ -291,13 +292,17 @@ def describe(a: Reader, scored: list[tuple[float, int]], space: str) -> list[Hit
     """Hits with their metadata and tokens, in the order given."""
     if not scored:
         return []
-    rows = a.sql(
-        "SELECT direction_id, model_id, layer, head, kind, side, sv_index, sigma, degenerate, "
-        "pos_tokens, neg_tokens, pos_scores, neg_scores FROM direction_tokens "
-        "WHERE direction_id IN (SELECT unnest(?))",
-        [[i for _, i in scored]],
-    ).to_pylist()
-    meta = {r["direction_id"]: r for r in rows}
+    by_model: dict[str, list[int]] = {}
+    for _, i in scored:
+        by_model.setdefault(a.model_of(i), []).append(i)
+    meta = {}
+    for model_id, ids in by_model.items():  # each model's own store, not the atlas-wide view
+        sql = direction_tokens_sql(
+            a.relation(model_id, "directions"),
+            a.relation(model_id, "top_tokens"),
+            "d.direction_id IN (SELECT unnest(?))",
+        )
+        meta |= {r["direction_id"]: r for r in a.sql(sql, [ids]).to_pylist()}
     hits = []
     for score, i in scored:
         r = meta[i]

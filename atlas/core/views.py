@@ -13,8 +13,14 @@ import duckdb
 
 from atlas.core.contract import JUDGED_SIDE
 
-VIEWS = {
-    "direction_tokens": """
+
+def direction_tokens_sql(
+    directions: str = "directions", top_tokens: str = "top_tokens", where: str = "TRUE"
+) -> str:
+    """The ``direction_tokens`` view's query, over the given relations and rows of
+    ``directions``: one model's own tables, where a question is about one model, read that
+    model's store alone, while the view spans every store of the atlas."""
+    return f"""
         SELECT d.direction_id, d.matrix_id, d.model_id, d.layer, d.head, d.kind, d.side,
                d.sv_index, d.sigma, d.degenerate,
                list(t.token_display ORDER BY t.rank) FILTER (WHERE t.polarity = 'pos')
@@ -23,10 +29,15 @@ VIEWS = {
                    AS neg_tokens,
                list(t.score ORDER BY t.rank) FILTER (WHERE t.polarity = 'pos') AS pos_scores,
                list(t.score ORDER BY t.rank) FILTER (WHERE t.polarity = 'neg') AS neg_scores
-        FROM directions d JOIN top_tokens t USING (direction_id)
+        FROM {directions} d JOIN {top_tokens} t USING (direction_id)
+        WHERE {where}
         GROUP BY d.direction_id, d.matrix_id, d.model_id, d.layer, d.head, d.kind, d.side,
                  d.sv_index, d.sigma, d.degenerate
-    """,
+    """
+
+
+VIEWS = {
+    "direction_tokens": direction_tokens_sql(),
     "head_summary": f"""
         SELECT m.model_id, m.layer, m.head, m.matrix_id, m.sigma_max, m.frobenius_norm,
                m.stable_rank, m.effective_rank, m.numerical_rank,
