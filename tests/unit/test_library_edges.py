@@ -46,10 +46,17 @@ def test_statements_that_are_not_queries_are_refused(statement: str) -> None:
         "EXPLAIN ANALYZE SELECT 1",
         "EXPLAIN (FORMAT json) SELECT 1",
         "FROM directions LIMIT 1",
+        "PIVOT matrices ON kind IN ('ov', 'mlp_in') USING count(*)",
     ],
 )
 def test_queries_pass(statement: str) -> None:
     check_statement(statement)
+
+
+def test_a_pivot_without_its_values_says_how_to_write_it() -> None:
+    """DuckDB runs it as two statements (the first finds the values), which sql refuses."""
+    with pytest.raises(AtlasError, match=r"list the values, as in PIVOT t ON kind IN"):
+        check_statement("PIVOT matrices ON kind USING count(*)")
 
 
 def test_writes_pass_only_when_asked_for() -> None:
