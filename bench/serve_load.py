@@ -166,15 +166,17 @@ def start_server(atlas_dir: Path, workers: int) -> tuple[subprocess.Popen[str], 
 
     port = free_port()
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [*CLI, "--atlas", str(atlas_dir), "serve", "--port", str(port), "--workers",
-         str(workers), "--timeout", "30"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(),
-    )  # fmt: skip
+    log = DATA / f"serve-{workers}.log"  # a file, not a pipe: nobody reads it while it runs
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            [*CLI, "--atlas", str(atlas_dir), "serve", "--port", str(port), "--workers",
+             str(workers), "--timeout", "30"],
+            stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=env(),
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     while True:
         if process.poll() is not None:
-            raise RuntimeError(process.stderr.read() if process.stderr else "server exited")
+            raise RuntimeError(log.read_text() or "server exited")
         try:
             if httpx.get(f"{url}/api/health", timeout=5).status_code == 200:
                 break

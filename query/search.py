@@ -295,7 +295,7 @@ def describe(a: Reader, scored: list[tuple[float, int]], space: str) -> list[Hit
     by_model: dict[str, list[int]] = {}
     for _, i in scored:
         by_model.setdefault(a.model_of(i), []).append(i)
-    meta = {}
+    meta: dict[int, dict[str, Any]] = {}
     for model_id, ids in by_model.items():  # each model's own store, not the atlas-wide view
         sql = direction_tokens_sql(
             a.relation(model_id, "directions"),

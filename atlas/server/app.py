@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, AtlasWarning
 from atlas.core.versions import version
 from atlas.server import DEFAULT_INDEX_MEMORY_GB, DEFAULT_TIMEOUT, api, pages
 from atlas.server.live import LiveAtlas
@@ -49,6 +50,10 @@ def create_app(
 ) -> FastAPI:
     """The server for the atlas at ``location``, opened (up to ``index_memory_gb`` of its
     indexes loaded) before it returns."""
+    # The notes of a search or card go out in its response; as warnings they would also be a
+    # line on the server's stderr for every request (the library's notes for a user at a
+    # prompt). A model left out at open is still told there: it is warned from atlas.server.live.
+    warnings.filterwarnings("ignore", category=AtlasWarning, module=r"atlas\.server\.(api|pages)$")
     live = LiveAtlas(location, int(index_memory_gb * 2**30))
 
     @asynccontextmanager

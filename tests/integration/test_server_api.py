@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,18 @@ def test_search_equals_the_library(
     expected = handle.search(text, **call)
     assert got["hits"] == same([h.to_dict() for h in expected]) and got["hits"]
     assert got["notes"] == expected.notes
+
+
+def test_a_searchs_notes_go_in_its_response_not_to_the_servers_stderr(minilm_atlas: Path) -> None:
+    """Warned, they would be a line on stderr for every request (filling a log, or a pipe
+    nobody reads, which then blocks the server)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", category=atlas.core.errors.AtlasWarning)
+        with TestClient(create_app(str(minilm_atlas))) as c:
+            assert ok(c, "/api/search?q=fire+zzqqxx")["notes"] == [
+                "not in minilm's vocabulary: zzqqxx"
+            ]
+            assert "zzqqxx" in c.get("/search?q=fire+zzqqxx").text  # the page shows it
 
 
 def test_search_fields_are_the_clis(client: TestClient, minilm_atlas: Path) -> None:
