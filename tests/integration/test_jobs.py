@@ -36,6 +36,19 @@ BAD = IngestOptions(model="random:no-such-shape", device="cpu")
 BUILD_TASK = b"ray::build_task"  # the title Ray gives a worker process while it runs one
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Every ingest of this module computes as a Ray worker does: Ray gives a task of one CPU
+    ``OMP_NUM_THREADS=1``, and a different number of threads rounds differently (vectors of
+    nearly degenerate directions then differ by a few 1e-5, past the comparison's 1e-5)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def one_by_one(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The job's models ingested by three separate ingests, in the job's order."""
