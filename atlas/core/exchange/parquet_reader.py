@@ -107,7 +107,7 @@ class ParquetReader(Reader):
         if self.info.get("vectors") == "none":
             return 0
         row = self.sql(
-            "SELECT n_directions, d_model FROM models WHERE model_id = ?", [model_id]
+            f"SELECT n_directions, d_model FROM {self.relation(model_id, 'models')}"
         ).to_pylist()[0]
         return int(row["n_directions"]) * int(row["d_model"]) * 4
 
