@@ -102,7 +102,7 @@ def test_publishes_show_up_without_a_restart_and_never_mixed(
     for t in threads:
         t.start()
     try:
-        ingest = run_cli("--atlas", root, "ingest", "minilm", "--replace", timeout=600)
+        ingest = run_cli("--atlas", root, "ingest", "minilm", "--replace")
         assert ingest.returncode == 0, ingest.stderr
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (not seen or seen[-1] != "new"):
@@ -161,11 +161,11 @@ def test_bad_starts_are_one_line(minilm_atlas: Path, tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         line = assert_one_error_line(
-            run_cli("--atlas", minilm_atlas, "serve", "--port", str(port), timeout=60)
+            run_cli("--atlas", minilm_atlas, "serve", "--port", str(port))
         )
     assert f"cannot listen on 127.0.0.1:{port}" in line and "--port" in line
     assert "no atlas at" in assert_one_error_line(
-        run_cli("--atlas", tmp_path / "none", "serve", "--port", str(free_port()), timeout=60)
+        run_cli("--atlas", tmp_path / "none", "serve", "--port", str(free_port()))
     )
     assert run_cli("--atlas", minilm_atlas, "serve", "--port", "0").returncode == 2  # click
 

@@ -20,16 +20,44 @@ def quiet(_message: str) -> None:
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+PROCESS_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.update(extra or {})
-    return env
+    return {**os.environ, **PROCESS_ENV, **(extra or {})}
 
 
 def run_cli(
+    *args: str | Path, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in this process, through click's ``CliRunner``: what a user would see, without
+    paying for a new interpreter (and torch's import) per call.
+
+    An exception the CLI failed to turn into one line shows up as a traceback on stderr, as it
+    would in a terminal, so ``"Traceback" not in result.stderr`` still means something. Use
+    :func:`run_cli_process` where process behaviour (signals, exit codes of a dying process,
+    pipes, resource limits) is what the test is about.
+    """
+    import traceback
+
+    from click.testing import CliRunner
+
+    from atlas.cli.main import cli
+
+    runner = CliRunner(env={**PROCESS_ENV, **(env or {})})
+    result = runner.invoke(cli, [str(a) for a in args], input=input, prog_name="svd-atlas")
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(
+        ["svd-atlas", *map(str, args)], result.exit_code, result.stdout, stderr
+    )
+
+
+def run_cli_process(
     *args: str | Path, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """The CLI in a fresh interpreter, for tests of process behaviour."""
     return subprocess.run(
         [*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=cli_env(env)
     )
