@@ -35,6 +35,9 @@ NORM_STD = 0.1
 _GPT2 = {"vocab_size": 50257, "n_positions": 1024, "activation_function": "gelu_new"}
 _LLAMA = {"vocab_size": 32000, "max_position_embeddings": 2048, "tie_word_embeddings": False}
 RANDOM_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
+    # GPT-2's architecture at a toy size: seconds to save, shard and ingest (tests, trying out).
+    "gpt2-tiny": ("gpt2", {**_GPT2, "vocab_size": 4096, "n_positions": 128, "n_layer": 3,
+                           "n_head": 4, "n_embd": 64}),
     "gpt2-small": ("gpt2", {**_GPT2, "n_layer": 12, "n_head": 12, "n_embd": 768}),
     "gpt2-medium": ("gpt2", {**_GPT2, "n_layer": 24, "n_head": 16, "n_embd": 1024}),
     "gpt2-large": ("gpt2", {**_GPT2, "n_layer": 36, "n_head": 20, "n_embd": 1280}),

@@ -3,8 +3,8 @@
 The whole-model path is the model booted whole as one TransformerBridge and ingested from it
 (``ingest(..., loaded=load_model(...))``, what earlier versions always did). Compared: every
 table row (ids included), the top tokens and the signs, vectors to 1e-5, and search results;
-on the bundled MiniLM, on a saved ``random:llama-tiny`` folder and on a ``random:gpt2-small``
-folder saved in two safetensors shards.
+on the bundled MiniLM, on a saved ``random:llama-tiny`` folder and on a ``random:gpt2-tiny``
+folder saved in two safetensors shards (the sharding logic needs GPT-2's layout, not its size).
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def test_saved_llama_tiny_folder_streamed_equals_whole_model(tmp_path: Path) -> 
         np.testing.assert_array_equal(np.array(va), np.array(vb))
 
 
-def test_two_shard_gpt2_small_folder_streamed_equals_whole_model(tmp_path: Path) -> None:
-    folder = save_random_model("gpt2-small", tmp_path / "gpt2-small", shards=2)
+def test_two_shard_gpt2_folder_streamed_equals_whole_model(tmp_path: Path) -> None:
+    folder = save_random_model("gpt2-tiny", tmp_path / "gpt2-tiny", shards=2)
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     assert (
         len(set(index["weight_map"].values())) == 2 and len(list(folder.glob("*.safetensors"))) == 2
@@ -106,11 +106,11 @@ def test_streamed_blocks_equal_the_whole_bridge(tmp_path: Path, processing: str)
     from ingest.loading import resolve_spec
     from ingest.weights import extract_weights
 
-    folder = save_random_model("gpt2-small", tmp_path / "g", shards=2)
+    folder = save_random_model("gpt2-tiny", tmp_path / "g", shards=2)
     blocks = open_blocks(resolve_spec(str(folder)), processing=processing)
     whole = extract_weights(load_model(str(folder), processing=processing).bridge, "cpu")
-    assert blocks.n_blocks == 12
-    for i in (0, 5, 11):
+    assert blocks.n_blocks == 3
+    for i in range(3):
         block = blocks.block(i)
         assert block.W_V[0].equal(whole.W_V[i]) and block.W_O[0].equal(whole.W_O[i])
         for kind, matrices in whole.mlp.items():
