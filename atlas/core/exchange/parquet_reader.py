@@ -103,6 +103,15 @@ class ParquetReader(Reader):
         vectors = vector_matrix(rows["vector"])
         return ResidualIndex([build_index(vectors, ids, EXACT)]), vectors.nbytes
 
+    def stored_vectors(self, model_id: str, ids: np.ndarray) -> np.ndarray:
+        """The index is built from the tree's own vectors: its copy is theirs (no second read
+        of the tree per search)."""
+        index = self.residual_index(model_id)
+        try:
+            return np.asarray(index.reconstruct_batch(np.asarray(ids, np.int64)))
+        except KeyError:
+            raise AtlasError(f"model {model_id!r}: a direction id is not in the tree") from None
+
     def index_bytes(self, model_id: str) -> int:
         if self.info.get("vectors") == "none":
             return 0
