@@ -95,7 +95,7 @@ class Finding:
 
 @dataclass
 class CheckReport:
-    root: Path
+    root: Path | str  # an atlas directory, or a Parquet tree's location (perhaps a URL)
     models: int = 0
     directions: int = 0
     findings: list[Finding] = field(default_factory=list)

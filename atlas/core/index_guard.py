@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from atlas.core.errors import DamagedIndex, one_line
+from atlas.core.errors import AtlasError, DamagedIndex, one_line
 from atlas.core.indexes import ResidualIndex, full_vectors, index_ids, is_index_file, read_index
 from atlas.core.layout import MANIFEST
 
@@ -91,9 +91,12 @@ def read_checked(paths: list[Path], contract: IndexContract) -> ResidualIndex:
     for path in paths:
         try:
             shards.append(read_index(path))
-        except Exception as exc:  # faiss raises RuntimeError, or worse, for a damaged header
+        except AtlasError as exc:  # read_index's one line names the file by its full path
+            why = str(exc).split("; svd-atlas check")[0].replace(str(path), f"file {path.name}")
+            raise damaged_index(contract.model_id, why) from None
+        except Exception as exc:  # faiss raises worse than RuntimeError for some headers
             raise damaged_index(
-                contract.model_id, f"file {path.name} cannot be read ({one_line(exc, 160)})"
+                contract.model_id, f"file {path.name} cannot be read ({one_line(exc, 120)})"
             ) from None
     problem = _structure_problem(shards, contract)
     if problem:
