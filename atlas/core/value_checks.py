@@ -6,7 +6,8 @@ recomputes it. These checks look at the values themselves:
 - ``sigma`` finite, non-negative and non-increasing with ``sv_index`` within a matrix's side;
 - direction vectors finite and of unit norm (all of them, or a sample where reading every
   vector is the expensive part, as when a Parquet tree is opened);
-- top-token scores finite, in rank order, and, on a sample of directions, equal to the
+- top-token scores finite, in rank order (of all directions, or a sample with the vectors),
+  and, on a sample of directions, equal to the
   direction's vector read through the model's centered unembedding (where both are here).
 
 Each problem is one line naming the model, the direction (its matrix, side and sv_index) and
@@ -54,12 +55,12 @@ def value_problems(
 ) -> list[str]:
     """Every kind of bad value the model's rows hold (the first case of each), as lines.
 
-    ``vectors``: check the norms of ``all`` vectors, a ``sample`` or ``none`` (the caller
-    checks them itself)."""
+    ``vectors``: check the norms of ``all`` vectors, a ``sample`` (and then the top-token order
+    of a sample too) or ``none`` (the caller checks them itself)."""
     found = [_sigma_problem(run, directions)]
     if vectors != "none":
         found.append(_vector_problem(run, directions, vectors == "all"))
-    found.append(_score_order_problem(run, directions, top_tokens))
+    found.append(_score_order_problem(run, directions, top_tokens, vectors != "sample"))
     if unembed is not None and not any(found):
         found.append(_score_problem(run, directions, top_tokens, unembed))
     return [f"model {model_id!r}: {p}" for p in found if p]
@@ -117,7 +118,15 @@ def _vector_problem(run: Run, directions: str, all_vectors: bool) -> str | None:
     return f"{where(row)}: its vector has norm {norm:.6g}, not unit length"
 
 
-def _score_order_problem(run: Run, directions: str, top_tokens: str) -> str | None:
+def _score_order_problem(run: Run, directions: str, top_tokens: str, every: bool) -> str | None:
+    """Scores finite and in rank order: of ``every`` direction, or of a sample (where reading
+    every row is the expensive part)."""
+    among = (
+        ""
+        if every
+        else f"WHERE direction_id IN (SELECT direction_id FROM {directions} "
+        f"USING SAMPLE reservoir({SAMPLE} ROWS))"
+    )
     row = _first(
         run,
         f"""
@@ -125,7 +134,7 @@ def _score_order_problem(run: Run, directions: str, top_tokens: str) -> str | No
                t.polarity, t.rank, t.score FROM (
             SELECT direction_id, polarity, rank, score,
                    lag(score) OVER (PARTITION BY direction_id, polarity ORDER BY rank) AS previous
-            FROM {top_tokens}
+            FROM {top_tokens} {among}
             QUALIFY score IS NULL OR NOT isfinite(score)
                     OR (polarity = 'pos' AND score > previous)
                     OR (polarity = 'neg' AND score < previous)
