@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, DamagedIndex
 
 if TYPE_CHECKING:
     from atlas.api import Atlas
 
-__all__ = ["Atlas", "AtlasError", "open"]
+__all__ = ["Atlas", "AtlasError", "DamagedIndex", "open"]
 
 
 def open(  # noqa: A001 - mirrors builtins.open on purpose

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from atlas.core.errors import AtlasError, AtlasWarning
+from atlas.core.errors import AtlasError, AtlasWarning, DamagedIndex
 from atlas.core.exchange.bundle_format import BundleManifest
 from atlas.core.exchange.export import export_bundle
 from atlas.core.exchange.parquet_tree import export_parquet_tree
@@ -28,7 +28,7 @@ from atlas.core.sqlguard import check_timeout
 from query.cards import DEFAULT_TOP, direction_card, matrix_card, matrix_stats
 from query.compare import compare as compare_models
 from query.filters import make_filters
-from query.search import DEFAULT_K, Hit, Hits, approximate_note, resolve_query
+from query.search import DEFAULT_K, Hits, approximate_note, resolve_query
 from query.search import search as run_search
 from query.spectrum import DEFAULT_JUMP_FACTOR, Spectra, load_spectra
 from query.trace import DEFAULT_HOPS, DEFAULT_LIMIT, DEFAULT_MIN_COS, TraceStep
@@ -97,8 +97,23 @@ class Atlas:
                 self.reader.keep_unembedding(model_id)
             size = self.reader.index_bytes(model_id)
             if size and kept + size <= max_bytes:
-                self.reader.keep_index(model_id)
+                try:
+                    self.reader.keep_index(model_id)
+                except DamagedIndex as exc:  # the other models are served as usual
+                    warnings.warn(str(exc), AtlasWarning, stacklevel=2)
+                    continue
                 kept += size
+
+    def damaged_indexes(self) -> dict[str, str]:
+        """Models whose index is refused as damaged (model_id -> the refusal): those a search
+        met, and those whose index files disagree with their manifest. The other models are
+        searched as usual."""
+        found = {}
+        for model_id in self.model_ids():
+            problem = self.reader.index_problem(model_id)
+            if problem:
+                found[model_id] = problem
+        return found
 
     def loaded_indexes(self) -> list[str]:
         """The models whose residual indexes are loaded now."""
@@ -182,10 +197,13 @@ class Atlas:
         for note in notes:
             warnings.warn(note, AtlasWarning, stacklevel=2)
 
-        def work() -> list[Hit]:
+        def work() -> Hits:
             return run_search(self.reader, query, filters, k=k, min_score=min_score)
 
-        return Hits(self._call(work, timeout), notes)
+        hits: Hits = self._call(work, timeout)
+        for note in hits.notes:  # models left out as the search ran (a damaged index)
+            warnings.warn(note, AtlasWarning, stacklevel=2)
+        return Hits(hits, [*notes, *hits.notes])
 
     def trace(
         self,

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, DamagedIndex
+from atlas.core.index_guard import exact_cosines
 from atlas.core.indexes import merge_valences
 from atlas.core.reader import Reader, no_vectors
 from atlas.core.views import direction_tokens_sql
@@ -222,18 +223,27 @@ def search(
     filters: Filters | None = None,
     k: int = DEFAULT_K,
     min_score: float = 0.0,
-) -> list[Hit]:
-    """The ``k`` directions with the largest ``|cos|`` to the query, across its models."""
+) -> Hits:
+    """The ``k`` directions with the largest ``|cos|`` to the query, across its models; a
+    model whose index is refused as damaged is left out with a note (the only model searched
+    is one line instead)."""
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise AtlasError(f"k must be an integer from 1 to {MAX_K}, not {k!r}")
     if not isinstance(min_score, int | float) or not 0.0 <= min_score <= 1.0:
         raise AtlasError(f"min_score must be a number from 0 to 1, not {min_score!r}")
     filters = filters or Filters()
     scored: list[tuple[float, int]] = []
+    refused: list[str] = []
     for model_id in query.models:
         a.check_cancelled()  # a server's time limit stops a search between models
         if query.space == "residual":
-            ids, sims = nearest_residual(a, model_id, query.vectors[model_id], filters, k + 1)
+            try:
+                ids, sims = nearest_residual(a, model_id, query.vectors[model_id], filters, k + 1)
+            except DamagedIndex as exc:
+                if len(query.models) == 1:
+                    raise
+                refused.append(f"not searched: {exc}")
+                continue
         else:
             assert query.bag is not None
             ids, sims = nearest_tokens(a, model_id, query.bag, filters, k + 1)
@@ -243,7 +253,7 @@ def search(
             if i != query.exclude and abs(s) >= min_score
         ]
     scored.sort(key=lambda t: (-abs(t[0]), t[1]))
-    return describe(a, scored[:k], query.space)
+    return Hits(describe(a, scored[:k], query.space), refused)
 
 
 def nearest_residual(
@@ -254,12 +264,25 @@ def nearest_residual(
     both = np.stack([q, -q]).astype(np.float32)
     if not filters.active:
         sims, ids = index.search(both, min(k, index.ntotal))
-        return merge_valences(ids, sims, k)
-    allowed = filters.allowed_ids(a, model_id)
-    if len(allowed) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    sims, ids = index.search_among(both, min(k, len(allowed)), allowed)
-    return merge_valences(ids, sims, k)
+    else:
+        allowed = filters.allowed_ids(a, model_id)
+        if len(allowed) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        sims, ids = index.search_among(both, min(k, len(allowed)), allowed)
+    ids, sims = merge_valences(ids, sims, k)
+    return ids, scored_from_store(a, model_id, q, ids, sims)
+
+
+def scored_from_store(
+    a: Reader, model_id: str, q: np.ndarray, ids: np.ndarray, index_sims: np.ndarray
+) -> np.ndarray:
+    """The signed cosines of the index's answers, recomputed from the vectors the store holds
+    (a damaged index is refused here: ``atlas.core.index_guard``)."""
+    if len(ids) == 0:
+        return np.zeros(0, np.float32)
+    stored = a.stored_vectors(model_id, ids)
+    with a.refusing_damaged_index(model_id):
+        return exact_cosines(model_id, q, stored, index_sims)
 
 
 def nearest_tokens(

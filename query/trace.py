@@ -17,8 +17,8 @@ import numpy as np
 from atlas.core.errors import AtlasError
 from atlas.core.reader import Reader, check_direction_id
 from query.filters import Filters
-from query.search import HIT_FIELDS, Hit, describe, nearest_tokens
-from query.vectors import direction_bag
+from query.search import HIT_FIELDS, Hit, describe, nearest_tokens, scored_from_store
+from query.vectors import direction_bag, direction_vector
 
 DEFAULT_LIMIT = 500
 DEFAULT_HOPS = 1
@@ -129,11 +129,15 @@ def _residual_range(
 ) -> list[tuple[int, float]]:
     """Every direction of the model whose |cos| with ``node`` is at least ``min_cos``."""
     index = a.residual_index(model_id)
-    q = index.reconstruct_batch(np.array([node]))[0]
+    _, q = direction_vector(a, node)
     (same_ids, same), (opposite_ids, opposite) = index.range_search(np.stack([q, -q]), min_cos)
     pairs = {int(i): float(s) for i, s in zip(same_ids, same, strict=True)}
     pairs.update({int(i): -float(s) for i, s in zip(opposite_ids, opposite, strict=True)})
     pairs.pop(node, None)
+    if pairs:  # every cosine shown is recomputed from the stored vectors
+        ids = np.fromiter(pairs, np.int64, len(pairs))
+        exact = scored_from_store(a, model_id, q, ids, np.array(list(pairs.values())))
+        pairs = {int(i): float(c) for i, c in zip(ids, exact, strict=True) if abs(c) >= min_cos}
     if filters.active:
         allowed = set(filters.allowed_ids(a, model_id).tolist())
         pairs = {i: c for i, c in pairs.items() if i in allowed}

@@ -66,9 +66,11 @@ def text_token_bag(words: list[str]) -> dict[str, float]:
 
 
 def direction_vector(a: Reader, direction_id: int) -> tuple[str, np.ndarray]:
-    """The model a direction belongs to and its stored residual-space vector."""
+    """The model a direction belongs to and its stored residual-space vector (DuckDB's, not
+    the index's copy: a damaged index cannot change a query)."""
     model_id = a.model_of(direction_id)
-    return model_id, a.residual_index(model_id).reconstruct_batch(np.array([direction_id]))[0]
+    a.residual_index(model_id)  # one line for a model without vectors, or a damaged index
+    return model_id, a.stored_vectors(model_id, np.array([direction_id]))[0]
 
 
 def direction_bag(a: Reader, direction_id: int) -> dict[str, float]:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from atlas.cli.output import dumps, text_or_json_option
+from atlas.core.errors import AtlasError
 from atlas.core.jsondata import printable
 
 
@@ -21,7 +22,9 @@ from atlas.core.jsondata import printable
 @text_or_json_option("text for reading, json for machines.")
 @click.pass_obj
 def check(obj: dict[str, Any], repair: bool, fmt: str) -> None:
-    """Verify the atlas: tables, ids, indexes and checksums of every model.
+    """Verify the atlas: tables, ids, indexes, checksums and values of every model.
+
+    On a Parquet tree: what can be checked read-only (tables, ids and values).
 
     Prints one line per problem, each with what fixes it, and a summary; exits 1 if a problem
     remains. --repair never changes DuckDB data.
@@ -29,7 +32,18 @@ def check(obj: dict[str, Any], repair: bool, fmt: str) -> None:
     from atlas.core.check import check_atlas
     from atlas.core.repair import repair_atlas
 
-    report = repair_atlas(obj["atlas"]) if repair else check_atlas(obj["atlas"])
+    location = obj["atlas"]
+    if is_tree(location):
+        from atlas.core.check_tree import check_tree
+
+        if repair:
+            raise AtlasError(
+                f"{location} is a Parquet tree: check reads it, but nothing repairs it in "
+                "place; export the damaged models into it again"
+            )
+        report = check_tree(location)
+    else:
+        report = repair_atlas(location) if repair else check_atlas(location)
     if fmt == "json":
         click.echo(dumps(report.to_json()))
     else:
@@ -46,6 +60,15 @@ def check(obj: dict[str, Any], repair: bool, fmt: str) -> None:
         )
     if not report.ok:
         sys.exit(1)
+
+
+def is_tree(location: str) -> bool:
+    """Whether ``location`` names a Parquet tree (a URL, or a folder with the tree's marker)."""
+    from pathlib import Path
+
+    from atlas.core.exchange.tree_format import MARKER
+
+    return "://" in str(location) or (Path(location) / MARKER).is_file()
 
 
 COMMANDS = [check]

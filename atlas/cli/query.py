@@ -172,6 +172,8 @@ def search(obj: dict[str, Any], words: tuple[str, ...], n_tokens: int, fmt: str,
     with atlas.open(obj["atlas"]) as a:
         hits = a.search(list(words) if words else None, **_library_args(kw))
     columns = HIT_JSON_COLUMNS if fmt == "json" else HIT_COLUMNS
+    if fmt != "json" and any(h.space == "token" for h in hits):
+        columns = [*columns[:-1], "space", columns[-1]]  # scores that are not residual cosines
     emit([_hit_row(h, n_tokens, fmt) for h in hits], columns, fmt)
 
 

@@ -48,6 +48,7 @@ from atlas.core.layout import (
 from atlas.core.reader import store_problem
 from atlas.core.sqlguard import sql_string
 from atlas.core.store import sha256_file
+from atlas.core.value_checks import value_problems
 from atlas.core.vectors import vector_matrix
 
 REINGEST = "re-ingest the model (svd-atlas ingest MODEL --replace) or load its bundle again"
@@ -94,7 +95,7 @@ class Finding:
 
 @dataclass
 class CheckReport:
-    root: Path
+    root: Path | str  # an atlas directory, or a Parquet tree's location (perhaps a URL)
     models: int = 0
     directions: int = 0
     findings: list[Finding] = field(default_factory=list)
@@ -214,7 +215,8 @@ class ModelCheck:
             model = self._check_tables(con)
             if model is not None:
                 self._check_vectors(con, model)
-                self._check_unembedding(model)
+                unembed = self._check_unembedding(model)
+                self._check_values(con, unembed)
         except duckdb.Error as exc:
             self.error(f"{MODEL_DB} cannot be read: {one_line(exc)}", UNPUBLISH)
         finally:
@@ -315,16 +317,18 @@ class ModelCheck:
         seen = np.zeros(0, np.int64)
         bad_norm = mismatched = 0
         for ids, vectors in _vector_chunks(con, int(model["d_model"])):
-            bad_norm += int(np.sum(np.abs(np.linalg.norm(vectors, axis=1) - 1) > UNIT_TOLERANCE))
+            # a NaN fails every comparison: count what is not within the tolerance
+            norms = np.linalg.norm(vectors, axis=1)
+            bad_norm += int(np.sum(~(np.abs(norms - 1) <= UNIT_TOLERANCE)))
             if index is not None:
                 in_index = np.isin(ids, index.ids())
                 if in_index.any():
                     stored = index.reconstruct_batch(ids[in_index])
                     diff = np.abs(stored - vectors[in_index]).max(axis=1)
-                    mismatched += int(np.sum(diff > VECTOR_TOLERANCE))
+                    mismatched += int(np.sum(~(diff <= VECTOR_TOLERANCE)))
             seen = np.concatenate([seen, ids])
         if bad_norm:
-            self.error(f"{bad_norm} direction vectors are not unit length")
+            self.error(f"{bad_norm} direction vectors are not unit length (or not finite)")
         if index is None:
             return
         missing = np.setdiff1d(seen, index.ids()).size
@@ -372,21 +376,37 @@ class ModelCheck:
             shards.append(shard)
         return ResidualIndex(shards)
 
-    def _check_unembedding(self, model: dict[str, Any]) -> None:
+    def _check_unembedding(self, model: dict[str, Any]) -> np.ndarray | None:
+        """The unembedding, mapped, if it has the model's shape (else a finding)."""
         path = self.store / UNEMBED
         if not path.is_file():
             if UNEMBED not in self.manifest.get("members", {}):
                 note = f"no {UNEMBED}: words are searched in token space only"
                 self.findings.append(Finding("info", self.model_id, note))
-            return
+            return None
         try:
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            unembed = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             self.error(f"{UNEMBED} cannot be read ({one_line(exc)})")
-            return
+            return None
         expected = (int(model["d_vocab"]), int(model["d_model"]))
-        if shape != expected:
+        if unembed.shape != expected:
+            shape = unembed.shape
             self.error(f"{UNEMBED} has shape {shape}, expected [d_vocab, d_model] {expected}")
+            return None
+        return unembed
+
+    def _check_values(self, con: duckdb.DuckDBPyConnection, unembed: np.ndarray | None) -> None:
+        """sigma, vectors and top-token scores as values (``atlas.core.value_checks``)."""
+
+        def run(query: str, params: list[Any] | None) -> Any:
+            return con.sql(query, params=params).to_arrow_table()
+
+        problems = value_problems(
+            run, self.model_id, "directions", "top_tokens", unembed, vectors="none"
+        )  # every vector's norm: _check_vectors
+        for problem in problems:
+            self.error(problem.split(": ", 1)[1])
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:

@@ -14,6 +14,11 @@ class NotFound(AtlasError):
     """The named model, matrix or direction is not in the atlas (HTTP 404 in the server)."""
 
 
+class DamagedIndex(AtlasError):
+    """A model's FAISS index disagrees with its store (refused before, or as, it is used); the
+    message names the model and ``check --repair``. Other models stay searchable."""
+
+
 class AtlasWarning(UserWarning):
     """Something a reader of the results should know (a damaged model left out, a word the
     vocabulary lacks, an approximate index). The CLI prints it as one ``note:`` line on stderr."""

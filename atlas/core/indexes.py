@@ -19,6 +19,7 @@ float32 bytes) and re-ranks the best ``RERANK_FACTOR * k`` candidates exactly.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def read_index(path: Path) -> Any:
         index: Any = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
     except RuntimeError as exc:
         raise AtlasError(
-            f"{path} cannot be read ({one_line(exc, 120)}); svd-atlas check --repair rebuilds it"
+            f"{path} cannot be read ({faiss_reason(exc)}); svd-atlas check --repair rebuilds it"
         ) from None
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
     if not isinstance(inner, faiss.IndexFlat | faiss.IndexRefineFlat):
@@ -106,6 +107,15 @@ def read_index(path: Path) -> Any:
             "use (HNSW came from an earlier one); svd-atlas check --repair rebuilds it"
         )
     return index
+
+
+def faiss_reason(exc: BaseException) -> str:
+    """FAISS's own words from one of its errors, without the C++ signature and source path
+    it puts before them."""
+    text = one_line(exc, 2000)
+    if text.startswith("Error in "):  # "Error in <signature> at <file>:<line>: <reason>"
+        text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text)
+    return text[:120]
 
 
 def is_exact(index: Any) -> bool:

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from atlas.core.contract import TABLES
-from atlas.core.errors import AtlasError, NotFound, one_line
+from atlas.core.errors import AtlasError, DamagedIndex, NotFound, one_line
 from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size
 from atlas.core.sqlguard import (
     QueryTimeout,
@@ -43,6 +43,7 @@ from atlas.core.sqlguard import (
     run_statement,
     sql_string,
 )
+from atlas.core.vectors import vector_matrix
 from atlas.core.views import create_views
 
 USER_DB = "user.duckdb"
@@ -127,6 +128,7 @@ class Reader:
     def __init__(self, location: str):
         self.location = location
         self.damaged: dict[str, str] = {}  # model_id -> why it was left out
+        self.damaged_indexes: dict[str, str] = {}  # model_id -> why its index was refused
         self.notes: list[str] = []  # things a reader of the output should know
         self.writable = False
         # no spilling to disk: a reader writes nothing anywhere (a query past DuckDB's memory
@@ -290,14 +292,50 @@ class Reader:
         raise NotImplementedError
 
     def residual_index(self, model_id: str) -> Any:
-        """The model's residual-space FAISS index (ids = direction_id), through the cache."""
+        """The model's residual-space FAISS index (ids = direction_id), through the cache;
+        :class:`DamagedIndex` if it disagrees with its store (``atlas.core.index_guard``)."""
         self.require_model(model_id)
-        return self.indexes.get(model_id, lambda: self._read_index(model_id))
+        with self.refusing_damaged_index(model_id):
+            return self.indexes.get(model_id, lambda: self._read_index(model_id))
 
     def keep_index(self, model_id: str) -> None:
         """Read the model's index now and keep it while the handle is open."""
         self.require_model(model_id)
-        self.indexes.pin(model_id, lambda: self._read_index(model_id))
+        with self.refusing_damaged_index(model_id):
+            self.indexes.pin(model_id, lambda: self._read_index(model_id))
+
+    @contextlib.contextmanager
+    def refusing_damaged_index(self, model_id: str) -> Iterator[None]:
+        """Remember a model whose index was refused in the block (for ``damaged_indexes``:
+        a server's health names it); the refusal goes on to the caller."""
+        try:
+            yield
+        except DamagedIndex as exc:
+            with self._lock:
+                self.damaged_indexes[model_id] = str(exc)
+            raise
+
+    def index_problem(self, model_id: str) -> str | None:
+        """Why the model's index is refused, as far as is known without reading it: a refusal
+        seen already, or (where the reader can tell from file sizes) one it would meet."""
+        return self.damaged_indexes.get(model_id)
+
+    def stored_vectors(self, model_id: str, ids: np.ndarray) -> np.ndarray:
+        """The vectors ``directions`` stores for ``ids`` of one model, in the order given
+        (what the index's answers are scored against: k rows, not the table)."""
+        ids = np.asarray(ids, np.int64)
+        rows = self.sql(
+            f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')} "
+            "WHERE direction_id IN (SELECT unnest(?))",
+            [ids.tolist()],
+        )
+        found = rows["direction_id"].to_numpy().astype(np.int64)
+        vectors = vector_matrix(rows["vector"]) if rows.num_rows else np.zeros((0, 0), np.float32)
+        order = np.argsort(found)
+        at = order[np.searchsorted(found, ids, sorter=order)] if len(found) else np.zeros(0, int)
+        if len(found) != len(set(ids.tolist())) or not np.array_equal(found[at], ids):
+            raise AtlasError(f"model {model_id!r}: a direction id is not in its directions table")
+        return vectors[at]
 
     def _read_index(self, model_id: str) -> tuple[Any, int]:
         """The model's index, read, and its size in bytes."""
@@ -363,6 +401,7 @@ class StoreReader(Reader):
         self.dir = AtlasDir(root)
         super().__init__(location or str(self.dir.root))
         self._unembeddings: dict[str, np.ndarray] = {}
+        self._contracts: dict[str, Any] = {}  # model_id -> its index_guard.IndexContract
         self._index_lock = threading.Lock()
         self._user_db = False
         try:
@@ -481,13 +520,48 @@ class StoreReader(Reader):
         return self.dir.store_path(self.catalog.models[model_id])
 
     def _read_index(self, model_id: str) -> tuple[Any, int]:
-        """Shards memory-mapped; a model without vectors or with a damaged file is one line."""
-        from atlas.core.indexes import ResidualIndex, shard_files
+        """Shards memory-mapped, once they agree with the store (``index_guard``); a model
+        without vectors or with a damaged index is one line."""
+        from atlas.core.index_guard import read_checked
+        from atlas.core.indexes import shard_files
 
+        contract = self._index_contract(model_id)
         shards = shard_files(self.store_path(model_id))
-        if not shards:
+        if not shards and not contract.sizes:
             raise no_vectors(model_id)
-        return ResidualIndex.read(shards), sum(p.stat().st_size for p in shards)
+        return read_checked(shards, contract), sum(p.stat().st_size for p in shards)
+
+    def _index_contract(self, model_id: str) -> Any:
+        """What the model's index must agree with (its manifest, width and id range); read
+        once per handle, as a published store never changes."""
+        from atlas.core.index_guard import IndexContract
+
+        with self._index_lock:
+            contract = self._contracts.get(model_id)
+        if contract is None:
+            entry = self.catalog.models[model_id]
+            d_model = self.sql(f"SELECT d_model FROM {self.relation(model_id, 'models')}")
+            contract = IndexContract.of_store(
+                model_id,
+                self.store_path(model_id),
+                int(d_model["d_model"][0].as_py()),
+                entry.first_direction_id,
+                entry.n_directions,
+            )
+            with self._index_lock:
+                self._contracts[model_id] = contract
+        return contract
+
+    def index_problem(self, model_id: str) -> str | None:
+        from atlas.core.index_guard import damaged_index, file_problem
+        from atlas.core.indexes import shard_files
+
+        known = super().index_problem(model_id)
+        if known or model_id not in self._aliases:
+            return known
+        paths = shard_files(self.store_path(model_id))
+        problem = file_problem(paths, self._index_contract(model_id))
+        return str(damaged_index(model_id, problem)) if problem else None
 
     def index_bytes(self, model_id: str) -> int:
         from atlas.core.indexes import shard_files

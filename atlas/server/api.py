@@ -187,11 +187,17 @@ async def answer(request: Request, call: Any) -> StrictJSON:
 
 @router.get("/health", response_class=StrictJSON)
 async def health(request: Request) -> Any:
-    """Whether the server is up, and what it serves."""
+    """Whether the server is up, what it serves, and which models are damaged (``degraded``:
+    those are left out or refused, the others are served as usual)."""
     live = live_atlas(request)
-    models = await run(live, lambda a: a.model_ids(), time_limit(request))
-    return StrictJSON({"status": "ok", "location": live.location, "models": models,
-                       "reloads": live.generation})  # fmt: skip
+
+    def state(a: Atlas) -> dict[str, Any]:
+        damaged = {**a.damaged, **a.damaged_indexes()}
+        status = "degraded" if damaged else "ok"
+        return {"status": status, "location": live.location, "models": a.model_ids(),
+                "damaged": damaged, "reloads": live.generation}  # fmt: skip
+
+    return StrictJSON(await run(live, state, time_limit(request)))
 
 
 @router.get("/models", response_class=StrictJSON)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ def tree(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_read_by_plain_duckdb_and_pyarrow(minilm_atlas: Path, tree: Path) -> None:
     assert sorted(p.name for p in tree.iterdir()) == [
         "_svd_atlas.json", "coherence_null", "directions", "matrices", "models", "token_bags",
-        "top_neurons", "top_tokens", "vocab",
+        "top_neurons", "top_tokens", "unembed", "vocab",
     ]  # fmt: skip
     assert [p.name for p in (tree / "directions").iterdir()] == ["model_id=minilm"]
     result = subprocess.run(
@@ -137,9 +138,17 @@ def test_ids_shared_by_models_from_two_atlases_are_refused_not_guessed(
 
 
 def test_words_without_an_unembedding_are_searched_in_token_space_with_a_note(
-    tree: Path,
+    tree: Path, tmp_path: Path
 ) -> None:
-    result = run_cli("--atlas", tree, "search", "fire", "-k", "3", "--format", "json")
+    """A tree exported before trees kept the unembedding."""
+    old = tmp_path / "old"
+    shutil.copytree(tree, old)
+    shutil.rmtree(old / "unembed")
+    marker = json.loads((old / "_svd_atlas.json").read_text())
+    for info in marker["models"].values():
+        del info["unembed"]
+    (old / "_svd_atlas.json").write_text(json.dumps(marker))
+    result = run_cli("--atlas", old, "search", "fire", "-k", "3", "--format", "json")
     assert result.returncode == 0, result.stderr
     assert "note: minilm has no unembedding here: words are searched in token space" in (
         result.stderr

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -44,6 +45,7 @@ from atlas.core.store import (
     write_tables,
     writing_store,
 )
+from atlas.core.value_checks import value_problems
 from atlas.core.vectors import vector_column, vector_matrix
 
 Refusal = Callable[[str], AtlasError]
@@ -159,6 +161,9 @@ def read_model(folder: Path, model: BundleModel, vectors: str, source: str) -> M
         i = tables["directions"].column_names.index("vector")
         tables["directions"] = tables["directions"].set_column(i, "vector", vector_column(vecs))
     unembed = _unembedding(folder, model, tables["vocab"].num_rows, bad)
+    problems = bundle_value_problems(model.model_id, tables, unembed)
+    if problems:
+        raise AtlasError(f"{source}: {problems[0]}")
     return ModelData(
         model=model,
         tables=tables,
@@ -167,6 +172,28 @@ def read_model(folder: Path, model: BundleModel, vectors: str, source: str) -> M
         first_matrix_id=int(matrix_ids[0]) if len(matrix_ids) else 0,
         unembed=unembed,
     )
+
+
+def bundle_value_problems(
+    model_id: str, tables: dict[str, pa.Table], unembed: np.ndarray | None
+) -> list[str]:
+    """sigma and top-token scores as values (``atlas.core.value_checks``); the vectors were
+    checked in full already (``_vectors``)."""
+    con = duckdb.connect(":memory:", config={"temp_directory": ""})
+    try:
+        con.register("directions", tables["directions"])
+        con.register("top_tokens", tables["top_tokens"])
+        has_vectors = "vector" in tables["directions"].column_names
+        directions = (
+            "directions" if has_vectors else "(SELECT *, NULL::FLOAT[] AS vector FROM directions)"
+        )
+
+        def run(query: str, params: list[Any] | None) -> pa.Table:
+            return con.sql(query, params=params).to_arrow_table()
+
+        return value_problems(run, model_id, directions, "top_tokens", unembed, vectors="none")
+    finally:
+        con.close()
 
 
 def _unembedding(folder: Path, model: BundleModel, d_vocab: int, bad: Refusal) -> np.ndarray | None:
@@ -207,11 +234,18 @@ def _vectors(directions: pa.Table, d_model: int, bad: Refusal) -> np.ndarray:
         raise bad(f"vectors do not all have d_model = {d_model} values")
     half = column.type.value_type == pa.float16()
     vecs = vector_matrix(column)
-    if not np.isfinite(vecs).all():
-        raise bad("vectors hold NaN or infinite values")
+    ids = directions["direction_id"].to_numpy()
+    finite = np.isfinite(vecs).all(axis=1)
+    if not finite.all():
+        raise bad(f"the vector of direction {ids[np.argmin(finite)]} holds NaN or infinite values")
     norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    if np.any(np.abs(norms - 1) > (UNIT_TOLERANCE_F16 if half else UNIT_TOLERANCE)):
-        raise bad("direction vectors are not unit length")
+    off = np.abs(norms[:, 0] - 1) > (UNIT_TOLERANCE_F16 if half else UNIT_TOLERANCE)
+    if off.any():
+        first = int(np.argmax(off))
+        raise bad(
+            f"direction vectors are not unit length (direction {ids[first]} has norm "
+            f"{norms[first, 0]:.6g})"
+        )
     if half:
         vecs /= norms
     return vecs

@@ -1,9 +1,11 @@
 """Reading a Parquet tree (``export --parquet``) in place: a local folder or an object store.
 
 DuckDB reads the tree's files through a read-only file system rooted at the tree
-(``atlas.core.rofs``), the only place the locked session may open. The tree has no FAISS files
-and no unembedding: a model's residual index, where the tree has vectors, is built in memory
-from them (exact); text queries are searched in token space.
+(``atlas.core.rofs``), the only place the locked session may open. The tree has no FAISS files:
+a model's residual index, where the tree has vectors, is built in memory from them (exact).
+Words become residual queries through the model's unembedding where the tree keeps it (trees
+written before it did search words in token space). Opening a tree checks its values
+(``atlas.core.value_checks``): a tree is data from elsewhere, with no checksums to trust.
 """
 
 from __future__ import annotations
@@ -20,18 +22,20 @@ from atlas.core.exchange.tree_format import (
     PARTITIONED_BY_DIRECTION,
     partition_dir,
     read_marker,
+    read_unembedding,
     tree_filesystem,
 )
 from atlas.core.reader import Reader, check_direction_id, no_vectors
 from atlas.core.rofs import PROTOCOL, ReadOnlyRoot
 from atlas.core.sqlguard import sql_string
+from atlas.core.value_checks import UNIT_TOLERANCE, value_problems
 from atlas.core.vectors import vector_matrix
 
 
 class ParquetReader(Reader):
     """A Parquet tree; see the module notes."""
 
-    def __init__(self, location: str):
+    def __init__(self, location: str, validate: bool = True):
         super().__init__(location)
         self._fs, self._root = tree_filesystem(location)
         self.info = read_marker(self._fs, self._root, location)
@@ -41,7 +45,10 @@ class ParquetReader(Reader):
         self._models = sorted(self.info.get("models", {}))
         self._ranges: dict[str, tuple[int, int]] | None = None
         tables = [t for t in TABLES if t in self.info.get("tables", TABLES)]
+        self._unembeddings: dict[str, np.ndarray] = {}
         self._finish_open({t: [self._scan(t, self._models)] for t in tables if self._models})
+        if validate:
+            self.validate()
 
     def _scan(self, table: str, model_ids: list[str]) -> str:
         """SQL reading the files of some models' partitions of one table."""
@@ -101,7 +108,24 @@ class ParquetReader(Reader):
         )
         ids = rows["direction_id"].to_numpy().astype(np.int64)
         vectors = vector_matrix(rows["vector"])
+        norms = np.linalg.norm(vectors, axis=1)
+        off = ~(np.abs(norms - 1) <= UNIT_TOLERANCE)  # NaN and infinities too
+        if off.any():
+            first = int(np.argmax(off))
+            raise AtlasError(
+                f"{self.location}: model {model_id!r}: direction {ids[first]}: its vector has "
+                f"norm {norms[first]:.6g}, not a finite unit length"
+            )
         return ResidualIndex([build_index(vectors, ids, EXACT)]), vectors.nbytes
+
+    def stored_vectors(self, model_id: str, ids: np.ndarray) -> np.ndarray:
+        """The index is built from the tree's own vectors: its copy is theirs (no second read
+        of the tree per search)."""
+        index = self.residual_index(model_id)
+        try:
+            return np.asarray(index.reconstruct_batch(np.asarray(ids, np.int64)))
+        except KeyError:
+            raise AtlasError(f"model {model_id!r}: a direction id is not in the tree") from None
 
     def index_bytes(self, model_id: str) -> int:
         if self.info.get("vectors") == "none":
@@ -116,16 +140,55 @@ class ParquetReader(Reader):
 
     def has_unembedding(self, model_id: str) -> bool:
         self.require_model(model_id)
-        return False
+        return bool(self.info["models"][model_id].get("unembed"))
 
     def unembedding(self, model_id: str) -> np.ndarray:
-        raise AtlasError(
-            f"{self.location} is a Parquet tree: it holds no unembedding, so words are searched "
-            "in token space (--space token)"
-        )
+        """Read whole (a tree may be remote: no memory map), checked, and kept."""
+        with self._lock:
+            kept = self._unembeddings.get(model_id)
+        if kept is not None:
+            return kept
+        if not self.has_unembedding(model_id):
+            raise AtlasError(
+                f"{self.location}: model {model_id!r} has no unembedding in this tree (it was "
+                "exported before trees kept one), so words are searched in token space"
+            )
+        unembed = read_unembedding(self._fs, self._root, model_id, self._shape(model_id))
+        with self._lock:
+            return self._unembeddings.setdefault(model_id, unembed)
 
     def keep_unembedding(self, model_id: str) -> None:
         self.unembedding(model_id)
+
+    def _shape(self, model_id: str) -> tuple[int, int]:
+        row = self.sql(
+            f"SELECT d_vocab, d_model FROM {self.relation(model_id, 'models')}"
+        ).to_pylist()[0]
+        return int(row["d_vocab"]), int(row["d_model"])
+
+    def validate(self) -> None:
+        """Every model's values (``atlas.core.value_checks``): sigma, top-token order, and on
+        a sample, vectors and top-token scores; the first problem is one line. All vectors
+        are checked when a model's index is built from them."""
+        for model_id in self._models:
+            problems = self.value_problems(model_id, vectors="sample")
+            if problems:
+                raise AtlasError(f"{self.location}: {problems[0]}")
+
+    def value_problems(self, model_id: str, vectors: str) -> list[str]:
+        unembed = self.unembedding(model_id) if self.has_unembedding(model_id) else None
+        return value_problems(
+            lambda q, p: self.sql(q, p),
+            model_id,
+            self.relation(model_id, "directions"),
+            self.relation(model_id, "top_tokens"),
+            unembed,
+            vectors if self.info.get("vectors") != "none" else "none",
+        )
+
+    def close(self) -> None:
+        super().close()
+        self._unembeddings.clear()
 
     def model_sizes(self, model_ids: list[str] | None = None) -> dict[str, int]:
         sizes = dict.fromkeys(model_ids or self.model_ids(), 0)

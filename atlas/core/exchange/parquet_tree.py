@@ -27,6 +27,8 @@ from atlas.core.exchange.tree_format import (
     FORMAT_VERSION,
     MARKER,
     PARTITION,
+    UNEMBED_DIR,
+    UNEMBED_FILE,
     partition_dir,
     tree_filesystem,
 )
@@ -60,7 +62,12 @@ def export_parquet_tree(
             _write_partition(
                 a, model_id, table, fs, f"{root}/{partition_dir(table, model_id)}", vectors
             )
-        info["models"][model_id] = _model_info(a, model_id)
+        unembed = vectors != "none" and a.has_unembedding(model_id)
+        if unembed:
+            folder = f"{root}/{partition_dir(UNEMBED_DIR, model_id)}"
+            fs.makedirs(folder, exist_ok=True)
+            _put(fs, f"{folder}/{UNEMBED_FILE}", _npy_bytes(a.unembedding(model_id)))
+        info["models"][model_id] = {**_model_info(a, model_id), "unembed": unembed}
     info.update(
         tables=list(TABLES),
         updated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -121,6 +128,16 @@ def _put(fs: Any, path: str, payload: bytes) -> None:
     with fs.open(tmp, "wb") as fh:
         fh.write(payload)
     fs.mv(tmp, path)
+
+
+def _npy_bytes(array: Any) -> bytes:
+    import io
+
+    import numpy as np
+
+    out = io.BytesIO()
+    np.save(out, np.asarray(array), allow_pickle=False)
+    return out.getvalue()
 
 
 def _model_info(a: Reader, model_id: str) -> dict[str, Any]:

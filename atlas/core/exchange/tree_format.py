@@ -4,12 +4,17 @@
 
     ROOT/_svd_atlas.json                                format name and version, vectors mode
     ROOT/<table>/model_id=<url-escaped id>/data_0.parquet
+    ROOT/unembed/model_id=<url-escaped id>/unembed.npy  centered W_U, float16 (with vectors)
 
 One partition per model and table of the storage contract; ``model_id`` lives in the folder name
 (hive style), also for ``top_tokens``, ``top_neurons`` and ``token_bags``, which are partitioned
 by their direction's model. ``directions.vector`` is a ``FLOAT[]`` list (Parquet has no
 fixed-size list), or absent when the tree was written with ``--vectors none``. ROOT is a local
 folder or an object-store URL (``s3://bucket/prefix``).
+
+``unembed`` (the marker's ``models[id]["unembed"]`` says a model has it) turns words into a
+residual-space query, as in the atlas the model came from; trees written before it search words
+in token space.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ FORMAT = "svd-atlas-parquet"
 FORMAT_VERSION = 1
 PARTITION = "model_id"
 DATA_FILE = "data_0.parquet"
+UNEMBED_DIR, UNEMBED_FILE = "unembed", "unembed.npy"
 # Tables whose rows carry no model_id in the contract: the partition column is not theirs.
 PARTITIONED_BY_DIRECTION = ("top_tokens", "top_neurons", "token_bags")
 
@@ -56,3 +62,24 @@ def read_marker(fs: Any, root: str, location: str) -> dict[str, Any]:
         raise AtlasError(f"cannot read {location}/{MARKER}: {one_line(exc)}") from None
     require_format(info, FORMAT, FORMAT_VERSION, location, "Parquet tree")
     return info
+
+
+def read_unembedding(fs: Any, root: str, model_id: str, shape: tuple[int, int]) -> Any:
+    """A model's unembedding from the tree: plain float16 data of ``shape`` (d_vocab,
+    d_model), finite; anything else is one line."""
+    import io
+
+    import numpy as np
+
+    path = f"{root}/{partition_dir(UNEMBED_DIR, model_id)}/{UNEMBED_FILE}"
+    where = f"model {model_id!r}: {partition_dir(UNEMBED_DIR, model_id)}/{UNEMBED_FILE}"
+    try:
+        with fs.open(path, "rb") as fh:
+            unembed = np.load(io.BytesIO(fh.read()), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise AtlasError(f"{where} cannot be read ({one_line(exc, 160)})") from None
+    if unembed.dtype != np.float16 or unembed.shape != shape:
+        raise AtlasError(f"{where} has shape {unembed.shape} {unembed.dtype}, not {shape} float16")
+    if not np.isfinite(unembed).all():
+        raise AtlasError(f"{where} holds NaN or infinite values")
+    return unembed

@@ -1,0 +1,159 @@
+"""Refusing a damaged FAISS index when it is used, and scoring hits from the stored vectors.
+
+``check`` verifies an index in full (checksums, every vector); a search cannot afford that, so
+an index is checked in two cheap steps whenever one is used:
+
+- before FAISS reads a shard, its files must be the ones the store's manifest lists, with the
+  manifest's sizes (a truncated file or another model's index is refused here, never parsed);
+- once read, its width must be the model's ``d_model``, its count the model's number of
+  directions and its ids exactly the catalog's id range (a damaged header or id map).
+
+Corrupt bytes inside a structurally valid index are caught as the index answers: the scores of
+the hits it returns are recomputed from the vectors DuckDB stores (k vectors per search), and an
+index whose scores disagree with them is refused. Every score shown is therefore a cosine of two
+stored vectors, in [-1, 1] by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atlas.core.errors import AtlasError, DamagedIndex, one_line
+from atlas.core.indexes import ResidualIndex, full_vectors, index_ids, is_index_file, read_index
+from atlas.core.layout import MANIFEST
+
+REPAIR = "svd-atlas check --repair rebuilds it"
+# An index's inner products against the stored vectors' cosines: float32 rounding of unit
+# vectors is about 1e-6, so anything beyond this is damage, not arithmetic.
+SCORE_TOLERANCE = 1e-3
+
+
+def damaged_index(model_id: str, why: str) -> DamagedIndex:
+    return DamagedIndex(f"model {model_id!r}: its FAISS index {why}; {REPAIR}")
+
+
+@dataclass(frozen=True)
+class IndexContract:
+    """What a model's index must agree with: its store's manifest and its catalog entry."""
+
+    model_id: str
+    d_model: int
+    first_direction_id: int
+    n_directions: int
+    sizes: dict[str, int] | None  # index file -> bytes, from the manifest (None: unreadable)
+
+    @classmethod
+    def of_store(
+        cls, model_id: str, store: Path, d_model: int, first_direction_id: int, n_directions: int
+    ) -> IndexContract:
+        return cls(model_id, d_model, first_direction_id, n_directions, _manifest_sizes(store))
+
+
+def _manifest_sizes(store: Path) -> dict[str, int] | None:
+    """The index files the manifest lists and their sizes; None when it cannot be read (then
+    ``check`` reports the manifest, and only the read index is checked here)."""
+    try:
+        members = json.loads((store / MANIFEST).read_text(encoding="utf-8"))["members"]
+        return {n: int(m["bytes"]) for n, m in members.items() if is_index_file(n)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def file_problem(paths: list[Path], contract: IndexContract) -> str | None:
+    """Why the index files disagree with the manifest (names and sizes), or None: a stat each."""
+    if contract.sizes is None:
+        return None
+    names = sorted(p.name for p in paths)
+    if names != sorted(contract.sizes):
+        return (
+            f"files {names or 'none'} are not the ones its manifest lists {sorted(contract.sizes)}"
+        )
+    for path in paths:
+        size = path.stat().st_size
+        listed = contract.sizes[path.name]
+        if size != listed:
+            return f"file {path.name} has {size:,} bytes; its manifest says {listed:,}"
+    return None
+
+
+def read_checked(paths: list[Path], contract: IndexContract) -> ResidualIndex:
+    """The model's shards, read only if their files match the manifest and kept only if they
+    hold exactly the model's directions (see the module notes)."""
+    problem = file_problem(paths, contract)
+    if problem:
+        raise damaged_index(contract.model_id, problem)
+    shards = []
+    for path in paths:
+        try:
+            shards.append(read_index(path))
+        except AtlasError as exc:  # read_index's one line names the file by its full path
+            why = str(exc).split("; svd-atlas check")[0].replace(str(path), f"file {path.name}")
+            raise damaged_index(contract.model_id, why) from None
+        except Exception as exc:  # faiss raises worse than RuntimeError for some headers
+            raise damaged_index(
+                contract.model_id, f"file {path.name} cannot be read ({one_line(exc, 120)})"
+            ) from None
+    problem = _structure_problem(shards, contract)
+    if problem:
+        raise damaged_index(contract.model_id, problem)
+    return ResidualIndex(shards)
+
+
+def _structure_problem(shards: list[Any], contract: IndexContract) -> str | None:
+    import faiss
+
+    n = 0
+    for shard in shards:
+        if not isinstance(shard, faiss.IndexIDMap2):
+            return "is not an id-mapped index"
+        vectors = full_vectors(shard)
+        d = contract.d_model
+        widths = {int(shard.d), int(vectors.d)}
+        if widths != {d}:
+            return f"has width {max(widths - {d})}; the model's d_model is {d}"
+        if not int(shard.ntotal) == int(vectors.ntotal) == len(index_ids(shard)):
+            return "has a vector count that disagrees with its id map"
+        n += int(shard.ntotal)
+    if n != contract.n_directions:
+        return f"holds {n:,} vectors; the model has {contract.n_directions:,} directions"
+    ids = np.sort(np.concatenate([index_ids(s) for s in shards]))
+    first = contract.first_direction_id
+    if len(ids) and not np.array_equal(ids, np.arange(first, first + len(ids))):
+        return (
+            f"holds ids {int(ids[0])}..{int(ids[-1])}, not exactly the model's "
+            f"{first}..{first + contract.n_directions - 1}"
+        )
+    return None
+
+
+def exact_cosines(
+    model_id: str, query: np.ndarray, stored: np.ndarray, index_scores: np.ndarray
+) -> np.ndarray:
+    """The cosines of ``query`` with the ``stored`` vectors (rows, as DuckDB holds them),
+    checked against what the index said for the same directions (``index_scores``, signed).
+
+    A disagreement means the index's bytes are not the stored vectors: the index is refused.
+    """
+    q = np.asarray(query, np.float64)
+    v = np.asarray(stored, np.float64)
+    norms = np.linalg.norm(v, axis=1) * np.linalg.norm(q)
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        raise DamagedIndex(
+            f"model {model_id!r}: a stored direction vector is zero or not finite; "
+            "svd-atlas check names it, and ingest --replace recovers"
+        )
+    cos = np.clip((v @ q) / norms, -1.0, 1.0)
+    scores = np.asarray(index_scores, np.float64)
+    if len(scores) and not np.all(np.abs(cos - scores) <= SCORE_TOLERANCE):
+        worst = int(np.argmax(np.where(np.isfinite(scores), np.abs(cos - scores), np.inf)))
+        raise damaged_index(
+            model_id,
+            f"disagrees with the stored vectors (it scores a direction {scores[worst]:.4g}, "
+            f"its stored vector {cos[worst]:.4g})",
+        )
+    return cos
