@@ -34,9 +34,9 @@ import torch
 
 from atlas.core.indexes import index_type_for
 from atlas.core.layout import AtlasDir, dir_size
+from atlas.core.model_ids import check_model_id
 from atlas.core.publish import (
     IdRange,
-    check_model_id,
     publish,
     refuse_existing,
     reserve_ids,

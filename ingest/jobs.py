@@ -20,6 +20,7 @@ at once. Ray is imported only here, and only when asked for (the ``svd-atlas[ray
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import time
 import uuid
@@ -315,10 +316,34 @@ def _connect(address: str) -> Any:
         where: dict[str, Any] = (
             {"include_dashboard": False} if address == LOCAL_RAY else {"address": address}
         )
+        _probe(address)
         try:
             ray.init(log_to_driver=False, logging_level=logging.ERROR, **where)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # Ray raises many kinds; none is the user's bug to read
             raise AtlasError(
-                f"cannot connect to the Ray cluster at {address}: {one_line(exc)}"
+                f"cannot start Ray for the job ({address}): {one_line(exc)}; {RAY_HINT}"
             ) from None
     return ray
+
+
+RAY_HINT = (
+    "check the address (a head node started with `ray start --head` listens on HOST:6379, "
+    "a Ray client server on ray://HOST:10001), or use --ray local for a cluster on this machine"
+)
+RAY_PROBE_SECONDS = 5.0
+
+
+def _probe(address: str) -> None:
+    """Refuse at once an address nothing listens on: ``ray.init`` would retry it for minutes,
+    logging a line every few seconds."""
+    if address in (LOCAL_RAY, "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not (host and port.isdigit()):
+        return  # ray://HOST: Ray's default port
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), RAY_PROBE_SECONDS).close()
+    except OSError as exc:
+        raise AtlasError(
+            f"cannot connect to the Ray cluster at {address}: {one_line(exc)}; {RAY_HINT}"
+        ) from None

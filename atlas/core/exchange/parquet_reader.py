@@ -20,8 +20,10 @@ from atlas.core.exchange.tree_format import (
     PARTITIONED_BY_DIRECTION,
     partition_dir,
     read_marker,
+    store_errors,
     tree_filesystem,
 )
+from atlas.core.model_ids import left_out
 from atlas.core.reader import Reader, check_direction_id, no_vectors
 from atlas.core.rofs import PROTOCOL, ReadOnlyRoot
 from atlas.core.sqlguard import sql_string
@@ -34,11 +36,14 @@ class ParquetReader(Reader):
     def __init__(self, location: str):
         super().__init__(location)
         self._fs, self._root = tree_filesystem(location)
-        self.info = read_marker(self._fs, self._root, location)
+        with store_errors(location):
+            self.info = read_marker(self._fs, self._root, location)
         self._con.register_filesystem(ReadOnlyRoot(self._fs, self._root))
         self._con.execute(f"SET allowed_directories = ['{PROTOCOL}://']")
         # The marker is written after a model's files: the models it names are complete.
-        self._models = sorted(self.info.get("models", {}))
+        named = sorted(self.info.get("models", {}))
+        self.damaged = {m: why for m in named if (why := left_out(m))}
+        self._models = [m for m in named if m not in self.damaged]
         self._ranges: dict[str, tuple[int, int]] | None = None
         tables = [t for t in TABLES if t in self.info.get("tables", TABLES)]
         self._finish_open({t: [self._scan(t, self._models)] for t in tables if self._models})
