@@ -43,7 +43,11 @@ LAYER_COLUMNS = [
 )
 @click.option("--heads", is_flag=True, help="One row per matrix (every head) instead of per layer.")
 @click.option(
-    "--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a PNG figure here."
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    help="Also write a figure here, in the format of its extension (.png, .pdf, .svg, "
+    "...; PNG without one).",
 )
 @format_option
 @click.pass_obj
@@ -63,6 +67,10 @@ def spectrum(
     """
     import atlas
 
+    if plot_path:
+        from query.spectrum_plot import check_plot_path
+
+        check_plot_path(plot_path)
     with atlas.open(obj["atlas"]) as a:
         spectra = a.spectrum(model, kinds, jump_factor)
     if plot_path:
