@@ -19,6 +19,7 @@ at once. Ray is imported only here, and only when asked for (the ``svd-atlas[ray
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import sys
@@ -31,6 +32,7 @@ from typing import Any
 
 from atlas.core.errors import AtlasError, one_line
 from atlas.core.layout import AtlasDir
+from atlas.core.model_lock import ModelBusy, model_lock
 from atlas.core.publish import IdRange, publish, reserve_ids
 from ingest.job import build_in, ingest, model_id_of, plan
 from ingest.options import DEFAULT_RETRIES, LOCAL_RAY, IngestOptions
@@ -142,10 +144,31 @@ def run_job(
             outcomes[position] = _ingest_here(atlas_dir, model_id, options, log)
             progress.record(outcomes[position])
     else:
-        outcomes.update(
-            _RayJob(atlas_dir, ray_address, gpus_per_task, retries, log).run(todo, outcomes)
-        )
+        with contextlib.ExitStack() as locks:
+            todo = _lock_models(atlas_dir, todo, outcomes, locks)
+            outcomes.update(
+                _RayJob(atlas_dir, ray_address, gpus_per_task, retries, log).run(todo, outcomes)
+            )
     return [outcomes[i] for i in range(len(named))]
+
+
+def _lock_models(
+    atlas_dir: AtlasDir,
+    todo: list[tuple[int, str, IngestOptions]],
+    outcomes: dict[int, Outcome],
+    locks: contextlib.ExitStack,
+) -> list[tuple[int, str, IngestOptions]]:
+    """The models of ``todo`` whose locks this driver now holds (in ``locks``); one another
+    process is writing fails at once (serially, ``ingest`` takes each lock itself)."""
+    locked = []
+    for position, model_id, options in todo:
+        try:
+            locks.enter_context(model_lock(atlas_dir, model_id))
+        except ModelBusy as exc:
+            outcomes[position] = Outcome(model_id, options.model, "failed", one_line(exc))
+            continue
+        locked.append((position, model_id, options))
+    return locked
 
 
 def _ingest_here(atlas_dir: AtlasDir, model_id: str, options: IngestOptions, log: Log) -> Outcome:
