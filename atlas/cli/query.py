@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from atlas.cli.numbers import FiniteFloat
 from atlas.cli.output import dumps, emit, format_option, text_or_json_option
 from atlas.cli.result_file import OUT_FORMATS, out_format, write_result
 from atlas.core.contract import KINDS, SIDES, TABLES
@@ -47,9 +48,7 @@ DEFAULT_TOKENS = 8
     type=click.Choice(OUT_FORMATS),
     help="The format of --out whatever its extension.",
 )
-@click.option(
-    "--timeout", type=click.FloatRange(0, min_open=True), help="Stop the query after SECONDS."
-)
+@click.option("--timeout", type=FiniteFloat(0, min_open=True), help="Stop the query after SECONDS.")
 @format_option
 @click.pass_obj
 def sql(
@@ -101,7 +100,7 @@ def _filter_options(fn: Any) -> Any:
             click.option("--head", "heads", help="Head number(s), comma-separated."),
             click.option("--side", type=click.Choice(SIDES)),
             click.option("--max-sv-index", type=click.IntRange(0), help="Keep sv_index <= N."),
-            click.option("--min-sigma", type=float, help="Keep sigma >= X."),
+            click.option("--min-sigma", type=FiniteFloat(), help="Keep sigma >= X."),
         ]
     ):
         fn = decorator(fn)
@@ -159,7 +158,7 @@ def _hit_row(hit: Any, n_tokens: int, fmt: str) -> dict[str, Any]:
 @click.option(
     "-k", "k", type=click.IntRange(1, MAX_K), default=DEFAULT_K, show_default=True, help="Hits."
 )
-@click.option("--min-score", type=click.FloatRange(0, 1), default=0.0, help="Keep |cos| >= X.")
+@click.option("--min-score", type=FiniteFloat(0, 1), default=0.0, help="Keep |cos| >= X.")
 @_tokens_option
 @format_option
 @click.pass_obj
@@ -207,7 +206,7 @@ TRACE_COLUMNS = [
 @click.argument("direction_id", type=int)
 @click.option(
     "--min-cos",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=FiniteFloat(0, 1, min_open=True),
     default=DEFAULT_MIN_COS,
     show_default=True,
 )

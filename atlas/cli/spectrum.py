@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from atlas.cli.numbers import FiniteFloat
 from atlas.cli.output import dumps, emit, format_option
 from atlas.core.contract import KINDS
 from query.spectrum import DEFAULT_JUMP_FACTOR, MATRIX_COLUMNS
@@ -36,7 +37,7 @@ LAYER_COLUMNS = [
 )
 @click.option(
     "--jump-factor",
-    type=float,
+    type=FiniteFloat(),
     default=DEFAULT_JUMP_FACTOR,
     show_default=True,
     help="Flag a layer whose norm differs from its neighbours' median by more than this factor.",
