@@ -40,7 +40,7 @@ DEFAULT_TOKENS = 8
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the result to a file (outside the atlas) in the format of its extension: "
-    ".parquet, .csv, .json (one array) or .jsonl (one object per line).",
+    ".parquet (.pq), .csv, .json (one array) or .jsonl (.ndjson; one object per line).",
 )
 @click.option(
     "--out-format",
@@ -48,7 +48,11 @@ DEFAULT_TOKENS = 8
     type=click.Choice(OUT_FORMATS),
     help="The format of --out whatever its extension.",
 )
-@click.option("--timeout", type=FiniteFloat(0, min_open=True), help="Stop the query after SECONDS.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),  # the library refuses nan and inf, in its words
+    help="Stop the query after SECONDS.",
+)
 @format_option
 @click.pass_obj
 def sql(
@@ -65,8 +69,8 @@ def sql(
     if out is None and out_fmt is not None:
         raise AtlasError("--out-format is the format of --out: give --out FILE too")
     if out is not None:
-        out_fmt = out_format(out, out_fmt)
         refuse_inside(out, obj["atlas"])
+        out_fmt = out_format(out, out_fmt)
         if out.is_dir():
             raise AtlasError(f"{out} is a directory; give a file name")
     with atlas.open(obj["atlas"], write=write) as a:

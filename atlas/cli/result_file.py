@@ -13,6 +13,8 @@ from atlas.core.errors import AtlasError, one_line
 from atlas.core.jsondata import csv_cell, dumps, jsonable, result_rows
 
 OUT_FORMATS = ("parquet", "csv", "json", "jsonl")
+EXTENSIONS = {"parquet": "parquet", "pq": "parquet", "csv": "csv", "json": "json",
+              "jsonl": "jsonl", "ndjson": "jsonl"}  # fmt: skip
 
 
 def out_format(out: Path, given: str | None) -> str:
@@ -20,11 +22,11 @@ def out_format(out: Path, given: str | None) -> str:
     if given is not None:
         return given
     extension = out.suffix.lower().removeprefix(".")
-    if extension in OUT_FORMATS:
-        return extension
+    if extension in EXTENSIONS:
+        return EXTENSIONS[extension]
     raise AtlasError(
-        f"cannot tell the format of {out} from its extension: name it .parquet, .csv, .json or "
-        ".jsonl, or give --out-format parquet|csv|json|jsonl"
+        f"cannot tell the format of {out} from its extension: name it "
+        f"{', '.join('.' + e for e in EXTENSIONS)}, or give --out-format {'|'.join(OUT_FORMATS)}"
     )
 
 
