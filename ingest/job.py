@@ -65,7 +65,10 @@ def default_model_id(spec: str) -> str:
     if spec == BUNDLED or spec.startswith(RANDOM_PREFIX):
         return spec
     path = Path(spec).expanduser()
-    return path.resolve().name if path.exists() else spec
+    if path.exists() or spec.startswith(("/", ".", "~")):
+        # a folder's name (a missing folder's too: booting it says it is missing)
+        return path.resolve().name
+    return spec  # a hub name, org/name
 
 
 def model_id_of(options: IngestOptions, loaded: LoadedModel | None = None) -> str:
