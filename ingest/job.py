@@ -34,9 +34,10 @@ import torch
 
 from atlas.core.indexes import index_type_for
 from atlas.core.layout import AtlasDir, dir_size
+from atlas.core.model_ids import check_model_id
+from atlas.core.model_lock import model_lock
 from atlas.core.publish import (
     IdRange,
-    check_model_id,
     publish,
     refuse_existing,
     reserve_ids,
@@ -64,7 +65,10 @@ def default_model_id(spec: str) -> str:
     if spec == BUNDLED or spec.startswith(RANDOM_PREFIX):
         return spec
     path = Path(spec).expanduser()
-    return path.resolve().name if path.exists() else spec
+    if path.exists() or spec.startswith(("/", ".", "~")):
+        # a folder's name (a missing folder's too: booting it says it is missing)
+        return path.resolve().name
+    return spec  # a hub name, org/name
 
 
 def model_id_of(options: IngestOptions, loaded: LoadedModel | None = None) -> str:
@@ -95,12 +99,13 @@ def ingest(
     atlas_dir = AtlasDir(root)
     atlas_dir.ensure_writable()
     model_id = model_id_of(options, loaded)
-    refuse_existing(atlas_dir, [model_id], options.replace, "--name")
-    model = boot(model_id, options, loaded, ov_method, log)
-    (ids,) = reserve_ids(atlas_dir, [(model.layout.n_directions, model.layout.n_matrices)])
-    with atlas_dir.staging() as staging:
-        used = build(staging, model, ids, atlas_dir.root, log, progress)
-        catalog = publish(atlas_dir, [(model_id, staging, used)], options.replace)
+    with model_lock(atlas_dir, model_id):  # a second ingest of it is refused before booting
+        refuse_existing(atlas_dir, [model_id], options.replace, "--name")
+        model = boot(model_id, options, loaded, ov_method, log)
+        (ids,) = reserve_ids(atlas_dir, [(model.layout.n_directions, model.layout.n_matrices)])
+        with atlas_dir.staging() as staging:
+            used = build(staging, model, ids, atlas_dir.root, log, progress)
+            catalog = publish(atlas_dir, [(model_id, staging, used)], options.replace)
     return _finished(model, atlas_dir.store_path(catalog.models[model_id]))
 
 

@@ -19,7 +19,9 @@ at once. Ray is imported only here, and only when asked for (the ``svd-atlas[ray
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import sys
 import time
 import uuid
@@ -30,6 +32,7 @@ from typing import Any
 
 from atlas.core.errors import AtlasError, one_line
 from atlas.core.layout import AtlasDir
+from atlas.core.model_lock import ModelBusy, model_lock
 from atlas.core.publish import IdRange, publish, reserve_ids
 from ingest.job import build_in, ingest, model_id_of, plan
 from ingest.options import DEFAULT_RETRIES, LOCAL_RAY, IngestOptions
@@ -141,10 +144,31 @@ def run_job(
             outcomes[position] = _ingest_here(atlas_dir, model_id, options, log)
             progress.record(outcomes[position])
     else:
-        outcomes.update(
-            _RayJob(atlas_dir, ray_address, gpus_per_task, retries, log).run(todo, outcomes)
-        )
+        with contextlib.ExitStack() as locks:
+            todo = _lock_models(atlas_dir, todo, outcomes, locks)
+            outcomes.update(
+                _RayJob(atlas_dir, ray_address, gpus_per_task, retries, log).run(todo, outcomes)
+            )
     return [outcomes[i] for i in range(len(named))]
+
+
+def _lock_models(
+    atlas_dir: AtlasDir,
+    todo: list[tuple[int, str, IngestOptions]],
+    outcomes: dict[int, Outcome],
+    locks: contextlib.ExitStack,
+) -> list[tuple[int, str, IngestOptions]]:
+    """The models of ``todo`` whose locks this driver now holds (in ``locks``); one another
+    process is writing fails at once (serially, ``ingest`` takes each lock itself)."""
+    locked = []
+    for position, model_id, options in todo:
+        try:
+            locks.enter_context(model_lock(atlas_dir, model_id))
+        except ModelBusy as exc:
+            outcomes[position] = Outcome(model_id, options.model, "failed", one_line(exc))
+            continue
+        locked.append((position, model_id, options))
+    return locked
 
 
 def _ingest_here(atlas_dir: AtlasDir, model_id: str, options: IngestOptions, log: Log) -> Outcome:
@@ -315,10 +339,34 @@ def _connect(address: str) -> Any:
         where: dict[str, Any] = (
             {"include_dashboard": False} if address == LOCAL_RAY else {"address": address}
         )
+        _probe(address)
         try:
             ray.init(log_to_driver=False, logging_level=logging.ERROR, **where)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # Ray raises many kinds; none is the user's bug to read
             raise AtlasError(
-                f"cannot connect to the Ray cluster at {address}: {one_line(exc)}"
+                f"cannot start Ray for the job ({address}): {one_line(exc)}; {RAY_HINT}"
             ) from None
     return ray
+
+
+RAY_HINT = (
+    "check the address (a head node started with `ray start --head` listens on HOST:6379, "
+    "a Ray client server on ray://HOST:10001), or use --ray local for a cluster on this machine"
+)
+RAY_PROBE_SECONDS = 5.0
+
+
+def _probe(address: str) -> None:
+    """Refuse at once an address nothing listens on: ``ray.init`` would retry it for minutes,
+    logging a line every few seconds."""
+    if address in (LOCAL_RAY, "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not (host and port.isdigit()):
+        return  # ray://HOST: Ray's default port
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), RAY_PROBE_SECONDS).close()
+    except OSError as exc:
+        raise AtlasError(
+            f"cannot connect to the Ray cluster at {address}: {one_line(exc)}; {RAY_HINT}"
+        ) from None

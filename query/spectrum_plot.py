@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from atlas.core.errors import AtlasError
 from query.spectrum import Spectra
 
 KIND_TITLES = {
@@ -21,9 +22,26 @@ KIND_TITLES = {
 
 
 def plot_spectra(spectra: Spectra, out: str | Path, dpi: int = 80) -> Path:
-    """Write the figure (:func:`spectra_figure`) as a PNG."""
-    path = Path(out)
+    """Write the figure (:func:`spectra_figure`) in the format of ``out``'s extension (PNG
+    when it has none)."""
+    path = check_plot_path(out)
     spectra_figure(spectra).savefig(path, dpi=dpi)
+    return path
+
+
+def check_plot_path(out: str | Path) -> Path:
+    """``out`` when matplotlib can write its extension; otherwise one line listing those it
+    can (matplotlib's own list), before any work is done."""
+    from matplotlib.figure import Figure
+
+    path = Path(out)
+    extension = path.suffix.lower().removeprefix(".")
+    supported = sorted(Figure().canvas.get_supported_filetypes())
+    if extension and extension not in supported:
+        raise AtlasError(
+            f"cannot write a figure as .{extension} ({path}): use one of the extensions "
+            f"{', '.join('.' + f for f in supported)}"
+        )
     return path
 
 

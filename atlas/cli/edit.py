@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from atlas.cli.numbers import FiniteFloat
 from atlas.cli.output import dumps, emit, format_option
 from atlas.core.errors import AtlasError
 from ingest.options import DEFAULT_DEVICE, DEVICES
@@ -47,7 +48,7 @@ RESULT_COLUMNS = [
 @click.option(
     "--eps",
     "eps",
-    type=float,
+    type=FiniteFloat(),
     multiple=True,
     required=True,
     help="Factor per --direction, in order (one value applies to all): -1 removes, "

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from atlas.cli.numbers import FiniteFloat
 from atlas.core.errors import AtlasError
 from ingest.options import (
     DEFAULT_DEVICE,
@@ -78,7 +79,7 @@ from ingest.random_models import RANDOM_SHAPES
 )
 @click.option(
     "--gap-tol",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=DEFAULT_GAP_TOLERANCE,
     show_default=True,
     help="Relative singular-value gap below which directions are flagged degenerate.",
@@ -112,7 +113,7 @@ from ingest.random_models import RANDOM_SHAPES
 )
 @click.option(
     "--gpus-per-task",
-    type=click.FloatRange(0),
+    type=FiniteFloat(0),
     default=None,
     help="GPUs each model's task reserves on Ray  [default: 1 when the cluster has GPUs]",
 )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 
+from atlas.cli.numbers import FiniteFloat
 from atlas.cli.output import dumps, emit, format_option, text_or_json_option
+from atlas.cli.result_file import OUT_FORMATS, out_format, write_result
 from atlas.core.contract import KINDS, SIDES, TABLES
 from atlas.core.errors import AtlasError
 from atlas.core.jsondata import result_rows
@@ -38,43 +39,48 @@ DEFAULT_TOKENS = 8
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the result to a .parquet file (outside the atlas).",
+    help="Write the result to a file (outside the atlas) in the format of its extension: "
+    ".parquet (.pq), .csv, .json (one array) or .jsonl (.ndjson; one object per line).",
 )
 @click.option(
-    "--timeout", type=click.FloatRange(0, min_open=True), help="Stop the query after SECONDS."
+    "--out-format",
+    "out_fmt",
+    type=click.Choice(OUT_FORMATS),
+    help="The format of --out whatever its extension.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),  # the library refuses nan and inf, in its words
+    help="Stop the query after SECONDS.",
 )
 @format_option
 @click.pass_obj
 def sql(
-    obj: dict[str, Any], query: str, write: bool, out: Path | None, timeout: float | None, fmt: str
+    obj: dict[str, Any],
+    query: str,
+    write: bool,
+    out: Path | None,
+    out_fmt: str | None,
+    timeout: float | None,
+    fmt: str,
 ) -> None:
     import atlas
 
+    if out is None and out_fmt is not None:
+        raise AtlasError("--out-format is the format of --out: give --out FILE too")
     if out is not None:
         refuse_inside(out, obj["atlas"])
+        out_fmt = out_format(out, out_fmt)
         if out.is_dir():
             raise AtlasError(f"{out} is a directory; give a file name")
     with atlas.open(obj["atlas"], write=write) as a:
         result = a.sql(query, timeout=timeout)
-    if out is not None:
-        write_parquet(result, out)
-        click.echo(f"wrote {result.num_rows} rows to {out}", err=True)
+    if out is not None and out_fmt is not None:
+        write_result(result, out, out_fmt)
+        click.echo(f"wrote {result.num_rows} rows to {out} ({out_fmt})", err=True)
         return
     names, rows = result_rows(result)
     emit([dict(zip(names, row, strict=True)) for row in rows], names, fmt)
-
-
-def write_parquet(table: Any, out: Path) -> None:
-    """``table`` as a new file at ``out``: written beside it, then renamed over it, so that
-    whatever ``out`` was (a hard link to an atlas file, say) is replaced, never written into."""
-    import pyarrow.parquet as pq
-
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def refuse_inside(out: Path, atlas_location: str) -> None:
@@ -98,7 +104,7 @@ def _filter_options(fn: Any) -> Any:
             click.option("--head", "heads", help="Head number(s), comma-separated."),
             click.option("--side", type=click.Choice(SIDES)),
             click.option("--max-sv-index", type=click.IntRange(0), help="Keep sv_index <= N."),
-            click.option("--min-sigma", type=float, help="Keep sigma >= X."),
+            click.option("--min-sigma", type=FiniteFloat(), help="Keep sigma >= X."),
         ]
     ):
         fn = decorator(fn)
@@ -156,7 +162,7 @@ def _hit_row(hit: Any, n_tokens: int, fmt: str) -> dict[str, Any]:
 @click.option(
     "-k", "k", type=click.IntRange(1, MAX_K), default=DEFAULT_K, show_default=True, help="Hits."
 )
-@click.option("--min-score", type=click.FloatRange(0, 1), default=0.0, help="Keep |cos| >= X.")
+@click.option("--min-score", type=FiniteFloat(0, 1), default=0.0, help="Keep |cos| >= X.")
 @_tokens_option
 @format_option
 @click.pass_obj
@@ -206,7 +212,7 @@ TRACE_COLUMNS = [
 @click.argument("direction_id", type=int)
 @click.option(
     "--min-cos",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=FiniteFloat(0, 1, min_open=True),
     default=DEFAULT_MIN_COS,
     show_default=True,
 )

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from atlas.cli.numbers import FiniteFloat
 from atlas.core.errors import AtlasError, one_line
 from atlas.server import DEFAULT_INDEX_MEMORY_GB, DEFAULT_PORT, DEFAULT_TIMEOUT
 
@@ -34,14 +35,14 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, min_open=True),
     default=DEFAULT_TIMEOUT,
     show_default=True,
     help="Seconds a request may take before it is stopped (HTTP 504).",
 )
 @click.option(
     "--index-memory",
-    type=click.FloatRange(0),
+    type=FiniteFloat(0),
     default=DEFAULT_INDEX_MEMORY_GB,
     show_default=True,
     metavar="GB",

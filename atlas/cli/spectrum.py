@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from atlas.cli.numbers import FiniteFloat
 from atlas.cli.output import dumps, emit, format_option
 from atlas.core.contract import KINDS
 from query.spectrum import DEFAULT_JUMP_FACTOR, MATRIX_COLUMNS
@@ -36,14 +37,18 @@ LAYER_COLUMNS = [
 )
 @click.option(
     "--jump-factor",
-    type=float,
+    type=FiniteFloat(),
     default=DEFAULT_JUMP_FACTOR,
     show_default=True,
     help="Flag a layer whose norm differs from its neighbours' median by more than this factor.",
 )
 @click.option("--heads", is_flag=True, help="One row per matrix (every head) instead of per layer.")
 @click.option(
-    "--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a PNG figure here."
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    help="Also write a figure here, in the format of its extension (.png, .pdf, .svg, "
+    "...; PNG without one).",
 )
 @format_option
 @click.pass_obj
@@ -63,6 +68,10 @@ def spectrum(
     """
     import atlas
 
+    if plot_path:
+        from query.spectrum_plot import check_plot_path
+
+        check_plot_path(plot_path)
     with atlas.open(obj["atlas"]) as a:
         spectra = a.spectrum(model, kinds, jump_factor)
     if plot_path:

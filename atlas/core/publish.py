@@ -21,8 +21,6 @@ from typing import Any
 from atlas.core.errors import AtlasError
 from atlas.core.layout import AtlasDir, Catalog, CatalogEntry, fsync_tree
 
-MAX_MODEL_ID = 200
-
 
 @dataclass(frozen=True)
 class IdRange:
@@ -35,18 +33,6 @@ class IdRange:
 
     def entry(self) -> CatalogEntry:
         return CatalogEntry(store="", **asdict(self))
-
-
-def check_model_id(model_id: Any) -> str:
-    """A model id a researcher can type and read: non-empty, printable, not too long."""
-    if not isinstance(model_id, str) or not model_id.strip():
-        raise AtlasError(f"a model id must be a non-empty name, not {model_id!r}")
-    if model_id != model_id.strip() or not model_id.isprintable() or len(model_id) > MAX_MODEL_ID:
-        raise AtlasError(
-            f"model id {model_id!r} must be printable, without surrounding spaces, and at most "
-            f"{MAX_MODEL_ID} characters"
-        )
-    return model_id
 
 
 def refuse_existing(

@@ -36,6 +36,7 @@ import pyarrow as pa
 from atlas.core.contract import TABLES
 from atlas.core.errors import AtlasError, DamagedIndex, NotFound, one_line
 from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size
+from atlas.core.model_ids import left_out
 from atlas.core.sqlguard import (
     QueryTimeout,
     interruptible,
@@ -420,6 +421,9 @@ class StoreReader(Reader):
             self.damaged = {}
             vanished = False
             for i, (model_id, entry) in enumerate(catalog.models.items()):
+                if why := left_out(model_id):
+                    self.damaged[model_id] = why
+                    continue
                 path = self.dir.store_path(entry) / MODEL_DB
                 if not path.parent.is_dir() and attempt < _OPEN_ATTEMPTS - 1:
                     vanished = True  # replaced and swept since the catalog was read

@@ -27,6 +27,7 @@ from typing import Any
 
 from atlas.core.errors import AtlasError, one_line
 from atlas.core.formats import require_format
+from atlas.core.model_ids import RULE, model_id_problem
 from atlas.core.store import TABLE_ORDER
 
 FORMAT = "svd-atlas-bundle"
@@ -139,6 +140,11 @@ class BundleManifest:
         for position, m in enumerate(self.models):
             if m.position != position or not isinstance(m.model_id, str) or not m.model_id:
                 raise bad(f"model entry {position} is inconsistent")
+            if problem := model_id_problem(m.model_id):
+                raise AtlasError(
+                    f"{source}: model id {m.model_id!r} is not allowed ({problem}); nothing "
+                    f"was loaded ({RULE})"
+                )
             if not isinstance(m.d_model, int) or m.d_model <= 0:
                 raise bad(f"model {m.model_id!r} has d_model {m.d_model!r}")
             if m.has_index and self.vectors != "f32":

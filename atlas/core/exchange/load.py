@@ -36,6 +36,7 @@ from atlas.core.exchange.bundle_format import (
 )
 from atlas.core.exchange.unpack import unpack_bundle
 from atlas.core.layout import UNEMBED, AtlasDir
+from atlas.core.model_lock import model_lock
 from atlas.core.publish import IdRange, publish, refuse_existing, reserve_ids, store_record
 from atlas.core.schema import build_metadata
 from atlas.core.store import (
@@ -104,22 +105,34 @@ def load_bundle(root: str | Path, bundle: str | Path, replace: bool = False) -> 
         models = [read_model(Path(tmp), m, manifest.vectors, str(bundle)) for m in manifest.models]
         model_ids = [d.model.model_id for d in models]
         atlas_dir.ensure_writable()
-        refuse_existing(atlas_dir, model_ids, replace)
-        published = set(atlas_dir.read_catalog().models)
-        ranges = reserve_ids(
-            atlas_dir,
-            [(d.n_directions, d.n_matrices) for d in models],
-            [(d.first_direction_id, d.first_matrix_id) for d in models],
-        )
-        with contextlib.ExitStack() as stack, writing_store(atlas_dir.root):
-            staged = []
-            for data, ids in zip(models, ranges, strict=True):
-                staging = stack.enter_context(atlas_dir.staging())
-                _build_store(staging, data, ids, manifest.vectors, bundle.name)
-                staged.append((data.model.model_id, staging, ids))
-            publish(atlas_dir, staged, replace)
+        locks = contextlib.ExitStack()
+        for model_id in model_ids:  # one writer per model id (an ingest, another load)
+            locks.enter_context(model_lock(atlas_dir, model_id))
+        with locks:
+            return _load(atlas_dir, bundle, manifest.vectors, models, replace)
+
+
+def _load(
+    atlas_dir: AtlasDir, bundle: Path, vectors: str, models: list[ModelData], replace: bool
+) -> list[LoadResult]:
+    """Reserve, build and publish the checked ``models`` (their model locks held)."""
+    model_ids = [d.model.model_id for d in models]
+    refuse_existing(atlas_dir, model_ids, replace)
+    published = set(atlas_dir.read_catalog().models)
+    ranges = reserve_ids(
+        atlas_dir,
+        [(d.n_directions, d.n_matrices) for d in models],
+        [(d.first_direction_id, d.first_matrix_id) for d in models],
+    )
+    with contextlib.ExitStack() as stack, writing_store(atlas_dir.root):
+        staged = []
+        for data, ids in zip(models, ranges, strict=True):
+            staging = stack.enter_context(atlas_dir.staging())
+            _build_store(staging, data, ids, vectors, bundle.name)
+            staged.append((data.model.model_id, staging, ids))
+        publish(atlas_dir, staged, replace)
     return [
-        _result(data, ids, manifest.vectors, data.model.model_id in published)
+        _result(data, ids, vectors, data.model.model_id in published)
         for data, ids in zip(models, ranges, strict=True)
     ]
 

@@ -23,8 +23,10 @@ from atlas.core.exchange.tree_format import (
     partition_dir,
     read_marker,
     read_unembedding,
+    store_errors,
     tree_filesystem,
 )
+from atlas.core.model_ids import left_out
 from atlas.core.reader import Reader, check_direction_id, no_vectors
 from atlas.core.rofs import PROTOCOL, ReadOnlyRoot
 from atlas.core.sqlguard import sql_string
@@ -38,11 +40,14 @@ class ParquetReader(Reader):
     def __init__(self, location: str, validate: bool = True):
         super().__init__(location)
         self._fs, self._root = tree_filesystem(location)
-        self.info = read_marker(self._fs, self._root, location)
+        with store_errors(location):
+            self.info = read_marker(self._fs, self._root, location)
         self._con.register_filesystem(ReadOnlyRoot(self._fs, self._root))
         self._con.execute(f"SET allowed_directories = ['{PROTOCOL}://']")
         # The marker is written after a model's files: the models it names are complete.
-        self._models = sorted(self.info.get("models", {}))
+        named = sorted(self.info.get("models", {}))
+        self.damaged = {m: why for m in named if (why := left_out(m))}
+        self._models = [m for m in named if m not in self.damaged]
         self._ranges: dict[str, tuple[int, int]] | None = None
         tables = [t for t in TABLES if t in self.info.get("tables", TABLES)]
         self._unembeddings: dict[str, np.ndarray] = {}

@@ -30,6 +30,7 @@ from atlas.core.exchange.tree_format import (
     UNEMBED_DIR,
     UNEMBED_FILE,
     partition_dir,
+    store_errors,
     tree_filesystem,
 )
 from atlas.core.formats import require_format
@@ -47,6 +48,11 @@ def export_parquet_tree(
     if vectors not in VECTOR_MODES:
         raise AtlasError("a Parquet tree stores vectors as f32 or not at all (--vectors f32|none)")
     model_ids = resolve_models(a, model_ids)
+    with store_errors(dest):
+        return _export(a, model_ids, dest, vectors)
+
+
+def _export(a: Reader, model_ids: list[str], dest: str, vectors: str) -> dict[str, Any]:
     fs, root = tree_filesystem(dest)
     info = _existing_marker(fs, root, dest)
     if info is None:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from atlas.core.errors import AtlasError, one_line
@@ -34,6 +36,12 @@ DATA_FILE = "data_0.parquet"
 UNEMBED_DIR, UNEMBED_FILE = "unembed", "unembed.npy"
 # Tables whose rows carry no model_id in the contract: the partition column is not theirs.
 PARTITIONED_BY_DIRECTION = ("top_tokens", "top_neurons", "token_bags")
+# The client libraries of object stores behind fsspec; their errors are about the store.
+STORE_CLIENTS = ("botocore", "aiobotocore", "s3fs", "gcsfs", "google", "adlfs", "azure")
+CREDENTIALS_HINT = {
+    "s3": "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment",
+    "gs": "set GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`",
+}
 
 
 def partition_dir(table: str, model_id: str) -> str:
@@ -50,6 +58,30 @@ def tree_filesystem(location: str) -> tuple[Any, str]:
     except (ImportError, ValueError) as exc:
         raise AtlasError(f"cannot open {location}: {one_line(exc)}") from None
     return fs, str(root).rstrip("/")
+
+
+@contextmanager
+def store_errors(location: str) -> Iterator[None]:
+    """A failure of the object store's client library under ``location`` (no credentials,
+    access denied, an endpoint that does not answer) as one line that says what to do."""
+    try:
+        yield
+    except AtlasError:
+        raise
+    except Exception as exc:
+        classes = type(exc).__mro__
+        if not any(c.__module__.split(".")[0] in STORE_CLIENTS for c in classes):
+            raise
+        if any("Credential" in c.__name__ for c in classes):
+            scheme = location.split("://", 1)[0]
+            hint = CREDENTIALS_HINT.get(scheme, "configure credentials for it")
+            raise AtlasError(
+                f"cannot reach {location}: no credentials were found; {hint}"
+            ) from None
+        raise AtlasError(
+            f"cannot reach {location}: {one_line(exc)} (check its address, credentials and "
+            "permissions)"
+        ) from None
 
 
 def read_marker(fs: Any, root: str, location: str) -> dict[str, Any]:
