@@ -14,6 +14,12 @@ class NotFound(AtlasError):
     """The named model, matrix or direction is not in the atlas (HTTP 404 in the server)."""
 
 
+class NoMatch(NotFound):
+    """A query that nothing in the models searched can match: a word no vocabulary has, a
+    layer or head no model has (HTTP 404, and a non-zero exit in the CLI). The message names
+    what matched nothing and in which models."""
+
+
 class AtlasWarning(UserWarning):
     """Something a reader of the results should know (a damaged model left out, a word the
     vocabulary lacks, an approximate index). The CLI prints it as one ``note:`` line on stderr."""
