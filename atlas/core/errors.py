@@ -14,10 +14,11 @@ class NotFound(AtlasError):
     """The named model, matrix or direction is not in the atlas (HTTP 404 in the server)."""
 
 
-class NoMatch(NotFound):
+class NoMatch(AtlasError):
     """A query that nothing in the models searched can match: a word no vocabulary has, a
-    layer or head no model has (HTTP 404, and a non-zero exit in the CLI). The message names
-    what matched nothing and in which models."""
+    layer or head no model has (HTTP 400, as any bad query, and a non-zero exit in the CLI;
+    not :class:`NotFound`, which names a model or direction the atlas lacks). The message
+    names what matched nothing and in which models."""
 
 
 class AtlasWarning(UserWarning):

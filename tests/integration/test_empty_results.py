@@ -60,7 +60,7 @@ def test_an_unknown_word_across_models_is_one_error_naming_them(
             with pytest.raises(NoMatch, match="minilm or tiny"):
                 a.search(word, space=space)
     response = client.get("/api/search", params={"q": word})
-    assert response.status_code == 404
+    assert response.status_code == 400
     assert word in response.json()["error"] and "tiny" in response.json()["error"]
 
 
@@ -103,7 +103,7 @@ def test_a_layer_or_head_no_model_has_is_one_error_with_their_ranges(
             a.trace(432, **library)  # type: ignore[arg-type]
     for url, params in (("/api/search", {"q": "fire"}), ("/api/directions/432/trace", {})):
         response = client.get(url, params={**params, **query})
-        assert response.status_code == 404 and what in response.json()["error"]
+        assert response.status_code == 400 and what in response.json()["error"]
 
 
 def test_filters_that_match_only_apart_say_so(two_models: Path) -> None:
