@@ -27,11 +27,13 @@ from atlas.core.reader import Reader, WorkUnit
 from atlas.core.sqlguard import check_timeout
 from query.cards import DEFAULT_TOP, direction_card, matrix_card, matrix_stats
 from query.compare import compare as compare_models
+from query.editable import check_editable
 from query.filters import make_filters
-from query.search import DEFAULT_K, Hits, approximate_note, resolve_query
+from query.limits import HOPS, TRACE_LIMIT, K
+from query.search import Hits, approximate_note, resolve_query
 from query.search import search as run_search
 from query.spectrum import DEFAULT_JUMP_FACTOR, Spectra, load_spectra
-from query.trace import DEFAULT_HOPS, DEFAULT_LIMIT, DEFAULT_MIN_COS, TraceStep
+from query.trace import DEFAULT_MIN_COS, Trace, TraceProgress
 from query.trace import trace as run_trace
 
 MODELS_QUERY = """
@@ -175,7 +177,7 @@ class Atlas:
         vector: str | Path | np.ndarray | None = None,
         model: str | list[str] | None = None,
         space: str = "auto",
-        k: int = DEFAULT_K,
+        k: int = K.default,
         min_score: float = 0.0,
         kinds: Any = None,
         layers: Any = None,
@@ -203,15 +205,19 @@ class Atlas:
         hits: Hits = self._call(work, timeout)
         for note in hits.notes:  # models left out as the search ran (a damaged index)
             warnings.warn(note, AtlasWarning, stacklevel=2)
-        return Hits(hits, [*notes, *hits.notes])
+        notes = [*notes, *hits.notes]
+        if not hits:  # something could match (else NoMatch): say why nothing did
+            notes.append(_empty_note(min_score, direction))
+            warnings.warn(notes[-1], AtlasWarning, stacklevel=2)
+        return Hits(hits, notes)
 
     def trace(
         self,
         direction_id: int,
         min_cos: float = DEFAULT_MIN_COS,
-        hops: int = DEFAULT_HOPS,
+        hops: int = HOPS.default,
         *,
-        limit: int = DEFAULT_LIMIT,
+        limit: int = TRACE_LIMIT.default,
         same_model: bool = False,
         model: str | list[str] | None = None,
         kinds: Any = None,
@@ -221,11 +227,15 @@ class Atlas:
         max_sv_index: int | None = None,
         min_sigma: float | None = None,
         timeout: float | None = None,
-    ) -> list[TraceStep]:
-        """Every direction within ``hops`` steps of ``|cos| >= min_cos`` from ``direction_id``."""
+        progress: TraceProgress | None = None,
+    ) -> Trace:
+        """Every direction within ``hops`` steps of ``|cos| >= min_cos`` from ``direction_id``:
+        at most ``limit`` of them, the origin included; a list of steps whose ``notes`` repeat
+        the warnings given (that the limit cut it, say). ``progress(hop, done, total)`` is
+        told after each direction a hop expands."""
         filters = make_filters(kinds, layers, heads, side, max_sv_index, min_sigma)
 
-        def work() -> list[TraceStep]:
+        def work() -> Trace:
             return run_trace(
                 self.reader,
                 direction_id,
@@ -235,9 +245,13 @@ class Atlas:
                 limit=limit,
                 across_models=not same_model,
                 models=_model_names(model),
+                progress=progress,
             )
 
-        return self._call(work, timeout)
+        steps: Trace = self._call(work, timeout)
+        for note in steps.notes:
+            warnings.warn(note, AtlasWarning, stacklevel=2)
+        return steps
 
     def card(self, *target: Any, top: int = DEFAULT_TOP, offset: int = 0) -> dict[str, Any]:
         """``card(direction_id)`` or ``card(model_id, layer, head_or_kind)`` (its directions
@@ -282,6 +296,7 @@ class Atlas:
         """Boot ``model_id``, apply ``W' = W + Σ eps_i σ_i u_i v_iᵀ`` for ``{direction_id: eps}``
         and measure each (prompt, target) before and after (an ``query.edit.EditReport``).
         The model's weights are restored bit for bit afterwards."""
+        check_editable(self.reader, model_id)  # from the atlas, before torch is imported
         from query.edit import measure_edit
 
         return measure_edit(self.reader, model_id, edits, prompts, device)
@@ -312,6 +327,15 @@ class Atlas:
 
     def __repr__(self) -> str:
         return f"<Atlas {self.location!r}: {len(self.model_ids())} models>"
+
+
+def _empty_note(min_score: float, direction: int | None) -> str:
+    """Why a search that could match something found nothing."""
+    if min_score > 0:
+        return f"no direction scored |cos| >= {min_score:g}"
+    if direction is not None:
+        return f"no direction but {direction} itself passes the filters or shares its tokens"
+    return "no direction matched"
 
 
 def _model_names(model: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:

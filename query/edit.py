@@ -47,6 +47,9 @@ MLP_VIEWS = {"mlp_in": "W_in", "mlp_gate": "W_gate", "mlp_out": "W_out"}
 # unit vector's |cosine| with the live one is at least MIN_COSINE.
 SIGMA_RTOL = 1e-3
 MIN_COSINE = 0.999
+# What the refusal of an overflowing eps suggests as the top of the sensible range: a triple
+# amplified a hundredfold already dominates its matrix (sigma_max / sigma is rarely above 100).
+SENSIBLE_MAX_EPS = 100.0
 
 
 @dataclass
@@ -342,7 +345,24 @@ def measure_edit(
     before = measure(bridge, probes)
     with edited(bridge, planned):
         after = measure(bridge, probes)
+    _refuse_broken(probes, before, after, [e for _, e in edits])
     return EditReport(model_id, planned, probes, before, after, _top_tokens(a, directions))
+
+
+def _refuse_broken(
+    probes: Sequence[Probe], before: Sequence[Reading], after: Sequence[Reading], eps: list[float]
+) -> None:
+    """An edit whose forward pass overflowed, or left every token as likely, measured nothing:
+    its p_after would read 1/vocabulary at rank 0, as if it had worked."""
+    for probe, b, f in zip(probes, before, after, strict=True):
+        if f.broken and not b.broken:
+            factors = ", ".join(f"{e:g}" for e in eps)
+            raise AtlasError(
+                f"eps {factors} breaks the model: after the edit its logits for prompt "
+                f"{probe.prompt!r} are {f.broken}, so no probability means anything; "
+                f"sensible eps are from -1 (removes the triple) to about {SENSIBLE_MAX_EPS:g} "
+                f"(sigma {SENSIBLE_MAX_EPS + 1:g} times as large)"
+            )
 
 
 def _top_tokens(a: Reader, directions: Sequence[Direction]) -> dict[int, list[str]]:

@@ -24,6 +24,9 @@ class Probe:
 class Reading:
     probability: float
     rank: int  # 0 = the most likely next token
+    # Why the distribution says nothing ("not finite", "uniform"), or None: an overflowed
+    # forward pass reads as p = 1/vocabulary and rank 0, which would look like a result.
+    broken: str | None = None
 
 
 def require_causal(bridge: Any, model_id: str) -> None:
@@ -100,5 +103,19 @@ def measure(bridge: Any, probes: list[Probe]) -> list[Reading]:
         last = logits[0, -1].double()
         probs = torch.softmax(last, dim=-1)
         rank = int((last > last[p.target_id]).sum())
-        out.append(Reading(float(probs[p.target_id]), rank))
+        out.append(Reading(float(probs[p.target_id]), rank, broken_distribution(last)))
     return out
+
+
+def broken_distribution(logits: torch.Tensor) -> str | None:
+    """``"not finite"`` when a logit overflowed, ``"uniform"`` when they are all equal to
+    float32 precision (every token as likely: the model no longer tells them apart)."""
+    if not bool(torch.isfinite(logits).all()):
+        return "not finite"
+    spread = float(logits.max() - logits.min())
+    if spread <= UNIFORM_SPREAD * max(1.0, float(logits.abs().max())):
+        return "uniform"
+    return None
+
+
+UNIFORM_SPREAD = 1e-6  # about float32's resolution, relative to the logits' size

@@ -25,15 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from atlas.core.errors import AtlasError, DamagedIndex
+from atlas.core.errors import AtlasError, DamagedIndex, NoMatch
 from atlas.core.index_guard import exact_cosines
 from atlas.core.indexes import merge_valences
 from atlas.core.reader import Reader, no_vectors
 from atlas.core.views import direction_tokens_sql
 from query.filters import Filters
+from query.limits import K
+from query.nomatch import check_bag, check_filters
 from query.vectors import (
     direction_bag,
     direction_vector,
+    listed,
     query_vector,
     split_words,
     text_residual_vector,
@@ -41,8 +44,6 @@ from query.vectors import (
 )
 
 SPACES = ("residual", "token")
-DEFAULT_K = 10
-MAX_K = 10_000
 
 
 @dataclass
@@ -134,7 +135,10 @@ def resolve_query(
             raise AtlasError("--vector is a residual-space vector: it cannot search token space")
         if direction is not None:
             return Query(space, candidates, bag=direction_bag(a, direction), exclude=direction)
-        bag = text_token_bag(split_words(text))  # type: ignore[arg-type]
+        words = split_words(text)  # type: ignore[arg-type]
+        bag, missing = text_token_bag(a, candidates, words)
+        if missing:
+            notes.append(f"not in the vocabulary of {listed(candidates)}: {', '.join(missing)}")
         return Query(space, candidates, bag=bag, notes=notes)
 
     if direction is not None:
@@ -191,7 +195,7 @@ def _words_query(a: Reader, words: list[str], candidates: list[str]) -> Query:
             f"{', '.join(lacking)} (--space token searches them)"
         )
     if not vectors:
-        raise AtlasError(f"no model searched has a token for {', '.join(words)}")
+        raise NoMatch(f"no token of {listed(candidates)} matches {', '.join(words)}")
     return Query("residual", list(vectors), vectors, notes=notes)
 
 
@@ -221,14 +225,13 @@ def search(
     a: Reader,
     query: Query,
     filters: Filters | None = None,
-    k: int = DEFAULT_K,
+    k: int = K.default,
     min_score: float = 0.0,
 ) -> Hits:
     """The ``k`` directions with the largest ``|cos|`` to the query, across its models; a
     model whose index is refused as damaged is left out with a note (the only model searched
     is one line instead)."""
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise AtlasError(f"k must be an integer from 1 to {MAX_K}, not {k!r}")
+    K.check(k)
     if not isinstance(min_score, int | float) or not 0.0 <= min_score <= 1.0:
         raise AtlasError(f"min_score must be a number from 0 to 1, not {min_score!r}")
     filters = filters or Filters()
@@ -252,6 +255,10 @@ def search(
             for i, s in zip(ids, sims, strict=True)
             if i != query.exclude and abs(s) >= min_score
         ]
+    if not scored:
+        check_filters(a, query.models, filters)
+        if query.bag is not None and query.exclude is None:
+            check_bag(a, query.models, query.bag, filters)
     scored.sort(key=lambda t: (-abs(t[0]), t[1]))
     return Hits(describe(a, scored[:k], query.space), refused)
 

@@ -9,6 +9,7 @@ that step and its valence relative to the origin (signs multiply along the path)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,14 +18,16 @@ import numpy as np
 from atlas.core.errors import AtlasError
 from atlas.core.reader import Reader, check_direction_id
 from query.filters import Filters
+from query.limits import HOPS, TRACE_LIMIT
+from query.nomatch import check_filters
 from query.search import HIT_FIELDS, Hit, describe, nearest_tokens, scored_from_store
 from query.vectors import direction_bag, direction_vector
 
-DEFAULT_LIMIT = 500
-DEFAULT_HOPS = 1
 DEFAULT_MIN_COS = 0.3
 # (hop, parent, |cos| of the step, valence relative to the origin, space)
 _Found = tuple[int, int | None, float, int, str]
+# Told after each direction a hop expands: (hop, directions expanded, directions this hop).
+TraceProgress = Callable[[int, int, int], None]
 
 
 @dataclass
@@ -44,17 +47,29 @@ class TraceStep:
 TRACE_FIELDS = [*HIT_FIELDS, "hop", "parent", "via", "cos"]  # a step's JSON record
 
 
+class Trace(list[TraceStep]):
+    """A trace's steps, with the notes a reader of them should know (also given as warnings
+    by ``Atlas.trace``): that the limit cut it, or that nothing passed ``min_cos``."""
+
+    def __init__(self, steps: list[TraceStep], notes: list[str]):
+        super().__init__(steps)
+        self.notes = notes
+
+
 def trace(
     a: Reader,
     direction_id: int,
     min_cos: float = DEFAULT_MIN_COS,
-    hops: int = DEFAULT_HOPS,
+    hops: int = HOPS.default,
     filters: Filters | None = None,
-    limit: int = DEFAULT_LIMIT,
+    limit: int = TRACE_LIMIT.default,
     across_models: bool = True,
     models: tuple[str, ...] | None = None,
-) -> list[TraceStep]:
-    """Every direction within ``hops`` steps of cosine >= ``min_cos`` (either valence).
+    progress: TraceProgress | None = None,
+) -> Trace:
+    """Every direction within ``hops`` steps of cosine >= ``min_cos`` (either valence), at most
+    ``limit`` of them, the origin included (the strongest steps of the last hop are kept, and
+    a note says how many were left out).
 
     ``models`` keeps the walk inside those models (the origin is always reported), so
     ``limit`` counts only directions that can be returned.
@@ -62,19 +77,19 @@ def trace(
     direction_id = check_direction_id(direction_id)
     if not isinstance(min_cos, int | float) or not 0.0 < min_cos <= 1.0:
         raise AtlasError(f"min_cos must be a number in (0, 1], not {min_cos!r}")
-    for name, value in (("hops", hops), ("limit", limit)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise AtlasError(f"{name} must be an integer of at least 1, not {value!r}")
+    HOPS.check(hops)
+    TRACE_LIMIT.check(limit)
     filters = filters or Filters()
-    a.model_of(direction_id)  # an unknown id fails here
+    home = a.model_of(direction_id)  # an unknown id fails here
     for m in models or ():
         a.require_model(m)
     walk = _Walk(filters, across_models, models)
     found: dict[int, _Found] = {direction_id: (0, None, 1.0, 1, "residual")}
     frontier = [direction_id]
+    notes: list[str] = []
     for hop in range(1, hops + 1):
         candidates: dict[int, _Found] = {}
-        for node in frontier:
+        for done, node in enumerate(frontier, 1):
             node_sign = found[node][3]
             for nid, cos, space in _neighbours(a, node, min_cos, walk):
                 if nid in found:
@@ -82,14 +97,25 @@ def trace(
                 step: _Found = (hop, node, abs(cos), node_sign * (1 if cos >= 0 else -1), space)
                 if nid not in candidates or step[2] > candidates[nid][2]:
                     candidates[nid] = step
+            if progress is not None:
+                progress(hop, done, len(frontier))
         ranked = sorted(candidates.items(), key=lambda kv: (-kv[1][2], kv[0]))
-        room = limit - (len(found) - 1)
+        room = limit - len(found)
         for nid, step in ranked[:room]:
             found[nid] = step
         frontier = [nid for nid, _ in ranked[:room]]
-        if not frontier or room <= len(ranked):
+        if len(ranked) > room:
+            notes.append(
+                f"cut at the limit of {limit} directions (the origin included): "
+                f"{len(ranked) - room} more at hop {hop} pass min_cos {min_cos:g}, and any "
+                "beyond them were not followed"
+            )
+        if not frontier or len(ranked) >= room:
             break
-    return _steps(a, found)
+    if len(found) == 1 and not notes:  # nothing in reach (not a limit of 1)
+        check_filters(a, walk.searched(a, home), filters)
+        notes.append(f"no direction has |cos| >= {min_cos:g} with direction {direction_id}")
+    return Trace(_steps(a, found), notes)
 
 
 @dataclass(frozen=True)
@@ -102,6 +128,11 @@ class _Walk:
 
     def allows(self, model_id: str) -> bool:
         return self.models is None or model_id in self.models
+
+    def searched(self, a: Reader, home: str) -> list[str]:
+        """The models the walk may step into from ``home``."""
+        reachable = a.model_ids() if self.across_models else [home]
+        return [m for m in reachable if self.allows(m)]
 
 
 def _neighbours(a: Reader, node: int, min_cos: float, walk: _Walk) -> list[tuple[int, float, str]]:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import io
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, NoMatch
 from atlas.core.reader import Reader
-from atlas.core.token_space import word_bag
 from atlas.core.tokens import normalized_form
 
 
@@ -23,17 +24,26 @@ def split_words(text: str | list[str]) -> list[str]:
     return words
 
 
-def word_token_ids(a: Reader, model_id: str, words: list[str]) -> dict[str, list[int]]:
-    """Every token of the model whose normalized string equals a word (casing and
-    leading-space variants included)."""
-    keys = {normalized_form(w): w for w in words}
+@dataclass
+class WordTokens:
+    ids: list[int]  # token ids, for a residual-space query
+    norms: list[str]  # their normalized strings, for a token-space one
+
+
+def word_tokens(a: Reader, model_id: str, words: list[str]) -> dict[str, WordTokens]:
+    """The tokens of the model each word names: every token whose normalized string equals the
+    word's (casing and leading-space or ``##`` variants included), and every token the atlas
+    displays as the word, so that a token as shown (``-fire``, the word piece ``##fire``)
+    searches back to itself. Words that name no token are absent."""
     rows = a.sql(
-        "SELECT token_norm, list(token_id ORDER BY token_id) AS ids "
-        f"FROM {a.relation(model_id, 'vocab')} "
-        "WHERE token_norm IN (SELECT unnest(?)) GROUP BY token_norm",
-        [list(keys)],
+        "SELECT w.word, list(DISTINCT v.token_id ORDER BY v.token_id) AS ids, "
+        "list(DISTINCT v.token_norm ORDER BY v.token_norm) AS norms "
+        "FROM (SELECT unnest(?) AS word, unnest(?) AS norm) w "
+        f"JOIN {a.relation(model_id, 'vocab')} v "
+        "ON v.token_norm = w.norm OR v.token_display = w.word GROUP BY w.word",
+        [words, [normalized_form(w) for w in words]],
     ).to_pylist()
-    return {keys[r["token_norm"]]: r["ids"] for r in rows}
+    return {r["word"]: WordTokens(r["ids"], r["norms"]) for r in rows}
 
 
 def text_residual_vector(
@@ -44,25 +54,46 @@ def text_residual_vector(
     Returns the unit query vector and the words the vocabulary does not have; when it has none
     of them, an error, or (not ``strict``: one model of several) no vector.
     """
-    found = word_token_ids(a, model_id, words)
+    found = word_tokens(a, model_id, words)
     missing = [w for w in words if w not in found]
     if not found:
         if not strict:
             return None, missing
-        raise AtlasError(f"no token of model {model_id!r} matches {', '.join(words)}")
+        raise NoMatch(f"no token of model {model_id!r} matches {', '.join(words)}")
     unembed = a.unembedding(model_id)
     try:
-        per_word = [unit(unembed[ids].astype(np.float32).mean(axis=0)) for ids in found.values()]
+        groups = {tuple(t.ids) for t in found.values()}  # "Fire" and "fire": one word
+        per_word = [
+            unit(unembed[list(ids)].astype(np.float32).mean(axis=0)) for ids in sorted(groups)
+        ]
     except IndexError:
         raise AtlasError(f"model {model_id!r}: its unembedding is damaged (too few rows)") from None
     return unit(np.mean(per_word, axis=0)), missing
 
 
-def text_token_bag(words: list[str]) -> dict[str, float]:
-    bag = word_bag(words)
-    if not bag:
-        raise AtlasError(f"no searchable word in {' '.join(words)!r}")
-    return bag
+def text_token_bag(
+    a: Reader, models: list[str], words: list[str]
+) -> tuple[dict[str, float], list[str]]:
+    """The token-space vector of words (each normalized string the words name in any of
+    ``models``, equal weights) and the words no model's vocabulary has; a :class:`NoMatch`
+    when none has any of them."""
+    norms: set[str] = set()
+    named: set[str] = set()
+    for model_id in models:
+        for word, tokens in word_tokens(a, model_id, words).items():
+            named.add(word)
+            norms.update(n for n in tokens.norms if n)
+    if not norms:
+        raise NoMatch(f"no token of {listed(models)} matches {', '.join(words)}")
+    missing = [w for w in dict.fromkeys(words) if w not in named]
+    return {n: 1.0 / math.sqrt(len(norms)) for n in sorted(norms)}, missing
+
+
+def listed(models: list[str], most: int = 5) -> str:
+    """Model ids for a message: ``a``, ``a or b``, ``a, b or c``; past ``most``, a count."""
+    if len(models) > most:
+        return f"any of the {len(models)} models searched"
+    return models[0] if len(models) == 1 else f"{', '.join(models[:-1])} or {models[-1]}"
 
 
 def direction_vector(a: Reader, direction_id: int) -> tuple[str, np.ndarray]:

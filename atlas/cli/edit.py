@@ -83,9 +83,8 @@ def edit(
     from, with the same weight processing, and checked against the atlas.
     """
     import atlas
-    from query.probe import read_pairs
 
-    pairs = _pairs(prompts, targets, prompts_file, read_pairs)
+    pairs = _pairs(prompts, targets, prompts_file)
     if len(eps) not in (1, len(direction_ids)):
         raise AtlasError(
             f"give one --eps for all directions or one per --direction "
@@ -129,7 +128,7 @@ def edit(
 
 
 def _pairs(
-    prompts: tuple[str, ...], targets: tuple[str, ...], prompts_file: str | None, read: Any
+    prompts: tuple[str, ...], targets: tuple[str, ...], prompts_file: str | None
 ) -> list[tuple[str, str]]:
     if len(prompts) != len(targets):
         raise AtlasError(
@@ -137,7 +136,9 @@ def _pairs(
         )
     pairs = list(zip(prompts, targets, strict=True))
     if prompts_file:
-        pairs += read(prompts_file)
+        from query.probe import read_pairs  # imports torch: only when there is a file to read
+
+        pairs += read_pairs(prompts_file)
     if not pairs:
         raise AtlasError("nothing to measure: give --prompt TEXT --target TOKEN or --prompts FILE")
     return pairs

@@ -16,9 +16,10 @@ from atlas.core.jsondata import result_rows
 from atlas.core.views import VIEWS
 from query.cards import DEFAULT_TOP
 
-# The library's defaults, so the CLI cannot drift from them.
-from query.search import DEFAULT_K, HIT_FIELDS, MAX_K, SPACES
-from query.trace import DEFAULT_HOPS, DEFAULT_LIMIT, DEFAULT_MIN_COS, TRACE_FIELDS
+# The library's defaults and bounds, so the CLI cannot drift from them.
+from query.limits import HOPS, TRACE_LIMIT, K
+from query.search import HIT_FIELDS, SPACES
+from query.trace import DEFAULT_MIN_COS, TRACE_FIELDS
 
 DEFAULT_TOKENS = 8
 
@@ -160,7 +161,12 @@ def _hit_row(hit: Any, n_tokens: int, fmt: str) -> dict[str, Any]:
 )
 @_filter_options
 @click.option(
-    "-k", "k", type=click.IntRange(1, MAX_K), default=DEFAULT_K, show_default=True, help="Hits."
+    "-k",
+    "k",
+    type=click.IntRange(K.low, K.high),
+    default=K.default,
+    show_default=True,
+    help=f"Hits ({K.low} to {K.high}).",
 )
 @click.option("--min-score", type=FiniteFloat(0, 1), default=0.0, help="Keep |cos| >= X.")
 @_tokens_option
@@ -218,17 +224,17 @@ TRACE_COLUMNS = [
 )
 @click.option(
     "--hops",
-    type=click.IntRange(1),
-    default=DEFAULT_HOPS,
+    type=click.IntRange(HOPS.low, HOPS.high),
+    default=HOPS.default,
     show_default=True,
-    help="Follow neighbours of neighbours this many times.",
+    help=f"Follow neighbours of neighbours this many times ({HOPS.low} to {HOPS.high}).",
 )
 @click.option(
     "--limit",
-    type=click.IntRange(1),
-    default=DEFAULT_LIMIT,
+    type=click.IntRange(TRACE_LIMIT.low, TRACE_LIMIT.high),
+    default=TRACE_LIMIT.default,
     show_default=True,
-    help="Stop after this many directions.",
+    help=f"Rows at most, the origin included ({TRACE_LIMIT.low} to {TRACE_LIMIT.high}).",
 )
 @click.option("--same-model", is_flag=True, help="Do not cross into other models.")
 @_filter_options
@@ -243,9 +249,10 @@ def trace(obj: dict[str, Any], direction_id: int, n_tokens: int, fmt: str, **kw:
     reached from (with --hops > 1).
     """
     import atlas
+    from atlas.cli.progress import HopProgress
 
-    with atlas.open(obj["atlas"]) as a:
-        steps = a.trace(direction_id, **_library_args(kw))
+    with atlas.open(obj["atlas"]) as a, HopProgress() as progress:
+        steps = a.trace(direction_id, progress=progress, **_library_args(kw))
     rows = [{**s.to_dict(), **_hit_row(s.hit, n_tokens, fmt)} for s in steps]
     if fmt == "json":
         emit(rows, TRACE_FIELDS, fmt)

@@ -19,6 +19,13 @@ class DamagedIndex(AtlasError):
     message names the model and ``check --repair``. Other models stay searchable."""
 
 
+class NoMatch(AtlasError):
+    """A query that nothing in the models searched can match: a word no vocabulary has, a
+    layer or head no model has (HTTP 400, as any bad query, and a non-zero exit in the CLI;
+    not :class:`NotFound`, which names a model or direction the atlas lacks). The message
+    names what matched nothing and in which models."""
+
+
 class AtlasWarning(UserWarning):
     """Something a reader of the results should know (a damaged model left out, a word the
     vocabulary lacks, an approximate index). The CLI prints it as one ``note:`` line on stderr."""

@@ -12,10 +12,6 @@ A text query is the bag of its words with equal weights.
 
 from __future__ import annotations
 
-import math
-
-from atlas.core.tokens import normalized_form
-
 # Built at ingest from a store's top_tokens and vocab tables (ordered by token_norm, so that
 # DuckDB's zone maps let a lookup of a few strings skip most of the table).
 # Aggregates, a join and a sort, which DuckDB runs out of core within the writer's memory
@@ -34,9 +30,3 @@ BUILD_TOKEN_BAGS = """
     FROM summed s JOIN norms n USING (direction_id)
     ORDER BY token_norm, direction_id
 """
-
-
-def word_bag(words: list[str]) -> dict[str, float]:
-    """The token-space vector of a text query: each distinct normalized word, equal weight."""
-    keys = sorted({normalized_form(w) for w in words} - {""})
-    return {k: 1.0 / math.sqrt(len(keys)) for k in keys}

@@ -1,7 +1,8 @@
 """The JSON API: the library's calls over HTTP, with the CLI's ``--format json`` field names.
 
 Every parameter is validated by FastAPI before the library sees it (bad input is a 400), and
-every size is bounded: ``k``, trace hops and limits, SQL rows, text and vector lengths, and
+every size is bounded: ``k``, trace hops and limits (``query.limits``, as in the CLI and
+the library), SQL rows, text and vector lengths, and
 (in :mod:`atlas.server.app`) the request body.
 """
 
@@ -24,17 +25,14 @@ from atlas.server.live import LiveAtlas
 from atlas.server.work import run
 from query.cards import DEFAULT_TOP
 from query.filters import text_filters
-from query.search import DEFAULT_K
+from query.limits import HOPS, TRACE_LIMIT, K
 from query.spectrum import DEFAULT_JUMP_FACTOR
-from query.trace import DEFAULT_LIMIT, DEFAULT_MIN_COS
+from query.trace import DEFAULT_MIN_COS
 from query.vectors import load_npy
 
-MAX_K = 1_000
 MAX_TEXT = 500
 MAX_VECTOR = 65_536
 MAX_BODY_NPY = MAX_VECTOR * 8 + 4_096  # a float64 vector of MAX_VECTOR values and its header
-MAX_HOPS = 5
-MAX_TRACE = 2_000
 MAX_TOP = 1_000
 SQL_ROWS = 1_000  # rows a SQL result shows unless asked for more
 MAX_SQL_ROWS = 100_000  # rows a SQL result or download can hold
@@ -87,21 +85,21 @@ class SearchParams(FilterParams):
     q: str | None = Field(None, max_length=MAX_TEXT, description="words of one concept")
     direction: int | None = Field(None, ge=0, description="more like this direction id")
     space: Literal["auto", "residual", "token"] = "auto"
-    k: int = Field(DEFAULT_K, ge=1, le=MAX_K)
+    k: int = Field(K.default, ge=K.low, le=K.high)
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="keep |cos| >= X")
 
 
 class VectorSearch(FilterParams):
     vector: list[float] = Field(max_length=MAX_VECTOR, description="a residual-space vector")
     space: Literal["auto", "residual"] = "auto"
-    k: int = Field(DEFAULT_K, ge=1, le=MAX_K)
+    k: int = Field(K.default, ge=K.low, le=K.high)
     min_score: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class TraceParams(FilterParams):
     min_cos: float = Field(DEFAULT_MIN_COS, gt=0.0, le=1.0)
-    hops: int = Field(1, ge=1, le=MAX_HOPS)
-    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_TRACE)
+    hops: int = Field(HOPS.default, ge=HOPS.low, le=HOPS.high)
+    limit: int = Field(TRACE_LIMIT.default, ge=TRACE_LIMIT.low, le=TRACE_LIMIT.high)
     same_model: bool = False
 
 
@@ -152,7 +150,11 @@ def trace_steps(a: Atlas, direction_id: int, params: TraceParams) -> dict[str, A
         same_model=params.same_model,
         **params.library_args(),
     )
-    return {"direction_id": direction_id, "steps": [s.to_dict() for s in steps]}
+    return {
+        "direction_id": direction_id,
+        "steps": [s.to_dict() for s in steps],
+        "notes": steps.notes,
+    }
 
 
 def spectrum_record(

@@ -26,7 +26,6 @@ from atlas.core.jsondata import result_rows, table_cell
 from atlas.core.layout import DEFAULT_ATLAS
 from atlas.server import api
 from atlas.server.api import (
-    MAX_K,
     MAX_VECTOR,
     SQL_ROWS,
     MatrixHead,
@@ -40,6 +39,7 @@ from atlas.server.api import (
 )
 from atlas.server.work import error_status, run
 from query.cards import MatrixStat
+from query.limits import HOPS, K
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(
@@ -103,7 +103,7 @@ async def search_upload(
     request: Request,
     vector_file: Annotated[UploadFile, File(description="a .npy vector")],
     model: Annotated[str | None, Form(max_length=api.MAX_TEXT)] = None,
-    k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
+    k: Annotated[int, Form(ge=K.low, le=K.high)] = K.default,
 ) -> HTMLResponse:
     data = await vector_file.read(api.MAX_BODY_NPY + 1)
     params = VectorSearch(vector=[], model=model or None, k=k)
@@ -150,7 +150,7 @@ async def _search_page(
         notes=context.get("notes", []),
         error=context.get("error"),
         uploaded=vector is not None,
-        max_k=MAX_K,
+        max_k=K.high,
         max_vector=MAX_VECTOR,
         hit_bars=[token_bars(h["tokens"], h["token_scores"]) for h in hits or []],
     )
@@ -312,7 +312,7 @@ async def direction_page(
             "card": card,
             "near": [h.to_dict() for h in near],
             "across": [h.to_dict() for h in across],
-            "trace": api.trace_steps(a, direction_id, trace)["steps"],
+            "trace": api.trace_steps(a, direction_id, trace),
             "models": a.model_ids(),
         }
 
@@ -327,7 +327,7 @@ async def direction_page(
         for polarity in ("pos", "neg")
     }
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for step in context["trace"]:
+    for step in context["trace"]["steps"]:
         groups.setdefault((step["model_id"], step["layer"]), []).append(step)
     return render(
         request,
@@ -338,6 +338,8 @@ async def direction_page(
         across=context["across"],
         trace=trace,
         trace_groups=groups,
+        trace_notes=context["trace"]["notes"],
+        max_hops=HOPS.high,
         edits=EDITS,
         cli=_reproduce(request, direction_id, trace),
     )

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import atlas
 from atlas.core.errors import AtlasError
-from query.search import MAX_K
+from query.limits import K
 
 TEXT = st.text(st.sampled_from("0123456789:,-+ _\t\n;'\"#Ġ▁٣") | st.characters(), max_size=30)
 WORDS = st.sampled_from(["fire", "Water", "KING", " city ", "##ing", "ü", "über"]) | TEXT
@@ -29,7 +29,7 @@ def minilm(minilm_atlas: Path) -> Iterator[atlas.Atlas]:
 )
 @given(
     st.one_of(TEXT, st.lists(WORDS, max_size=3), st.lists(WORDS, max_size=4).map(" , ".join)),
-    st.integers(min_value=1, max_value=50) | st.integers(min_value=-3, max_value=MAX_K + 3),
+    st.integers(min_value=1, max_value=50) | st.integers(min_value=-3, max_value=K.high + 3),
     st.sampled_from(["auto", "residual", "token", "nonsense"]),
 )
 def test_search_with_any_text(
@@ -39,5 +39,5 @@ def test_search_with_any_text(
         hits = minilm.search(text, k=k, space=space)
     except AtlasError:
         return
-    assert 1 <= k <= MAX_K and len(hits) <= k
+    assert K.low <= k <= K.high and len(hits) <= k
     assert all(0 <= h.direction_id < 9216 for h in hits)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import atlas
+from query.limits import TRACE_LIMIT
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +31,16 @@ def brute_force_bfs(ids, vecs, origin: int, min_cos: float, hops: int) -> list[s
     return levels
 
 
-@pytest.mark.parametrize("origin", [432, 2497, 8724])
-def test_trace_equals_brute_force_bfs(minilm_atlas: Path, vectors, origin: int) -> None:
+# min_cos per origin: three hops reach under TRACE_LIMIT directions (2497 reaches 4258 at 0.2)
+@pytest.mark.parametrize(("origin", "min_cos"), [(432, 0.2), (2497, 0.25), (8724, 0.2)])
+def test_trace_equals_brute_force_bfs(
+    minilm_atlas: Path, vectors, origin: int, min_cos: float
+) -> None:
     ids, vecs = vectors
     with atlas.open(minilm_atlas) as a:
-        steps = a.trace(origin, min_cos=0.2, hops=3, limit=100_000)
-    levels = brute_force_bfs(ids, vecs, origin, 0.2, 3)
-    assert sum(len(level) for level in levels) > 0
+        steps = a.trace(origin, min_cos=min_cos, hops=3, limit=TRACE_LIMIT.high)
+    levels = brute_force_bfs(ids, vecs, origin, min_cos, 3)
+    assert 0 < sum(len(level) for level in levels) < TRACE_LIMIT.high  # nothing cut
     for hop, expected in enumerate(levels, start=1):
         assert {s.hit.direction_id for s in steps if s.hop == hop} == expected
     for s in steps:
@@ -54,7 +58,7 @@ def test_trace_equals_brute_force_bfs(minilm_atlas: Path, vectors, origin: int) 
 def test_trace_limit_and_bad_input(minilm_atlas: Path) -> None:
     with atlas.open(minilm_atlas) as a:
         steps = a.trace(432, min_cos=0.1, hops=3, limit=25)
-        assert len(steps) == 26  # the origin and 25 more
+        assert len(steps) == 25  # the origin and 24 more
         with pytest.raises(atlas.AtlasError, match="no direction"):
             a.trace(10**9)
         with pytest.raises(atlas.AtlasError, match="min_cos"):

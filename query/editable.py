@@ -1,0 +1,66 @@
+"""Whether ``edit`` can measure a model, answered from the atlas's ``models`` table before any
+model is booted (a boot takes seconds; this module imports no ML library).
+
+An edit is measured as next-token probabilities, which mean something only for a causal
+language model. The architectures below are the ones TransformerLens runs with bidirectional
+attention, or as encoder-decoders (its ``BertArchitectureAdapter`` and kin, and
+``transformer_lens.utilities.architectures``): their LM head is not a next-token predictor.
+``query.probe.require_causal`` still checks the booted model, for an architecture this list
+does not know.
+"""
+
+from __future__ import annotations
+
+from atlas.core.errors import AtlasError
+from atlas.core.reader import Reader
+
+# Bidirectional encoders and masked or diffusion language models.
+BIDIRECTIONAL = frozenset(
+    {
+        "BertForMaskedLM",
+        "BertLMHeadModel",
+        "BertModel",
+        "RobertaForMaskedLM",
+        "AlbertForMaskedLM",
+        "DistilBertForMaskedLM",
+        "ElectraForMaskedLM",
+        "BD3LM",
+        "DreamModel",
+        "GiddForDiffusionLM",
+        "LLaDAModelLM",
+        "LLaDA2MoeModelLM",
+    }
+)
+# Encoder-decoders: the decoder is causal, but it reads an encoder the probe does not feed.
+ENCODER_DECODER = frozenset(
+    {
+        "T5ForConditionalGeneration",
+        "MT5ForConditionalGeneration",
+        "T5GemmaForConditionalGeneration",
+        "T5Gemma2ForConditionalGeneration",
+        "BartForConditionalGeneration",
+        "MBartForConditionalGeneration",
+        "MarianMTModel",
+        "PegasusForConditionalGeneration",
+        "SwitchTransformersForConditionalGeneration",
+    }
+)
+
+
+def check_editable(a: Reader, model_id: str) -> None:
+    """An :class:`AtlasError` at once when ``model_id``'s stored architecture cannot be
+    measured by ``edit`` (an unknown model is :class:`NotFound`)."""
+    a.require_model(model_id)
+    rows = a.sql(f"SELECT architecture FROM {a.relation(model_id, 'models')}").to_pylist()
+    architecture = rows[0]["architecture"]
+    if architecture in BIDIRECTIONAL or architecture.endswith("ForMaskedLM"):
+        why = "attention is bidirectional"
+    elif architecture in ENCODER_DECODER:
+        why = "it is an encoder-decoder"
+    else:
+        return
+    raise AtlasError(
+        f"{model_id!r} ({architecture}) is not a causal language model ({why}), so next-token "
+        "probabilities after an edit would be meaningless; edit it from Python "
+        "(query.edit.concept_edit) and measure what fits"
+    )
