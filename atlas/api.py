@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from atlas.core.exchange.sources import open_reader
 from atlas.core.reader import Reader, WorkUnit
 from atlas.core.sqlguard import check_timeout
 from query.cards import DEFAULT_TOP, direction_card, matrix_card, matrix_stats
+from query.coherence import ListCoherence, list_coherence
 from query.compare import compare as compare_models
 from query.filters import make_filters
 from query.search import DEFAULT_K, Hit, Hits, approximate_note, resolve_query
@@ -294,6 +295,17 @@ class Atlas:
 
     def __repr__(self) -> str:
         return f"<Atlas {self.location!r}: {len(self.model_ids())} models>"
+
+
+def coherence(*lists: str | Sequence[str]) -> list[ListCoherence]:
+    """The coherence of token lists, each a list of strings or one comma-separated string:
+    first its percentile among random lists of as many tokens from the bundled MiniLM's
+    vocabulary (``coherence_pct``), then the raw score, P(a lenient judge names a theme)
+    (``coherence``). Needs no atlas. ::
+
+        atlas.coherence("fire, flame, smoke, burning, blaze, heat")[0].coherence_pct  # 100.0
+    """
+    return list_coherence(lists)
 
 
 def _model_names(model: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
