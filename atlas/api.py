@@ -122,8 +122,8 @@ class Atlas:
 
     def matrix_stats(self, model_id: str, stat: str = "sigma_max") -> list[dict[str, Any]]:
         """``layer, head, kind, value`` for every matrix of a model, ``stat`` one of
-        ``MATRIX_STATS`` (sigma_max, stable_rank, effective_rank, coherence, top_coherence:
-        the coherence of the matrix's top direction)."""
+        ``MATRIX_STATS`` (sigma_max, stable_rank, effective_rank, coherence, coherence_pct,
+        top_coherence and top_coherence_pct: those of the matrix's top direction)."""
         return matrix_stats(self.reader, model_id, stat)
 
     def models(self) -> list[dict[str, Any]]:
