@@ -74,8 +74,8 @@ def test_percentile_agrees_with_a_fresh_random_sample(
     """The stored null is a sample of the distribution the test draws from on its own."""
     fresh = np.sort(scorer.score_lists(_random(vocabulary, 2000, 6, seed=99)))
     probes = [
-        "ories, acked, oses, icles, ure, ove".split(", "),
-        "table, democracy, purple, swim, guitar, seven".split(", "),
+        ["ories", "acked", "oses", "icles", "ure", "ove"],
+        ["table", "democracy", "purple", "swim", "guitar", "seven"],
         *_random(vocabulary, 3, 6, seed=5),
     ]
     for r in atlas.coherence(*probes):
@@ -189,7 +189,5 @@ def test_cli_direction_card_shows_the_percentile(minilm_atlas: Path) -> None:
         card = a.card(433)
     shown = run_cli("--atlas", minilm_atlas, "show", "433")
     assert shown.returncode == 0, shown.stderr
-    assert (
-        f"coherence: percentile {card['coherence_pct']:.1f} of the model's null" in shown.stdout
-    )
+    assert f"coherence: percentile {card['coherence_pct']:.1f} of the model's null" in shown.stdout
     assert f"{THEME} {card['coherence']:.4f}" in shown.stdout
