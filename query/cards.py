@@ -110,11 +110,20 @@ def direction_card(a: Reader, direction_id: int) -> dict[str, Any]:
 
 
 # What a model's matrices can be compared by (a model page's grid): a column of ``matrices``,
-# or the coherence of each matrix's top direction on its judged side.
-MatrixStat = Literal["sigma_max", "stable_rank", "effective_rank", "coherence", "top_coherence"]
+# or the coherence (raw, or its percentile of the model's null) of each matrix's top direction
+# on its judged side.
+MatrixStat = Literal[
+    "sigma_max",
+    "stable_rank",
+    "effective_rank",
+    "coherence",
+    "coherence_pct",
+    "top_coherence",
+    "top_coherence_pct",
+]
 MATRIX_STATS: tuple[MatrixStat, ...] = get_args(MatrixStat)
 _TOP_COHERENCE = (
-    "(SELECT d.coherence FROM {directions} d WHERE d.matrix_id = m.matrix_id "
+    "(SELECT d.{column} FROM {directions} d WHERE d.matrix_id = m.matrix_id "
     f"AND d.sv_index = 0 AND ({JUDGED_SQL}) LIMIT 1)"
 )
 
@@ -125,8 +134,10 @@ def matrix_stats(a: Reader, model_id: str, stat: str) -> list[dict[str, Any]]:
     if stat not in MATRIX_STATS:
         raise AtlasError(f"unknown statistic {stat!r}; choose one of {', '.join(MATRIX_STATS)}")
     column = (
-        _TOP_COHERENCE.format(directions=a.relation(model_id, "directions"))
-        if stat == "top_coherence"
+        _TOP_COHERENCE.format(
+            column=stat.removeprefix("top_"), directions=a.relation(model_id, "directions")
+        )
+        if stat.startswith("top_")
         else f"m.{stat}"
     )
     return a.sql(

@@ -1,4 +1,4 @@
-"""`svd-atlas coherence`: the coherence score of bare token lists."""
+"""`svd-atlas coherence`: the coherence of bare token lists, led by a percentile against a null."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from atlas.cli.output import text_or_json_option
+from atlas.cli.output import print_table, text_or_json_option
 from atlas.core.errors import AtlasError
 
 
@@ -20,31 +20,49 @@ from atlas.core.errors import AtlasError
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Score each line: one comma-separated token list per line.",
 )
-@text_or_json_option("text: one score per line; json: one object per list with its score.")
+@text_or_json_option(
+    "text: a table, percentile first; json: one object per list (coherence_pct, coherence, "
+    "tokens, null)."
+)
 @click.pass_obj
 def coherence(_obj: dict[str, Any], tokens: str | None, path: Path | None, fmt: str) -> None:
     """Score how coherent a list of tokens is ("fire, flame, smoke, ...").
 
-    The score (0 to 1) estimates the probability that a judge names a shared meaning; it is the
-    same score the atlas stores for each direction's top tokens. See the README for its
-    definition and calibration.
+    First the percentile: the percent of 10,000 random lists of as many tokens from the bundled
+    MiniLM's vocabulary that score at or below the list (random lists land anywhere from 0 to
+    100, 50 on average). Then the raw score: P(a lenient judge names a theme), which almost
+    every list of real words puts above 0.9. See docs/coherence.md.
     """
-    from ingest.coherence import Scorer, parse_list
+    from atlas.api import coherence as score
 
     if (tokens is None) == (path is None):
         raise AtlasError("give either a token list or --file FILE")
     lines = [tokens] if tokens is not None else _lines(path)
-    lists = [parse_list(line) for line in lines]
-    for n, tokens_ in enumerate(lists, 1):
-        if len(tokens_) < 2:
-            where = f"line {n} of {path}" if path else "the token list"
-            raise AtlasError(f"{where} needs at least two comma-separated tokens")
-    scores = Scorer().score_lists(lists)
-    for tokens_, score in zip(lists, scores, strict=True):
-        if fmt == "json":
-            click.echo(json.dumps({"score": round(float(score), 6), "tokens": tokens_}))
-        else:
-            click.echo(f"{score:.4f}")
+    try:
+        results = score(*lines)
+    except AtlasError as exc:
+        raise AtlasError(f"{path}: {exc}" if path else str(exc)) from None
+    if fmt == "json":
+        for r in results:
+            record = {**r.to_dict(), "coherence": round(r.coherence, 6)}
+            click.echo(json.dumps(record, ensure_ascii=False))
+        return
+    rows = [
+        {
+            "percentile": f"{r.coherence_pct:.1f}",
+            "P(theme)": f"{r.coherence:.4f}",
+            "tokens": ", ".join(r.tokens),
+        }
+        for r in results
+    ]
+    print_table(rows, ["percentile", "P(theme)", "tokens"])
+    null = results[0].null
+    click.echo(
+        f"\npercentile: percent of {null['lists']:,} random lists of as many tokens from the "
+        f"{null['vocabulary']} vocabulary ({null['vocabulary_size']:,} tokens, seed "
+        f"{null['seed']}) scoring at or below the list\nP(theme): the raw score, P(a lenient "
+        "judge names a theme); most lists of real words score above 0.9"
+    )
 
 
 def _lines(path: Path | None) -> list[str]:

@@ -314,6 +314,12 @@ def _print_direction(card: dict[str, Any], n_tokens: int) -> None:
             f"  partner ({'write' if card['side'] == 'read' else 'read'} side): "
             f"{card['partner_id']}"
         )
+    if card["coherence"] is not None:
+        click.echo(
+            f"  coherence: percentile {card['coherence_pct']:.1f} of the model's null (random "
+            f"directions scored alike); raw P(a lenient judge names a theme) "
+            f"{card['coherence']:.4f}, z {card['coherence_z']:.2f}"
+        )
     from atlas.core.jsondata import table_cell
 
     for polarity in ("pos", "neg"):

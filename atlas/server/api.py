@@ -17,7 +17,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from atlas.api import Atlas
+from atlas.api import Atlas, coherence
 from atlas.core.contract import KINDS, MLP_KINDS, Kind
 from atlas.core.errors import AtlasError, one_line
 from atlas.core.jsondata import csv_cell, jsonable, result_rows, unique_names
@@ -235,6 +235,17 @@ async def trace(
 ) -> Any:
     """Every direction within ``hops`` steps of ``|cos| >= min_cos`` (``svd-atlas trace``)."""
     return await answer(request, lambda a: trace_steps(a, direction_id, params))
+
+
+@router.get("/coherence", response_class=StrictJSON)
+async def coherence_of_list(
+    request: Request,
+    q: Annotated[str, Query(min_length=1, max_length=MAX_TEXT, description="tok, tok, ...")],
+) -> Any:
+    """A comma-separated token list's coherence (``svd-atlas coherence --format json``): its
+    percentile among random lists of the same length (``coherence_pct``), then the raw score,
+    P(a lenient judge names a theme) (``coherence``)."""
+    return await answer(request, lambda _a: coherence(q)[0].to_dict())
 
 
 # A model id may hold any printable character, "/" included (hub names): it is a query

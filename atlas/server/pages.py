@@ -19,7 +19,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from atlas.api import Atlas
+from atlas.api import Atlas, coherence
 from atlas.core.contract import KINDS, MLP_KINDS
 from atlas.core.errors import AtlasError
 from atlas.core.jsondata import result_rows, table_cell
@@ -57,8 +57,10 @@ GRID_STATS = {
     "sigma_max": "sigma_max (spectral norm)",
     "stable_rank": "stable rank",
     "effective_rank": "effective rank",
-    "coherence": "coherence of the matrix",
-    "top_coherence": "coherence of the top direction",
+    "coherence_pct": "coherence of the matrix: percentile of the model's null",
+    "top_coherence_pct": "coherence of the top direction: percentile of the model's null",
+    "coherence": "coherence of the matrix: raw P(a judge names a theme)",
+    "top_coherence": "coherence of the top direction: raw P(a judge names a theme)",
 }
 EDITS = (("ablate", -1.0), ("dampen", -0.5), ("amplify", 1.0))
 
@@ -358,6 +360,35 @@ def _reproduce(request: Request, direction_id: int, trace: TraceParams) -> dict[
         "api_card": f"/api/directions/{direction_id}",
         "api_trace": f"/api/directions/{direction_id}/trace?{urlencode(options)}",
     }
+
+
+# -- coherence of a bare list ---------------------------------------------------------------
+
+
+@router.get("/coherence", response_class=HTMLResponse)
+async def coherence_page(
+    request: Request, q: Annotated[str | None, Query(max_length=api.MAX_TEXT)] = None
+) -> HTMLResponse:
+    """Score a typed token list: its percentile among random lists first, then the raw score."""
+
+    def work(_a: Atlas) -> dict[str, Any]:
+        if not q:
+            return {}
+        try:
+            return {"result": coherence(q)[0].to_dict()}
+        except AtlasError as exc:
+            return {"error": str(exc)}
+
+    context = await run(live_atlas(request), work, time_limit(request))
+    return render(
+        request,
+        "coherence.html",
+        400 if context.get("error") else 200,
+        q=q or "",
+        result=context.get("result"),
+        error=context.get("error"),
+        max_text=api.MAX_TEXT,
+    )
 
 
 # -- SQL -----------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ import atlas
 from atlas.core.tokens import display_vocabulary
 from bench.coherence_auc import HELD_OUT_AUC, LABELS, held_out_auc
 from ingest.coherence import Judge, Scorer, features_of_ids, logit
-from tests.support.helpers import run_cli
 from tests.support.oracle import centered_unembedding, vocabulary
 
 PLANTED = [
@@ -144,29 +142,6 @@ def test_random_directions_land_near_z_zero(minilm_atlas: Path, scorer: Scorer) 
     ref = logit(null)
     z = (logit(fresh) - ref.mean()) / ref.std(ddof=1)
     assert abs(z.mean()) < 0.25 and 0.75 < z.std() < 1.3, (z.mean(), z.std())
-
-
-def test_cli_scores_a_list_a_file_and_json(tmp_path: Path, scorer: Scorer) -> None:
-    fire = "fire, flame, smoke, burning, ash, heat"
-    junk = "ories, acked, oses, icles, ure, ove"
-    expected = scorer.score_lists([fire.split(", "), junk.split(", ")])
-    one = run_cli("coherence", fire)
-    assert one.returncode == 0, one.stderr
-    assert float(one.stdout.strip()) == pytest.approx(expected[0], abs=6e-5)
-
-    path = tmp_path / "lists.txt"
-    path.write_text(f"{fire}\n\n{junk}\n", encoding="utf-8")
-    text = run_cli("coherence", "--file", path)
-    assert text.returncode == 0, text.stderr
-    np.testing.assert_allclose([float(x) for x in text.stdout.split()], expected, atol=6e-5)
-
-    js = run_cli("coherence", "--file", path, "--format", "json")
-    objects = [json.loads(line) for line in js.stdout.splitlines()]
-    assert [o["tokens"] for o in objects] == [fire.split(", "), junk.split(", ")]
-    np.testing.assert_allclose([o["score"] for o in objects], expected, atol=1e-6)
-
-    bad = run_cli("coherence", "fire")
-    assert bad.returncode != 0 and "at least two" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_list_features_equal_explicit_pairwise_computation() -> None:

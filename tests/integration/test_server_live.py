@@ -160,9 +160,7 @@ def test_bad_starts_are_one_line(minilm_atlas: Path, tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        line = assert_one_error_line(
-            run_cli("--atlas", minilm_atlas, "serve", "--port", str(port))
-        )
+        line = assert_one_error_line(run_cli("--atlas", minilm_atlas, "serve", "--port", str(port)))
     assert f"cannot listen on 127.0.0.1:{port}" in line and "--port" in line
     assert "no atlas at" in assert_one_error_line(
         run_cli("--atlas", tmp_path / "none", "serve", "--port", str(free_port()))
