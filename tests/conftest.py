@@ -1,4 +1,10 @@
-"""Shared fixtures: atlases are built once per session, in-process, on the CPU."""
+"""Shared fixtures: atlases are built once per session, in-process, on the CPU.
+
+Tiers: ``pytest -m "not slow"`` is the fast tier (every layer: the math against numpy, storage,
+the SQL guard, search against brute force, the CLI in-process, the HTTP API); ``slow`` marks,
+test by test, what boots a model in a subprocess, kills processes, starts Ray or a browser, or
+needs the coherence scorer. See tests/README.md.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +16,27 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-INTEGRATION = Path(__file__).parent / "integration"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under tests/integration boots models or runs the CLI: it is ``slow``."""
-    for item in items:
-        if INTEGRATION in Path(item.fspath).parents:
-            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
 def minilm_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An atlas holding the bundled MiniLM, ingested with default options and --coherence."""
+    """An atlas holding the bundled MiniLM, ingested with default options (no coherence: the
+    README's atlas). Read-only for tests: change a copy (``atlas_copy``)."""
     from ingest.job import IngestOptions, ingest
     from tests.support.helpers import quiet
 
     root = tmp_path_factory.mktemp("minilm") / "atlas"
+    ingest(root, IngestOptions(model="minilm", device="cpu"), log=quiet, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def minilm_coherence_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MiniLM ingested with ``--coherence`` (tens of seconds more): for coherence's tests only."""
+    from ingest.job import IngestOptions, ingest
+    from tests.support.helpers import quiet
+
+    root = tmp_path_factory.mktemp("minilm-coherence") / "atlas"
     options = IngestOptions(model="minilm", device="cpu", coherence=True)
     ingest(root, options, log=quiet, progress=False)
     return root

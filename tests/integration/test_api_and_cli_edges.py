@@ -152,6 +152,7 @@ def test_every_listing_command_takes_format(minilm_atlas: Path) -> None:
     assert "--tokens" in run_cli("search", "--help").stdout
 
 
+@pytest.mark.slow
 def test_broken_pipe_ends_quietly(minilm_atlas: Path) -> None:
     command = [*CLI, "--atlas", str(minilm_atlas), "sql", "SELECT * FROM range(200000)"]
     head = subprocess.run(

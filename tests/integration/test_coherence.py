@@ -15,6 +15,9 @@ from bench.coherence_auc import HELD_OUT_AUC, LABELS, held_out_auc
 from ingest.coherence import Judge, Scorer, features_of_ids, logit
 from tests.support.oracle import centered_unembedding, vocabulary
 
+# slow: the coherence scorer embeds the vocabulary, and MiniLM is ingested with coherence
+pytestmark = pytest.mark.slow
+
 PLANTED = [
     ["fire", "flame", "smoke", "burning", "ash", "heat", "burn"],
     ["dog", "cat", "horse", "cow", "sheep", "pig", "rabbit"],
@@ -90,8 +93,8 @@ def test_scores_are_deterministic_and_match_the_bare_list_path() -> None:
     assert first[:-1].min() > first[-1]  # fragments score below every semantic set
 
 
-def test_stored_scores_and_null_are_consistent(minilm_atlas: Path) -> None:
-    with atlas.open(minilm_atlas) as a:
+def test_stored_scores_and_null_are_consistent(minilm_coherence_atlas: Path) -> None:
+    with atlas.open(minilm_coherence_atlas) as a:
         null = {
             scope: np.array(
                 a.sql(
@@ -131,8 +134,8 @@ def test_stored_scores_and_null_are_consistent(minilm_atlas: Path) -> None:
     np.testing.assert_allclose(rescored, stored, rtol=1e-5)
 
 
-def test_random_directions_land_near_z_zero(minilm_atlas: Path, scorer: Scorer) -> None:
-    with atlas.open(minilm_atlas) as a:
+def test_random_directions_land_near_z_zero(minilm_coherence_atlas: Path, scorer: Scorer) -> None:
+    with atlas.open(minilm_coherence_atlas) as a:
         null = np.array(
             a.sql("SELECT coherence FROM coherence_null WHERE scope = 'direction'").to_pydict()[
                 "coherence"

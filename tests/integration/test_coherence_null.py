@@ -25,6 +25,9 @@ from ingest.coherence import Scorer, clean
 from query.coherence import NULL_LISTS, list_coherence, random_lists
 from tests.support.helpers import assert_one_error_line, run_cli
 
+# slow: the null of random lists embeds the whole vocabulary once; MiniLM with coherence
+pytestmark = pytest.mark.slow
+
 FIRE = "fire, flame, smoke, burning, blaze, heat"
 NUMBERS = "one, two, three, four, five, six"
 THEME = "P(a lenient judge names a theme)"
@@ -124,8 +127,8 @@ def test_cli_text_leads_with_the_percentile(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(minilm_atlas: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(str(minilm_atlas))) as c:
+def client(minilm_coherence_atlas: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(str(minilm_coherence_atlas))) as c:
         yield c
 
 
@@ -159,9 +162,9 @@ def test_coherence_page_shows_the_percentile_first(client: TestClient) -> None:
 
 
 def test_direction_and_matrix_pages_lead_with_the_stored_percentile(
-    client: TestClient, minilm_atlas: Path
+    client: TestClient, minilm_coherence_atlas: Path
 ) -> None:
-    with atlas.open(minilm_atlas) as a:
+    with atlas.open(minilm_coherence_atlas) as a:
         (row,) = a.sql(
             "SELECT direction_id FROM directions WHERE coherence_pct BETWEEN 50 AND 99.9 "
             "ORDER BY direction_id LIMIT 1"
@@ -184,10 +187,10 @@ def test_direction_and_matrix_pages_lead_with_the_stored_percentile(
         assert values[key] == pytest.approx(g["value"], rel=1e-3)
 
 
-def test_cli_direction_card_shows_the_percentile(minilm_atlas: Path) -> None:
-    with atlas.open(minilm_atlas) as a:
+def test_cli_direction_card_shows_the_percentile(minilm_coherence_atlas: Path) -> None:
+    with atlas.open(minilm_coherence_atlas) as a:
         card = a.card(433)
-    shown = run_cli("--atlas", minilm_atlas, "show", "433")
+    shown = run_cli("--atlas", minilm_coherence_atlas, "show", "433")
     assert shown.returncode == 0, shown.stderr
     assert f"coherence: percentile {card['coherence_pct']:.1f} of the model's null" in shown.stdout
     assert f"{THEME} {card['coherence']:.4f}" in shown.stdout

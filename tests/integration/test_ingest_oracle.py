@@ -10,6 +10,9 @@ import pytest
 import atlas
 from tests.support import oracle
 
+# slow: every MiniLM matrix against numpy (the fast tier has test_oracle_folders)
+pytestmark = pytest.mark.slow
+
 JUDGED_SIDE = {"ov": "write", "mlp_in": "read", "mlp_out": "write"}
 
 

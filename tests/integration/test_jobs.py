@@ -27,6 +27,8 @@ from ingest.options import read_model_list
 from tests.support.atlas_compare import assert_same_atlas
 from tests.support.helpers import SINGLE_THREAD, assert_one_error_line, quiet, run_cli
 
+pytestmark = pytest.mark.slow  # starts a local Ray cluster and runs ingests in worker processes
+
 JOB = [
     IngestOptions(model="minilm", max_rank=4, device="cpu"),
     IngestOptions(model="random:llama-tiny", max_rank=4, device="cpu"),

@@ -26,11 +26,14 @@ boto3 = pytest.importorskip("boto3", reason="needs boto3, moto and s3fs (pip ins
 pytest.importorskip("s3fs", reason="needs s3fs (pip install -e '.[test]')")
 pytest.importorskip("moto", reason="needs moto[server] (pip install -e '.[test]')")
 
+pytestmark = pytest.mark.slow  # a moto S3 server process
+
 BUCKET = "atlases"
 # What a researcher runs with plain DuckDB and pyarrow (no svd-atlas), as in the README.
 PLAIN_READER = r"""
 import json, os, sys
 import duckdb, fsspec, pyarrow.dataset as ds, pyarrow.fs as pafs
+
 root = sys.argv[1]  # s3://bucket/prefix
 con = duckdb.connect()
 con.register_filesystem(fsspec.filesystem("s3"))  # DuckDB reads s3:// through fsspec

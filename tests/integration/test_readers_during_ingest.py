@@ -15,9 +15,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import atlas
 from atlas.core.check import check_atlas
 from tests.support.helpers import SINGLE_THREAD, run_cli, start_cli
+
+pytestmark = pytest.mark.slow  # readers beside a real ingest process
 
 OLD = {"minilm": 9216}
 NEW = {"minilm": 4 * (72 * 2 + 12)}

@@ -15,10 +15,13 @@ import pytest
 import atlas
 from tests.support.live_server import CHROMIUM_ARGS, chromium_path, serving
 
-pytestmark = pytest.mark.skipif(
-    chromium_path() is None,
-    reason="needs Chromium: apt-get install chromium (CI's .ci/run installs it)",
-)
+pytestmark = [
+    pytest.mark.slow,  # headless Chromium against a server
+    pytest.mark.skipif(
+        chromium_path() is None,
+        reason="needs Chromium: apt-get install chromium (CI's .ci/run installs it)",
+    ),
+]
 DESKTOP = {"width": 1366, "height": 768}
 PHONE = {"width": 390, "height": 844}
 

@@ -17,6 +17,9 @@ import pytest
 from tests.support.helpers import assert_one_error_line, fingerprint, run_cli, start_cli
 from tests.support.tiny_models import ingest_loaded, tiny_gpt2
 
+# slow: runs `svd-atlas serve` as a real process, ingests beside it and kills it
+pytestmark = pytest.mark.slow
+
 START_SECONDS = 90  # a cold start imports FastAPI, DuckDB and FAISS and opens the atlas
 
 

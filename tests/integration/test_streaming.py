@@ -39,10 +39,12 @@ def _both(root: Path, spec: str, **options: object) -> tuple[Path, Path]:
     return streamed, whole
 
 
+@pytest.mark.slow
 def test_minilm_streamed_equals_whole_model(tmp_path: Path) -> None:
     assert_same_atlas(*_both(tmp_path, "minilm", max_rank=8))
 
 
+@pytest.mark.slow
 def test_saved_llama_tiny_folder_streamed_equals_whole_model(tmp_path: Path) -> None:
     folder = save_random_model("llama-tiny", tmp_path / "llama-tiny")
     assert_same_atlas(*_both(tmp_path, str(folder), processing="tl"))

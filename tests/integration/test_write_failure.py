@@ -16,6 +16,8 @@ from atlas.cli.main import cli
 from atlas.core.check import check_atlas
 from tests.support.helpers import CLI, SINGLE_THREAD, assert_one_error_line, fingerprint, start_cli
 
+pytestmark = pytest.mark.slow  # real processes under resource limits
+
 
 def _assert_intact(root: Path, before: dict[str, str]) -> None:
     assert fingerprint(root) == before
