@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import atlas
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, NoMatch
 from query.limits import K
 
 TEXT = st.text(st.sampled_from("0123456789:,-+ _\t\n;'\"#Ġ▁٣") | st.characters(), max_size=30)
@@ -35,9 +35,25 @@ def minilm(minilm_atlas: Path) -> Iterator[atlas.Atlas]:
 def test_search_with_any_text(
     minilm: atlas.Atlas, text: str | list[str], k: int, space: str
 ) -> None:
+    """A refusal has a reason the input gives; an answer is k hits ranked by |cos|."""
+    bad_k, bad_space = not K.low <= k <= K.high, space == "nonsense"
     try:
         hits = minilm.search(text, k=k, space=space)
-    except AtlasError:
+    except NoMatch as exc:
+        assert not bad_k and not bad_space and "minilm" in str(exc)
         return
-    assert K.low <= k <= K.high and len(hits) <= k
-    assert all(0 <= h.direction_id < 9216 for h in hits)
+    except AtlasError as exc:
+        message = str(exc)
+        reasons = {
+            "k": bad_k and "k must be" in message,
+            "space": bad_space and "nonsense" in message,
+            "text": "empty search text" in message,
+        }
+        assert any(reasons.values()), message
+        return
+    assert not bad_k and not bad_space
+    assert 1 <= len(hits) <= k
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 + 1e-6 for s in scores)
+    assert len({h.direction_id for h in hits}) == len(hits)
+    assert all(0 <= h.direction_id < 9216 and h.sign in (1, -1) for h in hits)
