@@ -36,8 +36,10 @@ import pyarrow as pa
 from atlas.core.contract import TABLES
 from atlas.core.errors import AtlasError, NotFound, one_line
 from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size
+from atlas.core.memlimit import parse_memory_limit, session_config
 from atlas.core.sqlguard import (
     QueryTimeout,
+    engine_error,
     interruptible,
     lock_session,
     run_statement,
@@ -124,14 +126,15 @@ class Reader:
     Subclasses attach their data to ``self._con`` before calling :meth:`_finish_open`.
     """
 
-    def __init__(self, location: str):
+    def __init__(self, location: str, memory_limit: int | str | None = None):
         self.location = location
+        self.memory_limit = parse_memory_limit(memory_limit)
         self.damaged: dict[str, str] = {}  # model_id -> why it was left out
         self.notes: list[str] = []  # things a reader of the output should know
         self.writable = False
-        # no spilling to disk: a reader writes nothing anywhere (a query past DuckDB's memory
-        # limit is one error line instead)
-        self._con = duckdb.connect(":memory:", config={"temp_directory": ""})
+        # bounded memory and no spilling to disk: a reader writes nothing anywhere, and a query
+        # past the memory limit is one error line (``atlas.core.memlimit``)
+        self._con = duckdb.connect(":memory:", config=session_config(self.memory_limit))
         self._cursors: dict[int, duckdb.DuckDBPyConnection] = {}
         self._working: dict[int, WorkUnit] = {}  # thread ident -> its cancellable unit
         self._cancelled: set[int] = set()
@@ -181,8 +184,8 @@ class Reader:
         """One of the library's own queries (trusted SQL, untrusted values as parameters)."""
         try:
             return self.cursor().sql(query, params=params).to_arrow_table()
-        except duckdb.Error as exc:
-            raise AtlasError(f"{self.location}: {one_line(exc)}") from None
+        except (duckdb.Error, RuntimeError) as exc:
+            raise self._engine_error(exc) from None
 
     def batches(
         self, query: str, params: list[Any] | dict[str, Any] | None, rows: int
@@ -190,14 +193,23 @@ class Reader:
         """A query's rows in Arrow batches of about ``rows`` rows (the schema kept when empty)."""
         try:
             reader = self.cursor().sql(query, params=params).to_arrow_reader(rows)
-        except duckdb.Error as exc:
-            raise AtlasError(f"{self.location}: {one_line(exc)}") from None
-        yielded = False
-        for batch in reader:
-            yielded = True
-            yield batch
+            yielded = False
+            for batch in reader:
+                yielded = True
+                yield batch
+        except (duckdb.Error, RuntimeError) as exc:
+            raise self._engine_error(exc) from None
         if not yielded:
             yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+
+    def _engine_error(self, exc: BaseException) -> BaseException:
+        """A library query's failure (``sqlguard.engine_error``). An interruption of a
+        cancelled unit of work is its error line, not Ctrl-C: the thread serves on."""
+        with self._lock:
+            cancelled = threading.get_ident() in self._cancelled
+        if cancelled and isinstance(exc, duckdb.InterruptException):
+            return AtlasError(f"{self.location}: {one_line(exc)}")
+        return engine_error(exc, self.memory_limit, prefix=f"{self.location}: ")
 
     def check_cancelled(self) -> None:
         """Stop here if the calling thread's unit of work was cancelled (see :meth:`cancel`):
@@ -216,7 +228,14 @@ class Reader:
     ) -> pa.Table:
         """A researcher's statement: read-only unless the handle is writable (``sqlguard``)."""
         return run_statement(
-            self.cursor(), query, params, self.writable, timeout, max_rows, max_bytes
+            self.cursor(),
+            query,
+            params,
+            self.writable,
+            timeout,
+            max_rows,
+            max_bytes,
+            memory_limit=self.memory_limit,
         )
 
     def call(self, work: Callable[[], Any], timeout: float | None = None) -> Any:
@@ -359,9 +378,15 @@ def check_direction_id(direction_id: Any) -> int:
 class StoreReader(Reader):
     """An atlas directory (or a bundle loaded into a private one); see the module notes."""
 
-    def __init__(self, root: str | os.PathLike[str], write: bool = False, location: str = ""):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        write: bool = False,
+        location: str = "",
+        memory_limit: int | str | None = None,
+    ):
         self.dir = AtlasDir(root)
-        super().__init__(location or str(self.dir.root))
+        super().__init__(location or str(self.dir.root), memory_limit)
         self._unembeddings: dict[str, np.ndarray] = {}
         self._index_lock = threading.Lock()
         self._user_db = False

@@ -31,8 +31,8 @@ from atlas.core.vectors import vector_matrix
 class ParquetReader(Reader):
     """A Parquet tree; see the module notes."""
 
-    def __init__(self, location: str):
-        super().__init__(location)
+    def __init__(self, location: str, memory_limit: int | str | None = None):
+        super().__init__(location, memory_limit)
         self._fs, self._root = tree_filesystem(location)
         self.info = read_marker(self._fs, self._root, location)
         self._con.register_filesystem(ReadOnlyRoot(self._fs, self._root))
