@@ -7,6 +7,7 @@ that query commands start fast.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
 from typing import Any
@@ -97,4 +98,9 @@ _register()
 
 
 def main() -> None:
-    cli(prog_name="svd-atlas")
+    try:
+        cli(prog_name="svd-atlas")
+    finally:
+        # The command has ended and said how: Ctrl-C from here on has nothing left to stop, and
+        # would only make the interpreter die of SIGINT on its way out, after the outcome.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

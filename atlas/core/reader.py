@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -47,6 +47,7 @@ from atlas.core.sqlguard import (
 )
 from atlas.core.views import create_views
 
+T = TypeVar("T")
 USER_DB = "user.duckdb"
 PARQUET_MARKER = "_svd_atlas.json"
 # Read a catalog again if a store it names vanished meanwhile (a concurrent replace + sweep).
@@ -182,8 +183,11 @@ class Reader:
 
     def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
         """One of the library's own queries (trusted SQL, untrusted values as parameters)."""
+        cursor = self.cursor()
         try:
-            return self.cursor().sql(query, params=params).to_arrow_table()
+            return _off_main_thread(
+                lambda: cursor.sql(query, params=params).to_arrow_table(), cursor
+            )
         except (duckdb.Error, RuntimeError) as exc:
             raise self._engine_error(exc) from None
 
@@ -191,10 +195,13 @@ class Reader:
         self, query: str, params: list[Any] | dict[str, Any] | None, rows: int
     ) -> Iterator[pa.RecordBatch]:
         """A query's rows in Arrow batches of about ``rows`` rows (the schema kept when empty)."""
+        cursor = self.cursor()
         try:
-            reader = self.cursor().sql(query, params=params).to_arrow_reader(rows)
+            reader = _off_main_thread(
+                lambda: cursor.sql(query, params=params).to_arrow_reader(rows), cursor
+            )
             yielded = False
-            for batch in reader:
+            while (batch := _off_main_thread(lambda: next(reader, None), cursor)) is not None:
                 yielded = True
                 yield batch
         except (duckdb.Error, RuntimeError) as exc:
@@ -366,6 +373,16 @@ class Reader:
             self._cursors.clear()
             self._con.close()
         self.indexes.clear()  # unmapped once no search holds them
+
+
+def _off_main_thread(work: Callable[[], T], cursor: duckdb.DuckDBPyConnection) -> T:
+    """``work()``, a statement on ``cursor``; on the main thread, run in a worker while the main
+    thread waits, so that Ctrl-C interrupts the statement at once. (DuckDB's client notices
+    Ctrl-C in a statement running on the main thread only now and then: sometimes not before
+    the statement ends.) Other threads (a server's) run it themselves."""
+    if threading.current_thread() is not threading.main_thread():
+        return work()
+    return interruptible(work, None, lambda _worker: cursor.interrupt())
 
 
 def check_direction_id(direction_id: Any) -> int:

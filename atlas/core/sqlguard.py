@@ -52,6 +52,7 @@ LOCKDOWN = (
 )
 
 
+STOP_INTERVAL = 0.05  # seconds between interrupts of work that has not stopped yet
 STREAM_BATCH_ROWS = 10_000
 SIZED_BATCH_ROWS = 1_024  # with a byte limit: smaller batches, so the limit is kept closely
 
@@ -277,16 +278,22 @@ def interruptible(work: Callable[[], T], timeout: float | None, stop: Callable[[
     try:
         finished = done.wait(timeout)
     except KeyboardInterrupt:
-        stop(worker.ident)
-        done.wait()
+        _stop_until_done(worker.ident, stop, done)
         raise
     if not finished:
-        stop(worker.ident)
-        done.wait()
+        _stop_until_done(worker.ident, stop, done)
         raise QueryTimeout(f"the query was stopped after the time limit of {timeout:g} s")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def _stop_until_done(ident: int, stop: Callable[[int], None], done: threading.Event) -> None:
+    """``stop`` the work, again and again until it has ended: an interrupt that comes before
+    the engine starts a statement (or between two) is lost."""
+    stop(ident)
+    while not done.wait(STOP_INTERVAL):
+        stop(ident)
 
 
 def sql_string(text: str) -> str:

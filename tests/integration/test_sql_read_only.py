@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import atlas
 from atlas.core.errors import AtlasError
 from atlas.core.memlimit import DEFAULT_MEMORY_LIMIT
 from tests.support.helpers import assert_one_error_line, run_cli, start_cli
-from tests.support.processes import finish
+from tests.support.processes import finish, interrupt, running
 
 # Runs for hours in constant memory.
 RUNAWAY = "SELECT count(*) FROM range(1000000000000) WHERE random() < 0"
@@ -235,9 +234,9 @@ def test_ctrl_c_stops_a_runaway_query_every_time(hostile_atlas: Path) -> None:
     for query in (RUNAWAY, HUNGRY, RUNAWAY, HUNGRY):
         process = start_cli("--atlas", hostile_atlas, "sql", query)
         time.sleep(3)  # past start-up: the query is running
-        assert query == HUNGRY or process.poll() is None
+        assert query == HUNGRY or running(process)
         sent = time.monotonic()
-        process.send_signal(signal.SIGINT)
+        interrupt(process)
         ended = finish(process, timeout=30)
         assert time.monotonic() - sent < 1.0
         assert ended.peak_rss < PEAK_RSS_ALLOWED
