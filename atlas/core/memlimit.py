@@ -60,7 +60,7 @@ def format_bytes(n: int) -> str:
     return f"{n} bytes"
 
 
-def session_config(memory_limit: int) -> dict[str, str]:
+def session_config(memory_limit: int) -> dict[str, str | bool | int | float | list[str]]:
     """DuckDB settings for a reading session: at most ``memory_limit`` bytes, no spilling."""
     return {
         "memory_limit": f"{memory_limit}B",
