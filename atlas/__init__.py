@@ -21,16 +21,21 @@ __all__ = ["Atlas", "AtlasError", "DamagedIndex", "coherence", "open"]
 
 
 def open(  # noqa: A001 - mirrors builtins.open on purpose
-    location: str | os.PathLike[str], *, write: bool = False
+    location: str | os.PathLike[str],
+    *,
+    write: bool = False,
+    memory_limit: int | str | None = None,
 ) -> Atlas:
     """Open an atlas directory, a bundle file or a Parquet tree (a folder or a URL).
 
     Read-only: ``write=True`` (atlas directories only) lets ``sql`` keep your own tables in the
-    atlas's ``user.duckdb``; model data always stays read-only.
+    atlas's ``user.duckdb``; model data always stays read-only. ``memory_limit`` (bytes, or a
+    size such as ``"8GB"``; default 2 GB) bounds the memory of every statement of the handle,
+    yours and the library's together: a query that needs more is refused with one line.
     """
     from atlas.api import Atlas
 
-    return Atlas.open(location, write=write)
+    return Atlas.open(location, write=write, memory_limit=memory_limit)
 
 
 def coherence(*lists: str | Sequence[str]) -> list[ListCoherence]:

@@ -61,10 +61,15 @@ class Atlas:
         self.reader = reader
 
     @classmethod
-    def open(cls, location: str | os.PathLike[str], write: bool = False) -> Atlas:
+    def open(
+        cls,
+        location: str | os.PathLike[str],
+        write: bool = False,
+        memory_limit: int | str | None = None,
+    ) -> Atlas:
         if not isinstance(location, str | os.PathLike):
             raise AtlasError(f"an atlas location is a path or a URL, not {location!r}")
-        reader = open_reader(location, write=write)
+        reader = open_reader(location, write=write, memory_limit=memory_limit)
         for model_id, why in reader.damaged.items():
             warnings.warn(f"model {model_id!r} left out: {why}", AtlasWarning, stacklevel=3)
         for note in reader.notes:

@@ -7,6 +7,7 @@ that query commands start fast.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
 from typing import Any
@@ -16,12 +17,16 @@ import click
 from atlas.core.errors import AtlasError, AtlasWarning
 from atlas.core.jsondata import printable
 from atlas.core.layout import DEFAULT_ATLAS
+from atlas.core.sqlguard import is_interrupt
 
 SIGPIPE_EXIT = 141  # what a process killed by SIGPIPE reports, as `yes | head` does
+INTERRUPTED_EXIT = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
+INTERRUPTED = "interrupted: the atlas is unchanged"
 
 
 class _Cli(click.Group):
-    """User errors become one line on stderr and a non-zero exit, never a traceback."""
+    """User errors become one line on stderr and a non-zero exit, never a traceback. Ctrl-C
+    is one line and exit 130, whether Python or DuckDB reports it (``sqlguard.is_interrupt``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -29,8 +34,8 @@ class _Cli(click.Group):
         except AtlasError as exc:
             raise click.ClickException(printable(str(exc))) from None
         except KeyboardInterrupt:
-            click.echo("interrupted: the atlas is unchanged", err=True)
-            sys.exit(130)
+            click.echo(INTERRUPTED, err=True)
+            sys.exit(INTERRUPTED_EXIT)
         except BrokenPipeError:
             # the reader of our output went away (`| head`): stop quietly
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -39,6 +44,11 @@ class _Cli(click.Group):
         except OSError as exc:
             where = f": {exc.filename}" if exc.filename else ""
             raise click.ClickException(printable(f"{exc.strerror or exc}{where}")) from None
+        except Exception as exc:
+            if not is_interrupt(exc):
+                raise
+            click.echo(INTERRUPTED, err=True)
+            sys.exit(INTERRUPTED_EXIT)
 
 
 def _show_note(message: Any, category: type, *_args: Any, **_kwargs: Any) -> None:
@@ -88,4 +98,9 @@ _register()
 
 
 def main() -> None:
-    cli(prog_name="svd-atlas")
+    try:
+        cli(prog_name="svd-atlas")
+    finally:
+        # The command has ended and said how: Ctrl-C from here on has nothing left to stop, and
+        # would only make the interpreter die of SIGINT on its way out, after the outcome.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

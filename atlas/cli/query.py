@@ -13,6 +13,7 @@ from atlas.cli.result_file import OUT_FORMATS, out_format, write_result
 from atlas.core.contract import KINDS, SIDES, TABLES
 from atlas.core.errors import AtlasError
 from atlas.core.jsondata import result_rows
+from atlas.core.memlimit import DEFAULT_MEMORY_LIMIT, format_bytes
 from atlas.core.views import VIEWS
 from query.cards import DEFAULT_TOP
 
@@ -24,6 +25,21 @@ from query.trace import DEFAULT_MIN_COS, TRACE_FIELDS
 DEFAULT_TOKENS = 8
 
 
+def memory_limit_option(fn: Any) -> Any:
+    """``--memory-limit``: the bound on the memory of the atlas's session (``atlas.open``'s
+    ``memory_limit``), checked by the library so the CLI and Python refuse the same values."""
+    return click.option(
+        "--memory-limit",
+        envvar="SVD_ATLAS_MEMORY_LIMIT",
+        default=format_bytes(DEFAULT_MEMORY_LIMIT).replace(" ", ""),
+        show_default=True,
+        metavar="SIZE",
+        help="Memory the atlas's queries may use together (e.g. 512MB, 8GB; env "
+        "SVD_ATLAS_MEMORY_LIMIT); a query that needs more is stopped with one line. Nothing "
+        "is ever spilled to disk.",
+    )(fn)
+
+
 @click.command(
     help=f"""Run one SQL statement against the atlas: read-only unless --write.
 
@@ -32,7 +48,8 @@ DEFAULT_TOKENS = 8
     Read-only means read-only: the model data is attached read-only, the session cannot open
     any other file (read_text, glob, COPY ... TO and ATTACH are refused by DuckDB itself), and
     a statement runs in a transaction that is rolled back. --write keeps your own tables in
-    the atlas's user.duckdb and nowhere else. Ctrl-C or --timeout stops a runaway query.
+    the atlas's user.duckdb and nowhere else. Ctrl-C or --timeout stops a runaway query, and
+    --memory-limit bounds its memory.
     """
 )
 @click.argument("query")
@@ -54,6 +71,7 @@ DEFAULT_TOKENS = 8
     type=click.FloatRange(0, min_open=True),  # the library refuses nan and inf, in its words
     help="Stop the query after SECONDS.",
 )
+@memory_limit_option
 @format_option
 @click.pass_obj
 def sql(
@@ -63,6 +81,7 @@ def sql(
     out: Path | None,
     out_fmt: str | None,
     timeout: float | None,
+    memory_limit: str,
     fmt: str,
 ) -> None:
     import atlas
@@ -74,7 +93,7 @@ def sql(
         out_fmt = out_format(out, out_fmt)
         if out.is_dir():
             raise AtlasError(f"{out} is a directory; give a file name")
-    with atlas.open(obj["atlas"], write=write) as a:
+    with atlas.open(obj["atlas"], write=write, memory_limit=memory_limit) as a:
         result = a.sql(query, timeout=timeout)
     if out is not None and out_fmt is not None:
         write_result(result, out, out_fmt)

@@ -12,7 +12,9 @@ from typing import Any
 import click
 
 from atlas.cli.numbers import FiniteFloat
+from atlas.cli.query import memory_limit_option
 from atlas.core.errors import AtlasError, one_line
+from atlas.core.memlimit import parse_memory_limit
 from atlas.server import DEFAULT_INDEX_MEMORY_GB, DEFAULT_PORT, DEFAULT_TIMEOUT
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -49,9 +51,16 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
     help="Indexes kept loaded (memory-mapped); a search across more models than fit reads "
     "the others as it goes.",
 )
+@memory_limit_option
 @click.pass_obj
 def serve(
-    obj: dict[str, Any], host: str, port: int, workers: int, timeout: float, index_memory: float
+    obj: dict[str, Any],
+    host: str,
+    port: int,
+    workers: int,
+    timeout: float,
+    index_memory: float,
+    memory_limit: str,
 ) -> None:
     """Serve the atlas read-only: web pages at / and a JSON API under /api (/openapi.json).
 
@@ -62,6 +71,7 @@ def serve(
 
     from atlas.server.app import LOCATION_ENV, create_app
 
+    parse_memory_limit(memory_limit)  # one line now, not a failure in each worker
     _check_free(host, port)
     location = obj["atlas"]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
@@ -73,7 +83,7 @@ def serve(
     options = {"host": host, "port": port, "log_level": "warning"}
     if workers == 1:
         started = time.perf_counter()
-        app = create_app(location, timeout, index_memory)
+        app = create_app(location, timeout, index_memory, memory_limit)
         with app.state.live.lease() as a:
             n_models, n_directions = len(a.model_ids()), sum(m["directions"] for m in a.models())
             n_loaded = len(a.loaded_indexes())
@@ -87,7 +97,12 @@ def serve(
         uvicorn.run(app, **options)  # type: ignore[arg-type]
         return
     os.environ[LOCATION_ENV] = json.dumps(
-        {"location": location, "timeout": timeout, "index_memory_gb": index_memory}
+        {
+            "location": location,
+            "timeout": timeout,
+            "index_memory_gb": index_memory,
+            "memory_limit": memory_limit,
+        }
     )
     click.echo(f"serving {location} with {workers} worker processes", err=True)
     click.echo(f"  {url}  ({reach}); Ctrl-C stops it", err=True)

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -36,9 +36,11 @@ import pyarrow as pa
 from atlas.core.contract import TABLES
 from atlas.core.errors import AtlasError, DamagedIndex, NotFound, one_line
 from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size
+from atlas.core.memlimit import parse_memory_limit, session_config
 from atlas.core.model_ids import left_out
 from atlas.core.sqlguard import (
     QueryTimeout,
+    engine_error,
     interruptible,
     lock_session,
     run_statement,
@@ -47,6 +49,7 @@ from atlas.core.sqlguard import (
 from atlas.core.vectors import vector_matrix
 from atlas.core.views import create_views
 
+T = TypeVar("T")
 USER_DB = "user.duckdb"
 PARQUET_MARKER = "_svd_atlas.json"
 # Read a catalog again if a store it names vanished meanwhile (a concurrent replace + sweep).
@@ -126,15 +129,16 @@ class Reader:
     Subclasses attach their data to ``self._con`` before calling :meth:`_finish_open`.
     """
 
-    def __init__(self, location: str):
+    def __init__(self, location: str, memory_limit: int | str | None = None):
         self.location = location
+        self.memory_limit = parse_memory_limit(memory_limit)
         self.damaged: dict[str, str] = {}  # model_id -> why it was left out
         self.damaged_indexes: dict[str, str] = {}  # model_id -> why its index was refused
         self.notes: list[str] = []  # things a reader of the output should know
         self.writable = False
-        # no spilling to disk: a reader writes nothing anywhere (a query past DuckDB's memory
-        # limit is one error line instead)
-        self._con = duckdb.connect(":memory:", config={"temp_directory": ""})
+        # bounded memory and no spilling to disk: a reader writes nothing anywhere, and a query
+        # past the memory limit is one error line (``atlas.core.memlimit``)
+        self._con = duckdb.connect(":memory:", config=session_config(self.memory_limit))
         self._cursors: dict[int, duckdb.DuckDBPyConnection] = {}
         self._working: dict[int, WorkUnit] = {}  # thread ident -> its cancellable unit
         self._cancelled: set[int] = set()
@@ -182,25 +186,40 @@ class Reader:
 
     def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
         """One of the library's own queries (trusted SQL, untrusted values as parameters)."""
+        cursor = self.cursor()
         try:
-            return self.cursor().sql(query, params=params).to_arrow_table()
-        except duckdb.Error as exc:
-            raise AtlasError(f"{self.location}: {one_line(exc)}") from None
+            return _off_main_thread(
+                lambda: cursor.sql(query, params=params).to_arrow_table(), cursor
+            )
+        except (duckdb.Error, RuntimeError) as exc:
+            raise self._engine_error(exc) from None
 
     def batches(
         self, query: str, params: list[Any] | dict[str, Any] | None, rows: int
     ) -> Iterator[pa.RecordBatch]:
         """A query's rows in Arrow batches of about ``rows`` rows (the schema kept when empty)."""
+        cursor = self.cursor()
         try:
-            reader = self.cursor().sql(query, params=params).to_arrow_reader(rows)
-        except duckdb.Error as exc:
-            raise AtlasError(f"{self.location}: {one_line(exc)}") from None
-        yielded = False
-        for batch in reader:
-            yielded = True
-            yield batch
+            reader = _off_main_thread(
+                lambda: cursor.sql(query, params=params).to_arrow_reader(rows), cursor
+            )
+            yielded = False
+            while (batch := _off_main_thread(lambda: next(reader, None), cursor)) is not None:
+                yielded = True
+                yield batch
+        except (duckdb.Error, RuntimeError) as exc:
+            raise self._engine_error(exc) from None
         if not yielded:
             yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+
+    def _engine_error(self, exc: BaseException) -> BaseException:
+        """A library query's failure (``sqlguard.engine_error``). An interruption of a
+        cancelled unit of work is its error line, not Ctrl-C: the thread serves on."""
+        with self._lock:
+            cancelled = threading.get_ident() in self._cancelled
+        if cancelled and isinstance(exc, duckdb.InterruptException):
+            return AtlasError(f"{self.location}: {one_line(exc)}")
+        return engine_error(exc, self.memory_limit, prefix=f"{self.location}: ")
 
     def check_cancelled(self) -> None:
         """Stop here if the calling thread's unit of work was cancelled (see :meth:`cancel`):
@@ -219,7 +238,14 @@ class Reader:
     ) -> pa.Table:
         """A researcher's statement: read-only unless the handle is writable (``sqlguard``)."""
         return run_statement(
-            self.cursor(), query, params, self.writable, timeout, max_rows, max_bytes
+            self.cursor(),
+            query,
+            params,
+            self.writable,
+            timeout,
+            max_rows,
+            max_bytes,
+            memory_limit=self.memory_limit,
         )
 
     def call(self, work: Callable[[], Any], timeout: float | None = None) -> Any:
@@ -388,6 +414,16 @@ class Reader:
         self.indexes.clear()  # unmapped once no search holds them
 
 
+def _off_main_thread(work: Callable[[], T], cursor: duckdb.DuckDBPyConnection) -> T:
+    """``work()``, a statement on ``cursor``; on the main thread, run in a worker while the main
+    thread waits, so that Ctrl-C interrupts the statement at once. (DuckDB's client notices
+    Ctrl-C in a statement running on the main thread only now and then: sometimes not before
+    the statement ends.) Other threads (a server's) run it themselves."""
+    if threading.current_thread() is not threading.main_thread():
+        return work()
+    return interruptible(work, None, lambda _worker: cursor.interrupt())
+
+
 def check_direction_id(direction_id: Any) -> int:
     """A direction id as an int, or one clear refusal (``"432"``, ``4.5`` and ``True`` are not)."""
     if isinstance(direction_id, bool) or not isinstance(direction_id, int | np.integer):
@@ -398,9 +434,15 @@ def check_direction_id(direction_id: Any) -> int:
 class StoreReader(Reader):
     """An atlas directory (or a bundle loaded into a private one); see the module notes."""
 
-    def __init__(self, root: str | os.PathLike[str], write: bool = False, location: str = ""):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        write: bool = False,
+        location: str = "",
+        memory_limit: int | str | None = None,
+    ):
         self.dir = AtlasDir(root)
-        super().__init__(location or str(self.dir.root))
+        super().__init__(location or str(self.dir.root), memory_limit)
         self._unembeddings: dict[str, np.ndarray] = {}
         self._contracts: dict[str, Any] = {}  # model_id -> its index_guard.IndexContract
         self._index_lock = threading.Lock()

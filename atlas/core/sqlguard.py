@@ -14,11 +14,16 @@ Three layers, each enough on its own for what it guards:
 
 A statement runs in a worker thread while the caller waits, so Ctrl-C (and ``timeout``) reach
 it at once: the wait is interrupted, the engine is told to stop (``interrupt``), and the
-statement ends within milliseconds.
+statement ends within milliseconds. However DuckDB reports an interruption (``InterruptException``
+after ``interrupt()``, or the ``RuntimeError`` its client raises when Ctrl-C reaches a statement
+running on the main thread), it is a ``KeyboardInterrupt`` to the caller; a statement past the
+session's memory limit (``atlas.core.memlimit``) is one :class:`MemoryLimitExceeded` line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -27,6 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from atlas.core.errors import AtlasError, one_line
+from atlas.core.memlimit import memory_limit_exceeded
 
 T = TypeVar("T")
 _T = duckdb.StatementType
@@ -46,12 +52,38 @@ LOCKDOWN = (
 )
 
 
+STOP_INTERVAL = 0.05  # seconds between interrupts of work that has not stopped yet
 STREAM_BATCH_ROWS = 10_000
 SIZED_BATCH_ROWS = 1_024  # with a byte limit: smaller batches, so the limit is kept closely
 
 
 class QueryTimeout(AtlasError):
     """A statement ran past its time limit and was stopped."""
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` says a statement was interrupted (Ctrl-C, or another thread's
+    ``interrupt()``); see the module notes. It needs no import of DuckDB: without DuckDB
+    imported, no DuckDB error was raised."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    engine = sys.modules.get("duckdb")
+    if engine is not None and isinstance(exc, engine.InterruptException):
+        return True
+    return type(exc) is RuntimeError and str(exc).strip().lower() == "query interrupted"
+
+
+def engine_error(exc: BaseException, memory_limit: int, prefix: str = "") -> BaseException:
+    """What a DuckDB failure is to the caller: ``KeyboardInterrupt`` for an interruption,
+    :class:`MemoryLimitExceeded` past the memory limit, else one :class:`AtlasError` line
+    (after ``prefix``); anything else is returned as it is."""
+    if is_interrupt(exc):
+        return KeyboardInterrupt()
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return memory_limit_exceeded(memory_limit)
+    if isinstance(exc, duckdb.Error):
+        return AtlasError(f"{prefix}{one_line(exc)}")
+    return exc
 
 
 def lock_session(con: duckdb.DuckDBPyConnection) -> None:
@@ -128,8 +160,11 @@ def run_statement(
     timeout: float | None = None,
     max_rows: int | None = None,
     max_bytes: int | None = None,
+    *,
+    memory_limit: int,
 ) -> pa.Table:
-    """Run one checked statement on ``con``; see the module notes.
+    """Run one checked statement on ``con`` (a session bounded by ``memory_limit`` bytes); see
+    the module notes.
 
     Returns the statement's rows: a query's result, DuckDB's ``Count`` of changed rows for an
     ``INSERT``/``UPDATE``/``DELETE``, and no rows for one that returns none (``CREATE``). With
@@ -154,7 +189,8 @@ def run_statement(
             else:
                 table = _first_rows(relation, max_rows, max_bytes)
         except BaseException:
-            con.execute("ROLLBACK")
+            with contextlib.suppress(duckdb.Error):  # the statement's own error is the news
+                con.execute("ROLLBACK")
             raise
         macros = _own_functions(con) if write else []
         if macros:
@@ -170,10 +206,8 @@ def run_statement(
 
     try:
         return interruptible(work, timeout, lambda _worker: con.interrupt())
-    except duckdb.InterruptException:
-        raise KeyboardInterrupt from None
-    except duckdb.Error as exc:
-        raise AtlasError(one_line(exc)) from None
+    except (duckdb.Error, RuntimeError) as exc:
+        raise engine_error(exc, memory_limit) from None
 
 
 def _own_functions(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -244,16 +278,22 @@ def interruptible(work: Callable[[], T], timeout: float | None, stop: Callable[[
     try:
         finished = done.wait(timeout)
     except KeyboardInterrupt:
-        stop(worker.ident)
-        done.wait()
+        _stop_until_done(worker.ident, stop, done)
         raise
     if not finished:
-        stop(worker.ident)
-        done.wait()
+        _stop_until_done(worker.ident, stop, done)
         raise QueryTimeout(f"the query was stopped after the time limit of {timeout:g} s")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def _stop_until_done(ident: int, stop: Callable[[int], None], done: threading.Event) -> None:
+    """``stop`` the work, again and again until it has ended: an interrupt that comes before
+    the engine starts a statement (or between two) is lost."""
+    stop(ident)
+    while not done.wait(STOP_INTERVAL):
+        stop(ident)
 
 
 def sql_string(text: str) -> str:

@@ -1,7 +1,8 @@
 """The ASGI application: the JSON API, the pages, their assets, errors and limits.
 
 Errors are one message with the right status, never a stack trace: bad input 400, an unknown
-model, matrix or direction 404, a request past its time limit 504, a body too large 413. The
+model, matrix or direction 404, a request past its time limit 504, a query past the memory
+limit 507 (Insufficient Storage: the server cannot hold what it needs), a body too large 413. The
 API answers them as ``{"error": message, "status": code}``; pages as an HTML page saying so.
 Every page forbids scripts and any source outside the server (Content-Security-Policy); the
 pages need no JavaScript at all.
@@ -47,14 +48,15 @@ def create_app(
     location: str,
     timeout: float = DEFAULT_TIMEOUT,
     index_memory_gb: float = DEFAULT_INDEX_MEMORY_GB,
+    memory_limit: int | str | None = None,
 ) -> FastAPI:
     """The server for the atlas at ``location``, opened (up to ``index_memory_gb`` of its
-    indexes loaded) before it returns."""
+    indexes loaded, its queries bounded by ``memory_limit`` together) before it returns."""
     # The notes of a search or card go out in its response; as warnings they would also be a
     # line on the server's stderr for every request (the library's notes for a user at a
     # prompt). A model left out at open is still told there: it is warned from atlas.server.live.
     warnings.filterwarnings("ignore", category=AtlasWarning, module=r"atlas\.server\.(api|pages)$")
-    live = LiveAtlas(location, int(index_memory_gb * 2**30))
+    live = LiveAtlas(location, int(index_memory_gb * 2**30), memory_limit)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -89,7 +91,12 @@ def create_app_from_env() -> FastAPI:
     import json
 
     options = json.loads(os.environ[LOCATION_ENV])
-    return create_app(options["location"], options["timeout"], options["index_memory_gb"])
+    return create_app(
+        options["location"],
+        options["timeout"],
+        options["index_memory_gb"],
+        options.get("memory_limit"),
+    )
 
 
 # -- errors --------------------------------------------------------------------------------

@@ -48,9 +48,9 @@ def _catalog_signature(location: str) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def _open(location: str, index_memory: int) -> _Handle:
+def _open(location: str, index_memory: int, memory_limit: int | str | None) -> _Handle:
     signature = _catalog_signature(location)  # read before opening: a later change is seen
-    handle = atlas.open(location)
+    handle = atlas.open(location, memory_limit=memory_limit)
     handle.load_indexes(index_memory)
     return _Handle(handle, signature)
 
@@ -58,11 +58,12 @@ def _open(location: str, index_memory: int) -> _Handle:
 class LiveAtlas:
     """The current handle on ``location``, swapped for a fresh one after each publish."""
 
-    def __init__(self, location: str, index_memory: int):
+    def __init__(self, location: str, index_memory: int, memory_limit: int | str | None = None):
         self.location, self.index_memory = location, index_memory
+        self.memory_limit = memory_limit  # of each handle's queries together (atlas.open)
         self.generation = 0  # handles opened after the first
         self._lock = threading.Lock()
-        self._current = _open(location, index_memory)
+        self._current = _open(location, index_memory, memory_limit)
         self._watching = self._current.signature is not None
         self._checked = time.monotonic()
         self._reopening = False
@@ -101,7 +102,7 @@ class LiveAtlas:
     def _reopen(self) -> None:
         signature = _catalog_signature(self.location)
         try:
-            fresh = _open(self.location, self.index_memory)
+            fresh = _open(self.location, self.index_memory, self.memory_limit)
         except Exception as exc:  # keep serving the old handle until the catalog changes again
             log.warning("could not open the changed atlas (%s); still serving the old one", exc)
             with self._lock:

@@ -407,7 +407,7 @@ async def sql_page(
         try:
             table, truncated = api.sql_result(a, q, limit)
         except AtlasError as exc:
-            return {"schema": schema, "error": str(exc)}
+            return {"schema": schema, "error": str(exc), "status": error_status(exc)}
         columns, rows = result_rows(table)
         return {"schema": schema, "columns": columns, "rows": rows, "truncated": truncated}
 
@@ -422,7 +422,7 @@ async def sql_page(
     return render(
         request,
         "sql.html",
-        400 if context.get("error") else 200,
+        context.get("status", 200),
         q=q or "",
         limit=limit,
         max_limit=SQL_PAGE_ROWS,

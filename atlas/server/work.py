@@ -16,6 +16,7 @@ import anyio.to_thread
 
 from atlas.api import Atlas
 from atlas.core.errors import AtlasError, DamagedIndex, NotFound
+from atlas.core.memlimit import MemoryLimitExceeded
 from atlas.core.reader import WorkUnit
 from atlas.core.sqlguard import QueryTimeout
 from atlas.server.live import LiveAtlas
@@ -46,9 +47,12 @@ async def run(live: LiveAtlas, call: Callable[[Atlas], T], timeout: float) -> T:
 
 def error_status(exc: AtlasError) -> int:
     """The HTTP status of a library error: 504 for a time limit, 503 for a model whose index
-    is damaged, 404 for an unknown model, matrix or direction, 400 for any other bad input."""
+    is damaged, 507 for a query past the memory limit, 404 for an unknown model, matrix or
+    direction, 400 for any other bad input."""
     if isinstance(exc, QueryTimeout):
         return 504
     if isinstance(exc, DamagedIndex):  # the server's data, not the request, is at fault
         return 503
+    if isinstance(exc, MemoryLimitExceeded):
+        return 507
     return 404 if isinstance(exc, NotFound) else 400

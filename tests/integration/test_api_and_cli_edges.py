@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -247,7 +248,6 @@ def test_ingest_leaves_the_hub_settings_as_it_found_them(tmp_path: Path) -> None
 
 
 def test_write_on_a_read_only_atlas_says_permission_denied(minilm_atlas: Path) -> None:
-    import shutil
     import tempfile
 
     # a folder an unprivileged user can reach (pytest's own are private to their owner)
@@ -258,22 +258,80 @@ def test_write_on_a_read_only_atlas_says_permission_denied(minilm_atlas: Path) -
     for p in [root, *root.rglob("*")]:
         p.chmod(0o555 if p.is_dir() else 0o444)
     try:
+        run = _cli_that_cannot_write(root)
         command = ["--atlas", str(root), "sql", "--write", "CREATE TABLE t AS SELECT 1"]
-        line = assert_one_error_line(_run_unprivileged(command))
+        line = assert_one_error_line(run(command))
         assert "permission denied" in line.lower() and "another process" not in line
-        reading = _run_unprivileged(["--atlas", str(root), "sql", "SELECT count(*) FROM models"])
+        reading = run(["--atlas", str(root), "sql", "SELECT count(*) FROM models"])
         assert reading.returncode == 0, reading.stderr  # reading a read-only atlas is fine
+        assert not (root / "user.duckdb").exists()
     finally:
         for p in [root, *root.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
         shutil.rmtree(base)
 
 
-def _run_unprivileged(args: list[str]) -> subprocess.CompletedProcess[str]:
-    """The CLI as user nobody when the tests run as root (root ignores file modes)."""
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-    return subprocess.run(
-        [*prefix, *CLI, *args], capture_output=True, text=True, env=cli_env(), timeout=120
+RunCli = Callable[[list[str]], subprocess.CompletedProcess[str]]
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+# Run as the unprivileged user: import the CLI, then try to create a file in the folder given.
+_PROBE = """
+import sys
+try:
+    import atlas.cli
+except BaseException as exc:
+    print(f"{type(exc).__name__}: {exc}")
+    sys.exit(3)
+try:
+    open(sys.argv[1] + "/probe", "x").close()
+except PermissionError:
+    sys.exit(0)
+sys.exit(4)
+"""
+
+
+def _cli_that_cannot_write(root: Path) -> RunCli:
+    """The CLI as a process that file modes keep from writing ``root``: this one (in-process),
+    or, where this one ignores modes (root), the CLI as user nobody; a skip naming what is
+    missing when neither can be had."""
+    if not _can_create_in(root):
+        return lambda args: run_cli(*args)
+    if os.geteuid() != 0:
+        pytest.skip(
+            f"this process (uid {os.geteuid()}, not root) can write {root}, a folder of mode "
+            "555: file modes do not bind it, and only root can switch user"
+        )
+    if shutil.which("setpriv") is None:
+        pytest.skip(
+            "the tests run as root, which ignores file modes, and setpriv (util-linux), which "
+            "would run the CLI as user nobody, is not installed"
+        )
+    probe = subprocess.run(
+        [*NOBODY, sys.executable, "-c", _PROBE, str(root)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
     )
+    assert probe.returncode != 4, f"user nobody can write {root}, a folder of mode 555"
+    if probe.returncode != 0:
+        said = (probe.stdout.strip() or probe.stderr.strip()).splitlines()
+        pytest.skip(
+            "the tests run as root, which ignores file modes, and user nobody (uid 65534) "
+            f"cannot run this interpreter and import its packages ({sys.prefix}: "
+            f"{said[-1] if said else f'exit {probe.returncode}'}): run the tests as a user "
+            "other than root, or with the interpreter and packages readable to all"
+        )
+    return lambda args: subprocess.run(
+        [*NOBODY, *CLI, *args], capture_output=True, text=True, env=cli_env(), timeout=120
+    )
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether this process can create a file in ``folder`` (tried, not judged by its mode)."""
+    probe = folder / ".write-probe"
+    try:
+        probe.touch(exist_ok=False)
+    except PermissionError:
+        return False
+    probe.unlink()
+    return True

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +20,16 @@ from hypothesis import strategies as st
 
 import atlas
 from atlas.core.errors import AtlasError
-from tests.support.helpers import CLI, assert_one_error_line, cli_env, run_cli
+from atlas.core.memlimit import DEFAULT_MEMORY_LIMIT
+from tests.support.helpers import assert_one_error_line, run_cli, start_cli
+from tests.support.processes import finish, interrupt, running
 
-RUNAWAY = "SELECT count(*) FROM range(1000000000000) a, range(1000000000000) b"
+# Runs for hours in constant memory.
+RUNAWAY = "SELECT count(*) FROM range(1000000000000) WHERE random() < 0"
+# Grows without end: a cross product materializes one side (it took 18.8 GB of a 24 GB machine
+# before the session had a memory limit).
+HUNGRY = "SELECT count(*) FROM range(1000000000000) a, range(1000000000000) b"
+PEAK_RSS_ALLOWED = DEFAULT_MEMORY_LIMIT + 1_500_000_000  # the limit plus the interpreter's own
 # Statements that would write or read a file, or change the session, however spelled.
 HOSTILE = [
     "COPY (SELECT 'x' AS x) TO '{target}' (FORMAT csv, HEADER false)",
@@ -223,21 +228,23 @@ def test_macros_are_refused_even_with_write(atlas_copy: Path) -> None:
 
 
 def test_ctrl_c_stops_a_runaway_query_every_time(hostile_atlas: Path) -> None:
-    for _ in range(4):
-        process = subprocess.Popen(
-            [*CLI, "--atlas", str(hostile_atlas), "sql", RUNAWAY],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_env(),
-        )
+    """A query that runs for hours stops at Ctrl-C; so does one that grows without end, in
+    the memory of the session's default limit: interrupted, or refused at the limit if it got
+    there first (a machine fast enough fills 2 GB within the 3 s), never a hang."""
+    for query in (RUNAWAY, HUNGRY, RUNAWAY, HUNGRY):
+        process = start_cli("--atlas", hostile_atlas, "sql", query)
         time.sleep(3)  # past start-up: the query is running
-        assert process.poll() is None
+        assert query == HUNGRY or running(process)
         sent = time.monotonic()
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=30)
+        interrupt(process)
+        ended = finish(process, timeout=30)
         assert time.monotonic() - sent < 1.0
-        assert process.returncode == 130 and "interrupted" in err
+        assert ended.peak_rss < PEAK_RSS_ALLOWED
+        assert "Traceback" not in ended.stderr and len(ended.stderr.splitlines()) == 1
+        if ended.returncode == 1:
+            assert query == HUNGRY and "needed more than 2 GB of memory" in ended.stderr
+        else:
+            assert ended.returncode == 130 and "interrupted" in ended.stderr
 
 
 def test_timeout_stops_a_runaway_query(hostile_atlas: Path, handle: atlas.Atlas) -> None:

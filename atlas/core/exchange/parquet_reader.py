@@ -37,8 +37,8 @@ from atlas.core.vectors import vector_matrix
 class ParquetReader(Reader):
     """A Parquet tree; see the module notes."""
 
-    def __init__(self, location: str, validate: bool = True):
-        super().__init__(location)
+    def __init__(self, location: str, memory_limit: int | str | None = None, validate: bool = True):
+        super().__init__(location, memory_limit)
         self._fs, self._root = tree_filesystem(location)
         with store_errors(location):
             self.info = read_marker(self._fs, self._root, location)

@@ -19,22 +19,28 @@ from atlas.core.errors import AtlasError
 from atlas.core.exchange.load import load_bundle
 from atlas.core.exchange.parquet_reader import ParquetReader
 from atlas.core.exchange.tree_format import MARKER
+from atlas.core.memlimit import parse_memory_limit
 from atlas.core.reader import Reader, StoreReader
 
 
-def open_reader(location: str | os.PathLike[str], write: bool = False) -> Reader:
-    """The reader for whatever ``location`` is (see the module notes)."""
+def open_reader(
+    location: str | os.PathLike[str],
+    write: bool = False,
+    memory_limit: int | str | None = None,
+) -> Reader:
+    """The reader for whatever ``location`` is (see the module notes), its session bounded by
+    ``memory_limit`` (``atlas.core.memlimit``)."""
     if isinstance(location, str) and "://" in location:
         _refuse_write(write, location)
-        return ParquetReader(location)
+        return ParquetReader(location, memory_limit)
     path = Path(location)
     if path.is_file():
         _refuse_write(write, location)
-        return BundleReader(path)
+        return BundleReader(path, memory_limit)
     if (path / MARKER).is_file():
         _refuse_write(write, location)
-        return ParquetReader(str(path))
-    return StoreReader(path, write=write)
+        return ParquetReader(str(path), memory_limit)
+    return StoreReader(path, write=write, memory_limit=memory_limit)
 
 
 def _refuse_write(write: bool, location: object) -> None:
@@ -46,12 +52,13 @@ class BundleReader(StoreReader):
     """A bundle opened read-only: verified, then loaded into a private temporary atlas that is
     deleted on close."""
 
-    def __init__(self, bundle: Path):
+    def __init__(self, bundle: Path, memory_limit: int | str | None = None):
+        parse_memory_limit(memory_limit)  # a bad limit is refused before the bundle is loaded
         tmp = Path(tempfile.mkdtemp(prefix="svd-atlas-open-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, tmp, ignore_errors=True)
         try:
             load_bundle(tmp / "atlas", bundle)
-            super().__init__(tmp / "atlas", location=str(bundle))
+            super().__init__(tmp / "atlas", location=str(bundle), memory_limit=memory_limit)
         except BaseException:
             self._cleanup()
             raise
