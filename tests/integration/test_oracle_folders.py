@@ -437,6 +437,35 @@ def test_top_tokens_equal_numpy_projection_of_numpy_vectors(
     assert (np.abs(np.take_along_axis(scores, got_ids, axis=1) - got_scores) <= tol).all()
 
 
+def test_top_neurons_are_the_largest_entries_of_numpys_partner_vector(
+    case: Case, opened: atlas.Atlas
+) -> None:
+    """An MLP direction's top neurons: the largest |entries| of numpy's neuron-side singular
+    vector (signed by the canonical rule), with those entries as weights."""
+    neuron_side = {"mlp_in": "write", "mlp_gate": "write", "mlp_out": "read"}
+    checked = 0
+    for key, got in case.stored.items():
+        if key[0] not in neuron_side:
+            continue
+        residual_side = "read" if neuron_side[key[0]] == "write" else "write"
+        want = case.oracle[key]
+        partners = getattr(want, neuron_side[key[0]])
+        for sv in np.flatnonzero(~got.degenerate & want.sign_clear)[:4]:
+            rows = opened.sql(
+                "SELECT neuron, weight FROM top_neurons WHERE direction_id = ? ORDER BY rank",
+                [int(got.ids[residual_side][sv])],
+            ).to_pydict()
+            k = len(rows["neuron"])
+            assert k > 0
+            partner = partners[sv]
+            magnitude = np.sort(np.abs(partner))[::-1]
+            # the stored neurons are the k largest (near-ties at the cut may swap)
+            assert (np.abs(partner[rows["neuron"]]) >= magnitude[k - 1] - 1e-5).all()
+            np.testing.assert_allclose(rows["weight"], partner[rows["neuron"]], atol=1e-4)
+            checked += 1
+    assert checked >= 4
+
+
 # --- the Llama folder's grouped-query heads and gated MLP -----------------------------------
 
 
