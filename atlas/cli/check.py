@@ -34,7 +34,7 @@ def check(obj: dict[str, Any], repair: bool, fmt: str) -> None:
 
     location = obj["atlas"]
     if is_tree(location):
-        from atlas.core.check_tree import check_tree
+        from atlas.core.exchange.check_tree import check_tree
 
         if repair:
             raise AtlasError(

@@ -97,9 +97,9 @@ def test_one_handle_serves_eight_threads(handle: atlas.Atlas) -> None:
         (["search", "fire", "--layer", "5:2"], "empty or negative layer range"),
         (["search", "fire", "--head", "-1"], "head numbers are 0 or more"),
         (["search", "fire", "--head", "1,,2"], "bad head '1,,2'"),
-        (["search", "fire", "--min-sigma", "nan"], "min_sigma must be a finite number"),
-        (["ingest", "minilm", "--name", ""], "model id must be a non-empty name"),
-        (["ingest", "minilm", "--name", "a\x1b[31mb"], "must be printable"),
+        (["search", "fire", "--min-sigma", "nan"], "is not a finite number"),
+        (["ingest", "minilm", "--name", ""], "model id '' is not allowed: it is empty"),
+        (["ingest", "minilm", "--name", "a\x1b[31mb"], "holds a control character"),
         (["trace", "432", "--model", "nope"], "no model 'nope'"),
     ],
 )

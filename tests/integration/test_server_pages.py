@@ -17,12 +17,12 @@ import atlas
 from atlas.server.app import create_app
 from tests.support.tiny_models import ingest_loaded, tiny_gpt2
 
-HOSTILE_ID = "<script>alert('id')</script> & \"quoted\" /../"
+HOSTILE_ID = "<script>alert('id')</script> & \"quoted\" /x"  # HTML, quotes and a slash
 
 
 @pytest.fixture(scope="module")
 def hostile_atlas(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MiniLM and a tiny model whose id is hostile HTML, with a slash and a parent path."""
+    """MiniLM and a tiny model whose id is hostile HTML with a slash (a parent path is no id)."""
     import shutil
 
     root = tmp_path_factory.mktemp("pages") / "atlas"

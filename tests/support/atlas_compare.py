@@ -38,7 +38,8 @@ def assert_tables_equal(a: Atlas, b: Atlas, exclude: tuple[str, ...] = ()) -> No
     for name in TABLE_ORDER:
         left, right = table(a, name), table(b, name)
         keep = [c for c in left.column_names if c not in exclude]
-        assert left.num_rows > 0, name
+        # every table has rows, but a coherence null where the atlas was ingested without one
+        assert left.num_rows > 0 or name == "coherence_null", name
         assert sorted(left.column_names) == sorted(right.column_names), name
         assert left.select(keep).equals(right.select(keep)), f"table {name} differs"
 
