@@ -226,6 +226,7 @@ def test_bad_vector_files_are_one_error_line(
     assert message in line
 
 
+@pytest.mark.slow
 def test_ingest_leaves_the_hub_settings_as_it_found_them(tmp_path: Path) -> None:
     """A later hub download in the same process must not be blocked by an earlier ingest."""
     import huggingface_hub.constants as hub_constants

@@ -11,6 +11,9 @@ import atlas
 from tests.support.atlas_compare import neighbours, query_set, table
 from tests.support.helpers import quiet, run_cli
 
+# slow: ingests two MiniLM atlases to merge
+pytestmark = pytest.mark.slow
+
 KEY = "model_id, kind, layer, head, sv_index, side"
 
 

@@ -208,6 +208,7 @@ def test_check_refuses_what_is_not_an_atlas(tmp_path: Path) -> None:
     assert "is a file" in assert_one_error_line(run_cli("--atlas", bundle, "check"))
 
 
+@pytest.mark.slow
 def test_an_hnsw_index_from_an_earlier_version_is_rebuilt(atlas_copy: Path) -> None:
     """The first release built HNSW above --exact-max; such a store reads as one error line and
     `check --repair` rebuilds today's approximate index, leaving DuckDB as it was."""

@@ -14,6 +14,9 @@ import atlas
 from ingest.job import IngestOptions, ingest
 from tests.support.helpers import assert_one_error_line, quiet, run_cli
 
+# slow: ingests MiniLM twice (raw and tl weights) with coherence
+pytestmark = pytest.mark.slow
+
 RANK = 8
 
 

@@ -14,6 +14,9 @@ from atlas.core.check import check_atlas
 from tests.support.helpers import assert_one_error_line, fingerprint, run_cli
 from tests.support.tiny_models import ingest_loaded, tiny_gpt2
 
+# slow: damages and recovers copies of the MiniLM atlas, re-ingesting it once
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def two_models(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -14,6 +14,9 @@ from ingest.job import IngestOptions, ingest
 from ingest.loading import load_model
 from tests.support.helpers import quiet
 
+# slow: ingests llama-tiny twice, once with explicit d_model^2 products
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def two_atlases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:

@@ -16,6 +16,7 @@ from ingest.weights import extract_weights
 from tests.support.helpers import quiet
 
 
+@pytest.mark.slow
 def test_tl_processing_records_what_was_applied(tmp_path: Path, minilm_atlas: Path) -> None:
     root = tmp_path / "atlas"
     ingest(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.support.helpers import run_cli
 
 
@@ -18,6 +20,7 @@ def _search(root: Path) -> list[tuple[int, float]]:
     return [(hit["direction_id"], hit["score"]) for hit in json.loads(result.stdout)]
 
 
+@pytest.mark.slow
 def test_bundle_and_atlas_paths_with_spaces_and_non_ascii(
     minilm_atlas: Path, tmp_path: Path
 ) -> None:

@@ -102,6 +102,7 @@ def _targets(root: Path, canary: Path) -> list[tuple[str, str]]:
     ]
 
 
+@pytest.mark.slow
 def test_hostile_statements_change_nothing_from_python(
     handle: atlas.Atlas, hostile_atlas: Path, tmp_path: Path
 ) -> None:
@@ -123,6 +124,7 @@ def test_hostile_statements_change_nothing_from_python(
     assert handle.sql("SELECT answer FROM mine")["answer"].to_pylist() == [42]
 
 
+@pytest.mark.slow
 def test_read_only_holds_with_write_enabled_outside_user_db(
     atlas_copy: Path, tmp_path: Path
 ) -> None:
@@ -158,6 +160,7 @@ SQL_WORDS = st.sampled_from(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.lists(SQL_WORDS, min_size=1, max_size=10).map(" ".join), st.sampled_from(range(6)))
+@pytest.mark.slow
 def test_any_statement_leaves_the_atlas_as_it_was(
     handle: atlas.Atlas, hostile_atlas: Path, tmp_path_factory: pytest.TempPathFactory,
     words: str, which: int,
@@ -227,6 +230,7 @@ def test_macros_are_refused_even_with_write(atlas_copy: Path) -> None:
     assert run_cli("--atlas", atlas_copy, "sql", "SELECT abs(-1) AS a").stdout.split() == ["a", "1"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_runaway_query_every_time(hostile_atlas: Path) -> None:
     """A query that runs for hours stops at Ctrl-C; so does one that grows without end, in
     the memory of the session's default limit: interrupted, or refused at the limit if it got

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from atlas.core.store import TableWriter
+
+# slow: writes token bags under a small memory limit
+pytestmark = pytest.mark.slow
 
 DIRECTIONS, TOP, VOCAB = 200_000, 40, 50_257
 

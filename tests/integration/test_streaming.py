@@ -67,6 +67,7 @@ def test_two_shard_gpt2_folder_streamed_equals_whole_model(tmp_path: Path) -> No
     assert_same_atlas(*_both(tmp_path, str(folder), max_rank=4))
 
 
+@pytest.mark.slow
 def test_half_precision_checkpoints_are_read_as_stored(tmp_path: Path) -> None:
     """A bfloat16 checkpoint streams one block at a time and decomposes in float32: the stored
     spectra equal numpy's SVD of the bfloat16 values widened to float64."""
