@@ -40,7 +40,7 @@ def test_search_with_any_text(
     try:
         hits = minilm.search(text, k=k, space=space)
     except NoMatch as exc:
-        assert not bad_k and not bad_space and "minilm" in str(exc)
+        assert not bad_space and "minilm" in str(exc)  # (a bad k may be named second)
         return
     except AtlasError as exc:
         message = str(exc)
