@@ -19,7 +19,7 @@ import pytest
 
 import atlas
 from atlas.core.check import check_atlas
-from tests.support.helpers import SINGLE_THREAD, run_cli, start_cli
+from tests.support.helpers import SINGLE_THREAD, run_cli_process, start_cli
 
 pytestmark = pytest.mark.slow  # readers beside a real ingest process
 
@@ -29,7 +29,8 @@ COUNT = "SELECT model_id, count(*) AS n FROM directions GROUP BY model_id ORDER 
 
 
 class Reader(threading.Thread):
-    """Runs one read command in a loop until ``stop`` is set; keeps what every call saw."""
+    """Runs one read command (a process of its own, as a second user would) in a loop until
+    ``stop`` is set; keeps what every call saw."""
 
     def __init__(self, root: Path, command: str, stop: threading.Event):
         super().__init__(daemon=True)
@@ -39,9 +40,11 @@ class Reader(threading.Thread):
 
     def call(self) -> str:
         if self.command == "sql":
-            result = run_cli("--atlas", self.root, "sql", COUNT, "--format", "json")
+            result = run_cli_process("--atlas", self.root, "sql", COUNT, "--format", "json")
         else:
-            result = run_cli("--atlas", self.root, "search", "fire", "-k", "5", "--format", "json")
+            result = run_cli_process(
+                "--atlas", self.root, "search", "fire", "-k", "5", "--format", "json"
+            )
         if result.returncode != 0 or "lock" in result.stderr.lower():
             self.failures.append(result.stderr)
             return "failed"

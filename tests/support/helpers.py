@@ -38,12 +38,15 @@ def run_cli(
     :func:`run_cli_process` where process behaviour (signals, exit codes of a dying process,
     pipes, resource limits) is what the test is about.
     """
+    import threading
     import traceback
 
     from click.testing import CliRunner
 
     from atlas.cli.main import cli
 
+    # CliRunner swaps the process's sys.stdout and sys.stderr: one call at a time
+    assert threading.current_thread() is threading.main_thread(), "threads: run_cli_process"
     runner = CliRunner(env={**PROCESS_ENV, **(env or {})})
     result = runner.invoke(cli, [str(a) for a in args], input=input, prog_name="svd-atlas")
     stderr = result.stderr
