@@ -23,6 +23,9 @@ import pytest
 import atlas
 from tests.support.helpers import assert_one_error_line, fingerprint, run_cli
 
+# slow: a sweep of hostile bundles, each loaded and refused
+pytestmark = pytest.mark.slow
+
 Members = dict[str, bytes]
 DIRECTIONS = "models/0000/directions.parquet"
 

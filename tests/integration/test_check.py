@@ -18,6 +18,9 @@ from atlas.core.indexes import is_exact
 from atlas.core.store import sha256_file
 from tests.support.helpers import assert_one_error_line, fingerprint, run_cli
 
+# slow: damages copies of the MiniLM atlas one way each and repairs them
+pytestmark = pytest.mark.slow
+
 SHARD = "residual-0000.faiss"  # the first layer's index shard
 
 

@@ -20,6 +20,9 @@ from atlas.cli.main import cli
 from tests.support.helpers import assert_one_error_line, run_cli
 from tests.support.tiny_models import ingest_loaded, tiny_gpt2
 
+# slow: every option of every command with bad values (the fast tier keeps test_api_and_cli_edges)
+pytestmark = pytest.mark.slow
+
 # A valid invocation of each command against the test atlas (model "tiny"): parameter name ->
 # values. Placeholders: {atlas}, {bundle}, {out} (a folder for new files).
 GOOD: dict[str, dict[str, list[str]]] = {

@@ -16,6 +16,9 @@ from atlas.core.errors import AtlasError
 from query.probe import broken_distribution
 from tests.support.helpers import assert_one_error_line, run_cli
 
+# slow: boots random models to measure an edit's logits
+pytestmark = pytest.mark.slow
+
 
 def test_a_bidirectional_model_is_refused_before_it_is_booted(
     minilm_atlas: Path, monkeypatch: pytest.MonkeyPatch

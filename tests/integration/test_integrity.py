@@ -31,6 +31,9 @@ from tests.integration.test_bundle_hostile import DIRECTIONS, read_members, refu
 from tests.support.helpers import assert_one_error_line, fingerprint, run_cli
 from tests.support.tiny_models import ingest_loaded, tiny_gpt2
 
+# slow: a sweep of damaged and foreign indexes, values and trees
+pytestmark = pytest.mark.slow
+
 INDEX = "residual-0000.faiss"
 
 

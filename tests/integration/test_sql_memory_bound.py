@@ -26,6 +26,9 @@ from atlas.server.app import create_app
 from tests.support.helpers import assert_one_error_line, run_cli, start_cli
 from tests.support.processes import Ended, finish, interrupt
 
+# slow: queries sized to reach the memory limit
+pytestmark = pytest.mark.slow
+
 # The example: 400 million rows sorted (it used to reach 13 GB).
 SORT = "SELECT count(*) FROM (SELECT range, random() r FROM range(400000000) ORDER BY r)"
 # Grows without end (a cross product materializes one side).
