@@ -116,6 +116,7 @@ def test_open_bundle_read_only(
     assert json.loads(hits[0]) == json.loads(hits[1]) and len(json.loads(hits[0])) == 10
 
 
+@pytest.mark.slow
 def test_f16_and_no_vectors(minilm_atlas: Path, bundles: dict[str, Path]) -> None:
     sizes = {k: p.stat().st_size for k, p in bundles.items()}
     assert sizes["none"] < sizes["f16"] < sizes["f32"]

@@ -16,6 +16,9 @@ from query.edit import Direction, concept_edit, lookup, plan
 from tests.support.helpers import assert_one_error_line, run_cli
 from tests.support.tiny_models import ingest_loaded, tiny_gpt2
 
+# slow: edits live models and measures their next-token distributions
+pytestmark = pytest.mark.slow
+
 LAYER = 1
 PROMPT = "the cat sat on the"
 

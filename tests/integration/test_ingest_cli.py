@@ -48,6 +48,7 @@ def test_kill_9_mid_ingest_leaves_atlas_unchanged(
         assert sorted(a.model_ids()) == ["minilm", "second"]
 
 
+@pytest.mark.slow
 def test_reingest_refuses_without_replace_and_replaces_with_it(atlas_copy: Path) -> None:
     before = fingerprint(atlas_copy)
     refused = run_cli("--atlas", atlas_copy, "ingest", "minilm")

@@ -23,6 +23,9 @@ from ingest.random_models import save_random_model
 from tests.support.atlas_compare import assert_same_atlas
 from tests.support.helpers import quiet, run_cli
 
+# slow: streamed ingests of saved, sharded and half-precision folders against whole-model ones
+pytestmark = pytest.mark.slow
+
 
 def _both(root: Path, spec: str, **options: object) -> tuple[Path, Path]:
     """The model ingested streamed (into ``root/streamed``) and whole (``root/whole``)."""
@@ -39,12 +42,10 @@ def _both(root: Path, spec: str, **options: object) -> tuple[Path, Path]:
     return streamed, whole
 
 
-@pytest.mark.slow
 def test_minilm_streamed_equals_whole_model(tmp_path: Path) -> None:
     assert_same_atlas(*_both(tmp_path, "minilm", max_rank=8))
 
 
-@pytest.mark.slow
 def test_saved_llama_tiny_folder_streamed_equals_whole_model(tmp_path: Path) -> None:
     folder = save_random_model("llama-tiny", tmp_path / "llama-tiny")
     assert_same_atlas(*_both(tmp_path, str(folder), processing="tl"))
@@ -67,7 +68,6 @@ def test_two_shard_gpt2_folder_streamed_equals_whole_model(tmp_path: Path) -> No
     assert_same_atlas(*_both(tmp_path, str(folder), max_rank=4))
 
 
-@pytest.mark.slow
 def test_half_precision_checkpoints_are_read_as_stored(tmp_path: Path) -> None:
     """A bfloat16 checkpoint streams one block at a time and decomposes in float32: the stored
     spectra equal numpy's SVD of the bfloat16 values widened to float64."""
