@@ -48,3 +48,22 @@ def atlas_copy(minilm_atlas: Path, tmp_path: Path) -> Path:
     root = tmp_path / "atlas"
     shutil.copytree(minilm_atlas, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def two_models(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MiniLM (ids 0..9215) and a tiny GPT-2 after it, in one atlas. Read-only: see ``two``."""
+    from tests.support.tiny_models import ingest_loaded, tiny_gpt2
+
+    root = tmp_path_factory.mktemp("two") / "atlas"
+    shutil.copytree(minilm_atlas, root)
+    ingest_loaded(root, tiny_gpt2(), "tiny")
+    return root
+
+
+@pytest.fixture
+def two(two_models: Path, tmp_path: Path) -> Path:
+    """A private copy of ``two_models``, for tests that damage one of the two."""
+    root = tmp_path / "atlas"
+    shutil.copytree(two_models, root)
+    return root

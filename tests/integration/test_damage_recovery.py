@@ -18,22 +18,6 @@ from tests.support.tiny_models import ingest_loaded, tiny_gpt2
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def two_models(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MiniLM (ids 0..9215) and a tiny GPT-2 after it."""
-    root = tmp_path_factory.mktemp("two") / "atlas"
-    shutil.copytree(minilm_atlas, root)
-    ingest_loaded(root, tiny_gpt2(), "tiny")
-    return root
-
-
-@pytest.fixture
-def two(two_models: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "atlas"
-    shutil.copytree(two_models, root)
-    return root
-
-
 def _store(root: Path, model_id: str) -> Path:
     catalog = json.loads((root / "catalog.json").read_text())
     return root / catalog["models"][model_id]["store"]

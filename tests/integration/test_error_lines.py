@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.support.helpers import assert_one_error_line, run_cli
+from tests.support.moto_server import free_port, moto_server
 from tests.support.tiny_models import ingest_loaded, tiny_gpt2
 
 QUERY = (
@@ -32,12 +30,6 @@ def tiny_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def no_credentials() -> Iterator[dict[str, str | None]]:
     """A moto S3 server on loopback, and an environment that points at it with no credentials
@@ -46,37 +38,22 @@ def no_credentials() -> Iterator[dict[str, str | None]]:
     pytest.importorskip("moto", reason="needs moto[server] (pip install -e '.[test]')")
     import s3fs
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "no moto server"
-                time.sleep(0.2)
-        s3fs.S3FileSystem.clear_instance_cache()  # none made with another test's credentials
-        yield {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-            "AWS_ACCESS_KEY_ID": None,
-            "AWS_SECRET_ACCESS_KEY": None,
-            "AWS_SESSION_TOKEN": None,
-            "AWS_PROFILE": None,
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
-            "AWS_CONFIG_FILE": "/nonexistent/config",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.terminate()
-        server.wait(10)
+    with moto_server() as endpoint:
+        try:
+            s3fs.S3FileSystem.clear_instance_cache()  # none made with another test's credentials
+            yield {
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": None,
+                "AWS_SECRET_ACCESS_KEY": None,
+                "AWS_SESSION_TOKEN": None,
+                "AWS_PROFILE": None,
+                "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+                "AWS_CONFIG_FILE": "/nonexistent/config",
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.mark.parametrize(
@@ -99,7 +76,7 @@ def test_missing_cloud_credentials_are_one_line(
 
 def test_a_ray_cluster_that_is_not_there_is_one_line_at_once(tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="needs Ray (pip install 'svd-atlas[ray]')")
-    port = _free_port()  # nothing listens on it
+    port = free_port()  # nothing listens on it
     started = time.monotonic()
     result = run_cli(
         "--atlas", tmp_path / "atlas", "ingest", "random:llama-tiny", "random:gpt2-small",

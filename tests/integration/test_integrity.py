@@ -29,7 +29,6 @@ from atlas.server.app import create_app
 from query.vectors import text_residual_vector
 from tests.integration.test_bundle_hostile import DIRECTIONS, read_members, refused, write_bundle
 from tests.support.helpers import assert_one_error_line, fingerprint, run_cli
-from tests.support.tiny_models import ingest_loaded, tiny_gpt2
 
 # slow: a sweep of damaged and foreign indexes, values and trees
 pytestmark = pytest.mark.slow
@@ -105,21 +104,6 @@ def test_flipped_vector_bytes_are_refused_where_the_index_answers(atlas_copy: Pa
     repaired = run_cli("--atlas", atlas_copy, "check", "--repair")
     assert repaired.returncode == 0, repaired.stdout
     assert run_cli("--atlas", atlas_copy, "search", "fire").returncode == 0
-
-
-@pytest.fixture(scope="module")
-def two_models(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("two") / "atlas"
-    shutil.copytree(minilm_atlas, root)
-    ingest_loaded(root, tiny_gpt2(), "tiny")
-    return root
-
-
-@pytest.fixture
-def two(two_models: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "atlas"
-    shutil.copytree(two_models, root)
-    return root
 
 
 def _truncate(path: Path) -> None:

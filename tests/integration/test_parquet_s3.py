@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import pytest
 import atlas
 from tests.support.atlas_compare import assert_tables_equal
 from tests.support.helpers import assert_one_error_line, run_cli
-from tests.support.tiny_models import ingest_loaded, tiny_gpt2
+from tests.support.moto_server import moto_server
 
 boto3 = pytest.importorskip("boto3", reason="needs boto3, moto and s3fs (pip install -e '.[test]')")
 pytest.importorskip("s3fs", reason="needs s3fs (pip install -e '.[test]')")
@@ -58,57 +55,27 @@ SQL = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3() -> Iterator[dict[str, str]]:
     """A moto S3 server on loopback with one bucket; the environment that points clients at it."""
-    port = _free_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "no moto server"
-                time.sleep(0.2)
+    with moto_server() as endpoint:
+        env = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield env
-    finally:
-        for k, v in locals().get("saved", {}).items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.terminate()
-        server.wait(10)
-
-
-@pytest.fixture(scope="module")
-def two_models(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MiniLM and a tiny GPT-2 after it (its ids follow MiniLM's, so one tree holds both)."""
-    root = tmp_path_factory.mktemp("two") / "atlas"
-    shutil.copytree(minilm_atlas, root)
-    ingest_loaded(root, tiny_gpt2(), "tiny")
-    return root
+        try:
+            boto3.client("s3").create_bucket(Bucket=BUCKET)
+            yield env
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def _objects(prefix: str) -> dict[str, str]:
