@@ -57,10 +57,11 @@ GRID_STATS = {
     "sigma_max": "sigma_max (spectral norm)",
     "stable_rank": "stable rank",
     "effective_rank": "effective rank",
-    "coherence_pct": "coherence of the matrix: percentile of the model's null",
-    "top_coherence_pct": "coherence of the top direction: percentile of the model's null",
-    "coherence": "coherence of the matrix: raw P(a judge names a theme)",
-    "top_coherence": "coherence of the top direction: raw P(a judge names a theme)",
+    # short: the picker must fit a phone's width (the page explains the two scores)
+    "coherence_pct": "coherence percentile",
+    "top_coherence_pct": "top direction's percentile",
+    "coherence": "coherence (raw)",
+    "top_coherence": "coherence of the top direction",
 }
 EDITS = (("ablate", -1.0), ("dampen", -0.5), ("amplify", 1.0))
 
