@@ -28,7 +28,12 @@ from atlas.core.store import sha256_file
 from atlas.server.app import create_app
 from query.vectors import text_residual_vector
 from tests.integration.test_bundle_hostile import DIRECTIONS, read_members, refused, write_bundle
-from tests.support.helpers import assert_one_error_line, fingerprint, run_cli
+from tests.support.helpers import (
+    assert_one_error_line,
+    fingerprint,
+    run_cli,
+    tree_without_unembeddings,
+)
 
 # slow: a sweep of damaged and foreign indexes, values and trees
 pytestmark = pytest.mark.slow
@@ -313,13 +318,7 @@ def test_a_tree_searches_words_as_the_atlas_does(minilm_atlas: Path, tree: Path)
 def test_an_old_tree_says_in_its_output_that_words_searched_token_space(
     tree: Path, tmp_path: Path
 ) -> None:
-    old = tmp_path / "old"
-    shutil.copytree(tree, old)
-    shutil.rmtree(old / "unembed")
-    marker = json.loads((old / "_svd_atlas.json").read_text())
-    for info in marker["models"].values():
-        info.pop("unembed")
-    (old / "_svd_atlas.json").write_text(json.dumps(marker))
+    old = tree_without_unembeddings(tree, tmp_path / "old")
     table = run_cli("--atlas", old, "search", "fire", "-k", "3")
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.splitlines()

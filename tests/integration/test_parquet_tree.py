@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 import atlas
 from tests.support.atlas_compare import assert_tables_equal, neighbours, query_set
-from tests.support.helpers import assert_one_error_line, run_cli
+from tests.support.helpers import assert_one_error_line, run_cli, tree_without_unembeddings
 
 READER = r"""
 import json, sys
@@ -141,13 +140,7 @@ def test_words_without_an_unembedding_are_searched_in_token_space_with_a_note(
     tree: Path, tmp_path: Path
 ) -> None:
     """A tree exported before trees kept the unembedding."""
-    old = tmp_path / "old"
-    shutil.copytree(tree, old)
-    shutil.rmtree(old / "unembed")
-    marker = json.loads((old / "_svd_atlas.json").read_text())
-    for info in marker["models"].values():
-        del info["unembed"]
-    (old / "_svd_atlas.json").write_text(json.dumps(marker))
+    old = tree_without_unembeddings(tree, tmp_path / "old")
     result = run_cli("--atlas", old, "search", "fire", "-k", "3", "--format", "json")
     assert result.returncode == 0, result.stderr
     assert "note: minilm has no unembedding here: words are searched in token space" in (
