@@ -5,7 +5,8 @@ during boot; once the first and the last of the three blocks of ``random:gpt2-ti
 under ``.staging`` (as its progress line says); and three exact moments of publishing planted
 by ``tests.support.kill_at`` (before the store moves, after it moved but before the catalog
 names it, and with the new catalog synced but not yet renamed over the old one). Each point is
-its own test, so that one failure does not hide the others.
+its own test, so that one failure does not hide the others. The ingests are real processes,
+forked from a parent that has imported the model stack already (``support.zygote``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,11 +25,10 @@ import atlas
 from atlas.core.check import check_atlas
 from atlas.core.layout import AtlasDir
 from ingest.job import IngestOptions, ingest
-from tests.support.helpers import SINGLE_THREAD, fingerprint, quiet, run_cli, start_cli
+from tests.support.helpers import SINGLE_THREAD, fingerprint, quiet, run_cli, start_warm_cli
 
 MODEL = "random:gpt2-tiny"  # 3 blocks of width 64: seconds to ingest, real GPT-2 layout
 INGEST = ("ingest", MODEL, "--name", "second", "--max-rank", "4")
-KILL_AT = [sys.executable, "-m", "tests.support.kill_at"]
 SECOND_DIRECTIONS = 3 * (4 * 4 * 2 + 4 + 4)  # per layer: 4 heads x 4 sv x 2 sides, 2 MLPs x 4
 
 
@@ -63,7 +62,7 @@ def _block_written(block: int) -> Moment:
 
 
 def _kill_when(root: Path, moment: Moment) -> None:
-    proc = start_cli("--atlas", root, *INGEST, env=SINGLE_THREAD)
+    proc = start_warm_cli("--atlas", root, *INGEST, env=SINGLE_THREAD)
     lines: list[str] = []
     assert proc.stderr is not None
     threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
@@ -76,13 +75,13 @@ def _kill_when(root: Path, moment: Moment) -> None:
 
 
 def _planted(root: Path, point: str) -> None:
-    proc = start_cli(point, "--atlas", root, *INGEST, env=SINGLE_THREAD, prefix=KILL_AT)
+    proc = start_warm_cli("--atlas", root, *INGEST, env=SINGLE_THREAD, kill_at=point)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == -signal.SIGKILL, err
 
 
 KILLS: dict[str, Callable[[Path], None]] = {
-    "boot": lambda r: _kill_when(r, _after(1.5)),
+    "boot": lambda r: _kill_when(r, _after(0.05)),  # building the model
     "block 0": lambda r: _kill_when(r, _block_written(0)),
     "block 2": lambda r: _kill_when(r, _block_written(2)),
     **{p: lambda r, p=p: _planted(r, p) for p in ("before-move", "after-move", "before-catalog")},

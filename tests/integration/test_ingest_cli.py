@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import atlas
-from tests.support.helpers import assert_one_error_line, fingerprint, run_cli, start_cli
+from tests.support.helpers import assert_one_error_line, fingerprint, run_cli, start_warm_cli
 
 
 def _staging_db(root: Path) -> bool:
@@ -28,7 +28,7 @@ def test_kill_9_mid_ingest_leaves_atlas_unchanged(
     atlas_copy: Path, moment: Callable[[Path], bool]
 ) -> None:
     before = fingerprint(atlas_copy)
-    proc = start_cli("--atlas", atlas_copy, "ingest", "minilm", "--name", "second")
+    proc = start_warm_cli("--atlas", atlas_copy, "ingest", "minilm", "--name", "second")
     deadline = time.monotonic() + 120
     while not moment(atlas_copy) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)

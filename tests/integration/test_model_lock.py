@@ -17,7 +17,7 @@ import pytest
 
 from atlas.core.layout import AtlasDir
 from atlas.core.model_lock import ModelBusy, model_lock
-from tests.support.helpers import SINGLE_THREAD, assert_one_error_line, run_cli, start_cli
+from tests.support.helpers import SINGLE_THREAD, assert_one_error_line, run_cli, start_warm_cli
 
 HOLD = """
 import sys, time
@@ -82,7 +82,7 @@ def test_two_ingests_of_one_model_at_once_publish_it_once(
     tmp_path: Path, small_model: Path
 ) -> None:
     root = tmp_path / "atlas"
-    runs = [start_cli("--atlas", root, "ingest", small_model, env=SINGLE_THREAD) for _ in "ab"]
+    runs = [start_warm_cli("--atlas", root, "ingest", small_model, env=SINGLE_THREAD) for _ in "ab"]
     results = []
     for run in runs:
         out, err = run.communicate(timeout=300)

@@ -19,7 +19,7 @@ import pytest
 
 import atlas
 from atlas.core.check import check_atlas
-from tests.support.helpers import SINGLE_THREAD, run_cli_process, start_cli
+from tests.support.helpers import SINGLE_THREAD, run_cli_process, start_warm_cli
 
 pytestmark = pytest.mark.slow  # readers beside a real ingest process
 
@@ -72,7 +72,7 @@ def test_readers_during_replace_ingest(minilm_atlas: Path, tmp_path: Path) -> No
     stop = threading.Event()
     readers = [Reader(root, command, stop) for command in ("sql", "sql", "search")]
     start = time.monotonic()
-    ingest = start_cli(
+    ingest = start_warm_cli(
         "--atlas", root, "ingest", "minilm", "--replace", "--max-rank", "4", env=SINGLE_THREAD
     )
     for reader in readers:

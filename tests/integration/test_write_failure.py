@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import atlas
 from atlas.cli.main import cli
 from atlas.core.check import check_atlas
-from tests.support.helpers import CLI, SINGLE_THREAD, assert_one_error_line, fingerprint, start_cli
+from tests.support.helpers import SINGLE_THREAD, assert_one_error_line, fingerprint, start_warm_cli
 
 pytestmark = pytest.mark.slow  # real processes under resource limits
 
@@ -31,10 +31,9 @@ def _assert_intact(root: Path, before: dict[str, str]) -> None:
 def test_file_size_limit_while_duckdb_writes(atlas_copy: Path) -> None:
     """A real ingest process whose files may not exceed 2 MiB: DuckDB's write fails."""
     before = fingerprint(atlas_copy)
-    limited = ["bash", "-c", 'ulimit -f 2048; exec "$@"', "-", *CLI]
-    proc = start_cli(
+    proc = start_warm_cli(
         "--atlas", atlas_copy, "ingest", "minilm", "--name", "x", "--max-rank", "4",
-        env=SINGLE_THREAD, prefix=limited,
+        env=SINGLE_THREAD, file_size_limit=2 * 1024 * 1024,
     )  # fmt: skip
     out, err = proc.communicate(timeout=300)
     line = assert_one_error_line(_Completed(proc.returncode, out, err))
