@@ -29,11 +29,14 @@ from tests.support.helpers import SINGLE_THREAD, assert_one_error_line, quiet, r
 
 pytestmark = pytest.mark.slow  # starts a local Ray cluster and runs ingests in worker processes
 
-JOB = [
-    IngestOptions(model="minilm", max_rank=4, device="cpu"),
+JOB = [  # small models of real layouts: Ray's scheduling, not the models' size, is under test
+    IngestOptions(model="random:gpt2-tiny", max_rank=4, device="cpu"),
     IngestOptions(model="random:llama-tiny", max_rank=4, device="cpu"),
-    IngestOptions(model="minilm", model_id="minilm-tl", processing="tl", max_rank=4, device="cpu"),
+    IngestOptions(
+        model="random:gpt2-tiny", model_id="gpt2-tl", processing="tl", max_rank=4, device="cpu"
+    ),
 ]
+GPT2 = "random:gpt2-tiny"
 BAD = IngestOptions(model="random:no-such-shape", device="cpu")
 BUILD_TASK = b"ray::build_task"  # the title Ray gives a worker process while it runs one
 
@@ -67,10 +70,10 @@ def test_a_job_stores_what_separate_ingests_store_and_a_failure_stays_alone(
     lines: list[str] = []
     outcomes = run_job(root, [JOB[0], BAD, *JOB[1:]], log=lines.append)
     assert [(o.model_id, o.status) for o in outcomes] == [
-        ("minilm", "published"),
+        ("random:gpt2-tiny", "published"),
         ("random:no-such-shape", "failed"),
         ("random:llama-tiny", "published"),
-        ("minilm-tl", "published"),
+        ("gpt2-tl", "published"),
     ]
     assert "unknown random shape 'no-such-shape'" in (outcomes[1].error or "")
     assert_same_atlas(root, one_by_one)  # the failure took no ids from the others
@@ -125,19 +128,19 @@ def test_job_files_read_as_command_lines() -> None:
 def test_cli_job_from_a_file_and_again(tmp_path: Path) -> None:
     root = tmp_path / "atlas"
     zoo = tmp_path / "zoo.txt"
-    zoo.write_text("random:llama-tiny\nminilm --name minilm-2  # again\n", encoding="utf-8")
+    zoo.write_text("random:llama-tiny\nrandom:gpt2-tiny --name tiny-2  # again\n", encoding="utf-8")
     common = ("--max-rank", "4", "--device", "cpu")
-    first = run_cli("--atlas", root, "ingest", "minilm", "--from", zoo, *common, env=SINGLE_THREAD)
+    first = run_cli("--atlas", root, "ingest", GPT2, "--from", zoo, *common, env=SINGLE_THREAD)
     assert first.returncode == 0, first.stderr
     assert "[job] published random:llama-tiny" in first.stderr
     lines = first.stdout.splitlines()
     assert "job of 3 models: 3 published, 0 skipped (already in the atlas), 0 failed" in lines
-    again = run_cli("--atlas", root, "ingest", "minilm", "random:nope", *common, env=SINGLE_THREAD)
+    again = run_cli("--atlas", root, "ingest", GPT2, "random:nope", *common, env=SINGLE_THREAD)
     error = assert_one_error_line(again)
     assert "1 of 2 models failed (first: random:nope: unknown random shape" in error
-    assert "skipped minilm: already in the atlas" in again.stderr
+    assert "skipped random:gpt2-tiny: already in the atlas" in again.stderr
     with atlas.open(root) as a:
-        assert a.model_ids() == ["minilm", "minilm-2", "random:llama-tiny"]
+        assert a.model_ids() == [GPT2, "random:llama-tiny", "tiny-2"]
 
 
 @pytest.mark.parametrize(
