@@ -31,6 +31,33 @@ def minilm_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The suite's everyday atlas, built in seconds: two small models with a head planted to
+    write "fire" (``PLANTS``; a BERT-like word-piece and a GPT-2-like ``Ġword`` vocabulary) and
+    ``random:llama-tiny`` (grouped-query attention, gated MLP, untied unembedding). Read-only
+    for tests: change a copy (``small_copy``)."""
+    from ingest.job import IngestOptions, ingest
+    from tests.support.helpers import quiet
+    from tests.support.planted import planted_models
+
+    root = tmp_path_factory.mktemp("small") / "atlas"
+    for name, loaded in planted_models().items():
+        options = IngestOptions(model=name, device="cpu")
+        ingest(root, options, loaded=loaded, log=quiet, progress=False)
+    options = IngestOptions(model="random:llama-tiny", model_id="llama-tiny", device="cpu")
+    ingest(root, options, log=quiet, progress=False)
+    return root
+
+
+@pytest.fixture
+def small_copy(small_atlas: Path, tmp_path: Path) -> Path:
+    """A private copy of ``small_atlas`` (a few MB), for tests that change or damage it."""
+    root = tmp_path / "atlas"
+    shutil.copytree(small_atlas, root)
+    return root
+
+
+@pytest.fixture(scope="session")
 def minilm_coherence_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MiniLM ingested with ``--coherence`` (tens of seconds more): for coherence's tests only."""
     from ingest.job import IngestOptions, ingest

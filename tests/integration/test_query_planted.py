@@ -12,31 +12,9 @@ import pytest
 
 import atlas
 from atlas.core.tokens import normalized_form
-from ingest.job import IngestOptions, ingest
 from query.filters import Filters
 from query.search import resolve_query, search
-from tests.support.helpers import quiet
-from tests.support.planted import gpt2_style, minilm_vocab_words, plant, small_model
-
-PLANTS = {"bert-like": (1, 2, "fire"), "gpt2-like": (0, 3, "Ġfire")}
-
-
-@pytest.fixture(scope="module")
-def two_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("planted") / "atlas"
-    words = minilm_vocab_words()
-    assert "fire" in words
-    models = {
-        "bert-like": small_model(words, 1, "bert-like"),
-        "gpt2-like": small_model(gpt2_style(words), 2, "gpt2-like"),
-    }
-    for name, loaded in models.items():
-        layer, head, token = PLANTS[name]
-        plant(loaded, layer, head, token)
-        ingest(
-            root, IngestOptions(model=name, device="cpu"), loaded=loaded, log=quiet, progress=False
-        )
-    return root
+from tests.support.planted import PLANTS
 
 
 def planted_id(a, name: str) -> int:
@@ -48,8 +26,8 @@ def planted_id(a, name: str) -> int:
     )["direction_id"][0].as_py()
 
 
-def test_planted_direction_is_first_within_each_model(two_models: Path) -> None:
-    with atlas.open(two_models) as a:
+def test_planted_direction_is_first_within_each_model(small_atlas: Path) -> None:
+    with atlas.open(small_atlas) as a:
         for name in PLANTS:
             hits = a.search("fire", model=name, k=3)
             assert hits[0].direction_id == planted_id(a, name)
@@ -57,8 +35,8 @@ def test_planted_direction_is_first_within_each_model(two_models: Path) -> None:
             assert hits[0].tokens[0] == "fire"
 
 
-def test_planted_directions_meet_across_tokenizers(two_models: Path) -> None:
-    with atlas.open(two_models) as a:
+def test_planted_directions_meet_across_tokenizers(small_atlas: Path) -> None:
+    with atlas.open(small_atlas) as a:
         hits = a.search("fire", k=4)  # several models: token space by default
         assert {h.space for h in hits} == {"token"}
         assert {h.direction_id for h in hits[:2]} == {planted_id(a, n) for n in PLANTS}
@@ -96,9 +74,9 @@ def brute_force_token_space(a, bag: dict[str, float], k: int, filters: Filters):
 @pytest.mark.parametrize("filters", [Filters(), Filters(kinds=("mlp_out",))], ids=["all", "mlp"])
 @pytest.mark.parametrize("words", ["fire", "water, ocean", "king queen royal"])
 def test_token_space_search_equals_brute_force(
-    two_models: Path, words: str, filters: Filters
+    small_atlas: Path, words: str, filters: Filters
 ) -> None:
-    with atlas.open(two_models) as a:
+    with atlas.open(small_atlas) as a:
         query = resolve_query(a.reader, text=words, space="token")
         hits = search(a.reader, query, filters, k=10)
         ids, scores = brute_force_token_space(a, query.bag, 10, filters)
@@ -106,8 +84,8 @@ def test_token_space_search_equals_brute_force(
     np.testing.assert_allclose([h.score * h.sign for h in hits], scores, atol=1e-5)
 
 
-def test_trace_crosses_models_through_token_space(two_models: Path) -> None:
-    with atlas.open(two_models) as a:
+def test_trace_crosses_models_through_token_space(small_atlas: Path) -> None:
+    with atlas.open(small_atlas) as a:
         origin = planted_id(a, "bert-like")
         # token-space cosines are lower than residual ones: the two heads share one strong
         # token ("fire") among 40, and nothing else

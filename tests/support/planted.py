@@ -60,3 +60,20 @@ def gpt2_style(words: list[str]) -> list[str]:
     spelled = ["Ġ" + w if not w.startswith("##") else w[2:] for w in words[1:]]
     rng.shuffle(spelled)
     return ["<unk>", *spelled]
+
+
+PLANTS = {"bert-like": (1, 2, "fire"), "gpt2-like": (0, 3, "Ġfire")}  # layer, head, token
+
+
+def planted_models() -> dict[str, LoadedModel]:
+    """Two small models over the same words, spelled as word pieces and as byte-level BPE,
+    each with one head planted (``PLANTS``) to write "fire"."""
+    words = minilm_vocab_words()
+    models = {
+        "bert-like": small_model(words, 1, "bert-like"),
+        "gpt2-like": small_model(gpt2_style(words), 2, "gpt2-like"),
+    }
+    for name, loaded in models.items():
+        layer, head, token = PLANTS[name]
+        plant(loaded, layer, head, token)
+    return models
