@@ -26,6 +26,11 @@ class NoMatch(AtlasError):
     names what matched nothing and in which models."""
 
 
+class PreviousFormat(AtlasError):
+    """An atlas directory of the format version before this svd-atlas's: it is read and written
+    only once ``svd-atlas check --repair`` has upgraded it (``atlas.core.upgrade``)."""
+
+
 class AtlasWarning(UserWarning):
     """Something a reader of the results should know (a damaged model left out, a word the
     vocabulary lacks, an approximate index). The CLI prints it as one ``note:`` line on stderr."""
