@@ -28,7 +28,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from atlas.core.errors import AtlasError, PreviousFormat, one_line
+from atlas.core.errors import AtlasError, PreviousFormat, UnsupportedFormat, one_line
 from atlas.core.indexes import (
     APPROXIMATE_MIN,
     EXACT,
@@ -149,7 +149,8 @@ def check_atlas(root: str | Path) -> CheckReport:
         report.findings.append(Finding("error", None, message, REPAIR_SAYS[UPGRADE], UPGRADE))
         return report
     except AtlasError as exc:
-        if not atlas_dir.orphan_stores():
+        # a catalog of a version this svd-atlas cannot read is not lost: never rebuilt here
+        if isinstance(exc, UnsupportedFormat) or not atlas_dir.orphan_stores():
             raise
         report = CheckReport(root=atlas_dir.root)
         message = str(exc).split(";")[0]

@@ -26,6 +26,11 @@ class NoMatch(AtlasError):
     names what matched nothing and in which models."""
 
 
+class UnsupportedFormat(AtlasError):
+    """An atlas, bundle or tree of a format version this svd-atlas does not read: newer than
+    its own, or older than the one before (``atlas.core.formats``). Nothing repairs it here."""
+
+
 class PreviousFormat(AtlasError):
     """An atlas directory of the format version before this svd-atlas's: it is read and written
     only once ``svd-atlas check --repair`` has upgraded it (``atlas.core.upgrade``)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, UnsupportedFormat
 
 
 def require_format(
@@ -30,12 +30,12 @@ def require_format(
         )
     reads = f"this svd-atlas reads versions {current - 1} and {current}"
     if version > current:
-        raise AtlasError(
+        raise UnsupportedFormat(
             f"{source} was made by a newer svd-atlas ({what} format version {version}; {reads}): "
             "upgrade svd-atlas"
         )
     if version < current - 1:
-        raise AtlasError(
+        raise UnsupportedFormat(
             f"{source} is too old ({what} format version {version}; {reads}): {too_old}"
         )
     return version

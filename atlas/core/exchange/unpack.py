@@ -74,7 +74,7 @@ def _unpack(tar: tarfile.TarFile, source: str, dest: Path) -> BundleManifest:
         digest = _copy_member(tar, member, None if unread else dest / name)
         if digest != expected.sha256:
             raise AtlasError(f"{source}: checksum mismatch for member {name!r}: it was altered")
-    missing = sorted(set(manifest.members) | set(manifest.unread) - seen)
+    missing = sorted((set(manifest.members) | set(manifest.unread)) - seen)
     if missing:
         raise AtlasError(
             f"{source} is incomplete (truncated?): missing {len(missing)} member(s), "
