@@ -98,12 +98,6 @@ class Catalog:
         """The catalog in ``data``; one of the previous format version is refused with a line
         that says how to upgrade it, unless ``upgrading`` (the upgrade reads it)."""
         version = require_format(data, FORMAT, FORMAT_VERSION, source, "atlas", TOO_OLD)
-        if version != FORMAT_VERSION and not upgrading:
-            raise PreviousFormat(
-                f"{source.parent} is an atlas of format version {version}, made by an earlier "
-                f"svd-atlas; this one reads and writes it once upgraded to version "
-                f"{FORMAT_VERSION}: {UPGRADE}"
-            )
         try:
             catalog = cls(
                 models={str(k): CatalogEntry(**v) for k, v in data["models"].items()},
@@ -117,6 +111,12 @@ class Catalog:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             reason = one_line(exc)
             raise AtlasError(f"{source} is malformed ({reason}); {REBUILD_CATALOG}") from None
+        if version != FORMAT_VERSION and not upgrading:
+            raise PreviousFormat(
+                f"{source.parent} is an atlas of format version {version}, made by an earlier "
+                f"svd-atlas; this one reads and writes it once upgraded to version "
+                f"{FORMAT_VERSION}: {UPGRADE}"
+            )
         return catalog
 
 
