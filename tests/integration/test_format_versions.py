@@ -136,6 +136,24 @@ def test_a_version_1_atlas_that_lost_its_catalog_is_rebuilt_then_upgraded(
     _assert_equals_fresh(old, fresh)
 
 
+def test_a_model_without_vectors_is_upgraded_too(fresh: Path, tmp_path: Path) -> None:
+    """A model loaded from a --vectors none bundle: no vectors, no index, before and after."""
+    bundle = tmp_path / "none.bundle"
+    exported = run_cli("--atlas", fresh, "export", "second", "-o", bundle, "--vectors", "none")
+    assert exported.returncode == 0, exported.stderr
+    current = tmp_path / "current"
+    assert run_cli("--atlas", current, "load", bundle).returncode == 0
+    old = version_1_atlas(current, tmp_path / "old")
+    assert run_cli("--atlas", old, "check", "--repair").returncode == 0
+    with atlas.open(old) as a, atlas.open(current) as b:
+        assert_tables_equal(a, b, exclude=("weight_dtype", "vector"))
+        assert a.sql("SELECT count(*) AS n FROM directions WHERE vector IS NULL")["n"][0].as_py()
+        store = a.reader.store_path("second")
+    assert not list(store.glob("*.faiss"))
+    assert json.loads((store / "manifest.json").read_text())["vectors"] == "none"
+    assert _search(old, "fire", "-k", "5") == _search(current, "fire", "-k", "5")
+
+
 @pytest.mark.parametrize("where", ["second store", "catalog write"])
 def test_an_interrupted_upgrade_leaves_the_atlas_as_it_was(
     fresh: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from atlas.core.store import sha256_file
@@ -31,8 +32,6 @@ from atlas.core.vectors import vector_matrix
 def version_1_atlas(root: Path, dest: Path, hnsw: bool = False) -> Path:
     """A copy of the atlas at ``root`` at ``dest`` as version 1 wrote it (see the module
     notes); ``hnsw``: with HNSW indexes."""
-    import faiss
-
     shutil.copytree(root, dest)
     catalog = json.loads((dest / "catalog.json").read_text())
     catalog["format_version"] = 1
@@ -52,17 +51,10 @@ def version_1_atlas(root: Path, dest: Path, hnsw: bool = False) -> Path:
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        vectors = vector_matrix(rows["vector"])
-        inner = (
-            faiss.IndexHNSWFlat(vectors.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
-            if hnsw
-            else faiss.IndexFlatIP(vectors.shape[1])
-        )
-        index = faiss.IndexIDMap2(inner)
-        index.add_with_ids(vectors, rows["direction_id"].to_numpy().astype(np.int64))
         for shard in store.glob("residual-*.faiss"):
             shard.unlink()
-        faiss.write_index(index, str(store / "residual.faiss"))
+        if rows["vector"].null_count == 0:  # a model loaded without vectors has no index
+            _write_index(store / "residual.faiss", rows, hnsw)
         manifest = json.loads((store / "manifest.json").read_text())
         del manifest["format_version"]
         manifest["counts"].pop("token_bags")
@@ -74,6 +66,21 @@ def version_1_atlas(root: Path, dest: Path, hnsw: bool = False) -> Path:
         }
         (store / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return dest
+
+
+def _write_index(path: Path, rows: pa.Table, hnsw: bool) -> None:
+    """One index of every vector: flat, or HNSW."""
+    import faiss
+
+    vectors = vector_matrix(rows["vector"])
+    inner = (
+        faiss.IndexHNSWFlat(vectors.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
+        if hnsw
+        else faiss.IndexFlatIP(vectors.shape[1])
+    )
+    index = faiss.IndexIDMap2(inner)
+    index.add_with_ids(vectors, rows["direction_id"].to_numpy().astype(np.int64))
+    faiss.write_index(index, str(path))
 
 
 def version_1_bundle(bundle: Path, dest: Path) -> Path:
