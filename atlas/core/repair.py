@@ -14,7 +14,8 @@ it. Under the atlas's writer lock, for each problem ``atlas.core.check`` marks r
 - an atlas of the previous format version is upgraded (``atlas.core.upgrade``), first.
 
 Files are replaced by writing a new one next to them and renaming it over the old, so readers
-that opened the old one keep it. DuckDB data is only read.
+that opened the old one keep it. DuckDB data is only read (an upgrade writes new stores beside
+the old ones).
 """
 
 from __future__ import annotations
