@@ -28,7 +28,7 @@ def naive_ingest(
     bridge: Any, vocabulary: list[str], db_path: str, k: int = 20, row_by_row: bool = False
 ) -> dict[str, float]:
     """Seconds spent in each part: SVD and projection, top-k, writing."""
-    from transformer_lens.SVDInterpreter import SVDInterpreter
+    from transformer_lens import SVDInterpreter
 
     cfg = bridge.cfg
     interpreter = SVDInterpreter(bridge)

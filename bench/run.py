@@ -83,7 +83,7 @@ def bench_decompose(device: str, large: bool) -> list[dict[str, Any]]:
     own route (``FactoredMatrix(W_V[h], W_O[h]).svd()`` per head, what ``SVDInterpreter`` does)
     and against a full SVD of each explicit d_model x d_model matrix (the sprint notebook)."""
     import torch
-    from transformer_lens.FactoredMatrix import FactoredMatrix
+    from transformer_lens import FactoredMatrix
 
     from ingest.random_models import random_config
     from ingest.svd import factored_svd

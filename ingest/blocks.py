@@ -94,10 +94,11 @@ class BlockLoader:
         dtype: torch.dtype,
         processing: str,
     ):
-        from transformer_lens.model_bridge.sources._hf_format import (
+        # The Hugging Face source's own names (its ``__all__``): the architecture TransformerLens
+        # reads from a config, and the model class it boots for it. No top-level name does
+        # this; pyproject pins transformer_lens below 5, so a move breaks here, loudly.
+        from transformer_lens.model_bridge.sources.transformers import (
             determine_architecture_from_hf_config,
-        )
-        from transformer_lens.model_bridge.sources.transformers.helpers import (
             get_hf_model_class_for_architecture,
         )
 

@@ -75,9 +75,9 @@ def _require_model_folder(folder: Path) -> None:
 
 def _download(name: str) -> Path:
     from huggingface_hub import snapshot_download
-    from transformer_lens.tools.model_registry.registry_io import resolve_model_alias
+    from transformer_lens.supported_models import MODEL_ALIASES
 
-    official = resolve_model_alias(name) or name
+    official = next((o for o, aliases in MODEL_ALIASES.items() if name in aliases), name)
     try:
         with hub.quiet():
             return Path(snapshot_download(official, allow_patterns=HUB_FILES))

@@ -17,7 +17,8 @@ from atlas.core.jsondata import printable
     "--repair",
     is_flag=True,
     help="Fix what can be fixed without the model: rebuild indexes, manifests and a lost "
-    "catalog; take a model whose store cannot be read out of the catalog.",
+    "catalog; take a model whose store cannot be read out of the catalog; upgrade an atlas "
+    "made by the previous format version.",
 )
 @text_or_json_option("text for reading, json for machines.")
 @click.pass_obj
@@ -27,7 +28,7 @@ def check(obj: dict[str, Any], repair: bool, fmt: str) -> None:
     On a Parquet tree: what can be checked read-only (tables, ids and values).
 
     Prints one line per problem, each with what fixes it, and a summary; exits 1 if a problem
-    remains. --repair never changes DuckDB data.
+    remains. --repair never changes a store's DuckDB data (an upgrade writes new stores).
     """
     from atlas.core.check import check_atlas
     from atlas.core.repair import repair_atlas

@@ -7,6 +7,9 @@ the same vectors as DuckDB, and the unembedding has the model's shape. Unreferen
 staging leftovers are reported as information: they are what a crash leaves and the next ingest
 sweeps.
 
+An atlas of the previous format version is one problem, which ``check --repair`` fixes by
+upgrading it (``atlas.core.upgrade``); its models are checked once it is upgraded.
+
 Each problem says what fixes it. ``check --repair`` (``atlas.core.repair``) fixes what it can
 without the model: an index is rebuilt from DuckDB, a lost manifest recomputed from verified
 data, a lost catalog rebuilt from the stores' manifests, and a model whose data cannot be read
@@ -25,7 +28,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from atlas.core.errors import AtlasError, one_line
+from atlas.core.errors import AtlasError, PreviousFormat, UnsupportedFormat, one_line
 from atlas.core.indexes import (
     APPROXIMATE_MIN,
     EXACT,
@@ -38,6 +41,7 @@ from atlas.core.indexes import (
 )
 from atlas.core.layout import (
     CATALOG,
+    FORMAT_VERSION,
     MANIFEST,
     MODEL_DB,
     UNEMBED,
@@ -53,13 +57,15 @@ from atlas.core.vectors import vector_matrix
 
 REINGEST = "re-ingest the model (svd-atlas ingest MODEL --replace) or load its bundle again"
 # What ``check --repair`` does about a problem (``Finding.repair``).
-REBUILD_INDEX, REWRITE_MANIFEST, REBUILD_CATALOG, UNPUBLISH = (
+REBUILD_INDEX, REWRITE_MANIFEST, REBUILD_CATALOG, UNPUBLISH, UPGRADE = (
     "index",
     "manifest",
     "catalog",
     "unpublish",
+    "upgrade",
 )
 REPAIR_SAYS = {
+    UPGRADE: f"svd-atlas check --repair upgrades it to version {FORMAT_VERSION}",
     REBUILD_INDEX: "svd-atlas check --repair rebuilds it from DuckDB",
     REWRITE_MANIFEST: "svd-atlas check --repair recomputes it once the data is verified",
     REBUILD_CATALOG: "svd-atlas check --repair rebuilds it from the stores' manifests",
@@ -132,8 +138,19 @@ def check_atlas(root: str | Path) -> CheckReport:
     try:
         atlas_dir.require_atlas()
         catalog = atlas_dir.read_catalog()
+    except PreviousFormat:
+        previous = atlas_dir.read_catalog(upgrading=True)
+        report = CheckReport(root=atlas_dir.root, models=len(previous.models))
+        report.directions = sum(e.n_directions for e in previous.models.values())
+        message = (
+            f"{CATALOG}: atlas format version {previous.version}, made by an earlier svd-atlas; "
+            f"this one reads and writes version {FORMAT_VERSION}"
+        )
+        report.findings.append(Finding("error", None, message, REPAIR_SAYS[UPGRADE], UPGRADE))
+        return report
     except AtlasError as exc:
-        if not atlas_dir.orphan_stores():
+        # a catalog of a version this svd-atlas cannot read is not lost: never rebuilt here
+        if isinstance(exc, UnsupportedFormat) or not atlas_dir.orphan_stores():
             raise
         report = CheckReport(root=atlas_dir.root)
         message = str(exc).split(";")[0]

@@ -26,6 +26,16 @@ class NoMatch(AtlasError):
     names what matched nothing and in which models."""
 
 
+class UnsupportedFormat(AtlasError):
+    """An atlas, bundle or tree of a format version this svd-atlas does not read: newer than
+    its own, or older than the one before (``atlas.core.formats``). Nothing repairs it here."""
+
+
+class PreviousFormat(AtlasError):
+    """An atlas directory of the format version before this svd-atlas's: it is read and written
+    only once ``svd-atlas check --repair`` has upgraded it (``atlas.core.upgrade``)."""
+
+
 class AtlasWarning(UserWarning):
     """Something a reader of the results should know (a damaged model left out, a word the
     vocabulary lacks, an approximate index). The CLI prints it as one ``note:`` line on stderr."""

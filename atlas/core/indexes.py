@@ -42,10 +42,9 @@ def index_type_for(n_vectors: int, exact_max: int) -> str:
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, index_type: str) -> Any:
-    """A FAISS index of ``index_type`` (``models.index_type``); any type but ``flat`` is built
-    approximate (so models the first release indexed with HNSW are rebuilt as today's), except
-    a shard of fewer than ``APPROXIMATE_MIN`` vectors, which is too small to train codebooks and
-    fast to scan exactly."""
+    """A FAISS index of ``index_type`` (``models.index_type``: ``flat`` or ``pq-rerank``),
+    except that a shard of fewer than ``APPROXIMATE_MIN`` vectors is always flat: too small to
+    train codebooks, and fast to scan exactly."""
     import faiss
 
     vectors = np.ascontiguousarray(vectors, np.float32)
@@ -66,18 +65,15 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, index_type: str) -> Any:
 
 
 SHARD_FILE = "residual-{:04d}.faiss"
-LEGACY_FILE = "residual.faiss"  # one shard, as stores of earlier versions hold it
 
 
 def shard_files(store: Path) -> list[Path]:
     """A store's index shards in order (empty when the model has no vectors)."""
-    shards = sorted(store.glob("residual-*.faiss"))
-    legacy = store / LEGACY_FILE
-    return shards or ([legacy] if legacy.is_file() else [])
+    return sorted(store.glob("residual-*.faiss"))
 
 
 def is_index_file(name: str) -> bool:
-    return name == LEGACY_FILE or (name.startswith("residual-") and name.endswith(".faiss"))
+    return name.startswith("residual-") and name.endswith(".faiss")
 
 
 def write_index(index: Any, path: Path) -> None:
@@ -90,8 +86,8 @@ def write_index(index: Any, path: Path) -> None:
 
 
 def read_index(path: Path) -> Any:
-    """One shard, memory-mapped where FAISS allows (flat codes), checked to be a kind this
-    version writes."""
+    """One shard, memory-mapped where FAISS allows (flat codes), checked to be a kind
+    svd-atlas writes."""
     import faiss
 
     try:
@@ -103,8 +99,8 @@ def read_index(path: Path) -> Any:
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
     if not isinstance(inner, faiss.IndexFlat | faiss.IndexRefineFlat):
         raise AtlasError(
-            f"{path}: {type(inner).__name__} is an index type this version of svd-atlas does not "
-            "use (HNSW came from an earlier one); svd-atlas check --repair rebuilds it"
+            f"{path}: {type(inner).__name__} is not an index type svd-atlas writes; "
+            "svd-atlas check --repair rebuilds it"
         )
     return index
 

@@ -40,11 +40,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atlas.core.errors import AtlasError, one_line
+from atlas.core.errors import AtlasError, PreviousFormat, one_line
 from atlas.core.formats import require_format
 
 FORMAT = "svd-atlas"
-FORMAT_VERSION = 1
+# 2: every store has every table and column of the contract (``models.weight_dtype`` included),
+# its index as residual-NNNN.faiss shards of the types ``models.index_type`` names (flat or
+# pq-rerank). Version 1 atlases are upgraded by ``svd-atlas check --repair``
+# (``atlas.core.upgrade``); nothing else reads or writes them.
+FORMAT_VERSION = 2
+UPGRADE = "svd-atlas check --repair upgrades it"
+TOO_OLD = "re-ingest its models into a new atlas (svd-atlas ingest MODEL)"
 CATALOG = "catalog.json"
 MODEL_DB = "model.duckdb"
 UNEMBED = "unembed.npy"  # centered W_U, [d_vocab, d_model] float16: turns text into a query
@@ -71,27 +77,33 @@ class CatalogEntry:
 
 @dataclass
 class Catalog:
+    """The published state; ``version`` is its format version (an upgrade raises it)."""
+
     models: dict[str, CatalogEntry] = field(default_factory=dict)
     next_direction_id: int = 0
     next_matrix_id: int = 0
+    version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.version,
             "next_direction_id": self.next_direction_id,
             "next_matrix_id": self.next_matrix_id,
             "models": {name: vars(entry) for name, entry in sorted(self.models.items())},
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], source: Path) -> Catalog:
-        require_format(data, FORMAT, FORMAT_VERSION, source, "catalog")
+    def from_json(cls, data: dict[str, Any], source: Path, upgrading: bool = False) -> Catalog:
+        """The catalog in ``data``; one of the previous format version is refused with a line
+        that says how to upgrade it, unless ``upgrading`` (the upgrade reads it)."""
+        version = require_format(data, FORMAT, FORMAT_VERSION, source, "atlas", TOO_OLD)
         try:
             catalog = cls(
                 models={str(k): CatalogEntry(**v) for k, v in data["models"].items()},
                 next_direction_id=int(data["next_direction_id"]),
                 next_matrix_id=int(data["next_matrix_id"]),
+                version=version,
             )
             for model_id, entry in catalog.models.items():
                 if not isinstance(entry.store, str) or not STORE_NAME.fullmatch(entry.store):
@@ -99,6 +111,12 @@ class Catalog:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             reason = one_line(exc)
             raise AtlasError(f"{source} is malformed ({reason}); {REBUILD_CATALOG}") from None
+        if version != FORMAT_VERSION and not upgrading:
+            raise PreviousFormat(
+                f"{source.parent} is an atlas of format version {version}, made by an earlier "
+                f"svd-atlas; this one reads and writes it once upgraded to version "
+                f"{FORMAT_VERSION}: {UPGRADE}"
+            )
         return catalog
 
 
@@ -166,7 +184,8 @@ class AtlasDir:
             )
         raise AtlasError(f"no atlas at {self.root} (create one with: svd-atlas ingest MODEL)")
 
-    def read_catalog(self) -> Catalog:
+    def read_catalog(self, upgrading: bool = False) -> Catalog:
+        """The published catalog (see :meth:`Catalog.from_json` for ``upgrading``)."""
         if not self.exists():
             return Catalog()
         try:
@@ -176,7 +195,7 @@ class AtlasDir:
             raise AtlasError(
                 f"cannot read {self.catalog_path} ({reason}); {REBUILD_CATALOG}"
             ) from None
-        return Catalog.from_json(data, self.catalog_path)
+        return Catalog.from_json(data, self.catalog_path, upgrading)
 
     def store_path(self, entry: CatalogEntry) -> Path:
         return self.root / entry.store

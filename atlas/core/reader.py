@@ -54,7 +54,6 @@ USER_DB = "user.duckdb"
 PARQUET_MARKER = "_svd_atlas.json"
 # Read a catalog again if a store it names vanished meanwhile (a concurrent replace + sweep).
 _OPEN_ATTEMPTS = 3
-FIRST_RELEASE_TABLES = 5  # every store has TABLES[:5]; later ones were added to the contract
 
 
 @dataclass(eq=False)
@@ -156,7 +155,7 @@ class Reader:
             if parts:
                 union = " UNION ALL BY NAME ".join(f"SELECT * FROM {p}" for p in parts)
                 self._con.execute(f"CREATE VIEW {table} AS {union}")
-            else:  # no model has it (an empty atlas, or stores written before it existed)
+            else:  # no model has it (an empty atlas, or a tree that does not list the table)
                 from atlas.core.schema import empty_table_ddl
 
                 self._con.execute(empty_table_ddl(table))
@@ -494,18 +493,12 @@ class StoreReader(Reader):
             self._con.execute(f"DETACH DATABASE IF EXISTS {alias}")
 
     def _store_relations(self) -> dict[str, list[str]]:
-        """Each contract table's per-store relations (a store written before a table was added
-        to the contract simply lacks it)."""
-        rows = self._con.execute("SELECT database_name, table_name FROM duckdb_tables()").fetchall()
-        present = set(rows)
+        """Each contract table's per-store relations (every store has every table:
+        ``store_problem``)."""
         # vectors of models of different widths union as variable-length lists
         cast = {"directions": "(SELECT * REPLACE (vector::FLOAT[] AS vector) FROM {})"}
         return {
-            table: [
-                cast.get(table, "{}").format(f"m{i}.{table}")
-                for i in self._aliases.values()
-                if (f"m{i}", table) in present
-            ]
+            table: [cast.get(table, "{}").format(f"m{i}.{table}") for i in self._aliases.values()]
             for table in TABLES
         }
 
@@ -663,7 +656,7 @@ class StoreReader(Reader):
 
 
 def store_problem(con: duckdb.DuckDBPyConnection, alias: str, model_id: str) -> str | None:
-    """Why the store attached as ``alias`` is not ``model_id``'s (a table every store has is
+    """Why the store attached as ``alias`` is not ``model_id``'s (a table of the contract is
     missing, or its models table names another model), or None."""
     present = {
         name
@@ -671,7 +664,7 @@ def store_problem(con: duckdb.DuckDBPyConnection, alias: str, model_id: str) -> 
             "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [alias]
         ).fetchall()
     }
-    missing = [t for t in TABLES[:FIRST_RELEASE_TABLES] if t not in present]
+    missing = [t for t in TABLES if t not in present]
     if missing:
         return f"is not an svd-atlas store (it has no {missing[0]} table)"
     try:

@@ -10,10 +10,12 @@ it. Under the atlas's writer lock, for each problem ``atlas.core.check`` marks r
 - a lost or unreadable ``catalog.json`` is rebuilt from the stores' manifests, with the id
   counters past every id any store on disk holds, so ids stay unique;
 - a model whose store cannot be read at all is taken out of the catalog (its ids stay retired),
-  so that every other model works and ``check`` passes; re-ingesting brings it back.
+  so that every other model works and ``check`` passes; re-ingesting brings it back;
+- an atlas of the previous format version is upgraded (``atlas.core.upgrade``), first.
 
 Files are replaced by writing a new one next to them and renaming it over the old, so readers
-that opened the old one keep it. DuckDB data is only read.
+that opened the old one keep it. DuckDB data is only read (an upgrade writes new stores beside
+the old ones).
 """
 
 from __future__ import annotations
@@ -24,19 +26,20 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 
 from atlas.core.check import (
     REBUILD_CATALOG,
     REBUILD_INDEX,
     REWRITE_MANIFEST,
     UNPUBLISH,
+    UPGRADE,
     CheckReport,
     check_atlas,
 )
 from atlas.core.errors import AtlasError, one_line
 from atlas.core.indexes import is_index_file, shard_files
 from atlas.core.layout import (
+    FORMAT_VERSION,
     MANIFEST,
     MODEL_DB,
     STORE_NAME,
@@ -46,22 +49,25 @@ from atlas.core.layout import (
     fsync_tree,
 )
 from atlas.core.sqlguard import sql_string
-from atlas.core.store import IndexShards, sha256_file, write_manifest
-from atlas.core.vectors import vector_matrix
+from atlas.core.store import sha256_file, write_index_from_database, write_manifest
+from atlas.core.upgrade import PREVIOUS_VERSION, upgrade_atlas
 
 
 def repair_atlas(root: str | Path) -> CheckReport:
-    """Check, repair what is repairable under the writer lock, and check again (twice at most:
-    a rebuilt catalog lets its models be checked, and repaired, in turn)."""
+    """Check, repair what is repairable, and check again (three times at most: a rebuilt
+    catalog lets its models be checked, an upgraded atlas too, and repaired, in turn)."""
     atlas_dir = AtlasDir(root)
     report = check_atlas(root)
     done: list[str] = []
-    for _ in range(2):
+    for _ in range(3):
         actions = {(f.repair, f.model_id) for f in report.errors if f.repair is not None}
         if not actions:
             break
-        with atlas_dir.writer_lock(repairing=True):
-            done += _repair(atlas_dir, actions)
+        if (UPGRADE, None) in actions:
+            done += upgrade_atlas(atlas_dir)  # under the writer lock itself
+        else:
+            with atlas_dir.writer_lock(repairing=True):
+                done += _repair(atlas_dir, actions)
         report = check_atlas(root)
     report.repaired = done
     return report
@@ -95,30 +101,12 @@ def _repair(atlas_dir: AtlasDir, actions: set[tuple[str, str | None]]) -> list[s
 
 
 def rebuild_index(store: Path, scratch: Path) -> None:
-    """Write ``store``'s index shards again from DuckDB, layer by layer as ingest does (so
-    one shard's vectors are in memory at a time), exact or approximate as ingest chose.
+    """Write ``store``'s index shards again from DuckDB (``store.write_index_from_database``)
+    and put them in place of the old ones.
 
-    ``scratch`` is an empty folder on the same file system (a staging folder). A model without
-    vectors (loaded from a ``--vectors none`` bundle) gets no index.
+    ``scratch`` is an empty folder on the same file system (a staging folder).
     """
-    con = _open_store(store)
-    try:
-        index_type = con.sql("SELECT index_type FROM m.models").fetchall()[0][0]
-        (n_null,) = con.sql("SELECT count(*) FROM m.directions WHERE vector IS NULL").fetchall()[0]
-        layers = [] if n_null else [r[0] for r in con.sql(
-            "SELECT DISTINCT layer FROM m.directions ORDER BY layer").fetchall()]  # fmt: skip
-        shards = IndexShards(scratch, index_type)
-        for layer in layers:
-            rows = con.sql(
-                "SELECT direction_id, vector FROM m.directions WHERE layer = ? "
-                "ORDER BY direction_id",
-                params=[layer],
-            ).to_arrow_table()
-            ids = rows["direction_id"].to_numpy().astype(np.int64)
-            shards.add_layer(vector_matrix(rows["vector"]), ids)
-        shards.flush()
-    finally:
-        con.close()
+    write_index_from_database(store / MODEL_DB, scratch)
     fsync_tree(scratch)
     new = {p.name for p in scratch.iterdir() if is_index_file(p.name)}
     for name in sorted(new):
@@ -195,10 +183,22 @@ def rebuild_catalog(atlas_dir: AtlasDir) -> str:
         models={m: e for m, (e, _) in sorted(found.items())},
         next_direction_id=next_direction,
         next_matrix_id=next_matrix,
-    )
+        version=min((_store_version(atlas_dir.store_path(e)) for e, _ in found.values()),
+                    default=FORMAT_VERSION),
+    )  # fmt: skip
     atlas_dir.write_catalog(catalog)
     note = f" ({len(skipped)} unreadable store(s) left out)" if skipped else ""
     return f"-  catalog.json rebuilt from {len(found)} store(s){note}"
+
+
+def _store_version(store: Path) -> int:
+    """The atlas format version a store was written in: its manifest says so from version 2
+    on (a catalog rebuilt over older stores is of the older version, and is upgraded next)."""
+    try:
+        version = json.loads((store / MANIFEST).read_text(encoding="utf-8"))["format_version"]
+        return version if isinstance(version, int) else PREVIOUS_VERSION
+    except (OSError, ValueError, KeyError, TypeError):
+        return PREVIOUS_VERSION
 
 
 def _recorded_ids(store: Path) -> tuple[int, int]:

@@ -21,8 +21,9 @@ from atlas.core.contract import TABLES
 from atlas.core.errors import AtlasError, one_line
 from atlas.core.indexes import SHARD_FILE, build_index
 from atlas.core.indexes import write_index as write_faiss
-from atlas.core.layout import MANIFEST, MODEL_DB, UNEMBED
+from atlas.core.layout import FORMAT_VERSION, MANIFEST, MODEL_DB, UNEMBED
 from atlas.core.schema import create_statements
+from atlas.core.sqlguard import sql_string
 from atlas.core.token_space import BUILD_TOKEN_BAGS
 from atlas.core.vectors import vector_matrix
 
@@ -179,6 +180,32 @@ def write_index_by_layer(store: Path, directions: pa.Table, index_type: str) -> 
     shards.flush()
 
 
+def write_index_from_database(database: Path, dest: Path) -> None:
+    """Write the index shards of the store whose DuckDB file is ``database`` into ``dest``,
+    layer by layer as ingest does (one shard's vectors in memory at a time), exact or
+    approximate as ``models.index_type`` says. A model without vectors (loaded from a
+    ``--vectors none`` bundle) gets no index."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH {sql_string(str(database))} AS m (READ_ONLY)")
+        index_type = con.sql("SELECT index_type FROM m.models").fetchall()[0][0]
+        (n_null,) = con.sql("SELECT count(*) FROM m.directions WHERE vector IS NULL").fetchall()[0]
+        layers = [] if n_null else [r[0] for r in con.sql(
+            "SELECT DISTINCT layer FROM m.directions ORDER BY layer").fetchall()]  # fmt: skip
+        shards = IndexShards(dest, index_type)
+        for layer in layers:
+            rows = con.sql(
+                "SELECT direction_id, vector FROM m.directions WHERE layer = ? "
+                "ORDER BY direction_id",
+                params=[layer],
+            ).to_arrow_table()
+            ids = rows["direction_id"].to_numpy().astype(np.int64)
+            shards.add_layer(vector_matrix(rows["vector"]), ids)
+        shards.flush()
+    finally:
+        con.close()
+
+
 def write_unembedding(store: Path, W_U_centered: np.ndarray) -> None:
     """Keep the centered unembedding (one row per token) so text queries need no model."""
     np.save(store / UNEMBED, np.ascontiguousarray(W_U_centered.T, dtype=np.float16))
@@ -186,8 +213,8 @@ def write_unembedding(store: Path, W_U_centered: np.ndarray) -> None:
 
 def write_manifest(store: Path, record: dict[str, Any]) -> None:
     """Checksums of every file in the store, so that copies and bundles can be verified, the
-    row count of each table (read from the store itself), and ``record``
-    (``publish.store_record``: the model id, spec and ids)."""
+    row count of each table (read from the store itself), the atlas format version it was
+    written in, and ``record`` (``publish.store_record``: the model id, spec and ids)."""
     con = duckdb.connect(str(store / MODEL_DB), read_only=True)
     try:
         counts = {t: con.sql(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in COUNTED}
@@ -198,7 +225,7 @@ def write_manifest(store: Path, record: dict[str, Any]) -> None:
         for p in sorted(store.iterdir())
         if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
     }
-    manifest = {**record, "counts": counts, "members": members}
+    manifest = {**record, "format_version": FORMAT_VERSION, "counts": counts, "members": members}
     (store / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
 

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import atlas
+from atlas.core.exchange.bundle_format import FORMAT_VERSION
 from tests.support.helpers import assert_one_error_line, fingerprint, run_cli
 
 # slow: a sweep of hostile bundles, each loaded and refused
@@ -138,9 +139,9 @@ def test_truncated_file(valid_bundle: Path, atlas_copy: Path, tmp_path: Path, wh
 
 def test_newer_format_version(valid_bundle: Path, atlas_copy: Path, tmp_path: Path) -> None:
     manifest, members = read_members(valid_bundle)
-    manifest["format_version"] = 2
+    manifest["format_version"] = FORMAT_VERSION + 1
     bundle = write_bundle(tmp_path / "future.bundle", manifest, members)
-    refused(atlas_copy, bundle, "format version 2", "upgrade")
+    refused(atlas_copy, bundle, f"format version {FORMAT_VERSION + 1}", "upgrade svd-atlas")
 
 
 def test_member_not_in_manifest(valid_bundle: Path, atlas_copy: Path, tmp_path: Path) -> None:
@@ -223,8 +224,9 @@ def test_rows_of_another_model_are_refused(
 def test_a_bundled_index_is_never_trusted(
     f32_bundle: Path, minilm_atlas: Path, tmp_path: Path
 ) -> None:
-    """An index member with the right ids but other vectors (or an old HNSW index) is ignored:
-    the loaded index is rebuilt from the verified vectors."""
+    """A version 1 bundle's index member (format 2 bundles hold none), with the right ids but
+    other vectors (or an HNSW index), is ignored: the loaded index is rebuilt from the verified
+    vectors."""
     import faiss
 
     manifest, members = read_members(f32_bundle)
@@ -237,7 +239,9 @@ def test_a_bundled_index_is_never_trusted(
         model = dict(manifest["models"][0], has_index=True)
         tampered = {**members, "models/0000/residual.faiss": index_bytes}
         bundle = write_bundle(
-            tmp_path / f"{name}.bundle", {**manifest, "models": [model]}, tampered
+            tmp_path / f"{name}.bundle",
+            {**manifest, "format_version": 1, "models": [model]},
+            tampered,
         )
         root = tmp_path / name
         result = run_cli("--atlas", root, "load", bundle)

@@ -79,10 +79,10 @@ def test_bundle_manifest_describes_models_and_members(bundles: dict[str, Path]) 
         assert fh is not None
         manifest = json.loads(fh.read())
     assert names[0] == "manifest.json"
-    assert manifest["format"] == "svd-atlas-bundle" and manifest["format_version"] == 1
+    assert manifest["format"] == "svd-atlas-bundle" and manifest["format_version"] == 2
     assert manifest["vectors"] == "f32" and "duckdb" in manifest["library_versions"]
     (model,) = manifest["models"]
-    assert model["model_id"] == "minilm" and model["d_model"] == 384 and not model["has_index"]
+    assert model["model_id"] == "minilm" and model["d_model"] == 384 and "has_index" not in model
     assert model["counts"]["directions"] == 9216 and "torch" in model["ingest_versions"]
     assert sorted(manifest["members"]) == sorted(names[1:])
     assert all(len(m["sha256"]) == 64 for m in manifest["members"].values())

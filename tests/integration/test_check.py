@@ -17,6 +17,7 @@ from atlas.core.check import check_atlas
 from atlas.core.indexes import is_exact
 from atlas.core.store import sha256_file
 from tests.support.helpers import assert_one_error_line, fingerprint, run_cli
+from tests.support.old_formats import version_1_atlas
 
 # slow: damages copies of the MiniLM atlas one way each and repairs them
 pytestmark = pytest.mark.slow
@@ -212,24 +213,40 @@ def test_check_refuses_what_is_not_an_atlas(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_an_hnsw_index_from_an_earlier_version_is_rebuilt(atlas_copy: Path) -> None:
-    """The first release built HNSW above --exact-max; such a store reads as one error line and
-    `check --repair` rebuilds today's approximate index, leaving DuckDB as it was."""
+def test_an_hnsw_index_of_a_version_1_atlas_is_upgraded(atlas_copy: Path, tmp_path: Path) -> None:
+    """The first release built HNSW above --exact-max. Such an atlas (format version 1) reads as
+    one error line naming check --repair, which upgrades it: today's approximate index, built
+    from DuckDB's vectors."""
+    old = version_1_atlas(atlas_copy, tmp_path / "old", hnsw=True)
+    before = fingerprint(old)
+
+    line = assert_one_error_line(run_cli("--atlas", old, "search", "fire"))
+    assert "format version 1" in line and "check --repair" in line
+    assert run_cli("--atlas", old, "check").returncode == 1
+    assert fingerprint(old) == before
+    repaired = run_cli("--atlas", old, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout
+    with atlas.open(old) as a:
+        assert a.sql("SELECT index_type FROM models")["index_type"].to_pylist() == ["pq-rerank"]
+        assert not is_exact(a.residual_index("minilm"))
+        assert len(a.search("fire", k=10)) == 10
+
+
+@pytest.mark.slow
+def test_an_index_of_a_type_svd_atlas_does_not_write_is_rebuilt(atlas_copy: Path) -> None:
+    """An HNSW shard in a current store is damage: refused in one line, rebuilt by check
+    --repair as models.index_type says, DuckDB left as it was."""
     store = _store(atlas_copy)
-    con = duckdb.connect(str(store / "model.duckdb"))
-    con.execute("UPDATE models SET index_type = 'hnsw'")
-    con.close()
     flat = faiss.read_index(str(store / SHARD))
     ids = _ids(flat)
     hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(384, 16, faiss.METRIC_INNER_PRODUCT))
     hnsw.add_with_ids(flat.reconstruct_batch(ids), ids)
     faiss.write_index(hnsw, str(store / SHARD))
     manifest = json.loads((store / "manifest.json").read_text())
-    for name in ("model.duckdb", SHARD):
-        manifest["members"][name] = {
-            "bytes": (store / name).stat().st_size,
-            "sha256": sha256_file(store / name),
-        }
+    manifest["members"][SHARD] = {
+        "bytes": (store / SHARD).stat().st_size,
+        "sha256": sha256_file(store / SHARD),
+    }
     (store / "manifest.json").write_text(json.dumps(manifest))
     database = sha256_file(store / "model.duckdb")
 
@@ -240,5 +257,5 @@ def test_an_hnsw_index_from_an_earlier_version_is_rebuilt(atlas_copy: Path) -> N
     assert repaired.returncode == 0, repaired.stdout
     assert sha256_file(store / "model.duckdb") == database
     with atlas.open(atlas_copy) as a:
-        assert not is_exact(a.residual_index("minilm"))
+        assert is_exact(a.residual_index("minilm"))
         assert len(a.search("fire", k=10)) == 10

@@ -120,22 +120,3 @@ def test_compare_csv_table_and_errors(raw_and_tl: Path) -> None:
     assert len(parsed) == 84 + 4
     error = assert_one_error_line(run_cli("--atlas", raw_and_tl, "compare", "minilm-raw", "nope"))
     assert "nope" in error
-
-
-def test_an_atlas_with_a_store_from_before_coherence_still_opens(
-    raw_and_tl: Path, tmp_path: Path
-) -> None:
-    import shutil
-
-    import duckdb
-
-    root = tmp_path / "atlas"
-    shutil.copytree(raw_and_tl, root)
-    with atlas.open(root) as a:
-        old = a.reader.store_path("minilm-tl") / "model.duckdb"
-    con = duckdb.connect(str(old))
-    con.execute("DROP TABLE coherence_null")
-    con.close()
-    with atlas.open(root) as a:
-        counts = a.sql("SELECT model_id, count(*) AS n FROM coherence_null GROUP BY 1").to_pylist()
-    assert counts == [{"model_id": "minilm-raw", "n": 1600}]

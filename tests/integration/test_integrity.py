@@ -32,8 +32,8 @@ from tests.support.helpers import (
     assert_one_error_line,
     fingerprint,
     run_cli,
-    tree_without_unembeddings,
 )
+from tests.support.old_formats import version_1_tree
 
 # slow: a sweep of damaged and foreign indexes, values and trees
 pytestmark = pytest.mark.slow
@@ -318,7 +318,7 @@ def test_a_tree_searches_words_as_the_atlas_does(minilm_atlas: Path, tree: Path)
 def test_an_old_tree_says_in_its_output_that_words_searched_token_space(
     tree: Path, tmp_path: Path
 ) -> None:
-    old = tree_without_unembeddings(tree, tmp_path / "old")
+    old = version_1_tree(tree, tmp_path / "old")
     table = run_cli("--atlas", old, "search", "fire", "-k", "3")
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.splitlines()

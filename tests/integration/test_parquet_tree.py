@@ -12,7 +12,8 @@ import pytest
 
 import atlas
 from tests.support.atlas_compare import assert_tables_equal, neighbours, query_set
-from tests.support.helpers import assert_one_error_line, run_cli, tree_without_unembeddings
+from tests.support.helpers import assert_one_error_line, run_cli
+from tests.support.old_formats import version_1_tree
 
 READER = r"""
 import json, sys
@@ -139,8 +140,8 @@ def test_ids_shared_by_models_from_two_atlases_are_refused_not_guessed(
 def test_words_without_an_unembedding_are_searched_in_token_space_with_a_note(
     tree: Path, tmp_path: Path
 ) -> None:
-    """A tree exported before trees kept the unembedding."""
-    old = tree_without_unembeddings(tree, tmp_path / "old")
+    """A tree exported before trees kept the unembedding (format version 1)."""
+    old = version_1_tree(tree, tmp_path / "old")
     result = run_cli("--atlas", old, "search", "fire", "-k", "3", "--format", "json")
     assert result.returncode == 0, result.stderr
     assert "note: minilm has no unembedding here: words are searched in token space" in (

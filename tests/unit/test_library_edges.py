@@ -11,7 +11,7 @@ import pytest
 
 from atlas.cli.output import dumps
 from atlas.core.contract import JUDGED_SIDE, KINDS, SIDES_OF, TABLES
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, UnsupportedFormat
 from atlas.core.formats import require_format
 from atlas.core.jsondata import jsonable, printable, table_cell
 from atlas.core.sqlguard import check_statement
@@ -130,9 +130,19 @@ def test_filters_from_python_values() -> None:
     assert not make_filters().active
 
 
-@pytest.mark.parametrize("version", ["1", 1.0, None, True, 0, -2])
-def test_format_versions_must_be_positive_whole_numbers(version: object) -> None:
+@pytest.mark.parametrize("version", ["1", 1.0, None, True])
+def test_format_versions_must_be_whole_numbers(version: object) -> None:
     with pytest.raises(AtlasError, match="format_version"):
-        require_format({"format": "x", "format_version": version}, "x", 1, "f", "bundle")
-    with pytest.raises(AtlasError, match="upgrade"):
-        require_format({"format": "x", "format_version": 2}, "x", 1, "f", "bundle")
+        require_format({"format": "x", "format_version": version}, "x", 2, "f", "bundle", "redo")
+
+
+def test_a_format_version_is_read_if_current_or_previous() -> None:
+    for version in (1, 2):
+        data = {"format": "x", "format_version": version}
+        assert require_format(data, "x", 2, "f", "bundle", "redo") == version
+    with pytest.raises(UnsupportedFormat, match="newer svd-atlas .* upgrade svd-atlas"):
+        require_format({"format": "x", "format_version": 3}, "x", 2, "f", "bundle", "redo")
+    for version in (0, -2):
+        with pytest.raises(UnsupportedFormat, match=f"too old .*version {version}.*: redo$"):
+            data = {"format": "x", "format_version": version}
+            require_format(data, "x", 2, "f", "bundle", "redo")

@@ -11,8 +11,14 @@
     models/0000/vocab.parquet
     models/0000/unembed.npy        centered W_U as float16 (turns words into queries); not with
                                    --vectors none, where no residual-space search is possible
-    models/0000/residual.faiss     optional (f32 only), written by earlier versions; never read:
-                                   load rebuilds the index from the vectors
+
+Every table has every column of the contract. No index is bundled: load builds it from the
+verified vectors.
+
+Version 1 (the format before) could lack ``models.weight_dtype`` and could hold a FAISS index
+per model (``models/0000/residual.faiss``, ``has_index`` in the manifest) that nothing read.
+:func:`upgrade_manifest` and :func:`upgrade_table` are its one upgrade, applied as a version 1
+bundle is read: a bundle is never written in place.
 
 A bundle is data, never code: nothing in it is unpickled or executed. Member names are fixed by
 this module (never derived from model ids), so a reader accepts only names it would have
@@ -25,21 +31,23 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from atlas.core.errors import AtlasError, one_line
 from atlas.core.formats import require_format
 from atlas.core.model_ids import RULE, model_id_problem
 from atlas.core.store import TABLE_ORDER
 
 FORMAT = "svd-atlas-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+PREVIOUS_VERSION = FORMAT_VERSION - 1
+TOO_OLD = "export it again with the svd-atlas that made it, into a newer one, or re-ingest"
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20
 VECTOR_MODES = ("f32", "f16", "none")
-INDEX_FILE = "residual.faiss"
 UNEMBED_FILE = "unembed.npy"
-_MEMBER = re.compile(
-    r"models/\d{4}/(?:(?:" + "|".join(TABLE_ORDER) + r")\.parquet|residual\.faiss|unembed\.npy)"
-)
+_MEMBER = re.compile(r"models/\d{4}/(?:(?:" + "|".join(TABLE_ORDER) + r")\.parquet|unembed\.npy)")
+_V1_INDEX = re.compile(r"models/\d{4}/residual\.faiss")  # version 1's unread index files
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -49,10 +57,6 @@ def model_dir(position: int) -> str:
 
 def table_member(position: int, table: str) -> str:
     return f"{model_dir(position)}/{table}.parquet"
-
-
-def index_member(position: int) -> str:
-    return f"{model_dir(position)}/{INDEX_FILE}"
 
 
 def unembed_member(position: int) -> str:
@@ -84,14 +88,12 @@ class BundleModel:
     n_directions: int
     first_matrix_id: int
     n_matrices: int
-    has_index: bool
     has_unembed: bool
     ingest_versions: dict[str, str]
 
     def members(self) -> list[str]:
         names = [table_member(self.position, t) for t in TABLE_ORDER]
-        names += [unembed_member(self.position)] if self.has_unembed else []
-        return names + ([index_member(self.position)] if self.has_index else [])
+        return names + ([unembed_member(self.position)] if self.has_unembed else [])
 
 
 @dataclass
@@ -102,16 +104,24 @@ class BundleManifest:
     library_versions: dict[str, str]
     models: list[BundleModel]
     members: dict[str, Member] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    # read from a version 1 bundle (its tables go through ``upgrade_table``), and the members
+    # of it that are not read (``upgrade_manifest``); neither is written
+    upgraded: bool = False
+    unread: dict[str, Member] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        return {"format": FORMAT, **data}
+        del data["upgraded"], data["unread"]
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **data}
 
     @classmethod
     def from_json(cls, data: Any, source: str) -> BundleManifest:
-        """Parse and check a manifest; anything unexpected is a refusal naming ``source``."""
-        version = require_format(data, FORMAT, FORMAT_VERSION, source, "bundle")
+        """Parse and check a manifest (of the previous version, upgraded); anything
+        unexpected is a refusal naming ``source``."""
+        version = require_format(data, FORMAT, FORMAT_VERSION, source, "bundle", TOO_OLD)
+        unread: dict[str, Any] = {}
+        if version == PREVIOUS_VERSION:
+            data, unread = upgrade_manifest(data, source)
         try:
             manifest = cls(
                 vectors=data["vectors"],
@@ -120,7 +130,8 @@ class BundleManifest:
                 library_versions=dict(data["library_versions"]),
                 models=[BundleModel(**m) for m in data["models"]],
                 members={k: Member(**v) for k, v in data["members"].items()},
-                format_version=version,
+                upgraded=version == PREVIOUS_VERSION,
+                unread={k: Member(**v) for k, v in unread.items()},
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise AtlasError(f"{source} has a malformed bundle manifest: {one_line(exc)}") from None
@@ -147,13 +158,32 @@ class BundleManifest:
                 )
             if not isinstance(m.d_model, int) or m.d_model <= 0:
                 raise bad(f"model {m.model_id!r} has d_model {m.d_model!r}")
-            if m.has_index and self.vectors != "f32":
-                raise bad("a FAISS index is only bundled with f32 vectors")
             expected += m.members()
-        for name, member in self.members.items():
+        for name, member in {**self.members, **self.unread}.items():
             if not isinstance(member.bytes, int) or member.bytes < 0:
                 raise bad(f"member {name!r} has size {member.bytes!r}")
             if not isinstance(member.sha256, str) or not _SHA256.fullmatch(member.sha256):
                 raise bad(f"member {name!r} has no valid sha256")
         if sorted(expected) != sorted(self.members):
             raise bad("its member list does not match its models")
+
+
+def upgrade_manifest(data: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A version 1 manifest as version 2 says it, and the members it lists that version 2 does
+    not read (its index files: the tar holds them, and they are verified but not copied)."""
+    try:
+        members = dict(data["members"])
+        unread = {name: members.pop(name) for name in list(members) if _V1_INDEX.fullmatch(name)}
+        models = [{k: v for k, v in m.items() if k != "has_index"} for m in data["models"]]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise AtlasError(f"{source} has a malformed bundle manifest: {one_line(exc)}") from None
+    return {**data, "format_version": FORMAT_VERSION, "members": members, "models": models}, unread
+
+
+def upgrade_table(name: str, table: pa.Table, columns: list[str]) -> pa.Table:
+    """A version 1 bundle's table as version 2 has it: ``models.weight_dtype`` (added to the
+    contract during version 1, so older bundles lack it) is NULL where missing."""
+    if name == "models" and "weight_dtype" not in table.column_names:
+        table = table.append_column("weight_dtype", pa.nulls(table.num_rows, pa.string()))
+        return table.select([c for c in columns if c in table.column_names])
+    return table

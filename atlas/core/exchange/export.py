@@ -132,7 +132,6 @@ def _export_model(a: Reader, model_id: str, position: int, work: Path, vectors: 
         n_directions=counts["directions"],
         first_matrix_id=first_matrix,
         n_matrices=counts["matrices"],
-        has_index=False,
         has_unembed=has_unembed,
         ingest_versions=json.loads(row["versions"]),
     )

@@ -1,7 +1,8 @@
 """Importing a bundle into an atlas, all or nothing.
 
 1. The bundle is verified and copied to a private temporary folder (``unpack``): paths, links,
-   checksums, sizes and format version are checked before any table is read.
+   checksums, sizes and format version are checked before any table is read. A bundle of the
+   previous format version is read through its upgrade (``bundle_format.upgrade_table``).
 2. Every model's tables are read and checked for consistency (columns, model_id, contiguous
    unique ids, references, vector widths) before the atlas is touched.
 3. Ids are reserved, each model becomes a new store under ``.staging`` and one new catalog
@@ -33,6 +34,7 @@ from atlas.core.exchange.bundle_format import (
     BundleModel,
     table_member,
     unembed_member,
+    upgrade_table,
 )
 from atlas.core.exchange.unpack import unpack_bundle
 from atlas.core.layout import UNEMBED, AtlasDir
@@ -52,9 +54,6 @@ from atlas.core.vectors import vector_column, vector_matrix
 Refusal = Callable[[str], AtlasError]
 UNIT_TOLERANCE = 1e-4  # float32 unit vectors
 UNIT_TOLERANCE_F16 = 1e-2  # rounded to half precision before renormalising
-# Nullable columns added to the contract after bundles of format 1 were first written: a bundle
-# may lack them (they load as NULL).
-_ADDED_LATER = {"models": ("weight_dtype",)}
 _COLUMNS = {name: [c.name for c in t.columns] for name, t in build_metadata(None).tables.items()}
 
 
@@ -102,7 +101,10 @@ def load_bundle(root: str | Path, bundle: str | Path, replace: bool = False) -> 
     bundle, atlas_dir = Path(bundle), AtlasDir(root)
     with tempfile.TemporaryDirectory(prefix="svd-atlas-load-") as tmp:
         manifest = unpack_bundle(bundle, Path(tmp))
-        models = [read_model(Path(tmp), m, manifest.vectors, str(bundle)) for m in manifest.models]
+        models = [
+            read_model(Path(tmp), m, manifest.vectors, str(bundle), manifest.upgraded)
+            for m in manifest.models
+        ]
         model_ids = [d.model.model_id for d in models]
         atlas_dir.ensure_writable()
         locks = contextlib.ExitStack()
@@ -137,8 +139,11 @@ def _load(
     ]
 
 
-def read_model(folder: Path, model: BundleModel, vectors: str, source: str) -> ModelData:
-    """Read one model's verified members and check that they form a consistent store."""
+def read_model(
+    folder: Path, model: BundleModel, vectors: str, source: str, upgraded: bool
+) -> ModelData:
+    """Read one model's verified members and check that they form a consistent store
+    (``upgraded``: they are of the previous format version, upgraded as they are read)."""
 
     def bad(why: str) -> AtlasError:
         return AtlasError(f"{source}: model {model.model_id!r} is inconsistent: {why}")
@@ -152,9 +157,10 @@ def read_model(folder: Path, model: BundleModel, vectors: str, source: str) -> M
             reason = one_line(exc)
             message = f"{source}: member {member!r} is not valid Parquet ({reason})"
             raise AtlasError(message) from None
+        if upgraded:
+            tables[table] = upgrade_table(table, tables[table], _COLUMNS[table])
         expected = {c for c in _COLUMNS[table] if not (c == "vector" and vectors == "none")}
-        have = set(tables[table].column_names)
-        if have - expected or expected - have - set(_ADDED_LATER.get(table, ())):
+        if set(tables[table].column_names) != expected:
             raise bad(f"table {table} has columns {tables[table].column_names}")
     row = tables["models"].to_pylist()
     if len(row) != 1 or row[0]["model_id"] != model.model_id or row[0]["d_model"] != model.d_model:

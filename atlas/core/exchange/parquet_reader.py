@@ -3,9 +3,10 @@
 DuckDB reads the tree's files through a read-only file system rooted at the tree
 (``atlas.core.rofs``), the only place the locked session may open. The tree has no FAISS files:
 a model's residual index, where the tree has vectors, is built in memory from them (exact).
-Words become residual queries through the model's unembedding where the tree keeps it (trees
-written before it did search words in token space). Opening a tree checks its values
-(``atlas.core.value_checks``): a tree is data from elsewhere, with no checksums to trust.
+Words become residual queries through the model's unembedding where the tree keeps it (a tree
+written with ``--vectors none`` has none: words are searched in token space there). Opening a
+tree checks its values (``atlas.core.value_checks``): a tree is data from elsewhere, with no
+checksums to trust.
 """
 
 from __future__ import annotations
@@ -45,11 +46,11 @@ class ParquetReader(Reader):
         self._con.register_filesystem(ReadOnlyRoot(self._fs, self._root))
         self._con.execute(f"SET allowed_directories = ['{PROTOCOL}://']")
         # The marker is written after a model's files: the models it names are complete.
-        named = sorted(self.info.get("models", {}))
+        named = sorted(self.info["models"])
         self.damaged = {m: why for m in named if (why := left_out(m))}
         self._models = [m for m in named if m not in self.damaged]
         self._ranges: dict[str, tuple[int, int]] | None = None
-        tables = [t for t in TABLES if t in self.info.get("tables", TABLES)]
+        tables = [t for t in TABLES if t in self.info["tables"]]
         self._unembeddings: dict[str, np.ndarray] = {}
         self._finish_open({t: [self._scan(t, self._models)] for t in tables if self._models})
         if validate:
@@ -70,7 +71,7 @@ class ParquetReader(Reader):
         elif table == "directions":
             columns = (
                 "* REPLACE (vector::FLOAT[] AS vector)"
-                if self.info.get("vectors") != "none"
+                if self.info["vectors"] != "none"
                 else "*, NULL::FLOAT[] AS vector"
             )
         return f"(SELECT {columns} FROM {source})"
@@ -105,7 +106,7 @@ class ParquetReader(Reader):
         """An exact index built in memory from the tree's vectors."""
         from atlas.core.indexes import EXACT, ResidualIndex, build_index
 
-        if self.info.get("vectors") == "none":
+        if self.info["vectors"] == "none":
             raise no_vectors(model_id)
         rows = self.sql(
             f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')} "
@@ -133,7 +134,7 @@ class ParquetReader(Reader):
             raise AtlasError(f"model {model_id!r}: a direction id is not in the tree") from None
 
     def index_bytes(self, model_id: str) -> int:
-        if self.info.get("vectors") == "none":
+        if self.info["vectors"] == "none":
             return 0
         row = self.sql(
             f"SELECT n_directions, d_model FROM {self.relation(model_id, 'models')}"
@@ -145,7 +146,7 @@ class ParquetReader(Reader):
 
     def has_unembedding(self, model_id: str) -> bool:
         self.require_model(model_id)
-        return bool(self.info["models"][model_id].get("unembed"))
+        return bool(self.info["models"][model_id]["unembed"])
 
     def unembedding(self, model_id: str) -> np.ndarray:
         """Read whole (a tree may be remote: no memory map), checked, and kept."""
@@ -155,8 +156,8 @@ class ParquetReader(Reader):
             return kept
         if not self.has_unembedding(model_id):
             raise AtlasError(
-                f"{self.location}: model {model_id!r} has no unembedding in this tree (it was "
-                "exported before trees kept one), so words are searched in token space"
+                f"{self.location}: model {model_id!r} has no unembedding in this tree, so words "
+                "are searched in token space"
             )
         unembed = read_unembedding(self._fs, self._root, model_id, self._shape(model_id))
         with self._lock:
@@ -188,7 +189,7 @@ class ParquetReader(Reader):
             self.relation(model_id, "directions"),
             self.relation(model_id, "top_tokens"),
             unembed,
-            vectors if self.info.get("vectors") != "none" else "none",
+            vectors if self.info["vectors"] != "none" else "none",
         )
 
     def close(self) -> None:

@@ -29,15 +29,14 @@ from atlas.core.exchange.tree_format import (
     PARTITION,
     UNEMBED_DIR,
     UNEMBED_FILE,
+    VECTOR_MODES,
+    check_marker,
     partition_dir,
     store_errors,
     tree_filesystem,
 )
-from atlas.core.formats import require_format
 from atlas.core.reader import Reader
 from atlas.core.versions import library_versions
-
-VECTOR_MODES = ("f32", "none")
 
 
 def export_parquet_tree(
@@ -75,6 +74,7 @@ def _export(a: Reader, model_ids: list[str], dest: str, vectors: str) -> dict[st
             _put(fs, f"{folder}/{UNEMBED_FILE}", _npy_bytes(a.unembedding(model_id)))
         info["models"][model_id] = {**_model_info(a, model_id), "unembed": unembed}
     info.update(
+        format_version=FORMAT_VERSION,  # a version 1 tree's marker was upgraded as it was read
         tables=list(TABLES),
         updated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         library_versions=library_versions(),
@@ -96,8 +96,7 @@ def _existing_marker(fs: Any, root: str, dest: str) -> dict[str, Any] | None:
             info = json.loads(fh.read().decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise AtlasError(f"cannot read {dest}/{MARKER}: {one_line(exc)}") from None
-    require_format(info, FORMAT, FORMAT_VERSION, dest, "Parquet tree")
-    return info
+    return check_marker(info, dest)
 
 
 def _write_partition(

@@ -12,9 +12,14 @@ by their direction's model. ``directions.vector`` is a ``FLOAT[]`` list (Parquet
 fixed-size list), or absent when the tree was written with ``--vectors none``. ROOT is a local
 folder or an object-store URL (``s3://bucket/prefix``).
 
-``unembed`` (the marker's ``models[id]["unembed"]`` says a model has it) turns words into a
-residual-space query, as in the atlas the model came from; trees written before it search words
-in token space.
+``unembed`` (the marker's ``models[id]["unembed"]`` says whether a model has it) turns words
+into a residual-space query, as in the atlas the model came from; a model without one (a tree
+written with ``--vectors none``) searches words in token space.
+
+The marker of version 2 names, for every model, whether it has an unembedding, and the tables
+the tree holds. Version 1 (the format before) could leave both out: :func:`upgrade_marker`, its
+one upgrade, says what they were (no unembedding, every table). It is applied as a tree is read,
+which never writes, and exporting into a version 1 tree writes its marker as version 2.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ from atlas.core.formats import require_format
 
 MARKER = "_svd_atlas.json"
 FORMAT = "svd-atlas-parquet"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+PREVIOUS_VERSION = FORMAT_VERSION - 1
+TOO_OLD = "export its models into a new tree (svd-atlas export --parquet)"
+VECTOR_MODES = ("f32", "none")
 PARTITION = "model_id"
 DATA_FILE = "data_0.parquet"
 UNEMBED_DIR, UNEMBED_FILE = "unembed", "unembed.npy"
@@ -92,8 +100,43 @@ def read_marker(fs: Any, root: str, location: str) -> dict[str, Any]:
         raise AtlasError(f"{location} is not an svd-atlas Parquet tree (no {MARKER})") from None
     except (OSError, ValueError) as exc:
         raise AtlasError(f"cannot read {location}/{MARKER}: {one_line(exc)}") from None
-    require_format(info, FORMAT, FORMAT_VERSION, location, "Parquet tree")
+    return check_marker(info, location)
+
+
+def check_marker(info: Any, location: str) -> dict[str, Any]:
+    """A tree's marker as the current version has it (the previous version's upgraded), checked;
+    anything else is one line naming ``location``."""
+    from atlas.core.contract import TABLES
+
+    version = require_format(info, FORMAT, FORMAT_VERSION, location, "Parquet tree", TOO_OLD)
+    if version == PREVIOUS_VERSION:
+        info = upgrade_marker(info)
+    models, tables = info.get("models"), info.get("tables")
+    if (
+        info.get("vectors") not in VECTOR_MODES
+        or not isinstance(models, dict)
+        or not all(isinstance(m, dict) and isinstance(m.get("unembed"), bool)
+                   for m in models.values())
+        or not isinstance(tables, list)
+        or not set(tables) <= set(TABLES)
+    ):  # fmt: skip
+        raise AtlasError(f"{location}/{MARKER} is malformed: export into a new tree")
     return info
+
+
+def upgrade_marker(info: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 marker as version 2 says it: a model it does not say has an unembedding has
+    none (trees kept them only late in version 1), and a tree that does not list its tables
+    holds every table."""
+    from atlas.core.contract import TABLES
+
+    models = info.get("models")
+    if isinstance(models, dict):
+        models = {
+            m: {"unembed": False, **entry} if isinstance(entry, dict) else entry
+            for m, entry in models.items()
+        }
+    return {"tables": list(TABLES), **info, "models": models, "format_version": FORMAT_VERSION}
 
 
 def read_unembedding(fs: Any, root: str, model_id: str, shape: tuple[int, int]) -> Any:

@@ -8,6 +8,7 @@ that folder; the atlas has not been touched at that point.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tarfile
@@ -58,8 +59,9 @@ def _unpack(tar: tarfile.TarFile, source: str, dest: Path) -> BundleManifest:
                 f"{source}: member {name!r} is a link or special file, not a regular file; "
                 "a bundle holds only regular files"
             )
-        expected = manifest.members.get(name)
-        if expected is None or not is_known_member(name):
+        unread = name in manifest.unread  # a version 1 bundle's index: verified, not kept
+        expected = manifest.unread[name] if unread else manifest.members.get(name)
+        if expected is None or not (unread or is_known_member(name)):
             raise AtlasError(f"{source}: member {name!r} is not listed in the bundle manifest")
         if name in seen:
             raise AtlasError(f"{source}: member {name!r} appears twice")
@@ -69,10 +71,10 @@ def _unpack(tar: tarfile.TarFile, source: str, dest: Path) -> BundleManifest:
                 f"{source}: member {name!r} has {member.size} bytes, the manifest says "
                 f"{expected.bytes}"
             )
-        digest = _copy_member(tar, member, dest / name)
+        digest = _copy_member(tar, member, None if unread else dest / name)
         if digest != expected.sha256:
             raise AtlasError(f"{source}: checksum mismatch for member {name!r}: it was altered")
-    missing = sorted(set(manifest.members) - seen)
+    missing = sorted((set(manifest.members) | set(manifest.unread)) - seen)
     if missing:
         raise AtlasError(
             f"{source} is incomplete (truncated?): missing {len(missing)} member(s), "
@@ -96,15 +98,20 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return data
 
 
-def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> str:
+def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path | None) -> str:
+    """Copy ``member`` to ``target`` (None: only read it); returns its sha256."""
     fh = tar.extractfile(member)
     assert fh is not None
-    target.parent.mkdir(parents=True, exist_ok=True)
     digest, n = hashlib.sha256(), 0
-    with open(target, "xb") as out:
+    with contextlib.ExitStack() as stack:
+        out = None
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            out = stack.enter_context(open(target, "xb"))
         for block in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(block)
-            out.write(block)
+            if out is not None:
+                out.write(block)
             n += len(block)
     if n != member.size:
         raise AtlasError(f"member {member.name!r} is truncated")

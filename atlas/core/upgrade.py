@@ -1,0 +1,193 @@
+"""The one upgrade of an atlas directory: from format version 1 to 2 (``svd-atlas check --repair``).
+
+Version 1 grew without changing its number, so a version 1 store may lack what later ones have:
+
+- tables added to the contract after the first release (``vocab``, ``token_bags``,
+  ``coherence_null``) and the column ``models.weight_dtype``;
+- its index as one ``residual.faiss`` file rather than ``residual-NNNN.faiss`` shards, or as an
+  HNSW index (``models.index_type = 'hnsw'``, the first release's choice above
+  ``--exact-max``).
+
+Version 2 has all of them, always. The upgrade writes each model's store again under
+``.staging``: the contract's schema, the old rows copied in by column name (what a store lacks
+is NULL or empty; ``token_bags`` is derived again from ``top_tokens`` and ``vocab``, as ingest
+derives it), an HNSW model given the index type ingest chooses above ``--exact-max``, the index
+rebuilt from DuckDB's vectors, the unembedding and the manifest's record kept. One new catalog
+then publishes every store at once (``AtlasDir.publish_many``), under the writer lock. Until
+that rename the version 1 atlas is exactly as it was: an upgrade that stops anywhere changes
+nothing, and its staging folders are swept later; the old stores stay for readers that still
+use them until a later sweep. A store that cannot be read at all is left out of the new
+catalog, its ids retired, as
+``check --repair`` does for any version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from atlas.core.contract import TABLES
+from atlas.core.errors import one_line
+from atlas.core.indexes import APPROXIMATE, EXACT, index_type_for
+from atlas.core.layout import (
+    FORMAT_VERSION,
+    MANIFEST,
+    MODEL_DB,
+    UNEMBED,
+    AtlasDir,
+    CatalogEntry,
+    fsync_tree,
+)
+from atlas.core.publish import IdRange, store_record
+from atlas.core.sqlguard import sql_string
+from atlas.core.store import (
+    TABLE_ORDER,
+    TableWriter,
+    write_index_from_database,
+    write_manifest,
+    writing_store,
+)
+
+PREVIOUS_VERSION = FORMAT_VERSION - 1
+FIRST_RELEASE_TABLES = TABLES[:5]  # what every version 1 store has
+INDEX_TYPES = (EXACT, APPROXIMATE)  # what version 2 writes in models.index_type
+
+
+def upgrade_atlas(atlas_dir: AtlasDir) -> list[str]:
+    """Upgrade the atlas at ``atlas_dir`` from the previous format version to the current one
+    (see the module notes); returns what was done, one line per model (nothing for an atlas
+    of the current version)."""
+    with atlas_dir.writer_lock(), writing_store(atlas_dir.root):
+        catalog = atlas_dir.read_catalog(upgrading=True)
+        if catalog.version == FORMAT_VERSION:
+            return []
+        done, staged = [], []
+        with contextlib.ExitStack() as stack:
+            for model_id, entry in sorted(catalog.models.items()):
+                old = atlas_dir.store_path(entry)
+                if problem := _unreadable(old, model_id):
+                    del catalog.models[model_id]
+                    done.append(f"{model_id}  taken out of the catalog: its store {problem}")
+                    continue
+                staging = stack.enter_context(atlas_dir.staging())
+                upgrade_store(old, staging, model_id, entry)
+                fsync_tree(staging)
+                ids = CatalogEntry("", entry.first_direction_id, entry.n_directions,
+                                   entry.first_matrix_id, entry.n_matrices)  # fmt: skip
+                staged.append((model_id, staging, ids))
+                done.append(f"{model_id}  store upgraded to atlas format {FORMAT_VERSION}")
+            atlas_dir.sweep(catalog)
+            catalog.version = FORMAT_VERSION
+            atlas_dir.publish_many(staged, catalog)
+    return [f"-  atlas format {PREVIOUS_VERSION} upgraded to {FORMAT_VERSION}", *done]
+
+
+def upgrade_store(old: Path, new: Path, model_id: str, entry: CatalogEntry) -> None:
+    """Write the version 1 store ``old`` as a current one in the empty folder ``new``."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH {sql_string(str(old / MODEL_DB))} AS old (READ_ONLY)")
+        present = {
+            name
+            for (name,) in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = 'old'"
+            ).fetchall()
+        }
+        row = "SELECT d_model, spec, n_directions FROM old.models"
+        d_model, spec, n_directions = con.sql(row).fetchall()[0]
+        query = "SELECT count(*) FROM old.directions WHERE vector IS NULL"
+        (n_null,) = con.sql(query).fetchall()[0]
+    finally:
+        con.close()
+    writer = TableWriter(new, int(d_model), with_vectors=not n_null)
+    try:
+        writer.con.execute(f"ATTACH {sql_string(str(old / MODEL_DB))} AS old (READ_ONLY)")
+        writer.con.execute("BEGIN")
+        for table in TABLE_ORDER:
+            if table in present:
+                rows = _rows_of(table, int(n_directions))
+                writer.con.execute(f"INSERT INTO {table} BY NAME {rows}")
+        writer.con.execute("COMMIT")
+        writer.con.execute("DETACH old")
+        writer.finish()
+    except BaseException:
+        writer.close()
+        raise
+    write_index_from_database(new / MODEL_DB, new)
+    if (old / UNEMBED).is_file():
+        _link_or_copy(old / UNEMBED, new / UNEMBED)
+    write_manifest(new, _record(old, model_id, entry, spec, has_vectors=not n_null))
+
+
+def _rows_of(table: str, n_directions: int) -> str:
+    """The old store's rows of ``table``, as the current contract has them: an HNSW model was
+    above ``--exact-max``, and gets the index ingest builds there today (approximate, unless
+    too small to train)."""
+    if table != "models":
+        return f"SELECT * FROM old.{table}"
+    kept = ", ".join(f"'{t}'" for t in INDEX_TYPES)
+    above_exact_max = index_type_for(n_directions, exact_max=0)
+    return (
+        f"SELECT * REPLACE (CASE WHEN index_type IN ({kept}) THEN index_type "
+        f"ELSE '{above_exact_max}' END AS index_type) FROM old.models"
+    )
+
+
+def _record(
+    old: Path, model_id: str, entry: CatalogEntry, spec: str, has_vectors: bool
+) -> dict[str, Any]:
+    """What the old manifest says about the store's place (model id, spec, ids, vectors,
+    provenance), or, where it cannot be read, the same from the catalog and the store."""
+    try:
+        manifest = json.loads((old / MANIFEST).read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict):
+            raise TypeError("not an object")
+    except (OSError, ValueError, TypeError):
+        ids = IdRange(entry.first_direction_id, entry.n_directions, entry.first_matrix_id,
+                      entry.n_matrices)  # fmt: skip
+        record = store_record(model_id, ids, spec)
+        return record if has_vectors else {**record, "vectors": "none"}
+    derived = ("counts", "members", "format_version")
+    return {key: value for key, value in manifest.items() if key not in derived}
+
+
+def _unreadable(store: Path, model_id: str) -> str | None:
+    """Why a version 1 store cannot be upgraded (it cannot be opened, lacks a table every
+    version 1 store has, or holds another model), or None."""
+    if not (store / MODEL_DB).is_file():
+        return "is missing"
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH {sql_string(str(store / MODEL_DB))} AS old (READ_ONLY)")
+        present = {
+            name
+            for (name,) in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = 'old'"
+            ).fetchall()
+        }
+        missing = [t for t in FIRST_RELEASE_TABLES if t not in present]
+        if missing:
+            return f"has no {missing[0]} table"
+        rows = con.execute("SELECT model_id FROM old.models").fetchall()
+        if rows != [(model_id,)]:
+            return f"holds {[r[0] for r in rows][:3]!r}, not {model_id!r}"
+    except duckdb.Error as exc:
+        return f"cannot be read ({one_line(exc, 120)})"
+    finally:
+        con.close()
+    return None
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the file system allows (a published file is never changed in place),
+    else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
