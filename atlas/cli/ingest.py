@@ -10,6 +10,7 @@ import click
 
 from atlas.cli.numbers import FiniteFloat
 from atlas.core.errors import AtlasError
+from atlas.models.random_models import RANDOM_SHAPES
 from ingest.options import (
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
@@ -25,7 +26,6 @@ from ingest.options import (
     IngestOptions,
     read_model_list,
 )
-from ingest.random_models import RANDOM_SHAPES
 
 
 @click.command(
