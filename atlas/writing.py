@@ -13,20 +13,46 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from atlas.core.check import CheckReport, Finding
 from atlas.core.errors import AtlasError
+from atlas.core.exchange.bundle_format import VECTOR_MODES
 from atlas.core.exchange.load import LoadResult
 from atlas.models.random_models import RANDOM_SHAPES
-from ingest.options import DEFAULT_RETRIES, LOCAL_RAY, IngestOptions, read_model_list
+from ingest.options import (
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_EXACT_MAX,
+    DEFAULT_GAP_TOLERANCE,
+    DEFAULT_PROCESSING,
+    DEFAULT_RETRIES,
+    DEFAULT_TOP_K,
+    DEVICES,
+    DTYPES,
+    LOCAL_RAY,
+    PROCESSING_CHOICES,
+    IngestOptions,
+    read_model_list,
+)
 
 if TYPE_CHECKING:
     from ingest.report import IngestReport  # imports torch
 
 __all__ = [
+    "DEFAULT_DEVICE",
+    "DEFAULT_DTYPE",
+    "DEFAULT_EXACT_MAX",
+    "DEFAULT_GAP_TOLERANCE",
+    "DEFAULT_PROCESSING",
+    "DEFAULT_RETRIES",
+    "DEFAULT_TOP_K",
+    "DEVICES",
+    "DTYPES",
     "LOCAL_RAY",
+    "PROCESSING_CHOICES",
     "RANDOM_SHAPES",
+    "VECTOR_MODES",
     "CheckReport",
     "Finding",
     "IngestFailed",
@@ -110,7 +136,7 @@ class IngestFailed(AtlasError):
 def ingest(
     location: str | os.PathLike[str],
     *models: Model,
-    from_file: str | os.PathLike[str] | None = None,
+    from_file: str | os.PathLike[str] | TextIO | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     **options: Any,
@@ -202,7 +228,7 @@ def is_tree(location: str | os.PathLike[str]) -> bool:
 
 
 def _model_list(
-    models: Iterable[Model], from_file: str | os.PathLike[str] | None
+    models: Iterable[Model], from_file: str | os.PathLike[str] | TextIO | None
 ) -> list[tuple[str, str | None]]:
     specs: list[tuple[str, str | None]] = []
     for m in models:
@@ -212,7 +238,9 @@ def _model_list(
             specs.append((m[0], m[1]))
         else:
             raise AtlasError(f"a model is a MODEL string or a (MODEL, model_id) pair, not {m!r}")
-    if from_file is not None:
+    if from_file is not None and not isinstance(from_file, str | os.PathLike):  # an open file
+        specs += read_model_list(from_file, getattr(from_file, "name", "the model list"))
+    elif from_file is not None:
         try:
             with open(from_file, encoding="utf-8") as fh:
                 specs += read_model_list(fh, str(from_file))
