@@ -169,7 +169,7 @@ def ingest(
 
         if specs[0][1] is not None:
             base.model_id = specs[0][1]
-        report = ingest_one(location, base, log=say, progress=progress)
+        report = ingest_one(Path(location), base, log=say, progress=progress)
         done = IngestedModel(report.model_id, base.model, "published", None, report.wall_seconds)
         done.report = report
         return IngestResult([done])
@@ -180,7 +180,7 @@ def ingest(
         for spec, spec_id in specs
     ]
     retried = DEFAULT_RETRIES if retries is None else retries
-    outcomes = run_job(location, job, ray, gpus, retried, log=say)
+    outcomes = run_job(Path(location), job, ray, gpus, retried, log=say)
     ended = [
         IngestedModel(o.model_id, o.spec, o.status, o.error, o.seconds, o.report) for o in outcomes
     ]
@@ -217,7 +217,7 @@ def check(location: str | os.PathLike[str], repair: bool = False) -> CheckReport
         return check_tree(str(location))
     from atlas.core.check import check_atlas
 
-    return repair_atlas(location) if repair else check_atlas(location)
+    return repair_atlas(Path(location)) if repair else check_atlas(Path(location))
 
 
 def is_tree(location: str | os.PathLike[str]) -> bool:

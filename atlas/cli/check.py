@@ -9,7 +9,7 @@ import click
 
 import atlas
 from atlas.cli.output import dumps, text_or_json_option
-from atlas.core.jsondata import printable
+from atlas.interface import printable
 
 
 @click.command()

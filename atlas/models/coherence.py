@@ -108,8 +108,8 @@ class Judge:
 
         path = str(minilm_path())
         with hub.quiet():
-            self._tokenizer = AutoTokenizer.from_pretrained(path, **hub.LOCAL_ONLY)
-            model = AutoModel.from_pretrained(path, **hub.LOCAL_ONLY)
+            self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = AutoModel.from_pretrained(path, local_files_only=True)
             self._model = model.to(self.device).eval()
 
     def embed(self, strings: Sequence[str]) -> np.ndarray:

@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-LOCAL_ONLY = {"local_files_only": True}  # the keyword every transformers loader takes
-
 
 @contextmanager
 def quiet() -> Iterator[None]:

@@ -93,8 +93,8 @@ def config_and_tokenizer(folder: Path) -> tuple[Any, Any]:
 
     try:
         with hub.quiet():
-            config = AutoConfig.from_pretrained(folder, **hub.LOCAL_ONLY)
-            return config, AutoTokenizer.from_pretrained(folder, **hub.LOCAL_ONLY)
+            config = AutoConfig.from_pretrained(folder, local_files_only=True)
+            return config, AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # transformers raises many types for a broken folder
         raise AtlasError(f"cannot load model folder {folder}: {one_line(exc)}") from None
 
@@ -114,6 +114,7 @@ def load_model(
             if resolved.shape is not None:
                 bridge = _boot_random(resolved.shape, device, torch_dtype)
             else:  # a folder: transformers reads a directory's files, never the hub's
+                assert resolved.folder is not None
                 _, tokenizer = config_and_tokenizer(resolved.folder)
                 bridge = TransformerBridge.boot_transformers(
                     str(resolved.folder), device=device, dtype=torch_dtype, tokenizer=tokenizer

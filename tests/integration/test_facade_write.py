@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -227,3 +228,17 @@ def _spy(load: Callable[..., Any], record: Callable[[str], None]) -> Callable[..
         return load(*args, **kwargs)
 
     return spied
+
+
+@pytest.mark.slow  # ingests a model, exports and loads it: about 5 s
+def test_the_readme_writing_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", readme, re.S | re.M)
+    (code,) = [b for b in blocks if "write=True" in b]
+    monkeypatch.chdir(tmp_path)
+    exec(code, {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"['{MODEL}'] ") and printed[-1] == "True []"
+    assert _rows(tmp_path / "copy" / "atlas") == _rows(tmp_path / "demo" / "atlas")
