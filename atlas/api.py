@@ -73,7 +73,9 @@ class Atlas:
         memory_limit: int | str | None = None,
         source: str | os.PathLike[str] | None = None,
     ):
-        self._reader: Reader | None = reader
+        self._reader: Reader | None = reader  # None: reopened when next read (after a write)
+        self._closed = False
+        self._location = reader.location
         self.writable = write
         self._memory_limit = memory_limit
         self._source = source if source is not None else reader.location
@@ -95,12 +97,14 @@ class Atlas:
     def reader(self) -> Reader:
         """The reader of the atlas as it is now (reopened after this handle wrote to it)."""
         if self._reader is None:
+            if self._closed:
+                raise AtlasError(f"the atlas handle for {self.location} is closed")
             self._reader = _open_reader(self._source, self.writable, self._memory_limit)
         return self._reader
 
     @property
     def location(self) -> str:
-        return self.reader.location
+        return self._location
 
     @property
     def damaged(self) -> dict[str, str]:
@@ -356,7 +360,11 @@ class Atlas:
         if not self.writable:
             raise AtlasError(f"cannot {what}: this atlas was opened read-only: open it with "
                              "write=True")  # fmt: skip
-        self.close()
+        if self._closed:
+            raise AtlasError(f"the atlas handle for {self.location} is closed")
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         return self._source
 
     def _wrote(self) -> None:
@@ -393,9 +401,10 @@ class Atlas:
         return work() if timeout is None else self.reader.call(work, timeout)
 
     def close(self) -> None:
+        """Close the handle; reading or writing through it afterwards says it is closed."""
+        self._closed = True
         if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+            self._reader.close()  # kept, closed: a later call says the handle is closed
 
     def __enter__(self) -> Atlas:
         return self

@@ -9,6 +9,7 @@ write=True)`` handles. torch is imported only by an ingest, when it starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -156,6 +157,8 @@ def ingest(
     if unknown:
         known = ", ".join(sorted({*_OPTION_FIELDS, *_JOB_OPTIONS}))
         raise AtlasError(f"ingest has no option {unknown[0]!r}; its options are: {known}")
+    for key, value in options.items():
+        _check_option(key, value)
     specs = _model_list(models, from_file)
     ray, gpus, retries = (options.pop(k, None) for k in _JOB_OPTIONS)
     if options.get("name") is not None and len(specs) > 1:
@@ -225,6 +228,43 @@ def is_tree(location: str | os.PathLike[str]) -> bool:
     from atlas.core.exchange.tree_format import MARKER
 
     return "://" in str(location) or (Path(location) / MARKER).is_file()
+
+
+# The command line's ranges and choices, for the same options given from Python.
+_INTEGERS = {
+    "top_k": (1, 1000),
+    "max_rank": (1, None),
+    "exact_max": (1, None),
+    "retries": (0, None),
+}
+_NUMBERS = {"gap_tol": (0.0, 1.0), "gpus_per_task": (0.0, math.inf)}
+_CHOICES = {"device": DEVICES, "processing": PROCESSING_CHOICES, "dtype": DTYPES}
+_FLAGS = ("coherence", "replace")
+_TEXTS = ("name", "ray")
+_OPTIONAL = ("name", "max_rank", "ray", "gpus_per_task", "retries")
+
+
+def _check_option(key: str, value: Any) -> None:
+    """One ingest option, checked as the command line checks it (one line if it is wrong)."""
+    if value is None and key in _OPTIONAL:
+        return
+    if key in _INTEGERS:
+        low, high = _INTEGERS[key]
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        if not ok or (high is not None and value > high):
+            span = f"from {low} to {high:,}" if high is not None else f"of {low} or more"
+            raise AtlasError(f"{key} must be an integer {span}, not {value!r}")
+    elif key in _NUMBERS:
+        low_f, high_f = _NUMBERS[key]
+        real = isinstance(value, int | float) and not isinstance(value, bool)
+        if not real or not (low_f <= value <= high_f) or math.isnan(value):
+            raise AtlasError(f"{key} must be a number from {low_f:g} to {high_f:g}, not {value!r}")
+    elif key in _CHOICES and value not in _CHOICES[key]:
+        raise AtlasError(f"{key} must be one of {', '.join(_CHOICES[key])}, not {value!r}")
+    elif key in _FLAGS and not isinstance(value, bool):
+        raise AtlasError(f"{key} must be True or False, not {value!r}")
+    elif key in _TEXTS and not isinstance(value, str):
+        raise AtlasError(f"{key} must be a string, not {value!r}")
 
 
 def _model_list(

@@ -141,6 +141,17 @@ def test_unknown_or_misplaced_options_are_one_atlas_error(tmp_path: Path) -> Non
             a.ingest(MODEL, retries=2)
         with pytest.raises(atlas.AtlasError, match="MODEL string or a"):
             a.ingest(3)
+        bad = {
+            "top_k": ("10", "top_k must be an integer from 1 to 1,000, not '10'"),
+            "max_rank": (0, "max_rank must be an integer of 1 or more, not 0"),
+            "gap_tol": (float("nan"), "gap_tol must be a number from 0 to 1, not nan"),
+            "device": ("gpu", "device must be one of auto, cpu, cuda, not 'gpu'"),
+            "replace": ("yes", "replace must be True or False, not 'yes'"),
+        }
+        for option, (value, message) in bad.items():
+            with pytest.raises(atlas.AtlasError) as err:
+                a.ingest(MODEL, **{option: value})
+            assert str(err.value) == message
         assert a.models() == []  # nothing was booted or written
 
 
@@ -242,3 +253,12 @@ def test_the_readme_writing_example_runs(
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith(f"['{MODEL}'] ") and printed[-1] == "True []"
     assert _rows(tmp_path / "copy" / "atlas") == _rows(tmp_path / "demo" / "atlas")
+
+
+def test_a_closed_write_handle_neither_reads_nor_writes(tmp_path: Path) -> None:
+    a = atlas.open(tmp_path / "a", write=True)
+    a.close()
+    for call in (lambda: a.models(), lambda: a.ingest(MODEL), lambda: a.check(repair=True)):
+        with pytest.raises(atlas.AtlasError, match="is closed"):
+            call()
+    assert _models(tmp_path / "a") == []
