@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from atlas.core.check import CheckReport, Finding
+from atlas.core.check import CheckReport, Finding, check_atlas
 from atlas.core.errors import AtlasError
 from atlas.core.exchange.bundle_format import VECTOR_MODES
-from atlas.core.exchange.load import LoadResult
+from atlas.core.exchange.check_tree import check_tree
+from atlas.core.exchange.load import LoadResult, load_bundle
+from atlas.core.exchange.tree_format import MARKER
+from atlas.core.repair import repair_atlas
 from atlas.models.random_models import RANDOM_SHAPES
 from ingest.options import (
     DEFAULT_DEVICE,
@@ -173,9 +176,10 @@ def ingest(
         if specs[0][1] is not None:
             base.model_id = specs[0][1]
         report = ingest_one(Path(location), base, log=say, progress=progress)
-        done = IngestedModel(report.model_id, base.model, "published", None, report.wall_seconds)
-        done.report = report
-        return IngestResult([done])
+        seconds = report.wall_seconds
+        return IngestResult(
+            [IngestedModel(report.model_id, base.model, "published", None, seconds, report)]
+        )
     from ingest.jobs import run_job
 
     job = [
@@ -198,8 +202,6 @@ def load(
 ) -> list[LoadResult]:
     """Import every model of ``bundle`` into the atlas at ``location`` (created if needed):
     verified first, all or nothing; ``replace`` replaces models already there."""
-    from atlas.core.exchange.load import load_bundle
-
     return load_bundle(Path(location), Path(bundle), replace)
 
 
@@ -208,9 +210,6 @@ def check(location: str | os.PathLike[str], repair: bool = False) -> CheckReport
     indexes, checksums and values of every model; ``report.ok`` and ``report.errors``.
     ``repair`` also fixes what can be fixed without the model (indexes, manifests, a lost
     catalog), never changing DuckDB data."""
-    from atlas.core.exchange.check_tree import check_tree
-    from atlas.core.repair import repair_atlas
-
     if is_tree(location):
         if repair:
             raise AtlasError(
@@ -218,15 +217,11 @@ def check(location: str | os.PathLike[str], repair: bool = False) -> CheckReport
                 "place; export the damaged models into it again"
             )
         return check_tree(str(location))
-    from atlas.core.check import check_atlas
-
     return repair_atlas(Path(location)) if repair else check_atlas(Path(location))
 
 
 def is_tree(location: str | os.PathLike[str]) -> bool:
     """Whether ``location`` names a Parquet tree (a URL, or a folder with the tree's marker)."""
-    from atlas.core.exchange.tree_format import MARKER
-
     return "://" in str(location) or (Path(location) / MARKER).is_file()
 
 
