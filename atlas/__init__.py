@@ -3,6 +3,14 @@
 import atlas
 a = atlas.open("data/atlas")
 a.sql("SELECT model_id, n_layers FROM models").to_pandas()
+
+w = atlas.open("my/atlas", write=True)   # created if needed
+w.ingest("random:gpt2-tiny")
+w.check().ok
+
+Every command of ``svd-atlas`` is one call here: a method of :class:`Atlas`, or one of the
+module's functions (``coherence``; ``ingest``, ``load`` and ``check`` of a location, for an
+atlas that cannot be opened yet).
 """
 
 from __future__ import annotations
@@ -15,9 +23,23 @@ from atlas.core.errors import AtlasError, DamagedIndex
 
 if TYPE_CHECKING:
     from atlas.api import Atlas
+    from atlas.writing import CheckReport, IngestResult, LoadResult, Model
     from query.coherence import ListCoherence
 
-__all__ = ["Atlas", "AtlasError", "DamagedIndex", "coherence", "open"]
+__all__ = [
+    "Atlas",
+    "AtlasError",
+    "CheckReport",
+    "DamagedIndex",
+    "IngestFailed",
+    "IngestResult",
+    "LoadResult",
+    "check",
+    "coherence",
+    "ingest",
+    "load",
+    "open",
+]
 
 
 def open(  # noqa: A001 - mirrors builtins.open on purpose
@@ -46,11 +68,46 @@ def coherence(*lists: str | Sequence[str]) -> list[ListCoherence]:
     return score(*lists)
 
 
+def ingest(location: str | os.PathLike[str], *models: Model, **options: Any) -> IngestResult:
+    """Decompose models into the atlas at ``location`` (created if needed); the same as
+    ``atlas.open(location, write=True).ingest(...)`` (see :meth:`Atlas.ingest`)."""
+    from atlas.writing import ingest as run
+
+    return run(location, *models, **options)
+
+
+def load(
+    location: str | os.PathLike[str], bundle: str | os.PathLike[str], replace: bool = False
+) -> list[LoadResult]:
+    """Import a bundle's models into the atlas at ``location`` (created if needed), verified
+    first, all or nothing (see :meth:`Atlas.load`)."""
+    from atlas.writing import load as run
+
+    return run(location, bundle, replace)
+
+
+def check(location: str | os.PathLike[str], repair: bool = False) -> CheckReport:
+    """Verify the atlas at ``location``, even one that cannot be opened; ``repair`` fixes
+    what it can (see :meth:`Atlas.check`)."""
+    from atlas.writing import check as run
+
+    return run(location, repair)
+
+
+_PUBLIC_TYPES = {
+    "Atlas": "atlas.api",
+    "CheckReport": "atlas.writing",
+    "IngestFailed": "atlas.writing",
+    "IngestResult": "atlas.writing",
+    "LoadResult": "atlas.writing",
+}
+
+
 def __getattr__(name: str) -> Any:
     # The façade imports the query layer, which imports the storage core under this package:
     # importing it lazily keeps ``import atlas.core...`` from pulling in the layers above.
-    if name == "Atlas":
-        from atlas.api import Atlas
+    if name in _PUBLIC_TYPES:
+        import importlib
 
-        return Atlas
+        return getattr(importlib.import_module(_PUBLIC_TYPES[name]), name)
     raise AttributeError(name)

@@ -2,8 +2,10 @@
 
 An :class:`Atlas` is a thin handle over a :class:`atlas.core.reader.Reader` (which does the
 reading) that calls the query layer with checked arguments: every misuse is an
-:class:`AtlasError` with one clear line. The CLI and the HTTP server call the same methods.
-A handle can be shared by many threads (each gets its own DuckDB cursor).
+:class:`AtlasError` with one clear line. Opened with ``write=True`` it also ingests, loads and
+repairs (:mod:`atlas.writing`). The CLI and the HTTP server call the same methods. A handle
+can be shared by many threads (each gets its own DuckDB cursor); a write reopens the handle's
+reader, so write from one thread.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from atlas import writing
 from atlas.core.errors import AtlasError, AtlasWarning, DamagedIndex
 from atlas.core.exchange.bundle_format import BundleManifest
 from atlas.core.exchange.export import export_bundle
+from atlas.core.exchange.load import LoadResult
 from atlas.core.exchange.parquet_tree import export_parquet_tree
 from atlas.core.exchange.sources import open_reader
-from atlas.core.reader import Reader, WorkUnit
+from atlas.core.layout import AtlasDir
+from atlas.core.reader import Reader, StoreReader, WorkUnit
 from atlas.core.sqlguard import check_timeout
 from query.cards import DEFAULT_TOP, direction_card, matrix_card, matrix_stats
 from query.coherence import ListCoherence, list_coherence
@@ -46,7 +51,7 @@ MODELS_QUERY = """
 
 
 class Atlas:
-    """A read-only atlas (an atlas directory, a bundle or a Parquet tree); use :func:`atlas.open`.
+    """An atlas (an atlas directory, a bundle or a Parquet tree); use :func:`atlas.open`.
 
     ::
 
@@ -55,10 +60,25 @@ class Atlas:
         hits = a.search("fire", k=5, kinds=["ov"], layers=(0, 3))
         steps = a.trace(hits[0].direction_id, min_cos=0.3, hops=2)
         card = a.card("minilm", 3, 3)     # or a.card(direction_id)
+
+        w = atlas.open("my/atlas", write=True)  # created if needed
+        w.ingest("random:gpt2-tiny", top_k=10)
+        w.check().ok
     """
 
-    def __init__(self, reader: Reader):
-        self.reader = reader
+    def __init__(
+        self,
+        reader: Reader,
+        write: bool = False,
+        memory_limit: int | str | None = None,
+        source: str | os.PathLike[str] | None = None,
+    ):
+        self._reader: Reader | None = reader  # None: reopened when next read (after a write)
+        self._closed = False
+        self._location = reader.location
+        self.writable = write
+        self._memory_limit = memory_limit
+        self._source = source if source is not None else reader.location
 
     @classmethod
     def open(
@@ -69,16 +89,22 @@ class Atlas:
     ) -> Atlas:
         if not isinstance(location, str | os.PathLike):
             raise AtlasError(f"an atlas location is a path or a URL, not {location!r}")
-        reader = open_reader(location, write=write, memory_limit=memory_limit)
-        for model_id, why in reader.damaged.items():
-            warnings.warn(f"model {model_id!r} left out: {why}", AtlasWarning, stacklevel=3)
-        for note in reader.notes:
-            warnings.warn(note, AtlasWarning, stacklevel=3)
-        return cls(reader)
+        if write and not writing.is_tree(location) and not Path(location).is_file():
+            AtlasDir(location).ensure_writable()  # opens or creates it
+        return cls(_open_reader(location, write, memory_limit), write, memory_limit, location)
+
+    @property
+    def reader(self) -> Reader:
+        """The reader of the atlas as it is now (reopened after this handle wrote to it)."""
+        if self._reader is None:
+            if self._closed:
+                raise AtlasError(f"the atlas handle for {self.location} is closed")
+            self._reader = _open_reader(self._source, self.writable, self._memory_limit)
+        return self._reader
 
     @property
     def location(self) -> str:
-        return self.reader.location
+        return self._location
 
     @property
     def damaged(self) -> dict[str, str]:
@@ -292,6 +318,58 @@ class Atlas:
         such as ``s3://bucket/prefix``."""
         return export_parquet_tree(self.reader, list(model_ids or []), str(dest), vectors)
 
+    def ingest(self, *models: writing.Model, **options: Any) -> writing.IngestResult:
+        """Decompose models into this atlas, as ``svd-atlas ingest`` does: ``"minilm"``, a
+        local folder, a hub name, ``"random:SHAPE"``, or ``(MODEL, model_id)``; the options
+        are the command's (``name``, ``device``, ``processing``, ``top_k``, ``max_rank``,
+        ``dtype``, ``gap_tol``, ``exact_max``, ``coherence``, ``replace``, ``ray``,
+        ``gpus_per_task``, ``retries``, ``from_file``, ``progress``). Returns what was
+        ingested: each model's id, status, directions and seconds."""
+        root = self._writing("ingest")
+        try:
+            return writing.ingest(root, *models, **options)
+        finally:
+            self._wrote()
+
+    def load(self, bundle: str | os.PathLike[str], replace: bool = False) -> list[LoadResult]:
+        """Import every model of ``bundle`` (see :meth:`export`), verified first, all or
+        nothing; ``replace`` replaces models already here. One result per model: its id,
+        directions and the direction ids it got."""
+        root = self._writing("load")
+        try:
+            return writing.load(root, bundle, replace)
+        finally:
+            self._wrote()
+
+    def check(self, repair: bool = False) -> writing.CheckReport:
+        """Verify every model's tables, ids, index, checksums and values: a report with
+        ``ok``, ``errors`` (each with ``message`` and ``fix``) and ``to_json()``. ``repair``
+        (a handle opened with ``write=True``) also fixes what it can without the model."""
+        if repair:
+            root = self._writing("repair")
+            try:
+                return writing.check(root, repair=True)
+            finally:
+                self._wrote()
+        if isinstance(self.reader, StoreReader) and not writing.is_tree(self._source):
+            return writing.check(self.reader.dir.root)  # a bundle: the atlas it was loaded into
+        return writing.check(self._source)
+
+    def _writing(self, what: str) -> str | os.PathLike[str]:
+        """The atlas directory to write to; the reader is closed while it changes."""
+        if not self.writable:
+            raise AtlasError(f"cannot {what}: this atlas was opened read-only: open it with "
+                             "write=True")  # fmt: skip
+        if self._closed:
+            raise AtlasError(f"the atlas handle for {self.location} is closed")
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        return self._source
+
+    def _wrote(self) -> None:
+        self._reader = None  # the next read reopens it, seeing the new catalog
+
     def edit(
         self,
         model_id: str,
@@ -323,7 +401,10 @@ class Atlas:
         return work() if timeout is None else self.reader.call(work, timeout)
 
     def close(self) -> None:
-        self.reader.close()
+        """Close the handle; reading or writing through it afterwards says it is closed."""
+        self._closed = True
+        if self._reader is not None:
+            self._reader.close()  # kept, closed: a later call says the handle is closed
 
     def __enter__(self) -> Atlas:
         return self
@@ -333,6 +414,17 @@ class Atlas:
 
     def __repr__(self) -> str:
         return f"<Atlas {self.location!r}: {len(self.model_ids())} models>"
+
+
+def _open_reader(
+    location: str | os.PathLike[str], write: bool, memory_limit: int | str | None
+) -> Reader:
+    reader = open_reader(location, write=write, memory_limit=memory_limit)
+    for model_id, why in reader.damaged.items():
+        warnings.warn(f"model {model_id!r} left out: {why}", AtlasWarning, stacklevel=4)
+    for note in reader.notes:
+        warnings.warn(note, AtlasWarning, stacklevel=4)
+    return reader
 
 
 def _empty_note(min_score: float, direction: int | None) -> str:

@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import atlas  # noqa: E402
 from atlas.api import Atlas  # noqa: E402
 from atlas.cli.output import human_bytes  # noqa: E402
-from atlas.core.exchange.load import load_bundle  # noqa: E402
 from atlas.core.vectors import vector_matrix  # noqa: E402
 
 MODES = ("f32", "f16", "none")
@@ -49,10 +48,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="svd-atlas-bundle-report-"))
     root = args.atlas
     if root is None:
-        from ingest.job import IngestOptions, ingest
-
         root = work / "atlas"
-        ingest(root, IngestOptions(model=args.model, device="cpu"), progress=False)
+        atlas.ingest(root, args.model, device="cpu", progress=False)
 
     rows, loaded = [], {}
     with atlas.open(root) as source:
@@ -63,7 +60,7 @@ def main() -> None:
             source.export(out, [args.model], mode)
             exported = time.perf_counter() - start
             start = time.perf_counter()
-            load_bundle(work / f"loaded-{out.stem}", out)
+            atlas.load(work / f"loaded-{out.stem}", out)
             load_s = time.perf_counter() - start
             loaded[mode] = work / f"loaded-{out.stem}"
             rows.append((mode, out.stat().st_size, exported, load_s))

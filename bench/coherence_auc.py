@@ -3,7 +3,7 @@
     python bench/coherence_auc.py [--labels ../shared/data/autolabels] [--fit] [--check]
 
 The score's five numbers were fitted on gpt2-small only; gpt2-large is held out. ``--fit``
-refits them on gpt2-small (what ``ingest.coherence.WEIGHTS`` and ``BIAS`` hold,
+refits them on gpt2-small (what ``atlas.models.coherence.WEIGHTS`` and ``BIAS`` hold,
 rounded), prints the 5-fold cross-validated ROC-AUC on gpt2-small of each feature set
 compared, and the ROC-AUC on gpt2-small of the same features fitted on gpt2-large.
 ``--check`` exits 1 when the held-out ROC-AUC is below ``HELD_OUT_AUC``
@@ -77,7 +77,7 @@ def cross_validated_auc(features: np.ndarray, labels: np.ndarray) -> float:
 
 
 def main() -> None:
-    from ingest.coherence import FEATURES, Scorer, score_features
+    from atlas.models.coherence import FEATURES, Scorer, score_features
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--labels", type=Path, default=LABELS)

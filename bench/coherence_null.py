@@ -30,9 +30,9 @@ def main() -> None:
 
     import atlas
     from atlas.core.tokens import display_vocabulary
+    from atlas.models.bundled import minilm_words
+    from atlas.models.coherence import clean
     from bench.coherence_auc import LABELS, load_labels
-    from ingest.bundled import minilm_words
-    from ingest.coherence import clean
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=Path, default=LABELS)

@@ -14,8 +14,8 @@ import json
 import time
 
 start = time.perf_counter()
+from atlas.models.loading import load_model, resolve_spec  # noqa: E402
 from ingest.job import IngestOptions, ingest  # noqa: E402
-from ingest.loading import load_model, resolve_spec  # noqa: E402
 
 imported = time.perf_counter() - start
 
@@ -27,7 +27,7 @@ def parameters(spec: str) -> int:
 
     resolved = resolve_spec(spec)
     if resolved.shape is not None:
-        from ingest.random_models import random_config
+        from atlas.models.random_models import random_config
 
         config = random_config(resolved.shape)
     else:

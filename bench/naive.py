@@ -80,7 +80,7 @@ def naive_ingest(
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from ingest.loading import load_model
+    from atlas.models.loading import load_model
 
     loaded = load_model(sys.argv[1], "cpu")
     naive_ingest(

@@ -85,8 +85,8 @@ def bench_decompose(device: str, large: bool) -> list[dict[str, Any]]:
     import torch
     from transformer_lens import FactoredMatrix
 
-    from ingest.random_models import random_config
-    from ingest.svd import factored_svd
+    from atlas.models.random_models import random_config
+    from atlas.models.svd import factored_svd
 
     out = []
     for shape in ("gpt2-small", "gpt2-medium"):
@@ -205,7 +205,7 @@ def bench_memory(device: str, large: bool) -> list[dict[str, Any]]:
     while every block is still loaded, processed and decomposed in full."""
     from transformers import GPT2Config, LlamaConfig
 
-    from ingest.random_models import RANDOM_SHAPES, save_random_model
+    from atlas.models.random_models import RANDOM_SHAPES, save_random_model
 
     shapes = [("gpt2-xl", GPT2Config, "n_layer", "GPT2LMHeadModel", n) for n in (12, 48)]
     shapes.append(("llama-7b", LlamaConfig, "num_hidden_layers", "LlamaForCausalLM", 2))
@@ -230,9 +230,9 @@ def bench_memory(device: str, large: bool) -> list[dict[str, Any]]:
 def bench_e2e(device: str, large: bool) -> list[dict[str, Any]]:
     """The atlas ingest against the naive TransformerLens pipeline (``bench/naive.py``), both
     on the same booted model (boot excluded), and both as whole processes."""
+    from atlas.models.loading import load_model
     from bench.naive import naive_ingest
     from ingest.job import IngestOptions, ingest
-    from ingest.loading import load_model
 
     out = []
     loaded = load_model("minilm", device)

@@ -70,7 +70,7 @@ def million_direction_atlas() -> Path:
         return atlas_dir
     from transformers import GPT2Config
 
-    from ingest.random_models import RANDOM_SHAPES, save_random_model
+    from atlas.models.random_models import RANDOM_SHAPES, save_random_model
 
     folder = DATA / "model-1e6"
     if not (folder / "config.json").exists():

@@ -14,9 +14,9 @@ import pyarrow as pa
 import torch
 
 from atlas.core.contract import JUDGED_SIDE, NEURON_SIDE, SIDES_OF
+from atlas.models.svd import canonical_signs, degenerate_groups, relative_gaps, spectrum_stats
 from ingest.decompose import MatrixGroup
 from ingest.project import TokenScores
-from ingest.svd import canonical_signs, degenerate_groups, relative_gaps, spectrum_stats
 
 
 def side_vectors(group: MatrixGroup, side: str) -> torch.Tensor:

@@ -29,15 +29,15 @@ from typing import Any
 import torch
 
 from atlas.core.errors import AtlasError, one_line
-from ingest import hub
-from ingest.checkpoint import CheckpointTensors, TensorSource
-from ingest.loading import (
+from atlas.models import hub
+from atlas.models.loading import (
     ModelSpec,
     apply_processing,
     check_choices,
     config_and_tokenizer,
     vocabulary_of,
 )
+from ingest.checkpoint import CheckpointTensors, TensorSource
 from ingest.weights import ModelWeights, extract_weights
 
 # Config fields a one-block, one-token model must not keep: token ids past its vocabulary.
@@ -142,7 +142,7 @@ class BlockLoader:
 
         skeleton = self._skeleton(i, full_vocabulary)
         try:
-            with hub.offline(), hub.quiet():
+            with hub.quiet():  # the model and tokenizer are given: no file is looked up
                 bridge = TransformerBridge.boot_transformers(
                     self.name, hf_model=skeleton, device="cpu", dtype=self.dtype,
                     tokenizer=copy.deepcopy(self.tokenizer),  # booting changes it
@@ -229,7 +229,7 @@ def open_blocks(spec: ModelSpec, dtype: str = "float32", processing: str = "raw"
     check_choices(dtype, processing)
     tensors: TensorSource
     if spec.shape is not None:
-        from ingest.random_models import RandomTensors, random_config, random_tokenizer
+        from atlas.models.random_models import RandomTensors, random_config, random_tokenizer
 
         tensors, config, tokenizer = (
             RandomTensors(spec.shape),

@@ -4,7 +4,7 @@ Safetensors files (one, or several with their ``model.safetensors.index.json``) 
 tensor at a time, in the dtype it is stored in; each file is opened (memory-mapped) only for
 that read, so the pages of tensors already read are not kept resident. PyTorch ``.bin``
 checkpoints are loaded memory-mapped and weights-only (no code runs). Random models
-(``ingest.random_models.RandomTensors``) offer the same two methods.
+(``atlas.models.random_models.RandomTensors``) offer the same two methods.
 """
 
 from __future__ import annotations

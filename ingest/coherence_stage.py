@@ -22,8 +22,7 @@ import pyarrow as pa
 import torch
 
 from atlas.core.contract import JUDGED_SIDE
-from ingest.assemble import AtlasRows
-from ingest.coherence import (
+from atlas.models.coherence import (
     LIST_LENGTH,
     Scorer,
     features_of_ids,
@@ -32,6 +31,7 @@ from ingest.coherence import (
     percentile,
     score_features,
 )
+from ingest.assemble import AtlasRows
 from ingest.project import TokenScores, project
 
 N_NULL = 1200

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ingest.svd import BatchSVD, factored_svd, full_svd
+from atlas.models.svd import BatchSVD, factored_svd, full_svd
 from ingest.weights import ModelWeights
 
 # Heads per batched QR: bounds float64 working memory at about 256 MB for any model size.

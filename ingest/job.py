@@ -46,10 +46,10 @@ from atlas.core.publish import (
 from atlas.core.store import writing_store
 from atlas.core.tokens import display_vocabulary, normalized_form
 from atlas.core.versions import COMPUTE_LIBRARIES, STORAGE_LIBRARIES, library_versions
+from atlas.models.loading import LoadedModel, resolve_device
 from ingest.coherence_stage import CoherenceStage
 from ingest.decompose import OvMethod, ov_factored
 from ingest.ids import IdLayout
-from ingest.loading import LoadedModel, resolve_device
 from ingest.options import BUNDLED, RANDOM_PREFIX, IngestOptions
 from ingest.pipeline import BootedModel, run_blocks
 from ingest.report import IngestReport, Timer, peak_rss_mb
@@ -211,7 +211,7 @@ def _coherence_stage(model_id: str, vocab: pa.Table, W_U: torch.Tensor, top_k: i
     kept: a list of one token has no coherence)."""
     if top_k < 2:
         return None
-    from ingest.coherence import Scorer
+    from atlas.models.coherence import Scorer
 
     display = vocab["token_display"].to_pylist()
     return CoherenceStage(model_id, display, W_U, top_k, Scorer())

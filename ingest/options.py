@@ -8,6 +8,16 @@ from dataclasses import dataclass
 
 from atlas.core.errors import AtlasError
 from atlas.core.indexes import DEFAULT_EXACT_MAX
+from atlas.models.choices import (
+    BUNDLED,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_PROCESSING,
+    DEVICES,
+    DTYPES,
+    PROCESSING_CHOICES,
+    RANDOM_PREFIX,
+)
 
 __all__ = [
     "BUNDLED",
@@ -33,12 +43,6 @@ DEFAULT_TOP_K = 20
 # 1e-4 sigma_max, perturbations as small as half-precision rounding of the weights can turn it
 # by order one, so only its group's span means something.
 DEFAULT_GAP_TOLERANCE = 1e-4
-DEVICES = ("auto", "cpu", "cuda")
-PROCESSING_CHOICES = ("raw", "tl")
-DTYPES = ("float32", "float64", "float16", "bfloat16")
-DEFAULT_PROCESSING, DEFAULT_DTYPE, DEFAULT_DEVICE = "raw", "float32", "auto"
-BUNDLED = "minilm"
-RANDOM_PREFIX = "random:"
 DEFAULT_RETRIES = 3  # times a job's model is retried on Ray when its worker dies
 LOCAL_RAY = "local"  # --ray without an address: a Ray cluster on this machine, for the job
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from atlas.models.loading import LoadedModel, resolve_spec
 from ingest.blocks import ModelInfo, model_info, open_blocks
-from ingest.loading import LoadedModel, resolve_spec
 from ingest.options import IngestOptions
 from ingest.weights import ModelWeights, extract_weights
 

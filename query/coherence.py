@@ -1,17 +1,18 @@
 """The coherence of bare token lists, led by its percentile against random lists.
 
-The raw score (``ingest.coherence``) estimates P(a lenient judge names a theme): GPT-3 named
+The raw score (``atlas.models.coherence``) estimates P(a lenient judge names a theme): GPT-3 named
 one for about 85% of the original authors' lists, and almost any list of real words scores
 above 0.9. So a score alone says little; what is shown first is its **percentile**: the percent
 of ``NULL_LISTS`` random lists of the same length, drawn uniformly (distinct tokens) from a
-vocabulary, that score at or below it (``ingest.coherence.percentile``, the definition of the
+vocabulary, that score at or below it (``atlas.models.coherence.percentile``, the definition of the
 atlas's stored ``coherence_pct``). Random lists land uniformly between 0 and 100.
 
 The null is deterministic (seed ``NULL_SEED`` and the list length) and computed once per
 vocabulary and length: scoring 10,000 lists from per-token tables takes about 0.2 s, and the
-sorted scores are cached beside the judge's embeddings (``ingest.coherence.default_cache_dir``),
-so a query afterwards only reads them. The default vocabulary is the bundled MiniLM's
-(30,522 WordPiece tokens, in the atlas's display form): the judge's own tokenizer.
+sorted scores are cached beside the judge's embeddings
+(``atlas.models.coherence.default_cache_dir``), so a query afterwards only reads them. The
+default vocabulary is the bundled MiniLM's (30,522 WordPiece tokens, in the atlas's display
+form): the judge's own tokenizer.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from atlas.core.errors import AtlasError
-from ingest.coherence import (
+from atlas.models.coherence import (
     BIAS,
     WEIGHTS,
     Scorer,
@@ -53,7 +54,7 @@ THEME = "P(a lenient judge names a theme)"
 @dataclass(frozen=True)
 class Vocabulary:
     """The tokens random lists are drawn from: a name to show, and what the judge reads of
-    each token (``ingest.coherence.judged_string`` of its display form)."""
+    each token (``atlas.models.coherence.judged_string`` of its display form)."""
 
     name: str
     strings: tuple[str, ...]
@@ -72,7 +73,7 @@ class Vocabulary:
 def bundled_vocabulary() -> Vocabulary:
     """The bundled MiniLM's vocabulary (the judge's own tokenizer)."""
     from atlas.core.tokens import display_vocabulary
-    from ingest.bundled import minilm_words
+    from atlas.models.bundled import minilm_words
 
     strings = tuple(judged_string(t) for t in display_vocabulary(minilm_words()))
     return Vocabulary("minilm", strings)

@@ -39,7 +39,7 @@ import torch
 from atlas.core.contract import KINDS
 from atlas.core.errors import AtlasError, NotFound
 from atlas.core.reader import Reader
-from ingest.svd import factor_svd
+from atlas.models.svd import factor_svd
 from query.probe import Probe, Reading, make_probes, measure, require_causal
 
 MLP_VIEWS = {"mlp_in": "W_in", "mlp_gate": "W_gate", "mlp_out": "W_out"}
@@ -299,7 +299,7 @@ class EditReport:
 def boot_model(a: Reader, model_id: str, device: str = "auto") -> Any:
     """Boot ``model_id`` again as it was ingested (spec, weight processing and dtype) and check
     that its shape still matches the atlas."""
-    from ingest.loading import load_model, resolve_device
+    from atlas.models.loading import load_model, resolve_device
 
     a.require_model(model_id)
     info = a.sql(f"SELECT * FROM {a.relation(model_id, 'models')}").to_pylist()[0]

@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
+import atlas
 from atlas.cli.output import dumps, text_or_json_option
-from atlas.core.errors import AtlasError
-from atlas.core.jsondata import printable
+from atlas.interface import printable
 
 
 @click.command()
@@ -30,21 +30,7 @@ def check(obj: dict[str, Any], repair: bool, fmt: str) -> None:
     Prints one line per problem, each with what fixes it, and a summary; exits 1 if a problem
     remains. --repair never changes a store's DuckDB data (an upgrade writes new stores).
     """
-    from atlas.core.check import check_atlas
-    from atlas.core.repair import repair_atlas
-
-    location = obj["atlas"]
-    if is_tree(location):
-        from atlas.core.exchange.check_tree import check_tree
-
-        if repair:
-            raise AtlasError(
-                f"{location} is a Parquet tree: check reads it, but nothing repairs it in "
-                "place; export the damaged models into it again"
-            )
-        report = check_tree(location)
-    else:
-        report = repair_atlas(location) if repair else check_atlas(location)
+    report = atlas.check(obj["atlas"], repair=repair)
     if fmt == "json":
         click.echo(dumps(report.to_json()))
     else:
@@ -61,15 +47,6 @@ def check(obj: dict[str, Any], repair: bool, fmt: str) -> None:
         )
     if not report.ok:
         sys.exit(1)
-
-
-def is_tree(location: str) -> bool:
-    """Whether ``location`` names a Parquet tree (a URL, or a folder with the tree's marker)."""
-    from pathlib import Path
-
-    from atlas.core.exchange.tree_format import MARKER
-
-    return "://" in str(location) or (Path(location) / MARKER).is_file()
 
 
 COMMANDS = [check]

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
+import atlas
 from atlas.cli.output import print_table, text_or_json_option
-from atlas.core.errors import AtlasError
 
 
 @click.command()
@@ -33,15 +33,13 @@ def coherence(_obj: dict[str, Any], tokens: str | None, path: Path | None, fmt: 
     100, 50 on average). Then the raw score: P(a lenient judge names a theme), which almost
     every list of real words puts above 0.9. See docs/coherence.md.
     """
-    from atlas.api import coherence as score
-
     if (tokens is None) == (path is None):
-        raise AtlasError("give either a token list or --file FILE")
+        raise atlas.AtlasError("give either a token list or --file FILE")
     lines = [tokens] if tokens is not None else _lines(path)
     try:
-        results = score(*lines)
-    except AtlasError as exc:
-        raise AtlasError(f"{path}: {exc}" if path else str(exc)) from None
+        results = atlas.coherence(*lines)
+    except atlas.AtlasError as exc:
+        raise atlas.AtlasError(f"{path}: {exc}" if path else str(exc)) from None
     if fmt == "json":
         for r in results:
             record = {**r.to_dict(), "coherence": round(r.coherence, 6)}
@@ -69,7 +67,7 @@ def _lines(path: Path | None) -> list[str]:
     assert path is not None
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not lines:
-        raise AtlasError(f"{path} holds no token lists")
+        raise atlas.AtlasError(f"{path} holds no token lists")
     return lines
 
 

@@ -23,7 +23,7 @@ def compare(obj: dict[str, Any], model_a: str, model_b: str, aggregate: bool, fm
     then means per kind and overall.
     """
     import atlas
-    from query.compare import COLUMNS
+    from atlas.interface import COMPARE_COLUMNS as COLUMNS
 
     with atlas.open(obj["atlas"]) as a:
         rows = a.compare(model_a, model_b)

@@ -9,7 +9,7 @@ import click
 from atlas.cli.numbers import FiniteFloat
 from atlas.cli.output import dumps, emit, format_option
 from atlas.core.errors import AtlasError
-from ingest.options import DEFAULT_DEVICE, DEVICES
+from atlas.writing import DEFAULT_DEVICE, DEVICES
 
 EDIT_COLUMNS = [
     "direction_id",
@@ -136,7 +136,7 @@ def _pairs(
         )
     pairs = list(zip(prompts, targets, strict=True))
     if prompts_file:
-        from query.probe import read_pairs  # imports torch: only when there is a file to read
+        from atlas.interface import read_pairs  # imports torch: only when there is a file
 
         pairs += read_pairs(prompts_file)
     if not pairs:

@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
+import atlas
 from atlas.cli.query import refuse_inside
-from atlas.core.errors import AtlasError
-from atlas.core.exchange.bundle_format import VECTOR_MODES
+from atlas.writing import VECTOR_MODES
 
 
 @click.command()
@@ -42,11 +42,10 @@ def export(
     vectors: str,
 ) -> None:
     """Export MODEL_IDS (default: every model) as a bundle (-o FILE) or a Parquet tree."""
-    import atlas
     from atlas.cli.output import human_bytes
 
     if (output is None) == (parquet is None):
-        raise AtlasError("give exactly one of -o FILE (a bundle) or --parquet DEST")
+        raise atlas.AtlasError("give exactly one of -o FILE (a bundle) or --parquet DEST")
     refuse_inside(output if output is not None else Path(str(parquet)), obj["atlas"])
     with atlas.open(obj["atlas"]) as a:
         if output is not None:
@@ -65,9 +64,7 @@ def export(
 @click.pass_obj
 def load(obj: dict[str, Any], bundle: Path, replace: bool) -> None:
     """Import every model of BUNDLE into the atlas (verified first; all or nothing)."""
-    from atlas.core.exchange.load import load_bundle
-
-    for r in load_bundle(obj["atlas"], bundle, replace):
+    for r in atlas.load(obj["atlas"], bundle, replace):
         last = r.first_direction_id + r.n_directions - 1
         ids = f"direction ids {r.first_direction_id}..{last}"
         if r.remapped:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import Any
 
 import click
 
+import atlas
 from atlas.cli.numbers import FiniteFloat
-from atlas.core.errors import AtlasError
-from ingest.options import (
+from atlas.writing import (
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
     DEFAULT_EXACT_MAX,
@@ -22,10 +21,9 @@ from ingest.options import (
     DTYPES,
     LOCAL_RAY,
     PROCESSING_CHOICES,
-    IngestOptions,
-    read_model_list,
+    RANDOM_SHAPES,
+    IngestFailed,
 )
-from ingest.random_models import RANDOM_SHAPES
 
 
 @click.command(
@@ -142,61 +140,37 @@ def ingest(
     gpus_per_task: float | None,
     retries: int | None,
 ) -> None:
-    specs = [(m, None) for m in models] + (
-        read_model_list(from_file, from_file.name) if from_file else []
-    )
-    if not specs:
+    if not models and from_file is None:
         raise click.UsageError("give a MODEL (or several, or --from FILE)")
-    if name is not None and len(specs) > 1:
-        raise AtlasError("--name names one model; give each model its name in --from FILE")
+    if name is not None and (len(models) > 1 or from_file is not None):
+        raise atlas.AtlasError("--name names one model; give each model its name in --from FILE")
     if ray_address is None and (gpus_per_task is not None or retries is not None):
-        raise AtlasError("--gpus-per-task and --retries are for a job on Ray: add --ray")
-    options = IngestOptions(
-        model=specs[0][0],
-        model_id=name,
-        device=device,
-        processing=processing,
-        top_k=top_k,
-        max_rank=max_rank,
-        dtype=dtype,
-        replace=replace,
-        gap_tolerance=gap_tol,
-        exact_max=exact_max,
-        coherence=coherence,
-    )
-    if len(specs) == 1 and from_file is None and ray_address is None:
-        from atlas.cli.summary import print_ingest_summary
-        from ingest.job import ingest as run_ingest
+        raise atlas.AtlasError("--gpus-per-task and --retries are for a job on Ray: add --ray")
+    options = dict(
+        name=name, device=device, processing=processing, top_k=top_k, max_rank=max_rank,
+        dtype=dtype, replace=replace, gap_tol=gap_tol, exact_max=exact_max, coherence=coherence,
+        ray=ray_address, gpus_per_task=gpus_per_task, retries=retries,
+    )  # fmt: skip
+    from atlas.cli.summary import print_ingest_summary, print_job_summary
 
-        print_ingest_summary(obj["atlas"], run_ingest(obj["atlas"], options))
-        return
-    from atlas.cli.summary import print_job_summary
-    from ingest.jobs import run_job
-
-    job = [
-        dataclasses.replace(options, model=spec, model_id=spec_name or name)
-        for spec, spec_name in specs
-    ]
     try:
-        outcomes = run_job(
-            obj["atlas"], job, ray_address, gpus_per_task,
-            DEFAULT_RETRIES if retries is None else retries,
-        )  # fmt: skip
+        result = atlas.ingest(obj["atlas"], *models, from_file=from_file, **options)
+    except IngestFailed as failed:
+        print_job_summary(failed.result.models)
+        raise
     except KeyboardInterrupt:
+        if not (from_file is not None or len(models) > 1 or ray_address is not None):
+            raise  # one model: nothing was published
         click.echo(
             "interrupted: the models published before stay in the atlas; the ones in progress "
             "are not published (running the job again finishes it)",
             err=True,
         )
         sys.exit(130)
-    print_job_summary(outcomes)
-    failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
-        raise AtlasError(
-            f"{len(failed)} of {len(outcomes)} models failed (first: {failed[0].model_id}: "
-            f"{failed[0].error}); the others are in the atlas, and running the job again "
-            "retries only the failed ones"
-        )
+    if result.job:
+        print_job_summary(result.models)
+    else:
+        print_ingest_summary(obj["atlas"], result.models[0].report)
 
 
 COMMANDS = [ingest]

@@ -15,9 +15,7 @@ from typing import Any
 import click
 
 from atlas.core.errors import AtlasError, AtlasWarning
-from atlas.core.jsondata import printable
-from atlas.core.layout import DEFAULT_ATLAS
-from atlas.core.sqlguard import is_interrupt
+from atlas.interface import DEFAULT_ATLAS, is_interrupt, printable
 
 SIGPIPE_EXIT = 141  # what a process killed by SIGPIPE reports, as `yes | head` does
 INTERRUPTED_EXIT = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)

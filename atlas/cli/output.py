@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from atlas.core.jsondata import csv_cell, dumps, table_cell
+from atlas.interface import csv_cell, dumps, table_cell
 
 FORMATS = ("table", "json", "csv")
 MAX_TABLE_ROWS = 500

@@ -10,17 +10,26 @@ import click
 from atlas.cli.numbers import FiniteFloat
 from atlas.cli.output import dumps, emit, format_option, text_or_json_option
 from atlas.cli.result_file import OUT_FORMATS, out_format, write_result
-from atlas.core.contract import KINDS, SIDES, TABLES
 from atlas.core.errors import AtlasError
-from atlas.core.jsondata import result_rows
-from atlas.core.memlimit import DEFAULT_MEMORY_LIMIT, format_bytes
-from atlas.core.views import VIEWS
-from query.cards import DEFAULT_TOP
+from atlas.interface import (
+    DEFAULT_MEMORY_LIMIT,
+    DEFAULT_MIN_COS,
+    DEFAULT_TOP,
+    HIT_FIELDS,
+    HOPS,
+    KINDS,
+    SIDES,
+    SPACES,
+    TABLES,
+    TRACE_FIELDS,
+    TRACE_LIMIT,
+    VIEWS,
+    K,
+    format_bytes,
+    result_rows,
+)
 
 # The library's defaults and bounds, so the CLI cannot drift from them.
-from query.limits import HOPS, TRACE_LIMIT, K
-from query.search import HIT_FIELDS, SPACES
-from query.trace import DEFAULT_MIN_COS, TRACE_FIELDS
 
 DEFAULT_TOKENS = 8
 
@@ -210,7 +219,7 @@ def search(obj: dict[str, Any], words: tuple[str, ...], n_tokens: int, fmt: str,
 
 def _library_args(kw: dict[str, Any]) -> dict[str, Any]:
     """The CLI's option values parsed, under the library's argument names."""
-    from query.filters import text_filters
+    from atlas.interface import text_filters
 
     out = dict(kw)
     out.update(text_filters(out.pop("models"), out["kinds"], out["layers"], out["heads"]))
@@ -339,7 +348,7 @@ def _print_direction(card: dict[str, Any], n_tokens: int) -> None:
             f"directions scored alike); raw P(a lenient judge names a theme) "
             f"{card['coherence']:.4f}, z {card['coherence_z']:.2f}"
         )
-    from atlas.core.jsondata import table_cell
+    from atlas.interface import table_cell
 
     for polarity in ("pos", "neg"):
         toks = [t for t in card["tokens"] if t["polarity"] == polarity][:n_tokens]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas.core.errors import AtlasError, one_line
-from atlas.core.jsondata import csv_cell, dumps, jsonable, result_rows
+from atlas.interface import csv_cell, dumps, jsonable, result_rows
 
 OUT_FORMATS = ("parquet", "csv", "json", "jsonl")
 EXTENSIONS = {"parquet": "parquet", "pq": "parquet", "csv": "csv", "json": "json",

@@ -8,8 +8,7 @@ import click
 
 from atlas.cli.numbers import FiniteFloat
 from atlas.cli.output import dumps, emit, format_option
-from atlas.core.contract import KINDS
-from query.spectrum import DEFAULT_JUMP_FACTOR, MATRIX_COLUMNS
+from atlas.interface import DEFAULT_JUMP_FACTOR, KINDS, MATRIX_COLUMNS
 
 LAYER_COLUMNS = [
     "kind",
@@ -69,13 +68,13 @@ def spectrum(
     import atlas
 
     if plot_path:
-        from query.spectrum_plot import check_plot_path
+        from atlas.interface import check_plot_path
 
         check_plot_path(plot_path)
     with atlas.open(obj["atlas"]) as a:
         spectra = a.spectrum(model, kinds, jump_factor)
     if plot_path:
-        from query.spectrum_plot import plot_spectra
+        from atlas.interface import plot_spectra
 
         plot_spectra(spectra, plot_path)
     if fmt == "json":

@@ -9,8 +9,7 @@ import click
 import atlas
 from atlas.api import Atlas
 from atlas.cli.output import human_bytes, print_table
-from atlas.core.contract import JUDGED_SQL
-from atlas.core.jsondata import table_cell
+from atlas.interface import JUDGED_SQL, table_cell
 
 EXAMPLE_TOKENS = 6
 

@@ -90,7 +90,7 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("stable_rank", Double, nullable=False),
         Column("effective_rank", Double, nullable=False),
         Column("spectrum", FloatArray(), nullable=False),
-        # coherence of the pooled top tokens of its largest directions (see ingest.coherence)
+        # coherence of the pooled top tokens of its largest directions (see atlas.models.coherence)
         Column("coherence", Double),
         Column("coherence_z", Double),
         Column("coherence_pct", Double),

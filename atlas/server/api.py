@@ -18,17 +18,26 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from atlas.api import Atlas, coherence
-from atlas.core.contract import KINDS, MLP_KINDS, Kind
 from atlas.core.errors import AtlasError, one_line
-from atlas.core.jsondata import csv_cell, jsonable, result_rows, unique_names
+from atlas.interface import (
+    DEFAULT_JUMP_FACTOR,
+    DEFAULT_MIN_COS,
+    DEFAULT_TOP,
+    HOPS,
+    KINDS,
+    MLP_KINDS,
+    TRACE_LIMIT,
+    K,
+    Kind,
+    csv_cell,
+    jsonable,
+    load_npy,
+    result_rows,
+    text_filters,
+    unique_names,
+)
 from atlas.server.live import LiveAtlas
 from atlas.server.work import run
-from query.cards import DEFAULT_TOP
-from query.filters import text_filters
-from query.limits import HOPS, TRACE_LIMIT, K
-from query.spectrum import DEFAULT_JUMP_FACTOR
-from query.trace import DEFAULT_MIN_COS
-from query.vectors import load_npy
 
 MAX_TEXT = 500
 MAX_VECTOR = 65_536

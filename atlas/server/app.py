@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from atlas.core.errors import AtlasError, AtlasWarning
-from atlas.core.versions import version
+from atlas.interface import version
 from atlas.server import DEFAULT_INDEX_MEMORY_GB, DEFAULT_TIMEOUT, api, pages
 from atlas.server.live import LiveAtlas
 from atlas.server.work import error_status

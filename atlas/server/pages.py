@@ -20,10 +20,17 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from atlas.api import Atlas, coherence
-from atlas.core.contract import KINDS, MLP_KINDS
 from atlas.core.errors import AtlasError
-from atlas.core.jsondata import result_rows, table_cell
-from atlas.core.layout import DEFAULT_ATLAS
+from atlas.interface import (
+    DEFAULT_ATLAS,
+    HOPS,
+    KINDS,
+    MLP_KINDS,
+    K,
+    MatrixStat,
+    result_rows,
+    table_cell,
+)
 from atlas.server import api
 from atlas.server.api import (
     MAX_VECTOR,
@@ -38,8 +45,6 @@ from atlas.server.api import (
     time_limit,
 )
 from atlas.server.work import error_status, run
-from query.cards import MatrixStat
-from query.limits import HOPS, K
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(
@@ -238,7 +243,7 @@ def _colour(value: float | None, low: float, high: float) -> dict[str, str]:
 
 @router.get("/model/spectrum.svg")
 async def model_spectrum_svg(request: Request, model: ModelId) -> Response:
-    from query.spectrum_plot import spectra_figure
+    from atlas.interface import spectra_figure
 
     figure = await run(
         live_atlas(request), lambda a: spectra_figure(a.spectrum(model)), time_limit(request)
@@ -285,7 +290,7 @@ async def matrix_page(
 async def matrix_spectrum_svg(
     request: Request, model: ModelId, layer: Annotated[int, Query(ge=0)], head: MatrixHead
 ) -> Response:
-    from query.spectrum_plot import singular_values_figure
+    from atlas.interface import singular_values_figure
 
     def work(a: Atlas) -> Any:
         card = a.card(model, layer, head, top=1)

@@ -16,9 +16,7 @@ import anyio.to_thread
 
 from atlas.api import Atlas
 from atlas.core.errors import AtlasError, DamagedIndex, NotFound
-from atlas.core.memlimit import MemoryLimitExceeded
-from atlas.core.reader import WorkUnit
-from atlas.core.sqlguard import QueryTimeout
+from atlas.interface import MemoryLimitExceeded, QueryTimeout, WorkUnit
 from atlas.server.live import LiveAtlas
 
 T = TypeVar("T")

@@ -11,8 +11,8 @@ from sklearn.metrics import roc_auc_score
 
 import atlas
 from atlas.core.tokens import display_vocabulary
+from atlas.models.coherence import Judge, Scorer, features_of_ids, logit
 from bench.coherence_auc import HELD_OUT_AUC, LABELS, held_out_auc
-from ingest.coherence import Judge, Scorer, features_of_ids, logit
 from tests.support.oracle import centered_unembedding, vocabulary
 
 # slow: the coherence scorer embeds the vocabulary, and MiniLM is ingested with coherence

@@ -19,9 +19,9 @@ from scipy.stats import kstest
 import atlas
 from atlas.core.jsondata import jsonable
 from atlas.core.tokens import display_vocabulary
+from atlas.models.bundled import minilm_words
+from atlas.models.coherence import Scorer, clean
 from atlas.server.app import create_app
-from ingest.bundled import minilm_words
-from ingest.coherence import Scorer, clean
 from query.coherence import NULL_LISTS, list_coherence, random_lists
 from tests.support.helpers import assert_one_error_line, run_cli
 

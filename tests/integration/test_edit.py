@@ -217,9 +217,9 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]
     """A random:llama-tiny folder with attention biases (grouped-query attention: 8 heads share
     2 W_V and 2 b_V, as in Qwen2) and its atlas, where the model is "llama". The biases make
     the constant write b_V W_O matter, which a bias-free Llama would not test."""
+    from atlas.models.loading import load_model
+    from atlas.models.random_models import random_config, save_random_model
     from ingest.job import IngestOptions, ingest
-    from ingest.loading import load_model
-    from ingest.random_models import random_config, save_random_model
     from tests.support.helpers import quiet
 
     tmp = tmp_path_factory.mktemp("edit-llama")

@@ -23,12 +23,12 @@ pytestmark = pytest.mark.slow
 def test_a_bidirectional_model_is_refused_before_it_is_booted(
     minilm_atlas: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ingest.loading
+    import atlas.models.loading
 
     def no_boot(*_args: Any, **_kwargs: Any) -> Any:
         raise AssertionError("edit booted a model it could have refused from the atlas")
 
-    monkeypatch.setattr(ingest.loading, "load_model", no_boot)
+    monkeypatch.setattr(atlas.models.loading, "load_model", no_boot)
     args = ["--direction", "0", "--eps", "-1", "--prompt", "the fire", "--target", "burns"]
     err = assert_one_error_line(run_cli("--atlas", minilm_atlas, "edit", "minilm", *args))
     assert "BertForMaskedLM" in err and "not a causal language model" in err
@@ -40,8 +40,8 @@ def test_a_bidirectional_model_is_refused_before_it_is_booted(
 def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     """An atlas of a random:llama-tiny folder (a causal model ``edit`` can boot again), and
     the id of an MLP direction of its last layer."""
+    from atlas.models.random_models import save_random_model
     from ingest.job import IngestOptions, ingest
-    from ingest.random_models import save_random_model
     from tests.support.helpers import quiet
 
     tmp = tmp_path_factory.mktemp("edit-eps")

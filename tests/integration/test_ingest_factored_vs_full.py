@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import atlas
+from atlas.models.loading import load_model
 from ingest.decompose import ov_factored, ov_full
 from ingest.job import IngestOptions, ingest
-from ingest.loading import load_model
 from tests.support.helpers import quiet
 
 # slow: ingests llama-tiny twice, once with explicit d_model^2 products

@@ -32,7 +32,7 @@ with model_lock(AtlasDir(sys.argv[1]), sys.argv[2]):
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-block random Llama as a local folder (model id ``lockme``): a few seconds to ingest."""
-    from ingest.random_models import random_config, save_random_model
+    from atlas.models.random_models import random_config, save_random_model
 
     config = random_config("llama-tiny")
     config.num_hidden_layers = 1

@@ -15,8 +15,8 @@ import atlas
 from atlas.core.check import check_atlas
 from atlas.core.exchange.load import load_bundle
 from atlas.core.indexes import is_exact
+from atlas.models.loading import load_model
 from ingest.job import IngestOptions, ingest
-from ingest.loading import load_model
 from tests.support.helpers import assert_one_error_line, cli_env, fingerprint, quiet, run_cli
 
 

@@ -17,9 +17,9 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 import atlas
+from atlas.models.loading import load_model
+from atlas.models.random_models import save_random_model
 from ingest.job import IngestOptions, ingest
-from ingest.loading import load_model
-from ingest.random_models import save_random_model
 from tests.support.atlas_compare import assert_same_atlas
 from tests.support.helpers import quiet, run_cli
 
@@ -105,8 +105,8 @@ def test_progress_names_blocks_done_left_and_time_remaining(tmp_path: Path) -> N
 def test_streamed_blocks_equal_the_whole_bridge(tmp_path: Path, processing: str) -> None:
     """Block by block, the matrices TransformerLens gives a one-block model are the whole
     model's, processing included (W_U too)."""
+    from atlas.models.loading import resolve_spec
     from ingest.blocks import open_blocks
-    from ingest.loading import resolve_spec
     from ingest.weights import extract_weights
 
     folder = save_random_model("gpt2-tiny", tmp_path / "g", shards=2)

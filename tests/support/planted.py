@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import torch
 
-from ingest.bundled import minilm_words
-from ingest.loading import LoadedModel, vocabulary_of
-from ingest.random_models import wordlevel_tokenizer
+from atlas.models.bundled import minilm_words
+from atlas.models.loading import LoadedModel, vocabulary_of
+from atlas.models.random_models import wordlevel_tokenizer
 
 
 def small_model(words: list[str], seed: int, name: str) -> LoadedModel:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from atlas.models.loading import LoadedModel, vocabulary_of
 from ingest.job import IngestOptions, ingest
-from ingest.loading import LoadedModel, vocabulary_of
 from tests.support.helpers import quiet
 
 # The MiniLM word pieces start with ~1000 [unused] entries; 8000 covers plenty of real words.
@@ -17,8 +17,8 @@ def tiny_gpt2(n_layers: int = 3, seed: int = 1) -> LoadedModel:
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge.sources.native import boot as boot_native
 
-    from ingest.bundled import minilm_words
-    from ingest.random_models import wordlevel_tokenizer
+    from atlas.models.bundled import minilm_words
+    from atlas.models.random_models import wordlevel_tokenizer
 
     fields: dict[str, Any] = {
         "act_fn": "gelu_new",

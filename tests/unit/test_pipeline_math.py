@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from atlas.core.contract import JUDGED_SIDE, SIDES_OF
+from atlas.models.svd import full_svd
 from ingest.assemble import IdBase, assemble, residual_vectors
 from ingest.decompose import decompose
 from ingest.project import project
-from ingest.svd import full_svd
 from ingest.weights import ModelWeights, centered_unembedding
 
 N_LAYERS, N_HEADS, D_MODEL, D_HEAD, D_MLP, D_VOCAB, TOP_K = 2, 3, 12, 4, 20, 50, 5

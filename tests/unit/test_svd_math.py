@@ -1,11 +1,11 @@
-"""ingest.svd against numpy on small explicit matrices."""
+"""atlas.models.svd against numpy on small explicit matrices."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ingest.svd import (
+from atlas.models.svd import (
     canonical_signs,
     degenerate_groups,
     factored_svd,

@@ -54,8 +54,8 @@ def clean(token: str) -> str:
     return text
 
 
-# Padding entries of padded vocabularies: ingest.loading.vocabulary_of names ids the tokenizer
-# lacks [id_N]; the random models' tokenizer pads with [extra_N] (ingest.random_models).
+# Padding entries of padded vocabularies: atlas.models.loading.vocabulary_of names ids the tokenizer
+# lacks [id_N]; the random models' tokenizer pads with [extra_N] (atlas.models.random_models).
 UNNAMED = re.compile(r"\[(id|extra)_\d+\]")
 
 
@@ -103,13 +103,14 @@ class Judge:
     def _load(self) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        from ingest import hub
-        from ingest.bundled import minilm_path
+        from atlas.models import hub
+        from atlas.models.bundled import minilm_path
 
         path = str(minilm_path())
-        with hub.offline(), hub.quiet():
-            self._tokenizer = AutoTokenizer.from_pretrained(path)
-            self._model = AutoModel.from_pretrained(path).to(self.device).eval()
+        with hub.quiet():
+            self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = AutoModel.from_pretrained(path, local_files_only=True)
+            self._model = model.to(self.device).eval()
 
     def embed(self, strings: Sequence[str]) -> np.ndarray:
         """``[len(strings), 384]`` unit vectors, as ``SentenceTransformer.encode`` of the model

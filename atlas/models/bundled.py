@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingest.options import BUNDLED
+from atlas.models.choices import BUNDLED
 
 __all__ = ["BUNDLED", "minilm_path", "minilm_words"]
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from atlas.core.errors import AtlasError, one_line
-from ingest import hub
-from ingest.bundled import minilm_path
-from ingest.options import BUNDLED, DTYPES, PROCESSING_CHOICES, RANDOM_PREFIX
-from ingest.random_models import RANDOM_SHAPES
+from atlas.models import hub
+from atlas.models.bundled import minilm_path
+from atlas.models.choices import BUNDLED, DTYPES, PROCESSING_CHOICES, RANDOM_PREFIX
+from atlas.models.random_models import RANDOM_SHAPES
 
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
 
@@ -92,8 +92,9 @@ def config_and_tokenizer(folder: Path) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
     try:
-        with hub.offline(), hub.quiet():
-            return AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+        with hub.quiet():
+            config = AutoConfig.from_pretrained(folder, local_files_only=True)
+            return config, AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # transformers raises many types for a broken folder
         raise AtlasError(f"cannot load model folder {folder}: {one_line(exc)}") from None
 
@@ -109,12 +110,14 @@ def load_model(
     resolved = resolve_spec(spec)
     torch_dtype = getattr(torch, dtype)
     try:
-        with hub.offline(), hub.quiet():
+        with hub.quiet():
             if resolved.shape is not None:
                 bridge = _boot_random(resolved.shape, device, torch_dtype)
-            else:
+            else:  # a folder: transformers reads a directory's files, never the hub's
+                assert resolved.folder is not None
+                _, tokenizer = config_and_tokenizer(resolved.folder)
                 bridge = TransformerBridge.boot_transformers(
-                    str(resolved.folder), device=device, dtype=torch_dtype
+                    str(resolved.folder), device=device, dtype=torch_dtype, tokenizer=tokenizer
                 )
     except AtlasError:
         raise
@@ -137,7 +140,7 @@ def _boot_random(shape: str, device: str, dtype: Any) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM
 
-    from ingest.random_models import RandomTensors, random_config, random_tokenizer
+    from atlas.models.random_models import RandomTensors, random_config, random_tokenizer
 
     tensors = RandomTensors(shape)
     with hub.quiet():

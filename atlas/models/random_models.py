@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ingest.options import RANDOM_PREFIX
+from atlas.models.choices import RANDOM_PREFIX
 
 __all__ = [
     "RANDOM_PREFIX",
@@ -125,7 +125,7 @@ def wordlevel_tokenizer(words: list[str], d_vocab: int) -> Any:
 
 
 def random_tokenizer(shape: str) -> Any:
-    from ingest.bundled import minilm_words
+    from atlas.models.bundled import minilm_words
 
     return wordlevel_tokenizer(minilm_words(), random_config(shape).vocab_size)
 
