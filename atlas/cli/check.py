@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from atlas.cli.output import dumps, text_or_json_option
+from atlas.cli.params import render
 from atlas.core.errors import AtlasError
 from atlas.core.jsondata import printable
 
@@ -47,8 +48,8 @@ def check(obj: dict[str, Any], repair: bool, fmt: str) -> None:
     if fmt == "json":
         click.echo(dumps(report.to_json()))
     else:
-        for finding in report.findings:
-            click.echo(printable(finding.line()))
+        for finding in report.findings:  # what fixes it, in flags
+            click.echo(printable(render(finding.line(), click.get_current_context())))
         for line in report.repaired:
             click.echo(printable(f"repaired  {line}"))
         verdict = "ok" if report.ok else f"{len(report.errors)} problem(s)"

@@ -54,7 +54,7 @@ RESERVED = ".reserved"
 # Stores replaced or abandoned less than this long ago are kept for readers that still use them.
 DEFAULT_ATLAS = "./data/atlas"  # where every command looks unless told otherwise
 SWEEP_GRACE_SECONDS = 600
-REBUILD_CATALOG = "svd-atlas check --repair rebuilds it from the stores' manifests"
+REBUILD_CATALOG = "a repair (`check` with `repair`) rebuilds it from the stores' manifests"
 STORE_NAME = re.compile(r"store/[0-9a-f]{32}")  # what a catalog entry may point at: nothing else
 
 

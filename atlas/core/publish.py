@@ -47,8 +47,8 @@ def refuse_existing(
     if taken:
         alternative = f" or {other_name} to store it under another name" if other_name else ""
         raise AtlasError(
-            f"model {taken[0]!r} is already in {atlas_dir.root}; pass --replace to replace "
-            f"it{alternative}"
+            f"model {taken[0]!r} is already in {atlas_dir.root}",
+            hint=f"`replace` replaces it{alternative}",
         )
 
 
