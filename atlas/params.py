@@ -38,7 +38,7 @@ MAX_TRACE_ROWS = 2_000
 MAX_TOP = 1_000  # directions on one matrix card
 MAX_SQL_TEXT = 20_000
 MAX_VECTOR = 65_536  # values of a residual-space vector
-MAX_SQL_ROWS = 100_000  # rows one SQL answer holds over HTTP
+MAX_SQL_ROWS = 100_000  # rows one SQL answer holds over HTTP (the server's bound)
 Space = Literal["auto", "residual", "token"]
 Side = Literal["read", "write"]
 
@@ -49,18 +49,19 @@ _LAYERS = "use N, START:STOP (stop excluded), START: or :STOP"
 # -- the spellings of lists and ranges -----------------------------------------------------
 
 
-def _items(value: Any, what: str) -> list[str]:
-    """A list given as comma-separated text or, from Python, as a list: its items as text."""
+def _items(value: Any, what: str, numbers: bool = False) -> list[str]:
+    """A list given as comma-separated text or, from Python, as a list: its items as text
+    (``numbers``: integers too)."""
     items: list[Any]
     if isinstance(value, str):
         items = value.split(",")
     elif isinstance(value, list | tuple | set | frozenset) and value:
         items = [x for v in value for x in (v.split(",") if isinstance(v, str) else [v])]
-    elif _is_int(value):
+    elif numbers and _is_int(value):
         items = [value]
     else:
         raise ValueError(f"give {what} separated by commas, or a list of them; not {value!r}")
-    texts = [_text(x) for x in items]
+    texts = [_text(x) if numbers else x for x in items]
     if not all(isinstance(t, str) and t.strip() for t in texts):
         raise ValueError(f"give {what} separated by commas, none empty; not {value!r}")
     return [t.strip() for t in texts]
@@ -88,7 +89,7 @@ def _kinds(value: Any) -> str | None:
 def _heads(value: Any) -> str | None:
     if value is None:
         return None
-    heads = _items(value, "head numbers")
+    heads = _items(value, "head numbers", numbers=True)
     if not all(_INTEGER.fullmatch(h) for h in heads):
         raise ValueError(f"give head numbers (0 or more) separated by commas; not {value!r}")
     return ",".join(str(int(h)) for h in heads)
@@ -166,8 +167,8 @@ Layers = Annotated[str | None, BeforeValidator(_layers)]
 
 
 class Params(BaseModel):
-    """A query's parameters: unknown names refused, and an empty value (what a form sends for
-    a field left blank) the same as none."""
+    """A query's parameters: unknown names refused, and None or an empty value (what a form
+    sends for a field left blank) the same as none: the default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -175,8 +176,16 @@ class Params(BaseModel):
     @classmethod
     def _blank_is_absent(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if not (isinstance(v, str) and v == "")}
+            return {
+                k: v
+                for k, v in data.items()
+                if v is not None and not (isinstance(v, str) and v == "")
+            }
         return data
+
+
+def _blank(value: Any) -> bool:
+    return isinstance(value, str) and value == ""
 
 
 class FilterParams(Params):
@@ -279,9 +288,7 @@ class SqlParams(Params):
     """One SQL statement."""
 
     query: str = Field(min_length=1, max_length=MAX_SQL_TEXT, description="One statement.")
-    max_rows: Int | None = Field(
-        None, ge=1, le=MAX_SQL_ROWS, description="Rows returned at most (default: every row)."
-    )
+    max_rows: Int | None = Field(None, ge=1, description="Rows returned at most (default: all).")
 
 
 class MatrixCardParams(Params):

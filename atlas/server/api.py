@@ -22,8 +22,10 @@ from atlas.core.contract import MLP_KINDS
 from atlas.core.jsondata import csv_cell, jsonable, result_rows, unique_names
 from atlas.errors import AtlasError, one_line
 from atlas.params import (
+    MAX_SQL_ROWS,
     MAX_TEXT,
     MAX_VECTOR,
+    Int,
     MatrixCardParams,
     SearchParams,
     SpectrumParams,
@@ -52,9 +54,13 @@ class StrictJSON(Response):
 
 
 class SqlRequest(SqlParams):
-    """A statement over HTTP: at most SQL_ROWS rows unless ``max_rows`` asks for more, as JSON
-    rows or a CSV or Parquet file."""
+    """A statement over HTTP: at most SQL_ROWS rows unless ``max_rows`` asks for more (up to
+    MAX_SQL_ROWS: the server bounds what one answer holds), as JSON rows or a CSV or Parquet
+    file."""
 
+    max_rows: Int | None = Field(
+        None, ge=1, le=MAX_SQL_ROWS, description=f"Rows returned at most (default: {SQL_ROWS})."
+    )
     format: Literal["json", "csv", "parquet"] = "json"
 
     def rows(self) -> int:

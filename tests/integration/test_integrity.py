@@ -174,12 +174,12 @@ def test_the_server_reports_a_damaged_model_and_serves_the_others(two: Path) -> 
         health = client.get("/api/health").json()
         assert health["status"] == "degraded" and list(health["damaged"]) == ["minilm"]
         assert "check --repair" in health["damaged"]["minilm"]
-        refused_search = client.get("/api/search", params={"q": "fire", "model": "minilm"})
+        refused_search = client.get("/api/search", params={"text": "fire", "model": "minilm"})
         assert refused_search.status_code == 503
         assert "check --repair" in refused_search.json()["error"]
-        ok = client.get("/api/search", params={"q": "fire", "model": "tiny", "k": 3})
+        ok = client.get("/api/search", params={"text": "fire", "model": "tiny", "k": 3})
         assert ok.status_code == 200 and len(ok.json()["hits"]) == 3
-        both = client.get("/api/search", params={"q": "fire", "space": "residual"})
+        both = client.get("/api/search", params={"text": "fire", "space": "residual"})
         assert both.status_code == 200
         assert any("'minilm'" in n for n in both.json()["notes"])
         assert {h["model_id"] for h in both.json()["hits"]} == {"tiny"}

@@ -54,7 +54,7 @@ def test_each_bound_is_the_same_in_every_interface(
     with atlas.open(minilm_atlas) as a:
         for value in (bound.low - 1, bound.high + 1):
             assert run_cli("--atlas", minilm_atlas, *cli, str(value)).returncode == 2
-            with pytest.raises(AtlasError, match=f"`{bound.name}`: input should be") as refused:
+            with pytest.raises(AtlasError, match=f"{bound.name}: Input should be") as refused:
                 call(a, value)
             assert refused.value.param == bound.name
             response = client.get(f"{url}&{param}={value}")
