@@ -97,6 +97,7 @@ def _metavar(base: Any, choices: tuple[Any, ...] | None) -> str:
 # -- messages ------------------------------------------------------------------------------
 
 _NAMED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+_WITH = re.compile(r"`([a-z-]+)` with `([A-Za-z_][A-Za-z0-9_]*)`")
 
 
 def cli_message(exc: AtlasError, ctx: click.Context | None) -> str:
@@ -107,11 +108,24 @@ def cli_message(exc: AtlasError, ctx: click.Context | None) -> str:
 
 
 def render(text: str, ctx: click.Context | None) -> str:
-    """A library message in the CLI's terms: each parameter named in backticks as the flag
-    (or argument) of the command that ran, else of the command that has it, a command's
-    name as ``svd-atlas NAME``; any other backticked word as it is."""
+    """A library message in the CLI's terms: "`check` with `repair`" as ``svd-atlas check
+    --repair``; each parameter named in backticks as the flag (or argument) of the command
+    that ran, else of the command that has it; a command's name as ``svd-atlas NAME``; any
+    other backticked word as it is."""
     names = _vocabulary(ctx)
+    text = _WITH.sub(lambda m: _command_line(m, ctx) or m.group(0), text)
     return _NAMED.sub(lambda m: names.get(m.group(1), m.group(1)), text)
+
+
+def _command_line(match: re.Match[str], ctx: click.Context | None) -> str | None:
+    """``svd-atlas COMMAND --FLAG`` for "`command` with `param`", if the CLI has both."""
+    if ctx is None or not isinstance(group := ctx.find_root().command, click.Group):
+        return None
+    command = group.get_command(ctx.find_root(), match.group(1))
+    for param in command.params if command else ():
+        if param.name == match.group(2) and isinstance(param, click.Option):
+            return f"{ctx.find_root().info_name or 'svd-atlas'} {match.group(1)} {_spelling(param)}"
+    return None
 
 
 def _vocabulary(ctx: click.Context | None) -> dict[str, str]:
