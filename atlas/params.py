@@ -156,6 +156,7 @@ def _number(value: Any) -> Any:
 
 
 Int = Annotated[int, BeforeValidator(_integer)]
+OptionalInt = Annotated[int | None, BeforeValidator(_integer)]  # bounds reach OpenAPI's schema
 Float = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
 Names = Annotated[str | None, BeforeValidator(_names)]
 Kinds = Annotated[str | None, BeforeValidator(_kinds)]
@@ -200,7 +201,7 @@ class FilterParams(Params):
     )
     head: Heads = Field(None, max_length=MAX_TEXT, description="Head number(s), comma-separated.")
     side: Side | None = Field(None, description="Only read or only write directions.")
-    max_sv_index: Int | None = Field(None, ge=0, description="Keep sv_index <= N.")
+    max_sv_index: OptionalInt = Field(None, ge=0, description="Keep sv_index <= N.")
     min_sigma: Float | None = Field(None, description="Keep sigma >= X.")
 
     def filters(self) -> Filters:
@@ -242,7 +243,7 @@ class SearchParams(SearchOptions):
     text: Annotated[str | None, BeforeValidator(_words)] = Field(
         None, max_length=MAX_TEXT, description="Words of one concept."
     )
-    direction: Int | None = Field(None, ge=0, description="More like this direction id.")
+    direction: OptionalInt = Field(None, ge=0, description="More like this direction id.")
 
 
 class VectorSearch(SearchOptions):
@@ -288,7 +289,7 @@ class SqlParams(Params):
     """One SQL statement."""
 
     query: str = Field(min_length=1, max_length=MAX_SQL_TEXT, description="One statement.")
-    max_rows: Int | None = Field(None, ge=1, description="Rows returned at most (default: all).")
+    max_rows: OptionalInt = Field(None, ge=1, description="Rows returned at most (default: all).")
 
 
 class MatrixCardParams(Params):

@@ -45,7 +45,9 @@ def parameter(name: str, field: FieldInfo) -> Callable[[F], F]:
         return click.argument(name, metavar=name.upper())
     base = _base(field.annotation)
     if base is bool:
-        return click.option(cli_flag(name), name, is_flag=True, help=field.description)
+        return click.option(
+            cli_flag(name), name, is_flag=True, default=field.default, help=field.description
+        )
     choices = typing.get_args(base) if typing.get_origin(base) is typing.Literal else None
     return click.option(
         cli_flag(name),

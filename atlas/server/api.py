@@ -25,8 +25,8 @@ from atlas.params import (
     MAX_SQL_ROWS,
     MAX_TEXT,
     MAX_VECTOR,
-    Int,
     MatrixCardParams,
+    OptionalInt,
     SearchParams,
     SpectrumParams,
     SqlParams,
@@ -58,7 +58,7 @@ class SqlRequest(SqlParams):
     MAX_SQL_ROWS: the server bounds what one answer holds), as JSON rows or a CSV or Parquet
     file."""
 
-    max_rows: Int | None = Field(
+    max_rows: OptionalInt = Field(
         None, ge=1, le=MAX_SQL_ROWS, description=f"Rows returned at most (default: {SQL_ROWS})."
     )
     format: Literal["json", "csv", "parquet"] = "json"
