@@ -50,8 +50,8 @@ MATRIX_COLUMNS = (
 class LayerRow:
     """One layer of one kind: its norms, their ratios to the neighbours, and any flags."""
 
+    layer: int  # where first (layer, then kind), as in every listing
     kind: str
-    layer: int
     matrices: int
     sigma_max: float
     frobenius_norm: float
