@@ -1,5 +1,6 @@
-"""The CLI's side of :mod:`atlas.params`: click options made from the parameter models, and
-the library's messages rendered in terms of flags.
+"""The CLI's side of :mod:`atlas.params`: click options made from the parameter models, the
+library's messages rendered in terms of flags, and the options' tables in docs/cli.md
+(:func:`write_reference` rewrites them).
 
 Each field of a model becomes an option of the same name (``min_cos`` -> ``--min-cos``, a
 one-letter name -> ``-k``), with the field's default and its description and limits as help.
@@ -20,7 +21,14 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from atlas.errors import AtlasError
-from atlas.params import cli_flag
+from atlas.params import (
+    MatrixCardParams,
+    SearchParams,
+    SpectrumParams,
+    SqlParams,
+    TraceParams,
+    cli_flag,
+)
 
 F = Callable[..., Any]
 
@@ -156,3 +164,47 @@ def _spelling(param: click.Parameter) -> str:
     if isinstance(param, click.Option):
         return max(param.opts, key=len)
     return param.human_readable_name.strip("[].")
+
+
+# -- the reference (docs/cli.md) -----------------------------------------------------------
+
+# command -> its model, and the fields it takes as arguments instead (search's WORDS)
+REFERENCE: dict[str, tuple[type[BaseModel], tuple[str, ...]]] = {
+    "search": (SearchParams, ("text",)),
+    "trace": (TraceParams, ()),
+    "show": (MatrixCardParams, ()),
+    "spectrum": (SpectrumParams, ()),
+    "sql": (SqlParams, ()),
+}
+_BLOCK = re.compile(r"(<!-- options: (\w+) -->\n).*?(<!-- /options -->)", re.DOTALL)
+
+
+def options_table(model: type[BaseModel], arguments: tuple[str, ...] = ()) -> str:
+    """The Markdown table of a model's options, as ``--help`` gives them (required fields and
+    ``arguments`` are arguments, named in the usage line instead)."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for name, field in model.model_fields.items():
+        if field.is_required() or name in arguments:
+            continue
+        base = _base(field.annotation)
+        choices = typing.get_args(base) if typing.get_origin(base) is typing.Literal else None
+        shown = cli_flag(name) if base is bool else f"{cli_flag(name)} {_metavar(base, choices)}"
+        default = "" if field.default is None or field.default is False else f"`{field.default}`"
+        cells = [f"`{shown}`", default, help_text(field)]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def update_reference(text: str) -> str:
+    """``text`` with each ``<!-- options: COMMAND -->`` block made from the command's model."""
+    return _BLOCK.sub(
+        lambda m: m.group(1) + options_table(*REFERENCE[m.group(2)]) + m.group(3), text
+    )
+
+
+def write_reference(page: str) -> None:
+    """Rewrite the option tables of ``page`` (docs/cli.md) from the models."""
+    from pathlib import Path
+
+    path = Path(page)
+    path.write_text(update_reference(path.read_text(encoding="utf-8")), encoding="utf-8")

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from atlas.cli.output import dumps, emit, format_option, text_or_json_option
-from atlas.cli.params import options
+from atlas.cli.params import REFERENCE, options
 from atlas.cli.result_file import OUT_FORMATS, out_format, write_result
 from atlas.core.contract import TABLES
 from atlas.core.jsondata import result_rows
@@ -150,7 +150,7 @@ def _hit_row(hit: Any, n_tokens: int, fmt: str) -> dict[str, Any]:
 @click.command()
 @click.argument("text", nargs=-1, metavar="[WORDS]...")
 @click.option("--vector", type=click.Path(dir_okay=False), help="A residual-space vector (.npy).")
-@options(SearchParams, exclude=["text"])
+@options(SearchParams, exclude=REFERENCE["search"][1])
 @_tokens_option
 @format_option
 @click.pass_obj

@@ -305,3 +305,16 @@ def test_cards_give_text_or_json(minilm_atlas: Path) -> None:
     )  # fmt: skip
     directions = json.loads(matrix.stdout)["directions"]
     assert [d["sv_index"] for d in directions] == [3, 4]
+
+
+def test_docs_cli_md_tables_are_the_models() -> None:
+    from atlas.cli.params import REFERENCE, update_reference
+
+    page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert update_reference(page) == page, "write_reference('docs/cli.md') updates it"
+    for command, (model, arguments) in REFERENCE.items():
+        assert f"<!-- options: {command} -->" in page, command
+        for name, field in model.model_fields.items():
+            if not field.is_required() and name not in arguments:
+                flag = "-k" if name == "k" else "--" + name.replace("_", "-")
+                assert f"| `{flag}" in page, (command, flag)
