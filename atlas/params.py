@@ -177,11 +177,7 @@ class Params(BaseModel):
     @classmethod
     def _blank_is_absent(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            return {
-                k: v
-                for k, v in data.items()
-                if v is not None and not (isinstance(v, str) and v == "")
-            }
+            return {k: v for k, v in data.items() if v is not None and not _blank(v)}
         return data
 
 
