@@ -25,6 +25,12 @@ INTERRUPTED_EXIT = 130  # what a shell reports for a command stopped by Ctrl-C (
 INTERRUPTED = "interrupted: the atlas is unchanged"
 
 
+class _BadValue(click.ClickException):
+    """A value the library refused: exit 2, as click's own usage errors."""
+
+    exit_code = 2
+
+
 class _Cli(click.Group):
     """User errors become one line on stderr and a non-zero exit, never a traceback. Ctrl-C
     is one line and exit 130, whether Python or DuckDB reports it (``sqlguard.is_interrupt``)."""
@@ -33,9 +39,8 @@ class _Cli(click.Group):
         try:
             return super().invoke(ctx)
         except AtlasError as exc:
-            failure = click.ClickException(printable(cli_message(exc, ctx)))
-            failure.exit_code = 2 if isinstance(exc, BadParameter) else 1  # as click's own
-            raise failure from None
+            failure = _BadValue if isinstance(exc, BadParameter) else click.ClickException
+            raise failure(printable(cli_message(exc, ctx))) from None
         except KeyboardInterrupt:
             click.echo(INTERRUPTED, err=True)
             sys.exit(INTERRUPTED_EXIT)
