@@ -33,6 +33,7 @@ from atlas.params import (
     SpectrumParams,
     SqlParams,
     TraceParams,
+    plain_type,
     validate,
 )
 from query.cards import direction_card, matrix_card, matrix_stats
@@ -70,7 +71,7 @@ def _takes(params: type[Params]) -> Callable[[F], F]:
                 name,
                 inspect.Parameter.KEYWORD_ONLY,
                 default=inspect.Parameter.empty if field.is_required() else field.default,
-                annotation=field.annotation,
+                annotation=plain_type(field.annotation),
             )
             for name, field in params.model_fields.items()
             if name not in names

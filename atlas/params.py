@@ -15,8 +15,11 @@ ov,mlp_in``), which Python callers may also give as a list. Every refusal is an
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
+import types
+import typing
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -325,6 +328,17 @@ def validation_error(
     if error.get("type") != "value_error" and isinstance(got, str | int | float):
         message += f" (got {repr(got)[:40]})"
     return BadParameter(message, param=param)
+
+
+def plain_type(annotation: Any) -> Any:
+    """A field's type as a Python caller reads it: ``Annotated`` metadata left out
+    (``int | None``, not the validators around it)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return plain_type(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return functools.reduce(operator.or_, map(plain_type, typing.get_args(annotation)))
+    return annotation
 
 
 def cli_flag(name: str) -> str:
