@@ -318,3 +318,10 @@ def test_docs_cli_md_tables_are_the_models() -> None:
             if not field.is_required() and name not in arguments:
                 flag = "-k" if name == "k" else "--" + name.replace("_", "-")
                 assert f"| `{flag}" in page, (command, flag)
+
+
+def test_a_page_names_what_is_wrong_with_a_parameter(client: TestClient) -> None:
+    page = client.get("/search", params={"text": "fire", "layer": "abc"})
+    assert page.status_code == 400
+    assert "layer: bad layer range &#39;abc&#39;" in page.text  # escaped, as every value
+    assert "Extra inputs" not in page.text
