@@ -11,17 +11,17 @@ reader, so write from one thread.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from atlas import writing
-from atlas.core.errors import AtlasError, AtlasWarning, DamagedIndex
 from atlas.core.exchange.bundle_format import BundleManifest
 from atlas.core.exchange.export import export_bundle
 from atlas.core.exchange.load import LoadResult
@@ -30,17 +30,28 @@ from atlas.core.exchange.sources import open_reader
 from atlas.core.layout import AtlasDir
 from atlas.core.reader import Reader, StoreReader, WorkUnit
 from atlas.core.sqlguard import check_timeout
-from query.cards import DEFAULT_TOP, direction_card, matrix_card, matrix_stats
+from atlas.errors import AtlasError, AtlasWarning, DamagedIndex
+from atlas.params import (
+    MatrixCardParams,
+    Params,
+    SearchParams,
+    SpectrumParams,
+    SqlParams,
+    TraceParams,
+    plain_type,
+    validate,
+)
+from query.cards import direction_card, matrix_card, matrix_stats
 from query.coherence import ListCoherence, list_coherence
 from query.compare import compare as compare_models
 from query.editable import check_editable
-from query.filters import make_filters
-from query.limits import HOPS, TRACE_LIMIT, K
 from query.search import Hits, approximate_note, resolve_query
 from query.search import search as run_search
-from query.spectrum import DEFAULT_JUMP_FACTOR, Spectra, load_spectra
-from query.trace import DEFAULT_MIN_COS, Trace, TraceProgress
+from query.spectrum import Spectra, load_spectra
+from query.trace import Trace, TraceProgress
 from query.trace import trace as run_trace
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 MODELS_QUERY = """
     SELECT model_id, architecture, n_layers AS layers, n_heads AS heads, n_kv_heads AS kv_heads,
@@ -50,6 +61,32 @@ MODELS_QUERY = """
 """
 
 
+def _takes(params: type[Params]) -> Callable[[F], F]:
+    """Give a method the signature of its parameter model: its own arguments, then each field
+    of ``params`` it does not name itself as a keyword with the field's default (what
+    ``help()`` and ``inspect.signature`` show; the method validates ``**options`` with the
+    model)."""
+
+    def decorate(method: F) -> F:
+        signature = inspect.signature(method)
+        own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        names = {p.name for p in own}
+        fields = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=inspect.Parameter.empty if field.is_required() else field.default,
+                annotation=plain_type(field.annotation),
+            )
+            for name, field in params.model_fields.items()
+            if name not in names
+        ]
+        method.__signature__ = signature.replace(parameters=[*own, *fields])  # type: ignore[attr-defined]
+        return method
+
+    return decorate
+
+
 class Atlas:
     """An atlas (an atlas directory, a bundle or a Parquet tree); use :func:`atlas.open`.
 
@@ -57,7 +94,7 @@ class Atlas:
 
         a = atlas.open("data/atlas")
         a.sql("SELECT * FROM head_summary ORDER BY sigma_max DESC LIMIT 5").to_pandas()
-        hits = a.search("fire", k=5, kinds=["ov"], layers=(0, 3))
+        hits = a.search("fire", k=5, kind="ov", layer=(0, 3))    # or layer="0:3"
         steps = a.trace(hits[0].direction_id, min_cos=0.3, hops=2)
         card = a.card("minilm", 3, 3)     # or a.card(direction_id)
 
@@ -182,14 +219,15 @@ class Atlas:
             r["size_bytes"] = sizes.get(r["model_id"], 0)
         return rows
 
+    @_takes(SqlParams)
     def sql(
         self,
         query: str,
         params: list[Any] | dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
-        max_rows: int | None = None,
         max_bytes: int | None = None,
+        **options: Any,
     ) -> pa.Table:
         """Run one statement and return an Arrow table (``.to_pandas()`` for pandas).
 
@@ -197,86 +235,72 @@ class Atlas:
         ``write=True``, and even then only ``user.duckdb`` can change. ``timeout`` (seconds)
         stops a runaway query; so does Ctrl-C. ``max_rows`` keeps only the first rows, without
         computing the others where the query allows; ``max_bytes`` (with it) stops at about
-        that many bytes of rows.
+        that many bytes of rows. The parameters of :class:`atlas.params.SqlParams`.
         """
-        return self.reader.user_sql(query, params, timeout, max_rows, max_bytes)
+        p = validate(SqlParams, query=query, **options)
+        return self.reader.user_sql(p.query, params, timeout, p.max_rows, max_bytes)
 
+    @_takes(SearchParams)
     def search(
         self,
         text: str | list[str] | None = None,
         *,
-        direction: int | None = None,
         vector: str | Path | np.ndarray | None = None,
-        model: str | list[str] | None = None,
-        space: str = "auto",
-        k: int = K.default,
-        min_score: float = 0.0,
-        kinds: Any = None,
-        layers: Any = None,
-        heads: Any = None,
-        side: str | None = None,
-        max_sv_index: int | None = None,
-        min_sigma: float | None = None,
         timeout: float | None = None,
+        **options: Any,
     ) -> Hits:
-        """Directions nearest to a concept: words, a direction id or a vector (a ``.npy`` path or
-        an array); a list of :class:`Hit` whose ``notes`` repeat the warnings given.
-
-        ``kinds`` is a list of matrix kinds, ``layers`` a layer or ``(start, stop)`` (stop
-        excluded, None for the last), ``heads`` a head number or a list of them.
+        """Directions nearest to a concept: words (``text``), a ``direction`` id or a
+        ``vector`` (a ``.npy`` path or an array); a list of :class:`Hit` whose ``notes`` repeat
+        the warnings given. The parameters and their limits are those of
+        :class:`atlas.params.SearchParams`: ``kind`` a kind or a list of them, ``layer`` a
+        layer or ``(start, stop)`` (stop excluded, None for the last), ``head`` a head number
+        or a list of them (or, as in the CLI and over HTTP, text: ``"ov,mlp_in"``, ``"0:3"``).
         """
-        filters = make_filters(kinds, layers, heads, side, max_sv_index, min_sigma)
-        query = resolve_query(self.reader, text, direction, vector, _model_names(model), space)
+        p = validate(SearchParams, text=text, **options)
+        filters = p.filters()
+        query = resolve_query(self.reader, p.text, p.direction, vector, p.models(), p.space)
         notes = [n for n in (*query.notes, approximate_note(self.reader, query, filters)) if n]
         for note in notes:
             warnings.warn(note, AtlasWarning, stacklevel=2)
 
         def work() -> Hits:
-            return run_search(self.reader, query, filters, k=k, min_score=min_score)
+            return run_search(self.reader, query, filters, k=p.k, min_score=p.min_score)
 
         hits: Hits = self._call(work, timeout)
         for note in hits.notes:  # models left out as the search ran (a damaged index)
             warnings.warn(note, AtlasWarning, stacklevel=2)
         notes = [*notes, *hits.notes]
         if not hits:  # something could match (else NoMatch): say why nothing did
-            notes.append(_empty_note(min_score, direction))
+            notes.append(_empty_note(p.min_score, p.direction))
             warnings.warn(notes[-1], AtlasWarning, stacklevel=2)
         return Hits(hits, notes)
 
+    @_takes(TraceParams)
     def trace(
         self,
         direction_id: int,
-        min_cos: float = DEFAULT_MIN_COS,
-        hops: int = HOPS.default,
         *,
-        limit: int = TRACE_LIMIT.default,
-        same_model: bool = False,
-        model: str | list[str] | None = None,
-        kinds: Any = None,
-        layers: Any = None,
-        heads: Any = None,
-        side: str | None = None,
-        max_sv_index: int | None = None,
-        min_sigma: float | None = None,
         timeout: float | None = None,
         progress: TraceProgress | None = None,
+        **options: Any,
     ) -> Trace:
         """Every direction within ``hops`` steps of ``|cos| >= min_cos`` from ``direction_id``:
         at most ``limit`` of them, the origin included; a list of steps whose ``notes`` repeat
         the warnings given (that the limit cut it, say). ``progress(hop, done, total)`` is
-        told after each direction a hop expands."""
-        filters = make_filters(kinds, layers, heads, side, max_sv_index, min_sigma)
+        told after each direction a hop expands. The parameters are those of
+        :class:`atlas.params.TraceParams` (the filters as in :meth:`search`)."""
+        p = validate(TraceParams, **options)
 
         def work() -> Trace:
             return run_trace(
                 self.reader,
                 direction_id,
-                min_cos,
-                hops,
-                filters,
-                limit=limit,
-                across_models=not same_model,
-                models=_model_names(model),
+                p.min_cos,
+                p.hops,
+                p.filters(),
+                limit=p.limit,
+                across_models=not p.same_model,
+                models=p.models(),
                 progress=progress,
             )
 
@@ -285,21 +309,27 @@ class Atlas:
             warnings.warn(note, AtlasWarning, stacklevel=2)
         return steps
 
-    def card(self, *target: Any, top: int = DEFAULT_TOP, offset: int = 0) -> dict[str, Any]:
+    @_takes(MatrixCardParams)
+    def card(self, *target: Any, **options: Any) -> dict[str, Any]:
         """``card(direction_id)`` or ``card(model_id, layer, head_or_kind)`` (its directions
-        from sv_index ``offset``, ``top`` of them)."""
+        from sv_index ``offset``, ``top`` of them: :class:`atlas.params.MatrixCardParams`)."""
+        p = validate(MatrixCardParams, **options)
         if len(target) == 1:
             return direction_card(self.reader, target[0])
         if len(target) == 3:
             model_id, layer, head = target
-            return matrix_card(self.reader, model_id, layer, head, top, offset)
-        raise AtlasError("card takes a direction id, or model_id, layer and head (or MLP kind)")
+            return matrix_card(self.reader, model_id, layer, head, p.top, p.offset)
+        raise AtlasError(
+            "card takes a direction id, or a model id, a layer and a head (or MLP kind)",
+            param="target",
+        )
 
-    def spectrum(
-        self, model_id: str, kinds: tuple[str, ...] = (), jump_factor: float = DEFAULT_JUMP_FACTOR
-    ) -> Spectra:
-        """Spectra of ``model_id`` by layer, and the layers whose norm jumps (query.spectrum)."""
-        return load_spectra(self.reader, model_id, tuple(kinds), jump_factor)
+    @_takes(SpectrumParams)
+    def spectrum(self, model: str, **options: Any) -> Spectra:
+        """Spectra of ``model`` by layer, and the layers whose norm jumps (query.spectrum); the
+        parameters of :class:`atlas.params.SpectrumParams`."""
+        p = validate(SpectrumParams, model=model, **options)
+        return load_spectra(self.reader, p.model, p.kinds(), p.jump_factor)
 
     def compare(self, model_a: str, model_b: str) -> list[dict[str, Any]]:
         """Two versions of one model matrix by matrix, then per kind (query.compare)."""
@@ -445,13 +475,3 @@ def coherence(*lists: str | Sequence[str]) -> list[ListCoherence]:
         atlas.coherence("fire, flame, smoke, burning, blaze, heat")[0].coherence_pct  # 100.0
     """
     return list_coherence(lists)
-
-
-def _model_names(model: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
-    if model is None:
-        return None
-    if isinstance(model, str):
-        return (model,)
-    if isinstance(model, list | tuple) and all(isinstance(m, str) for m in model):
-        return tuple(model)
-    raise AtlasError(f"model must be a model id or a list of them, not {model!r}")

@@ -1,10 +1,11 @@
 """What the library's interfaces (the CLI, the HTTP server) share with it, in one public place.
 
-The names, limits, defaults and column orders of every query (matrix kinds, sides and tables
-are the vocabulary users write SQL against), the errors they render, how values become strict
-JSON, CSV cells and printable text, and the helpers that draw a spectrum or read a file of
-prompts. The CLI and the server import the
-library only through :mod:`atlas`, :mod:`atlas.api`, :mod:`atlas.writing` and this module
+The names, defaults and column orders of every query (matrix kinds, sides and tables are the
+vocabulary users write SQL against), the errors they render, how values become strict JSON,
+CSV cells and printable text, and the helpers that draw a spectrum or read a file of prompts.
+Each query's parameters and their limits are in :mod:`atlas.params`. The CLI and the server
+import the library only through :mod:`atlas`, :mod:`atlas.api`, :mod:`atlas.writing`,
+:mod:`atlas.params`, :mod:`atlas.errors` and this module
 (an import-linter contract in ``pyproject.toml`` holds them to it), so a name here is one the
 library promises to keep. torch is imported only by :func:`read_pairs`, when it is called.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from atlas.core.contract import JUDGED_SQL, KINDS, MLP_KINDS, SIDES, TABLES, Kind
-from atlas.core.errors import NotFound
+from atlas.core.errors import MemoryLimitExceeded, NotFound, QueryTimeout
 from atlas.core.jsondata import (
     csv_cell,
     dumps,
@@ -25,20 +26,13 @@ from atlas.core.jsondata import (
     unique_names,
 )
 from atlas.core.layout import DEFAULT_ATLAS
-from atlas.core.memlimit import (
-    DEFAULT_MEMORY_LIMIT,
-    MemoryLimitExceeded,
-    format_bytes,
-    parse_memory_limit,
-)
+from atlas.core.memlimit import DEFAULT_MEMORY_LIMIT, format_bytes, parse_memory_limit
 from atlas.core.reader import WorkUnit
-from atlas.core.sqlguard import QueryTimeout, is_interrupt
+from atlas.core.sqlguard import is_interrupt
 from atlas.core.versions import version
 from atlas.core.views import VIEWS
 from query.cards import DEFAULT_TOP, MatrixStat
 from query.compare import COLUMNS as COMPARE_COLUMNS
-from query.filters import text_filters
-from query.limits import HOPS, TRACE_LIMIT, K
 from query.search import HIT_FIELDS, SPACES
 from query.spectrum import DEFAULT_JUMP_FACTOR, MATRIX_COLUMNS
 from query.spectrum_plot import (
@@ -71,13 +65,10 @@ __all__ = [
     "DEFAULT_MIN_COS",
     "DEFAULT_TOP",
     "HIT_FIELDS",
-    "HOPS",
     "MATRIX_COLUMNS",
     "SPACES",
     "TRACE_FIELDS",
-    "TRACE_LIMIT",
     "VIEWS",
-    "K",
     "MatrixStat",
     "MemoryLimitExceeded",
     "NotFound",
@@ -92,7 +83,6 @@ __all__ = [
     "read_pairs",
     "singular_values_figure",
     "spectra_figure",
-    "text_filters",
     "version",
 ]
 

@@ -20,11 +20,11 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "docs" / "screenshots"
 PAGES = {
     "home": "/",
-    "search": "/search?q=fire&k=6",
+    "search": "/search?text=fire&k=6",
     "model": "/model?model=minilm",
     "head": "/matrix?model=minilm&layer=3&head=3",
     "direction": "/directions/432?min_cos=0.2",
-    "sql": "/sql?q=SELECT+layer,+head,+round(sigma_max,+2)+AS+sigma_max,+top_write_tokens[1:5]"
+    "sql": "/sql?query=SELECT+layer,+head,+round(sigma_max,+2)+AS+sigma_max,+top_write_tokens[1:5]"
     "+AS+top_write+FROM+head_summary+ORDER+BY+sigma_max+DESC+LIMIT+8",
 }
 

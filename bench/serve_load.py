@@ -105,7 +105,7 @@ def queries(directions: int, n: int = 400, seed: int = 0) -> list[dict[str, Any]
         if i % 2:
             out.append({"direction": rng.randrange(directions), "k": 10})
         else:
-            out.append({"q": rng.choice(WORDS), "k": 10})
+            out.append({"text": rng.choice(WORDS), "k": 10})
     return out
 
 
@@ -120,11 +120,11 @@ def library_search(atlas_dir: Path, sample: list[dict[str, Any]]) -> dict[str, A
     with atlas.open(atlas_dir) as a:
         a.load_indexes(8 << 30)
         for q in sample[:20]:  # warm-up
-            a.search(q.get("q"), direction=q.get("direction"), k=q["k"])
+            a.search(q.get("text"), direction=q.get("direction"), k=q["k"])
         times = []
         for q in sample:
             start = time.perf_counter()
-            a.search(q.get("q"), direction=q.get("direction"), k=q["k"])
+            a.search(q.get("text"), direction=q.get("direction"), k=q["k"])
             times.append(time.perf_counter() - start)
     return percentiles(times) | {"mean_ms": round(statistics.mean(times) * 1e3, 2)}
 
@@ -253,7 +253,7 @@ def mixed_paths(sample: list[dict[str, Any]], directions: int) -> list[str]:
         elif r < 0.95:
             out.append(f"/api/directions/{d}/trace?min_cos=0.3&limit=50")
         else:
-            out.append(f"/api/sql?q=SELECT+layer,+max(sigma)+AS+s+FROM+directions+WHERE+layer+%3C+"
+            out.append(f"/api/sql?query=SELECT+layer,+max(sigma)+AS+s+FROM+directions+WHERE+layer+%3C+"
                        f"{rng.randrange(1, 20)}+GROUP+BY+layer")  # fmt: skip
     return out
 

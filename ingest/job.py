@@ -100,7 +100,7 @@ def ingest(
     atlas_dir.ensure_writable()
     model_id = model_id_of(options, loaded)
     with model_lock(atlas_dir, model_id):  # a second ingest of it is refused before booting
-        refuse_existing(atlas_dir, [model_id], options.replace, "--name")
+        refuse_existing(atlas_dir, [model_id], options.replace, "`name`")
         model = boot(model_id, options, loaded, ov_method, log)
         (ids,) = reserve_ids(atlas_dir, [(model.layout.n_directions, model.layout.n_matrices)])
         with atlas_dir.staging() as staging:

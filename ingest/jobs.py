@@ -219,7 +219,7 @@ class _RayJob:
         self.gpus = gpus_per_task if gpus_per_task is not None else (1 if gpus else 0)
         if self.gpus > gpus:
             raise AtlasError(
-                f"--gpus-per-task {self.gpus:g}, but the Ray cluster has {gpus:g} GPUs"
+                f"{self.gpus:g}, but the Ray cluster has {gpus:g} GPUs", param="gpus_per_task"
             )
         cpus = self.ray.cluster_resources().get("CPU", 1)
         self.slots = max(1, int(gpus // self.gpus) if self.gpus else int(cpus))

@@ -44,7 +44,7 @@ METRICS = (
     "coherence_diff",
     "dir_coherence_diff",
 )
-COLUMNS = ("scope", "kind", "layer", "head", "n", *METRICS)
+COLUMNS = ("scope", "layer", "head", "kind", "n", *METRICS)  # where first, as in every listing
 SHAPE = ("n_layers", "n_heads", "d_model", "d_vocab")
 
 _JUDGED = f"({JUDGED_SQL})"

@@ -15,6 +15,8 @@ from atlas.core.reader import Reader
 from query.filters import Filters
 from query.vectors import listed
 
+PARAMS = {"kinds": "kind", "layers": "layer", "heads": "head"}  # Filters' names -> parameters
+
 
 def check_filters(a: Reader, models: list[str], filters: Filters) -> None:
     """A :class:`NoMatch` when no direction of ``models`` passes ``filters``."""
@@ -27,14 +29,16 @@ def check_filters(a: Reader, models: list[str], filters: Filters) -> None:
     if not culprits:
         raise NoMatch(
             f"no direction of {listed(models)} passes these filters together: "
-            + ", ".join(_describe(filters, name) for name in alone)
+            + ", ".join(_describe(filters, name) for name in alone),
+            hint="loosen one of them",
         )
     name = culprits[0]
     ranges = [f"{m} {_what_it_has(a, m, name)}" for m in models[:5]]
     more = f" and {len(models) - 5} more" if len(models) > 5 else ""
     raise NoMatch(
         f"{_describe(filters, name)} matches no direction of {listed(models)} "
-        f"({'; '.join(ranges)}{more})"
+        f"({'; '.join(ranges)}{more})",
+        param=PARAMS.get(name, name),
     )
 
 

@@ -31,7 +31,6 @@ from atlas.core.indexes import merge_valences
 from atlas.core.reader import Reader, no_vectors
 from atlas.core.views import direction_tokens_sql
 from query.filters import Filters
-from query.limits import K
 from query.nomatch import check_bag, check_filters
 from query.vectors import (
     direction_bag,
@@ -106,13 +105,13 @@ def resolve_query(
     token space otherwise.
     """
     if sum(x is not None for x in (text, direction, vector)) != 1:
-        raise AtlasError("give exactly one of: words, --direction ID, --vector FILE")
+        raise AtlasError("give exactly one of `text`, `direction` or `vector`")
     if text is not None and not (
         isinstance(text, str) or (isinstance(text, list) and all(isinstance(t, str) for t in text))
     ):
-        raise AtlasError(f"search text must be a string or a list of strings, not {text!r}")
+        raise AtlasError(f"a string or a list of strings, not {text!r}", param="text")
     if space not in (*SPACES, "auto"):
-        raise AtlasError(f"unknown space {space!r}; choose residual, token or auto")
+        raise AtlasError(f"unknown space {space!r}; choose residual, token or auto", param="space")
     candidates = list(models) if models else a.model_ids()
     for m in candidates:
         a.require_model(m)  # an unknown model id fails here, naming the known ones
@@ -132,7 +131,7 @@ def resolve_query(
 
     if space == "token":
         if vector is not None:
-            raise AtlasError("--vector is a residual-space vector: it cannot search token space")
+            raise AtlasError("a residual-space vector cannot search token space", param="vector")
         if direction is not None:
             return Query(space, candidates, bag=direction_bag(a, direction), exclude=direction)
         words = split_words(text)  # type: ignore[arg-type]
@@ -145,7 +144,9 @@ def resolve_query(
         if models and home not in candidates:
             raise AtlasError(
                 f"direction {direction} belongs to {home!r}; residual spaces of different models "
-                "are unrelated: use --space token to search other models"
+                "are unrelated",
+                param="model",
+                hint="`space` token searches other models",
             )
         home, q = direction_vector(a, direction)
         return Query(space, [home], {home: q}, exclude=direction)
@@ -187,12 +188,14 @@ def _words_query(a: Reader, words: list[str], candidates: list[str]) -> Query:
     if lacking and not vectors and len(lacking) == len(candidates):
         raise AtlasError(
             f"{', '.join(lacking)}: no unembedding or no vectors here, so words cannot be "
-            "searched in residual space; --space token searches them"
+            "searched in residual space",
+            param="space",
+            hint="`space` token searches them",
         )
     if lacking:
         notes.append(
             f"no unembedding or no vectors here, so not searched in residual space: "
-            f"{', '.join(lacking)} (--space token searches them)"
+            f"{', '.join(lacking)} (`space` token searches them)"
         )
     if not vectors:
         raise NoMatch(f"no token of {listed(candidates)} matches {', '.join(words)}")
@@ -215,7 +218,7 @@ def approximate_note(a: Reader, query: Query, filters: Filters) -> str | None:
     one = len(approximate) == 1
     return (
         f"{', '.join(approximate)} {'has an' if one else 'have'} approximate "
-        f"ind{'ex' if one else 'exes'} (more directions than --exact-max at ingest): "
+        f"ind{'ex' if one else 'exes'} (more directions than `exact_max` at ingest): "
         "scores are exact, but a true neighbour is missed now and then (`svd-atlas check` "
         "measures its recall)"
     )
@@ -225,15 +228,14 @@ def search(
     a: Reader,
     query: Query,
     filters: Filters | None = None,
-    k: int = K.default,
+    *,
+    k: int,
     min_score: float = 0.0,
 ) -> Hits:
     """The ``k`` directions with the largest ``|cos|`` to the query, across its models; a
     model whose index is refused as damaged is left out with a note (the only model searched
-    is one line instead)."""
-    K.check(k)
-    if not isinstance(min_score, int | float) or not 0.0 <= min_score <= 1.0:
-        raise AtlasError(f"min_score must be a number from 0 to 1, not {min_score!r}")
+    is one line instead). ``k`` and ``min_score`` are checked by the caller
+    (:class:`atlas.params.SearchParams`)."""
     filters = filters or Filters()
     scored: list[tuple[float, int]] = []
     refused: list[str] = []

@@ -34,9 +34,9 @@ NEIGHBOURS = 4
 DEFAULT_JUMP_FACTOR = 10.0
 NORMS = ("sigma_max", "frobenius_norm")
 MATRIX_COLUMNS = (
-    "kind",
     "layer",
     "head",
+    "kind",
     "rank",
     "numerical_rank",
     "sigma_max",
@@ -50,8 +50,8 @@ MATRIX_COLUMNS = (
 class LayerRow:
     """One layer of one kind: its norms, their ratios to the neighbours, and any flags."""
 
+    layer: int  # where first (layer, then kind), as in every listing
     kind: str
-    layer: int
     matrices: int
     sigma_max: float
     frobenius_norm: float
@@ -117,9 +117,8 @@ def load_spectra(
     kinds: tuple[str, ...] = (),
     jump_factor: float = DEFAULT_JUMP_FACTOR,
 ) -> Spectra:
-    """Per-matrix statistics and the per-layer anomaly summary of ``model_id``."""
-    if jump_factor <= 1:
-        raise AtlasError(f"--jump-factor must be above 1, got {jump_factor:g}")
+    """Per-matrix statistics and the per-layer anomaly summary of ``model_id`` (``kinds`` and
+    ``jump_factor`` checked by the caller: :class:`atlas.params.SpectrumParams`)."""
     a.require_model(model_id)
     present = [
         r["kind"]
@@ -130,7 +129,9 @@ def load_spectra(
     missing = [k for k in kinds if k not in present]
     if missing:
         raise AtlasError(
-            f"model {model_id!r} has no {', '.join(missing)} matrices; it has: {', '.join(present)}"
+            f"model {model_id!r} has no {', '.join(missing)} matrices",
+            param="kind",
+            hint=f"it has {', '.join(present)}",
         )
     chosen = [k for k in KINDS if k in (kinds or present)]
     rows = a.sql(

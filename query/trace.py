@@ -15,10 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from atlas.core.errors import AtlasError
 from atlas.core.reader import Reader, check_direction_id
 from query.filters import Filters
-from query.limits import HOPS, TRACE_LIMIT
 from query.nomatch import check_filters
 from query.search import HIT_FIELDS, Hit, describe, nearest_tokens, scored_from_store
 from query.vectors import direction_bag, direction_vector
@@ -59,10 +57,11 @@ class Trace(list[TraceStep]):
 def trace(
     a: Reader,
     direction_id: int,
-    min_cos: float = DEFAULT_MIN_COS,
-    hops: int = HOPS.default,
+    min_cos: float,
+    hops: int,
     filters: Filters | None = None,
-    limit: int = TRACE_LIMIT.default,
+    *,
+    limit: int,
     across_models: bool = True,
     models: tuple[str, ...] | None = None,
     progress: TraceProgress | None = None,
@@ -72,13 +71,10 @@ def trace(
     a note says how many were left out).
 
     ``models`` keeps the walk inside those models (the origin is always reported), so
-    ``limit`` counts only directions that can be returned.
+    ``limit`` counts only directions that can be returned. The values are checked by the
+    caller (:class:`atlas.params.TraceParams`).
     """
     direction_id = check_direction_id(direction_id)
-    if not isinstance(min_cos, int | float) or not 0.0 < min_cos <= 1.0:
-        raise AtlasError(f"min_cos must be a number in (0, 1], not {min_cos!r}")
-    HOPS.check(hops)
-    TRACE_LIMIT.check(limit)
     filters = filters or Filters()
     home = a.model_of(direction_id)  # an unknown id fails here
     for m in models or ():

@@ -9,6 +9,7 @@ import click
 
 import atlas
 from atlas.cli.output import dumps, text_or_json_option
+from atlas.cli.params import render
 from atlas.interface import printable
 
 
@@ -34,8 +35,8 @@ def check(obj: dict[str, Any], repair: bool, fmt: str) -> None:
     if fmt == "json":
         click.echo(dumps(report.to_json()))
     else:
-        for finding in report.findings:
-            click.echo(printable(finding.line()))
+        for finding in report.findings:  # what fixes it, in flags
+            click.echo(printable(render(finding.line(), click.get_current_context())))
         for line in report.repaired:
             click.echo(printable(f"repaired  {line}"))
         verdict = "ok" if report.ok else f"{len(report.errors)} problem(s)"

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
 import atlas
-from atlas.cli.output import print_table, text_or_json_option
+from atlas.cli.output import emit, format_option, print_table
+
+RECORD = ["coherence_pct", "coherence", "tokens"]
 
 
 @click.command()
@@ -20,10 +21,7 @@ from atlas.cli.output import print_table, text_or_json_option
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Score each line: one comma-separated token list per line.",
 )
-@text_or_json_option(
-    "text: a table, percentile first; json: one object per list (coherence_pct, coherence, "
-    "tokens, null)."
-)
+@format_option
 @click.pass_obj
 def coherence(_obj: dict[str, Any], tokens: str | None, path: Path | None, fmt: str) -> None:
     """Score how coherent a list of tokens is ("fire, flame, smoke, ...").
@@ -40,10 +38,9 @@ def coherence(_obj: dict[str, Any], tokens: str | None, path: Path | None, fmt: 
         results = atlas.coherence(*lines)
     except atlas.AtlasError as exc:
         raise atlas.AtlasError(f"{path}: {exc}" if path else str(exc)) from None
-    if fmt == "json":
-        for r in results:
-            record = {**r.to_dict(), "coherence": round(r.coherence, 6)}
-            click.echo(json.dumps(record, ensure_ascii=False))
+    if fmt != "table":  # one record per list: percentile, raw score, tokens (json: and the null)
+        records = [{**r.to_dict(), "coherence": round(r.coherence, 6)} for r in results]
+        emit(records, [*RECORD, "null"] if fmt == "json" else RECORD, fmt)
         return
     rows = [
         {

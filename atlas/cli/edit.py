@@ -8,7 +8,7 @@ import click
 
 from atlas.cli.numbers import FiniteFloat
 from atlas.cli.output import dumps, emit, format_option
-from atlas.core.errors import AtlasError
+from atlas.errors import AtlasError
 from atlas.writing import DEFAULT_DEVICE, DEVICES
 
 EDIT_COLUMNS = [

@@ -14,12 +14,19 @@ from typing import Any
 
 import click
 
-from atlas.core.errors import AtlasError, AtlasWarning
+from atlas.cli.params import cli_message, render
+from atlas.errors import AtlasError, AtlasWarning, BadParameter
 from atlas.interface import DEFAULT_ATLAS, is_interrupt, printable
 
 SIGPIPE_EXIT = 141  # what a process killed by SIGPIPE reports, as `yes | head` does
 INTERRUPTED_EXIT = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
 INTERRUPTED = "interrupted: the atlas is unchanged"
+
+
+class _BadValue(click.ClickException):
+    """A value the library refused: exit 2, as click's own usage errors."""
+
+    exit_code = 2
 
 
 class _Cli(click.Group):
@@ -30,7 +37,8 @@ class _Cli(click.Group):
         try:
             return super().invoke(ctx)
         except AtlasError as exc:
-            raise click.ClickException(printable(str(exc))) from None
+            failure = _BadValue if isinstance(exc, BadParameter) else click.ClickException
+            raise failure(printable(cli_message(exc, ctx))) from None
         except KeyboardInterrupt:
             click.echo(INTERRUPTED, err=True)
             sys.exit(INTERRUPTED_EXIT)
@@ -51,10 +59,12 @@ class _Cli(click.Group):
 
 def _show_note(message: Any, category: type, *_args: Any, **_kwargs: Any) -> None:
     label = "note" if issubclass(category, AtlasWarning) else "warning"
-    click.echo(f"{label}: {printable(str(message))}", err=True)
+    text = render(str(message), click.get_current_context(silent=True))
+    click.echo(f"{label}: {printable(text)}", err=True)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="svd-atlas", prog_name="svd-atlas")
 @click.option(
     "--atlas",
     "atlas_path",

@@ -7,29 +7,20 @@ from typing import Any
 
 import click
 
-from atlas.cli.numbers import FiniteFloat
 from atlas.cli.output import dumps, emit, format_option, text_or_json_option
+from atlas.cli.params import REFERENCE, options
 from atlas.cli.result_file import OUT_FORMATS, out_format, write_result
-from atlas.core.errors import AtlasError
+from atlas.errors import AtlasError
 from atlas.interface import (
     DEFAULT_MEMORY_LIMIT,
-    DEFAULT_MIN_COS,
-    DEFAULT_TOP,
     HIT_FIELDS,
-    HOPS,
-    KINDS,
-    SIDES,
-    SPACES,
     TABLES,
     TRACE_FIELDS,
-    TRACE_LIMIT,
     VIEWS,
-    K,
     format_bytes,
     result_rows,
 )
-
-# The library's defaults and bounds, so the CLI cannot drift from them.
+from atlas.params import MatrixCardParams, SearchParams, SqlParams, TraceParams
 
 DEFAULT_TOKENS = 8
 
@@ -61,7 +52,7 @@ def memory_limit_option(fn: Any) -> Any:
     --memory-limit bounds its memory.
     """
 )
-@click.argument("query")
+@options(SqlParams)
 @click.option("--write", is_flag=True, help="Allow writes to your own tables (user.duckdb).")
 @click.option(
     "--out",
@@ -86,6 +77,7 @@ def memory_limit_option(fn: Any) -> Any:
 def sql(
     obj: dict[str, Any],
     query: str,
+    max_rows: str | None,
     write: bool,
     out: Path | None,
     out_fmt: str | None,
@@ -103,7 +95,7 @@ def sql(
         if out.is_dir():
             raise AtlasError(f"{out} is a directory; give a file name")
     with atlas.open(obj["atlas"], write=write, memory_limit=memory_limit) as a:
-        result = a.sql(query, timeout=timeout)
+        result = a.sql(query, timeout=timeout, max_rows=max_rows)
     if out is not None and out_fmt is not None:
         write_result(result, out, out_fmt)
         click.echo(f"wrote {result.num_rows} rows to {out} ({out_fmt})", err=True)
@@ -120,24 +112,6 @@ def refuse_inside(out: Path, atlas_location: str) -> None:
     target = out.resolve()
     if target == root or root in target.parents:
         raise AtlasError(f"{out} is inside the atlas {atlas_location}: write results elsewhere")
-
-
-def _filter_options(fn: Any) -> Any:
-    for decorator in reversed(
-        [
-            click.option("--model", "models", help="Model id(s), comma-separated."),
-            click.option("--kind", "kinds", help=f"{', '.join(KINDS)} (comma-separated)."),
-            click.option(
-                "--layer", "layers", help="N, START:STOP (stop excluded), START: or :STOP."
-            ),
-            click.option("--head", "heads", help="Head number(s), comma-separated."),
-            click.option("--side", type=click.Choice(SIDES)),
-            click.option("--max-sv-index", type=click.IntRange(0), help="Keep sv_index <= N."),
-            click.option("--min-sigma", type=FiniteFloat(), help="Keep sigma >= X."),
-        ]
-    ):
-        fn = decorator(fn)
-    return fn
 
 
 def _tokens_option(fn: Any) -> Any:
@@ -177,30 +151,15 @@ def _hit_row(hit: Any, n_tokens: int, fmt: str) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("words", nargs=-1)
-@click.option("--direction", type=int, help="More like this direction id.")
+@click.argument("text", nargs=-1, metavar="[WORDS]...")
 @click.option("--vector", type=click.Path(dir_okay=False), help="A residual-space vector (.npy).")
-@click.option(
-    "--space",
-    type=click.Choice(["auto", *SPACES]),
-    default="auto",
-    show_default=True,
-    help="auto: residual within one model, token across models.",
-)
-@_filter_options
-@click.option(
-    "-k",
-    "k",
-    type=click.IntRange(K.low, K.high),
-    default=K.default,
-    show_default=True,
-    help=f"Hits ({K.low} to {K.high}).",
-)
-@click.option("--min-score", type=FiniteFloat(0, 1), default=0.0, help="Keep |cos| >= X.")
+@options(SearchParams, exclude=REFERENCE["search"][1])
 @_tokens_option
 @format_option
 @click.pass_obj
-def search(obj: dict[str, Any], words: tuple[str, ...], n_tokens: int, fmt: str, **kw: Any) -> None:
+def search(
+    obj: dict[str, Any], text: tuple[str, ...], n_tokens: int, fmt: str, **params: Any
+) -> None:
     """Directions nearest to a concept: WORDS (one concept), --direction ID or --vector FILE.
 
     Both valences are matched: sign -1 means the concept sits in the direction's negative
@@ -210,23 +169,15 @@ def search(obj: dict[str, Any], words: tuple[str, ...], n_tokens: int, fmt: str,
     import atlas
 
     with atlas.open(obj["atlas"]) as a:
-        hits = a.search(list(words) if words else None, **_library_args(kw))
+        hits = a.search(list(text) if text else None, **params)
     columns = HIT_JSON_COLUMNS if fmt == "json" else HIT_COLUMNS
     if fmt != "json" and any(h.space == "token" for h in hits):
         columns = [*columns[:-1], "space", columns[-1]]  # scores that are not residual cosines
     emit([_hit_row(h, n_tokens, fmt) for h in hits], columns, fmt)
 
 
-def _library_args(kw: dict[str, Any]) -> dict[str, Any]:
-    """The CLI's option values parsed, under the library's argument names."""
-    from atlas.interface import text_filters
-
-    out = dict(kw)
-    out.update(text_filters(out.pop("models"), out["kinds"], out["layers"], out["heads"]))
-    return out
-
-
-TRACE_COLUMNS = [
+TRACE_COLUMNS = [  # the table's, under a heading of model and layer
+    "direction_id",
     "head",
     "kind",
     "side",
@@ -237,39 +188,17 @@ TRACE_COLUMNS = [
     "via",
     "sign",
     "cos",
-    "direction_id",
     "tokens",
 ]
 
 
 @click.command()
 @click.argument("direction_id", type=int)
-@click.option(
-    "--min-cos",
-    type=FiniteFloat(0, 1, min_open=True),
-    default=DEFAULT_MIN_COS,
-    show_default=True,
-)
-@click.option(
-    "--hops",
-    type=click.IntRange(HOPS.low, HOPS.high),
-    default=HOPS.default,
-    show_default=True,
-    help=f"Follow neighbours of neighbours this many times ({HOPS.low} to {HOPS.high}).",
-)
-@click.option(
-    "--limit",
-    type=click.IntRange(TRACE_LIMIT.low, TRACE_LIMIT.high),
-    default=TRACE_LIMIT.default,
-    show_default=True,
-    help=f"Rows at most, the origin included ({TRACE_LIMIT.low} to {TRACE_LIMIT.high}).",
-)
-@click.option("--same-model", is_flag=True, help="Do not cross into other models.")
-@_filter_options
+@options(TraceParams)
 @_tokens_option
 @format_option
 @click.pass_obj
-def trace(obj: dict[str, Any], direction_id: int, n_tokens: int, fmt: str, **kw: Any) -> None:
+def trace(obj: dict[str, Any], direction_id: int, n_tokens: int, fmt: str, **params: Any) -> None:
     """Every direction whose |cos| with DIRECTION_ID passes --min-cos, grouped by layer.
 
     In the direction's own model through residual space, in other models through token
@@ -280,13 +209,13 @@ def trace(obj: dict[str, Any], direction_id: int, n_tokens: int, fmt: str, **kw:
     from atlas.cli.progress import HopProgress
 
     with atlas.open(obj["atlas"]) as a, HopProgress() as progress:
-        steps = a.trace(direction_id, progress=progress, **_library_args(kw))
+        steps = a.trace(direction_id, progress=progress, **params)
     rows = [{**s.to_dict(), **_hit_row(s.hit, n_tokens, fmt)} for s in steps]
     if fmt == "json":
         emit(rows, TRACE_FIELDS, fmt)
         return
     if fmt == "csv":
-        emit(rows, ["model_id", "layer", *TRACE_COLUMNS], fmt)
+        emit(rows, [TRACE_COLUMNS[0], "model_id", "layer", *TRACE_COLUMNS[1:]], fmt)
         return
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
@@ -298,17 +227,13 @@ def trace(obj: dict[str, Any], direction_id: int, n_tokens: int, fmt: str, **kw:
 
 @click.command()
 @click.argument("target", nargs=-1, required=True)
-@click.option(
-    "--top",
-    type=click.IntRange(1),
-    default=DEFAULT_TOP,
-    show_default=True,
-    help="Singular directions shown on a matrix card.",
-)
+@options(MatrixCardParams)
 @_tokens_option
 @text_or_json_option("text for reading, json (the whole card) for machines.")
 @click.pass_obj
-def show(obj: dict[str, Any], target: tuple[str, ...], top: int, n_tokens: int, fmt: str) -> None:
+def show(
+    obj: dict[str, Any], target: tuple[str, ...], n_tokens: int, fmt: str, **params: Any
+) -> None:
     """A card: `show ID` (one direction) or `show MODEL LAYER HEAD` (HEAD: a head number, or
     mlp_in / mlp_gate / mlp_out)."""
     import atlas
@@ -316,7 +241,7 @@ def show(obj: dict[str, Any], target: tuple[str, ...], top: int, n_tokens: int, 
     if not (len(target) == 1 and target[0].isdigit()) and len(target) != 3:
         raise AtlasError("give a direction id, or MODEL LAYER HEAD")
     with atlas.open(obj["atlas"]) as a:
-        card = a.card(int(target[0])) if len(target) == 1 else a.card(*target, top=top)
+        card = a.card(int(target[0])) if len(target) == 1 else a.card(*target, **params)
     if fmt == "json":
         click.echo(dumps(card))
     elif len(target) == 1:

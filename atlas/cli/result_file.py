@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from atlas.core.errors import AtlasError, one_line
+from atlas.errors import AtlasError, one_line
 from atlas.interface import csv_cell, dumps, jsonable, result_rows
 
 OUT_FORMATS = ("parquet", "csv", "json", "jsonl")

@@ -13,7 +13,7 @@ import click
 
 from atlas.cli.numbers import FiniteFloat
 from atlas.cli.query import memory_limit_option
-from atlas.core.errors import AtlasError, one_line
+from atlas.errors import AtlasError, one_line
 from atlas.interface import parse_memory_limit
 from atlas.server import DEFAULT_INDEX_MEMORY_GB, DEFAULT_PORT, DEFAULT_TIMEOUT
 

@@ -6,13 +6,15 @@ from typing import Any
 
 import click
 
-from atlas.cli.numbers import FiniteFloat
 from atlas.cli.output import dumps, emit, format_option
-from atlas.interface import DEFAULT_JUMP_FACTOR, KINDS, MATRIX_COLUMNS
+from atlas.cli.params import options
+from atlas.interface import MATRIX_COLUMNS
+from atlas.params import SpectrumParams
 
-LAYER_COLUMNS = [
-    "kind",
+LAYER_COLUMNS = [  # the model first, then where: layer and kind
+    "model_id",
     "layer",
+    "kind",
     "matrices",
     "sigma_max",
     "frobenius_norm",
@@ -26,21 +28,7 @@ LAYER_COLUMNS = [
 
 
 @click.command()
-@click.argument("model")
-@click.option(
-    "--kind",
-    "kinds",
-    multiple=True,
-    type=click.Choice(KINDS),
-    help="Matrix kind (repeatable; default: every kind the model has).",
-)
-@click.option(
-    "--jump-factor",
-    type=FiniteFloat(),
-    default=DEFAULT_JUMP_FACTOR,
-    show_default=True,
-    help="Flag a layer whose norm differs from its neighbours' median by more than this factor.",
-)
+@options(SpectrumParams)
 @click.option("--heads", is_flag=True, help="One row per matrix (every head) instead of per layer.")
 @click.option(
     "--plot",
@@ -54,8 +42,8 @@ LAYER_COLUMNS = [
 def spectrum(
     obj: dict[str, Any],
     model: str,
-    kinds: tuple[str, ...],
-    jump_factor: float,
+    kind: str | None,
+    jump_factor: str,
     heads: bool,
     plot_path: str | None,
     fmt: str,
@@ -72,7 +60,7 @@ def spectrum(
 
         check_plot_path(plot_path)
     with atlas.open(obj["atlas"]) as a:
-        spectra = a.spectrum(model, kinds, jump_factor)
+        spectra = a.spectrum(model, kind=kind, jump_factor=jump_factor)
     if plot_path:
         from atlas.interface import plot_spectra
 
@@ -90,10 +78,11 @@ def spectrum(
             )
         )
     elif heads:
-        columns = list(MATRIX_COLUMNS) + (["spectrum"] if fmt == "csv" else [])
-        emit(spectra.matrices, columns, fmt)
+        columns = ["model_id", *MATRIX_COLUMNS] + (["spectrum"] if fmt == "csv" else [])
+        emit([{"model_id": spectra.model_id, **m} for m in spectra.matrices], columns, fmt)
     else:
-        emit([r.as_dict() for r in spectra.layers], LAYER_COLUMNS, fmt)
+        rows = [{"model_id": spectra.model_id, **r.as_dict()} for r in spectra.layers]
+        emit(rows, LAYER_COLUMNS, fmt)
     if fmt == "table":
         _summary(spectra, plot_path)
 

@@ -55,7 +55,7 @@ from atlas.core.store import sha256_file
 from atlas.core.value_checks import value_problems
 from atlas.core.vectors import vector_matrix
 
-REINGEST = "re-ingest the model (svd-atlas ingest MODEL --replace) or load its bundle again"
+REINGEST = "re-ingest the model (`ingest` with `replace`) or load its bundle again"
 # What ``check --repair`` does about a problem (``Finding.repair``).
 REBUILD_INDEX, REWRITE_MANIFEST, REBUILD_CATALOG, UNPUBLISH, UPGRADE = (
     "index",
@@ -65,12 +65,12 @@ REBUILD_INDEX, REWRITE_MANIFEST, REBUILD_CATALOG, UNPUBLISH, UPGRADE = (
     "upgrade",
 )
 REPAIR_SAYS = {
-    UPGRADE: f"svd-atlas check --repair upgrades it to version {FORMAT_VERSION}",
-    REBUILD_INDEX: "svd-atlas check --repair rebuilds it from DuckDB",
-    REWRITE_MANIFEST: "svd-atlas check --repair recomputes it once the data is verified",
-    REBUILD_CATALOG: "svd-atlas check --repair rebuilds it from the stores' manifests",
-    UNPUBLISH: "svd-atlas check --repair takes the model out of the catalog so the rest of the "
-    "atlas is whole; re-ingest it (svd-atlas ingest MODEL --replace) to get it back",
+    UPGRADE: f"a repair (`check` with `repair`) upgrades it to version {FORMAT_VERSION}",
+    REBUILD_INDEX: "a repair (`check` with `repair`) rebuilds it from DuckDB",
+    REWRITE_MANIFEST: "a repair (`check` with `repair`) recomputes it once the data is verified",
+    REBUILD_CATALOG: "a repair (`check` with `repair`) rebuilds it from the stores' manifests",
+    UNPUBLISH: "a repair (`check` with `repair`) takes the model out of the catalog so the rest "
+    "of the atlas is whole; re-ingest it (`ingest` with `replace`) to get it back",
 }
 UNIT_TOLERANCE = 1e-3  # float32 vectors, or float16 ones renormalised on load
 VECTOR_TOLERANCE = 1e-5

@@ -27,7 +27,7 @@ from atlas.core.errors import AtlasError, DamagedIndex, one_line
 from atlas.core.indexes import ResidualIndex, full_vectors, index_ids, is_index_file, read_index
 from atlas.core.layout import MANIFEST
 
-REPAIR = "svd-atlas check --repair rebuilds it"
+REPAIR = "a repair (`check` with `repair`) rebuilds it"
 # An index's inner products against the stored vectors' cosines: float32 rounding of unit
 # vectors is about 1e-6, so anything beyond this is damage, not arithmetic.
 SCORE_TOLERANCE = 1e-3
@@ -145,7 +145,7 @@ def exact_cosines(
     if not np.all(np.isfinite(norms)) or np.any(norms == 0):
         raise DamagedIndex(
             f"model {model_id!r}: a stored direction vector is zero or not finite; "
-            "svd-atlas check names it, and ingest --replace recovers"
+            "`check` names it, and `ingest` with `replace` recovers"
         )
     cos = np.clip((v @ q) / norms, -1.0, 1.0)
     scores = np.asarray(index_scores, np.float64)

@@ -94,13 +94,14 @@ def read_index(path: Path) -> Any:
         index: Any = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
     except RuntimeError as exc:
         raise AtlasError(
-            f"{path} cannot be read ({faiss_reason(exc)}); svd-atlas check --repair rebuilds it"
+            f"{path} cannot be read ({faiss_reason(exc)}); a repair (`check` with `repair`) "
+            "rebuilds it"
         ) from None
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
     if not isinstance(inner, faiss.IndexFlat | faiss.IndexRefineFlat):
         raise AtlasError(
             f"{path}: {type(inner).__name__} is not an index type svd-atlas writes; "
-            "svd-atlas check --repair rebuilds it"
+            "a repair (`check` with `repair`) rebuilds it"
         )
     return index
 

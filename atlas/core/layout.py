@@ -49,8 +49,8 @@ FORMAT = "svd-atlas"
 # pq-rerank). Version 1 atlases are upgraded by ``svd-atlas check --repair``
 # (``atlas.core.upgrade``); nothing else reads or writes them.
 FORMAT_VERSION = 2
-UPGRADE = "svd-atlas check --repair upgrades it"
-TOO_OLD = "re-ingest its models into a new atlas (svd-atlas ingest MODEL)"
+UPGRADE = "a repair (`check` with `repair`) upgrades it"
+TOO_OLD = "re-ingest its models into a new atlas (`ingest`)"
 CATALOG = "catalog.json"
 MODEL_DB = "model.duckdb"
 UNEMBED = "unembed.npy"  # centered W_U, [d_vocab, d_model] float16: turns text into a query
@@ -60,7 +60,7 @@ RESERVED = ".reserved"
 # Stores replaced or abandoned less than this long ago are kept for readers that still use them.
 DEFAULT_ATLAS = "./data/atlas"  # where every command looks unless told otherwise
 SWEEP_GRACE_SECONDS = 600
-REBUILD_CATALOG = "svd-atlas check --repair rebuilds it from the stores' manifests"
+REBUILD_CATALOG = "a repair (`check` with `repair`) rebuilds it from the stores' manifests"
 STORE_NAME = re.compile(r"store/[0-9a-f]{32}")  # what a catalog entry may point at: nothing else
 
 
@@ -182,7 +182,7 @@ class AtlasDir:
                 f"{self.root} has no {CATALOG} but holds {len(self.orphan_stores())} model "
                 f"store(s); {REBUILD_CATALOG}"
             )
-        raise AtlasError(f"no atlas at {self.root} (create one with: svd-atlas ingest MODEL)")
+        raise AtlasError(f"no atlas at {self.root} (create one with `ingest`)")
 
     def read_catalog(self, upgrading: bool = False) -> Catalog:
         """The published catalog (see :meth:`Catalog.from_json` for ``upgrading``)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, MemoryLimitExceeded
 
 DEFAULT_MEMORY_LIMIT = 2_000_000_000  # bytes: "2GB"
 # Below this, opening an atlas and the library's own small queries cannot run.
@@ -23,10 +23,6 @@ _UNITS = {
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }  # fmt: skip
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", re.IGNORECASE)
-
-
-class MemoryLimitExceeded(AtlasError):
-    """A statement needed more memory than its session's limit (HTTP 507 in the server)."""
 
 
 def parse_memory_limit(value: Any) -> int:
@@ -72,5 +68,5 @@ def session_config(memory_limit: int) -> dict[str, str | bool | int | float | li
 def memory_limit_exceeded(memory_limit: int) -> MemoryLimitExceeded:
     return MemoryLimitExceeded(
         f"the query needed more than {format_bytes(memory_limit)} of memory, this session's "
-        "limit, and was stopped (raise it with --memory-limit, or memory_limit= in atlas.open)"
+        "limit, and was stopped (raise `memory_limit`)"
     )

@@ -13,8 +13,8 @@ from typing import Any
 from atlas.core.errors import AtlasError
 
 MAX_MODEL_ID = 200
-# "," separates ids in --model; "\\" is a path separator on Windows.
-FORBIDDEN = {",": "a comma (commas separate ids in --model)", "\\": "a backslash"}
+# "," separates ids in a list of models; "\\" is a path separator on Windows.
+FORBIDDEN = {",": "a comma (commas separate ids in `model`)", "\\": "a backslash"}
 
 RULE = (
     "a model id is 1 to 200 printable characters without surrounding spaces, commas or "
@@ -54,4 +54,4 @@ def left_out(model_id: Any) -> str | None:
     problem = model_id_problem(model_id)
     if problem is None:
         return None
-    return f"its id is not allowed ({problem}); ingest it again with --name under an allowed id"
+    return f"its id is not allowed ({problem}); ingest it again with `name` an allowed id"

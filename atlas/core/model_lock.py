@@ -17,14 +17,10 @@ import hashlib
 import os
 from collections.abc import Iterator
 
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, ModelBusy
 from atlas.core.layout import AtlasDir
 
 LOCKS = ".locks"
-
-
-class ModelBusy(AtlasError):
-    """Another process is writing the same model id into the same atlas."""
 
 
 @contextlib.contextmanager
@@ -47,7 +43,7 @@ def model_lock(atlas_dir: AtlasDir, model_id: str) -> Iterator[None]:
             by = f" (process {holder})" if holder.isdigit() else ""
             raise ModelBusy(
                 f"model {model_id!r} is being written into {atlas_dir.root} by another "
-                f"process{by}; wait for it to finish, or give --name another id"
+                f"process{by}; wait for it to finish, or give `name` another id"
             ) from None
         try:
             fh.truncate(0)

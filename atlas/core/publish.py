@@ -39,7 +39,7 @@ def refuse_existing(
     atlas_dir: AtlasDir, model_ids: list[str], replace: bool, other_name: str = ""
 ) -> None:
     """One clear line if a model id is already published and ``replace`` was not given
-    (``other_name``: how the caller can choose another id, e.g. ``--name``)."""
+    (``other_name``: the parameter that chooses another id, in backticks: ```name```)."""
     if replace:
         return
     published = atlas_dir.read_catalog().models if atlas_dir.exists() else {}
@@ -47,8 +47,8 @@ def refuse_existing(
     if taken:
         alternative = f" or {other_name} to store it under another name" if other_name else ""
         raise AtlasError(
-            f"model {taken[0]!r} is already in {atlas_dir.root}; pass --replace to replace "
-            f"it{alternative}"
+            f"model {taken[0]!r} is already in {atlas_dir.root}",
+            hint=f"`replace` replaces it{alternative}",
         )
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from atlas.core.contract import TABLES
-from atlas.core.errors import AtlasError, DamagedIndex, NotFound, one_line
+from atlas.core.errors import AtlasError, DamagedIndex, NotFound, NoVectors, one_line
 from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size
 from atlas.core.memlimit import parse_memory_limit, session_config
 from atlas.core.model_ids import left_out
@@ -477,8 +477,8 @@ class StoreReader(Reader):
                 if problem:
                     self._detach(f"m{i}")
                     self.damaged[model_id] = (
-                        f"its {MODEL_DB} {problem}; svd-atlas check --repair or ingest "
-                        "--replace recovers"
+                        f"its {MODEL_DB} {problem}; a repair (`check` with `repair`) or "
+                        "`ingest` with `replace` recovers"
                     )
                     continue
                 self._aliases[model_id] = i
@@ -676,19 +676,15 @@ def store_problem(con: duckdb.DuckDBPyConnection, alias: str, model_id: str) -> 
     return None
 
 
-class NoVectors(AtlasError):
-    """The model was loaded without direction vectors: nothing to search in residual space."""
-
-
 def no_vectors(model_id: str) -> AtlasError:
     return NoVectors(
         f"model {model_id!r} has no vectors (it was loaded from a bundle exported with "
-        "--vectors none), so it cannot be searched: load a bundle with vectors or ingest it again"
+        "`vectors` none), so it cannot be searched: load a bundle with vectors or ingest it again"
     )
 
 
 def damaged_file(model_id: str, path: Path, exc: BaseException) -> AtlasError:
     return AtlasError(
         f"model {model_id!r}: {path.name} is damaged ({one_line(exc, 200)}); "
-        "svd-atlas check names the damage, and ingest --replace recovers"
+        "`check` names the damage, and `ingest` with `replace` recovers"
     )

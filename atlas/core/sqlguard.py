@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import duckdb
 import pyarrow as pa
 
-from atlas.core.errors import AtlasError, one_line
+from atlas.core.errors import AtlasError, QueryTimeout, one_line
 from atlas.core.memlimit import memory_limit_exceeded
 
 T = TypeVar("T")
@@ -55,10 +55,6 @@ LOCKDOWN = (
 STOP_INTERVAL = 0.05  # seconds between interrupts of work that has not stopped yet
 STREAM_BATCH_ROWS = 10_000
 SIZED_BATCH_ROWS = 1_024  # with a byte limit: smaller batches, so the limit is kept closely
-
-
-class QueryTimeout(AtlasError):
-    """A statement ran past its time limit and was stopped."""
 
 
 def is_interrupt(exc: BaseException) -> bool:
@@ -117,13 +113,13 @@ def check_statement(query: str, write: bool = False) -> duckdb.StatementType:
     what = "EXPLAIN " if kind == _T.EXPLAIN and inner is not None else ""
     if write:
         raise AtlasError(
-            f"{what}{name} is not allowed: with --write, statements may create and change "
+            f"{what}{name} is not allowed: with `write`, statements may create and change "
             "tables of your own user.duckdb, and nothing else"
         )
     raise AtlasError(
-        f"{what}{name} is not allowed: sql is read-only (SELECT, or EXPLAIN of one); to keep "
-        "your own tables in the atlas's user.duckdb, pass --write (atlas.open(path, "
-        "write=True) in Python); model data always stays read-only"
+        f"{what}{name} is not allowed: sql is read-only (SELECT, or EXPLAIN of one)",
+        hint="to keep your own tables in the atlas's user.duckdb, open it with `write`; "
+        "model data always stays read-only",
     )
 
 

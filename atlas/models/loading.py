@@ -170,7 +170,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise AtlasError("--device cuda was asked for but no CUDA device is available")
+        raise AtlasError("cuda was asked for but no CUDA device is available", param="device")
     return device
 
 

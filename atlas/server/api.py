@@ -1,9 +1,9 @@
-"""The JSON API: the library's calls over HTTP, with the CLI's ``--format json`` field names.
+"""The JSON API: the library's calls over HTTP, with the field names of the CLI's JSON.
 
-Every parameter is validated by FastAPI before the library sees it (bad input is a 400), and
-every size is bounded: ``k``, trace hops and limits (``query.limits``, as in the CLI and
-the library), SQL rows, text and vector lengths, and
-(in :mod:`atlas.server.app`) the request body.
+The query parameters are the models of :mod:`atlas.params` (the names, defaults and limits of
+the Python façade and the CLI); FastAPI validates them before the library sees them (bad
+input is a 400 naming the parameter). Every size is bounded: ``k``, trace hops and limits,
+SQL rows, text and vector lengths, and (in :mod:`atlas.server.app`) the request body.
 """
 
 from __future__ import annotations
@@ -15,37 +15,28 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
 from atlas.api import Atlas, coherence
-from atlas.core.errors import AtlasError, one_line
-from atlas.interface import (
-    DEFAULT_JUMP_FACTOR,
-    DEFAULT_MIN_COS,
-    DEFAULT_TOP,
-    HOPS,
-    KINDS,
-    MLP_KINDS,
-    TRACE_LIMIT,
-    K,
-    Kind,
-    csv_cell,
-    jsonable,
-    load_npy,
-    result_rows,
-    text_filters,
-    unique_names,
+from atlas.errors import AtlasError, one_line
+from atlas.interface import MLP_KINDS, csv_cell, jsonable, load_npy, result_rows, unique_names
+from atlas.params import (
+    MAX_SQL_ROWS,
+    MAX_TEXT,
+    MAX_VECTOR,
+    MatrixCardParams,
+    OptionalInt,
+    SearchParams,
+    SpectrumParams,
+    SqlParams,
+    TraceParams,
+    VectorSearch,
 )
 from atlas.server.live import LiveAtlas
 from atlas.server.work import run
 
-MAX_TEXT = 500
-MAX_VECTOR = 65_536
 MAX_BODY_NPY = MAX_VECTOR * 8 + 4_096  # a float64 vector of MAX_VECTOR values and its header
-MAX_TOP = 1_000
 SQL_ROWS = 1_000  # rows a SQL result shows unless asked for more
-MAX_SQL_ROWS = 100_000  # rows a SQL result or download can hold
-MAX_SQL_TEXT = 20_000
 MAX_SQL_BYTES = 32 << 20  # of rows a SQL result holds (the rows past it are cut off)
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -60,64 +51,34 @@ class StrictJSON(Response):
         return json.dumps(jsonable(content), ensure_ascii=False, allow_nan=False).encode()
 
 
-class FilterParams(BaseModel):
-    """The CLI's filters, written as it takes them. An empty value (what a form sends for a
-    field left blank) is the same as no value."""
+class SqlRequest(SqlParams):
+    """A statement over HTTP: at most SQL_ROWS rows unless ``max_rows`` asks for more (up to
+    MAX_SQL_ROWS: the server bounds what one answer holds), as JSON rows or a CSV or Parquet
+    file."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _blank_is_absent(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v != ""}
-        return data
-
-    model: str | None = Field(None, max_length=MAX_TEXT, description="model id(s), a,b")
-    kind: str | None = Field(None, max_length=60, description=f"kind(s): {', '.join(KINDS)}")
-    layers: str | None = Field(None, max_length=30, description="N, START:STOP, START: or :STOP")
-    head: str | None = Field(None, max_length=MAX_TEXT, description="head number(s), 1,2")
-    side: Literal["read", "write"] | None = None
-    max_sv_index: int | None = Field(None, ge=0, description="keep sv_index <= N")
-    min_sigma: float | None = Field(None, allow_inf_nan=False, description="keep sigma >= X")
-
-    def library_args(self) -> dict[str, Any]:
-        return {
-            **text_filters(self.model, self.kind, self.layers, self.head),
-            "side": self.side,
-            "max_sv_index": self.max_sv_index,
-            "min_sigma": self.min_sigma,
-        }
-
-
-class SearchParams(FilterParams):
-    q: str | None = Field(None, max_length=MAX_TEXT, description="words of one concept")
-    direction: int | None = Field(None, ge=0, description="more like this direction id")
-    space: Literal["auto", "residual", "token"] = "auto"
-    k: int = Field(K.default, ge=K.low, le=K.high)
-    min_score: float = Field(0.0, ge=0.0, le=1.0, description="keep |cos| >= X")
-
-
-class VectorSearch(FilterParams):
-    vector: list[float] = Field(max_length=MAX_VECTOR, description="a residual-space vector")
-    space: Literal["auto", "residual"] = "auto"
-    k: int = Field(K.default, ge=K.low, le=K.high)
-    min_score: float = Field(0.0, ge=0.0, le=1.0)
-
-
-class TraceParams(FilterParams):
-    min_cos: float = Field(DEFAULT_MIN_COS, gt=0.0, le=1.0)
-    hops: int = Field(HOPS.default, ge=HOPS.low, le=HOPS.high)
-    limit: int = Field(TRACE_LIMIT.default, ge=TRACE_LIMIT.low, le=TRACE_LIMIT.high)
-    same_model: bool = False
-
-
-class SqlParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    q: str = Field(min_length=1, max_length=MAX_SQL_TEXT, description="one read-only statement")
-    limit: int = Field(SQL_ROWS, ge=1, le=MAX_SQL_ROWS, description="rows returned at most")
+    max_rows: OptionalInt = Field(
+        None, ge=1, le=MAX_SQL_ROWS, description=f"Rows returned at most (default: {SQL_ROWS})."
+    )
     format: Literal["json", "csv", "parquet"] = "json"
+
+    def rows(self) -> int:
+        return self.max_rows or SQL_ROWS
+
+
+class SpectrumRequest(SpectrumParams):
+    heads: bool = Field(False, description="One row per matrix too.")
+
+
+HEAD_PATTERN = rf"^([0-9]+|{'|'.join(MLP_KINDS)})$"  # a matrix: a head or an MLP kind
+HEAD_HELP = f"A head number, or {', '.join(MLP_KINDS)}."
+
+
+class MatrixRequest(MatrixCardParams):
+    """A head's or MLP matrix's card: which matrix (the façade's positional arguments)."""
+
+    model: str = Field(min_length=1, max_length=MAX_TEXT, description="A model id.")
+    layer: int = Field(ge=0, description="A layer.")
+    head: str = Field(max_length=10, pattern=HEAD_PATTERN, description=HEAD_HELP)
 
 
 def live_atlas(request: Request) -> LiveAtlas:
@@ -136,29 +97,12 @@ def time_limit(request: Request) -> float:
 def search_hits(
     a: Atlas, params: SearchParams | VectorSearch, vector: Any = None
 ) -> dict[str, Any]:
-    text = params.q if isinstance(params, SearchParams) else None
-    direction = params.direction if isinstance(params, SearchParams) else None
-    hits = a.search(
-        text,
-        direction=direction,
-        vector=vector,
-        space=params.space,
-        k=params.k,
-        min_score=params.min_score,
-        **params.library_args(),
-    )
+    hits = a.search(vector=vector, **params.model_dump(exclude={"vector"}))
     return {"hits": [h.to_dict() for h in hits], "notes": hits.notes}
 
 
 def trace_steps(a: Atlas, direction_id: int, params: TraceParams) -> dict[str, Any]:
-    steps = a.trace(
-        direction_id,
-        params.min_cos,
-        params.hops,
-        limit=params.limit,
-        same_model=params.same_model,
-        **params.library_args(),
-    )
+    steps = a.trace(direction_id, **params.model_dump())
     return {
         "direction_id": direction_id,
         "steps": [s.to_dict() for s in steps],
@@ -166,17 +110,15 @@ def trace_steps(a: Atlas, direction_id: int, params: TraceParams) -> dict[str, A
     }
 
 
-def spectrum_record(
-    a: Atlas, model_id: str, kinds: tuple[str, ...], jump_factor: float, heads: bool
-) -> dict[str, Any]:
+def spectrum_record(a: Atlas, params: SpectrumRequest) -> dict[str, Any]:
     """What ``svd-atlas spectrum --format json`` prints."""
-    spectra = a.spectrum(model_id, kinds, jump_factor)
+    spectra = a.spectrum(**params.model_dump(exclude={"heads"}))
     return {
         "model_id": spectra.model_id,
         "jump_factor": spectra.jump_factor,
         "layers": [r.as_dict() for r in spectra.layers],
         "anomalies": [r.as_dict() for r in spectra.anomalies],
-        "matrices": spectra.matrices if heads else None,
+        "matrices": spectra.matrices if params.heads else None,
     }
 
 
@@ -219,7 +161,8 @@ async def models(request: Request) -> Any:
 
 @router.get("/search", response_class=StrictJSON)
 async def search(request: Request, params: Annotated[SearchParams, Query()]) -> Any:
-    """Directions nearest to words (``q``) or to a direction (``direction``), both valences."""
+    """Directions nearest to words (``text``) or to a direction (``direction``), both
+    valences."""
     return await answer(request, lambda a: search_hits(a, params))
 
 
@@ -260,61 +203,45 @@ async def coherence_of_list(
 # A model id may hold any printable character, "/" included (hub names): it is a query
 # parameter, never a path segment.
 ModelId = Annotated[str, Query(min_length=1, max_length=MAX_TEXT, description="a model id")]
-MatrixHead = Annotated[
-    str,
-    Query(max_length=10, pattern=rf"^([0-9]+|{'|'.join(MLP_KINDS)})$",
-          description=f"a head number, or {', '.join(MLP_KINDS)}"),
-]  # fmt: skip
+MatrixHead = Annotated[str, Query(max_length=10, pattern=HEAD_PATTERN, description=HEAD_HELP)]
 
 
 @router.get("/matrix", response_class=StrictJSON)
-async def matrix(
-    request: Request,
-    model: ModelId,
-    layer: Annotated[int, Query(ge=0)],
-    head: MatrixHead,
-    top: Annotated[int, Query(ge=1, le=MAX_TOP)] = DEFAULT_TOP,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> Any:
+async def matrix(request: Request, params: Annotated[MatrixRequest, Query()]) -> Any:
     """A head's (``head`` a number) or MLP matrix's card, with its directions ``offset`` to
     ``offset + top`` (``svd-atlas show MODEL LAYER HEAD --format json``)."""
-    return await answer(request, lambda a: a.card(model, layer, head, top=top, offset=offset))
-
-
-@router.get("/spectrum", response_class=StrictJSON)
-async def spectrum(
-    request: Request,
-    model: ModelId,
-    kind: Annotated[list[Kind], Query()] = [],  # noqa: B006
-    jump_factor: Annotated[float, Query(gt=1.0, allow_inf_nan=False)] = DEFAULT_JUMP_FACTOR,
-    heads: bool = False,
-) -> Any:
-    """Spectra by layer and the layers whose norm jumps (``svd-atlas spectrum --format
-    json``); ``heads`` adds one row per matrix."""
+    p = params
     return await answer(
-        request, lambda a: spectrum_record(a, model, tuple(kind), jump_factor, heads)
+        request, lambda a: a.card(p.model, p.layer, p.head, top=p.top, offset=p.offset)
     )
 
 
+@router.get("/spectrum", response_class=StrictJSON)
+async def spectrum(request: Request, params: Annotated[SpectrumRequest, Query()]) -> Any:
+    """Spectra by layer and the layers whose norm jumps (``svd-atlas spectrum --format
+    json``); ``heads`` adds one row per matrix."""
+    return await answer(request, lambda a: spectrum_record(a, params))
+
+
 @router.get("/sql", response_model=None)
-async def sql_get(request: Request, params: Annotated[SqlParams, Query()]) -> Response:
+async def sql_get(request: Request, params: Annotated[SqlRequest, Query()]) -> Response:
     """One read-only statement (as ``svd-atlas sql``): JSON rows, or a CSV or Parquet file."""
     return await _sql(request, params)
 
 
 @router.post("/sql", response_model=None)
-async def sql_post(request: Request, params: SqlParams) -> Response:
+async def sql_post(request: Request, params: SqlRequest) -> Response:
     """The same, the statement in a JSON body (for statements too long for a URL)."""
     return await _sql(request, params)
 
 
-async def _sql(request: Request, params: SqlParams) -> Response:
+async def _sql(request: Request, params: SqlRequest) -> Response:
     def work(a: Atlas) -> tuple[bytes, bool]:  # encoded in the worker, under the time limit
-        table, truncated = sql_result(a, params.q, params.limit)
-        return encode_result(table, params.format, params.limit, truncated), truncated
+        table, truncated = sql_result(a, params.query, params.rows())
+        return encode_result(table, params.format, params.rows(), truncated), truncated
 
     body, truncated = await run(live_atlas(request), work, time_limit(request))
-    headers = {"X-Row-Limit": str(params.limit), "X-Truncated": str(truncated).lower()}
+    headers = {"X-Row-Limit": str(params.rows()), "X-Truncated": str(truncated).lower()}
     media, filename = RESULT_FORMATS[params.format]
     if filename:
         headers["Content-Disposition"] = f'attachment; filename="{filename}"'
@@ -340,8 +267,9 @@ def encode_result(table: Any, fmt: str, limit: int, truncated: bool) -> bytes:
             pq.write_table(table.rename_columns(unique_names(table.column_names)), sink)
         except pa.ArrowException as exc:
             raise AtlasError(
-                f"this result cannot be written as Parquet ({one_line(exc, 120)}); ask for "
-                "format=csv or json"
+                f"this result cannot be written as Parquet ({one_line(exc, 120)})",
+                param="format",
+                hint="ask for csv or json",
             ) from None
         return sink.getvalue()
     names, rows = result_rows(table)

@@ -16,7 +16,6 @@ import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,11 +24,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from atlas.core.errors import AtlasError, AtlasWarning
+from atlas.errors import AtlasError, AtlasWarning
 from atlas.interface import version
+from atlas.params import validation_error
 from atlas.server import DEFAULT_INDEX_MEMORY_GB, DEFAULT_TIMEOUT, api, pages
 from atlas.server.live import LiveAtlas
-from atlas.server.work import error_status
 
 log = logging.getLogger("svd_atlas.server")
 
@@ -67,7 +66,7 @@ def create_app(
         title="svd-atlas",
         version=version("svd-atlas"),
         description="A read-only atlas of transformer weight SVDs: the JSON API mirrors the "
-        "library and the CLI's --format json.",
+        "library and the JSON output of the CLI.",
         docs_url=None,  # FastAPI's docs pages load their scripts from a CDN
         redoc_url=None,
         lifespan=lifespan,
@@ -103,30 +102,28 @@ def create_app_from_env() -> FastAPI:
 
 
 def _error(request: Request, status: int, message: str) -> Response:
+    return _atlas_response(request, AtlasError(message), status)
+
+
+def _atlas_response(request: Request, exc: AtlasError, status: int | None = None) -> Response:
+    """The API's JSON (``error``, ``param``, ``hint``, ``status``) or a page saying so; the
+    status is the error type's own unless the server's (a 413, a 405) is given."""
+    status = status or exc.status
     if request.url.path.startswith("/api/") or request.url.path == "/openapi.json":
-        return JSONResponse({"error": message, "status": status}, status_code=status)
-    return pages.error_page(request, status, message)
+        return JSONResponse({**exc.to_dict(), "status": status}, status_code=status)
+    return pages.error_page(request, status, str(exc))
 
 
 async def _atlas_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AtlasError)
-    return _error(request, error_status(exc), str(exc))
+    return _atlas_response(request, exc)
 
 
 async def _invalid_request(request: Request, exc: Exception) -> Response:
+    """A bad parameter: the library's own refusal of it (:func:`atlas.params.validation_error`),
+    naming the parameter."""
     assert isinstance(exc, RequestValidationError)
-    return _error(request, 400, validation_message(exc.errors()))
-
-
-def validation_message(errors: Any) -> str:
-    """FastAPI's list of validation errors as one line: ``k: Input should be ... (got 0)``."""
-    parts = []
-    for error in list(errors)[:3]:
-        where = ".".join(str(x) for x in error.get("loc", ()) if x not in ("query", "body", "path"))
-        got = error.get("input")
-        shown = f" (got {str(got)[:40]!r})" if isinstance(got, str | int | float) else ""
-        parts.append(f"{where or 'request'}: {error.get('msg', 'invalid')}{shown}")
-    return "; ".join(parts)
+    return _atlas_response(request, validation_error(exc.errors(), located=True))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

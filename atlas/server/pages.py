@@ -20,31 +20,31 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from atlas.api import Atlas, coherence
-from atlas.core.errors import AtlasError
-from atlas.interface import (
-    DEFAULT_ATLAS,
-    HOPS,
-    KINDS,
-    MLP_KINDS,
-    K,
-    MatrixStat,
-    result_rows,
-    table_cell,
+from atlas.errors import AtlasError
+from atlas.interface import DEFAULT_ATLAS, KINDS, MLP_KINDS, MatrixStat, result_rows, table_cell
+from atlas.params import (
+    MAX_HOPS,
+    MAX_K,
+    MAX_SQL_ROWS,
+    MAX_SQL_TEXT,
+    MAX_TEXT,
+    MAX_VECTOR,
+    SearchParams,
+    TraceParams,
+    VectorSearch,
+    cli_flag,
+    validate,
 )
 from atlas.server import api
 from atlas.server.api import (
-    MAX_VECTOR,
     SQL_ROWS,
     MatrixHead,
     ModelId,
-    SearchParams,
-    SqlParams,
-    TraceParams,
-    VectorSearch,
+    SqlRequest,
     live_atlas,
     time_limit,
 )
-from atlas.server.work import error_status, run
+from atlas.server.work import run
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(
@@ -79,7 +79,7 @@ def command(request: Request, *args: Any) -> str:
     """The ``svd-atlas`` command line that reproduces a page, quoted for a shell, naming the
     served atlas unless it is the default one."""
     location = live_atlas(request).location
-    prefix = [] if Path(location) == Path(DEFAULT_ATLAS) else ["--atlas", location]
+    prefix = [] if Path(location) == Path(DEFAULT_ATLAS) else [cli_flag("atlas"), location]
     return shlex.join(["svd-atlas", *prefix, *(str(a) for a in args)])
 
 
@@ -102,7 +102,7 @@ async def home(request: Request) -> HTMLResponse:
 
 @router.get("/search", response_class=HTMLResponse)
 async def search(request: Request, params: Annotated[SearchParams, Query()]) -> HTMLResponse:
-    asked = params.q is not None or params.direction is not None
+    asked = params.text is not None or params.direction is not None
     return await _search_page(request, params, None if asked else {})
 
 
@@ -110,18 +110,20 @@ async def search(request: Request, params: Annotated[SearchParams, Query()]) -> 
 async def search_upload(
     request: Request,
     vector_file: Annotated[UploadFile, File(description="a .npy vector")],
-    model: Annotated[str | None, Form(max_length=api.MAX_TEXT)] = None,
-    k: Annotated[int, Form(ge=K.low, le=K.high)] = K.default,
+    model: Annotated[str | None, Form(max_length=MAX_TEXT)] = None,
+    k: Annotated[str | None, Form()] = None,
 ) -> HTMLResponse:
     data = await vector_file.read(api.MAX_BODY_NPY + 1)
-    params = VectorSearch(vector=[], model=model or None, k=k)
+    shown = SearchParams(model=model)
     try:
+        params = validate(VectorSearch, vector=[], model=model, k=k)
+        shown = validate(SearchParams, model=model, k=k)
         if len(data) > api.MAX_BODY_NPY:
-            raise AtlasError(f"the upload is over {api.MAX_BODY_NPY} bytes")
+            raise AtlasError(f"the upload is over {api.MAX_BODY_NPY} bytes", param="vector_file")
         vector = api.check_vector_file(data)
     except AtlasError as exc:
-        return await _search_page(request, SearchParams(model=model, k=k), {"error": str(exc)})
-    return await _search_page(request, SearchParams(model=model, k=k), None, params, vector)
+        return await _search_page(request, shown, {"error": str(exc), "status": exc.status})
+    return await _search_page(request, shown, None, params, vector)
 
 
 async def _search_page(
@@ -141,7 +143,7 @@ async def _search_page(
         try:
             found = api.search_hits(a, vector_params or params, vector)
         except AtlasError as exc:  # shown in the form, with the API's status
-            return {"models": models, "error": str(exc), "status": error_status(exc)}
+            return {"models": models, "error": str(exc), "status": exc.status}
         return {"models": models, **found}
 
     context = await run(live, work, limit)
@@ -158,7 +160,7 @@ async def _search_page(
         notes=context.get("notes", []),
         error=context.get("error"),
         uploaded=vector is not None,
-        max_k=K.high,
+        max_k=MAX_K,
         max_vector=MAX_VECTOR,
         hit_bars=[token_bars(h["tokens"], h["token_scores"]) for h in hits or []],
     )
@@ -312,10 +314,8 @@ async def direction_page(
     def work(a: Atlas) -> dict[str, Any]:
         card = a.card(direction_id)
         others = [m for m in a.model_ids() if m != card["model_id"]]
-        near = a.search(direction=direction_id, model=card["model_id"], k=10)
-        across = (
-            a.search(direction=direction_id, model=others, space="token", k=10) if others else []
-        )
+        near = a.search(direction=direction_id, model=card["model_id"])
+        across = a.search(direction=direction_id, model=others, space="token") if others else []
         return {
             "card": card,
             "near": [h.to_dict() for h in near],
@@ -347,7 +347,7 @@ async def direction_page(
         trace=trace,
         trace_groups=groups,
         trace_notes=context["trace"]["notes"],
-        max_hops=HOPS.high,
+        max_hops=MAX_HOPS,
         edits=EDITS,
         cli=_reproduce(request, direction_id, trace),
     )
@@ -358,11 +358,11 @@ def _reproduce(request: Request, direction_id: int, trace: TraceParams) -> dict[
     from urllib.parse import urlencode
 
     options = {"min_cos": trace.min_cos, "hops": trace.hops}
-    trace_args = ["--min-cos", f"{trace.min_cos:g}", "--hops", trace.hops]
+    trace_args = [cli_flag("min_cos"), f"{trace.min_cos:g}", cli_flag("hops"), trace.hops]
     return {
         "show": command(request, "show", direction_id),
         "trace": command(request, "trace", direction_id, *trace_args),
-        "near": command(request, "search", "--direction", direction_id),
+        "near": command(request, "search", cli_flag("direction"), direction_id),
         "api_card": f"/api/directions/{direction_id}",
         "api_trace": f"/api/directions/{direction_id}/trace?{urlencode(options)}",
     }
@@ -373,7 +373,7 @@ def _reproduce(request: Request, direction_id: int, trace: TraceParams) -> dict[
 
 @router.get("/coherence", response_class=HTMLResponse)
 async def coherence_page(
-    request: Request, q: Annotated[str | None, Query(max_length=api.MAX_TEXT)] = None
+    request: Request, q: Annotated[str | None, Query(max_length=MAX_TEXT)] = None
 ) -> HTMLResponse:
     """Score a typed token list: its percentile among random lists first, then the raw score."""
 
@@ -393,7 +393,7 @@ async def coherence_page(
         q=q or "",
         result=context.get("result"),
         error=context.get("error"),
-        max_text=api.MAX_TEXT,
+        max_text=MAX_TEXT,
     )
 
 
@@ -403,9 +403,11 @@ async def coherence_page(
 @router.get("/sql", response_class=HTMLResponse)
 async def sql_page(
     request: Request,
-    q: Annotated[str | None, Query(max_length=api.MAX_SQL_TEXT)] = None,
-    limit: Annotated[int, Query(ge=1, le=SQL_PAGE_ROWS)] = 100,
+    query: Annotated[str | None, Query(max_length=MAX_SQL_TEXT)] = None,
+    max_rows: Annotated[int, Query(ge=1, le=SQL_PAGE_ROWS)] = 100,
 ) -> HTMLResponse:
+    q, limit = query, max_rows
+
     def work(a: Atlas) -> dict[str, Any]:
         schema = a.tables()
         if not q:
@@ -413,7 +415,7 @@ async def sql_page(
         try:
             table, truncated = api.sql_result(a, q, limit)
         except AtlasError as exc:
-            return {"schema": schema, "error": str(exc), "status": error_status(exc)}
+            return {"schema": schema, "error": str(exc), "status": exc.status}
         columns, rows = result_rows(table)
         return {"schema": schema, "columns": columns, "rows": rows, "truncated": truncated}
 
@@ -423,8 +425,8 @@ async def sql_page(
         from urllib.parse import urlencode
 
         for fmt in ("csv", "json", "parquet"):
-            query = SqlParams(q=q, limit=api.MAX_SQL_ROWS, format=fmt)
-            downloads[fmt] = "/api/sql?" + urlencode(query.model_dump())
+            download = SqlRequest(query=q, max_rows=MAX_SQL_ROWS, format=fmt)
+            downloads[fmt] = "/api/sql?" + urlencode(download.model_dump())
     return render(
         request,
         "sql.html",
@@ -432,7 +434,7 @@ async def sql_page(
         q=q or "",
         limit=limit,
         max_limit=SQL_PAGE_ROWS,
-        download_rows=api.MAX_SQL_ROWS,
+        download_rows=MAX_SQL_ROWS,
         default_rows=SQL_ROWS,
         downloads=downloads,
         schema=context["schema"],

@@ -15,8 +15,8 @@ import anyio
 import anyio.to_thread
 
 from atlas.api import Atlas
-from atlas.core.errors import AtlasError, DamagedIndex, NotFound
-from atlas.interface import MemoryLimitExceeded, QueryTimeout, WorkUnit
+from atlas.errors import QueryTimeout
+from atlas.interface import WorkUnit
 from atlas.server.live import LiveAtlas
 
 T = TypeVar("T")
@@ -41,16 +41,3 @@ async def run(live: LiveAtlas, call: Callable[[Atlas], T], timeout: float) -> T:
         raise QueryTimeout(
             f"the request was stopped after the server's time limit of {timeout:g} s"
         ) from None
-
-
-def error_status(exc: AtlasError) -> int:
-    """The HTTP status of a library error: 504 for a time limit, 503 for a model whose index
-    is damaged, 507 for a query past the memory limit, 404 for an unknown model, matrix or
-    direction, 400 for any other bad input."""
-    if isinstance(exc, QueryTimeout):
-        return 504
-    if isinstance(exc, DamagedIndex):  # the server's data, not the request, is at fault
-        return 503
-    if isinstance(exc, MemoryLimitExceeded):
-        return 507
-    return 404 if isinstance(exc, NotFound) else 400

@@ -63,7 +63,7 @@ def test_round_trip_into_empty_atlas(
         assert recall_at_k(expected, brute_force(original, "minilm", queries)) == 1.0
         for kwargs in (
             {"text": "fire"},
-            {"text": "ocean, sea", "kinds": ("ov",)},
+            {"text": "ocean, sea", "kind": ("ov",)},
             {"direction": 432},
             {"text": "fire", "space": "token"},
         ):

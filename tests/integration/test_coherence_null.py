@@ -117,7 +117,7 @@ def test_cli_text_leads_with_the_percentile(tmp_path: Path) -> None:
     assert rows == [[f"{r.coherence_pct:.1f}", f"{r.coherence:.4f}"] for r in (fire, junk)]
 
     js = run_cli("coherence", "--file", path, "--format", "json")
-    objects = [json.loads(line) for line in js.stdout.splitlines()]
+    objects = json.loads(js.stdout)  # one array, as every listing's json
     assert [list(o) for o in objects] == [["coherence_pct", "coherence", "tokens", "null"]] * 2
     for o, r in zip(objects, (fire, junk), strict=True):
         assert o["coherence_pct"] == r.coherence_pct and o["null"] == r.null

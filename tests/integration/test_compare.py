@@ -113,7 +113,7 @@ def test_compare_csv_table_and_errors(raw_and_tl: Path) -> None:
     table = run_cli("--atlas", raw_and_tl, "compare", "minilm-raw", "minilm-tl", "--aggregate")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split()[:6] == ["scope", "kind", "layer", "head", "n", "sigma_change"]
+    assert lines[0].split()[:6] == ["scope", "layer", "head", "kind", "n", "sigma_change"]
     assert [line.split()[1] for line in lines[1:]] == ["ov", "mlp_in", "mlp_out", "all"]
     out = run_cli("--atlas", raw_and_tl, "compare", "minilm-raw", "minilm-tl", "--format", "csv")
     parsed = list(csv.DictReader(io.StringIO(out.stdout)))

@@ -59,7 +59,7 @@ def test_an_unknown_word_across_models_is_one_error_naming_them(
         for space in ("auto", "token", "residual"):
             with pytest.raises(NoMatch, match="minilm or tiny"):
                 a.search(word, space=space)
-    response = client.get("/api/search", params={"q": word})
+    response = client.get("/api/search", params={"text": word})
     assert response.status_code == 400
     assert word in response.json()["error"] and "tiny" in response.json()["error"]
 
@@ -73,9 +73,9 @@ def test_a_word_some_vocabularies_lack_is_a_note(two_models: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "library", "query", "what"),
     [
-        (["--layer", "99"], {"layers": 99}, {"layers": "99"}, "layer 99"),
-        (["--head", "99"], {"heads": 99}, {"head": "99"}, "head 99"),
-        (["--layer", "50:60"], {"layers": (50, 60)}, {"layers": "50:60"}, "layers 50:60"),
+        (["--layer", "99"], {"layer": 99}, {"layer": "99"}, "layer 99"),
+        (["--head", "99"], {"head": 99}, {"head": "99"}, "head 99"),
+        (["--layer", "50:60"], {"layer": (50, 60)}, {"layer": "50:60"}, "layers 50:60"),
     ],
 )
 def test_a_layer_or_head_no_model_has_is_one_error_with_their_ranges(
@@ -101,7 +101,7 @@ def test_a_layer_or_head_no_model_has_is_one_error_with_their_ranges(
             a.search("fire", **library)  # type: ignore[arg-type]
         with pytest.raises(NoMatch, match=what):
             a.trace(432, **library)  # type: ignore[arg-type]
-    for url, params in (("/api/search", {"q": "fire"}), ("/api/directions/432/trace", {})):
+    for url, params in (("/api/search", {"text": "fire"}), ("/api/directions/432/trace", {})):
         response = client.get(url, params={**params, **query})
         assert response.status_code == 400 and what in response.json()["error"]
 

@@ -104,7 +104,7 @@ def test_flipped_vector_bytes_are_refused_where_the_index_answers(atlas_copy: Pa
     for command in (["search", "fire"], ["trace", "432"], ["search", "--direction", "432"]):
         line = _refusal(run_cli("--atlas", atlas_copy, *command))
         assert "disagrees with the stored vectors" in line, line
-    with atlas.open(atlas_copy) as a, pytest.raises(DamagedIndex, match="check --repair"):
+    with atlas.open(atlas_copy) as a, pytest.raises(DamagedIndex, match="`check` with `repair`"):
         a.search("fire")
     repaired = run_cli("--atlas", atlas_copy, "check", "--repair")
     assert repaired.returncode == 0, repaired.stdout
@@ -173,13 +173,13 @@ def test_the_server_reports_a_damaged_model_and_serves_the_others(two: Path) -> 
     with TestClient(app) as client:
         health = client.get("/api/health").json()
         assert health["status"] == "degraded" and list(health["damaged"]) == ["minilm"]
-        assert "check --repair" in health["damaged"]["minilm"]
-        refused_search = client.get("/api/search", params={"q": "fire", "model": "minilm"})
+        assert "`check` with `repair`" in health["damaged"]["minilm"]  # no CLI flag over HTTP
+        refused_search = client.get("/api/search", params={"text": "fire", "model": "minilm"})
         assert refused_search.status_code == 503
-        assert "check --repair" in refused_search.json()["error"]
-        ok = client.get("/api/search", params={"q": "fire", "model": "tiny", "k": 3})
+        assert "`check` with `repair`" in refused_search.json()["error"]
+        ok = client.get("/api/search", params={"text": "fire", "model": "tiny", "k": 3})
         assert ok.status_code == 200 and len(ok.json()["hits"]) == 3
-        both = client.get("/api/search", params={"q": "fire", "space": "residual"})
+        both = client.get("/api/search", params={"text": "fire", "space": "residual"})
         assert both.status_code == 200
         assert any("'minilm'" in n for n in both.json()["notes"])
         assert {h["model_id"] for h in both.json()["hits"]} == {"tiny"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ import atlas
 from atlas.cli import progress as progress_module
 from atlas.cli.progress import HopProgress
 from atlas.core.errors import AtlasError, AtlasWarning
+from atlas.params import MAX_HOPS, MAX_K, MAX_TRACE_ROWS
 from atlas.server.app import create_app
-from query.limits import HOPS, TRACE_LIMIT, K
 from tests.support.helpers import run_cli
 
 
@@ -27,13 +28,21 @@ def client(minilm_atlas: Path) -> Iterator[TestClient]:
         yield c
 
 
+@dataclass(frozen=True)
+class Bound:
+    name: str
+    low: int
+    high: int
+
+
 # (bound, CLI arguments before the value, library call, HTTP url and parameter)
 CASES = [
-    (K, ["search", "fire", "-k"], lambda a, v: a.search("fire", k=v), "/api/search?q=fire", "k"),
-    (HOPS, ["trace", "432", "--hops"], lambda a, v: a.trace(432, hops=v, limit=1),
-     "/api/directions/432/trace?limit=1", "hops"),
-    (TRACE_LIMIT, ["trace", "432", "--limit"], lambda a, v: a.trace(432, limit=v),
-     "/api/directions/432/trace?min_cos=0.9", "limit"),
+    (Bound("k", 1, MAX_K), ["search", "fire", "-k"], lambda a, v: a.search("fire", k=v),
+     "/api/search?text=fire", "k"),
+    (Bound("hops", 1, MAX_HOPS), ["trace", "432", "--hops"],
+     lambda a, v: a.trace(432, hops=v, limit=1), "/api/directions/432/trace?limit=1", "hops"),
+    (Bound("limit", 1, MAX_TRACE_ROWS), ["trace", "432", "--limit"],
+     lambda a, v: a.trace(432, limit=v), "/api/directions/432/trace?min_cos=0.9", "limit"),
 ]  # fmt: skip
 
 
@@ -45,8 +54,9 @@ def test_each_bound_is_the_same_in_every_interface(
     with atlas.open(minilm_atlas) as a:
         for value in (bound.low - 1, bound.high + 1):
             assert run_cli("--atlas", minilm_atlas, *cli, str(value)).returncode == 2
-            with pytest.raises(AtlasError, match=f"{bound.name} must be an integer from"):
+            with pytest.raises(AtlasError, match=f"{bound.name}: Input should be") as refused:
                 call(a, value)
+            assert refused.value.param == bound.name
             response = client.get(f"{url}&{param}={value}")
             assert response.status_code == 400, response.text
         # the extremes themselves are accepted everywhere
@@ -66,7 +76,7 @@ def test_trace_returns_at_most_limit_rows_and_notes_the_cut(
         assert len(steps) == 10 and steps.notes
         assert sum(s.hop == 0 for s in steps) == 1  # the origin is one of the ten
         # the ten kept are the strongest of hop 1: an unlimited trace's best nine and the origin
-        full = a.trace(432, min_cos=0.1, hops=1, limit=TRACE_LIMIT.high)
+        full = a.trace(432, min_cos=0.1, hops=1, limit=MAX_TRACE_ROWS)
         best = sorted((s for s in full if s.hop == 1), key=lambda s: -s.hit.score)[:9]
         assert {s.hit.direction_id for s in steps if s.hop == 1} == {
             s.hit.direction_id for s in best
@@ -84,8 +94,8 @@ def test_trace_returns_at_most_limit_rows_and_notes_the_cut(
 
 def test_a_trace_under_its_limit_is_not_cut(minilm_atlas: Path) -> None:
     with atlas.open(minilm_atlas) as a:
-        steps = a.trace(432, min_cos=0.2, hops=2, limit=TRACE_LIMIT.high)
-    assert 1 < len(steps) < TRACE_LIMIT.high and steps.notes == []
+        steps = a.trace(432, min_cos=0.2, hops=2, limit=MAX_TRACE_ROWS)
+    assert 1 < len(steps) < MAX_TRACE_ROWS and steps.notes == []
 
 
 def test_trace_tells_its_progress_hop_by_hop(minilm_atlas: Path) -> None:

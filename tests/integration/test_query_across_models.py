@@ -78,7 +78,7 @@ def _mapped_unembeddings(root: Path) -> int:
 
 def test_streaming_holds_one_index_at_a_time_and_finds_the_same(zoo: Path) -> None:
     with atlas.open(zoo) as a:  # a handle keeps only the index it used last
-        streamed = a.search("fire", space="residual", k=40, kinds=["ov"])
+        streamed = a.search("fire", space="residual", k=40, kind="ov")
         unfiltered = a.search("fire", space="residual", k=40)
         assert len(a.loaded_indexes()) == 1
         assert _mapped_unembeddings(zoo) == 0  # the rows a query needed were read, then unmapped
@@ -86,7 +86,7 @@ def test_streaming_holds_one_index_at_a_time_and_finds_the_same(zoo: Path) -> No
         a.load_indexes(1 << 30)
         assert sorted(a.loaded_indexes()) == sorted(a.model_ids())
         assert _mapped_unembeddings(zoo) == 3
-        assert a.search("fire", space="residual", k=40, kinds=["ov"]) == streamed
+        assert a.search("fire", space="residual", k=40, kind="ov") == streamed
         assert a.search("fire", space="residual", k=40) == unfiltered
         assert sorted(a.loaded_indexes()) == sorted(a.model_ids())
     with atlas.open(zoo) as a:  # a budget too small for MiniLM's: the tiny ones are kept

@@ -248,10 +248,8 @@ def test_approximate_index_above_threshold(tmp_path: Path) -> None:
             recall.append(len(shared) / 10)
             # candidates are re-ranked with the full vectors: the scores are exact cosines
             assert all(abs(exact[i] - ann[i]) < 1e-5 for i in shared)
-            filtered = a.search(
-                direction=d + first_ann, model="ann", k=5, kinds=("ov",), side="write"
-            )
-            exact_f = a.search(direction=d, model="exact", k=5, kinds=("ov",), side="write")
+            filtered = a.search(direction=d + first_ann, model="ann", k=5, kind="ov", side="write")
+            exact_f = a.search(direction=d, model="exact", k=5, kind="ov", side="write")
             assert [h.direction_id - first_ann for h in filtered] == [
                 h.direction_id for h in exact_f
             ]

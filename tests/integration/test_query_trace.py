@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import atlas
-from query.limits import TRACE_LIMIT
+from atlas.params import MAX_TRACE_ROWS
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +31,16 @@ def brute_force_bfs(ids, vecs, origin: int, min_cos: float, hops: int) -> list[s
     return levels
 
 
-# min_cos per origin: three hops reach under TRACE_LIMIT directions (2497 reaches 4258 at 0.2)
+# min_cos per origin: three hops reach under MAX_TRACE_ROWS directions (2497 reaches 4258 at 0.2)
 @pytest.mark.parametrize(("origin", "min_cos"), [(432, 0.2), (2497, 0.25), (8724, 0.2)])
 def test_trace_equals_brute_force_bfs(
     minilm_atlas: Path, vectors, origin: int, min_cos: float
 ) -> None:
     ids, vecs = vectors
     with atlas.open(minilm_atlas) as a:
-        steps = a.trace(origin, min_cos=min_cos, hops=3, limit=TRACE_LIMIT.high)
+        steps = a.trace(origin, min_cos=min_cos, hops=3, limit=MAX_TRACE_ROWS)
     levels = brute_force_bfs(ids, vecs, origin, min_cos, 3)
-    assert 0 < sum(len(level) for level in levels) < TRACE_LIMIT.high  # nothing cut
+    assert 0 < sum(len(level) for level in levels) < MAX_TRACE_ROWS  # nothing cut
     for hop, expected in enumerate(levels, start=1):
         assert {s.hit.direction_id for s in steps if s.hop == hop} == expected
     for s in steps:

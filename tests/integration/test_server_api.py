@@ -53,14 +53,14 @@ def test_models_and_health(client: TestClient, handle: atlas.Atlas) -> None:
 @pytest.mark.parametrize(
     ("query", "call"),
     [
-        ("q=fire&k=5", {"text": "fire", "k": 5}),
-        ("q=fire+flame&kind=ov&layers=0:3&side=read&k=7",
-         {"text": "fire flame", "kinds": ["ov"], "layers": (0, 3), "side": "read", "k": 7}),
-        ("q=water&kind=mlp_in,mlp_out&max_sv_index=50&min_sigma=1&min_score=0.1",
-         {"text": "water", "kinds": ["mlp_in", "mlp_out"], "max_sv_index": 50, "min_sigma": 1.0,
+        ("text=fire&k=5", {"text": "fire", "k": 5}),
+        ("text=fire+flame&kind=ov&layer=0:3&side=read&k=7",
+         {"text": "fire flame", "kind": ["ov"], "layer": (0, 3), "side": "read", "k": 7}),
+        ("text=water&kind=mlp_in,mlp_out&max_sv_index=50&min_sigma=1&min_score=0.1",
+         {"text": "water", "kind": ["mlp_in", "mlp_out"], "max_sv_index": 50, "min_sigma": 1.0,
           "min_score": 0.1}),
-        ("direction=432&k=4&head=1,6", {"direction": 432, "k": 4, "heads": [1, 6]}),
-        ("q=fire&space=token&k=3", {"text": "fire", "space": "token", "k": 3}),
+        ("direction=432&k=4&head=1,6", {"direction": 432, "k": 4, "head": [1, 6]}),
+        ("text=fire&space=token&k=3", {"text": "fire", "space": "token", "k": 3}),
     ],
 )  # fmt: skip
 def test_search_equals_the_library(
@@ -79,16 +79,16 @@ def test_a_searchs_notes_go_in_its_response_not_to_the_servers_stderr(minilm_atl
     with warnings.catch_warnings():
         warnings.filterwarnings("error", category=atlas.core.errors.AtlasWarning)
         with TestClient(create_app(str(minilm_atlas))) as c:
-            assert ok(c, "/api/search?q=fire+zzqqxx")["notes"] == [
+            assert ok(c, "/api/search?text=fire+zzqqxx")["notes"] == [
                 "not in minilm's vocabulary: zzqqxx"
             ]
-            assert "zzqqxx" in c.get("/search?q=fire+zzqqxx").text  # the page shows it
+            assert "zzqqxx" in c.get("/search?text=fire+zzqqxx").text  # the page shows it
 
 
 def test_search_fields_are_the_clis(client: TestClient, minilm_atlas: Path) -> None:
     cli = run_cli("--atlas", minilm_atlas, "search", "fire", "-k", "6", "--format", "json")
     assert cli.returncode == 0, cli.stderr
-    assert ok(client, "/api/search?q=fire&k=6")["hits"] == json.loads(cli.stdout)
+    assert ok(client, "/api/search?text=fire&k=6")["hits"] == json.loads(cli.stdout)
     trace = run_cli("--atlas", minilm_atlas, "trace", "432", "--min-cos", "0.2", "--format", "json")
     api = ok(client, "/api/directions/432/trace?min_cos=0.2")["steps"]
     assert api == json.loads(trace.stdout)
@@ -102,21 +102,23 @@ def test_vector_search(client: TestClient, handle: atlas.Atlas) -> None:
     assert got["hits"] == same([h.to_dict() for h in handle.search(vector=vector, k=6)])
     filtered = ok(
         client, "/api/search", method="POST",
-        json={"vector": vector.tolist(), "k": 3, "kind": "ov", "layers": "2:"},
+        json={"vector": vector.tolist(), "k": 3, "kind": "ov", "layer": "2:"},
     )  # fmt: skip
-    expected = handle.search(vector=vector, k=3, kinds=["ov"], layers=(2, None))
+    expected = handle.search(vector=vector, k=3, kind=["ov"], layer=(2, None))
     assert filtered["hits"] == same([h.to_dict() for h in expected])
 
 
 def test_cards_trace_and_spectrum(client: TestClient, handle: atlas.Atlas) -> None:
     assert ok(client, "/api/directions/432") == same(handle.card(432))
     steps = ok(client, "/api/directions/432/trace?min_cos=0.2&hops=2&same_model=true")["steps"]
-    assert steps == same([s.to_dict() for s in handle.trace(432, 0.2, 2, same_model=True)])
+    assert steps == same(
+        [s.to_dict() for s in handle.trace(432, min_cos=0.2, hops=2, same_model=True)]
+    )
     page = ok(client, "/api/matrix?model=minilm&layer=2&head=mlp_in&top=4&offset=10")
     assert page == same(handle.card("minilm", 2, "mlp_in", top=4, offset=10))
     assert [d["sv_index"] for d in page["directions"]] == [10, 11, 12, 13]
     spectrum = ok(client, "/api/spectrum?model=minilm&kind=ov&heads=true")
-    spectra = handle.spectrum("minilm", ("ov",))
+    spectra = handle.spectrum("minilm", kind=["ov"])
     assert spectrum["layers"] == same([r.as_dict() for r in spectra.layers])
     assert spectrum["matrices"] == same(spectra.matrices)
 
@@ -124,16 +126,16 @@ def test_cards_trace_and_spectrum(client: TestClient, handle: atlas.Atlas) -> No
 def test_sql_json_csv_and_parquet(client: TestClient, handle: atlas.Atlas) -> None:
     query = "SELECT direction_id, kind, sigma, vector[1:3] AS v FROM directions ORDER BY 1"
     expected = handle.sql(query)
-    got = ok(client, "/api/sql", params={"q": query, "limit": 25})
+    got = ok(client, "/api/sql", params={"query": query, "max_rows": 25})
     assert got["columns"] == expected.column_names and got["truncated"] is True
     assert got["rows"] == same(expected.slice(0, 25).to_pylist()) and got["row_limit"] == 25
-    posted = ok(client, "/api/sql", method="POST", json={"q": query, "limit": 10})
+    posted = ok(client, "/api/sql", method="POST", json={"query": query, "max_rows": 10})
     assert posted["rows"] == got["rows"][:10]
-    response = client.get("/api/sql", params={"q": query, "limit": 100, "format": "parquet"})
+    response = client.get("/api/sql", params={"query": query, "max_rows": 100, "format": "parquet"})
     assert response.headers["x-truncated"] == "true"
     table = pq.read_table(io.BytesIO(response.content))
     assert table.equals(expected.slice(0, 100))
-    csv = client.get("/api/sql", params={"q": query, "limit": 3, "format": "csv"})
+    csv = client.get("/api/sql", params={"query": query, "max_rows": 3, "format": "csv"})
     lines = csv.text.splitlines()
     assert lines[0] == "direction_id,kind,sigma,v" and len(lines) == 4
     first = expected.slice(0, 1).to_pylist()[0]
@@ -152,27 +154,30 @@ def error(client: TestClient, method: str, url: str, status: int, **kw: Any) -> 
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("/api/search?q=fire&k=0", "k: Input should be greater than or equal to 1"),
-        ("/api/search?q=fire&k=1001", "k: Input should be less than or equal to 1000"),
-        ("/api/search?q=fire&k=ten", "k: Input should be a valid integer"),
-        ("/api/search?q=fire&layers=x", "bad layer range 'x'"),
-        ("/api/search?q=fire&kind=attention", "unknown kind"),
-        ("/api/search?q=fire&side=middle", "side: Input should be 'read' or 'write'"),
-        ("/api/search?q=fire&min_score=2", "min_score: Input should be less than or equal to 1"),
-        ("/api/search?q=fire&min_sigma=nan", "min_sigma"),
-        ("/api/search?q=fire&frobnicate=1", "frobnicate: Extra inputs are not permitted"),
-        ("/api/search?q=" + "x" * 501, "q: String should have at most 500 characters"),
+        ("/api/search?text=fire&k=0", "k: Input should be greater than or equal to 1"),
+        ("/api/search?text=fire&k=1001", "k: Input should be less than or equal to 1000"),
+        ("/api/search?text=fire&k=ten", "k: Input should be a valid integer"),
+        ("/api/search?text=fire&layer=x", "layer: bad layer range 'x'"),
+        ("/api/search?text=fire&kind=attention", "unknown kind"),
+        ("/api/search?text=fire&side=middle", "side: Input should be 'read' or 'write'"),
+        ("/api/search?text=fire&min_score=2", "min_score: Input should be less than or equal to 1"),
+        ("/api/search?text=fire&min_sigma=nan", "min_sigma"),
+        ("/api/search?text=fire&frobnicate=1", "frobnicate: no such parameter"),
+        ("/api/search?text=" + "x" * 501, "text: String should have at most 500 characters"),
         ("/api/search", "give exactly one of"),
-        ("/api/search?q=fire&direction=5", "give exactly one of"),
+        ("/api/search?text=fire&direction=5", "give exactly one of"),
         ("/api/directions/432/trace?hops=6", "hops: Input should be less than or equal to 5"),
         ("/api/directions/432/trace?min_cos=0", "min_cos: Input should be greater than 0"),
         ("/api/directions/-1", "direction_id: Input should be greater than or equal to 0"),
         ("/api/matrix?model=minilm&layer=1&head=mlp_up", "head: String should match"),
-        ("/api/sql?q=DROP+VIEW+directions", "DROP is not allowed"),
-        ("/api/sql?q=COPY+directions+TO+'/tmp/x.csv'", "not allowed"),
-        ("/api/sql?q=SELEC+1", "syntax error"),
-        ("/api/sql?q=SELECT+1&limit=100001", "limit: Input should be less than or equal to"),
-        ("/api/sql?q=SELECT+1&format=xlsx", "format: Input should be"),
+        ("/api/sql?query=DROP+VIEW+directions", "DROP is not allowed"),
+        ("/api/sql?query=COPY+directions+TO+'/tmp/x.csv'", "not allowed"),
+        ("/api/sql?query=SELEC+1", "syntax error"),
+        (
+            "/api/sql?query=SELECT+1&max_rows=100001",
+            "max_rows: Input should be less than or equal to",
+        ),
+        ("/api/sql?query=SELECT+1&format=xlsx", "format: Input should be"),
     ],
 )
 def test_bad_input_is_400(client: TestClient, url: str, message: str) -> None:
@@ -188,7 +193,7 @@ def test_bad_input_is_400(client: TestClient, url: str, message: str) -> None:
         ("/api/matrix?model=gpt-9&layer=0&head=0", "no model 'gpt-9'"),
         ("/api/matrix?model=minilm&layer=99&head=0", "no ov matrix at layer 99 head 0"),
         ("/api/spectrum?model=..%2F..%2Fetc%2Fpasswd", "no model '../../etc/passwd'"),
-        ("/api/search?q=fire&model=nope", "no model 'nope'"),
+        ("/api/search?text=fire&model=nope", "no model 'nope'"),
         ("/api/nothing-here", "not found"),
         ("/api/directions/..%2F..%2Fcatalog.json", "not found"),
     ],
@@ -229,29 +234,29 @@ def test_a_runaway_request_is_stopped_and_the_server_keeps_serving(minilm_atlas:
     runaway = "SELECT count(*) FROM range(1000000000000) a, range(1000000000000) b"
     with TestClient(create_app(str(minilm_atlas), timeout=1.0)) as slow:
         started = time.monotonic()
-        message = error(slow, "GET", f"/api/sql?q={runaway}", 504)
+        message = error(slow, "GET", f"/api/sql?query={runaway}", 504)
         assert "time limit of 1 s" in message and time.monotonic() - started < 10
         for _ in range(3):  # the cancelled work freed its thread: later requests are served
-            assert ok(slow, "/api/sql?q=SELECT+42+AS+x")["rows"] == [{"x": 42}]
+            assert ok(slow, "/api/sql?query=SELECT+42+AS+x")["rows"] == [{"x": 42}]
 
 
 def test_sql_results_of_any_type_and_shape(client: TestClient) -> None:
     """Values Python cannot hold are shown as text, not a 500; columns of one name keep their
     values; a type Parquet cannot store is one 400; CSV is whole or an error, never cut."""
     odd = "SELECT 'infinity'::DATE AS d, '294247-01-10'::TIMESTAMP AS t, 1 AS a, 2 AS a"
-    got = ok(client, "/api/sql", params={"q": odd})
+    got = ok(client, "/api/sql", params={"query": odd})
     assert got["columns"] == ["d", "t", "a", "a_2"]
     row = got["rows"][0]
     assert row["a"] == 1 and row["a_2"] == 2 and "out of range" in row["d"]
-    csv = client.get("/api/sql", params={"q": odd, "format": "csv"})
+    csv = client.get("/api/sql", params={"query": odd, "format": "csv"})
     assert csv.status_code == 200 and csv.text.splitlines()[0] == "d,t,a,a_2"
     assert csv.text.splitlines()[1].endswith(",1,2")
-    parquet = client.get("/api/sql", params={"q": "SELECT 1 AS a, 2 AS a", "format": "parquet"})
+    parquet = client.get("/api/sql", params={"query": "SELECT 1 AS a, 2 AS a", "format": "parquet"})
     assert pq.read_table(io.BytesIO(parquet.content)).column_names == ["a", "a_2"]
     for q in ("SELECT INTERVAL 1 DAY AS i", "SELECT union_value(num := 2) AS u"):
-        message = error(client, "GET", "/api/sql", 400, params={"q": q, "format": "parquet"})
+        message = error(client, "GET", "/api/sql", 400, params={"query": q, "format": "parquet"})
         assert "cannot be written as Parquet" in message
-    page = client.get("/sql", params={"q": odd})
+    page = client.get("/sql", params={"query": odd})
     assert page.status_code == 200 and "a_2" in page.text
 
 
@@ -259,7 +264,7 @@ def test_sql_results_are_bounded_in_bytes(client: TestClient) -> None:
     from atlas.server.api import MAX_SQL_BYTES
 
     big = "SELECT repeat('x', 3000) AS s FROM range(100000)"  # 300 MB if it were not cut
-    response = client.get("/api/sql", params={"q": big, "limit": 100_000, "format": "csv"})
+    response = client.get("/api/sql", params={"query": big, "max_rows": 100_000, "format": "csv"})
     assert response.status_code == 200 and response.headers["x-truncated"] == "true"
     assert len(response.content) < 2 * MAX_SQL_BYTES
     assert ok(client, "/api/health")["status"] == "ok"
@@ -291,10 +296,10 @@ def test_hostile_uploads_and_bodies(client: TestClient) -> None:
 
 def test_statuses_agree_between_pages_and_the_api(client: TestClient) -> None:
     assert client.get("/search", params={"direction": 987654321}).status_code == 404
-    assert client.get("/search", params={"q": "fire", "model": "nope"}).status_code == 404
+    assert client.get("/search", params={"text": "fire", "model": "nope"}).status_code == 404
     assert client.get("/directions/-1").status_code == 400
     head = client.head("/api/models")
     assert head.status_code == 200 and head.content == b""
     assert client.delete("/api/models").headers["allow"] == "GET"
-    for bad in ("model=%09", "kind=,,", "head=%D9%A3", "layers=1_0"):
-        assert client.get(f"/api/search?q=fire&{bad}").status_code == 400, bad
+    for bad in ("model=%09", "kind=,,", "head=%D9%A3", "layer=1_0"):
+        assert client.get(f"/api/search?text=fire&{bad}").status_code == 400, bad

@@ -58,7 +58,7 @@ def test_search_open_a_hit_follow_a_trace(page: Any, url: str, minilm_atlas: Pat
     page.goto(url)
     page.get_by_label("Find directions for a concept").fill("fire")
     page.keyboard.press("Enter")
-    page.wait_for_url("**/search?q=fire*")
+    page.wait_for_url("**/search?text=fire*")
     with atlas.open(minilm_atlas) as a:
         first = a.search("fire")[0]
     hit = page.locator("table.hits tbody tr").first.get_by_role("link")
@@ -101,7 +101,7 @@ def test_sql_query_and_csv_download(page: Any, url: str, minilm_atlas: Path) -> 
     page.get_by_label("One read-only statement").fill(query)
     page.get_by_label("Show at most").fill("5")
     page.get_by_role("button", name="Run").click()
-    page.wait_for_url("**/sql?q=*")
+    page.wait_for_url("**/sql?query=*")
     rows = page.locator("table.sql-result tbody tr")
     assert rows.count() == 5
     with atlas.open(minilm_atlas) as a:
@@ -122,7 +122,7 @@ def test_script_search_shows_as_text(page: Any, url: str) -> None:
     page.goto(url)
     page.get_by_label("Search for a concept").fill(hostile)
     page.get_by_role("button", name="Search").first.click()
-    page.wait_for_url("**/search?q=*")
+    page.wait_for_url("**/search?text=*")
     assert hostile in page.get_by_role("alert").inner_text()
     assert page.get_by_label("Words").input_value() == hostile
     assert page.locator("img[src=x]").count() == 0
@@ -144,16 +144,16 @@ def test_keyboard_only(browser: Any, url: str) -> None:
         assert tab.evaluate("document.activeElement.id") == "home-q"
         tab.keyboard.type("water")
         tab.keyboard.press("Enter")
-        tab.wait_for_url("**/search?q=water*")
+        tab.wait_for_url("**/search?text=water*")
         tab.keyboard.press("Tab")
         assert tab.evaluate("document.activeElement.textContent") == "Skip to content"
     finally:
         context.close()
 
 
-@pytest.mark.parametrize("path", ["/", "/search?q=fire", "/model?model=minilm",
+@pytest.mark.parametrize("path", ["/", "/search?text=fire", "/model?model=minilm",
                                   "/matrix?model=minilm&layer=2&head=mlp_in", "/directions/432",
-                                  "/sql?q=SELECT+*+FROM+models"])  # fmt: skip
+                                  "/sql?query=SELECT+*+FROM+models"])  # fmt: skip
 def test_phone_width_has_no_sideways_page_scroll(browser: Any, url: str, path: str) -> None:
     """Wide tables scroll inside their own box; the page itself fits a phone's width."""
     context = browser.new_context(viewport=PHONE)

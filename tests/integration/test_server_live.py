@@ -83,7 +83,7 @@ def test_publishes_show_up_without_a_restart_and_never_mixed(
     """A --replace ingest gives minilm fresh ids; every response in between is all old or all
     new, and the new model is served once published."""
     server, root = served
-    old = {h["direction_id"] for h in server.get("/api/search?q=fire&k=20").json()["hits"]}
+    old = {h["direction_id"] for h in server.get("/api/search?text=fire&k=20").json()["hits"]}
     assert max(old) < 9216
     seen: list[str] = []
     failures: list[str] = []
@@ -91,7 +91,7 @@ def test_publishes_show_up_without_a_restart_and_never_mixed(
 
     def hammer() -> None:
         while not stop.is_set():
-            r = server.get("/api/search?q=fire&k=20")
+            r = server.get("/api/search?text=fire&k=20")
             if r.status_code != 200:
                 failures.append(f"{r.status_code} {r.text[:200]}")
                 continue
@@ -134,8 +134,8 @@ def test_kill_9_loses_nothing(served: tuple[Server, Path]) -> None:
     server, root = served
     before = fingerprint(root)
     files = sorted(p.relative_to(root) for p in root.rglob("*"))
-    for path in ("/", "/search?q=fire", "/directions/432", "/api/sql?q=SELECT+1",
-                 "/model?model=minilm", "/sql?q=SELECT+count(*)+FROM+top_tokens"):  # fmt: skip
+    for path in ("/", "/search?text=fire", "/directions/432", "/api/sql?query=SELECT+1",
+                 "/model?model=minilm", "/sql?query=SELECT+count(*)+FROM+top_tokens"):  # fmt: skip
         assert server.get(path).status_code == 200
     server.process.kill()
     server.process.wait(30)
@@ -143,7 +143,7 @@ def test_kill_9_loses_nothing(served: tuple[Server, Path]) -> None:
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == files
     restarted = Server(root)
     try:
-        assert restarted.get("/api/search?q=fire&k=3").status_code == 200
+        assert restarted.get("/api/search?text=fire&k=3").status_code == 200
     finally:
         restarted.stop()
 

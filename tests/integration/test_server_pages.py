@@ -60,16 +60,16 @@ def test_home_lists_the_models_and_escapes_their_ids(client: TestClient) -> None
 
 
 def test_search_page_matches_the_library(client: TestClient, hostile_atlas: Path) -> None:
-    text = page(client, "/search?q=fire&model=minilm&k=5&kind=ov")
+    text = page(client, "/search?text=fire&model=minilm&k=5&kind=ov")
     with atlas.open(hostile_atlas) as a:
-        hits = a.search("fire", model="minilm", k=5, kinds=["ov"])
+        hits = a.search("fire", model="minilm", k=5, kind="ov")
     links = re.findall(r'<td><a href="/directions/(\d+)">', text)
     assert [int(x) for x in links] == [h.direction_id for h in hits]
     for h in hits:
         assert html.escape(h.tokens[0]) in text
     assert text.count("positive") + text.count("negative") >= len(hits)
     # a form's empty fields are no filter at all
-    blank = page(client, "/search?q=fire&model=minilm&direction=&layers=&head=&max_sv_index=")
+    blank = page(client, "/search?text=fire&model=minilm&direction=&layer=&head=&max_sv_index=")
     assert re.findall(r'<td><a href="/directions/(\d+)">', blank)
 
 
@@ -82,20 +82,20 @@ def test_search_page_matches_the_library(client: TestClient, hostile_atlas: Path
     ],
 )
 def test_hostile_search_text_is_shown_as_text(client: TestClient, query: str) -> None:
-    text = page(client, "/search", params={"q": query, "model": "minilm"}, status=400)
+    text = page(client, "/search", params={"text": query, "model": "minilm"}, status=400)
     assert shown_as_text(text, query)
 
 
 def test_sql_page_shows_results_escaped_with_downloads(client: TestClient) -> None:
     query = "SELECT '<b>x</b>' AS tag, 2 AS two UNION ALL SELECT '&amp;', 3"
-    text = page(client, "/sql", params={"q": query, "limit": 1})
+    text = page(client, "/sql", params={"query": query, "max_rows": 1})
     assert "&lt;b&gt;x&lt;/b&gt;" in text and "<b>x</b>" not in text
     assert "row limit 1" in text and "the statement returned more" in text
     downloads = re.findall(r'href="(/api/sql\?[^"]+)"', text)
     assert len(downloads) == 3
     csv = client.get(html.unescape(downloads[0]))
     assert csv.status_code == 200 and csv.text.splitlines() == ["tag,two", "<b>x</b>,2", "&amp;,3"]
-    refused = page(client, "/sql", params={"q": "COPY directions TO '/tmp/x.csv'"}, status=400)
+    refused = page(client, "/sql", params={"query": "COPY directions TO '/tmp/x.csv'"}, status=400)
     assert "not allowed" in refused
     schema = page(client, "/sql")
     assert "head_summary" in schema and "directions" in schema
@@ -135,7 +135,7 @@ def test_direction_page(client: TestClient, hostile_atlas: Path) -> None:
     text = page(client, "/directions/433?min_cos=0.2&hops=2")
     with atlas.open(hostile_atlas) as a:
         card = a.card(433)
-        steps = a.trace(433, 0.2, 2)
+        steps = a.trace(433, min_cos=0.2, hops=2)
     assert f'href="/directions/{card["partner_id"]}"' in text
     for token in card["tokens"][:5]:
         assert html.escape(token["token_display"]) in text

@@ -95,8 +95,8 @@ def test_cli_table_per_head_on_minilm(minilm_atlas: Path) -> None:
     result = run_cli("--atlas", minilm_atlas, "spectrum", "minilm", "--kind", "ov", "--heads")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split()[:3] == ["kind", "layer", "head"]
-    assert len([line for line in lines if line.startswith("ov ")]) == 6 * 12
+    assert lines[0].split()[:4] == ["model_id", "layer", "head", "kind"]  # the id first
+    assert len([line for line in lines if line.split()[3:4] == ["ov"]]) == 6 * 12
     assert "no layer's norm differs from its neighbours' by more than 10x" in result.stdout
 
 
@@ -110,4 +110,4 @@ def test_cli_bad_input(minilm_atlas: Path) -> None:
     err = assert_one_error_line(
         run_cli("--atlas", minilm_atlas, "spectrum", "minilm", "--jump-factor", "1")
     )
-    assert "above 1" in err
+    assert "--jump-factor: Input should be greater than 1" in err

@@ -99,14 +99,14 @@ def test_python_refuses_past_the_limit_and_the_handle_serves_on(handle: atlas.At
 
 def test_the_server_refuses_with_507_and_answers_on(minilm_atlas: Path) -> None:
     with TestClient(create_app(str(minilm_atlas), memory_limit=SMALL)) as client:
-        refused = client.get("/api/sql", params={"q": HUNGRY})
+        refused = client.get("/api/sql", params={"query": HUNGRY})
         assert refused.status_code == 507
         body = refused.json()
         assert body["status"] == 507 and "needed more than 256 MB" in body["error"]
-        page = client.get("/sql", params={"q": SORT})
+        page = client.get("/sql", params={"query": SORT})
         assert page.status_code == 507 and "needed more than 256 MB" in page.text
         assert client.get("/api/health").status_code == 200
-        again = client.get("/api/sql", params={"q": "SELECT 42 AS x"})
+        again = client.get("/api/sql", params={"query": "SELECT 42 AS x"})
         assert again.status_code == 200 and again.json()["rows"] == [{"x": 42}]
 
 

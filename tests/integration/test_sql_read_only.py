@@ -325,7 +325,7 @@ def test_sql_help_names_every_table_and_view() -> None:
 
 
 def test_python_reads_need_write_to_be_asked_for(small_copy: Path) -> None:
-    with atlas.open(small_copy) as a, pytest.raises(AtlasError, match="write=True"):
+    with atlas.open(small_copy) as a, pytest.raises(AtlasError, match="open it with `write`"):
         a.sql("CREATE TABLE mine2 AS SELECT 1")
     with atlas.open(small_copy, write=True) as a:
         a.sql("CREATE TABLE mine2 AS SELECT 7 AS seven")

@@ -35,7 +35,7 @@ from typing import Any
 WARM_MODULES = (
     "atlas.cli.main",
     "ingest.job",
-    "ingest.random_models",
+    "atlas.models.random_models",
     "transformers.models.gpt2.modeling_gpt2",
     "transformers.models.llama.modeling_llama",
     "transformers.models.bert.modeling_bert",

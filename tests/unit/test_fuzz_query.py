@@ -6,14 +6,13 @@ silently would fail too. Example counts are modest to keep the suite fast.
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atlas.core.errors import AtlasError
 from atlas.core.sqlguard import check_statement
 from atlas.core.tokens import display_form, normalized_form
-from query.filters import parse_ints, parse_layers, parse_names
+from atlas.params import FilterParams, validate
 from query.vectors import split_words
 
 FAST = settings(max_examples=200, deadline=None)
@@ -30,11 +29,14 @@ SQL_WORDS = st.sampled_from(
 
 @FAST
 @given(TEXT)
-def test_parse_layers(text: str) -> None:
+def test_layer_text(text: str) -> None:
     try:
-        parsed = parse_layers(text)
+        parsed = validate(FilterParams, layer=text).filters().layers
     except AtlasError as exc:
-        assert text in str(exc) or repr(text) in str(exc)
+        assert exc.param == "layer"
+        return
+    if text == "":  # what a form sends for a field left blank: no restriction
+        assert parsed is None
         return
     assert parsed is not None
     start, stop = parsed
@@ -45,29 +47,37 @@ def test_parse_layers(text: str) -> None:
 
 @FAST
 @given(TEXT)
-def test_parse_ints(text: str) -> None:
+def test_head_text(text: str) -> None:
     try:
-        parsed = parse_ints(text, "head")
+        heads = validate(FilterParams, head=text).filters().heads
     except AtlasError as exc:
-        assert "bad head" in str(exc)
+        assert exc.param == "head" and "give head numbers" in str(exc)
         return
-    assert parsed == tuple(int(x) for x in text.split(","))
-    assert all(x.strip().lstrip("-").isascii() for x in text.split(","))
+    if text == "":
+        assert heads is None
+        return
+    assert heads == tuple(int(x) for x in text.split(","))
+    assert all(x.strip().isascii() and x.strip().isdigit() for x in text.split(","))
 
 
 @FAST
 @given(TEXT)
-def test_parse_names(text: str) -> None:
+def test_model_list_text(text: str) -> None:
     chunks = text.split(",")
-    if not all(chunk.strip() for chunk in chunks):  # an empty name is refused, not dropped
-        with pytest.raises(AtlasError, match="give names separated by commas"):
-            parse_names(text)
+    try:
+        names = validate(FilterParams, model=text).models()
+    except AtlasError as exc:  # an empty name, or text that is not Unicode (a lone surrogate)
+        assert exc.param == "model"
+        assert not all(chunk.strip() for chunk in chunks) or not text.isprintable()
         return
-    names = parse_names(text)
-    assert names is not None
+    if text == "":  # what a form sends for a field left blank: no restriction
+        assert names is None
+        return
+    assert names is not None and all(chunk.strip() for chunk in chunks)
     assert all(n and n == n.strip() and "," not in n for n in names)
     assert len(names) == len(chunks)
-    assert parse_names(",".join(names)) == names
+    assert validate(FilterParams, model=",".join(names)).models() == names
+    assert validate(FilterParams, model=list(names)).models() == names  # Python's list alike
 
 
 @FAST

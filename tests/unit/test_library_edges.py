@@ -15,7 +15,8 @@ from atlas.core.errors import AtlasError, UnsupportedFormat
 from atlas.core.formats import require_format
 from atlas.core.jsondata import jsonable, printable, table_cell
 from atlas.core.sqlguard import check_statement
-from query.filters import Filters, make_filters
+from atlas.params import FilterParams, validate
+from query.filters import Filters
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,7 @@ def test_a_pivot_without_its_values_says_how_to_write_it() -> None:
 
 
 def test_writes_pass_only_when_asked_for() -> None:
-    with pytest.raises(AtlasError, match="--write"):
+    with pytest.raises(AtlasError, match="`write`"):
         check_statement("CREATE TABLE t AS SELECT 1")
     check_statement("CREATE TABLE t AS SELECT 1", write=True)
 
@@ -104,30 +105,34 @@ def test_the_contract_names_every_declared_table() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"kinds": "ov"},
-        {"kinds": ["xx"]},
-        {"layers": "abc"},
-        {"layers": (5, 2)},
-        {"layers": (-1, None)},
-        {"heads": -1},
-        {"heads": ["1"]},
+        {"kind": ["xx"]},
+        {"kind": "ov,,mlp_in"},
+        {"layer": "abc"},
+        {"layer": (5, 2)},
+        {"layer": (-1, None)},
+        {"head": -1},
+        {"head": ["x"]},
         {"side": "up"},
         {"max_sv_index": -3},
+        {"max_sv_index": True},
         {"min_sigma": math.nan},
-        {"min_sigma": "1"},
+        {"min_sigma": "many"},
     ],
 )
-def test_bad_filters_are_refused(kwargs: dict[str, object]) -> None:
-    with pytest.raises(AtlasError):
-        make_filters(**kwargs)
+def test_bad_filters_are_refused_naming_the_parameter(kwargs: dict[str, object]) -> None:
+    with pytest.raises(AtlasError) as refused:
+        validate(FilterParams, **kwargs)
+    assert refused.value.param == next(iter(kwargs))
 
 
-def test_filters_from_python_values() -> None:
-    assert make_filters(kinds=["ov"], layers=3, heads=2) == Filters(
-        kinds=("ov",), layers=(3, 4), heads=(2,)
-    )
-    assert make_filters(layers=(2, None)).layers == (2, None)
-    assert not make_filters().active
+def test_filters_from_python_values_and_text_alike() -> None:
+    expected = Filters(kinds=("ov", "mlp_in"), layers=(3, 4), heads=(2, 5))
+    assert validate(FilterParams, kind=["ov", "mlp_in"], layer=3, head=[2, 5]).filters() == expected
+    assert validate(FilterParams, kind="ov,mlp_in", layer="3", head="2,5").filters() == expected
+    assert validate(FilterParams, layer=(2, None)).filters().layers == (2, None)
+    assert validate(FilterParams, layer="2:").filters().layers == (2, None)
+    assert validate(FilterParams, layer=":4").filters().layers == (0, 4)
+    assert not validate(FilterParams).filters().active
 
 
 @pytest.mark.parametrize("version", ["1", 1.0, None, True])

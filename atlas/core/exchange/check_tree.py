@@ -13,7 +13,7 @@ from atlas.core.check import CheckReport, Finding
 from atlas.core.errors import AtlasError, one_line
 from atlas.core.exchange.parquet_reader import ParquetReader
 
-REEXPORT = "export the model into the tree again (svd-atlas export --parquet)"
+REEXPORT = "export the model into the tree again (`export` with `parquet`)"
 
 
 def check_tree(location: str) -> CheckReport:

@@ -61,7 +61,7 @@ def export_bundle(
     Indexes are not bundled: loading rebuilds them from the verified vectors.
     """
     if vectors not in VECTOR_MODES:
-        raise AtlasError(f"--vectors must be one of {', '.join(VECTOR_MODES)}")
+        raise AtlasError(f"must be one of {', '.join(VECTOR_MODES)}", param="vectors")
     model_ids = resolve_models(a, model_ids)
     if out.is_dir():
         raise AtlasError(f"{out} is a directory; give a bundle file name")
@@ -105,8 +105,9 @@ def _export_model(a: Reader, model_id: str, position: int, work: Path, vectors: 
     directions = a.relation(model_id, "directions")
     if vectors != "none" and _scalar(a, f"SELECT count(*) FROM {directions} WHERE vector IS NULL"):
         raise AtlasError(
-            f"model {model_id!r} has no vectors (it was loaded without them): "
-            "export it with --vectors none"
+            f"model {model_id!r} has no vectors (it was loaded without them)",
+            param="vectors",
+            hint="export it with `vectors` none",
         )
     (work / table_member(position, "models")).parent.mkdir(parents=True)
     counts = {}

@@ -45,7 +45,9 @@ def export_parquet_tree(
     """Write ``model_ids`` of ``a`` (all when empty) into the tree at ``dest`` (created when
     new); returns the marker, with ``written`` naming the models just written."""
     if vectors not in VECTOR_MODES:
-        raise AtlasError("a Parquet tree stores vectors as f32 or not at all (--vectors f32|none)")
+        raise AtlasError(
+            "a Parquet tree stores vectors as f32 or not at all (f32 or none)", param="vectors"
+        )
     model_ids = resolve_models(a, model_ids)
     with store_errors(dest):
         return _export(a, model_ids, dest, vectors)
@@ -59,8 +61,9 @@ def _export(a: Reader, model_ids: list[str], dest: str, vectors: str) -> dict[st
         info["models"] = {}
     elif info["vectors"] != vectors:
         raise AtlasError(
-            f"{dest} holds vectors {info['vectors']!r}; export into it with --vectors "
-            f"{info['vectors']} (one tree has one vectors mode)"
+            f"{dest} holds vectors {info['vectors']!r} (one tree has one vectors mode)",
+            param="vectors",
+            hint=f"export into it with `vectors` {info['vectors']}",
         )
     for model_id in model_ids:
         for table in TABLES:
