@@ -62,7 +62,7 @@ def job_models(models: Sequence[IngestOptions]) -> list[tuple[str, IngestOptions
         if model_id in seen:
             raise AtlasError(
                 f"{seen[model_id]!r} and {options.model!r} would both be stored as "
-                f"{model_id!r}: give one of them another name (MODEL --name ID in --from FILE)"
+                f"{model_id!r}: give one of them another `name` (in a job file: MODEL --name ID)"
             )
         seen[model_id] = options.model
     return named
@@ -88,7 +88,7 @@ class Progress:
         self.outcomes.append(outcome)
         what = {
             "published": f"published {outcome.model_id} in {outcome.seconds:.1f} s",
-            "skipped": f"skipped {outcome.model_id}: already in the atlas (--replace replaces it)",
+            "skipped": f"skipped {outcome.model_id}: already in the atlas (`replace` replaces it)",
             "failed": f"failed {outcome.model_id}: {outcome.error}",
         }[outcome.status]
         self.log(f"[job] {what}; {self.summary()}")
@@ -315,15 +315,15 @@ def _portable(options: IngestOptions, model_id: str) -> IngestOptions:
 
 
 def check_ray_address(address: str) -> None:
-    """A model read as --ray's address (``--ray random:gpt2-small``) is one clear error."""
+    """A model read as the `ray` address (``--ray random:gpt2-small``) is one clear error."""
     if address in (LOCAL_RAY, "auto") or address.startswith("ray://"):
         return
     host, _, port = address.rpartition(":")
     if host and port.isdigit():
         return
     raise AtlasError(
-        f"--ray {address!r}: an address is auto, HOST:PORT or ray://HOST:PORT (a model right "
-        "after --ray is read as its address: put --ray after the models, or write --ray local)"
+        f"`ray` {address!r}: an address is auto, HOST:PORT or ray://HOST:PORT (a model right "
+        "after `ray` is read as its address: put `ray` after the models, or write `ray` local)"
     )
 
 
@@ -333,7 +333,7 @@ def _connect(address: str) -> Any:
         import ray
     except ImportError:
         raise AtlasError(
-            "--ray needs Ray: pip install 'svd-atlas[ray]' (or pip install ray)"
+            "`ray` needs Ray: pip install 'svd-atlas[ray]' (or pip install ray)"
         ) from None
     if not ray.is_initialized():
         where: dict[str, Any] = (
@@ -350,8 +350,8 @@ def _connect(address: str) -> Any:
 
 
 RAY_HINT = (
-    "check the address (a head node started with `ray start --head` listens on HOST:6379, "
-    "a Ray client server on ray://HOST:10001), or use --ray local for a cluster on this machine"
+    "check the address (a Ray head node listens on HOST:6379, "
+    "a Ray client server on ray://HOST:10001), or use `ray` local for a cluster on this machine"
 )
 RAY_PROBE_SECONDS = 5.0
 

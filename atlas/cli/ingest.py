@@ -99,7 +99,6 @@ from atlas.writing import (
 @click.option("--replace", is_flag=True, help="Replace a model_id that is already in the atlas.")
 @click.option(
     "--ray",
-    "ray_address",
     is_flag=False,
     flag_value=LOCAL_RAY,
     default=None,
@@ -136,7 +135,7 @@ def ingest(
     exact_max: int,
     coherence: bool,
     replace: bool,
-    ray_address: str | None,
+    ray: str | None,
     gpus_per_task: float | None,
     retries: int | None,
 ) -> None:
@@ -144,12 +143,12 @@ def ingest(
         raise click.UsageError("give a MODEL (or several, or --from FILE)")
     if name is not None and (len(models) > 1 or from_file is not None):
         raise atlas.AtlasError("--name names one model; give each model its name in --from FILE")
-    if ray_address is None and (gpus_per_task is not None or retries is not None):
+    if ray is None and (gpus_per_task is not None or retries is not None):
         raise atlas.AtlasError("--gpus-per-task and --retries are for a job on Ray: add --ray")
     options = dict(
         name=name, device=device, processing=processing, top_k=top_k, max_rank=max_rank,
         dtype=dtype, replace=replace, gap_tol=gap_tol, exact_max=exact_max, coherence=coherence,
-        ray=ray_address, gpus_per_task=gpus_per_task, retries=retries,
+        ray=ray, gpus_per_task=gpus_per_task, retries=retries,
     )  # fmt: skip
     from atlas.cli.summary import print_ingest_summary, print_job_summary
 
@@ -159,7 +158,7 @@ def ingest(
         print_job_summary(failed.result.models)
         raise
     except KeyboardInterrupt:
-        if not (from_file is not None or len(models) > 1 or ray_address is not None):
+        if not (from_file is not None or len(models) > 1 or ray is not None):
             raise  # one model: nothing was published
         click.echo(
             "interrupted: the models published before stay in the atlas; the ones in progress "

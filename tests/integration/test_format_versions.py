@@ -88,7 +88,10 @@ def test_a_version_1_atlas_is_refused_by_every_other_command_and_left_alone(
         atlas.open(old)
     checked = run_cli("--atlas", old, "check")
     assert checked.returncode == 1
-    assert "atlas format version 1" in checked.stdout and "--repair upgrades it" in checked.stdout
+    assert (
+        "atlas format version 1" in checked.stdout
+        and "(svd-atlas check --repair) upgrades it" in checked.stdout
+    )
     assert _everything(old) == before
 
 

@@ -111,7 +111,7 @@ def assert_same_atlas(a: Path, b: Path) -> None:
             first = left.sql("SELECT min(direction_id) AS d FROM directions WHERE model_id = ?",
                              [model_id])["d"][0].as_py()  # fmt: skip
             for query in ({"text": "fire"}, {"direction": first + 5},
-                          {"text": "water", "kinds": ["ov"]}):  # fmt: skip
+                          {"text": "water", "kind": "ov"}):  # fmt: skip
                 got = [(h.direction_id, h.sign) for h in left.search(**query, model=model_id)]
                 expected = [(h.direction_id, h.sign)
                             for h in right.search(**query, model=model_id)]  # fmt: skip
