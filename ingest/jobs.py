@@ -350,7 +350,7 @@ def _connect(address: str) -> Any:
 
 
 RAY_HINT = (
-    "check the address (a Ray head node listens on HOST:6379, "
+    "check the address (a head node started with `ray start --head` listens on HOST:6379, "
     "a Ray client server on ray://HOST:10001), or use `ray` local for a cluster on this machine"
 )
 RAY_PROBE_SECONDS = 5.0
