@@ -22,11 +22,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def minilm_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An atlas holding the bundled MiniLM, ingested with default options (no coherence: the
     README's atlas). Read-only for tests: change a copy (``atlas_copy``)."""
-    from ingest.job import IngestOptions, ingest
-    from tests.support.helpers import quiet
+    import atlas
 
     root = tmp_path_factory.mktemp("minilm") / "atlas"
-    ingest(root, IngestOptions(model="minilm", device="cpu"), log=quiet, progress=False)
+    atlas.ingest(root, "minilm", device="cpu", progress=False)
     return root
 
 
@@ -36,22 +35,23 @@ def small_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write "fire" (``PLANTS``; a BERT-like word-piece and a GPT-2-like ``Ġword`` vocabulary) and
     ``random:llama-tiny`` (grouped-query attention, gated MLP, untied unembedding). Read-only
     for tests: change a copy (``small_copy``)."""
+    import atlas
     from ingest.job import IngestOptions, ingest
     from tests.support.helpers import quiet
     from tests.support.planted import planted_models
 
     root = tmp_path_factory.mktemp("small") / "atlas"
-    for name, loaded in planted_models().items():
+    for name, loaded in planted_models().items():  # built in memory: below the façade
         options = IngestOptions(model=name, device="cpu")
         ingest(root, options, loaded=loaded, log=quiet, progress=False)
-    options = IngestOptions(model="random:llama-tiny", model_id="llama-tiny", device="cpu")
-    ingest(root, options, log=quiet, progress=False)
+    atlas.ingest(root, "random:llama-tiny", name="llama-tiny", device="cpu", progress=False)
     return root
 
 
 @pytest.fixture
 def small_copy(small_atlas: Path, tmp_path: Path) -> Path:
-    """A private copy of ``small_atlas`` (a few MB), for tests that change or damage it."""
+    """A private copy of ``small_atlas`` (40 MB, mostly llama-tiny's unembedding), for tests
+    that change or damage it."""
     root = tmp_path / "atlas"
     shutil.copytree(small_atlas, root)
     return root
@@ -60,12 +60,10 @@ def small_copy(small_atlas: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def minilm_coherence_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MiniLM ingested with ``--coherence`` (tens of seconds more): for coherence's tests only."""
-    from ingest.job import IngestOptions, ingest
-    from tests.support.helpers import quiet
+    import atlas
 
     root = tmp_path_factory.mktemp("minilm-coherence") / "atlas"
-    options = IngestOptions(model="minilm", device="cpu", coherence=True)
-    ingest(root, options, log=quiet, progress=False)
+    atlas.ingest(root, "minilm", device="cpu", coherence=True, progress=False)
     return root
 
 

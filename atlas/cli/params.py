@@ -65,7 +65,17 @@ def parameter(name: str, field: FieldInfo) -> Callable[[F], F]:
         show_default=field.default is not None,
         metavar=_metavar(base, choices),
         help=help_text(field),
+        callback=_not_blank,
     )
+
+
+def _not_blank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--top ''`` is refused: an option given must have a value (an unset shell variable is
+    a mistake, not a request for the default; HTTP forms, by contrast, send blanks for fields
+    left alone, and the models take those as absent)."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("give a value, or leave the option out", ctx, param)
+    return value
 
 
 def help_text(field: FieldInfo) -> str:

@@ -238,7 +238,7 @@ def test_approximate_index_above_threshold(tmp_path: Path) -> None:
             "m"
         ][0].as_py()
         recall, traced_total = [], 0
-        for d in range(3, first_ann, first_ann // 24):  # 24 origins across every kind and layer
+        for d in range(3, first_ann, first_ann // 12):  # 12 origins across every kind and layer
             exact = {h.direction_id: h.score for h in a.search(direction=d, model="exact", k=10)}
             ann = {
                 h.direction_id - first_ann: h.score

@@ -105,7 +105,7 @@ def test_publishes_show_up_without_a_restart_and_never_mixed(
     for t in threads:
         t.start()
     try:
-        ingest = run_cli("--atlas", root, "ingest", "minilm", "--replace")
+        ingest = run_cli("--atlas", root, "ingest", "minilm", "--replace", "--max-rank", "4")
         assert ingest.returncode == 0, ingest.stderr
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (not seen or seen[-1] != "new"):

@@ -121,17 +121,3 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, result.stderr
     return errors[0]
-
-
-def tree_without_unembeddings(tree: Path, dest: Path) -> Path:
-    """A copy of a Parquet tree as exported before trees kept each model's unembedding."""
-    import json
-    import shutil
-
-    shutil.copytree(tree, dest)
-    shutil.rmtree(dest / "unembed")
-    marker = json.loads((dest / "_svd_atlas.json").read_text())
-    for info in marker["models"].values():
-        del info["unembed"]
-    (dest / "_svd_atlas.json").write_text(json.dumps(marker))
-    return dest
