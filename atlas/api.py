@@ -10,11 +10,10 @@ reader, so write from one thread.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,14 +21,14 @@ import numpy as np
 import pyarrow as pa
 
 from atlas import writing
+from atlas.core.cancel import Deadline, stoppable
 from atlas.core.exchange.bundle_format import BundleManifest
 from atlas.core.exchange.export import export_bundle
 from atlas.core.exchange.load import LoadResult
 from atlas.core.exchange.parquet_tree import export_parquet_tree
 from atlas.core.exchange.sources import open_reader
 from atlas.core.layout import AtlasDir
-from atlas.core.reader import Reader, StoreReader, WorkUnit
-from atlas.core.sqlguard import check_timeout
+from atlas.core.reader import Reader, StoreReader
 from atlas.errors import AtlasError, AtlasWarning, DamagedIndex
 from atlas.params import (
     MatrixCardParams,
@@ -238,7 +237,9 @@ class Atlas:
         that many bytes of rows. The parameters of :class:`atlas.params.SqlParams`.
         """
         p = validate(SqlParams, query=query, **options)
-        return self.reader.user_sql(p.query, params, timeout, p.max_rows, max_bytes)
+        deadline = Deadline.after(timeout)
+        with stoppable(deadline):
+            return self.reader.user_sql(p.query, params, p.max_rows, max_bytes)
 
     @_takes(SearchParams)
     def search(
@@ -415,20 +416,11 @@ class Atlas:
 
         return measure_edit(self.reader, model_id, edits, prompts, device)
 
-    @contextlib.contextmanager
-    def cancellable(self) -> Iterator[WorkUnit]:
-        """Mark this thread's calls, until the block ends, as one unit of work that
-        :meth:`cancel` (from another thread) can stop: what a server's time limit uses."""
-        with self.reader.cancellable() as unit:
-            yield unit
-
-    def cancel(self, unit: WorkUnit) -> None:
-        """Stop ``unit``: its running statement is interrupted and its next one refused."""
-        self.reader.cancel(unit)
-
     def _call(self, work: Any, timeout: float | None) -> Any:
-        check_timeout(timeout)
-        return work() if timeout is None else self.reader.call(work, timeout)
+        """``work()`` as one stoppable unit (``atlas.core.cancel``): Ctrl-C stops it, and so
+        does ``timeout``, without a thread of its own."""
+        with stoppable(Deadline.after(timeout)):
+            return work()
 
     def close(self) -> None:
         """Close the handle; reading or writing through it afterwards says it is closed."""
