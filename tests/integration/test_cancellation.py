@@ -96,9 +96,9 @@ def test_a_stop_from_another_thread_ends_that_work_and_only_that(handle: atlas.A
 
 def test_nested_work_stops_with_its_outer_deadline(handle: atlas.Atlas) -> None:
     started = time.monotonic()
-    with pytest.raises(QueryTimeout, match="outer limit of 0.3 s"):
-        with stoppable(Deadline.after(0.3, "the outer limit")):
-            handle.sql(RUNAWAY, timeout=60)  # its own limit is later
+    outer = Deadline.after(0.3, "the outer limit")
+    with pytest.raises(QueryTimeout, match="outer limit of 0.3 s"), stoppable(outer):
+        handle.sql(RUNAWAY, timeout=60)  # its own limit is later
     assert time.monotonic() - started < 0.3 + BOUND
 
 

@@ -39,7 +39,7 @@ Moment = Callable[[list[str]], bool]  # true, given the stderr lines so far, whe
 def first_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("crash") / "atlas"
     ingest(root, IngestOptions(model=MODEL, model_id="first", device="cpu"), log=quiet,
-           progress=False)  # fmt: skip
+          )  # fmt: skip
     return root
 
 
@@ -133,7 +133,7 @@ def test_a_published_store_was_flushed_to_disk_before_the_catalog_named_it(
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     root = tmp_path / "atlas"
-    ingest(root, IngestOptions(model=MODEL, device="cpu", max_rank=2), log=quiet, progress=False)
+    ingest(root, IngestOptions(model=MODEL, device="cpu", max_rank=2), log=quiet)
     store_moves = [m for m in moved if Path(m[1]).parent.name == "store"]
     assert len(store_moves) == 1
     staging, store, n_synced = store_moves[0]

@@ -59,7 +59,7 @@ def one_by_one(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The job's models ingested by three separate ingests, in the job's order."""
     root = tmp_path_factory.mktemp("one-by-one") / "atlas"
     for options in JOB:
-        ingest(root, options, log=quiet, progress=False)
+        ingest(root, options, log=quiet)
     return root
 
 
