@@ -28,6 +28,7 @@ from atlas.core.exchange.load import LoadResult
 from atlas.core.exchange.parquet_tree import export_parquet_tree
 from atlas.core.exchange.sources import open_reader
 from atlas.core.layout import AtlasDir
+from atlas.core.progress import Progress, no_progress
 from atlas.core.reader import Reader, StoreReader
 from atlas.errors import AtlasError, AtlasWarning, DamagedIndex
 from atlas.params import (
@@ -337,17 +338,28 @@ class Atlas:
         return compare_models(self.reader, model_a, model_b)
 
     def export(
-        self, out: str | os.PathLike[str], model_ids: list[str] | None = None, vectors: str = "f32"
+        self,
+        out: str | os.PathLike[str],
+        model_ids: list[str] | None = None,
+        vectors: str = "f32",
+        progress: Progress | None = None,
     ) -> BundleManifest:
-        """Write models (all when none named) to one bundle file (see the README)."""
-        return export_bundle(self.reader, list(model_ids or []), Path(out), vectors)
+        """Write models (all when none named) to one bundle file (see the README);
+        ``progress(what, done, total)`` is told the models written."""
+        models = list(model_ids or [])
+        return export_bundle(self.reader, models, Path(out), vectors, progress or no_progress)
 
     def export_parquet(
-        self, dest: str | os.PathLike[str], model_ids: list[str] | None = None, vectors: str = "f32"
+        self,
+        dest: str | os.PathLike[str],
+        model_ids: list[str] | None = None,
+        vectors: str = "f32",
+        progress: Progress | None = None,
     ) -> dict[str, Any]:
         """Write models (all when none named) to a Parquet tree: a folder or an object-store URL
-        such as ``s3://bucket/prefix``."""
-        return export_parquet_tree(self.reader, list(model_ids or []), str(dest), vectors)
+        such as ``s3://bucket/prefix``; ``progress`` as for :meth:`export`."""
+        models = list(model_ids or [])
+        return export_parquet_tree(self.reader, models, str(dest), vectors, progress or no_progress)
 
     def ingest(self, *models: writing.Model, **options: Any) -> writing.IngestResult:
         """Decompose models into this atlas, as ``svd-atlas ingest`` does: ``"minilm"``, a
@@ -362,13 +374,18 @@ class Atlas:
         finally:
             self._wrote()
 
-    def load(self, bundle: str | os.PathLike[str], replace: bool = False) -> list[LoadResult]:
+    def load(
+        self,
+        bundle: str | os.PathLike[str],
+        replace: bool = False,
+        progress: Progress | None = None,
+    ) -> list[LoadResult]:
         """Import every model of ``bundle`` (see :meth:`export`), verified first, all or
-        nothing; ``replace`` replaces models already here. One result per model: its id,
-        directions and the direction ids it got."""
+        nothing; ``replace`` replaces models already here; ``progress`` as for :meth:`export`.
+        One result per model: its id, directions and the direction ids it got."""
         root = self._writing("load")
         try:
-            return writing.load(root, bundle, replace)
+            return writing.load(root, bundle, replace, progress)
         finally:
             self._wrote()
 

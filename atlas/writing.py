@@ -200,11 +200,15 @@ def ingest(
 
 
 def load(
-    location: str | os.PathLike[str], bundle: str | os.PathLike[str], replace: bool = False
+    location: str | os.PathLike[str],
+    bundle: str | os.PathLike[str],
+    replace: bool = False,
+    progress: Progress | None = None,
 ) -> list[LoadResult]:
     """Import every model of ``bundle`` into the atlas at ``location`` (created if needed):
-    verified first, all or nothing; ``replace`` replaces models already there."""
-    return load_bundle(Path(location), Path(bundle), replace)
+    verified first, all or nothing; ``replace`` replaces models already there; ``progress``
+    (``atlas.core.progress``) is told the models built."""
+    return load_bundle(Path(location), Path(bundle), replace, progress or no_progress)
 
 
 def check(location: str | os.PathLike[str], repair: bool = False) -> CheckReport:

@@ -1,9 +1,11 @@
 """Progress is tqdm bars on stderr, on a terminal only: an ingest on a pty shows its stages
-and a bar of blocks done out of the total, with the time left; piped, stderr stays empty."""
+and a bar of blocks done out of the total, with the time left; export and load a bar of
+models; piped, stderr stays empty."""
 
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import pty
 import re
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import atlas
 from tests.support.helpers import CLI, cli_env, run_cli
 
 INGEST = ["ingest", "random:llama-tiny", "--max-rank", "2"]  # 4 blocks
@@ -57,3 +60,38 @@ def test_ingest_piped_prints_nothing_on_stderr(tmp_path: Path) -> None:
     result = run_cli("--atlas", tmp_path / "a", *INGEST)
     assert result.returncode == 0 and result.stderr == ""
     assert "ingested 'random:llama-tiny'" in result.stdout
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal (what tqdm looks at to draw)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_export_and_load_draw_a_bar_of_models_on_a_terminal(
+    small_atlas: Path, tmp_path: Path
+) -> None:
+    from atlas.cli.progress import Bars
+
+    terminal, told = _Terminal(), []
+    with atlas.open(small_atlas) as a, Bars(file=terminal) as bars:
+        a.export(tmp_path / "b.svdatlas", progress=lambda *t: (told.append(t), bars(*t)))
+    assert told == [("models", 1, 3), ("models", 2, 3), ("models", 3, 3)]
+    assert re.search(r"models: 100%\|.*\| 3/3 \[", terminal.getvalue())
+    terminal = _Terminal()
+    with Bars(file=terminal) as bars:
+        atlas.load(tmp_path / "loaded", tmp_path / "b.svdatlas", progress=bars)
+    assert re.search(r"models: 100%\|.*\| 3/3 \[", terminal.getvalue())
+    piped = io.StringIO()  # not a terminal: nothing drawn
+    with atlas.open(small_atlas) as a, Bars(file=piped) as bars:
+        a.export_parquet(tmp_path / "tree", progress=bars)
+    assert piped.getvalue() == ""
+
+
+def test_export_and_load_piped_print_nothing_on_stderr(small_atlas: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "b.svdatlas"
+    exported = run_cli("--atlas", small_atlas, "export", "-o", bundle)
+    assert exported.returncode == 0 and exported.stderr == ""
+    loaded = run_cli("--atlas", tmp_path / "loaded", "load", bundle)
+    assert loaded.returncode == 0 and loaded.stderr == "" and "loaded" in loaded.stdout
