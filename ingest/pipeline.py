@@ -78,7 +78,8 @@ def run_blocks(
     progress: Progress,
 ) -> dict[str, int]:
     """The three-stage pipeline over every block; returns the row counts written.
-    ``progress("blocks", done, total)`` is told after each block is computed."""
+    ``progress("blocks", done, total)`` is told as each block's rows and index vectors are
+    written to the staging store."""
     blocks, options, timer, layout = model.blocks, model.options, model.timer, model.layout
     report = timer.report
     tokens = vocab["token"].combine_chunks()
@@ -111,12 +112,16 @@ def run_blocks(
                 attach(rows, coherence.score(scores, rows.directions))
         for name in counts:
             counts[name] += getattr(rows, name).num_rows
-        progress("blocks", i + 1, blocks.n_blocks)
         return rows
 
+    written = 0
+
     def write(rows: AtlasRows) -> None:
+        nonlocal written
         with timer("write"):
             builder.add_block(rows)
+        written += 1  # one writer at a time
+        progress("blocks", written, blocks.n_blocks)
 
     def waited(what: str, seconds: float) -> None:
         total = report.waiting.get(what, 0.0) + seconds

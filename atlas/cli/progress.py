@@ -42,6 +42,8 @@ class Bars:
                 unit=what.rstrip("s"),
                 file=self.file,
                 disable=None,
+                mininterval=0,  # units are seconds apart: draw each one as it is done
+                miniters=1,
             )
         bar.update(done - bar.n)
         if done >= total:
