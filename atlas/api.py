@@ -10,11 +10,10 @@ reader, so write from one thread.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,14 +21,15 @@ import numpy as np
 import pyarrow as pa
 
 from atlas import writing
+from atlas.core.cancel import Deadline, stoppable
 from atlas.core.exchange.bundle_format import BundleManifest
 from atlas.core.exchange.export import export_bundle
 from atlas.core.exchange.load import LoadResult
 from atlas.core.exchange.parquet_tree import export_parquet_tree
 from atlas.core.exchange.sources import open_reader
 from atlas.core.layout import AtlasDir
-from atlas.core.reader import Reader, StoreReader, WorkUnit
-from atlas.core.sqlguard import check_timeout
+from atlas.core.progress import Progress, no_progress
+from atlas.core.reader import Reader, StoreReader
 from atlas.errors import AtlasError, AtlasWarning, DamagedIndex
 from atlas.params import (
     MatrixCardParams,
@@ -238,7 +238,9 @@ class Atlas:
         that many bytes of rows. The parameters of :class:`atlas.params.SqlParams`.
         """
         p = validate(SqlParams, query=query, **options)
-        return self.reader.user_sql(p.query, params, timeout, p.max_rows, max_bytes)
+        deadline = Deadline.after(timeout)
+        with stoppable(deadline):
+            return self.reader.user_sql(p.query, params, p.max_rows, max_bytes)
 
     @_takes(SearchParams)
     def search(
@@ -336,17 +338,28 @@ class Atlas:
         return compare_models(self.reader, model_a, model_b)
 
     def export(
-        self, out: str | os.PathLike[str], model_ids: list[str] | None = None, vectors: str = "f32"
+        self,
+        out: str | os.PathLike[str],
+        model_ids: list[str] | None = None,
+        vectors: str = "f32",
+        progress: Progress | None = None,
     ) -> BundleManifest:
-        """Write models (all when none named) to one bundle file (see the README)."""
-        return export_bundle(self.reader, list(model_ids or []), Path(out), vectors)
+        """Write models (all when none named) to one bundle file (see the README);
+        ``progress(what, done, total)`` is told the models written."""
+        models = list(model_ids or [])
+        return export_bundle(self.reader, models, Path(out), vectors, progress or no_progress)
 
     def export_parquet(
-        self, dest: str | os.PathLike[str], model_ids: list[str] | None = None, vectors: str = "f32"
+        self,
+        dest: str | os.PathLike[str],
+        model_ids: list[str] | None = None,
+        vectors: str = "f32",
+        progress: Progress | None = None,
     ) -> dict[str, Any]:
         """Write models (all when none named) to a Parquet tree: a folder or an object-store URL
-        such as ``s3://bucket/prefix``."""
-        return export_parquet_tree(self.reader, list(model_ids or []), str(dest), vectors)
+        such as ``s3://bucket/prefix``; ``progress`` as for :meth:`export`."""
+        models = list(model_ids or [])
+        return export_parquet_tree(self.reader, models, str(dest), vectors, progress or no_progress)
 
     def ingest(self, *models: writing.Model, **options: Any) -> writing.IngestResult:
         """Decompose models into this atlas, as ``svd-atlas ingest`` does: ``"minilm"``, a
@@ -361,13 +374,18 @@ class Atlas:
         finally:
             self._wrote()
 
-    def load(self, bundle: str | os.PathLike[str], replace: bool = False) -> list[LoadResult]:
+    def load(
+        self,
+        bundle: str | os.PathLike[str],
+        replace: bool = False,
+        progress: Progress | None = None,
+    ) -> list[LoadResult]:
         """Import every model of ``bundle`` (see :meth:`export`), verified first, all or
-        nothing; ``replace`` replaces models already here. One result per model: its id,
-        directions and the direction ids it got."""
+        nothing; ``replace`` replaces models already here; ``progress`` as for :meth:`export`.
+        One result per model: its id, directions and the direction ids it got."""
         root = self._writing("load")
         try:
-            return writing.load(root, bundle, replace)
+            return writing.load(root, bundle, replace, progress)
         finally:
             self._wrote()
 
@@ -415,20 +433,11 @@ class Atlas:
 
         return measure_edit(self.reader, model_id, edits, prompts, device)
 
-    @contextlib.contextmanager
-    def cancellable(self) -> Iterator[WorkUnit]:
-        """Mark this thread's calls, until the block ends, as one unit of work that
-        :meth:`cancel` (from another thread) can stop: what a server's time limit uses."""
-        with self.reader.cancellable() as unit:
-            yield unit
-
-    def cancel(self, unit: WorkUnit) -> None:
-        """Stop ``unit``: its running statement is interrupted and its next one refused."""
-        self.reader.cancel(unit)
-
     def _call(self, work: Any, timeout: float | None) -> Any:
-        check_timeout(timeout)
-        return work() if timeout is None else self.reader.call(work, timeout)
+        """``work()`` as one stoppable unit (``atlas.core.cancel``): Ctrl-C stops it, and so
+        does ``timeout``, without a thread of its own."""
+        with stoppable(Deadline.after(timeout)):
+            return work()
 
     def close(self) -> None:
         """Close the handle; reading or writing through it afterwards says it is closed."""

@@ -24,7 +24,7 @@ def llama_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("llama") / "atlas"
     options = IngestOptions(model="random:llama-tiny", device="cpu", max_rank=4)
-    ingest(root, options, log=quiet, progress=False)
+    ingest(root, options, log=quiet)
     return root
 
 

@@ -25,7 +25,6 @@ def test_tl_processing_records_what_was_applied(tmp_path: Path, minilm_atlas: Pa
             model="minilm", model_id="minilm-tl", processing="tl", max_rank=4, device="cpu"
         ),
         log=quiet,
-        progress=False,
     )
     with atlas.open(root) as a:
         row = a.sql(

@@ -264,7 +264,7 @@ def atlas_root(folders: Folders, tmp_path_factory: pytest.TempPathFactory) -> Pa
         options = IngestOptions(
             model=str(folders.of(model_id)), model_id=model_id, device="cpu", processing=processing
         )
-        ingest(root, options, log=quiet, progress=False)
+        ingest(root, options, log=quiet)
     return root
 
 
