@@ -21,13 +21,14 @@ import torch
 from atlas.core.errors import AtlasError
 from ingest.assemble import AtlasRows, assemble, residual_vectors
 from ingest.coherence_stage import CoherenceStage, attach
+from ingest.composition import CompositionStage
 from ingest.decompose import OvMethod, decompose
 from ingest.ids import IdLayout
 from ingest.options import IngestOptions
 from ingest.project import project
 from ingest.report import Timer
 from ingest.sources import Blocks
-from ingest.weights import ModelWeights
+from ingest.weights import ModelWeights, on_device
 
 
 class Computed:
@@ -37,14 +38,7 @@ class Computed:
         self, i: int, weights: ModelWeights, device: str, options: IngestOptions, ov: OvMethod
     ):
         self.i, self.weights = i, weights
-        on_device = ModelWeights(
-            weights.W_V.to(device),
-            weights.W_O.to(device),
-            {k: m.to(device) for k, m in weights.mlp.items()},
-            weights.W_U,
-            weights.skipped,
-        )
-        self.groups = decompose(on_device, options.max_rank, ov, first_layer=i)
+        self.groups = decompose(on_device(weights, device), options.max_rank, ov, first_layer=i)
 
 
 @dataclass
@@ -77,6 +71,7 @@ def run_blocks(
     tokens = vocab["token"].combine_chunks()
     display = vocab["token_display"].combine_chunks()
     counts = dict.fromkeys(("matrices", "directions", "top_tokens", "top_neurons"), 0)
+    composition = CompositionStage(model.model_id, blocks.info.d_model)
 
     def load() -> Iterator[ModelWeights]:
         for i in range(1, blocks.n_blocks):
@@ -111,6 +106,10 @@ def run_blocks(
                     model.model_id, computed.groups, vectors, scores, tokens, display,
                     layout.bases(i, computed.groups), options.gap_tolerance, options.top_k,
                 )  # fmt: skip
+            with timer("compose"):
+                rows.composition, rows.composition_pairs = composition.add_block(
+                    computed.groups, layout.bases(i, computed.groups)
+                )
             if coherence is None:
                 attach(rows, None)
             else:
