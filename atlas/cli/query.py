@@ -192,6 +192,10 @@ TRACE_COLUMNS = [  # the table's, under a heading of model and layer
 ]
 
 
+COMPOSITION_TRACE_COLUMNS = ["hop", "parent", "mode", "direction_id", "layer", "head", "kind",
+                             "side", "sv_index", "sigma", "share"]  # fmt: skip
+
+
 @click.command()
 @click.argument("direction_id", type=int)
 @options(TraceParams)
@@ -204,12 +208,19 @@ def trace(obj: dict[str, Any], direction_id: int, n_tokens: int, fmt: str, **par
     In the direction's own model through residual space, in other models through token
     space. sign is the valence relative to DIRECTION_ID; parent is the direction each was
     reached from (with --hops > 1).
+
+    --via composition follows an OV write direction to the query, key and value read
+    directions of later heads that carry its composition (share: of the edge's score
+    squared, at least --min-share); a value read continues through its head's output.
     """
     import atlas
     from atlas.cli.progress import HopProgress
 
     with atlas.open(obj["atlas"]) as a, HopProgress() as progress:
         steps = a.trace(direction_id, progress=progress, **params)
+    if params.get("via") == "composition":
+        emit(list(steps), COMPOSITION_TRACE_COLUMNS, fmt)
+        return
     rows = [{**s.to_dict(), **_hit_row(s.hit, n_tokens, fmt)} for s in steps]
     if fmt == "json":
         emit(rows, TRACE_FIELDS, fmt)
