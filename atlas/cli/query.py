@@ -316,6 +316,8 @@ def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:
         + " ".join(f"{s:.3g}" for s in spectrum[:16])
         + (f" ... ({len(spectrum)} values)" if len(spectrum) > 16 else "")
     )
+    if card.get("qk") is not None:
+        _print_circuits(card)
     rows = []
     for d in card["directions"]:
         row = {"sv": f"{d['sv_index']}{'~' if d['degenerate'] else ''}", "sigma": d["sigma"]}
@@ -328,6 +330,28 @@ def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:
         c for c in ("write +", "write -", "read +", "read -") if any(c in r for r in rows)
     ]
     emit(rows, columns, "table")
+
+
+def _print_circuits(card: dict[str, Any]) -> None:
+    """A head card's circuits: its QK spectrum, eigenvalue scores and strongest edges."""
+    qk = card["qk"]
+    click.echo(
+        f"  eigenvalue positivity: ov {card['eigen_positivity']:+.3f} (copying > 0)  "
+        f"qk {qk['eigen_positivity']:+.3f} (matching > 0)"
+    )
+    rotary = card["positional_embedding"] == "rotary"
+    note = "  (rotary: the content part; positions rotate it)" if rotary else ""
+    click.echo(f"  qk sigma_max {qk['sigma_max']:.4g}  stable rank {qk['stable_rank']:.3g}{note}")
+    click.echo("  qk spectrum: " + " ".join(f"{s:.3g}" for s in qk["spectrum"][:16])
+               + (f" ... ({len(qk['spectrum'])} values)" if len(qk["spectrum"]) > 16 else ""))
+    for end, title, layer, head in (("in", "fed by", "src_layer", "src_head"),
+                                    ("out", "feeds", "dst_layer", "dst_head")):  # fmt: skip
+        edges = card["composition"][end]
+        shown = ", ".join(
+            f"{e['mode']} L{e[layer]}H{e[head]} {e['score']:.3g} (x{e['relative']:.2g})"
+            for e in sorted(edges, key=lambda e: -e["score"])[:6]
+        )
+        click.echo(f"  {title}: {shown or 'none'}")
 
 
 COMMANDS = [sql, search, trace, show]

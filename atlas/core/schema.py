@@ -167,18 +167,21 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("sample", Integer, nullable=False),
         Column("coherence", Double, nullable=False),
     )
-    pair = (
-        Column("model_id", String, nullable=False),
-        Column("src_layer", SmallInteger, nullable=False),  # the writer (its OV output)
-        Column("src_head", SmallInteger, nullable=False),
-        Column("dst_layer", SmallInteger, nullable=False),  # the reader, a later layer
-        Column("dst_head", SmallInteger, nullable=False),
-        Column("mode", String, nullable=False),  # Q, K or V (contract.MODES)
-    )
+
+    def pair() -> list[Column[Any]]:
+        return [
+            Column("model_id", String, nullable=False),
+            Column("src_layer", SmallInteger, nullable=False),  # the writer (its OV output)
+            Column("src_head", SmallInteger, nullable=False),
+            Column("dst_layer", SmallInteger, nullable=False),  # the reader, a later layer
+            Column("dst_head", SmallInteger, nullable=False),
+            Column("mode", String, nullable=False),  # Q, K or V (contract.MODES)
+        ]
+
     Table(
         "composition",
         md,
-        *(c.copy() for c in pair),
+        *pair(),
         Column("score", Double, nullable=False),  # ||L R||_F / (||L||_F ||R||_F)
         Column("baseline", Double, nullable=False),  # 1/sqrt(d_model): random orientations
         Column("relative", Double, nullable=False),  # score / baseline
@@ -187,7 +190,7 @@ def build_metadata(d_model: int | None) -> MetaData:
     Table(
         "composition_pairs",
         md,
-        *(c.copy() for c in pair),
+        *pair(),
         Column("rank", SmallInteger, nullable=False),  # 0 = the largest contribution
         Column("src_sv", Integer, nullable=False),
         Column("dst_sv", Integer, nullable=False),
