@@ -329,9 +329,7 @@ class Atlas:
         if p.layer is None or p.head is None:
             edges = strongest(self.reader, p.model, p.modes(), p.top, p.min_relative)
             return {"model_id": p.model, "edges": edges}
-        return head_edges(
-            self.reader, p.model, p.layer, p.head, p.modes(), p.top, p.min_relative
-        )
+        return head_edges(self.reader, p.model, p.layer, p.head, p.modes(), p.top, p.min_relative)
 
     @_takes(MatrixCardParams)
     def card(self, *target: Any, **options: Any) -> dict[str, Any]:

@@ -213,9 +213,7 @@ class FilterParams(Params):
         None, max_length=30, description="Layer N, or START:STOP (stop excluded), START: or :STOP."
     )
     head: Heads = Field(None, max_length=MAX_TEXT, description="Head number(s), comma-separated.")
-    side: Side | None = Field(
-        None, description="Only read, write, query or key directions."
-    )
+    side: Side | None = Field(None, description="Only read, write, query or key directions.")
     max_sv_index: OptionalInt = Field(None, ge=0, description="Keep sv_index <= N.")
     min_sigma: Float | None = Field(None, description="Keep sigma >= X.")
 

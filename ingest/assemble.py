@@ -1,8 +1,9 @@
 """From decompositions and projections to the rows of the storage contract.
 
 This is where the canonical sign rule is applied: each singular triple's judged vector (``v``
-for ``ov``, ``qk`` (its key side) and ``mlp_out``, ``u`` for ``mlp_in``/``mlp_gate``) is flipped, together with its
-partner, so that its largest-magnitude vocabulary score is positive.
+for ``ov``, ``qk`` (its key side) and ``mlp_out``, ``u`` for ``mlp_in``/``mlp_gate``) is
+flipped, together with its partner, so that its largest-magnitude vocabulary score is
+positive.
 """
 
 from __future__ import annotations

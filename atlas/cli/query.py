@@ -214,12 +214,13 @@ def trace(obj: dict[str, Any], direction_id: int, n_tokens: int, fmt: str, **par
     squared, at least --min-share); a value read continues through its head's output.
     """
     import atlas
+    from atlas.api import CompositionTrace
     from atlas.cli.progress import HopProgress
 
     with atlas.open(obj["atlas"]) as a, HopProgress() as progress:
         steps = a.trace(direction_id, progress=progress, **params)
-    if params.get("via") == "composition":
-        emit(list(steps), COMPOSITION_TRACE_COLUMNS, fmt)
+    if isinstance(steps, CompositionTrace):
+        emit(steps, COMPOSITION_TRACE_COLUMNS, fmt)
         return
     rows = [{**s.to_dict(), **_hit_row(s.hit, n_tokens, fmt)} for s in steps]
     if fmt == "json":
@@ -342,8 +343,11 @@ def _print_circuits(card: dict[str, Any]) -> None:
     rotary = card["positional_embedding"] == "rotary"
     note = "  (rotary: the content part; positions rotate it)" if rotary else ""
     click.echo(f"  qk sigma_max {qk['sigma_max']:.4g}  stable rank {qk['stable_rank']:.3g}{note}")
-    click.echo("  qk spectrum: " + " ".join(f"{s:.3g}" for s in qk["spectrum"][:16])
-               + (f" ... ({len(qk['spectrum'])} values)" if len(qk["spectrum"]) > 16 else ""))
+    click.echo(
+        "  qk spectrum: "
+        + " ".join(f"{s:.3g}" for s in qk["spectrum"][:16])
+        + (f" ... ({len(qk['spectrum'])} values)" if len(qk["spectrum"]) > 16 else "")
+    )
     for end, title, layer, head in (("in", "fed by", "src_layer", "src_head"),
                                     ("out", "feeds", "dst_layer", "dst_head")):  # fmt: skip
         edges = card["composition"][end]

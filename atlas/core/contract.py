@@ -4,8 +4,8 @@ A matrix kind stores the residual-space sides of its singular triples (``read`` 
 ``write`` = V's; for a QK circuit ``query`` = U's, ``key`` = V's); the canonical sign is judged
 on one of them (``JUDGED_SIDE``); an MLP matrix's other side lives in neuron space
 (``NEURON_SIDE``). ``composition`` holds every ordered pair of heads' Q, K and V composition
-scores, ``composition_pairs`` the singular direction pairs that carry each score. The columns of each table are
-declared in ``atlas.core.schema``.
+scores, ``composition_pairs`` the singular direction pairs that carry each score. The columns
+of each table are declared in ``atlas.core.schema``.
 """
 
 from __future__ import annotations

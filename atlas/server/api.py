@@ -17,7 +17,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import Field
 
-from atlas.api import Atlas, coherence
+from atlas.api import Atlas, CompositionTrace, coherence
 from atlas.errors import AtlasError, one_line
 from atlas.interface import MLP_KINDS, csv_cell, jsonable, load_npy, result_rows, unique_names
 from atlas.params import (
@@ -104,7 +104,7 @@ def search_hits(
 
 def trace_steps(a: Atlas, direction_id: int, params: TraceParams) -> dict[str, Any]:
     steps = a.trace(direction_id, **params.model_dump())
-    if params.via == "composition":
+    if isinstance(steps, CompositionTrace):
         return {"direction_id": direction_id, "steps": list(steps), "notes": steps.notes}
     return {
         "direction_id": direction_id,

@@ -11,7 +11,6 @@ numpy on the folder's raw safetensors is the second oracle.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,7 +122,7 @@ def test_qk_directions_are_numpy_singular_vectors(circuits: dict[str, Any]) -> N
             [layer, head],
         ).to_pylist()
         for r in rows:
-            expected = (U[:, r["sv_index"]] if r["side"] == "query" else Vt[r["sv_index"]])
+            expected = U[:, r["sv_index"]] if r["side"] == "query" else Vt[r["sv_index"]]
             assert abs(np.dot(r["vector"], expected)) > 1 - 1e-5
             assert r["sigma"] == pytest.approx(S[r["sv_index"]], rel=1e-5)
         # a query vector and its key partner carry one sign: u S vᵀ is the matrix
@@ -136,8 +135,10 @@ def test_qk_directions_are_numpy_singular_vectors(circuits: dict[str, Any]) -> N
 
 def test_models_record_rotary_positions(circuits: dict[str, Any]) -> None:
     a = atlas.open(circuits["root"])
-    rows = {r["model_id"]: r["positional_embedding"]
-            for r in a.sql("SELECT model_id, positional_embedding FROM models").to_pylist()}
+    rows = {
+        r["model_id"]: r["positional_embedding"]
+        for r in a.sql("SELECT model_id, positional_embedding FROM models").to_pylist()
+    }
     assert rows == {"gpt2-raw": "standard", "gpt2-tl": "standard", "llama-raw": "rotary"}
 
 
@@ -161,7 +162,7 @@ def test_pairs_split_the_score_exactly(circuits: dict[str, Any]) -> None:
     ``top_pairs_share`` of it."""
     heads = raw_heads(circuits["folders"]["gpt2-tiny"], "gpt2-tiny")
     a = atlas.open(circuits["root"])
-    for (sl, sh, dl, dh, mode) in ((0, 0, 1, 2, "V"), (0, 3, 2, 1, "Q"), (1, 1, 2, 0, "K")):
+    for sl, sh, dl, dh, mode in ((0, 0, 1, 2, "V"), (0, 3, 2, 1, "Q"), (1, 1, 2, 0, "K")):
         left = heads.W_V[sl, sh] @ heads.W_O[sl, sh]
         qk = heads.W_Q[dl, dh] @ heads.W_K[dl, dh].T
         right = {"Q": qk, "K": qk.T, "V": heads.W_V[dl, dh] @ heads.W_O[dl, dh]}[mode]
@@ -239,12 +240,15 @@ def test_cli_and_http_reach_the_planted_pair(circuits: dict[str, Any]) -> None:
     with TestClient(create_app(str(root))) as client:
         got = client.get("/api/composition", params={"model": "llama-raw", "mode": "q", "top": 1})
         assert got.status_code == 200 and got.json()["edges"] == [edge]
-        mine = client.get("/api/composition", params={"model": "llama-raw", "layer": 2,
-                                                      "head": 5, "mode": "Q", "top": 1})  # fmt: skip
+        head_params = {"model": "llama-raw", "layer": 2, "head": 5, "mode": "Q", "top": 1}
+        mine = client.get("/api/composition", params=head_params)
         assert (mine.json()["in"][0]["src_layer"], mine.json()["in"][0]["src_head"]) == plant.src
-        assert client.get("/api/composition", params={"model": "llama-raw", "head": 1}).json()[
-            "status"
-        ] == 400
+        assert (
+            client.get("/api/composition", params={"model": "llama-raw", "head": 1}).json()[
+                "status"
+            ]
+            == 400
+        )
         assert client.get("/api/composition", params={"model": "nope"}).status_code == 404
 
 

@@ -83,7 +83,7 @@ def raw_heads(folder: Path, shape: str) -> Heads:
     d_model, n_heads = config.hidden_size, config.num_attention_heads
     d_head = d_model // n_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
-    Q, K, V, O = [], [], [], []
+    Q, K, V, W_O = [], [], [], []
     for layer in range(config.num_hidden_layers):
         if shape.startswith("gpt2"):
             p = f"transformer.h.{layer}.attn."
@@ -97,8 +97,8 @@ def raw_heads(folder: Path, shape: str) -> Heads:
         Q.append([q[:, h * d_head : (h + 1) * d_head] for h in range(n_heads)])
         K.append([k[:, (h // group) * d_head : (h // group + 1) * d_head] for h in range(n_heads)])
         V.append([v[:, (h // group) * d_head : (h // group + 1) * d_head] for h in range(n_heads)])
-        O.append([proj[h * d_head : (h + 1) * d_head] for h in range(n_heads)])
-    return Heads(*(np.array(x) for x in (Q, K, V, O)))
+        W_O.append([proj[h * d_head : (h + 1) * d_head] for h in range(n_heads)])
+    return Heads(*(np.array(x) for x in (Q, K, V, W_O)))
 
 
 def composition_scores(heads: Heads, mode: str) -> np.ndarray:
