@@ -65,18 +65,17 @@ def decompose(
     ov_method: OvMethod = ov_factored,
     first_layer: int = 0,
 ) -> list[MatrixGroup]:
-    """Every OV circuit, every QK circuit, then every MLP matrix of each kind, of the layers
+    """Every OV circuit, every MLP matrix of each kind, then every QK circuit, of the layers
     ``weights`` holds (numbered from ``first_layer``: one block of a streamed model, or all of
     them)."""
     n_layers = weights.W_V.shape[0]
     layers = np.arange(first_layer, first_layer + n_layers)
-    groups = [
-        _decompose_head("ov", weights.W_V, weights.W_O, ov_method, max_rank, layers),
-        _decompose_head("qk", weights.W_Q, weights.W_K.mT, ov_method, max_rank, layers),
-    ]
+    groups = [_decompose_head("ov", weights.W_V, weights.W_O, ov_method, max_rank, layers)]
     for kind, stacked in weights.mlp.items():
         svd = full_svd(stacked)
         groups.append(_group(kind, layers, None, tuple(stacked.shape[1:]), svd, max_rank))
+    # last: the kinds that were there before QK circuits keep their ids
+    groups.append(_decompose_head("qk", weights.W_Q, weights.W_K.mT, ov_method, max_rank, layers))
     return groups
 
 

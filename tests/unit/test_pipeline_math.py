@@ -188,5 +188,5 @@ def test_ids_follow_the_bases_in_storage_order(
     assert [m["matrix_id"] for m in matrices] == list(range(100, 100 + len(matrices)))
     heads = N_LAYERS * N_HEADS
     assert [m["kind"] for m in matrices] == (
-        ["ov"] * heads + ["qk"] * heads + ["mlp_in"] * N_LAYERS + ["mlp_out"] * N_LAYERS
+        ["ov"] * heads + ["mlp_in"] * N_LAYERS + ["mlp_out"] * N_LAYERS + ["qk"] * heads
     )
