@@ -107,7 +107,9 @@ def main() -> None:
             results.append(json.loads(out.read_text()))
             arrays.append(np.load(out.with_suffix(".npy")))
     diff = float(np.abs(arrays[0] - arrays[1]).max())
-    print(f"| route | shape | time (s) | of it, QK and OV SVDs (s) | peak memory above the model (MB) |")
+    print(
+        "| route | shape | time (s) | of it, QK and OV SVDs (s) | peak memory above the model (MB) |"
+    )
     print("|---|---|---|---|---|")
     for r in results:
         print(f"| {r['route']} | {args.shape} | {r['seconds']} | {r['svd_seconds']} | "

@@ -47,7 +47,7 @@ def test_round_trip_into_empty_atlas(
     root = tmp_path / "atlas"
     result = run_cli("--atlas", root, "load", bundles["f32"])
     assert result.returncode == 0, result.stderr
-    assert "direction ids 0..9215" in result.stdout and "remapped" not in result.stdout
+    assert "direction ids 0..13823" in result.stdout and "remapped" not in result.stdout
 
     before = json.loads((minilm_atlas / "catalog.json").read_text())
     after = json.loads((root / "catalog.json").read_text())

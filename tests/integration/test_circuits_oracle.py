@@ -263,3 +263,27 @@ def test_show_card_has_qk_spectrum_and_composition(circuits: dict[str, Any]) -> 
     text = run_cli("--atlas", circuits["root"], "show", "llama-raw", *map(str, plant.dst))
     assert text.returncode == 0, text.stderr
     assert "qk" in text.stdout and "rotary" in text.stdout and "fed by" in text.stdout
+
+
+def test_pages_show_the_planted_edge_and_link_its_directions(circuits: dict[str, Any]) -> None:
+    from fastapi.testclient import TestClient
+
+    from atlas.server.app import create_app
+
+    plant, root = PLANTS["gpt2-tiny"], circuits["root"]
+    (src, dst) = (f"L{plant.src[0]} H{plant.src[1]}", f"L{plant.dst[0]} H{plant.dst[1]}")
+    with TestClient(create_app(str(root))) as client:
+        page = client.get("/circuits", params={"model": "gpt2-raw", "mode": plant.mode,
+                                               "min_relative": 2})  # fmt: skip
+        assert page.status_code == 200
+        rows = page.text.split("<h2>Strongest")[1].split("<tr>")[2:]  # the edges, strongest first
+        assert len(rows) == 1 and src in rows[0] and dst in rows[0]
+        where = {"model": "gpt2-raw", "layer": plant.dst[0], "head": plant.dst[1]}
+        head = client.get("/circuits/head", params=where)
+        pair = client.get("/api/composition", params={**where, "mode": plant.mode, "top": 1}).json()
+        first = pair["in"][0]["pairs"][0]
+        assert f'href="/directions/{first["src_direction_id"]}"' in head.text
+        assert f'href="/directions/{first["dst_direction_id"]}"' in head.text
+        assert client.get("/circuits", params={"model": "gpt2-raw", "mode": "X"}).status_code == 400
+        bad = client.get("/circuits/head", params={"model": "gpt2-raw", "layer": 9, "head": 0})
+        assert bad.status_code == 404 and "<script" not in bad.text

@@ -24,7 +24,7 @@ from tests.support.helpers import SINGLE_THREAD, run_cli_process, start_warm_cli
 pytestmark = pytest.mark.slow  # readers beside a real ingest process
 
 OLD = {"minilm": 13824}
-NEW = {"minilm": 4 * (72 * 2 + 12)}
+NEW = {"minilm": 4 * (72 * 4 + 12)}  # ov and qk: two sides each
 COUNT = "SELECT model_id, count(*) AS n FROM directions GROUP BY model_id ORDER BY model_id"
 
 
