@@ -108,7 +108,7 @@ def main() -> None:
             arrays.append(np.load(out.with_suffix(".npy")))
     diff = float(np.abs(arrays[0] - arrays[1]).max())
     print(
-        "| route | shape | time (s) | of it, QK and OV SVDs (s) | peak memory above the model (MB) |"
+        "| route | shape | time (s) | of it, QK and OV SVDs (s) | peak above model (MB) |"
     )
     print("|---|---|---|---|---|")
     for r in results:
