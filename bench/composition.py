@@ -107,9 +107,7 @@ def main() -> None:
             results.append(json.loads(out.read_text()))
             arrays.append(np.load(out.with_suffix(".npy")))
     diff = float(np.abs(arrays[0] - arrays[1]).max())
-    print(
-        "| route | shape | time (s) | of it, QK and OV SVDs (s) | peak above model (MB) |"
-    )
+    print("| route | shape | time (s) | of it, QK and OV SVDs (s) | peak above model (MB) |")
     print("|---|---|---|---|---|")
     for r in results:
         print(f"| {r['route']} | {args.shape} | {r['seconds']} | {r['svd_seconds']} | "
