@@ -327,7 +327,7 @@ def test_an_old_tree_says_in_its_output_that_words_searched_token_space(
 
 def test_check_works_on_a_tree(tree: Path, tmp_path: Path) -> None:
     good = run_cli("--atlas", tree, "check")
-    assert good.returncode == 0 and "checked 1 models, 9,216 directions" in good.stdout
+    assert good.returncode == 0 and "checked 1 models, 13,824 directions" in good.stdout
     bad = tmp_path / "bad"
     shutil.copytree(tree, bad)
     part = bad / "directions" / "model_id=minilm" / "data_0.parquet"

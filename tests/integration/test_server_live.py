@@ -73,7 +73,7 @@ def test_starts_on_loopback_and_says_so(served: tuple[Server, Path]) -> None:
     assert server.get("/").status_code == 200
     err = server.stop()
     assert f"http://127.0.0.1:{server.port}" in err and "loopback only" in err
-    assert "resident memory" in err and "1 models, 9,216 directions" in err
+    assert "resident memory" in err and "1 models, 13,824 directions" in err
     assert "Traceback" not in err
 
 
