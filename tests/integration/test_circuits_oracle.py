@@ -287,3 +287,12 @@ def test_pages_show_the_planted_edge_and_link_its_directions(circuits: dict[str,
         assert client.get("/circuits", params={"model": "gpt2-raw", "mode": "X"}).status_code == 400
         bad = client.get("/circuits/head", params={"model": "gpt2-raw", "layer": 9, "head": 0})
         assert bad.status_code == 404 and "<script" not in bad.text
+
+
+def test_a_qk_direction_is_not_edited(circuits: dict[str, Any]) -> None:
+    a = atlas.open(circuits["root"])
+    (qk,) = a.sql(
+        "SELECT min(direction_id) AS d FROM directions WHERE model_id = 'gpt2-raw' AND kind = 'qk'"
+    )["d"].to_pylist()
+    with pytest.raises(atlas.AtlasError, match="'qk' direction; rank-1 edits apply"):
+        a.edit("gpt2-raw", {qk: -1.0}, [("the cat", "sat")], device="cpu")
