@@ -32,6 +32,7 @@ from atlas.core.progress import Progress, no_progress
 from atlas.core.reader import Reader, StoreReader
 from atlas.errors import AtlasError, AtlasWarning, DamagedIndex
 from atlas.params import (
+    CompositionParams,
     MatrixCardParams,
     Params,
     SearchParams,
@@ -42,6 +43,7 @@ from atlas.params import (
     validate,
 )
 from query.cards import direction_card, matrix_card, matrix_stats
+from query.circuits import composition_trace, head_edges, head_summary, strongest
 from query.coherence import ListCoherence, list_coherence
 from query.compare import compare as compare_models
 from query.editable import check_editable
@@ -285,13 +287,20 @@ class Atlas:
         timeout: float | None = None,
         progress: TraceProgress | None = None,
         **options: Any,
-    ) -> Trace:
+    ) -> Trace | CompositionTrace:
         """Every direction within ``hops`` steps of ``|cos| >= min_cos`` from ``direction_id``:
         at most ``limit`` of them, the origin included; a list of steps whose ``notes`` repeat
         the warnings given (that the limit cut it, say). ``progress(hop, done, total)`` is
         told after each direction a hop expands. The parameters are those of
-        :class:`atlas.params.TraceParams` (the filters as in :meth:`search`)."""
+        :class:`atlas.params.TraceParams` (the filters as in :meth:`search`).
+
+        ``via="composition"`` follows an OV write direction instead to the Q, K and V read
+        directions of later heads whose composition it carries (at least ``min_share`` of a
+        score²), hop by hop: a :class:`CompositionTrace` of records (``query.circuits``)."""
         p = validate(TraceParams, **options)
+        if p.via == "composition":
+            rows = composition_trace(self.reader, direction_id, p.hops, p.min_share, p.limit)
+            return CompositionTrace(rows, [])
 
         def work() -> Trace:
             return run_trace(
@@ -311,6 +320,19 @@ class Atlas:
             warnings.warn(note, AtlasWarning, stacklevel=2)
         return steps
 
+    @_takes(CompositionParams)
+    def composition(self, model: str, **options: Any) -> dict[str, Any]:
+        """Head composition (``composition`` table): without ``layer`` and ``head``, the model's
+        ``top`` strongest edges per mode (``{"model_id", "edges"}``); with them, that head's
+        in-edges (``in``: who feeds its Q, K, V) and out-edges (``out``: whom it feeds), each
+        with the direction pairs that carry it. The parameters of
+        :class:`atlas.params.CompositionParams`."""
+        p = validate(CompositionParams, model=model, **options)
+        if p.layer is None or p.head is None:
+            edges = strongest(self.reader, p.model, p.modes(), p.top, p.min_relative)
+            return {"model_id": p.model, "edges": edges}
+        return head_edges(self.reader, p.model, p.layer, p.head, p.modes(), p.top, p.min_relative)
+
     @_takes(MatrixCardParams)
     def card(self, *target: Any, **options: Any) -> dict[str, Any]:
         """``card(direction_id)`` or ``card(model_id, layer, head_or_kind)`` (its directions
@@ -320,7 +342,10 @@ class Atlas:
             return direction_card(self.reader, target[0])
         if len(target) == 3:
             model_id, layer, head = target
-            return matrix_card(self.reader, model_id, layer, head, p.top, p.offset)
+            card = matrix_card(self.reader, model_id, layer, head, p.top, p.offset)
+            if card["kind"] == "ov":
+                card.update(head_summary(self.reader, model_id, card["layer"], card["head"], 5))
+            return card
         raise AtlasError(
             "card takes a direction id, or a model id, a layer and a head (or MLP kind)",
             param="target",
@@ -453,6 +478,14 @@ class Atlas:
 
     def __repr__(self) -> str:
         return f"<Atlas {self.location!r}: {len(self.model_ids())} models>"
+
+
+class CompositionTrace(list[dict[str, Any]]):
+    """A composition trace's records (``query.circuits.composition_trace``), with notes."""
+
+    def __init__(self, rows: list[dict[str, Any]], notes: list[str]):
+        super().__init__(rows)
+        self.notes = notes
 
 
 def _open_reader(

@@ -252,6 +252,7 @@ def _model_row(
         "d_mlp": info.d_mlp,
         "d_vocab": info.d_vocab,
         "gated_mlp": info.gated_mlp,
+        "positional_embedding": info.positional_embedding,
         "processing": blocks.processing,
         "processing_applied": info.processing_applied,
         "top_k": options.top_k,

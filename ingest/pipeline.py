@@ -24,13 +24,14 @@ import torch
 from atlas.core.progress import Progress
 from ingest.assemble import AtlasRows, assemble, residual_vectors
 from ingest.coherence_stage import CoherenceStage, attach
+from ingest.composition import CompositionStage
 from ingest.decompose import OvMethod, decompose
 from ingest.ids import IdLayout
 from ingest.options import IngestOptions
 from ingest.project import project
 from ingest.report import Timer
 from ingest.sources import Blocks
-from ingest.weights import ModelWeights
+from ingest.weights import ModelWeights, on_device
 
 T = TypeVar("T")
 W = TypeVar("W")
@@ -44,14 +45,7 @@ class Computed:
         self, i: int, weights: ModelWeights, device: str, options: IngestOptions, ov: OvMethod
     ):
         self.i, self.weights = i, weights
-        on_device = ModelWeights(
-            weights.W_V.to(device),
-            weights.W_O.to(device),
-            {k: m.to(device) for k, m in weights.mlp.items()},
-            weights.W_U,
-            weights.skipped,
-        )
-        self.groups = decompose(on_device, options.max_rank, ov, first_layer=i)
+        self.groups = decompose(on_device(weights, device), options.max_rank, ov, first_layer=i)
 
 
 @dataclass
@@ -85,6 +79,7 @@ def run_blocks(
     tokens = vocab["token"].combine_chunks()
     display = vocab["token_display"].combine_chunks()
     counts = dict.fromkeys(("matrices", "directions", "top_tokens", "top_neurons"), 0)
+    composition = CompositionStage(model.model_id, blocks.info.d_model)
 
     def load(i: int) -> ModelWeights:
         if i == 0 and model.first_block is not None:  # read at boot
@@ -104,6 +99,11 @@ def run_blocks(
                 model.model_id, computed.groups, vectors, scores, tokens, display,
                 layout.bases(i, computed.groups), options.gap_tolerance, options.top_k,
             )  # fmt: skip
+        check()
+        with timer("compose"):
+            rows.composition, rows.composition_pairs = composition.add_block(
+                computed.groups, layout.bases(i, computed.groups)
+            )
         check()
         if coherence is None:
             attach(rows, None)

@@ -148,7 +148,7 @@ def test_every_listing_command_takes_format(minilm_atlas: Path) -> None:
         result = run_cli("--atlas", minilm_atlas, "models", "--format", fmt)
         assert result.returncode == 0, result.stderr
     (row,) = json.loads(run_cli("--atlas", minilm_atlas, "models", "--format", "json").stdout)
-    assert row["model_id"] == "minilm" and row["directions"] == 9216 and row["size"] > 1e6
+    assert row["model_id"] == "minilm" and row["directions"] == 13824 and row["size"] > 1e6
     csv_lines = run_cli("--atlas", minilm_atlas, "models", "--format", "csv").stdout.splitlines()
     assert csv_lines[0].startswith("model_id,") and csv_lines[1].startswith("minilm,")
     assert "--tokens" in run_cli("search", "--help").stdout

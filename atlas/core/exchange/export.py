@@ -51,6 +51,8 @@ ROW_ORDER = {
     "vocab": "token_id",
     "token_bags": "token_norm, direction_id",
     "coherence_null": "scope, sample",
+    "composition": "src_layer, src_head, dst_layer, dst_head, mode",
+    "composition_pairs": "src_layer, src_head, dst_layer, dst_head, mode, rank",
 }
 
 
