@@ -2,7 +2,7 @@
 
 Typical use: the same model ingested with ``--processing raw`` and ``--processing tl``. Matrices
 are matched by (kind, layer, head); within a matrix the judged directions (``ov`` and
-``mlp_out`` write side, ``mlp_in``/``mlp_gate`` read side) are matched two ways: by
+``mlp_out`` write side, ``qk`` key side, ``mlp_in``/``mlp_gate`` read side) are matched two ways: by
 ``sv_index``, and by best absolute cosine (processing can reorder nearly equal singular values).
 
 Per matrix:

@@ -57,6 +57,9 @@ UNEMBED = "unembed.npy"  # centered W_U, [d_vocab, d_model] float16: turns text 
 MANIFEST = "manifest.json"
 OWNER = ".owner"  # in a staging folder: locked by the process writing it
 RESERVED = ".reserved"
+# What ensure_writable makes in a new atlas before its catalog: a folder holding only these
+# is an atlas another writer is creating at this moment, not someone else's folder.
+SKELETON = frozenset({".staging", "store", ".lock"})
 # Stores replaced or abandoned less than this long ago are kept for readers that still use them.
 DEFAULT_ATLAS = "./data/atlas"  # where every command looks unless told otherwise
 SWEEP_GRACE_SECONDS = 600
@@ -204,10 +207,11 @@ class AtlasDir:
         """Create the atlas directory if needed, or fail with one clear line."""
         if self.root.exists() and not self.root.is_dir():
             raise AtlasError(f"atlas path {self.root} exists and is not a directory")
-        if self.root.is_dir() and any(self.root.iterdir()) and not self.exists():
+        if self.root.is_dir() and not self.exists():
             if self.orphan_stores():
                 self.require_atlas()  # says how to rebuild a lost catalog
-            raise AtlasError(f"{self.root} is not empty and holds no svd-atlas catalog")
+            if any(not self._in_skeleton(p.name) for p in self.root.iterdir()):
+                raise AtlasError(f"{self.root} is not empty and holds no svd-atlas catalog")
         try:
             (self.root / ".staging").mkdir(parents=True, exist_ok=True)
             (self.root / "store").mkdir(exist_ok=True)
@@ -215,7 +219,7 @@ class AtlasDir:
             probe.write_bytes(b"")
             probe.unlink()
             if not self.exists():
-                self.write_catalog(Catalog())
+                self._create_catalog()
         except OSError as exc:
             raise AtlasError(f"atlas path {self.root} is not writable: {exc.strerror}") from exc
 
@@ -304,13 +308,36 @@ class AtlasDir:
 
     def _write_json(self, path: Path, data: Any) -> None:
         """Replace ``path`` atomically and durably."""
+        os.replace(self._flushed_json(path, data), path)
+        _fsync_dir(self.root)
+
+    def _create_catalog(self) -> None:
+        """Write an empty catalog unless there is one. Linking never replaces: of two writers
+        creating one atlas at once, the second must not replace the catalog the first may
+        already have published a model in."""
+        tmp = self._flushed_json(self.catalog_path, Catalog().to_json())
+        try:
+            os.link(tmp, self.catalog_path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        _fsync_dir(self.root)
+
+    def _flushed_json(self, path: Path, data: Any) -> Path:
+        """``data`` written and flushed to a new temporary file beside ``path``."""
         tmp = self.root / f".{path.name}.{uuid.uuid4().hex}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.root)
+        return tmp
+
+    @staticmethod
+    def _in_skeleton(name: str) -> bool:
+        """Whether ``name`` is something a writer creating the atlas makes before its catalog
+        (see ``SKELETON``), its catalog's temporary file included."""
+        return name in SKELETON or (name.startswith(f".{CATALOG}.") and name.endswith(".tmp"))
 
     def sweep(self, catalog: Catalog) -> None:
         """Delete stores and staging folders that no catalog entry names and nobody still uses.

@@ -141,6 +141,7 @@ def test_damaged_duckdb_is_reported_then_taken_out_and_left_alone(atlas_copy: Pa
 
 def test_inconsistent_tables_are_each_reported(atlas_copy: Path) -> None:
     con = duckdb.connect(str(_store(atlas_copy) / "model.duckdb"))
+    (n_matrices,) = con.sql("SELECT count(*) FROM matrices").fetchall()[0]
     (n_top, top_k), (n_neg,) = (
         con.sql("SELECT count(*), any_value(m.top_k) FROM top_tokens, models m").fetchall()[0],
         con.sql(
@@ -156,10 +157,12 @@ def test_inconsistent_tables_are_each_reported(atlas_copy: Path) -> None:
     messages = _messages(atlas_copy)
     expected = [
         "model.duckdb does not match its manifest checksum",
-        "matrices has 83 rows, its manifest says 84",
+        f"matrices has {n_matrices - 1} rows, its manifest says {n_matrices}",
         f"top_tokens has {n_top - n_neg} rows, its manifest says {n_top}",
-        "matrices has 83 rows, models.n_matrices 84, the catalog 84",
-        "matrices.matrix_id spans 1..83 (83 distinct); the catalog says 0..83",
+        f"matrices has {n_matrices - 1} rows, models.n_matrices {n_matrices}, "
+        f"the catalog {n_matrices}",
+        f"matrices.matrix_id spans 1..{n_matrices - 1} ({n_matrices - 1} distinct); "
+        f"the catalog says 0..{n_matrices - 1}",
         "directions rows name a matrix_id that is not in matrices",
         "1 top_neurons rows name a direction_id that is not in directions",
         f"1 directions do not have {2 * top_k} top_tokens rows",

@@ -48,7 +48,8 @@ def _stored(root: Path, model_id: str) -> dict[tuple[str, int, int], list[dict]]
             FROM directions d JOIN matrices m USING (matrix_id)
                  JOIN top_tokens t USING (direction_id)
             WHERE d.model_id = ?
-              AND d.side = CASE WHEN d.kind IN ('ov', 'mlp_out') THEN 'write' ELSE 'read' END
+              AND d.side = CASE WHEN d.kind IN ('ov', 'mlp_out') THEN 'write'
+                                WHEN d.kind = 'qk' THEN 'key' ELSE 'read' END
             GROUP BY ALL ORDER BY d.kind, d.layer, head, d.sv_index
             """,
             [model_id],
@@ -77,7 +78,7 @@ def test_compare_raw_and_tl_matches_numpy_on_the_stored_rows(raw_and_tl: Path) -
         if r["scope"] == "matrix"
     }
     A, B = _stored(raw_and_tl, "minilm-raw"), _stored(raw_and_tl, "minilm-tl")
-    assert set(per_matrix) == set(A) == set(B) and len(A) == 72 + 12
+    assert set(per_matrix) == set(A) == set(B) and len(A) == 72 + 72 + 12  # ov, qk, mlp
     for key, got in per_matrix.items():
         a, b = A[key], B[key]
         sa, sb = np.array([r["sigma"] for r in a]), np.array([r["sigma"] for r in b])
@@ -100,7 +101,7 @@ def test_compare_raw_and_tl_matches_numpy_on_the_stored_rows(raw_and_tl: Path) -
             assert got[name] == pytest.approx(value, rel=1e-6, abs=1e-9), (key, name)
 
     aggregate = {r["kind"]: r for r in rows if r["scope"] == "aggregate"}
-    assert aggregate["all"]["n"] == 84 and aggregate["ov"]["n"] == 72
+    assert aggregate["all"]["n"] == 156 and aggregate["ov"]["n"] == aggregate["qk"]["n"] == 72
     for name in ("sigma_change", "overlap_index", "coherence_diff"):
         ov = [r[name] for k, r in per_matrix.items() if k[0] == "ov"]
         assert aggregate["ov"][name] == pytest.approx(np.mean(ov), rel=1e-9)
@@ -114,9 +115,9 @@ def test_compare_csv_table_and_errors(raw_and_tl: Path) -> None:
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].split()[:6] == ["scope", "layer", "head", "kind", "n", "sigma_change"]
-    assert [line.split()[1] for line in lines[1:]] == ["ov", "mlp_in", "mlp_out", "all"]
+    assert [line.split()[1] for line in lines[1:]] == ["ov", "qk", "mlp_in", "mlp_out", "all"]
     out = run_cli("--atlas", raw_and_tl, "compare", "minilm-raw", "minilm-tl", "--format", "csv")
     parsed = list(csv.DictReader(io.StringIO(out.stdout)))
-    assert len(parsed) == 84 + 4
+    assert len(parsed) == 156 + 5
     error = assert_one_error_line(run_cli("--atlas", raw_and_tl, "compare", "minilm-raw", "nope"))
     assert "nope" in error

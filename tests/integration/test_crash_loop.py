@@ -32,7 +32,8 @@ from tests.support.helpers import SINGLE_THREAD, fingerprint, quiet, run_cli, st
 
 MODEL = "random:gpt2-tiny"  # 3 blocks of width 64: seconds to ingest, real GPT-2 layout
 INGEST = ("ingest", MODEL, "--name", "second", "--max-rank", "4")
-SECOND_DIRECTIONS = 3 * (4 * 4 * 2 + 4 + 4)  # per layer: 4 heads x 4 sv x 2 sides, 2 MLPs x 4
+# per layer: 4 heads x 4 sv x 2 sides of OV and of QK, 2 MLPs x 4 sv
+SECOND_DIRECTIONS = 3 * (4 * 4 * 2 * 2 + 4 + 4)
 
 
 Moment = Callable[[str], bool]  # true, given the stderr so far, when to kill

@@ -94,4 +94,5 @@ def test_gated_mlp_decomposed(two_atlases: tuple[Path, Path]) -> None:
         "mlp_in": 4,
         "mlp_out": 4,
         "ov": 32,
+        "qk": 32,
     }

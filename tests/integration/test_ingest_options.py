@@ -43,7 +43,7 @@ def test_tl_processing_records_what_was_applied(tmp_path: Path, minilm_atlas: Pa
         '["center_writing_weights", "center_unembed", "fold_value_biases"]'
     )
     assert row["max_rank"] == 4 and ranks == [{"rank": 4}]
-    assert n == 4 * (72 * 2 + 12)
+    assert n == 4 * (72 * 2 * 2 + 12)  # OV and QK heads: 2 sides
     assert set(json.loads(row["stage_seconds"])) == {
         "boot",
         "load",

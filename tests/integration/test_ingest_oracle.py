@@ -99,11 +99,12 @@ def test_canonical_sign_rule_holds_for_every_judged_direction(minilm_atlas: Path
                    max(score) FILTER (WHERE polarity = 'pos' AND t.rank = 0) AS top,
                    min(score) FILTER (WHERE polarity = 'neg' AND t.rank = 0) AS bottom
             FROM directions d JOIN top_tokens t USING (direction_id)
-            WHERE (d.side = 'write') = (d.kind IN ('ov', 'mlp_out'))
+            WHERE d.side = CASE WHEN d.kind IN ('ov', 'mlp_out') THEN 'write'
+                                WHEN d.kind = 'qk' THEN 'key' ELSE 'read' END
             GROUP BY d.direction_id, d.kind, d.side
         """).to_pydict()
     top, bottom = np.array(rows["top"]), np.array(rows["bottom"])
-    assert len(top) == 72 * 32 + 6 * 384 * 2
+    assert len(top) == 2 * 72 * 32 + 6 * 384 * 2  # OV and QK heads, MLPs
     assert (top >= -bottom).all()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from atlas.core.errors import AtlasError
 from atlas.core.layout import AtlasDir
 from atlas.core.model_lock import ModelBusy, model_lock
 from tests.support.helpers import SINGLE_THREAD, assert_one_error_line, run_cli, start_warm_cli
@@ -98,3 +99,29 @@ def test_two_ingests_of_one_model_at_once_publish_it_once(
     check = run_cli("--atlas", root, "check")
     assert check.returncode == 0 and "ok" in check.stdout, check.stdout + check.stderr
     assert not list((root / ".staging").iterdir())
+
+
+def test_a_writer_joins_an_atlas_another_is_creating_and_never_replaces_its_catalog(
+    tmp_path: Path,
+) -> None:
+    """What two first ingests racing into one new folder see: the other's skeleton (folders, a
+    lock, a catalog being written) is an atlas being created, not someone else's folder; and a
+    catalog the other created (and may have published into) is never replaced."""
+    root = tmp_path / "atlas"
+    for name in (".staging", "store"):
+        (root / name).mkdir(parents=True)
+    (root / ".lock").write_bytes(b"")
+    (root / ".catalog.json.0a1b.tmp").write_text("{")
+    AtlasDir(root).ensure_writable()
+    assert json.loads((root / "catalog.json").read_text())["models"] == {}
+
+    published = json.loads((root / "catalog.json").read_text())
+    published["models"]["first"] = {"store": "store/" + "0" * 32}
+    (root / "catalog.json").write_text(json.dumps(published))  # the first writer published
+    AtlasDir(root)._create_catalog()  # the second saw no catalog a moment before
+    assert json.loads((root / "catalog.json").read_text()) == published
+
+    (root / "notes.txt").write_text("mine")  # anything else: someone's folder, refused
+    (root / "catalog.json").unlink()
+    with pytest.raises(AtlasError, match="is not empty and holds no svd-atlas catalog"):
+        AtlasDir(root).ensure_writable()
