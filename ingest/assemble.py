@@ -190,6 +190,7 @@ def _token_table(
     return pa.table(
         {
             "direction_id": np.repeat(direction_ids, 2 * k),
+            "basis": pa.array(["unembed"] * (2 * k * n), pa.string()),
             "polarity": pa.array(polarity),
             "rank": np.tile(np.arange(k, dtype=np.int16), 2 * n),
             "token_id": token_ids.astype(np.int32),

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from atlas.core.contents import CONTENTS_VERSION
 from atlas.core.indexes import index_type_for
 from atlas.core.layout import AtlasDir, dir_size
 from atlas.core.model_ids import check_model_id
@@ -267,5 +268,6 @@ def _model_row(
         "stage_seconds": {**report.stage_seconds, "wall": report.wall_seconds},
         "n_matrices": report.counts["matrices"],
         "n_directions": report.counts["directions"],
+        "format_version": CONTENTS_VERSION,
         "ingested_at": dt.datetime.now(dt.UTC),
     }

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from atlas.cli.output import dumps, emit, format_option, text_or_json_option
-from atlas.cli.params import REFERENCE, options
+from atlas.cli.params import REFERENCE, options, render
 from atlas.cli.result_file import OUT_FORMATS, out_format, write_result
 from atlas.errors import AtlasError
 from atlas.interface import (
@@ -319,6 +319,9 @@ def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:
     )
     if card.get("qk") is not None:
         _print_circuits(card)
+    elif card.get("circuits_missing"):
+        missing = render(card["circuits_missing"], click.get_current_context(silent=True))
+        click.echo(f"  circuits: none stored; {missing}")
     rows = []
     for d in card["directions"]:
         row = {"sv": f"{d['sv_index']}{'~' if d['degenerate'] else ''}", "sigma": d["sigma"]}

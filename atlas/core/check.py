@@ -7,7 +7,7 @@ the same vectors as DuckDB, and the unembedding has the model's shape. Unreferen
 staging leftovers are reported as information: they are what a crash leaves and the next ingest
 sweeps.
 
-An atlas of the previous format version is one problem, which ``check --repair`` fixes by
+An atlas of an older format version is one problem, which ``check --repair`` fixes by
 upgrading it (``atlas.core.upgrade``); its models are checked once it is upgraded.
 
 Each problem says what fixes it. ``check --repair`` (``atlas.core.repair``) fixes what it can
