@@ -137,7 +137,8 @@ def _assert_holds_the_old_rows(
 
 def _assert_circuits_refused(root: Path | str, model_id: str, version: int) -> None:
     """Every way to ask for circuits is one line naming the model, its format and the
-    re-ingest; a head card says the same in place of its circuits."""
+    re-ingest; a head card says the same in place of its circuits, and a read direction's card
+    in place of its tokens through W_E."""
     said = f"model {model_id!r} was atlased by format version {version}"
     with atlas.open(root) as a:
         first = a.sql("SELECT min(direction_id) AS d FROM directions WHERE model_id = ? "
@@ -150,6 +151,10 @@ def _assert_circuits_refused(root: Path | str, model_id: str, version: int) -> N
     assert card.returncode == 0, card.stderr
     circuits = [line for line in card.stdout.splitlines() if "circuits:" in line]
     assert len(circuits) == 1 and said in circuits[0] and REINGEST in circuits[0], card.stdout
+    reads = run_cli("--atlas", root, "show", str(first - 1))  # its read partner: no W_E rows
+    assert reads.returncode == 0, reads.stderr
+    (embed,) = [line for line in reads.stdout.splitlines() if "reads (W_E)" in line]
+    assert "none stored" in embed and said in embed and REINGEST in embed, reads.stdout
     with TestClient(create_app(str(root))) as client:
         for url in (f"/api/composition?model={model_id}",
                     f"/api/composition?model={model_id}&layer=1&head=0",
@@ -215,6 +220,10 @@ def test_check_repair_upgrades_an_older_atlas_and_circuits_say_to_reingest(
     # a re-ingest brings the circuits back; the other model still says what it lacks
     spec = ("random:gpt2-tiny", "--max-rank", "8", "--name", "second", "--replace")
     assert run_cli("--atlas", old, "ingest", *spec).returncode == 0
+    with atlas.open(old) as a:
+        bases = a.sql("SELECT DISTINCT basis FROM top_tokens t JOIN directions d "
+                      "USING (direction_id) WHERE d.model_id = 'second'")["basis"].to_pylist()  # fmt: skip
+        assert sorted(bases) == ["embed", "unembed"]
     edges = run_cli("--atlas", old, "circuits", "second", "--format", "json")
     assert edges.returncode == 0 and json.loads(edges.stdout)["edges"], edges.stderr
     with atlas.open(old) as a, atlas.open(fresh) as b:
