@@ -221,8 +221,10 @@ def test_check_repair_upgrades_an_older_atlas_and_circuits_say_to_reingest(
     spec = ("random:gpt2-tiny", "--max-rank", "8", "--name", "second", "--replace")
     assert run_cli("--atlas", old, "ingest", *spec).returncode == 0
     with atlas.open(old) as a:
-        bases = a.sql("SELECT DISTINCT basis FROM top_tokens t JOIN directions d "
-                      "USING (direction_id) WHERE d.model_id = 'second'")["basis"].to_pylist()  # fmt: skip
+        bases = a.sql(
+            "SELECT DISTINCT basis FROM top_tokens t JOIN directions d USING (direction_id) "
+            "WHERE d.model_id = 'second'"
+        )["basis"].to_pylist()
         assert sorted(bases) == ["embed", "unembed"]
     edges = run_cli("--atlas", old, "circuits", "second", "--format", "json")
     assert edges.returncode == 0 and json.loads(edges.stdout)["edges"], edges.stderr
