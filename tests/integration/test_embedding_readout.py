@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 import atlas
 from atlas.core.contract import EMBED_SIDES
 from atlas.models.random_models import RandomTensors
+from atlas.server.app import create_app
 from tests.support.helpers import run_cli
 
 K = 20  # the default top_k
@@ -111,6 +113,11 @@ def test_cards_show_the_embedding_readout_of_read_sides(small_atlas: Path, side:
     shown = run_cli("--atlas", small_atlas, "show", str(row["d"]))
     assert shown.returncode == 0, shown.stderr
     assert ("reads (W_E):" in shown.stdout) == (side == "read")
+    with TestClient(create_app(str(small_atlas))) as client:
+        answer = client.get(f"/api/directions/{row['d']}").json()
+        assert answer["embed_tokens"] == card["embed_tokens"]
+        page = client.get(f"/directions/{row['d']}").text
+        assert ("Reads (W_E), positive" in page) == (side == "read")
 
 
 def test_token_space_search_and_views_keep_to_the_unembedding(small_atlas: Path) -> None:

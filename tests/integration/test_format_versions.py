@@ -161,6 +161,11 @@ def _assert_circuits_refused(root: Path | str, model_id: str, version: int) -> N
                     f"/api/composition/trace/{first}"):  # fmt: skip
             answer = client.get(url)
             assert answer.status_code == 400 and said in answer.json()["error"], url
+        card = client.get(f"/api/directions/{first - 1}").json()
+        assert card["embed_tokens"] is None and said in card["embed_missing"]
+        assert card["tokens"]  # what it has is still shown
+        page = client.get(f"/directions/{first - 1}").text
+        assert "Reads (W_E): none stored" in page and "re-ingest it" in page
 
 
 # -- the atlas directory --------------------------------------------------------------------
