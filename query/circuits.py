@@ -61,11 +61,13 @@ def head_edges(
     a.require_contents(model_id, CIRCUITS)
     (info,) = a.sql(f"SELECT n_layers, n_heads FROM {a.relation(model_id, 'models')}").to_pylist()
     n_layers, n_heads = info["n_layers"], info["n_heads"]
-    if not 0 <= layer < n_layers or not 0 <= head < n_heads:
+    if not 0 <= layer < n_layers:
+        raise NotFound(f"{model_id!r} has no layer {layer} (layers 0 to {n_layers - 1})",
+                       param="layer")  # fmt: skip
+    if not 0 <= head < n_heads:
         raise NotFound(
-            f"{model_id!r} has no head {layer}.{head} (layers 0 to {n_layers - 1}, "
-            f"heads 0 to {n_heads - 1})",
-            param="head" if 0 <= layer < n_layers else "layer",
+            f"{model_id!r} has no head {head} in layer {layer} (heads 0 to {n_heads - 1})",
+            param="head",
         )
     return {
         "model_id": model_id,
