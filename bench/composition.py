@@ -75,7 +75,9 @@ def route(shape: str, which: str, out: Path) -> None:
         decompose_s = 0.0
         for layer in range(n_layers):
             one = slice(layer, layer + 1)
-            weights = ModelWeights(W_Q[one], W_K[one], W_V[one], W_O[one], {}, bridge.W_U)
+            weights = ModelWeights(
+                W_Q[one], W_K[one], W_V[one], W_O[one], {}, bridge.W_U, bridge.W_E.T
+            )
             t = time.perf_counter()
             groups = decompose(weights, first_layer=layer)
             decompose_s += time.perf_counter() - t

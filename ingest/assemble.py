@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from atlas.core.contract import JUDGED_SIDE, NEURON_SIDE, SIDES_OF, U_SIDES
+from atlas.core.contract import EMBED_SIDES, JUDGED_SIDE, NEURON_SIDE, SIDES_OF, U_SIDES
 from atlas.models.svd import canonical_signs, degenerate_groups, relative_gaps, spectrum_stats
 from ingest.decompose import MatrixGroup
-from ingest.project import TokenScores
+from ingest.project import TokenScores, project
 
 
 def side_vectors(group: MatrixGroup, side: str) -> torch.Tensor:
@@ -180,8 +180,25 @@ def _direction_table(
     )
 
 
+def embedding_readout(
+    rows: AtlasRows, W_E: torch.Tensor, k: int, vocabulary: pa.Array, display: pa.Array
+) -> pa.Table:
+    """``top_tokens`` rows of basis ``embed`` for the read sides of ``rows`` (``read``,
+    ``query``, ``key``): their top and bottom ``k`` tokens through the centered embedding
+    ``W_E`` ``[d_model, d_vocab]``, which input tokens they read (Dar et al. 2022). Scored after
+    the sign rule, on the stored vectors."""
+    reads = np.isin(rows.directions["side"].to_numpy(zero_copy_only=False), EMBED_SIDES)
+    vectors = torch.from_numpy(rows.vectors[reads]).to(W_E.device, W_E.dtype)
+    scores = project(vectors, W_E, k)
+    return _token_table(rows.direction_ids[reads], scores, vocabulary, display, "embed")
+
+
 def _token_table(
-    direction_ids: np.ndarray, scores: TokenScores, vocabulary: pa.Array, display: pa.Array
+    direction_ids: np.ndarray,
+    scores: TokenScores,
+    vocabulary: pa.Array,
+    display: pa.Array,
+    basis: str = "unembed",
 ) -> pa.Table:
     n, k = scores.top_ids.shape
     token_ids = np.concatenate([scores.top_ids, scores.bottom_ids], axis=1).ravel()
@@ -190,6 +207,7 @@ def _token_table(
     return pa.table(
         {
             "direction_id": np.repeat(direction_ids, 2 * k),
+            "basis": pa.array([basis] * (2 * k * n), pa.string()),
             "polarity": pa.array(polarity),
             "rank": np.tile(np.arange(k, dtype=np.int16), 2 * n),
             "token_id": token_ids.astype(np.int32),

@@ -123,7 +123,7 @@ class BlockLoader:
         self.vocabulary = vocabulary_of(tokenizer, first.cfg.d_vocab)
         self.info = model_info(first.cfg, self.n_blocks, applied)
         weights = extract_weights(first, "cpu")
-        self._unembedding = weights.W_U
+        self._unembedding, self._embedding = weights.W_U, weights.W_E
         self._first: ModelWeights | None = weights
         del first
         gc.collect()  # the full-vocabulary bridge: several embedding-sized copies
@@ -131,6 +131,10 @@ class BlockLoader:
     def unembedding(self) -> torch.Tensor:
         """The centered unembedding ``[d_model, d_vocab]`` (float32, CPU)."""
         return self._unembedding
+
+    def embedding(self) -> torch.Tensor:
+        """The centered embedding, transposed: ``[d_model, d_vocab]`` (float32, CPU)."""
+        return self._embedding
 
     def block(self, i: int) -> ModelWeights:
         """Block ``i``'s matrices (one layer; on the CPU, float32 unless asked otherwise)."""

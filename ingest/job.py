@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from atlas.core.contents import CONTENTS_VERSION
 from atlas.core.indexes import index_type_for
 from atlas.core.layout import AtlasDir, dir_size
 from atlas.core.model_ids import check_model_id
@@ -143,13 +144,15 @@ def boot(
     log(f"[1/3] boot      {options.model} on {device} ({options.processing} weights)")
     with timer("boot"):
         blocks: Blocks = BridgeBlocks(loaded) if loaded else StreamedBlocks(options)
-        W_U = blocks.unembedding().to(device)
+        W_U, W_E = blocks.unembedding().to(device), blocks.embedding().to(device)
         first = blocks.block(0)
         layout = IdLayout.plan(first, blocks.n_blocks, options.max_rank)
     timer.report.skipped = list(first.skipped)
     for message in first.skipped:
         log(f"{'':>15} skipped: {message}")
-    return BootedModel(model_id, options, blocks, W_U, first, layout, timer, ov_method, started)
+    return BootedModel(
+        model_id, options, blocks, W_U, W_E, first, layout, timer, ov_method, started
+    )
 
 
 def build(
@@ -267,5 +270,6 @@ def _model_row(
         "stage_seconds": {**report.stage_seconds, "wall": report.wall_seconds},
         "n_matrices": report.counts["matrices"],
         "n_directions": report.counts["directions"],
+        "format_version": CONTENTS_VERSION,
         "ingested_at": dt.datetime.now(dt.UTC),
     }

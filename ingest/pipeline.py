@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 
 from atlas.core.progress import Progress
-from ingest.assemble import AtlasRows, assemble, residual_vectors
+from ingest.assemble import AtlasRows, assemble, embedding_readout, residual_vectors
 from ingest.coherence_stage import CoherenceStage, attach
 from ingest.composition import CompositionStage
 from ingest.decompose import OvMethod, decompose
@@ -50,13 +50,14 @@ class Computed:
 
 @dataclass
 class BootedModel:
-    """A model booted for ingest: where its blocks come from, its unembedding on the compute
-    device, its first block's weights (read at boot) and the plan of its ids."""
+    """A model booted for ingest: where its blocks come from, its unembedding and embedding on
+    the compute device, its first block's weights (read at boot) and the plan of its ids."""
 
     model_id: str
     options: IngestOptions
     blocks: Blocks
     W_U: torch.Tensor
+    W_E: torch.Tensor
     first_block: ModelWeights | None
     layout: IdLayout
     timer: Timer
@@ -99,6 +100,9 @@ def run_blocks(
                 model.model_id, computed.groups, vectors, scores, tokens, display,
                 layout.bases(i, computed.groups), options.gap_tolerance, options.top_k,
             )  # fmt: skip
+            rows.top_tokens = pa.concat_tables([
+                rows.top_tokens, embedding_readout(rows, model.W_E, options.top_k, tokens, display)
+            ])  # fmt: skip
         check()
         with timer("compose"):
             rows.composition, rows.composition_pairs = composition.add_block(

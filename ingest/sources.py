@@ -25,6 +25,10 @@ class Blocks:
     def unembedding(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def embedding(self) -> torch.Tensor:
+        """The centered embedding, transposed: ``[d_model, d_vocab]`` (float32, CPU)."""
+        raise NotImplementedError
+
     def block(self, i: int) -> ModelWeights:
         raise NotImplementedError
 
@@ -41,6 +45,9 @@ class StreamedBlocks(Blocks):
 
     def unembedding(self) -> torch.Tensor:
         return self._loader.unembedding()
+
+    def embedding(self) -> torch.Tensor:
+        return self._loader.embedding()
 
     def block(self, i: int) -> ModelWeights:
         return self._loader.block(i)
@@ -60,6 +67,9 @@ class BridgeBlocks(Blocks):
 
     def unembedding(self) -> torch.Tensor:
         return self._weights.W_U
+
+    def embedding(self) -> torch.Tensor:
+        return self._weights.W_E
 
     def block(self, i: int) -> ModelWeights:
         return block_slice(self._weights, i)

@@ -15,6 +15,8 @@ class ModelWeights:
     ``W_Q``, ``W_K`` and ``W_V`` are ``[L, H, d_model, d_head]`` (grouped-query K/V heads
     repeated to one per query head, so query head h is paired with its shared key head),
     ``W_O`` is ``[L, H, d_head, d_model]``; ``mlp`` maps a kind to ``[L, rows, cols]``.
+    ``W_U`` and ``W_E`` are the centered unembedding and embedding, both ``[d_model, d_vocab]``
+    (``W_E`` transposed), so that ``vectors @ W`` scores tokens either way.
     """
 
     W_Q: torch.Tensor
@@ -23,12 +25,14 @@ class ModelWeights:
     W_O: torch.Tensor
     mlp: dict[str, torch.Tensor]
     W_U: torch.Tensor
+    W_E: torch.Tensor
     skipped: list[str] = field(default_factory=list)
 
 
 def centered_unembedding(W_U: torch.Tensor) -> torch.Tensor:
-    """``W_U`` minus its mean over the vocabulary: scores then measure a direction's affinity to
-    a token rather than an offset every token shares."""
+    """``W_U`` (``[d_model, d_vocab]``; ``W_E`` transposed alike) minus its mean over the
+    vocabulary: scores then measure a direction's affinity to a token rather than an offset
+    every token shares. A tied model's two are then equal."""
     W_U = W_U.float()
     return W_U - W_U.mean(dim=1, keepdim=True)
 
@@ -58,20 +62,25 @@ def extract_weights(bridge: Any, device: str) -> ModelWeights:
             mlp["mlp_gate"] = bridge.W_gate.detach().to(device, torch.float32)
         mlp["mlp_out"] = bridge.W_out.detach().to(device, torch.float32)
     W_U = centered_unembedding(bridge.W_U.detach().to(device))
-    return ModelWeights(W_Q=W_Q, W_K=W_K, W_V=W_V, W_O=W_O, mlp=mlp, W_U=W_U, skipped=skipped)
+    W_E = centered_unembedding(bridge.W_E.detach().to(device).T)
+    return ModelWeights(W_Q=W_Q, W_K=W_K, W_V=W_V, W_O=W_O, mlp=mlp, W_U=W_U, W_E=W_E,
+                        skipped=skipped)  # fmt: skip
 
 
 def block_slice(w: ModelWeights, i: int) -> ModelWeights:
     """Layer ``i`` of ``w`` alone."""
     one = slice(i, i + 1)
     mlp = {kind: m[one] for kind, m in w.mlp.items()}
-    return ModelWeights(w.W_Q[one], w.W_K[one], w.W_V[one], w.W_O[one], mlp, w.W_U, w.skipped)
+    return ModelWeights(
+        w.W_Q[one], w.W_K[one], w.W_V[one], w.W_O[one], mlp, w.W_U, w.W_E, w.skipped
+    )
 
 
 def on_device(w: ModelWeights, device: str) -> ModelWeights:
-    """``w``'s block matrices on ``device`` (the unembedding stays where it is)."""
+    """``w``'s block matrices on ``device`` (the unembedding and embedding stay where they
+    are)."""
     mlp = {k: m.to(device) for k, m in w.mlp.items()}
     return ModelWeights(
         w.W_Q.to(device), w.W_K.to(device), w.W_V.to(device), w.W_O.to(device), mlp, w.W_U,
-        w.skipped,
+        w.W_E, w.skipped,
     )  # fmt: skip

@@ -1,15 +1,22 @@
-"""Cards: everything the atlas knows about one matrix (a head or an MLP) or one direction."""
+"""Cards: everything the atlas knows about one matrix (a head or an MLP) or one direction.
+
+A direction's tokens are through W_U (``tokens``: what it writes, or would write, into the
+logits); a read side's also through W_E (``embed_tokens``: which input tokens it reads), or,
+for a model atlased by an older format, ``embed_missing``: the line that says why it has none.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from atlas.core.contract import HEAD_KINDS, JUDGED_SQL, KINDS
+from atlas.core.contents import contents_refusal
+from atlas.core.contract import EMBED_SIDES, HEAD_KINDS, JUDGED_SQL, KINDS
 from atlas.core.errors import AtlasError, NotFound
 from atlas.core.reader import Reader, check_direction_id
 from atlas.core.views import direction_tokens_sql
 
 DEFAULT_TOP = 10  # directions a matrix card shows
+EMBED_READOUT = "readout through the embedding W_E"  # what a model of an older format lacks
 MATRIX_COLUMNS = (
     "matrix_id, model_id, layer, head, kind, n_rows, n_cols, rank, numerical_rank, sigma_max, "
     "frobenius_norm, stable_rank, effective_rank, eigen_positivity, coherence, coherence_z, "
@@ -66,8 +73,34 @@ def matrix_card(
         entry[f"{d['side']}_id"] = d["direction_id"]
         entry[f"{d['side']}_pos"] = d["pos_tokens"]
         entry[f"{d['side']}_neg"] = d["neg_tokens"]
+    embedded = _embed_lists(a, model_id, [d["direction_id"] for d in directions])
+    for d in directions:
+        if d["side"] in EMBED_SIDES:
+            pos, neg = embedded.get(d["direction_id"], (None, None))
+            by_sv[d["sv_index"]] |= {f"{d['side']}_embed_pos": pos, f"{d['side']}_embed_neg": neg}
     card["directions"] = [by_sv[i] for i in sorted(by_sv)]
+    refusal = contents_refusal(model_id, a.contents_version(model_id), EMBED_READOUT)
+    card["embed_missing"] = str(refusal) if refusal else None
     return card
+
+
+def _embed_lists(
+    a: Reader, model_id: str, ids: list[int]
+) -> dict[int, tuple[list[str], list[str]]]:
+    """Each of ``ids``' top and bottom tokens through W_E (read sides only have them)."""
+    rows = a.sql(
+        "SELECT direction_id, "
+        "list(token_display ORDER BY rank) FILTER (WHERE polarity = 'pos') AS pos, "
+        "list(token_display ORDER BY rank) FILTER (WHERE polarity = 'neg') AS neg "
+        f"FROM {a.relation(model_id, 'top_tokens')} "
+        "WHERE basis = 'embed' AND list_contains(?, direction_id) GROUP BY direction_id",
+        [ids],
+    ).to_pylist()
+    return {r["direction_id"]: (r["pos"], r["neg"]) for r in rows}
+
+
+def _without_basis(token: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in token.items() if k != "basis"}
 
 
 def _number(value: Any, what: str) -> int:
@@ -91,11 +124,20 @@ def direction_card(a: Reader, direction_id: int) -> dict[str, Any]:
         "WHERE direction_id = ?",
         [direction_id],
     ).to_pylist()[0]
-    card["tokens"] = a.sql(
-        f"SELECT polarity, rank, token_display, token, score FROM {top_tokens} "
+    tokens = a.sql(
+        f"SELECT basis, polarity, rank, token_display, token, score FROM {top_tokens} "
         "WHERE direction_id = ? ORDER BY polarity DESC, rank",
         [direction_id],
     ).to_pylist()
+    card["tokens"] = [_without_basis(t) for t in tokens if t["basis"] == "unembed"]
+    card["embed_tokens"] = None
+    card["embed_missing"] = None
+    if card["side"] in EMBED_SIDES:
+        refusal = contents_refusal(model_id, a.contents_version(model_id), EMBED_READOUT)
+        if refusal is None:
+            card["embed_tokens"] = [_without_basis(t) for t in tokens if t["basis"] == "embed"]
+        else:
+            card["embed_missing"] = str(refusal)
     partner = a.sql(
         f"SELECT direction_id FROM {directions} WHERE matrix_id = ? AND sv_index = ? "
         "AND direction_id <> ?",

@@ -7,18 +7,22 @@
   heads, weighted by their share of each composition score, hop by hop (a V read direction's
   head writes again through its partner write direction; Q and K end a path).
 
-Scores and the pairs' contributions are defined in ``ingest.composition``.
+Scores and the pairs' contributions are defined in ``ingest.composition``. A model atlased by
+an older format has none of them: each question about it is one line saying to re-ingest it
+(``atlas.core.contents``), and a head card says so in place of its circuits.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from atlas.core.contents import contents_refusal
 from atlas.core.contract import MODES
 from atlas.core.errors import AtlasError, NotFound
 from atlas.core.reader import Reader, check_direction_id
 
 DEFAULT_TOP = 10  # edges per mode
+CIRCUITS = "QK circuits or head composition"  # what a model of an older format lacks
 EDGE_COLUMNS = (
     "src_layer, src_head, dst_layer, dst_head, mode, score, baseline, relative, top_pairs_share"
 )
@@ -30,6 +34,7 @@ def strongest(
     """The ``top`` strongest compositions of each mode in ``modes`` (by score), relative score
     at least ``min_relative``."""
     a.require_model(model_id)
+    a.require_contents(model_id, CIRCUITS)
     return a.sql(
         f"SELECT {EDGE_COLUMNS} FROM ("
         f"  SELECT *, row_number() OVER (PARTITION BY mode ORDER BY score DESC, src_layer, "
@@ -53,13 +58,16 @@ def head_edges(
     its kept direction pairs (``pairs``: src and dst direction ids, sv indices and
     contributions, which sum to at most score²)."""
     a.require_model(model_id)
+    a.require_contents(model_id, CIRCUITS)
     (info,) = a.sql(f"SELECT n_layers, n_heads FROM {a.relation(model_id, 'models')}").to_pylist()
     n_layers, n_heads = info["n_layers"], info["n_heads"]
-    if not 0 <= layer < n_layers or not 0 <= head < n_heads:
+    if not 0 <= layer < n_layers:
+        raise NotFound(f"{model_id!r} has no layer {layer} (layers 0 to {n_layers - 1})",
+                       param="layer")  # fmt: skip
+    if not 0 <= head < n_heads:
         raise NotFound(
-            f"{model_id!r} has no head {layer}.{head} (layers 0 to {n_layers - 1}, "
-            f"heads 0 to {n_heads - 1})",
-            param="head" if 0 <= layer < n_layers else "layer",
+            f"{model_id!r} has no head {head} in layer {layer} (heads 0 to {n_heads - 1})",
+            param="head",
         )
     return {
         "model_id": model_id,
@@ -111,7 +119,12 @@ def _edges(
 
 def head_summary(a: Reader, model_id: str, layer: int, head: int, top: int) -> dict[str, Any]:
     """What a head card shows of circuits: its QK circuit (spectrum, statistics, eigenvalue
-    positivity; whether positions rotate it) and its strongest edges in and out."""
+    positivity; whether positions rotate it) and its strongest edges in and out; for a model
+    of an older format, ``circuits_missing``: the line that says why it has none."""
+    refusal = contents_refusal(model_id, a.contents_version(model_id), CIRCUITS)
+    if refusal is not None:
+        return {"qk": None, "positional_embedding": None, "composition": None,
+                "circuits_missing": str(refusal)}  # fmt: skip
     qk = a.sql(
         "SELECT matrix_id, sigma_max, frobenius_norm, stable_rank, effective_rank, "
         f"eigen_positivity, spectrum FROM {a.relation(model_id, 'matrices')} "
@@ -143,6 +156,7 @@ def composition_trace(
     (the write direction it was reached from), ``mode``, ``share`` and ``contribution``."""
     direction_id = check_direction_id(direction_id)
     model_id = a.model_of(direction_id)
+    a.require_contents(model_id, CIRCUITS)
     directions = a.relation(model_id, "directions")
     (origin,) = a.sql(
         f"SELECT direction_id, layer, head, kind, side, sv_index, sigma FROM {directions} "

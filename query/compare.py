@@ -114,7 +114,7 @@ def _load(a: Reader, model_id: str, k: int) -> dict[tuple[str, int, int | None],
         f"""
         SELECT t.direction_id, t.polarity, list(t.token_id) AS ids
         FROM top_tokens t JOIN directions d USING (direction_id)
-        WHERE d.model_id = ? AND {_JUDGED} AND t.rank < ?
+        WHERE d.model_id = ? AND {_JUDGED} AND t.rank < ? AND t.basis = 'unembed'
         GROUP BY ALL
         """,
         [model_id, k],

@@ -371,7 +371,8 @@ def _refuse_broken(
 def _top_tokens(a: Reader, directions: Sequence[Direction]) -> dict[int, list[str]]:
     rows = a.sql(
         "SELECT direction_id, list(token_display ORDER BY rank) AS tokens FROM top_tokens "
-        "WHERE list_contains(?, direction_id) AND polarity = 'pos' AND rank < 5 GROUP BY 1",
+        "WHERE list_contains(?, direction_id) AND basis = 'unembed' AND polarity = 'pos' "
+        "AND rank < 5 GROUP BY 1",
         [[d.direction_id for d in directions]],
     ).to_pylist()
     return {r["direction_id"]: r["tokens"] for r in rows}

@@ -19,7 +19,7 @@ from atlas.interface import printable
     is_flag=True,
     help="Fix what can be fixed without the model: rebuild indexes, manifests and a lost "
     "catalog; take a model whose store cannot be read out of the catalog; upgrade an atlas "
-    "made by the previous format version.",
+    "made by an older format version (1 or 2).",
 )
 @text_or_json_option("text for reading, json for machines.")
 @click.pass_obj

@@ -18,13 +18,21 @@ PAIR_COLUMNS = ["rank", "src_direction_id", "dst_direction_id", "src_sv", "dst_s
 
 @click.command()
 @click.argument("model")
-@click.argument("where", nargs=-1, metavar="[LAYER HEAD]")
+# named as the parameters, so that an error about one names the argument (HEAD), not a flag
+@click.argument("layer", required=False)
+@click.argument("head", required=False)
 @options(CompositionParams, exclude=("model", "layer", "head"))
 @click.option("--pairs", is_flag=True, help="With LAYER HEAD: each edge's direction pairs.")
 @format_option
 @click.pass_obj
 def circuits(
-    obj: dict[str, Any], model: str, where: tuple[str, ...], pairs: bool, fmt: str, **params: Any
+    obj: dict[str, Any],
+    model: str,
+    layer: str | None,
+    head: str | None,
+    pairs: bool,
+    fmt: str,
+    **params: Any,
 ) -> None:
     """Head composition (Q, K, V): MODEL's strongest edges per mode, or with LAYER HEAD that
     head's in-edges (who feeds its query, key and value inputs) and out-edges (whom its output
@@ -32,15 +40,15 @@ def circuits(
     of randomly oriented matrices (1/sqrt(d_model))."""
     import atlas
 
-    if len(where) not in (0, 2):
+    if head is None and layer is not None:
         raise BadParameter("give LAYER and HEAD, or neither")
-    place = dict(zip(("layer", "head"), where, strict=True)) if where else {}
+    place = {"layer": layer, "head": head} if head is not None else {}
     with atlas.open(obj["atlas"]) as a:
         result = a.composition(model, **place, **params)
     if fmt == "json":
         click.echo(dumps(result))
         return
-    if not where:
+    if not place:
         emit(result["edges"], EDGE_COLUMNS, fmt)
         return
     for end, title in (("in", "fed by"), ("out", "feeds")):

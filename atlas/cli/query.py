@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from atlas.cli.output import dumps, emit, format_option, text_or_json_option
-from atlas.cli.params import REFERENCE, options
+from atlas.cli.params import REFERENCE, options, render
 from atlas.cli.result_file import OUT_FORMATS, out_format, write_result
 from atlas.errors import AtlasError
 from atlas.interface import (
@@ -287,12 +287,21 @@ def _print_direction(card: dict[str, Any], n_tokens: int) -> None:
         )
     from atlas.interface import table_cell
 
-    for polarity in ("pos", "neg"):
-        toks = [t for t in card["tokens"] if t["polarity"] == polarity][:n_tokens]
-        click.echo(
-            f"  {'+' if polarity == 'pos' else '-'} "
-            + ", ".join(f"{table_cell(t['token_display'])} ({t['score']:.3f})" for t in toks)
-        )
+    readouts = [("W_U", card["tokens"])]
+    if card["embed_tokens"] is not None:
+        readouts.append(("W_E", card["embed_tokens"]))
+    for basis, tokens in readouts:
+        if len(readouts) > 1:
+            click.echo("  through W_U:" if basis == "W_U" else "  reads (W_E):")
+        for polarity in ("pos", "neg"):
+            toks = [t for t in tokens if t["polarity"] == polarity][:n_tokens]
+            click.echo(
+                f"  {'+' if polarity == 'pos' else '-'} "
+                + ", ".join(f"{table_cell(t['token_display'])} ({t['score']:.3f})" for t in toks)
+            )
+    if card["embed_missing"]:
+        missing = render(card["embed_missing"], click.get_current_context(silent=True))
+        click.echo(f"  reads (W_E): none stored; {missing}")
     if card["top_neurons"]:
         click.echo(
             "  top neurons: "
@@ -319,6 +328,9 @@ def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:
     )
     if card.get("qk") is not None:
         _print_circuits(card)
+    elif card.get("circuits_missing"):
+        missing = render(card["circuits_missing"], click.get_current_context(silent=True))
+        click.echo(f"  circuits: none stored; {missing}")
     rows = []
     for d in card["directions"]:
         row = {"sv": f"{d['sv_index']}{'~' if d['degenerate'] else ''}", "sigma": d["sigma"]}
@@ -326,11 +338,18 @@ def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:
             if f"{side}_id" in d:
                 row[f"{side} +"] = (d[f"{side}_pos"] or [])[:n_tokens]
                 row[f"{side} -"] = (d[f"{side}_neg"] or [])[:n_tokens]
+        if d.get("read_embed_pos") is not None:
+            row["reads (W_E) +"] = d["read_embed_pos"][:n_tokens]
         rows.append(row)
     columns = ["sv", "sigma"] + [
-        c for c in ("write +", "write -", "read +", "read -") if any(c in r for r in rows)
+        c
+        for c in ("write +", "write -", "read +", "read -", "reads (W_E) +")
+        if any(c in r for r in rows)
     ]
     emit(rows, columns, "table")
+    if card.get("embed_missing"):
+        missing = render(card["embed_missing"], click.get_current_context(silent=True))
+        click.echo(f"  reads (W_E): none stored; {missing}")
 
 
 def _print_circuits(card: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ def example_directions(a: Atlas, model_id: str) -> list[dict[str, Any]]:
         SELECT j.direction_id, j.kind, j.layer, j.head, j.side, j.sv_index, j.sigma,
                j.degenerate, t.polarity, list(t.token_display ORDER BY t.rank) AS tokens
         FROM judged j JOIN top_tokens t USING (direction_id)
-        WHERE t.rank < ?
+        WHERE t.rank < ? AND t.basis = 'unembed'
         GROUP BY ALL ORDER BY j.kind, t.polarity DESC
     """
     rows = a.sql(query, [model_id, EXAMPLE_TOKENS]).to_pylist()

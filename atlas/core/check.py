@@ -7,7 +7,7 @@ the same vectors as DuckDB, and the unembedding has the model's shape. Unreferen
 staging leftovers are reported as information: they are what a crash leaves and the next ingest
 sweeps.
 
-An atlas of the previous format version is one problem, which ``check --repair`` fixes by
+An atlas of an older format version is one problem, which ``check --repair`` fixes by
 upgrading it (``atlas.core.upgrade``); its models are checked once it is upgraded.
 
 Each problem says what fixes it. ``check --repair`` (``atlas.core.repair``) fixes what it can
@@ -28,6 +28,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from atlas.core.contents import CONTENTS_VERSION
+from atlas.core.contract import EMBED_SIDES
 from atlas.core.errors import AtlasError, PreviousFormat, UnsupportedFormat, one_line
 from atlas.core.indexes import (
     APPROXIMATE_MIN,
@@ -287,15 +289,22 @@ class ModelCheck:
         for table in ("top_tokens", "top_neurons", "token_bags"):
             self._check_refs(con, table, "direction_id", "directions")
         per_direction = 2 * min(int(model["top_k"]), int(model["d_vocab"]))
+        # through W_U for every direction; through W_E too for read sides (from format 3 on)
+        embedded = int(model["format_version"] or 1) >= CONTENTS_VERSION
         wrong = _one(
             con,
             "SELECT count(*) FROM directions d LEFT JOIN "
-            "(SELECT direction_id, count(*) AS n FROM top_tokens GROUP BY ALL) t USING "
-            "(direction_id) WHERE coalesce(t.n, 0) <> ?",
-            [per_direction],
+            "(SELECT direction_id, count(*) FILTER (WHERE basis = 'unembed') AS u, "
+            "count(*) FILTER (WHERE basis = 'embed') AS e, count(*) AS n FROM top_tokens "
+            "GROUP BY ALL) t USING (direction_id) WHERE coalesce(t.u, 0) <> ? OR coalesce(t.e, 0) "
+            "<> CASE WHEN ? AND list_contains(?, d.side) THEN ? ELSE 0 END "
+            "OR coalesce(t.n, 0) <> coalesce(t.u, 0) + coalesce(t.e, 0)",
+            [per_direction, embedded, list(EMBED_SIDES), per_direction],
         )
         if wrong[0]:
-            self.error(f"{wrong[0]} directions do not have {per_direction} top_tokens rows")
+            self.error(
+                f"{wrong[0]} directions do not have {per_direction} top_tokens rows per basis"
+            )
         return model
 
     def _check_ids(

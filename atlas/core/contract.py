@@ -30,6 +30,10 @@ HEAD_KINDS = KINDS[:2]
 MLP_KINDS = KINDS[2:]
 SIDES = ("read", "write", "query", "key")
 U_SIDES = ("read", "query")  # the sides that are U's columns (what a matrix reads)
+# The sides that read the residual stream, whose tokens are also read through the embedding
+# (``top_tokens.basis = 'embed'``): what a key reads is the source position's stream.
+EMBED_SIDES = ("read", "query", "key")
+BASES = ("unembed", "embed")  # top_tokens.basis: scored against W_U, or against W_E
 POLARITIES = ("pos", "neg")
 SIDES_OF = {
     "ov": ("read", "write"),

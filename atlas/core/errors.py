@@ -100,7 +100,7 @@ class UnsupportedFormat(AtlasError):
 
 
 class PreviousFormat(AtlasError):
-    """An atlas directory of the format version before this svd-atlas's: it is read and written
+    """An atlas directory of an older format version this svd-atlas upgrades: it is read and written
     only once ``svd-atlas check --repair`` has upgraded it (``atlas.core.upgrade``)."""
 
 

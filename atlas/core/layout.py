@@ -46,9 +46,11 @@ from atlas.core.formats import require_format
 FORMAT = "svd-atlas"
 # 2: every store has every table and column of the contract (``models.weight_dtype`` included),
 # its index as residual-NNNN.faiss shards of the types ``models.index_type`` names (flat or
-# pq-rerank). Version 1 atlases are upgraded by ``svd-atlas check --repair``
+# pq-rerank). 3: circuits (kind qk, composition tables, eigenvalue positivity), the embedding
+# readout (``top_tokens.basis``) and ``models.format_version`` (``atlas.core.contents``).
+# Atlases of versions 1 and 2 are upgraded by ``svd-atlas check --repair``
 # (``atlas.core.upgrade``); nothing else reads or writes them.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 UPGRADE = "a repair (`check` with `repair`) upgrades it"
 TOO_OLD = "re-ingest its models into a new atlas (`ingest`)"
 CATALOG = "catalog.json"
@@ -98,7 +100,7 @@ class Catalog:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: Path, upgrading: bool = False) -> Catalog:
-        """The catalog in ``data``; one of the previous format version is refused with a line
+        """The catalog in ``data``; one of an older format version is refused with a line
         that says how to upgrade it, unless ``upgrading`` (the upgrade reads it)."""
         version = require_format(data, FORMAT, FORMAT_VERSION, source, "atlas", TOO_OLD)
         try:

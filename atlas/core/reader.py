@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from atlas.core.cancel import running
+from atlas.core.contents import contents_refusal
 from atlas.core.contract import TABLES
 from atlas.core.errors import AtlasError, DamagedIndex, NotFound, NoVectors, one_line
 from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size
@@ -241,6 +242,21 @@ class Reader(ABC):
             f"no model {model_id!r} in {self.location}; it holds: "
             f"{', '.join(self.model_ids()) or 'nothing yet'}"
         )
+
+    def contents_version(self, model_id: str) -> int:
+        """The format version whose contents the model's rows hold (``models.format_version``:
+        older than the current one for a model upgraded from an older atlas, bundle or tree)."""
+        (row,) = self.sql(
+            f"SELECT format_version FROM {self.relation(model_id, 'models')}"
+        ).to_pylist()
+        return int(row["format_version"] or 1)
+
+    def require_contents(self, model_id: str, what: str) -> None:
+        """Nothing if the model's rows hold ``what`` (e.g. "circuits"), which the current
+        format computes; otherwise one line saying it needs a re-ingest
+        (``atlas.core.contents``)."""
+        if refusal := contents_refusal(model_id, self.contents_version(model_id), what):
+            raise refusal
 
     @abstractmethod
     def relation(self, model_id: str, table: str) -> str:

@@ -11,7 +11,7 @@ it. Under the atlas's writer lock, for each problem ``atlas.core.check`` marks r
   counters past every id any store on disk holds, so ids stay unique;
 - a model whose store cannot be read at all is taken out of the catalog (its ids stay retired),
   so that every other model works and ``check`` passes; re-ingesting brings it back;
-- an atlas of the previous format version is upgraded (``atlas.core.upgrade``), first.
+- an atlas of an older format version (1 or 2) is upgraded (``atlas.core.upgrade``), first.
 
 Files are replaced by writing a new one next to them and renaming it over the old, so readers
 that opened the old one keep it. DuckDB data is only read (an upgrade writes new stores beside
@@ -50,7 +50,7 @@ from atlas.core.layout import (
 )
 from atlas.core.sqlguard import sql_string
 from atlas.core.store import sha256_file, write_index_from_database, write_manifest
-from atlas.core.upgrade import PREVIOUS_VERSION, upgrade_atlas
+from atlas.core.upgrade import UNVERSIONED, upgrade_atlas
 
 
 def repair_atlas(root: str | Path) -> CheckReport:
@@ -196,9 +196,9 @@ def _store_version(store: Path) -> int:
     on (a catalog rebuilt over older stores is of the older version, and is upgraded next)."""
     try:
         version = json.loads((store / MANIFEST).read_text(encoding="utf-8"))["format_version"]
-        return version if isinstance(version, int) else PREVIOUS_VERSION
+        return version if isinstance(version, int) else UNVERSIONED
     except (OSError, ValueError, KeyError, TypeError):
-        return PREVIOUS_VERSION
+        return UNVERSIONED
 
 
 def _recorded_ids(store: Path) -> tuple[int, int]:

@@ -74,6 +74,9 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("stage_seconds", JSON, nullable=False),
         Column("n_matrices", Integer, nullable=False),
         Column("n_directions", Integer, nullable=False),
+        # the atlas format whose contents its rows hold: an older model, upgraded, keeps its
+        # number and lacks what later formats compute (``atlas.core.contents``)
+        Column("format_version", Integer, nullable=False),
         Column("ingested_at", DateTime(timezone=True), nullable=False),
     )
     Table(
@@ -126,6 +129,9 @@ def build_metadata(d_model: int | None) -> MetaData:
         "top_tokens",
         md,
         Column("direction_id", BigInteger, nullable=False),
+        # 'unembed': scored against W_U (what the direction writes, or would write, into the
+        # logits); 'embed': against W_E (which input tokens a read side reads)
+        Column("basis", String, nullable=False),
         Column("polarity", String, nullable=False),
         Column("rank", SmallInteger, nullable=False),
         Column("token_id", Integer, nullable=False),

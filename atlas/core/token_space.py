@@ -12,7 +12,8 @@ A text query is the bag of its words with equal weights.
 
 from __future__ import annotations
 
-# Built at ingest from a store's top_tokens and vocab tables (ordered by token_norm, so that
+# Built at ingest from a store's top_tokens (through W_U: what directions write, or would write,
+# into the logits) and vocab tables (ordered by token_norm, so that
 # DuckDB's zone maps let a lookup of a few strings skip most of the table).
 # Aggregates, a join and a sort, which DuckDB runs out of core within the writer's memory
 # limit (a window over every direction's tokens does not: it failed at 1e6 directions).
@@ -21,7 +22,7 @@ BUILD_TOKEN_BAGS = """
     WITH summed AS (
         SELECT t.direction_id, v.token_norm, sum(t.score) AS w
         FROM top_tokens t JOIN vocab v USING (token_id)
-        WHERE v.token_norm <> ''
+        WHERE v.token_norm <> '' AND t.basis = 'unembed'
         GROUP BY t.direction_id, v.token_norm
     ), norms AS (
         SELECT direction_id, sqrt(sum(w * w)) AS norm FROM summed GROUP BY direction_id

@@ -1,4 +1,5 @@
-"""The one upgrade of an atlas directory: from format version 1 to 2 (``svd-atlas check --repair``).
+"""The one upgrade of an atlas directory: from format version 1 or 2 to 3 (``svd-atlas check
+--repair``).
 
 Version 1 grew without changing its number, so a version 1 store may lack what later ones have:
 
@@ -8,17 +9,22 @@ Version 1 grew without changing its number, so a version 1 store may lack what l
   HNSW index (``models.index_type = 'hnsw'``, the first release's choice above
   ``--exact-max``).
 
-Version 2 has all of them, always. The upgrade writes each model's store again under
-``.staging``: the contract's schema, the old rows copied in by column name (what a store lacks
-is NULL or empty; ``token_bags`` is derived again from ``top_tokens`` and ``vocab``, as ingest
+Version 2 has all of them, always. Version 3 added what needs the weights (QK circuits,
+composition, eigenvalue positivity, the embedding readout: ``atlas.core.contents``), which an
+upgrade cannot compute: an upgraded model keeps its rows, with ``models.format_version`` saying
+which version computed them, so that what shows circuits refuses it with one line that says to
+re-ingest it.
+
+The upgrade writes each model's store again under ``.staging``: the contract's schema, the old
+rows copied in by column name (what a store lacks is NULL or empty, ``top_tokens.basis`` is
+``unembed``; ``token_bags`` is derived again from ``top_tokens`` and ``vocab``, as ingest
 derives it), an HNSW model given the index type ingest chooses above ``--exact-max``, the index
 rebuilt from DuckDB's vectors, the unembedding and the manifest's record kept. One new catalog
 then publishes every store at once (``AtlasDir.publish_many``), under the writer lock. Until
-that rename the version 1 atlas is exactly as it was: an upgrade that stops anywhere changes
+that rename the old atlas is exactly as it was: an upgrade that stops anywhere changes
 nothing, and its staging folders are swept later; the old stores stay for readers that still
 use them until a later sweep. A store that cannot be read at all is left out of the new
-catalog, its ids retired, as
-``check --repair`` does for any version.
+catalog, its ids retired, as ``check --repair`` does for any version.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 
 import duckdb
 
+from atlas.core.contents import added_columns_sql
 from atlas.core.contract import TABLES
 from atlas.core.errors import one_line
 from atlas.core.indexes import APPROXIMATE, EXACT, index_type_for
@@ -54,13 +61,13 @@ from atlas.core.store import (
     writing_store,
 )
 
-PREVIOUS_VERSION = FORMAT_VERSION - 1
+UNVERSIONED = 1  # a store whose manifest names no format version was written by version 1
 FIRST_RELEASE_TABLES = TABLES[:5]  # what every version 1 store has
 INDEX_TYPES = (EXACT, APPROXIMATE)  # what version 2 writes in models.index_type
 
 
 def upgrade_atlas(atlas_dir: AtlasDir) -> list[str]:
-    """Upgrade the atlas at ``atlas_dir`` from the previous format version to the current one
+    """Upgrade the atlas at ``atlas_dir`` from an older format version to the current one
     (see the module notes); returns what was done, one line per model (nothing for an atlas
     of the current version)."""
     with atlas_dir.writer_lock(), writing_store(atlas_dir.root):
@@ -76,29 +83,29 @@ def upgrade_atlas(atlas_dir: AtlasDir) -> list[str]:
                     done.append(f"{model_id}  taken out of the catalog: its store {problem}")
                     continue
                 staging = stack.enter_context(atlas_dir.staging())
-                upgrade_store(old, staging, model_id, entry)
+                upgrade_store(old, staging, model_id, entry, catalog.version)
                 fsync_tree(staging)
                 ids = CatalogEntry("", entry.first_direction_id, entry.n_directions,
                                    entry.first_matrix_id, entry.n_matrices)  # fmt: skip
                 staged.append((model_id, staging, ids))
                 done.append(f"{model_id}  store upgraded to atlas format {FORMAT_VERSION}")
             atlas_dir.sweep(catalog)
-            catalog.version = FORMAT_VERSION
+            previous, catalog.version = catalog.version, FORMAT_VERSION
             atlas_dir.publish_many(staged, catalog)
-    return [f"-  atlas format {PREVIOUS_VERSION} upgraded to {FORMAT_VERSION}", *done]
+    return [f"-  atlas format {previous} upgraded to {FORMAT_VERSION}", *done]
 
 
-def upgrade_store(old: Path, new: Path, model_id: str, entry: CatalogEntry) -> None:
-    """Write the version 1 store ``old`` as a current one in the empty folder ``new``."""
+def upgrade_store(old: Path, new: Path, model_id: str, entry: CatalogEntry, version: int) -> None:
+    """Write the store ``old`` of format ``version`` as a current one in the empty folder
+    ``new``."""
     con = duckdb.connect(":memory:")
     try:
         con.execute(f"ATTACH {sql_string(str(old / MODEL_DB))} AS old (READ_ONLY)")
-        present = {
-            name
-            for (name,) in con.execute(
-                "SELECT table_name FROM duckdb_tables() WHERE database_name = 'old'"
-            ).fetchall()
-        }
+        present: dict[str, set[str]] = {}
+        for table, column in con.execute(
+            "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = 'old'"
+        ).fetchall():
+            present.setdefault(table, set()).add(column)
         row = "SELECT d_model, spec, n_directions FROM old.models"
         d_model, spec, n_directions = con.sql(row).fetchall()[0]
         query = "SELECT count(*) FROM old.directions WHERE vector IS NULL"
@@ -111,7 +118,7 @@ def upgrade_store(old: Path, new: Path, model_id: str, entry: CatalogEntry) -> N
         writer.con.execute("BEGIN")
         for table in TABLE_ORDER:
             if table in present:
-                rows = _rows_of(table, int(n_directions))
+                rows = _rows_of(table, int(n_directions), version, present[table])
                 writer.con.execute(f"INSERT INTO {table} BY NAME {rows}")
         writer.con.execute("COMMIT")
         writer.con.execute("DETACH old")
@@ -125,17 +132,19 @@ def upgrade_store(old: Path, new: Path, model_id: str, entry: CatalogEntry) -> N
     write_manifest(new, _record(old, model_id, entry, spec, has_vectors=not n_null))
 
 
-def _rows_of(table: str, n_directions: int) -> str:
-    """The old store's rows of ``table``, as the current contract has them: an HNSW model was
-    above ``--exact-max``, and gets the index ingest builds there today (approximate, unless
-    too small to train)."""
+def _rows_of(table: str, n_directions: int, version: int, columns: set[str]) -> str:
+    """The old store's rows of ``table`` (whose columns are ``columns``), as the current
+    contract has them: the columns version 3 added as an older model has them
+    (``atlas.core.contents``), and an HNSW model, which was above ``--exact-max``, with the
+    index ingest builds there today (approximate, unless too small to train)."""
+    added = added_columns_sql(table, version, columns)
     if table != "models":
-        return f"SELECT * FROM old.{table}"
+        return f"SELECT *{added} FROM old.{table}"
     kept = ", ".join(f"'{t}'" for t in INDEX_TYPES)
     above_exact_max = index_type_for(n_directions, exact_max=0)
     return (
         f"SELECT * REPLACE (CASE WHEN index_type IN ({kept}) THEN index_type "
-        f"ELSE '{above_exact_max}' END AS index_type) FROM old.models"
+        f"ELSE '{above_exact_max}' END AS index_type){added} FROM old.models"
     )
 
 
@@ -158,7 +167,7 @@ def _record(
 
 
 def _unreadable(store: Path, model_id: str) -> str | None:
-    """Why a version 1 store cannot be upgraded (it cannot be opened, lacks a table every
+    """Why an older store cannot be upgraded (it cannot be opened, lacks a table every
     version 1 store has, or holds another model), or None."""
     if not (store / MODEL_DB).is_file():
         return "is missing"

@@ -133,7 +133,8 @@ def _score_order_problem(run: Run, directions: str, top_tokens: str, every: bool
         SELECT d.direction_id, {", ".join(f"d.{c}" for c in _WHERE.split(", "))},
                t.polarity, t.rank, t.score FROM (
             SELECT direction_id, polarity, rank, score,
-                   lag(score) OVER (PARTITION BY direction_id, polarity ORDER BY rank) AS previous
+                   lag(score) OVER (PARTITION BY direction_id, basis, polarity ORDER BY rank)
+                   AS previous
             FROM {top_tokens} {among}
             QUALIFY score IS NULL OR NOT isfinite(score)
                     OR (polarity = 'pos' AND score > previous)
@@ -167,7 +168,7 @@ def _score_problem(run: Run, directions: str, top_tokens: str, unembed: np.ndarr
     vectors = vector_matrix(sample["vector"])
     tokens = run(
         f"SELECT direction_id, token_id, score FROM {top_tokens} "
-        "WHERE direction_id IN (SELECT unnest(?))",
+        "WHERE basis = 'unembed' AND direction_id IN (SELECT unnest(?))",
         [ids],
     )
     rows = {i: n for n, i in enumerate(ids)}

@@ -1,6 +1,8 @@
 """Convenience views over the contract's tables, so common questions are one short query.
 
-- ``direction_tokens``: one row per direction with its top tokens and scores as lists.
+- ``direction_tokens``: one row per direction with its top tokens and scores as lists (through
+  W_U, ``top_tokens.basis = 'unembed'``; a read side's tokens through W_E are the rows of
+  basis ``embed``).
 - ``head_summary``: one row per attention head: spectrum statistics and the top write
   direction's tokens of its OV circuit, and the eigenvalue positivity of its OV and QK circuits.
 - ``head_composition``: one row per attention head and mode (Q, K, V): the heads that feed it
@@ -32,7 +34,7 @@ def direction_tokens_sql(
                list(t.score ORDER BY t.rank) FILTER (WHERE t.polarity = 'pos') AS pos_scores,
                list(t.score ORDER BY t.rank) FILTER (WHERE t.polarity = 'neg') AS neg_scores
         FROM {directions} d JOIN {top_tokens} t USING (direction_id)
-        WHERE {where}
+        WHERE t.basis = 'unembed' AND {where}
         GROUP BY d.direction_id, d.matrix_id, d.model_id, d.layer, d.head, d.kind, d.side,
                  d.sv_index, d.sigma, d.degenerate
     """

@@ -384,14 +384,19 @@ async def direction_page(
 
     context = await run(live_atlas(request), work, time_limit(request))
     card = context["card"]
-    tokens = {
-        polarity: token_bars(
-            [t["token_display"] for t in card["tokens"] if t["polarity"] == polarity],
-            [t["score"] for t in card["tokens"] if t["polarity"] == polarity],
-            n=len(card["tokens"]),
-        )
-        for polarity in ("pos", "neg")
-    }
+
+    def bars_of(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        return {
+            polarity: token_bars(
+                [t["token_display"] for t in rows if t["polarity"] == polarity],
+                [t["score"] for t in rows if t["polarity"] == polarity],
+                n=len(rows),
+            )
+            for polarity in ("pos", "neg")
+        }
+
+    tokens = bars_of(card["tokens"])
+    embed_tokens = bars_of(card["embed_tokens"]) if card["embed_tokens"] is not None else None
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for step in context["trace"]["steps"]:
         groups.setdefault((step["model_id"], step["layer"]), []).append(step)
@@ -400,6 +405,7 @@ async def direction_page(
         "direction.html",
         card=card,
         tokens=tokens,
+        embed_tokens=embed_tokens,
         near=context["near"],
         across=context["across"],
         trace=trace,

@@ -79,7 +79,7 @@ def test_bundle_manifest_describes_models_and_members(bundles: dict[str, Path]) 
         assert fh is not None
         manifest = json.loads(fh.read())
     assert names[0] == "manifest.json"
-    assert manifest["format"] == "svd-atlas-bundle" and manifest["format_version"] == 2
+    assert manifest["format"] == "svd-atlas-bundle" and manifest["format_version"] == 3
     assert manifest["vectors"] == "f32" and "duckdb" in manifest["library_versions"]
     (model,) = manifest["models"]
     assert model["model_id"] == "minilm" and model["d_model"] == 384 and "has_index" not in model

@@ -237,6 +237,13 @@ def test_cli_and_http_reach_the_planted_pair(circuits: dict[str, Any]) -> None:
     assert head.returncode == 0 and "fed by" in head.stdout and "Traceback" not in head.stderr
     bad = run_cli("--atlas", root, "circuits", "llama-raw", "2")
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    # LAYER and HEAD are arguments: a missing head names them, never a --head flag
+    for where, said in ((("2", "99"), "HEAD: 'llama-raw' has no head 99 in layer 2"),
+                        (("99", "0"), "LAYER: 'llama-raw' has no layer 99")):  # fmt: skip
+        missing = run_cli("--atlas", root, "circuits", "llama-raw", *where)
+        line = missing.stderr.strip()
+        assert missing.returncode != 0 and line.count("\n") == 0, missing.stderr
+        assert said in line and "--head" not in line and "--layer" not in line, line
     with TestClient(create_app(str(root))) as client:
         got = client.get("/api/composition", params={"model": "llama-raw", "mode": "q", "top": 1})
         assert got.status_code == 200 and got.json()["edges"] == [edge]

@@ -72,6 +72,7 @@ def test_mixture_of_experts_mlps_are_skipped_with_a_message() -> None:
         W_V=torch.randn(n_layers, n_heads, d_model, d_head),
         W_O=torch.randn(n_layers, n_heads, d_head, d_model),
         W_U=torch.randn(d_model, 10),
+        W_E=torch.randn(10, d_model),
     )
     weights = extract_weights(bridge, "cpu")
     assert weights.mlp == {}

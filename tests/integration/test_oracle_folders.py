@@ -422,8 +422,8 @@ def test_top_tokens_equal_numpy_projection_of_numpy_vectors(
     column_norm = np.linalg.norm(case.expected.W_Uc, axis=0).max()
     tol = (1e-4 * np.abs(scores).max() + np.concatenate(slack)[order] * column_norm)[:, None]
     rows = opened.sql(
-        "SELECT direction_id, polarity, rank, token_id, score FROM top_tokens "
-        "WHERE list_contains(?, direction_id) ORDER BY direction_id, polarity DESC, rank",
+        "SELECT direction_id, polarity, rank, token_id, score FROM top_tokens WHERE basis = "
+        "'unembed' AND list_contains(?, direction_id) ORDER BY direction_id, polarity DESC, rank",
         [direction_ids.tolist()],
     ).to_pydict()
     assert len(direction_ids) > 0.9 * sum(

@@ -46,11 +46,12 @@ def test_planted_directions_meet_across_tokenizers(small_atlas: Path) -> None:
 
 
 def brute_force_token_space(a, bag: dict[str, float], k: int, filters: Filters):
-    """Bags rebuilt in Python from top_tokens + vocab, cosines by hand."""
+    """Bags rebuilt in Python from top_tokens (through W_U) + vocab, cosines by hand."""
     rows = a.sql(
         "SELECT t.direction_id, v.token, t.score, d.kind FROM top_tokens t "
         "JOIN directions d USING (direction_id) "
-        "JOIN vocab v ON v.token_id = t.token_id AND v.model_id = d.model_id"
+        "JOIN vocab v ON v.token_id = t.token_id AND v.model_id = d.model_id "
+        "WHERE t.basis = 'unembed'"
     ).to_pylist()
     bags: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     kinds = {}

@@ -108,3 +108,4 @@ def test_streamed_blocks_equal_the_whole_bridge(tmp_path: Path, processing: str)
         for kind, matrices in whole.mlp.items():
             assert block.mlp[kind][0].equal(matrices[i]), kind
     assert blocks.unembedding().equal(whole.W_U)
+    assert blocks.embedding().equal(whole.W_E)

@@ -21,7 +21,7 @@ TABLE_ORDER = {
     "models": "model_id",
     "matrices": "matrix_id",
     "directions": "direction_id",
-    "top_tokens": "direction_id, polarity, rank",
+    "top_tokens": "direction_id, basis, polarity, rank",
     "top_neurons": "direction_id, rank",
     "vocab": "model_id, token_id",
     "token_bags": "direction_id, token_norm",

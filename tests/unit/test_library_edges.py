@@ -141,13 +141,13 @@ def test_format_versions_must_be_whole_numbers(version: object) -> None:
         require_format({"format": "x", "format_version": version}, "x", 2, "f", "bundle", "redo")
 
 
-def test_a_format_version_is_read_if_current_or_previous() -> None:
-    for version in (1, 2):
+def test_a_format_version_is_read_from_the_oldest_to_the_current() -> None:
+    for version in (1, 2, 3):
         data = {"format": "x", "format_version": version}
-        assert require_format(data, "x", 2, "f", "bundle", "redo") == version
-    with pytest.raises(UnsupportedFormat, match="newer svd-atlas .* upgrade svd-atlas"):
-        require_format({"format": "x", "format_version": 3}, "x", 2, "f", "bundle", "redo")
+        assert require_format(data, "x", 3, "f", "bundle", "redo") == version
+    with pytest.raises(UnsupportedFormat, match="newer svd-atlas .*versions 1 to 3.* upgrade"):
+        require_format({"format": "x", "format_version": 4}, "x", 3, "f", "bundle", "redo")
     for version in (0, -2):
         with pytest.raises(UnsupportedFormat, match=f"too old .*version {version}.*: redo$"):
             data = {"format": "x", "format_version": version}
-            require_format(data, "x", 2, "f", "bundle", "redo")
+            require_format(data, "x", 3, "f", "bundle", "redo")

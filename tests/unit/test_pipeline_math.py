@@ -83,6 +83,7 @@ def _toy_weights(seed: int = 4) -> ModelWeights:
             "mlp_out": torch.randn(N_LAYERS, D_MLP, D_MODEL, generator=g),
         },
         W_U=centered_unembedding(W_U),
+        W_E=centered_unembedding(torch.randn(D_VOCAB, D_MODEL, generator=g).T),
     )
 
 

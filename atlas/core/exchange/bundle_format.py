@@ -15,10 +15,12 @@
 Every table has every column of the contract. No index is bundled: load builds it from the
 verified vectors.
 
-Version 1 (the format before) could lack ``models.weight_dtype`` and could hold a FAISS index
+Older versions are read through one upgrade (:func:`upgrade_manifest`, :func:`upgrade_table`),
+applied as the bundle is read: a bundle is never written in place. Version 2 has no
+composition tables and lacks the columns version 3 added; its models are upgraded as an
+atlas's are (``atlas.core.contents``: they keep ``models.format_version`` 2, and circuits
+refuse them). Version 1 could also lack ``models.weight_dtype`` and could hold a FAISS index
 per model (``models/0000/residual.faiss``, ``has_index`` in the manifest) that nothing read.
-:func:`upgrade_manifest` and :func:`upgrade_table` are its one upgrade, applied as a version 1
-bundle is read: a bundle is never written in place.
 
 A bundle is data, never code: nothing in it is unpickled or executed. Member names are fixed by
 this module (never derived from model ids), so a reader accepts only names it would have
@@ -33,14 +35,14 @@ from typing import Any
 
 import pyarrow as pa
 
+from atlas.core.contents import ADDED_TABLES, added_values
 from atlas.core.errors import AtlasError, one_line
 from atlas.core.formats import require_format
 from atlas.core.model_ids import RULE, model_id_problem
 from atlas.core.store import TABLE_ORDER
 
 FORMAT = "svd-atlas-bundle"
-FORMAT_VERSION = 2
-PREVIOUS_VERSION = FORMAT_VERSION - 1
+FORMAT_VERSION = 3
 TOO_OLD = "export it again with the svd-atlas that made it, into a newer one, or re-ingest"
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20
@@ -91,8 +93,8 @@ class BundleModel:
     has_unembed: bool
     ingest_versions: dict[str, str]
 
-    def members(self) -> list[str]:
-        names = [table_member(self.position, t) for t in TABLE_ORDER]
+    def members(self, tables: tuple[str, ...] = TABLE_ORDER) -> list[str]:
+        names = [table_member(self.position, t) for t in tables]
         return names + ([unembed_member(self.position)] if self.has_unembed else [])
 
 
@@ -104,23 +106,29 @@ class BundleManifest:
     library_versions: dict[str, str]
     models: list[BundleModel]
     members: dict[str, Member] = field(default_factory=dict)
-    # read from a version 1 bundle (its tables go through ``upgrade_table``), and the members
-    # of it that are not read (``upgrade_manifest``); neither is written
-    upgraded: bool = False
+    # the version it was read in (an older one's tables go through ``upgrade_table``), and
+    # the members of a version 1 bundle that are not read (``upgrade_manifest``); neither is
+    # written
+    read_version: int = FORMAT_VERSION
     unread: dict[str, Member] = field(default_factory=dict)
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The tables each model of the bundle has (older versions lack some)."""
+        return tables_of(self.read_version)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        del data["upgraded"], data["unread"]
+        del data["read_version"], data["unread"]
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **data}
 
     @classmethod
     def from_json(cls, data: Any, source: str) -> BundleManifest:
-        """Parse and check a manifest (of the previous version, upgraded); anything
-        unexpected is a refusal naming ``source``."""
+        """Parse and check a manifest (of an older version, upgraded); anything unexpected
+        is a refusal naming ``source``."""
         version = require_format(data, FORMAT, FORMAT_VERSION, source, "bundle", TOO_OLD)
         unread: dict[str, Any] = {}
-        if version == PREVIOUS_VERSION:
+        if version < FORMAT_VERSION:
             data, unread = upgrade_manifest(data, source)
         try:
             manifest = cls(
@@ -130,7 +138,7 @@ class BundleManifest:
                 library_versions=dict(data["library_versions"]),
                 models=[BundleModel(**m) for m in data["models"]],
                 members={k: Member(**v) for k, v in data["members"].items()},
-                upgraded=version == PREVIOUS_VERSION,
+                read_version=version,
                 unread={k: Member(**v) for k, v in unread.items()},
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -158,7 +166,7 @@ class BundleManifest:
                 )
             if not isinstance(m.d_model, int) or m.d_model <= 0:
                 raise bad(f"model {m.model_id!r} has d_model {m.d_model!r}")
-            expected += m.members()
+            expected += m.members(self.tables)
         for name, member in {**self.members, **self.unread}.items():
             if not isinstance(member.bytes, int) or member.bytes < 0:
                 raise bad(f"member {name!r} has size {member.bytes!r}")
@@ -168,9 +176,17 @@ class BundleManifest:
             raise bad("its member list does not match its models")
 
 
+def tables_of(version: int) -> tuple[str, ...]:
+    """The tables each model of a bundle of format ``version`` has."""
+    if version < FORMAT_VERSION:
+        return tuple(t for t in TABLE_ORDER if t not in ADDED_TABLES)
+    return TABLE_ORDER
+
+
 def upgrade_manifest(data: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A version 1 manifest as version 2 says it, and the members it lists that version 2 does
-    not read (its index files: the tar holds them, and they are verified but not copied)."""
+    """An older manifest as the current version says it, and the members it lists that are not
+    read (a version 1 bundle's index files: the tar holds them, and they are verified but not
+    copied)."""
     try:
         members = dict(data["members"])
         unread = {name: members.pop(name) for name in list(members) if _V1_INDEX.fullmatch(name)}
@@ -180,10 +196,18 @@ def upgrade_manifest(data: dict[str, Any], source: str) -> tuple[dict[str, Any],
     return {**data, "format_version": FORMAT_VERSION, "members": members, "models": models}, unread
 
 
-def upgrade_table(name: str, table: pa.Table, columns: list[str]) -> pa.Table:
-    """A version 1 bundle's table as version 2 has it: ``models.weight_dtype`` (added to the
-    contract during version 1, so older bundles lack it) is NULL where missing."""
-    if name == "models" and "weight_dtype" not in table.column_names:
-        table = table.append_column("weight_dtype", pa.nulls(table.num_rows, pa.string()))
-        return table.select([c for c in columns if c in table.column_names])
-    return table
+ARROW_TYPES = {"VARCHAR": pa.string(), "INTEGER": pa.int32(), "DOUBLE": pa.float64()}
+
+
+def upgrade_table(name: str, table: pa.Table, columns: list[str], version: int) -> pa.Table:
+    """An older bundle's table (of format ``version``) as the current version has it:
+    ``models.weight_dtype`` (added to the contract during version 1, so older bundles lack it)
+    is NULL where missing, and the columns version 3 added are as an upgraded model has them
+    (``atlas.core.contents``)."""
+    added = {"weight_dtype": ("VARCHAR", None)} if name == "models" else {}
+    added |= added_values(name, version)
+    for column, (sql_type, value) in added.items():
+        if column not in table.column_names:
+            values = pa.array([value] * table.num_rows, ARROW_TYPES[sql_type])
+            table = table.append_column(column, values)
+    return table.select([c for c in columns if c in table.column_names])

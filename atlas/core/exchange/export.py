@@ -46,7 +46,7 @@ ROW_ORDER = {
     "models": "model_id",
     "matrices": "matrix_id",
     "directions": "direction_id",
-    "top_tokens": "direction_id, polarity DESC, rank",
+    "top_tokens": "direction_id, basis DESC, polarity DESC, rank",  # unembed, then embed
     "top_neurons": "direction_id, rank",
     "vocab": "token_id",
     "token_bags": "token_norm, direction_id",

@@ -1,8 +1,9 @@
 """Importing a bundle into an atlas, all or nothing.
 
 1. The bundle is verified and copied to a private temporary folder (``unpack``): paths, links,
-   checksums, sizes and format version are checked before any table is read. A bundle of the
-   previous format version is read through its upgrade (``bundle_format.upgrade_table``).
+   checksums, sizes and format version are checked before any table is read. A bundle of an
+   older format version is read through its upgrade (``bundle_format.upgrade_table``): the
+   tables it lacks are empty.
 2. Every model's tables are read and checked for consistency (columns, model_id, contiguous
    unique ids, references, vector widths) before the atlas is touched.
 3. Ids are reserved, each model becomes a new store under ``.staging`` and one new catalog
@@ -31,8 +32,10 @@ import pyarrow.parquet as pq
 
 from atlas.core.errors import AtlasError, one_line
 from atlas.core.exchange.bundle_format import (
+    FORMAT_VERSION,
     BundleModel,
     table_member,
+    tables_of,
     unembed_member,
     upgrade_table,
 )
@@ -41,7 +44,7 @@ from atlas.core.layout import UNEMBED, AtlasDir
 from atlas.core.model_lock import model_lock
 from atlas.core.progress import Progress, no_progress
 from atlas.core.publish import IdRange, publish, refuse_existing, reserve_ids, store_record
-from atlas.core.schema import build_metadata
+from atlas.core.schema import build_metadata, empty_table_ddl
 from atlas.core.store import (
     TABLE_ORDER,
     write_index_by_layer,
@@ -106,7 +109,7 @@ def load_bundle(
     with tempfile.TemporaryDirectory(prefix="svd-atlas-load-") as tmp:
         manifest = unpack_bundle(bundle, Path(tmp))
         models = [
-            read_model(Path(tmp), m, manifest.vectors, str(bundle), manifest.upgraded)
+            read_model(Path(tmp), m, manifest.vectors, str(bundle), manifest.read_version)
             for m in manifest.models
         ]
         model_ids = [d.model.model_id for d in models]
@@ -150,16 +153,20 @@ def _load(
 
 
 def read_model(
-    folder: Path, model: BundleModel, vectors: str, source: str, upgraded: bool
+    folder: Path, model: BundleModel, vectors: str, source: str, version: int
 ) -> ModelData:
     """Read one model's verified members and check that they form a consistent store
-    (``upgraded``: they are of the previous format version, upgraded as they are read)."""
+    (``version``: the bundle's format version; an older one's are upgraded as they are
+    read)."""
 
     def bad(why: str) -> AtlasError:
         return AtlasError(f"{source}: model {model.model_id!r} is inconsistent: {why}")
 
     tables = {}
     for table in TABLE_ORDER:
+        if table not in tables_of(version):
+            tables[table] = _empty(table)
+            continue
         member = table_member(model.position, table)
         try:
             tables[table] = pq.read_table(folder / member)
@@ -167,8 +174,8 @@ def read_model(
             reason = one_line(exc)
             message = f"{source}: member {member!r} is not valid Parquet ({reason})"
             raise AtlasError(message) from None
-        if upgraded:
-            tables[table] = upgrade_table(table, tables[table], _COLUMNS[table])
+        if version < FORMAT_VERSION:
+            tables[table] = upgrade_table(table, tables[table], _COLUMNS[table], version)
         expected = {c for c in _COLUMNS[table] if not (c == "vector" and vectors == "none")}
         if set(tables[table].column_names) != expected:
             raise bad(f"table {table} has columns {tables[table].column_names}")
@@ -290,6 +297,8 @@ def _build_store(
     tables["directions"] = _shift(tables["directions"], "matrix_id", shift_m)
     for table in ("directions", "top_tokens", "top_neurons"):
         tables[table] = _shift(tables[table], "direction_id", shift_d)
+    for column in ("src_direction_id", "dst_direction_id"):
+        tables["composition_pairs"] = _shift(tables["composition_pairs"], column, shift_d)
     try:
         write_tables(staging, tables, data.model.d_model, with_vectors=data.vectors is not None)
     except duckdb.Error as exc:
@@ -307,6 +316,16 @@ def _build_store(
     }
     record = store_record(data.model.model_id, ids, tables["models"]["spec"][0].as_py())
     write_manifest(staging, {**record, "vectors": vectors, "loaded_from": provenance})
+
+
+def _empty(table: str) -> pa.Table:
+    """A contract table with no rows (one an older bundle does not have)."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(empty_table_ddl(table))
+        return con.sql(f"SELECT * FROM {table}").to_arrow_table()
+    finally:
+        con.close()
 
 
 def _shift(table: pa.Table, column: str, by: int) -> pa.Table:

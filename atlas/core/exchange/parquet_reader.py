@@ -15,12 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from atlas.core.contents import added_columns_sql
 from atlas.core.contract import TABLES
 from atlas.core.errors import AtlasError, NotFound
 from atlas.core.exchange.tree_format import (
     DATA_FILE,
+    FORMAT_VERSION,
     PARTITION,
     PARTITIONED_BY_DIRECTION,
+    model_has_table,
     partition_dir,
     read_marker,
     read_unembedding,
@@ -52,12 +55,24 @@ class ParquetReader(Reader):
         self._ranges: dict[str, tuple[int, int]] | None = None
         tables = [t for t in TABLES if t in self.info["tables"]]
         self._unembeddings: dict[str, np.ndarray] = {}
-        self._finish_open({t: [self._scan(t, self._models)] for t in tables if self._models})
+        self._finish_open({t: self._parts(t, self._models) for t in tables})
         if validate:
             self.validate()
 
-    def _scan(self, table: str, model_ids: list[str]) -> str:
-        """SQL reading the files of some models' partitions of one table."""
+    def _parts(self, table: str, model_ids: list[str]) -> list[str]:
+        """SQL relations reading ``model_ids``' partitions of one table: one per format version
+        their partitions were written in (an older one's lacks the composition tables, and
+        its rows get the columns version 3 added as an upgraded model has them)."""
+        by_version: dict[int, list[str]] = {}
+        for model_id in model_ids:
+            entry = self.info["models"][model_id]
+            if model_has_table(entry, table):
+                by_version.setdefault(entry["format_version"], []).append(model_id)
+        return [self._scan(table, ms, v) for v, ms in sorted(by_version.items())]
+
+    def _scan(self, table: str, model_ids: list[str], version: int) -> str:
+        """SQL reading the files of some models' partitions of one table, written in format
+        ``version``."""
         files = ", ".join(
             sql_string(f"{PROTOCOL}://{partition_dir(table, m)}/{DATA_FILE}") for m in model_ids
         )
@@ -68,6 +83,8 @@ class ParquetReader(Reader):
         columns = "*"
         if table in PARTITIONED_BY_DIRECTION:
             columns = f"* EXCLUDE ({PARTITION})"
+        if version < FORMAT_VERSION:
+            columns += added_columns_sql(table, version)
         elif table == "directions":
             columns = (
                 "* REPLACE (vector::FLOAT[] AS vector)"
@@ -81,7 +98,8 @@ class ParquetReader(Reader):
 
     def relation(self, model_id: str, table: str) -> str:
         self.require_model(model_id)
-        return self._scan(table, [model_id])
+        parts = self._parts(table, [model_id])
+        return parts[0] if parts else f"(SELECT * FROM {table} LIMIT 0)"
 
     def model_of(self, direction_id: int) -> str:
         direction_id = check_direction_id(direction_id)

@@ -83,10 +83,14 @@ def _export(
             folder = f"{root}/{partition_dir(UNEMBED_DIR, model_id)}"
             fs.makedirs(folder, exist_ok=True)
             _put(fs, f"{folder}/{UNEMBED_FILE}", _npy_bytes(a.unembedding(model_id)))
-        info["models"][model_id] = {**_model_info(a, model_id), "unembed": unembed}
+        info["models"][model_id] = {
+            **_model_info(a, model_id),
+            "unembed": unembed,
+            "format_version": FORMAT_VERSION,
+        }
         progress("models", done, len(model_ids))
     info.update(
-        format_version=FORMAT_VERSION,  # a version 1 tree's marker was upgraded as it was read
+        format_version=FORMAT_VERSION,  # an older tree's marker was upgraded as it was read
         tables=list(TABLES),
         updated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         library_versions=library_versions(),

@@ -16,10 +16,15 @@ folder or an object-store URL (``s3://bucket/prefix``).
 into a residual-space query, as in the atlas the model came from; a model without one (a tree
 written with ``--vectors none``) searches words in token space.
 
-The marker of version 2 names, for every model, whether it has an unembedding, and the tables
-the tree holds. Version 1 (the format before) could leave both out: :func:`upgrade_marker`, its
-one upgrade, says what they were (no unembedding, every table). It is applied as a tree is read,
-which never writes, and exporting into a version 1 tree writes its marker as version 2.
+The marker names, for every model, whether it has an unembedding and the format version its
+partitions were written in (``format_version``), and the tables the tree holds. A tree grows
+model by model, so it can hold models written by an older svd-atlas: their partitions lack the
+composition tables and the columns version 3 added, which a reader fills as an upgraded
+atlas's models have them (``atlas.core.contents``: circuits refuse such a model with one line).
+Older markers could leave all this out: :func:`upgrade_marker`, their one upgrade, says what
+it was (version 2: the marker's version for each model, and no composition tables; version 1
+also: no unembedding, every other table). It is applied as a tree is read, which never writes,
+and exporting into an older tree writes its marker as the current version.
 """
 
 from __future__ import annotations
@@ -30,13 +35,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from atlas.core.contents import ADDED_TABLES
 from atlas.core.errors import AtlasError, one_line
 from atlas.core.formats import require_format
 
 MARKER = "_svd_atlas.json"
 FORMAT = "svd-atlas-parquet"
-FORMAT_VERSION = 2
-PREVIOUS_VERSION = FORMAT_VERSION - 1
+FORMAT_VERSION = 3
 TOO_OLD = "export its models into a new tree (`export` with `parquet`)"
 VECTOR_MODES = ("f32", "none")
 PARTITION = "model_id"
@@ -104,19 +109,19 @@ def read_marker(fs: Any, root: str, location: str) -> dict[str, Any]:
 
 
 def check_marker(info: Any, location: str) -> dict[str, Any]:
-    """A tree's marker as the current version has it (the previous version's upgraded), checked;
+    """A tree's marker as the current version has it (an older version's upgraded), checked;
     anything else is one line naming ``location``."""
     from atlas.core.contract import TABLES
 
     version = require_format(info, FORMAT, FORMAT_VERSION, location, "Parquet tree", TOO_OLD)
-    if version == PREVIOUS_VERSION:
-        info = upgrade_marker(info)
+    if version < FORMAT_VERSION:
+        info = upgrade_marker(info, version)
     models, tables = info.get("models"), info.get("tables")
     if (
         info.get("vectors") not in VECTOR_MODES
         or not isinstance(models, dict)
         or not all(isinstance(m, dict) and isinstance(m.get("unembed"), bool)
-                   for m in models.values())
+                   and _version_of(m) is not None for m in models.values())
         or not isinstance(tables, list)
         or not set(tables) <= set(TABLES)
     ):  # fmt: skip
@@ -124,19 +129,33 @@ def check_marker(info: Any, location: str) -> dict[str, Any]:
     return info
 
 
-def upgrade_marker(info: dict[str, Any]) -> dict[str, Any]:
-    """A version 1 marker as version 2 says it: a model it does not say has an unembedding has
-    none (trees kept them only late in version 1), and a tree that does not list its tables
-    holds every table."""
+def _version_of(model: dict[str, Any]) -> int | None:
+    version = model.get("format_version")
+    ok = isinstance(version, int) and not isinstance(version, bool) and version <= FORMAT_VERSION
+    return version if ok else None
+
+
+def upgrade_marker(info: dict[str, Any], version: int) -> dict[str, Any]:
+    """An older marker (of format ``version``) as the current version says it: its models'
+    partitions are of that version; a model it does not say has an unembedding has none (trees
+    kept them only late in version 1), and a tree that does not list its tables holds every
+    table but those version 3 added."""
     from atlas.core.contract import TABLES
 
     models = info.get("models")
     if isinstance(models, dict):
         models = {
-            m: {"unembed": False, **entry} if isinstance(entry, dict) else entry
+            m: {"unembed": False, "format_version": version, **entry}
+            if isinstance(entry, dict) else entry
             for m, entry in models.items()
-        }
-    return {"tables": list(TABLES), **info, "models": models, "format_version": FORMAT_VERSION}
+        }  # fmt: skip
+    tables = [t for t in TABLES if t not in ADDED_TABLES]
+    return {"tables": tables, **info, "models": models, "format_version": FORMAT_VERSION}
+
+
+def model_has_table(model: dict[str, Any], table: str) -> bool:
+    """Whether a model's entry in the marker says its partitions include ``table``."""
+    return table not in ADDED_TABLES or model["format_version"] >= FORMAT_VERSION
 
 
 def read_unembedding(fs: Any, root: str, model_id: str, shape: tuple[int, int]) -> Any:
