@@ -329,12 +329,14 @@ def describe(a: Reader, scored: list[tuple[float, int]], space: str) -> list[Hit
         by_model.setdefault(a.model_of(i), []).append(i)
     meta: dict[int, dict[str, Any]] = {}
     for model_id, ids in by_model.items():  # each model's own store, not the atlas-wide view
+        # each table filtered by the ids themselves, so DuckDB reads only the row groups that
+        # hold them (a join or ``IN (SELECT ...)`` would scan the table: ``atlas.core.store``)
+        among = f"direction_id IN ({', '.join('?' * len(ids))})"
         sql = direction_tokens_sql(
-            a.relation(model_id, "directions"),
-            a.relation(model_id, "top_tokens"),
-            "d.direction_id IN (SELECT unnest(?))",
+            f"(SELECT * FROM {a.relation(model_id, 'directions')} WHERE {among})",
+            f"(SELECT * FROM {a.relation(model_id, 'top_tokens')} WHERE {among})",
         )
-        meta |= {r["direction_id"]: r for r in a.sql(sql, [ids]).to_pylist()}
+        meta |= {r["direction_id"]: r for r in a.sql(sql, [*ids, *ids]).to_pylist()}
     hits = []
     for score, i in scored:
         r = meta[i]
