@@ -350,10 +350,15 @@ class Reader:
         """The vectors ``directions`` stores for ``ids`` of one model, in the order given
         (what the index's answers are scored against: k rows, not the table)."""
         ids = np.asarray(ids, np.int64)
+        if len(ids) == 0:
+            return np.zeros((0, 0), np.float32)
+        # the ids themselves as the filter: DuckDB reads only the row groups holding them
+        # (``IN (SELECT unnest(?))`` is a join, which scans the table)
+        among = ", ".join("?" * len(ids))
         rows = self.sql(
             f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')} "
-            "WHERE direction_id IN (SELECT unnest(?))",
-            [ids.tolist()],
+            f"WHERE direction_id IN ({among})",
+            ids.tolist(),
         )
         found = rows["direction_id"].to_numpy().astype(np.int64)
         vectors = vector_matrix(rows["vector"]) if rows.num_rows else np.zeros((0, 0), np.float32)

@@ -1,0 +1,87 @@
+"""Where a library search's time goes on one atlas: the bare index search against the whole
+search with hits described, side by side over the same queries in one process.
+
+    python bench/search_path.py ATLAS [ATLAS ...]
+
+For each atlas (its first model): p50/p99 of the bare index search (both valences, merged),
+of the index search with its answers scored from the store (``nearest_residual``), of
+describing ten hits, of ``Atlas.search`` (a vector, words, a direction), of ``trace`` one hop
+and of a direction's card; and the ratio of described search to bare index search. Queries
+are words embedded by the model's unembedding (200, cycled over a fixed list). Single runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+WORDS = ["fire", "water", "king", "music", "money", "city", "doctor", "green", "war", "food",
+         "river", "computer", "winter", "law"]  # fmt: skip
+
+
+def _p(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    at = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3, 2)  # noqa: E731
+    return at(0.5), at(0.99)
+
+
+def _timed(work: Callable[[Any], object], inputs: list[Any]) -> tuple[float, float]:
+    times = []
+    for x in inputs:
+        start = time.perf_counter()
+        work(x)
+        times.append(time.perf_counter() - start)
+    return _p(times)
+
+
+def measure(location: str, n_queries: int = 200) -> dict[str, Any]:
+    import atlas
+    from atlas.core.errors import AtlasWarning
+    from atlas.core.indexes import merge_valences
+    from query.filters import Filters
+    from query.search import describe, nearest_residual, resolve_query
+
+    warnings.simplefilter("ignore", AtlasWarning)
+    with atlas.open(location) as a:
+        a.load_indexes(8 << 30)
+        r = a.reader
+        model = r.model_ids()[0]
+        index = r.residual_index(model)
+        words = [WORDS[i % len(WORDS)] for i in range(n_queries)]
+        vectors = [resolve_query(r, text=w).vectors[model] for w in words]
+        rng = np.random.default_rng(0)
+        ids = index.ids()
+        directions = [int(ids[i]) for i in rng.integers(len(ids), size=n_queries)]
+        hits = [
+            [(0.5, int(d)) for d in rng.choice(ids, 10, replace=False)] for _ in range(n_queries)
+        ]
+        for q in vectors[:20]:  # warm-up
+            a.search(vector=q, k=10)
+
+        def bare(q: np.ndarray) -> None:
+            sims, found = index.search(np.stack([q, -q]), 11)
+            merge_valences(found, sims, 11)
+
+        row: dict[str, Any] = {"atlas": location, "directions": index.ntotal}
+        row["bare_index"] = _timed(bare, vectors)
+        scored = lambda q: nearest_residual(r, model, q, Filters(), 11)  # noqa: E731
+        row["index_scored"] = _timed(scored, vectors)
+        row["describe_10"] = _timed(lambda s: describe(r, s, "residual"), hits)
+        row["search_vector"] = _timed(lambda q: a.search(vector=q, k=10), vectors)
+        row["search_words"] = _timed(lambda w: a.search(w, k=10), words)
+        row["search_direction"] = _timed(lambda d: a.search(direction=d, k=10), directions)
+        row["trace_1_hop"] = _timed(lambda d: a.trace(d, hops=1), directions[:50])
+        row["card"] = _timed(lambda d: a.card(d), directions)
+        row["described_over_bare_p50"] = round(row["search_vector"][0] / row["bare_index"][0], 2)
+    return row
+
+
+if __name__ == "__main__":
+    for location in sys.argv[1:]:
+        print(json.dumps(measure(location)), flush=True)
