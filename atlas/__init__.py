@@ -23,6 +23,7 @@ from atlas.core.errors import AtlasError, DamagedIndex
 
 if TYPE_CHECKING:
     from atlas.api import Atlas
+    from atlas.core.progress import Progress
     from atlas.writing import CheckReport, IngestResult, LoadResult, Model
     from query.coherence import ListCoherence
 
@@ -77,13 +78,16 @@ def ingest(location: str | os.PathLike[str], *models: Model, **options: Any) -> 
 
 
 def load(
-    location: str | os.PathLike[str], bundle: str | os.PathLike[str], replace: bool = False
+    location: str | os.PathLike[str],
+    bundle: str | os.PathLike[str],
+    replace: bool = False,
+    progress: Progress | None = None,
 ) -> list[LoadResult]:
     """Import a bundle's models into the atlas at ``location`` (created if needed), verified
     first, all or nothing (see :meth:`Atlas.load`)."""
     from atlas.writing import load as run
 
-    return run(location, bundle, replace)
+    return run(location, bundle, replace, progress)
 
 
 def check(location: str | os.PathLike[str], repair: bool = False) -> CheckReport:

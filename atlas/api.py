@@ -10,11 +10,10 @@ reader, so write from one thread.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,16 +21,18 @@ import numpy as np
 import pyarrow as pa
 
 from atlas import writing
+from atlas.core.cancel import Deadline, stoppable
 from atlas.core.exchange.bundle_format import BundleManifest
 from atlas.core.exchange.export import export_bundle
 from atlas.core.exchange.load import LoadResult
 from atlas.core.exchange.parquet_tree import export_parquet_tree
 from atlas.core.exchange.sources import open_reader
 from atlas.core.layout import AtlasDir
-from atlas.core.reader import Reader, StoreReader, WorkUnit
-from atlas.core.sqlguard import check_timeout
+from atlas.core.progress import Progress, no_progress
+from atlas.core.reader import Reader, StoreReader
 from atlas.errors import AtlasError, AtlasWarning, DamagedIndex
 from atlas.params import (
+    CompositionParams,
     MatrixCardParams,
     Params,
     SearchParams,
@@ -42,6 +43,7 @@ from atlas.params import (
     validate,
 )
 from query.cards import direction_card, matrix_card, matrix_stats
+from query.circuits import composition_trace, head_edges, head_summary, strongest
 from query.coherence import ListCoherence, list_coherence
 from query.compare import compare as compare_models
 from query.editable import check_editable
@@ -238,7 +240,9 @@ class Atlas:
         that many bytes of rows. The parameters of :class:`atlas.params.SqlParams`.
         """
         p = validate(SqlParams, query=query, **options)
-        return self.reader.user_sql(p.query, params, timeout, p.max_rows, max_bytes)
+        deadline = Deadline.after(timeout)
+        with stoppable(deadline):
+            return self.reader.user_sql(p.query, params, p.max_rows, max_bytes)
 
     @_takes(SearchParams)
     def search(
@@ -283,13 +287,20 @@ class Atlas:
         timeout: float | None = None,
         progress: TraceProgress | None = None,
         **options: Any,
-    ) -> Trace:
+    ) -> Trace | CompositionTrace:
         """Every direction within ``hops`` steps of ``|cos| >= min_cos`` from ``direction_id``:
         at most ``limit`` of them, the origin included; a list of steps whose ``notes`` repeat
         the warnings given (that the limit cut it, say). ``progress(hop, done, total)`` is
         told after each direction a hop expands. The parameters are those of
-        :class:`atlas.params.TraceParams` (the filters as in :meth:`search`)."""
+        :class:`atlas.params.TraceParams` (the filters as in :meth:`search`).
+
+        ``via="composition"`` follows an OV write direction instead to the Q, K and V read
+        directions of later heads whose composition it carries (at least ``min_share`` of a
+        score²), hop by hop: a :class:`CompositionTrace` of records (``query.circuits``)."""
         p = validate(TraceParams, **options)
+        if p.via == "composition":
+            rows = composition_trace(self.reader, direction_id, p.hops, p.min_share, p.limit)
+            return CompositionTrace(rows, [])
 
         def work() -> Trace:
             return run_trace(
@@ -309,6 +320,19 @@ class Atlas:
             warnings.warn(note, AtlasWarning, stacklevel=2)
         return steps
 
+    @_takes(CompositionParams)
+    def composition(self, model: str, **options: Any) -> dict[str, Any]:
+        """Head composition (``composition`` table): without ``layer`` and ``head``, the model's
+        ``top`` strongest edges per mode (``{"model_id", "edges"}``); with them, that head's
+        in-edges (``in``: who feeds its Q, K, V) and out-edges (``out``: whom it feeds), each
+        with the direction pairs that carry it. The parameters of
+        :class:`atlas.params.CompositionParams`."""
+        p = validate(CompositionParams, model=model, **options)
+        if p.layer is None or p.head is None:
+            edges = strongest(self.reader, p.model, p.modes(), p.top, p.min_relative)
+            return {"model_id": p.model, "edges": edges}
+        return head_edges(self.reader, p.model, p.layer, p.head, p.modes(), p.top, p.min_relative)
+
     @_takes(MatrixCardParams)
     def card(self, *target: Any, **options: Any) -> dict[str, Any]:
         """``card(direction_id)`` or ``card(model_id, layer, head_or_kind)`` (its directions
@@ -318,7 +342,10 @@ class Atlas:
             return direction_card(self.reader, target[0])
         if len(target) == 3:
             model_id, layer, head = target
-            return matrix_card(self.reader, model_id, layer, head, p.top, p.offset)
+            card = matrix_card(self.reader, model_id, layer, head, p.top, p.offset)
+            if card["kind"] == "ov":
+                card.update(head_summary(self.reader, model_id, card["layer"], card["head"], 5))
+            return card
         raise AtlasError(
             "card takes a direction id, or a model id, a layer and a head (or MLP kind)",
             param="target",
@@ -336,17 +363,28 @@ class Atlas:
         return compare_models(self.reader, model_a, model_b)
 
     def export(
-        self, out: str | os.PathLike[str], model_ids: list[str] | None = None, vectors: str = "f32"
+        self,
+        out: str | os.PathLike[str],
+        model_ids: list[str] | None = None,
+        vectors: str = "f32",
+        progress: Progress | None = None,
     ) -> BundleManifest:
-        """Write models (all when none named) to one bundle file (see the README)."""
-        return export_bundle(self.reader, list(model_ids or []), Path(out), vectors)
+        """Write models (all when none named) to one bundle file (see the README);
+        ``progress(what, done, total)`` is told the models written."""
+        models = list(model_ids or [])
+        return export_bundle(self.reader, models, Path(out), vectors, progress or no_progress)
 
     def export_parquet(
-        self, dest: str | os.PathLike[str], model_ids: list[str] | None = None, vectors: str = "f32"
+        self,
+        dest: str | os.PathLike[str],
+        model_ids: list[str] | None = None,
+        vectors: str = "f32",
+        progress: Progress | None = None,
     ) -> dict[str, Any]:
         """Write models (all when none named) to a Parquet tree: a folder or an object-store URL
-        such as ``s3://bucket/prefix``."""
-        return export_parquet_tree(self.reader, list(model_ids or []), str(dest), vectors)
+        such as ``s3://bucket/prefix``; ``progress`` as for :meth:`export`."""
+        models = list(model_ids or [])
+        return export_parquet_tree(self.reader, models, str(dest), vectors, progress or no_progress)
 
     def ingest(self, *models: writing.Model, **options: Any) -> writing.IngestResult:
         """Decompose models into this atlas, as ``svd-atlas ingest`` does: ``"minilm"``, a
@@ -361,13 +399,18 @@ class Atlas:
         finally:
             self._wrote()
 
-    def load(self, bundle: str | os.PathLike[str], replace: bool = False) -> list[LoadResult]:
+    def load(
+        self,
+        bundle: str | os.PathLike[str],
+        replace: bool = False,
+        progress: Progress | None = None,
+    ) -> list[LoadResult]:
         """Import every model of ``bundle`` (see :meth:`export`), verified first, all or
-        nothing; ``replace`` replaces models already here. One result per model: its id,
-        directions and the direction ids it got."""
+        nothing; ``replace`` replaces models already here; ``progress`` as for :meth:`export`.
+        One result per model: its id, directions and the direction ids it got."""
         root = self._writing("load")
         try:
-            return writing.load(root, bundle, replace)
+            return writing.load(root, bundle, replace, progress)
         finally:
             self._wrote()
 
@@ -415,20 +458,11 @@ class Atlas:
 
         return measure_edit(self.reader, model_id, edits, prompts, device)
 
-    @contextlib.contextmanager
-    def cancellable(self) -> Iterator[WorkUnit]:
-        """Mark this thread's calls, until the block ends, as one unit of work that
-        :meth:`cancel` (from another thread) can stop: what a server's time limit uses."""
-        with self.reader.cancellable() as unit:
-            yield unit
-
-    def cancel(self, unit: WorkUnit) -> None:
-        """Stop ``unit``: its running statement is interrupted and its next one refused."""
-        self.reader.cancel(unit)
-
     def _call(self, work: Any, timeout: float | None) -> Any:
-        check_timeout(timeout)
-        return work() if timeout is None else self.reader.call(work, timeout)
+        """``work()`` as one stoppable unit (``atlas.core.cancel``): Ctrl-C stops it, and so
+        does ``timeout``, without a thread of its own."""
+        with stoppable(Deadline.after(timeout)):
+            return work()
 
     def close(self) -> None:
         """Close the handle; reading or writing through it afterwards says it is closed."""
@@ -444,6 +478,14 @@ class Atlas:
 
     def __repr__(self) -> str:
         return f"<Atlas {self.location!r}: {len(self.model_ids())} models>"
+
+
+class CompositionTrace(list[dict[str, Any]]):
+    """A composition trace's records (``query.circuits.composition_trace``), with notes."""
+
+    def __init__(self, rows: list[dict[str, Any]], notes: list[str]):
+        super().__init__(rows)
+        self.notes = notes
 
 
 def _open_reader(

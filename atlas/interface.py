@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from atlas.core.cancel import Deadline, Work, stoppable
 from atlas.core.contract import JUDGED_SQL, KINDS, MLP_KINDS, SIDES, TABLES, Kind
 from atlas.core.errors import MemoryLimitExceeded, NotFound, QueryTimeout
 from atlas.core.jsondata import (
@@ -27,7 +28,6 @@ from atlas.core.jsondata import (
 )
 from atlas.core.layout import DEFAULT_ATLAS
 from atlas.core.memlimit import DEFAULT_MEMORY_LIMIT, format_bytes, parse_memory_limit
-from atlas.core.reader import WorkUnit
 from atlas.core.sqlguard import is_interrupt
 from atlas.core.versions import version
 from atlas.core.views import VIEWS
@@ -73,7 +73,8 @@ __all__ = [
     "MemoryLimitExceeded",
     "NotFound",
     "QueryTimeout",
-    "WorkUnit",
+    "Deadline",
+    "Work",
     "check_plot_path",
     "format_bytes",
     "is_interrupt",
@@ -82,6 +83,7 @@ __all__ = [
     "plot_spectra",
     "read_pairs",
     "singular_values_figure",
+    "stoppable",
     "spectra_figure",
     "version",
 ]

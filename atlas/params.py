@@ -1,7 +1,8 @@
 """Every query's parameters, defined once: names, types, defaults, limits and help.
 
 One pydantic model per query (:class:`SearchParams`, :class:`TraceParams`,
-:class:`SpectrumParams`, :class:`SqlParams`, :class:`MatrixCardParams`). From each come
+:class:`SpectrumParams`, :class:`SqlParams`, :class:`MatrixCardParams`,
+:class:`CompositionParams`). From each come
 
 - the keyword arguments of the :class:`atlas.api.Atlas` method, validated through the model;
 - the HTTP query parameters (FastAPI reads the model: ``Annotated[SearchParams, Query()]``);
@@ -25,9 +26,10 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic import model_validator as _model_validator
 
-from atlas.core.contract import KINDS
+from atlas.core.contract import KINDS, MODES
 from atlas.errors import BadParameter
 from query.cards import DEFAULT_TOP
+from query.circuits import DEFAULT_TOP as DEFAULT_EDGES
 from query.filters import Filters
 from query.spectrum import DEFAULT_JUMP_FACTOR
 from query.trace import DEFAULT_MIN_COS
@@ -43,7 +45,8 @@ MAX_SQL_TEXT = 20_000
 MAX_VECTOR = 65_536  # values of a residual-space vector
 MAX_SQL_ROWS = 100_000  # rows one SQL answer holds over HTTP (the server's bound)
 Space = Literal["auto", "residual", "token"]
-Side = Literal["read", "write"]
+Side = Literal["read", "write", "query", "key"]
+Via = Literal["residual", "composition"]
 
 _INTEGER = re.compile(r" *[0-9]+ *")  # ASCII digits only: not "1_0", not "٣", not "-1"
 _LAYERS = "use N, START:STOP (stop excluded), START: or :STOP"
@@ -87,6 +90,16 @@ def _kinds(value: Any) -> str | None:
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
     return ",".join(kinds)
+
+
+def _modes(value: Any) -> str | None:
+    if value is None:
+        return None
+    modes = [m.upper() for m in _items(value, "modes")]
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    return ",".join(modes)
 
 
 def _heads(value: Any) -> str | None:
@@ -163,6 +176,7 @@ OptionalInt = Annotated[int | None, BeforeValidator(_integer)]  # bounds reach O
 Float = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
 Names = Annotated[str | None, BeforeValidator(_names)]
 Kinds = Annotated[str | None, BeforeValidator(_kinds)]
+Modes = Annotated[str | None, BeforeValidator(_modes)]
 Heads = Annotated[str | None, BeforeValidator(_heads)]
 Layers = Annotated[str | None, BeforeValidator(_layers)]
 
@@ -199,7 +213,7 @@ class FilterParams(Params):
         None, max_length=30, description="Layer N, or START:STOP (stop excluded), START: or :STOP."
     )
     head: Heads = Field(None, max_length=MAX_TEXT, description="Head number(s), comma-separated.")
-    side: Side | None = Field(None, description="Only read or only write directions.")
+    side: Side | None = Field(None, description="Only read, write, query or key directions.")
     max_sv_index: OptionalInt = Field(None, ge=0, description="Keep sv_index <= N.")
     min_sigma: Float | None = Field(None, description="Keep sigma >= X.")
 
@@ -262,6 +276,43 @@ class TraceParams(FilterParams):
         500, ge=1, le=MAX_TRACE_ROWS, description="Rows at most, the origin included."
     )
     same_model: bool = Field(False, description="Do not cross into other models.")
+    via: Via = Field(
+        "residual",
+        description="residual: neighbours by cosine; composition: the Q, K and V read "
+        "directions of later heads that a write direction's composition pairs reach.",
+    )
+    min_share: Float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="With via composition: keep pairs carrying at least this share of their "
+        "composition score squared.",
+    )
+
+
+class CompositionParams(Params):
+    """A model's strongest head compositions, or one head's in- and out-edges."""
+
+    model: str = Field(min_length=1, max_length=MAX_TEXT, description="A model id.")
+    layer: OptionalInt = Field(None, ge=0, description="With head: one head's edges.")
+    head: OptionalInt = Field(None, ge=0, description="With layer: one head's edges.")
+    mode: Modes = Field(
+        None, max_length=10, description="Mode(s), comma-separated: Q, K, V (default: all)."
+    )
+    top: Int = Field(DEFAULT_EDGES, ge=1, le=MAX_TOP, description="Edges per mode.")
+    min_relative: Float = Field(
+        0.0, ge=0.0, description="Keep edges whose score is at least X times the baseline."
+    )
+
+    @_model_validator(mode="after")
+    def _both_or_neither(self) -> CompositionParams:
+        if (self.layer is None) != (self.head is None):
+            missing = "head" if self.head is None else "layer"
+            raise ValueError(f"give both `layer` and `head`, or neither (`{missing}` is missing)")
+        return self
+
+    def modes(self) -> tuple[str, ...]:
+        return MODES if self.mode is None else tuple(self.mode.split(","))
 
 
 class SpectrumParams(Params):

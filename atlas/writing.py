@@ -22,6 +22,7 @@ from atlas.core.exchange.bundle_format import VECTOR_MODES
 from atlas.core.exchange.check_tree import check_tree
 from atlas.core.exchange.load import LoadResult, load_bundle
 from atlas.core.exchange.tree_format import MARKER
+from atlas.core.progress import Progress, no_progress
 from atlas.core.repair import repair_atlas
 from atlas.models.random_models import RANDOM_SHAPES
 from ingest.options import (
@@ -141,7 +142,7 @@ def ingest(
     location: str | os.PathLike[str],
     *models: Model,
     from_file: str | os.PathLike[str] | TextIO | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
     **options: Any,
 ) -> IngestResult:
@@ -153,8 +154,9 @@ def ingest(
     ``top_k``, ``max_rank``, ``dtype``, ``gap_tol``, ``exact_max``, ``coherence``,
     ``replace``, and for a job on Ray ``ray`` (an address, or ``"local"``), ``gpus_per_task``
     and ``retries``. Several models make a job: each is published when done and one that fails
-    does not stop the others (:class:`IngestFailed` afterwards, with the result). Progress goes
-    to ``log`` (default: stderr) unless ``progress=False``.
+    does not stop the others (:class:`IngestFailed` afterwards, with the result). Nothing is
+    printed: ``log`` is told each stage's line (and a job's line per model), ``progress``
+    (``atlas.core.progress``) the blocks of a model done.
     """
     unknown = sorted(set(options) - set(_OPTION_FIELDS) - set(_JOB_OPTIONS))
     if unknown:
@@ -169,13 +171,13 @@ def ingest(
     if ray is None and (gpus is not None or retries is not None):
         raise AtlasError("gpus_per_task and retries are for a job on Ray: give ray too")
     base = IngestOptions(model=specs[0][0], **{_OPTION_FIELDS[k]: v for k, v in options.items()})
-    say = log if log is not None else (_stderr if progress else _quiet)
+    say = log if log is not None else _quiet
     if len(specs) == 1 and from_file is None and ray is None:
         from ingest.job import ingest as ingest_one
 
         if specs[0][1] is not None:
             base.model_id = specs[0][1]
-        report = ingest_one(Path(location), base, log=say, progress=progress)
+        report = ingest_one(Path(location), base, log=say, progress=progress or no_progress)
         seconds = report.wall_seconds
         return IngestResult(
             [IngestedModel(report.model_id, base.model, "published", None, seconds, report)]
@@ -198,11 +200,15 @@ def ingest(
 
 
 def load(
-    location: str | os.PathLike[str], bundle: str | os.PathLike[str], replace: bool = False
+    location: str | os.PathLike[str],
+    bundle: str | os.PathLike[str],
+    replace: bool = False,
+    progress: Progress | None = None,
 ) -> list[LoadResult]:
     """Import every model of ``bundle`` into the atlas at ``location`` (created if needed):
-    verified first, all or nothing; ``replace`` replaces models already there."""
-    return load_bundle(Path(location), Path(bundle), replace)
+    verified first, all or nothing; ``replace`` replaces models already there; ``progress``
+    (``atlas.core.progress``) is told the models built."""
+    return load_bundle(Path(location), Path(bundle), replace, progress or no_progress)
 
 
 def check(location: str | os.PathLike[str], repair: bool = False) -> CheckReport:
@@ -284,12 +290,6 @@ def _model_list(
     if not specs:
         raise AtlasError("give a model to ingest (or several, or a file of them)")
     return specs
-
-
-def _stderr(message: str) -> None:
-    import sys
-
-    print(message, file=sys.stderr, flush=True)
 
 
 def _quiet(_message: str) -> None:

@@ -49,7 +49,7 @@ def main() -> None:
     root = args.atlas
     if root is None:
         root = work / "atlas"
-        atlas.ingest(root, args.model, device="cpu", progress=False)
+        atlas.ingest(root, args.model, device="cpu")
 
     rows, loaded = [], {}
     with atlas.open(root) as source:

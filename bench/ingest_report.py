@@ -46,7 +46,7 @@ parser.add_argument("--max-rank", type=int)
 args = parser.parse_args()
 options = IngestOptions(model=args.model, device=args.device, max_rank=args.max_rank)
 loaded = load_model(args.model, args.device) if args.whole else None
-report = ingest(args.atlas, options, loaded=loaded, log=lambda _m: None, progress=False)
+report = ingest(args.atlas, options, loaded=loaded, log=lambda _m: None)
 out = dataclasses.asdict(report)
 out["import_seconds"] = round(imported, 3)
 out["parameters"] = parameters(args.model)

@@ -241,7 +241,7 @@ def bench_e2e(device: str, large: bool) -> list[dict[str, Any]]:
         def atlas_run() -> dict[str, Any]:
             root = f"{tmp}/atlas-{time.monotonic_ns()}"
             options = IngestOptions(model="minilm", device=device)
-            report = ingest(root, options, loaded=loaded, log=lambda _m: None, progress=False)
+            report = ingest(root, options, loaded=loaded, log=lambda _m: None)
             return report.stage_seconds
 
         def naive_run(row_by_row: bool) -> dict[str, float]:
@@ -375,7 +375,6 @@ def realistic_vectors(n: int, seed: int = 0) -> tuple[Any, Any]:
             f"{tmp}/a",
             IngestOptions(model="minilm", device="cpu"),
             log=lambda _m: None,
-            progress=False,
         )
         with atlas.open(f"{tmp}/a") as a:
             real = np.array(

@@ -1,8 +1,9 @@
 """From decompositions and projections to the rows of the storage contract.
 
 This is where the canonical sign rule is applied: each singular triple's judged vector (``v``
-for ``ov`` and ``mlp_out``, ``u`` for ``mlp_in``/``mlp_gate``) is flipped, together with its
-partner, so that its largest-magnitude vocabulary score is positive.
+for ``ov``, ``qk`` (its key side) and ``mlp_out``, ``u`` for ``mlp_in``/``mlp_gate``) is
+flipped, together with its partner, so that its largest-magnitude vocabulary score is
+positive.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from atlas.core.contract import JUDGED_SIDE, NEURON_SIDE, SIDES_OF
+from atlas.core.contract import JUDGED_SIDE, NEURON_SIDE, SIDES_OF, U_SIDES
 from atlas.models.svd import canonical_signs, degenerate_groups, relative_gaps, spectrum_stats
 from ingest.decompose import MatrixGroup
 from ingest.project import TokenScores
 
 
 def side_vectors(group: MatrixGroup, side: str) -> torch.Tensor:
-    """``[B, r, n]`` singular vectors of one side (``read`` = U's columns, ``write`` = V's)."""
-    return (group.svd.U if side == "read" else group.svd.V).mT
+    """``[B, r, n]`` singular vectors of one side (``read``/``query`` = U's columns,
+    ``write``/``key`` = V's)."""
+    return (group.svd.U if side in U_SIDES else group.svd.V).mT
 
 
 def residual_vectors(groups: list[MatrixGroup]) -> torch.Tensor:
@@ -49,6 +51,8 @@ class AtlasRows:
     top_neurons: pa.Table
     vectors: np.ndarray
     direction_ids: np.ndarray
+    composition: pa.Table | None = None  # set by the composition stage
+    composition_pairs: pa.Table | None = None
 
 
 def assemble(
@@ -126,6 +130,9 @@ def _matrix_table(model_id: str, g: MatrixGroup, matrix_ids: np.ndarray) -> pa.T
             "stable_rank": stats.stable_rank,
             "effective_rank": stats.effective_rank,
             "spectrum": pa.array(list(g.spectra.astype(np.float32)), type=pa.list_(pa.float32())),
+            "eigen_positivity": pa.array(
+                g.positivity if g.positivity is not None else [None] * n, type=pa.float64()
+            ),
         }
     )
 

@@ -58,6 +58,7 @@ class ModelInfo:
     d_mlp: int | None
     d_vocab: int
     gated_mlp: bool
+    positional_embedding: str
     processing_applied: list[str] = field(default_factory=list)
 
 
@@ -73,6 +74,7 @@ def model_info(cfg: Any, n_layers: int, processing_applied: list[str]) -> ModelI
         d_mlp=cfg.d_mlp,
         d_vocab=cfg.d_vocab,
         gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
+        positional_embedding=str(getattr(cfg, "positional_embedding_type", "standard")),
         processing_applied=processing_applied,
     )
 

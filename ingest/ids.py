@@ -1,6 +1,6 @@
 """Where a model's ids go, planned from its first block's shapes before anything is computed.
 
-Ids are laid out kind by kind (OV, then each MLP kind), layer by layer within a kind, as a
+Ids are laid out kind by kind (OV, each MLP kind, then QK), layer by layer within a kind, as a
 whole-model ingest numbers them, so streaming and splitting a job across machines change
 nothing in the atlas. The plan needs only the shapes of block 0's matrices: a job can reserve
 a model's ids once it has booted it, before any SVD (``ingest.jobs``), and every block is
@@ -34,8 +34,10 @@ class IdLayout:
     def plan(cls, block: ModelWeights, n_blocks: int, max_rank: int | None) -> IdLayout:
         """The layout of a model whose blocks all have the shapes of ``block`` (its first)."""
         n_layers, n_heads, d_model, d_head = block.W_V.shape
-        shapes = {"ov": (n_layers * n_heads, min(d_model, d_head))}
+        head = (n_layers * n_heads, min(d_model, d_head))
+        shapes = {"ov": head}
         shapes.update({kind: (m.shape[0], min(m.shape[1:])) for kind, m in block.mlp.items()})
+        shapes["qk"] = head
         kept = {kind: rank if max_rank is None else min(rank, max_rank)
                 for kind, (_, rank) in shapes.items()}  # fmt: skip
         return cls(

@@ -22,7 +22,6 @@ in a folder with the ids the job reserved for it, and the job publishes.
 from __future__ import annotations
 
 import datetime as dt
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from atlas.core.indexes import index_type_for
 from atlas.core.layout import AtlasDir, dir_size
 from atlas.core.model_ids import check_model_id
 from atlas.core.model_lock import model_lock
+from atlas.core.progress import Progress, no_progress
 from atlas.core.publish import (
     IdRange,
     publish,
@@ -78,8 +78,8 @@ def model_id_of(options: IngestOptions, loaded: LoadedModel | None = None) -> st
     return check_model_id(loaded.default_id if loaded else default_model_id(options.model))
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _quiet(_message: str) -> None:
+    """No stage lines: the library prints nothing unless its caller asks (``log``)."""
 
 
 def ingest(
@@ -87,10 +87,11 @@ def ingest(
     options: IngestOptions,
     loaded: LoadedModel | None = None,
     ov_method: OvMethod = ov_factored,
-    log: Log = _stderr,
-    progress: bool = True,
+    log: Log = _quiet,
+    progress: Progress = no_progress,
 ) -> IngestReport:
-    """Decompose one model into the atlas at ``root``, one block at a time.
+    """Decompose one model into the atlas at ``root``, one block at a time; ``log`` is told
+    each stage's line, ``progress`` the blocks done (``atlas.core.progress``).
 
     ``loaded`` lets Python callers ingest a whole bridge they built or edited themselves;
     otherwise ``options.model`` is streamed from its files. ``ov_method`` exists for the
@@ -109,7 +110,7 @@ def ingest(
     return _finished(model, atlas_dir.store_path(catalog.models[model_id]))
 
 
-def plan(options: IngestOptions, log: Log = _stderr) -> tuple[str, int, int]:
+def plan(options: IngestOptions, log: Log = _quiet) -> tuple[str, int, int]:
     """``(model_id, n_directions, n_matrices)``: what a model needs of an atlas's ids, learnt
     by booting it (its configuration, unembedding and first block; nothing is decomposed)."""
     model_id = model_id_of(options)
@@ -118,13 +119,13 @@ def plan(options: IngestOptions, log: Log = _stderr) -> tuple[str, int, int]:
 
 
 def build_in(
-    folder: Path, atlas_root: Path, options: IngestOptions, ids: IdRange, log: Log = _stderr
+    folder: Path, atlas_root: Path, options: IngestOptions, ids: IdRange, log: Log = _quiet
 ) -> IngestReport:
     """Make one model's store in the new folder ``folder`` with the ids a job reserved for it
     (:func:`plan` sized them), without publishing it: what a job's worker runs."""
     folder.mkdir()  # first: a job whose folder is gone fails here, before any boot
     model = boot(model_id_of(options), options, log=log)
-    build(folder, model, ids, atlas_root, log, progress=True)
+    build(folder, model, ids, atlas_root, log, no_progress)
     return _finished(model, folder)
 
 
@@ -133,7 +134,7 @@ def boot(
     options: IngestOptions,
     loaded: LoadedModel | None = None,
     ov_method: OvMethod = ov_factored,
-    log: Log = _stderr,
+    log: Log = _quiet,
 ) -> BootedModel:
     """Open the model's blocks, read its unembedding and first block, and plan its ids."""
     started = time.perf_counter()
@@ -152,7 +153,12 @@ def boot(
 
 
 def build(
-    staging: Path, model: BootedModel, ids: IdRange, atlas_root: Path, log: Log, progress: bool
+    staging: Path,
+    model: BootedModel,
+    ids: IdRange,
+    atlas_root: Path,
+    log: Log,
+    progress: Progress,
 ) -> IdRange:
     """Compute every block of ``model`` and write its store into ``staging`` with ``ids``;
     returns the ids it used. A failure to write is one clear line (``writing_store``)."""
@@ -174,7 +180,7 @@ def build(
         threads = None if report.device == "cpu" else 1
         builder = _open_builder(staging, model.blocks.info.d_model, index_type, vocab, threads)
         try:
-            report.counts = run_blocks(model, vocab, builder, coherence, log, progress)
+            report.counts = run_blocks(model, vocab, builder, coherence, progress)
             log("[3/3] finish    token-space bags, manifest, publish")
             with timer("finish"):
                 used = layout.used(report.counts)
@@ -246,6 +252,7 @@ def _model_row(
         "d_mlp": info.d_mlp,
         "d_vocab": info.d_vocab,
         "gated_mlp": info.gated_mlp,
+        "positional_embedding": info.positional_embedding,
         "processing": blocks.processing,
         "processing_applied": info.processing_applied,
         "top_k": options.top_k,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -68,12 +67,9 @@ def job_models(models: Sequence[IngestOptions]) -> list[tuple[str, IngestOptions
     return named
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _quiet(_message: str) -> None:
-    """Workers' own stage logs: the driver's progress line covers the job."""
+    """No lines: workers' own stage logs (the driver's line per model covers the job), and
+    the library's default (it prints nothing unless asked)."""
 
 
 class Progress:
@@ -115,7 +111,7 @@ def run_job(
     ray_address: str | None = None,
     gpus_per_task: float | None = None,
     retries: int = DEFAULT_RETRIES,
-    log: Log = _stderr,
+    log: Log = _quiet,
 ) -> list[Outcome]:
     """Ingest ``models`` into the atlas at ``root``: serially, or on Ray when ``ray_address``
     is given (``"local"``, ``"auto"`` or a cluster's address); one outcome per model, in order.

@@ -1,33 +1,41 @@
 """The block pipeline: load, compute and write each block of a model in turn.
 
-On a GPU the stages overlap, so that the GPU stays busy: block i+1 is loaded (a background
-thread) while block i is computed (this thread) and block i-1 written (another thread). On the
-CPU they run in turn: the compute stage already uses every core, and threads beside it would
-only take cores from it (measured: a third slower on 2 cores).
+On a GPU the stages overlap, so that the GPU stays busy: block i+1 is loaded while block i is
+computed (this thread) and block i-1 written, the two in a pool of two threads
+(``concurrent.futures``). At most three blocks are in flight: one loading, one computing, one
+writing; the next load starts once its block is taken, the next write once the last has ended.
+A stage's failure is raised by the compute stage at its next step (:meth:`Stages.check`), and
+the pool is shut down with it: a load not started is cancelled, one running ends, nothing more
+starts. On the CPU the stages run in turn: the compute stage already uses every core, and
+threads beside it would only take cores from it (measured: a third slower on 2 cores).
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 import torch
 
-from atlas.core.errors import AtlasError
+from atlas.core.progress import Progress
 from ingest.assemble import AtlasRows, assemble, residual_vectors
 from ingest.coherence_stage import CoherenceStage, attach
+from ingest.composition import CompositionStage
 from ingest.decompose import OvMethod, decompose
 from ingest.ids import IdLayout
 from ingest.options import IngestOptions
 from ingest.project import project
 from ingest.report import Timer
 from ingest.sources import Blocks
-from ingest.weights import ModelWeights
+from ingest.weights import ModelWeights, on_device
+
+T = TypeVar("T")
+W = TypeVar("W")
+R = TypeVar("R")
 
 
 class Computed:
@@ -37,14 +45,7 @@ class Computed:
         self, i: int, weights: ModelWeights, device: str, options: IngestOptions, ov: OvMethod
     ):
         self.i, self.weights = i, weights
-        on_device = ModelWeights(
-            weights.W_V.to(device),
-            weights.W_O.to(device),
-            {k: m.to(device) for k, m in weights.mlp.items()},
-            weights.W_U,
-            weights.skipped,
-        )
-        self.groups = decompose(on_device, options.max_rank, ov, first_layer=i)
+        self.groups = decompose(on_device(weights, device), options.max_rank, ov, first_layer=i)
 
 
 @dataclass
@@ -68,165 +69,157 @@ def run_blocks(
     vocab: pa.Table,
     builder: Any,
     coherence: CoherenceStage | None,
-    log: Callable[[str], None],
-    progress: bool,
+    progress: Progress,
 ) -> dict[str, int]:
-    """The three-stage pipeline over every block; returns the row counts written."""
+    """The three-stage pipeline over every block; returns the row counts written.
+    ``progress("blocks", done, total)`` is told as each block's rows and index vectors are
+    written to the staging store."""
     blocks, options, timer, layout = model.blocks, model.options, model.timer, model.layout
     report = timer.report
     tokens = vocab["token"].combine_chunks()
     display = vocab["token_display"].combine_chunks()
     counts = dict.fromkeys(("matrices", "directions", "top_tokens", "top_neurons"), 0)
+    composition = CompositionStage(model.model_id, blocks.info.d_model)
 
-    def load() -> Iterator[ModelWeights]:
-        for i in range(1, blocks.n_blocks):
-            with timer("load"):
-                weights = blocks.block(i)
-            yield weights
+    def load(i: int) -> ModelWeights:
+        if i == 0 and model.first_block is not None:  # read at boot
+            weights, model.first_block = model.first_block, None
+            return weights
+        with timer("load"):
+            return blocks.block(i)
+
+    def compute(i: int, weights: ModelWeights, check: Callable[[], None]) -> AtlasRows:
+        with timer("decompose"):
+            computed = Computed(i, weights, report.device, options, model.ov_method)
+        check()
+        with timer("project"):
+            vectors = residual_vectors(computed.groups)
+            scores = project(vectors, model.W_U, options.top_k)
+            rows = assemble(
+                model.model_id, computed.groups, vectors, scores, tokens, display,
+                layout.bases(i, computed.groups), options.gap_tolerance, options.top_k,
+            )  # fmt: skip
+        check()
+        with timer("compose"):
+            rows.composition, rows.composition_pairs = composition.add_block(
+                computed.groups, layout.bases(i, computed.groups)
+            )
+        check()
+        if coherence is None:
+            attach(rows, None)
+        else:
+            with timer("score"):
+                attach(rows, coherence.score(scores, rows.directions))
+        for name in counts:
+            counts[name] += getattr(rows, name).num_rows
+        return rows
+
+    written = 0
 
     def write(rows: AtlasRows) -> None:
+        nonlocal written
         with timer("write"):
             builder.add_block(rows)
+        written += 1  # one writer at a time
+        progress("blocks", written, blocks.n_blocks)
 
-    started = time.perf_counter()
-    overlap = report.device != "cpu"
-    loader = _Prefetch(load(), background=overlap)
-    writer = _Drain(write, background=overlap)
-    try:
-        for i in range(blocks.n_blocks):
-            if i == 0 and model.first_block is not None:
-                weights, model.first_block = model.first_block, None
-            else:
-                waited = time.perf_counter()
-                weights = loader.next()
-                report.waiting["for_blocks"] = round(
-                    report.waiting.get("for_blocks", 0.0) + time.perf_counter() - waited, 3
-                )
-            with timer("decompose"):
-                computed = Computed(i, weights, report.device, options, model.ov_method)
-            with timer("project"):
-                vectors = residual_vectors(computed.groups)
-                scores = project(vectors, model.W_U, options.top_k)
-                rows = assemble(
-                    model.model_id, computed.groups, vectors, scores, tokens, display,
-                    layout.bases(i, computed.groups), options.gap_tolerance, options.top_k,
-                )  # fmt: skip
-            if coherence is None:
-                attach(rows, None)
-            else:
-                with timer("score"):
-                    attach(rows, coherence.score(scores, rows.directions))
-            for name in counts:
-                counts[name] += getattr(rows, name).num_rows
-            waited = time.perf_counter()
-            writer.put(rows)
-            report.waiting["for_writer"] = round(
-                report.waiting.get("for_writer", 0.0) + time.perf_counter() - waited, 3
-            )
-            if progress:
-                _log_progress(log, i + 1, blocks.n_blocks, time.perf_counter() - started)
-        writer.close()
-    finally:
-        loader.stop()
-        writer.stop()
+    def waited(what: str, seconds: float) -> None:
+        total = report.waiting.get(what, 0.0) + seconds
+        report.waiting[what] = round(total, 3)
+
+    overlapped(blocks.n_blocks, load, compute, write, report.device != "cpu", waited)
     return counts
 
 
-def _log_progress(log: Callable[[str], None], done: int, total: int, elapsed: float) -> None:
-    left = total - done
-    remaining = f", about {elapsed / done * left:.0f} s remaining" if left else ""
-    log(f"{'':>15} block {done}/{total} done in {elapsed:.1f} s; {left} left{remaining}")
+def overlapped(
+    n: int,
+    load: Callable[[int], W],
+    compute: Callable[[int, W, Callable[[], None]], R],
+    write: Callable[[R], None],
+    overlap: bool,
+    waited: Callable[[str, float], None] = lambda _what, _seconds: None,
+) -> None:
+    """``write(compute(i, load(i), check))`` for each of ``n`` blocks, the stages overlapped
+    (see the module notes) or in turn. ``compute`` calls ``check()`` between its steps, which
+    raises another stage's failure; ``waited(what, seconds)`` is told how long compute waited
+    ``"for_blocks"`` and ``"for_writer"``."""
+    with Stages(overlap) as stages:
+        loading = stages.ahead(load, 0)
+        writing: Future[None] | _Deferred[None] | None = None
+        for i in range(n):
+            weights = stages.wait(loading, "for_blocks", waited)
+            if i + 1 < n:
+                loading = stages.ahead(load, i + 1)
+            rows = compute(i, weights, stages.check)
+            if writing is not None:
+                stages.wait(writing, "for_writer", waited)
+            writing = stages.behind(write, rows)
+        if writing is not None:
+            stages.wait(writing, "for_writer", waited)
 
 
-class _Prefetch:
-    """Runs an iterator in a background thread, one item ahead (a queue of one); or, not in the
-    ``background``, item by item when asked."""
+class Stages:
+    """The load and write stages beside the compute stage: in a pool of two threads, or
+    (without ``overlap``) on this thread, a load when its block is asked for and a write at
+    once."""
 
-    _END = object()
+    def __init__(self, overlap: bool):
+        self._pool = (
+            ThreadPoolExecutor(2, thread_name_prefix="svd-atlas-ingest") if overlap else None
+        )
+        self._running: list[Future[Any]] = []
 
-    def __init__(self, items: Iterator[Any], background: bool = True):
-        self._items = items
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if background:
-            self._thread = threading.Thread(target=self._run, args=(items,), daemon=True)
-            self._thread.start()
+    def ahead(self, fn: Callable[..., T], *args: Any) -> Future[T] | _Deferred[T]:
+        """``fn(*args)`` started now beside compute, or run when its result is asked for."""
+        if self._pool is None:
+            return _Deferred(fn, args)
+        return self._track(self._pool.submit(fn, *args))
 
-    def _run(self, items: Iterator[Any]) -> None:
+    def behind(self, fn: Callable[..., T], *args: Any) -> Future[T] | _Deferred[T]:
+        """``fn(*args)`` started now beside compute, or run now."""
+        if self._pool is None:
+            deferred = _Deferred(fn, args)
+            deferred.result()
+            return deferred
+        return self._track(self._pool.submit(fn, *args))
+
+    def _track(self, future: Future[T]) -> Future[T]:
+        self._running = [f for f in self._running if not f.done()] + [future]
+        return future
+
+    def wait(
+        self, item: Future[T] | _Deferred[T], what: str, waited: Callable[[str, float], None]
+    ) -> T:
+        started = time.perf_counter()
         try:
-            for item in items:
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-        except BaseException as exc:  # handed to the consumer
-            self._error = exc
-        self._queue.put(self._END)
+            return item.result()
+        finally:
+            waited(what, time.perf_counter() - started)
 
-    def next(self) -> Any:
-        item = next(self._items, self._END) if self._thread is None else self._queue.get()
-        if item is self._END:
-            if self._error is not None:
-                raise self._error
-            raise AtlasError("the block loader ended early")
-        return item
+    def check(self) -> None:
+        """Raise the first failure of a stage running beside compute."""
+        for future in self._running:
+            if future.done() and future.exception() is not None:
+                future.result()
 
-    def stop(self) -> None:
-        self._stop.set()
-        while self._thread is not None and self._thread.is_alive():
-            try:
-                self._queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
+    def __enter__(self) -> Stages:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._pool is not None:  # on a failure: what has not started never will
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _Drain:
-    """Consumes items in a background thread (a queue of one); errors surface on the next
-    ``put`` or at ``close``. Not in the ``background``, each item is consumed as it is put."""
+class _Deferred(Generic[T]):
+    """A stage's work run on this thread when its result is first asked for."""
 
-    _END = object()
+    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...]):
+        self._fn, self._args = fn, args
+        self._done = False
+        self._value: T | None = None
 
-    def __init__(self, consume: Callable[[Any], None], background: bool = True):
-        self._consume = consume
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if background:
-            self._thread = threading.Thread(target=self._run, args=(consume,), daemon=True)
-            self._thread.start()
-
-    def _run(self, consume: Callable[[Any], None]) -> None:
-        while (item := self._queue.get()) is not self._END:
-            if self._error is None:
-                try:
-                    consume(item)
-                except BaseException as exc:  # handed to the producer
-                    self._error = exc
-
-    def put(self, item: Any) -> None:
-        self._raise()
-        if self._thread is None:
-            self._consume(item)
-        else:
-            self._queue.put(item)
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(self._END)
-            self._thread.join()
-        self._raise()
-
-    def stop(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            self._queue.put(self._END)
-            self._thread.join()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
+    def result(self) -> T:
+        if not self._done:
+            self._value = self._fn(*self._args)
+            self._done = True
+        return self._value  # type: ignore[return-value]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-STAGES = ("boot", "load", "decompose", "project", "score", "write", "finish")
+STAGES = ("boot", "load", "decompose", "project", "compose", "score", "write", "finish")
 
 
 @dataclass

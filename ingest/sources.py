@@ -8,7 +8,7 @@ import torch
 from atlas.models.loading import LoadedModel, resolve_spec
 from ingest.blocks import ModelInfo, model_info, open_blocks
 from ingest.options import IngestOptions
-from ingest.weights import ModelWeights, extract_weights
+from ingest.weights import ModelWeights, block_slice, extract_weights
 
 
 class Blocks:
@@ -62,6 +62,4 @@ class BridgeBlocks(Blocks):
         return self._weights.W_U
 
     def block(self, i: int) -> ModelWeights:
-        w = self._weights
-        mlp = {kind: m[i : i + 1] for kind, m in w.mlp.items()}
-        return ModelWeights(w.W_V[i : i + 1], w.W_O[i : i + 1], mlp, w.W_U, w.skipped)
+        return block_slice(self._weights, i)

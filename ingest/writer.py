@@ -42,6 +42,8 @@ class StoreBuilder:
                 "directions": rows.directions,
                 "top_tokens": rows.top_tokens,
                 "top_neurons": rows.top_neurons,
+                "composition": rows.composition,
+                "composition_pairs": rows.composition_pairs,
             }
         )
         order = np.argsort(rows.direction_ids, kind="stable")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from atlas.core.contract import JUDGED_SQL, KINDS
+from atlas.core.contract import HEAD_KINDS, JUDGED_SQL, KINDS
 from atlas.core.errors import AtlasError, NotFound
 from atlas.core.reader import Reader, check_direction_id
 from atlas.core.views import direction_tokens_sql
@@ -12,7 +12,8 @@ from atlas.core.views import direction_tokens_sql
 DEFAULT_TOP = 10  # directions a matrix card shows
 MATRIX_COLUMNS = (
     "matrix_id, model_id, layer, head, kind, n_rows, n_cols, rank, numerical_rank, sigma_max, "
-    "frobenius_norm, stable_rank, effective_rank, coherence, coherence_z, coherence_pct, spectrum"
+    "frobenius_norm, stable_rank, effective_rank, eigen_positivity, coherence, coherence_z, "
+    "coherence_pct, spectrum"
 )
 
 
@@ -28,7 +29,7 @@ def matrix_card(
     offset = _number(offset, "offset")
     if not isinstance(head_or_kind, str) or head_or_kind.isdigit():
         kind, head = "ov", _number(head_or_kind, "HEAD")
-    elif head_or_kind in KINDS and head_or_kind != "ov":
+    elif head_or_kind in KINDS and head_or_kind not in HEAD_KINDS:
         kind, head = head_or_kind, None
     else:
         raise AtlasError(

@@ -43,6 +43,9 @@ from atlas.models.svd import factor_svd
 from query.probe import Probe, Reading, make_probes, measure, require_causal
 
 MLP_VIEWS = {"mlp_in": "W_in", "mlp_gate": "W_gate", "mlp_out": "W_out"}
+# QK directions are not edited: a QK circuit is W_Q W_Kᵀ, whose factors an edit of one
+# direction would have to split between the query and key weights.
+EDITABLE = tuple(k for k in KINDS if k != "qk")
 # A live triple matches the atlas when sigma agrees to this relative tolerance and the stored
 # unit vector's |cosine| with the live one is at least MIN_COSINE.
 SIGMA_RTOL = 1e-3
@@ -121,10 +124,10 @@ def plan(bridge: Any, directions: Sequence[Direction], eps: Sequence[float]) -> 
     edits = []
     for d, e in zip(directions, eps, strict=True):
         check_eps(e)
-        if d.kind not in KINDS:
+        if d.kind not in EDITABLE:
             raise AtlasError(
                 f"direction {d.direction_id} is a {d.kind!r} direction; rank-1 edits apply "
-                f"to residual-space directions of {', '.join(KINDS)} matrices"
+                f"to residual-space directions of {', '.join(EDITABLE)} matrices"
             )
         if d.degenerate:
             raise AtlasError(

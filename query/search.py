@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from atlas.core.cancel import check as check_stopped
 from atlas.core.errors import AtlasError, DamagedIndex, NoMatch
 from atlas.core.index_guard import exact_cosines
 from atlas.core.indexes import merge_valences
@@ -240,7 +241,7 @@ def search(
     scored: list[tuple[float, int]] = []
     refused: list[str] = []
     for model_id in query.models:
-        a.check_cancelled()  # a server's time limit stops a search between models
+        check_stopped()  # a deadline or a stop ends a search between models
         if query.space == "residual":
             try:
                 ids, sims = nearest_residual(a, model_id, query.vectors[model_id], filters, k + 1)

@@ -25,7 +25,7 @@ def minilm_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import atlas
 
     root = tmp_path_factory.mktemp("minilm") / "atlas"
-    atlas.ingest(root, "minilm", device="cpu", progress=False)
+    atlas.ingest(root, "minilm", device="cpu")
     return root
 
 
@@ -43,8 +43,8 @@ def small_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("small") / "atlas"
     for name, loaded in planted_models().items():  # built in memory: below the façade
         options = IngestOptions(model=name, device="cpu")
-        ingest(root, options, loaded=loaded, log=quiet, progress=False)
-    atlas.ingest(root, "random:llama-tiny", name="llama-tiny", device="cpu", progress=False)
+        ingest(root, options, loaded=loaded, log=quiet)
+    atlas.ingest(root, "random:llama-tiny", name="llama-tiny", device="cpu")
     return root
 
 
@@ -63,7 +63,7 @@ def minilm_coherence_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import atlas
 
     root = tmp_path_factory.mktemp("minilm-coherence") / "atlas"
-    atlas.ingest(root, "minilm", device="cpu", coherence=True, progress=False)
+    atlas.ingest(root, "minilm", device="cpu", coherence=True)
     return root
 
 

@@ -43,18 +43,19 @@ def export(
 ) -> None:
     """Export MODEL_IDS (default: every model) as a bundle (-o FILE) or a Parquet tree."""
     from atlas.cli.output import human_bytes
+    from atlas.cli.progress import Bars
 
     if (output is None) == (parquet is None):
         raise atlas.AtlasError("give exactly one of -o FILE (a bundle) or --parquet DEST")
     refuse_inside(output if output is not None else Path(str(parquet)), obj["atlas"])
-    with atlas.open(obj["atlas"]) as a:
+    with atlas.open(obj["atlas"]) as a, Bars() as bars:  # a bar on a terminal only
         if output is not None:
-            manifest = a.export(output, list(model_ids), vectors)
+            manifest = a.export(output, list(model_ids), vectors, progress=bars)
             names = ", ".join(m.model_id for m in manifest.models)
             size = human_bytes(output.stat().st_size)
             click.echo(f"exported {names} to {output} ({size}, vectors {vectors})")
         else:
-            info = a.export_parquet(str(parquet), list(model_ids), vectors)
+            info = a.export_parquet(str(parquet), list(model_ids), vectors, progress=bars)
             click.echo(f"exported {', '.join(info['written'])} to {parquet} as a Parquet tree")
 
 
@@ -64,7 +65,11 @@ def export(
 @click.pass_obj
 def load(obj: dict[str, Any], bundle: Path, replace: bool) -> None:
     """Import every model of BUNDLE into the atlas (verified first; all or nothing)."""
-    for r in atlas.load(obj["atlas"], bundle, replace):
+    from atlas.cli.progress import Bars
+
+    with Bars() as bars:  # a bar on a terminal only
+        results = atlas.load(obj["atlas"], bundle, replace, progress=bars)
+    for r in results:
         last = r.first_direction_id + r.n_directions - 1
         ids = f"direction ids {r.first_direction_id}..{last}"
         if r.remapped:

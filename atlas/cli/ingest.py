@@ -150,10 +150,16 @@ def ingest(
         dtype=dtype, replace=replace, gap_tol=gap_tol, exact_max=exact_max, coherence=coherence,
         ray=ray, gpus_per_task=gpus_per_task, retries=retries,
     )  # fmt: skip
+    from atlas.cli.progress import Bars, on_terminal
     from atlas.cli.summary import print_ingest_summary, print_job_summary
 
+    shown = on_terminal()  # stage lines and bars on a terminal; piped, only the summary
     try:
-        result = atlas.ingest(obj["atlas"], *models, from_file=from_file, **options)
+        with Bars() as bars:
+            result = atlas.ingest(
+                obj["atlas"], *models, from_file=from_file, log=_stage_line if shown else None,
+                progress=bars if shown else None, **options,
+            )  # fmt: skip
     except IngestFailed as failed:
         print_job_summary(failed.result.models)
         raise
@@ -170,6 +176,10 @@ def ingest(
         print_job_summary(result.models)
     else:
         print_ingest_summary(obj["atlas"], result.models[0].report)
+
+
+def _stage_line(message: str) -> None:
+    click.echo(message, err=True)
 
 
 COMMANDS = [ingest]

@@ -85,6 +85,7 @@ def _register() -> None:
     """Each area of the tool keeps its commands in its own module under ``atlas.cli``."""
     from atlas.cli import (
         check,
+        circuits,
         coherence,
         compare,
         edit,
@@ -96,7 +97,8 @@ def _register() -> None:
         spectrum,
     )
 
-    modules = (ingest, models, query, spectrum, coherence, compare, edit, exchange, check, serve)
+    modules = (ingest, models, query, spectrum, circuits, coherence, compare, edit, exchange,
+               check, serve)  # fmt: skip
     for module in modules:
         for command in module.COMMANDS:
             cli.add_command(command)

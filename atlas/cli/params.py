@@ -22,6 +22,7 @@ from pydantic.fields import FieldInfo
 
 from atlas.errors import AtlasError
 from atlas.params import (
+    CompositionParams,
     MatrixCardParams,
     SearchParams,
     SpectrumParams,
@@ -185,6 +186,7 @@ REFERENCE: dict[str, tuple[type[BaseModel], tuple[str, ...]]] = {
     "show": (MatrixCardParams, ()),
     "spectrum": (SpectrumParams, ()),
     "sql": (SqlParams, ()),
+    "circuits": (CompositionParams, ("layer", "head")),
 }
 _BLOCK = re.compile(r"(<!-- options: (\w+) -->\n).*?(<!-- /options -->)", re.DOTALL)
 

@@ -1,9 +1,11 @@
-"""A trace's progress on stderr: one bar per hop, for traces long enough to need one.
+"""Progress on stderr, as tqdm bars, only on a terminal: piped output stays clean.
 
-A trace with a low ``--min-cos`` and several hops can expand thousands of directions, each a
-search of every model; without a sign of life it looks hung. The bar appears only on a
-terminal (tqdm's ``disable=None``), and only once a hop has run for ``DELAY`` seconds, so
-piped output and quick traces stay clean.
+:class:`Bars` draws what the library tells a ``progress`` callback (``atlas.core.progress``:
+an ingest's blocks, a bundle's models): one bar per kind of unit, with what is done, what is
+left and the time remaining. :class:`HopProgress` draws a trace's hops: a trace with a low
+``--min-cos`` and several hops can expand thousands of directions, each a search of every
+model, and without a sign of life it looks hung; its bar appears only once a hop has run for
+``DELAY`` seconds, so quick traces stay clean.
 """
 
 from __future__ import annotations
@@ -14,6 +16,49 @@ from typing import IO, Any
 from tqdm import tqdm
 
 DELAY = 1.0  # seconds a hop runs before its bar is shown
+
+
+def on_terminal(file: IO[str] | None = None) -> bool:
+    """Whether ``file`` (stderr) is a terminal: where progress is shown."""
+    stream = file if file is not None else sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+class Bars:
+    """A progress callback ``(what, done, total)`` that draws a tqdm bar per ``what`` on
+    ``file`` (stderr); a bar stays, complete, once its work is done. Nothing is drawn where
+    ``file`` is not a terminal (tqdm's ``disable=None``)."""
+
+    def __init__(self, file: IO[str] | None = None):
+        self.file = file if file is not None else sys.stderr
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        bar = self.bars.get(what)
+        if bar is None:
+            bar = self.bars[what] = tqdm(
+                total=total,
+                desc=f"{'':>15} {what}",
+                unit=what.rstrip("s"),
+                file=self.file,
+                disable=None,
+                mininterval=0,  # units are seconds apart: draw each one as it is done
+                miniters=1,
+            )
+        bar.update(done - bar.n)
+        if done >= total:
+            self.bars.pop(what).close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+    def __enter__(self) -> Bars:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 class HopProgress:

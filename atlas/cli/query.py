@@ -192,6 +192,10 @@ TRACE_COLUMNS = [  # the table's, under a heading of model and layer
 ]
 
 
+COMPOSITION_TRACE_COLUMNS = ["hop", "parent", "mode", "direction_id", "layer", "head", "kind",
+                             "side", "sv_index", "sigma", "share"]  # fmt: skip
+
+
 @click.command()
 @click.argument("direction_id", type=int)
 @options(TraceParams)
@@ -204,12 +208,20 @@ def trace(obj: dict[str, Any], direction_id: int, n_tokens: int, fmt: str, **par
     In the direction's own model through residual space, in other models through token
     space. sign is the valence relative to DIRECTION_ID; parent is the direction each was
     reached from (with --hops > 1).
+
+    --via composition follows an OV write direction to the query, key and value read
+    directions of later heads that carry its composition (share: of the edge's score
+    squared, at least --min-share); a value read continues through its head's output.
     """
     import atlas
+    from atlas.api import CompositionTrace
     from atlas.cli.progress import HopProgress
 
     with atlas.open(obj["atlas"]) as a, HopProgress() as progress:
         steps = a.trace(direction_id, progress=progress, **params)
+    if isinstance(steps, CompositionTrace):
+        emit(steps, COMPOSITION_TRACE_COLUMNS, fmt)
+        return
     rows = [{**s.to_dict(), **_hit_row(s.hit, n_tokens, fmt)} for s in steps]
     if fmt == "json":
         emit(rows, TRACE_FIELDS, fmt)
@@ -305,6 +317,8 @@ def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:
         + " ".join(f"{s:.3g}" for s in spectrum[:16])
         + (f" ... ({len(spectrum)} values)" if len(spectrum) > 16 else "")
     )
+    if card.get("qk") is not None:
+        _print_circuits(card)
     rows = []
     for d in card["directions"]:
         row = {"sv": f"{d['sv_index']}{'~' if d['degenerate'] else ''}", "sigma": d["sigma"]}
@@ -317,6 +331,31 @@ def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:
         c for c in ("write +", "write -", "read +", "read -") if any(c in r for r in rows)
     ]
     emit(rows, columns, "table")
+
+
+def _print_circuits(card: dict[str, Any]) -> None:
+    """A head card's circuits: its QK spectrum, eigenvalue scores and strongest edges."""
+    qk = card["qk"]
+    click.echo(
+        f"  eigenvalue positivity: ov {card['eigen_positivity']:+.3f} (copying > 0)  "
+        f"qk {qk['eigen_positivity']:+.3f} (matching > 0)"
+    )
+    rotary = card["positional_embedding"] == "rotary"
+    note = "  (rotary: the content part; positions rotate it)" if rotary else ""
+    click.echo(f"  qk sigma_max {qk['sigma_max']:.4g}  stable rank {qk['stable_rank']:.3g}{note}")
+    click.echo(
+        "  qk spectrum: "
+        + " ".join(f"{s:.3g}" for s in qk["spectrum"][:16])
+        + (f" ... ({len(qk['spectrum'])} values)" if len(qk["spectrum"]) > 16 else "")
+    )
+    for end, title, layer, head in (("in", "fed by", "src_layer", "src_head"),
+                                    ("out", "feeds", "dst_layer", "dst_head")):  # fmt: skip
+        edges = card["composition"][end]
+        shown = ", ".join(
+            f"{e['mode']} L{e[layer]}H{e[head]} {e['score']:.3g} (x{e['relative']:.2g})"
+            for e in sorted(edges, key=lambda e: -e["score"])[:6]
+        )
+        click.echo(f"  {title}: {shown or 'none'}")
 
 
 COMMANDS = [sql, search, trace, show]

@@ -24,43 +24,29 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
+from atlas.core.cancel import running
 from atlas.core.contract import TABLES
 from atlas.core.errors import AtlasError, DamagedIndex, NotFound, NoVectors, one_line
 from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size
 from atlas.core.memlimit import parse_memory_limit, session_config
 from atlas.core.model_ids import left_out
-from atlas.core.sqlguard import (
-    QueryTimeout,
-    engine_error,
-    interruptible,
-    lock_session,
-    run_statement,
-    sql_string,
-)
+from atlas.core.sqlguard import engine_error, lock_session, run_statement, sql_string
 from atlas.core.vectors import vector_matrix
 from atlas.core.views import create_views
 
-T = TypeVar("T")
 USER_DB = "user.duckdb"
 PARQUET_MARKER = "_svd_atlas.json"
 # Read a catalog again if a store it names vanished meanwhile (a concurrent replace + sweep).
 _OPEN_ATTEMPTS = 3
-
-
-@dataclass(eq=False)
-class WorkUnit:
-    """One cancellable piece of work on a reader (see :meth:`Reader.cancellable`)."""
-
-    ident: int  # the thread doing it
 
 
 class IndexCache:
@@ -122,10 +108,14 @@ class IndexCache:
             self._last = None
 
 
-class Reader:
+class Reader(ABC):
     """SQL over an atlas, and what query code needs besides; see the module notes.
 
-    Subclasses attach their data to ``self._con`` before calling :meth:`_finish_open`.
+    Subclasses attach their data to ``self._con`` before calling :meth:`_finish_open`, and
+    implement the abstract methods: what models the data holds, where their rows, indexes
+    and unembeddings are. Every reader of the same atlas answers every method the same
+    (``tests/integration/test_reader_contract.py``), except what its data lacks (a bundle or
+    tree exported without vectors has no index, and a tree may have no unembedding).
     """
 
     def __init__(self, location: str, memory_limit: int | str | None = None):
@@ -139,8 +129,6 @@ class Reader:
         # past the memory limit is one error line (``atlas.core.memlimit``)
         self._con = duckdb.connect(":memory:", config=session_config(self.memory_limit))
         self._cursors: dict[int, duckdb.DuckDBPyConnection] = {}
-        self._working: dict[int, WorkUnit] = {}  # thread ident -> its cancellable unit
-        self._cancelled: set[int] = set()
         self._lock = threading.Lock()
         self._closed = False
         self.indexes = IndexCache()
@@ -169,8 +157,6 @@ class Reader:
         ident = threading.get_ident()
         with self._lock:
             self._require_open()
-            if ident in self._cancelled:  # the next statement of cancelled work does not start
-                raise QueryTimeout("the work was stopped after its time limit")
             cursor = self._cursors.get(ident)
             if cursor is None:
                 cursor = self._con.cursor()
@@ -187,9 +173,8 @@ class Reader:
         """One of the library's own queries (trusted SQL, untrusted values as parameters)."""
         cursor = self.cursor()
         try:
-            return _off_main_thread(
-                lambda: cursor.sql(query, params=params).to_arrow_table(), cursor
-            )
+            with running(cursor):
+                return cursor.sql(query, params=params).to_arrow_table()
         except (duckdb.Error, RuntimeError) as exc:
             raise self._engine_error(exc) from None
 
@@ -199,11 +184,14 @@ class Reader:
         """A query's rows in Arrow batches of about ``rows`` rows (the schema kept when empty)."""
         cursor = self.cursor()
         try:
-            reader = _off_main_thread(
-                lambda: cursor.sql(query, params=params).to_arrow_reader(rows), cursor
-            )
+            with running(cursor):
+                reader = cursor.sql(query, params=params).to_arrow_reader(rows)
             yielded = False
-            while (batch := _off_main_thread(lambda: next(reader, None), cursor)) is not None:
+            while True:
+                with running(cursor):  # a step at a time: the caller works between batches
+                    batch = next(reader, None)
+                if batch is None:
+                    break
                 yielded = True
                 yield batch
         except (duckdb.Error, RuntimeError) as exc:
@@ -212,89 +200,34 @@ class Reader:
             yield pa.RecordBatch.from_pylist([], schema=reader.schema)
 
     def _engine_error(self, exc: BaseException) -> BaseException:
-        """A library query's failure (``sqlguard.engine_error``). An interruption of a
-        cancelled unit of work is its error line, not Ctrl-C: the thread serves on."""
-        with self._lock:
-            cancelled = threading.get_ident() in self._cancelled
-        if cancelled and isinstance(exc, duckdb.InterruptException):
-            return AtlasError(f"{self.location}: {one_line(exc)}")
+        """A library query's failure (``sqlguard.engine_error``)."""
         return engine_error(exc, self.memory_limit, prefix=f"{self.location}: ")
-
-    def check_cancelled(self) -> None:
-        """Stop here if the calling thread's unit of work was cancelled (see :meth:`cancel`):
-        for work between statements, such as a search over many models' indexes."""
-        with self._lock:
-            if threading.get_ident() in self._cancelled:
-                raise QueryTimeout("the work was stopped after its time limit")
 
     def user_sql(
         self,
         query: str,
         params: list[Any] | dict[str, Any] | None = None,
-        timeout: float | None = None,
         max_rows: int | None = None,
         max_bytes: int | None = None,
     ) -> pa.Table:
-        """A researcher's statement: read-only unless the handle is writable (``sqlguard``)."""
+        """A researcher's statement: read-only unless the handle is writable (``sqlguard``),
+        stopped with the caller's work (``atlas.core.cancel``)."""
         return run_statement(
             self.cursor(),
             query,
             params,
             self.writable,
-            timeout,
             max_rows,
             max_bytes,
             memory_limit=self.memory_limit,
         )
 
-    def call(self, work: Callable[[], Any], timeout: float | None = None) -> Any:
-        """``work()`` (library calls on this reader) in a worker thread, stoppable by Ctrl-C and
-        ``timeout`` (see :meth:`cancel`)."""
-        units: list[WorkUnit] = []
-
-        def run() -> Any:
-            try:
-                with self.cancellable() as unit:
-                    units.append(unit)
-                    return work()
-            finally:  # the worker thread ends here: its cursor goes with it
-                with self._lock:
-                    cursor = self._cursors.pop(threading.get_ident(), None)
-                if cursor is not None:
-                    cursor.close()
-
-        return interruptible(run, timeout, lambda _worker: self.cancel(units[0]) if units else None)
-
-    @contextlib.contextmanager
-    def cancellable(self) -> Iterator[WorkUnit]:
-        """Mark the calling thread's work, until the block ends, as one unit that
-        :meth:`cancel` can stop."""
-        unit = WorkUnit(threading.get_ident())
-        with self._lock:
-            self._working[unit.ident] = unit
-        try:
-            yield unit
-        finally:
-            with self._lock:
-                del self._working[unit.ident]
-                self._cancelled.discard(unit.ident)
-
-    def cancel(self, unit: WorkUnit) -> None:
-        """Stop a unit of work another thread is doing: its running statement is interrupted,
-        and its next one refused. Work between statements (a FAISS search) runs to its end. A
-        unit that has ended is not affected, nor is later work on the same thread."""
-        with self._lock:
-            if self._working.get(unit.ident) is not unit:
-                return
-            self._cancelled.add(unit.ident)
-            cursor = self._cursors.get(unit.ident)
-        if cursor is not None:
-            cursor.interrupt()
-
     # -- models ----------------------------------------------------------------------------
 
+    @abstractmethod
     def model_ids(self) -> list[str]:
-        raise NotImplementedError
+        """The ids of the models that can be read, in catalog order (damaged ones left out:
+        they are in :attr:`damaged`)."""
 
     def require_model(self, model_id: str) -> None:
         """Nothing if the reader has ``model_id``; otherwise one line naming what it has."""
@@ -309,13 +242,15 @@ class Reader:
             f"{', '.join(self.model_ids()) or 'nothing yet'}"
         )
 
+    @abstractmethod
     def relation(self, model_id: str, table: str) -> str:
-        """SQL naming one model's rows of a contract table (no filtering needed)."""
-        raise NotImplementedError
+        """SQL naming one model's rows of a contract table (no filtering needed); a model
+        the reader lacks is :meth:`require_model`'s refusal."""
 
+    @abstractmethod
     def model_of(self, direction_id: int) -> str:
-        """The model a direction belongs to."""
-        raise NotImplementedError
+        """The model a direction belongs to; :class:`NotFound` for an id no model has, an
+        :class:`AtlasError` for one that is not an integer (``check_direction_id``)."""
 
     def residual_index(self, model_id: str) -> Any:
         """The model's residual-space FAISS index (ids = direction_id), through the cache;
@@ -368,37 +303,43 @@ class Reader:
             raise AtlasError(f"model {model_id!r}: a direction id is not in its directions table")
         return vectors[at]
 
+    @abstractmethod
     def _read_index(self, model_id: str) -> tuple[Any, int]:
-        """The model's index, read, and its size in bytes."""
-        raise NotImplementedError
+        """The model's residual-space FAISS index (ids = direction_id), read, and its size in
+        bytes; :class:`NoVectors` for a model stored without vectors."""
 
+    @abstractmethod
     def index_bytes(self, model_id: str) -> int:
-        """About how much memory the model's index takes once read (0 without vectors)."""
-        raise NotImplementedError
+        """About how much memory the model's index takes once read (0 without vectors),
+        without reading it."""
 
     def has_vectors(self, model_id: str) -> bool:
         """Whether the model has direction vectors here (not a ``--vectors none`` bundle)."""
         return self.index_bytes(model_id) > 0
 
+    @abstractmethod
     def has_exact_index(self, model_id: str) -> bool:
         """Whether a search of the model's index returns the exact neighbours, without
         reading it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def unembedding(self, model_id: str) -> np.ndarray:
-        """The model's centered unembedding, ``[d_vocab, d_model]`` float16 (memory-mapped)."""
-        raise NotImplementedError
+        """The model's centered unembedding, ``[d_vocab, d_model]`` float16 (memory-mapped
+        where the data is local); one :class:`AtlasError` line where :meth:`has_unembedding`
+        is False."""
 
+    @abstractmethod
     def keep_unembedding(self, model_id: str) -> None:
-        """Map the model's unembedding now and keep it mapped while the handle is open."""
-        raise NotImplementedError
+        """Map the model's unembedding now and keep it mapped while the handle is open; as
+        :meth:`unembedding` where there is none."""
 
+    @abstractmethod
     def has_unembedding(self, model_id: str) -> bool:
-        raise NotImplementedError
+        """Whether :meth:`unembedding` has the model's unembedding to give."""
 
+    @abstractmethod
     def model_sizes(self, model_ids: list[str] | None = None) -> dict[str, int]:
-        """Bytes on disk per model (of ``model_ids``, or all)."""
-        raise NotImplementedError
+        """Bytes of stored data per model (of ``model_ids``, or all), each above 0."""
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -416,16 +357,6 @@ class Reader:
             self._cursors.clear()
             self._con.close()
         self.indexes.clear()  # unmapped once no search holds them
-
-
-def _off_main_thread(work: Callable[[], T], cursor: duckdb.DuckDBPyConnection) -> T:
-    """``work()``, a statement on ``cursor``; on the main thread, run in a worker while the main
-    thread waits, so that Ctrl-C interrupts the statement at once. (DuckDB's client notices
-    Ctrl-C in a statement running on the main thread only now and then: sometimes not before
-    the statement ends.) Other threads (a server's) run it themselves."""
-    if threading.current_thread() is not threading.main_thread():
-        return work()
-    return interruptible(work, None, lambda _worker: cursor.interrupt())
 
 
 def check_direction_id(direction_id: Any) -> int:

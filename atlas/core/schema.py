@@ -57,6 +57,9 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("d_mlp", Integer),
         Column("d_vocab", Integer, nullable=False),
         Column("gated_mlp", Boolean, nullable=False),
+        # 'rotary': the stored QK circuits are the content part only, without the rotation
+        # by position; 'standard', 'shortortho', ...: TransformerLens's positional_embedding_type
+        Column("positional_embedding", String),
         Column("processing", String, nullable=False),
         Column("processing_applied", JSON, nullable=False),
         Column("top_k", Integer, nullable=False),
@@ -90,6 +93,8 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("stable_rank", Double, nullable=False),
         Column("effective_rank", Double, nullable=False),
         Column("spectrum", FloatArray(), nullable=False),
+        # Σλ / Σ|λ| over the circuit's eigenvalues (ov and qk; NULL for MLP matrices)
+        Column("eigen_positivity", Double),
         # coherence of the pooled top tokens of its largest directions (see atlas.models.coherence)
         Column("coherence", Double),
         Column("coherence_z", Double),
@@ -161,6 +166,38 @@ def build_metadata(d_model: int | None) -> MetaData:
         Column("scope", String, nullable=False),  # direction | matrix
         Column("sample", Integer, nullable=False),
         Column("coherence", Double, nullable=False),
+    )
+
+    def pair() -> list[Column[Any]]:
+        return [
+            Column("model_id", String, nullable=False),
+            Column("src_layer", SmallInteger, nullable=False),  # the writer (its OV output)
+            Column("src_head", SmallInteger, nullable=False),
+            Column("dst_layer", SmallInteger, nullable=False),  # the reader, a later layer
+            Column("dst_head", SmallInteger, nullable=False),
+            Column("mode", String, nullable=False),  # Q, K or V (contract.MODES)
+        ]
+
+    Table(
+        "composition",
+        md,
+        *pair(),
+        Column("score", Double, nullable=False),  # ||L R||_F / (||L||_F ||R||_F)
+        Column("baseline", Double, nullable=False),  # 1/sqrt(d_model): random orientations
+        Column("relative", Double, nullable=False),  # score / baseline
+        Column("top_pairs_share", Double, nullable=False),  # of score², by the pairs kept
+    )
+    Table(
+        "composition_pairs",
+        md,
+        *pair(),
+        Column("rank", SmallInteger, nullable=False),  # 0 = the largest contribution
+        Column("src_sv", Integer, nullable=False),
+        Column("dst_sv", Integer, nullable=False),
+        Column("src_direction_id", BigInteger),  # NULL past the stored rank (max_rank)
+        Column("dst_direction_id", BigInteger),
+        # (σ_i τ_j (v_i · u'_j))² / (||L||_F² ||R||_F²): all pairs sum to score²
+        Column("contribution", Double, nullable=False),
     )
     return md
 

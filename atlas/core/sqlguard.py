@@ -12,29 +12,28 @@ Three layers, each enough on its own for what it guards:
 3. **The statement type**, checked by DuckDB's parser, for a clear message: one statement, a
    query (``SELECT``, or ``EXPLAIN`` of one) unless writes were asked for.
 
-A statement runs in a worker thread while the caller waits, so Ctrl-C (and ``timeout``) reach
-it at once: the wait is interrupted, the engine is told to stop (``interrupt``), and the
-statement ends within milliseconds. However DuckDB reports an interruption (``InterruptException``
-after ``interrupt()``, or the ``RuntimeError`` its client raises when Ctrl-C reaches a statement
-running on the main thread), it is a ``KeyboardInterrupt`` to the caller; a statement past the
-session's memory limit (``atlas.core.memlimit``) is one :class:`MemoryLimitExceeded` line.
+A statement runs on the caller's thread inside ``atlas.core.cancel.running``: Ctrl-C, the
+caller's deadline (``timeout``) and a stop from another thread interrupt it within
+milliseconds, without a thread of its own. However DuckDB reports an interruption
+(``InterruptException`` after ``interrupt()``, or the ``RuntimeError`` its client raises when
+Ctrl-C reaches a statement running on the main thread), it is a ``KeyboardInterrupt`` to the
+caller, unless the work was stopped by its deadline (:class:`QueryTimeout`); a statement past
+the session's memory limit (``atlas.core.memlimit``) is one :class:`MemoryLimitExceeded` line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from atlas.core.errors import AtlasError, QueryTimeout, one_line
+from atlas.core.cancel import running
+from atlas.core.errors import AtlasError, one_line
 from atlas.core.memlimit import memory_limit_exceeded
 
-T = TypeVar("T")
 _T = duckdb.StatementType
 READ_ONLY_TYPES = (_T.SELECT, _T.EXPLAIN)
 # With writes allowed: changing tables of the researcher's own database, nothing about the
@@ -51,8 +50,6 @@ LOCKDOWN = (
     "SET lock_configuration = true",
 )
 
-
-STOP_INTERVAL = 0.05  # seconds between interrupts of work that has not stopped yet
 STREAM_BATCH_ROWS = 10_000
 SIZED_BATCH_ROWS = 1_024  # with a byte limit: smaller batches, so the limit is kept closely
 
@@ -153,14 +150,13 @@ def run_statement(
     query: str,
     params: list[Any] | dict[str, Any] | None = None,
     write: bool = False,
-    timeout: float | None = None,
     max_rows: int | None = None,
     max_bytes: int | None = None,
     *,
     memory_limit: int,
 ) -> pa.Table:
-    """Run one checked statement on ``con`` (a session bounded by ``memory_limit`` bytes); see
-    the module notes.
+    """Run one checked statement on ``con`` (a session bounded by ``memory_limit`` bytes), in
+    the caller's stoppable work if any (``atlas.core.cancel``); see the module notes.
 
     Returns the statement's rows: a query's result, DuckDB's ``Count`` of changed rows for an
     ``INSERT``/``UPDATE``/``DELETE``, and no rows for one that returns none (``CREATE``). With
@@ -201,7 +197,8 @@ def run_statement(
         return table
 
     try:
-        return interruptible(work, timeout, lambda _worker: con.interrupt())
+        with running(con):
+            return work()
     except (duckdb.Error, RuntimeError) as exc:
         raise engine_error(exc, memory_limit) from None
 
@@ -233,63 +230,6 @@ def _first_rows(relation: duckdb.DuckDBPyRelation, n: int, max_bytes: int | None
         reader.close()
     table = pa.Table.from_batches(batches, schema=reader.schema)
     return table.slice(0, min(n, table.num_rows))
-
-
-def check_timeout(timeout: Any) -> None:
-    """A time limit is a positive, finite number of seconds (or None: no limit)."""
-    if timeout is None:
-        return
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not 0 < timeout <= threading.TIMEOUT_MAX
-    ):
-        raise AtlasError(
-            f"timeout must be a positive, finite number of seconds (or None), not {timeout!r}"
-        )
-
-
-def interruptible(work: Callable[[], T], timeout: float | None, stop: Callable[[int], None]) -> T:
-    """``work()`` in a worker thread; Ctrl-C or ``timeout`` call ``stop(worker_ident)``, which
-    must make the work end soon (interrupt its statement), and wait for it to end.
-
-    A timeout raises :class:`QueryTimeout`; Ctrl-C re-raises ``KeyboardInterrupt`` once the
-    work has stopped.
-    """
-    check_timeout(timeout)
-    outcome: dict[str, Any] = {}
-    done = threading.Event()
-
-    def target() -> None:
-        try:
-            outcome["value"] = work()
-        except BaseException as exc:  # handed to the waiting thread
-            outcome["error"] = exc
-        finally:
-            done.set()
-
-    worker = threading.Thread(target=target, name="svd-atlas-work", daemon=True)
-    worker.start()
-    assert worker.ident is not None
-    try:
-        finished = done.wait(timeout)
-    except KeyboardInterrupt:
-        _stop_until_done(worker.ident, stop, done)
-        raise
-    if not finished:
-        _stop_until_done(worker.ident, stop, done)
-        raise QueryTimeout(f"the query was stopped after the time limit of {timeout:g} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
-def _stop_until_done(ident: int, stop: Callable[[int], None], done: threading.Event) -> None:
-    """``stop`` the work, again and again until it has ended: an interrupt that comes before
-    the engine starts a statement (or between two) is lost."""
-    stop(ident)
-    while not done.wait(STOP_INTERVAL):
-        stop(ident)
 
 
 def sql_string(text: str) -> str:

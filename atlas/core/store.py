@@ -54,6 +54,8 @@ TABLE_ORDER = (
     "top_neurons",
     "vocab",
     "coherence_null",
+    "composition",
+    "composition_pairs",
 )
 
 

@@ -2,7 +2,9 @@
 
 - ``direction_tokens``: one row per direction with its top tokens and scores as lists.
 - ``head_summary``: one row per attention head: spectrum statistics and the top write
-  direction's tokens.
+  direction's tokens of its OV circuit, and the eigenvalue positivity of its OV and QK circuits.
+- ``head_composition``: one row per attention head and mode (Q, K, V): the heads that feed it
+  (``fed_by``) and the heads it feeds (``feeds``), strongest first, as lists of structs.
 - ``layer_norms``: one row per model, kind and layer: the largest spectral norm and the
   combined Frobenius norm of the layer's matrices.
 """
@@ -42,11 +44,30 @@ VIEWS = {
         SELECT m.model_id, m.layer, m.head, m.matrix_id, m.sigma_max, m.frobenius_norm,
                m.stable_rank, m.effective_rank, m.numerical_rank,
                w.direction_id AS top_write_id, w.pos_tokens AS top_write_tokens,
-               w.neg_tokens AS top_write_neg_tokens
+               w.neg_tokens AS top_write_neg_tokens,
+               m.eigen_positivity AS ov_positivity, q.eigen_positivity AS qk_positivity,
+               q.sigma_max AS qk_sigma_max
         FROM matrices m
         JOIN direction_tokens w
           ON w.matrix_id = m.matrix_id AND w.side = '{JUDGED_SIDE["ov"]}' AND w.sv_index = 0
+        LEFT JOIN matrices q
+          ON q.model_id = m.model_id AND q.layer = m.layer AND q.head = m.head AND q.kind = 'qk'
         WHERE m.kind = 'ov'
+    """,
+    "head_composition": """
+        WITH fed_by AS (
+            SELECT model_id, dst_layer AS layer, dst_head AS head, mode,
+                   list({'layer': src_layer, 'head': src_head, 'score': score,
+                          'relative': relative} ORDER BY score DESC) AS fed_by
+            FROM composition GROUP BY ALL
+        ), feeds AS (
+            SELECT model_id, src_layer AS layer, src_head AS head, mode,
+                   list({'layer': dst_layer, 'head': dst_head, 'score': score,
+                          'relative': relative} ORDER BY score DESC) AS feeds
+            FROM composition GROUP BY ALL
+        )
+        SELECT model_id, layer, head, mode, fed_by, feeds
+        FROM fed_by FULL OUTER JOIN feeds USING (model_id, layer, head, mode)
     """,
     "layer_norms": """
         SELECT model_id, kind, layer, max(sigma_max) AS sigma_max,

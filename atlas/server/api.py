@@ -17,13 +17,14 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import Field
 
-from atlas.api import Atlas, coherence
+from atlas.api import Atlas, CompositionTrace, coherence
 from atlas.errors import AtlasError, one_line
 from atlas.interface import MLP_KINDS, csv_cell, jsonable, load_npy, result_rows, unique_names
 from atlas.params import (
     MAX_SQL_ROWS,
     MAX_TEXT,
     MAX_VECTOR,
+    CompositionParams,
     MatrixCardParams,
     OptionalInt,
     SearchParams,
@@ -103,6 +104,8 @@ def search_hits(
 
 def trace_steps(a: Atlas, direction_id: int, params: TraceParams) -> dict[str, Any]:
     steps = a.trace(direction_id, **params.model_dump())
+    if isinstance(steps, CompositionTrace):
+        return {"direction_id": direction_id, "steps": list(steps), "notes": steps.notes}
     return {
         "direction_id": direction_id,
         "steps": [s.to_dict() for s in steps],
@@ -187,6 +190,26 @@ async def trace(
 ) -> Any:
     """Every direction within ``hops`` steps of ``|cos| >= min_cos`` (``svd-atlas trace``)."""
     return await answer(request, lambda a: trace_steps(a, direction_id, params))
+
+
+@router.get("/composition", response_class=StrictJSON)
+async def composition(request: Request, params: Annotated[CompositionParams, Query()]) -> Any:
+    """Head composition (``svd-atlas circuits MODEL [LAYER HEAD] --format json``): a model's
+    strongest edges per mode, or with ``layer`` and ``head`` that head's in- and out-edges
+    with the direction pairs that carry them."""
+    return await answer(request, lambda a: a.composition(**params.model_dump()))
+
+
+@router.get("/composition/trace/{direction_id}", response_class=StrictJSON)
+async def composition_trace(
+    request: Request,
+    direction_id: Annotated[int, Path(ge=0)],
+    params: Annotated[TraceParams, Query()],
+) -> Any:
+    """``svd-atlas trace ID --via composition --format json``: the trace of
+    ``/api/directions/{id}/trace`` through composition, whatever ``via`` says."""
+    through = params.model_copy(update={"via": "composition"})
+    return await answer(request, lambda a: trace_steps(a, direction_id, through))
 
 
 @router.get("/coherence", response_class=StrictJSON)

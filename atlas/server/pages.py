@@ -194,7 +194,7 @@ async def model_page(
 def model_grid(a: Atlas, model_id: str, stat: str) -> dict[str, Any]:
     """Layers x heads (and the MLP matrices) with ``stat`` and a colour for each cell. Each
     kind has its own colour scale: MLP norms are an order of magnitude above heads'."""
-    rows = a.matrix_stats(model_id, stat)
+    rows = [r for r in a.matrix_stats(model_id, stat) if r["kind"] != "qk"]  # heads: OV
     scales = {}
     for kind in KINDS:
         values = [r["value"] for r in rows if r["kind"] == kind and _finite(r["value"])]
@@ -257,6 +257,64 @@ def _svg(figure: Any) -> Response:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="svg", metadata={"Date": None})
     return Response(buffer.getvalue(), media_type="image/svg+xml")
+
+
+# -- circuits ------------------------------------------------------------------------------
+
+
+@router.get("/circuits", response_class=HTMLResponse)
+async def circuits_page(
+    request: Request,
+    model: ModelId,
+    mode: Annotated[str, Query(pattern="^[QKVqkv]$")] = "K",
+    top: Annotated[int, Query(ge=1, le=1000)] = 20,
+    min_relative: Annotated[float, Query(ge=0.0, allow_inf_nan=False)] = 0.0,
+) -> HTMLResponse:
+    """A model's composition: per mode, each head's strongest in-edge as a heatmap, and the
+    strongest edges above a relative-score threshold."""
+    mode = mode.upper()
+
+    def work(a: Atlas) -> dict[str, Any]:
+        edges = a.composition(model, mode=mode, top=top, min_relative=min_relative)["edges"]
+        info = a.model(model)
+        strongest = a.sql(
+            "SELECT dst_layer, dst_head, arg_max(src_layer, score) AS src_layer, "
+            "arg_max(src_head, score) AS src_head, max(relative) AS relative "
+            "FROM composition WHERE model_id = ? AND mode = ? GROUP BY ALL",
+            [model, mode],
+        ).to_pylist()
+        return {"edges": edges, "grid": _composition_grid(strongest, info["heads"])}
+
+    context = await run(live_atlas(request), work, time_limit(request))
+    return render(request, "circuits.html", model_id=model, mode=mode, top=top,
+                  min_relative=min_relative, **context)  # fmt: skip
+
+
+def _composition_grid(rows: list[dict[str, Any]], n_heads: int) -> dict[str, Any]:
+    values = [r["relative"] for r in rows]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    layers: dict[int, dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: (r["dst_layer"], r["dst_head"])):
+        layer = layers.setdefault(r["dst_layer"], {"layer": r["dst_layer"], "cells": {}})
+        layer["cells"][r["dst_head"]] = {**r, **_colour(r["relative"], low, high)}
+    return {"layers": list(layers.values()), "heads": list(range(n_heads)), "low": low,
+            "high": high}  # fmt: skip
+
+
+@router.get("/circuits/head", response_class=HTMLResponse)
+async def circuits_head_page(
+    request: Request,
+    model: ModelId,
+    layer: Annotated[int, Query(ge=0)],
+    head: Annotated[int, Query(ge=0)],
+) -> HTMLResponse:
+    """One head's in- and out-edges, each linked to the directions that carry it."""
+
+    def work(a: Atlas) -> dict[str, Any]:
+        return a.composition(model, layer=layer, head=head, top=5)
+
+    edges = await run(live_atlas(request), work, time_limit(request))
+    return render(request, "circuits_head.html", edges=edges)
 
 
 # -- matrix --------------------------------------------------------------------------------

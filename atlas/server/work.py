@@ -1,9 +1,10 @@
 """Running library calls for a request: in a worker thread, on a leased handle, in time.
 
-Library calls block (DuckDB, FAISS), so they run in the server's thread pool. Each runs as one
-cancellable unit of work on the handle it leased: when the request's time limit passes, the
-response is a timeout at once, and the work is cancelled (its running statement interrupted,
-its next one refused), so that a runaway query does not keep a thread busy.
+Library calls block (DuckDB, FAISS), so they run in the server's thread pool, each as one
+stoppable unit of work (``atlas.interface.stoppable``) with the request's :class:`Deadline`:
+once it passes, the process's watcher interrupts the work's running statement and its next one
+is refused, so that a runaway query does not keep a thread busy. The response does not wait
+for work between statements (a FAISS search) to notice: it is the timeout at the deadline.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import anyio
 import anyio.to_thread
 
 from atlas.api import Atlas
-from atlas.errors import QueryTimeout
-from atlas.interface import WorkUnit
+from atlas.interface import Deadline, stoppable
 from atlas.server.live import LiveAtlas
 
 T = TypeVar("T")
@@ -24,20 +24,14 @@ T = TypeVar("T")
 
 async def run(live: LiveAtlas, call: Callable[[Atlas], T], timeout: float) -> T:
     """``call(atlas)`` on the current handle, stopped after ``timeout`` seconds."""
-    started: list[tuple[Atlas, WorkUnit]] = []
+    deadline = Deadline.after(timeout, "the request was stopped after the server's time limit")
 
     def work() -> T:
-        with live.lease() as handle, handle.cancellable() as unit:
-            started.append((handle, unit))
+        with live.lease() as handle, stoppable(deadline):
             return call(handle)
 
     try:
         with anyio.fail_after(timeout):
             return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
     except TimeoutError:
-        if started:
-            handle, unit = started[0]
-            handle.cancel(unit)
-        raise QueryTimeout(
-            f"the request was stopped after the server's time limit of {timeout:g} s"
-        ) from None
+        raise deadline.error() from None

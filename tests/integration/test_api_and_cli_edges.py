@@ -148,7 +148,7 @@ def test_every_listing_command_takes_format(minilm_atlas: Path) -> None:
         result = run_cli("--atlas", minilm_atlas, "models", "--format", fmt)
         assert result.returncode == 0, result.stderr
     (row,) = json.loads(run_cli("--atlas", minilm_atlas, "models", "--format", "json").stdout)
-    assert row["model_id"] == "minilm" and row["directions"] == 9216 and row["size"] > 1e6
+    assert row["model_id"] == "minilm" and row["directions"] == 13824 and row["size"] > 1e6
     csv_lines = run_cli("--atlas", minilm_atlas, "models", "--format", "csv").stdout.splitlines()
     assert csv_lines[0].startswith("model_id,") and csv_lines[1].startswith("minilm,")
     assert "--tokens" in run_cli("search", "--help").stdout
@@ -239,9 +239,7 @@ def test_ingest_leaves_the_hub_settings_as_it_found_them(tmp_path: Path) -> None
     flag = hub_constants.HF_HUB_OFFLINE
     hub_constants.HF_HUB_OFFLINE = False
     try:
-        ingest(
-            tmp_path / "a", IngestOptions(model="minilm", device="cpu"), log=quiet, progress=False
-        )
+        ingest(tmp_path / "a", IngestOptions(model="minilm", device="cpu"), log=quiet)
         assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
         assert hub_constants.HF_HUB_OFFLINE is False
     finally:

@@ -230,11 +230,11 @@ def test_a_bundled_index_is_never_trusted(
     import faiss
 
     manifest, members = read_members(f32_bundle)
-    vectors = np.random.default_rng(0).standard_normal((9216, 384)).astype(np.float32)
+    vectors = np.random.default_rng(0).standard_normal((13824, 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     for name, inner in (("flat", faiss.IndexFlatIP(384)), ("hnsw", faiss.IndexHNSWFlat(384, 8))):
         lying = faiss.IndexIDMap2(inner)
-        lying.add_with_ids(vectors, np.arange(9216, dtype=np.int64))
+        lying.add_with_ids(vectors, np.arange(13824, dtype=np.int64))
         index_bytes = faiss.serialize_index(lying).tobytes()
         model = dict(manifest["models"][0], has_index=True)
         tampered = {**members, "models/0000/residual.faiss": index_bytes}
@@ -250,7 +250,7 @@ def test_a_bundled_index_is_never_trusted(
             index = loaded.residual_index("minilm")
             stored = loaded.sql("SELECT vector FROM directions ORDER BY direction_id")
             expected = np.array(stored["vector"].to_pylist(), np.float32)
-            np.testing.assert_array_equal(index.reconstruct_batch(np.arange(9216)), expected)
+            np.testing.assert_array_equal(index.reconstruct_batch(np.arange(13824)), expected)
             hits = [h.direction_id for h in loaded.search("fire", k=10)]
             assert hits == [h.direction_id for h in original.search("fire", k=10)]
 

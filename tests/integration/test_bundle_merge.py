@@ -24,7 +24,7 @@ def llama_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("llama") / "atlas"
     options = IngestOptions(model="random:llama-tiny", device="cpu", max_rank=4)
-    ingest(root, options, log=quiet, progress=False)
+    ingest(root, options, log=quiet)
     return root
 
 
@@ -47,8 +47,8 @@ def test_merge_two_atlases(minilm_atlas: Path, llama_atlas: Path, tmp_path: Path
         assert sorted(m.model_ids()) == ["minilm", "random:llama-tiny"]
         # ids are unique across the merged atlas, MiniLM's are unchanged
         ids = m.sql("SELECT direction_id FROM directions")["direction_id"].to_numpy()
-        assert len(np.unique(ids)) == len(ids) == 9216 + b.sql("SELECT * FROM directions").num_rows
-        offset = 9216
+        assert len(np.unique(ids)) == len(ids) == 13824 + b.sql("SELECT * FROM directions").num_rows
+        offset = 13824
         assert table(m, "directions", "WHERE model_id = 'minilm'").equals(table(a, "directions"))
 
         # SQL spans both: every row of each source, joined through the remapped ids

@@ -47,7 +47,7 @@ def test_round_trip_into_empty_atlas(
     root = tmp_path / "atlas"
     result = run_cli("--atlas", root, "load", bundles["f32"])
     assert result.returncode == 0, result.stderr
-    assert "direction ids 0..9215" in result.stdout and "remapped" not in result.stdout
+    assert "direction ids 0..13823" in result.stdout and "remapped" not in result.stdout
 
     before = json.loads((minilm_atlas / "catalog.json").read_text())
     after = json.loads((root / "catalog.json").read_text())
@@ -83,7 +83,7 @@ def test_bundle_manifest_describes_models_and_members(bundles: dict[str, Path]) 
     assert manifest["vectors"] == "f32" and "duckdb" in manifest["library_versions"]
     (model,) = manifest["models"]
     assert model["model_id"] == "minilm" and model["d_model"] == 384 and "has_index" not in model
-    assert model["counts"]["directions"] == 9216 and "torch" in model["ingest_versions"]
+    assert model["counts"]["directions"] == 13824 and "torch" in model["ingest_versions"]
     assert sorted(manifest["members"]) == sorted(names[1:])
     assert all(len(m["sha256"]) == 64 for m in manifest["members"].values())
 
@@ -120,7 +120,7 @@ def test_open_bundle_read_only(
 def test_f16_and_no_vectors(minilm_atlas: Path, bundles: dict[str, Path]) -> None:
     sizes = {k: p.stat().st_size for k, p in bundles.items()}
     assert sizes["none"] < sizes["f16"] < sizes["f32"]
-    # vectors are 9216 x 384 floats: f16 saves about half of their 14 MB
+    # vectors are 13824 x 384 floats: f16 saves about half of their 21 MB
     assert 5e6 < sizes["f32"] - sizes["f16"] < 8e6
 
     with (
@@ -146,7 +146,7 @@ def test_f16_and_no_vectors(minilm_atlas: Path, bundles: dict[str, Path]) -> Non
         assert recall >= 0.999, recall  # measured 1.0 on these queries
 
         assert_tables_equal(original, bare, exclude=("vector",))
-        assert table(bare, "directions")["vector"].null_count == 9216
+        assert table(bare, "directions")["vector"].null_count == 13824
         with pytest.raises(atlas.AtlasError, match="has no vectors"):
             bare.residual_index("minilm")
 
@@ -166,7 +166,7 @@ def test_load_refuses_existing_model_unless_replace(
     assert "replaced 'minilm'" in replaced.stdout and "remapped from 0" in replaced.stdout
     with atlas.open(root) as a, atlas.open(minilm_atlas) as original:
         # like a re-ingest, the replacement takes fresh ids, never the replaced model's
-        assert a.sql("SELECT min(direction_id) AS d FROM directions").to_pylist() == [{"d": 9216}]
+        assert a.sql("SELECT min(direction_id) AS d FROM directions").to_pylist() == [{"d": 13824}]
         shifted = a.sql(
             "SELECT count(*) AS n FROM top_tokens t JOIN directions d USING (direction_id)"
         ).to_pylist()

@@ -32,7 +32,7 @@ def raw_and_tl(tmp_path_factory: pytest.TempPathFactory) -> Path:
             device="cpu",
             coherence=True,
         )
-        ingest(root, options, log=quiet, progress=False)
+        ingest(root, options, log=quiet)
     return root
 
 

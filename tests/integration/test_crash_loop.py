@@ -2,16 +2,19 @@
 
 Kill points (with the two of test_ingest_cli.py, while computing and while writing DuckDB):
 during boot; once the first and the last of the three blocks of ``random:gpt2-tiny`` is written
-under ``.staging`` (as its progress line says); and three exact moments of publishing planted
-by ``tests.support.kill_at`` (before the store moves, after it moved but before the catalog
-names it, and with the new catalog synced but not yet renamed over the old one). Each point is
-its own test, so that one failure does not hide the others. The ingests are real processes,
-forked from a parent that has imported the model stack already (``support.zygote``).
+under ``.staging`` (as its progress bar on a terminal says); and three exact moments of
+publishing planted by ``tests.support.kill_at`` (before the store moves, after it moved but
+before the catalog names it, and with the new catalog synced but not yet renamed over the old
+one). Each point is its own test, so that one failure does not hide the others. The ingests
+are real processes, forked from a parent that has imported the model stack already
+(``support.zygote``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import threading
@@ -32,14 +35,14 @@ INGEST = ("ingest", MODEL, "--name", "second", "--max-rank", "4")
 SECOND_DIRECTIONS = 3 * (4 * 4 * 2 + 4 + 4)  # per layer: 4 heads x 4 sv x 2 sides, 2 MLPs x 4
 
 
-Moment = Callable[[list[str]], bool]  # true, given the stderr lines so far, when to kill
+Moment = Callable[[str], bool]  # true, given the stderr so far, when to kill
 
 
 @pytest.fixture(scope="module")
 def first_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("crash") / "atlas"
     ingest(root, IngestOptions(model=MODEL, model_id="first", device="cpu"), log=quiet,
-           progress=False)  # fmt: skip
+          )  # fmt: skip
     return root
 
 
@@ -52,22 +55,30 @@ def root(first_atlas: Path, tmp_path: Path) -> Path:
 
 def _after(seconds: float) -> Moment:
     start = time.monotonic()
-    return lambda _lines: time.monotonic() - start > seconds
+    return lambda _err: time.monotonic() - start > seconds
 
 
 def _block_written(block: int) -> Moment:
-    """True once the progress says block ``block`` (0-based) is done: its rows and index
+    """True once the progress bar counts block ``block`` (0-based) done: its rows and index
     vectors are written to the staging store."""
-    return lambda lines: any(f"block {block + 1}/3 done" in line for line in lines)
+    return lambda err: re.search(rf"\b{block + 1}/3 \[", err) is not None
 
 
 def _kill_when(root: Path, moment: Moment) -> None:
-    proc = start_warm_cli("--atlas", root, *INGEST, env=SINGLE_THREAD)
-    lines: list[str] = []
-    assert proc.stderr is not None
-    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+    """Kill the ingest at ``moment``, watching its stderr on a terminal (where the CLI shows
+    its progress bar)."""
+    proc = start_warm_cli("--atlas", root, *INGEST, env=SINGLE_THREAD, terminal=True)
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        with contextlib.suppress(OSError):  # EIO once the child is gone
+            while chunk := os.read(proc.stderr.fileno(), 4096):
+                chunks.append(chunk)
+
+    threading.Thread(target=read, daemon=True).start()
     deadline = time.monotonic() + 240
-    while not moment(lines) and proc.poll() is None and time.monotonic() < deadline:
+    while not moment(b"".join(chunks).decode(errors="replace")) and proc.poll() is None \
+            and time.monotonic() < deadline:  # fmt: skip
         time.sleep(0.001)
     assert proc.poll() is None, "ingest ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
@@ -133,7 +144,7 @@ def test_a_published_store_was_flushed_to_disk_before_the_catalog_named_it(
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     root = tmp_path / "atlas"
-    ingest(root, IngestOptions(model=MODEL, device="cpu", max_rank=2), log=quiet, progress=False)
+    ingest(root, IngestOptions(model=MODEL, device="cpu", max_rank=2), log=quiet)
     store_moves = [m for m in moved if Path(m[1]).parent.name == "store"]
     assert len(store_moves) == 1
     staging, store, n_synced = store_moves[0]

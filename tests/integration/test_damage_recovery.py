@@ -65,7 +65,7 @@ def test_a_foreign_duckdb_file_is_a_damaged_store(two: Path) -> None:
     db.unlink()
     with duckdb.connect(str(db)) as con:
         con.execute("CREATE TABLE models (x INT)")
-    for args in (("models",), ("search", "storm"), ("trace", "9216"), ("sql", "FROM models")):
+    for args in (("models",), ("search", "storm"), ("trace", "13824"), ("sql", "FROM models")):
         result = run_cli("--atlas", two, *args, "--format", "json")
         assert result.returncode == 0, (args, result.stderr)
         assert "minilm" in result.stderr and "not an svd-atlas store" in result.stderr

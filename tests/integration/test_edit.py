@@ -229,7 +229,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]
     root = tmp / "atlas"
     loaded = load_model(folder)
     ingest(root, IngestOptions(model=folder, model_id="llama", device="cpu"), loaded=loaded,
-           log=quiet, progress=False)  # fmt: skip
+           log=quiet)  # fmt: skip
     yield loaded.bridge, root
 
 

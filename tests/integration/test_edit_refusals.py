@@ -48,7 +48,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     folder = str(save_random_model("llama-tiny", tmp / "llama"))
     root = tmp / "atlas"
     ingest(root, IngestOptions(model=folder, model_id="llama", device="cpu"), log=quiet,
-           progress=False)  # fmt: skip
+          )  # fmt: skip
     with atlas.open(root) as a:
         (row,) = a.sql(
             "SELECT direction_id FROM directions WHERE kind = 'mlp_out' AND side = 'write' "

@@ -34,7 +34,7 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two tiny random models, ingested by this version."""
     root = tmp_path_factory.mktemp("fresh") / "atlas"
     for extra in ([], ["--name", "second"]):
-        result = run_cli("--atlas", root, "ingest", "random:gpt2-tiny", *extra)
+        result = run_cli("--atlas", root, "ingest", "random:gpt2-tiny", "--max-rank", "8", *extra)
         assert result.returncode == 0, result.stderr
     return root
 

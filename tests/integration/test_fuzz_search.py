@@ -59,4 +59,4 @@ def test_search_with_any_text(
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 + 1e-6 for s in scores)
     assert len({h.direction_id for h in hits}) == len(hits)
-    assert all(0 <= h.direction_id < 9216 and h.sign in (1, -1) for h in hits)
+    assert all(0 <= h.direction_id < 13824 and h.sign in (1, -1) for h in hits)

@@ -38,7 +38,7 @@ def test_kill_9_mid_ingest_leaves_atlas_unchanged(
     assert fingerprint(atlas_copy) == before
     with atlas.open(atlas_copy) as a:
         assert a.model_ids() == ["minilm"]
-        assert a.sql("SELECT count(*) AS n FROM directions").to_pylist()[0]["n"] == 9216
+        assert a.sql("SELECT count(*) AS n FROM directions").to_pylist()[0]["n"] == 13824
     # the next ingest sweeps the leftovers and succeeds
     result = run_cli("--atlas", atlas_copy, "ingest", "minilm", "--name", "second", "--top-k", "3",
                      "--max-rank", "4")  # fmt: skip
@@ -64,7 +64,7 @@ def test_reingest_refuses_without_replace_and_replaces_with_it(atlas_copy: Path)
         row = a.sql(
             "SELECT top_k, min(direction_id) AS first FROM models, directions GROUP BY top_k"
         ).to_pylist()
-        assert row == [{"top_k": 5, "first": 9216}]  # fresh ids: ids are never reused
+        assert row == [{"top_k": 5, "first": 13824}]  # fresh ids: ids are never reused
         assert a.sql("SELECT max(rank) AS r FROM top_tokens").to_pylist()[0]["r"] == 4
 
 

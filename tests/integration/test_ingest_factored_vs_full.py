@@ -30,7 +30,6 @@ def two_atlases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             loaded=loaded,
             ov_method=method,
             log=quiet,
-            progress=False,
         )
         roots.append(root)
     return roots[0], roots[1]

@@ -25,7 +25,6 @@ def test_tl_processing_records_what_was_applied(tmp_path: Path, minilm_atlas: Pa
             model="minilm", model_id="minilm-tl", processing="tl", max_rank=4, device="cpu"
         ),
         log=quiet,
-        progress=False,
     )
     with atlas.open(root) as a:
         row = a.sql(
@@ -68,6 +67,8 @@ def test_mixture_of_experts_mlps_are_skipped_with_a_message() -> None:
     n_layers, n_heads, d_model, d_head = 2, 2, 8, 4
     bridge = SimpleNamespace(
         cfg=SimpleNamespace(n_heads=n_heads, n_layers=n_layers, num_experts=4),
+        W_Q=torch.randn(n_layers, n_heads, d_model, d_head),
+        W_K=torch.randn(n_layers, n_heads, d_model, d_head),
         W_V=torch.randn(n_layers, n_heads, d_model, d_head),
         W_O=torch.randn(n_layers, n_heads, d_head, d_model),
         W_U=torch.randn(d_model, 10),

@@ -109,7 +109,7 @@ def test_canonical_sign_rule_holds_for_every_judged_direction(minilm_atlas: Path
 
 def test_top_tokens_equal_numpy_projection(minilm_atlas: Path) -> None:
     """A seventh of the directions (every kind, layer and side among them): the projection is
-    one code path for all, and the full 9,216 x 30,522 score matrix costs more than it adds."""
+    one code path for all, and the full 13,824 x 30,522 score matrix costs more than it adds."""
     W_Uc = oracle.centered_unembedding().astype(np.float32)
     vocab = oracle.vocabulary()
     with atlas.open(minilm_atlas) as a:

@@ -264,7 +264,7 @@ def atlas_root(folders: Folders, tmp_path_factory: pytest.TempPathFactory) -> Pa
         options = IngestOptions(
             model=str(folders.of(model_id)), model_id=model_id, device="cpu", processing=processing
         )
-        ingest(root, options, log=quiet, progress=False)
+        ingest(root, options, log=quiet)
     return root
 
 
@@ -281,12 +281,16 @@ def expected_of(folders: Folders, model_id: str) -> Expected:
 
 
 def stored_matrices(a: atlas.Atlas, model_id: str) -> dict[Key, Stored]:
+    """The OV and MLP matrices (QK circuits have their own oracle: test_circuits_oracle.py)."""
     spectra = a.sql(
-        "SELECT kind, layer, head, rank, spectrum FROM matrices WHERE model_id = ?", [model_id]
+        "SELECT kind, layer, head, rank, spectrum FROM matrices WHERE model_id = ? "
+        "AND kind <> 'qk'",
+        [model_id],
     ).to_pylist()
     rows = a.sql(
         "SELECT kind, layer, head, sv_index, side, sigma, degenerate, vector, direction_id "
-        "FROM directions WHERE model_id = ? ORDER BY kind, layer, head, sv_index, side",
+        "FROM directions WHERE model_id = ? AND kind <> 'qk' "
+        "ORDER BY kind, layer, head, sv_index, side",
         [model_id],
     ).to_pylist()
     out: dict[Key, Stored] = {}

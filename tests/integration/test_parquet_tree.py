@@ -53,8 +53,8 @@ def tree(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_read_by_plain_duckdb_and_pyarrow(minilm_atlas: Path, tree: Path) -> None:
     assert sorted(p.name for p in tree.iterdir()) == [
-        "_svd_atlas.json", "coherence_null", "directions", "matrices", "models", "token_bags",
-        "top_neurons", "top_tokens", "unembed", "vocab",
+        "_svd_atlas.json", "coherence_null", "composition", "composition_pairs", "directions",
+        "matrices", "models", "token_bags", "top_neurons", "top_tokens", "unembed", "vocab",
     ]  # fmt: skip
     assert [p.name for p in (tree / "directions").iterdir()] == ["model_id=minilm"]
     result = subprocess.run(

@@ -39,7 +39,7 @@ def test_bundle_and_atlas_paths_with_spaces_and_non_ascii(
     for where in (root, bundle):  # the loaded atlas, and the bundle opened read-only
         result = run_cli("--atlas", where, "sql", count, "--format", "json")
         assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout) == [{"n": 9216}]
+        assert json.loads(result.stdout) == [{"n": 13824}]
     assert _search(root) == _search(minilm_atlas) == _search(bundle)
     checked = run_cli("--atlas", root, "check")
     assert checked.returncode == 0, checked.stdout

@@ -209,7 +209,6 @@ def test_small_models_stay_exact_whatever_the_threshold(tmp_path: Path) -> None:
         tmp_path / "atlas",
         IngestOptions(model="random:llama-tiny", exact_max=1, max_rank=2),
         log=quiet,
-        progress=False,
     )
     with atlas.open(tmp_path / "atlas") as a:
         assert a.sql("SELECT index_type FROM models")["index_type"].to_pylist() == ["flat"]
@@ -226,7 +225,6 @@ def test_approximate_index_above_threshold(tmp_path: Path) -> None:
             IngestOptions(model="random:llama-tiny", model_id=name, exact_max=exact_max),
             loaded=loaded,
             log=quiet,
-            progress=False,
         )
     with atlas.open(tmp_path / "atlas") as a:
         types = a.sql("SELECT model_id, index_type FROM models ORDER BY model_id").to_pylist()

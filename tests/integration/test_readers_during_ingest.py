@@ -23,8 +23,8 @@ from tests.support.helpers import SINGLE_THREAD, run_cli_process, start_warm_cli
 
 pytestmark = pytest.mark.slow  # readers beside a real ingest process
 
-OLD = {"minilm": 9216}
-NEW = {"minilm": 4 * (72 * 2 + 12)}
+OLD = {"minilm": 13824}
+NEW = {"minilm": 4 * (72 * 4 + 12)}  # ov and qk: two sides each
 COUNT = "SELECT model_id, count(*) AS n FROM directions GROUP BY model_id ORDER BY model_id"
 
 
@@ -53,9 +53,9 @@ class Reader(threading.Thread):
             counts = {r["model_id"]: r["n"] for r in rows}
             return "old" if counts == OLD else "new" if counts == NEW else f"mixed {counts}"
         ids = {r["direction_id"] for r in rows}
-        if len(rows) == 5 and all(i < 9216 for i in ids):
+        if len(rows) == 5 and all(i < 13824 for i in ids):
             return "old"
-        if len(rows) == 5 and all(9216 <= i < 9216 + NEW["minilm"] for i in ids):
+        if len(rows) == 5 and all(13824 <= i < 13824 + NEW["minilm"] for i in ids):
             return "new"
         return f"mixed {sorted(ids)}"
 
@@ -95,7 +95,7 @@ def test_readers_during_replace_ingest(minilm_atlas: Path, tmp_path: Path) -> No
         assert reader.call() == "new"  # after the ingest every reader sees the new model
 
     # the handle held through the whole ingest still reads the old store, unchanged
-    assert held.sql(COUNT).to_pylist() == [{"model_id": "minilm", "n": 9216}]
+    assert held.sql(COUNT).to_pylist() == [{"model_id": "minilm", "n": 13824}]
     assert [h.direction_id for h in held.search("fire", k=5)] == [h.direction_id for h in held_hits]
     held.close()
     report = check_atlas(root)

@@ -159,7 +159,10 @@ def error(client: TestClient, method: str, url: str, status: int, **kw: Any) -> 
         ("/api/search?text=fire&k=ten", "k: Input should be a valid integer"),
         ("/api/search?text=fire&layer=x", "layer: bad layer range 'x'"),
         ("/api/search?text=fire&kind=attention", "unknown kind"),
-        ("/api/search?text=fire&side=middle", "side: Input should be 'read' or 'write'"),
+        (
+            "/api/search?text=fire&side=middle",
+            "side: Input should be 'read', 'write', 'query' or 'key'",
+        ),
         ("/api/search?text=fire&min_score=2", "min_score: Input should be less than or equal to 1"),
         ("/api/search?text=fire&min_sigma=nan", "min_sigma"),
         ("/api/search?text=fire&frobnicate=1", "frobnicate: no such parameter"),

@@ -95,6 +95,22 @@ def test_model_grid_cell_opens_the_head(page: Any, url: str) -> None:
     assert page.get_by_label("layer 0 head 0: stable rank").count() == 1
 
 
+def test_a_head_opens_its_composition_and_the_directions_that_carry_it(page: Any, url: str) -> None:
+    page.goto(url + "/model?model=minilm")
+    page.get_by_role("link", name="V", exact=True).click()
+    page.wait_for_url("**/circuits?model=minilm&mode=V")
+    page.get_by_label("Relative score at least").fill("2")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url("**min_relative=2**")
+    assert page.locator("table.card tbody tr").count() >= 1
+    page.get_by_label("layer 3 head 3: strongest V input", exact=False).click()
+    page.wait_for_url("**/circuits/head?model=minilm&layer=3&head=3")
+    assert page.get_by_role("heading", level=1).inner_text() == "Layer 3 head 3: composition"
+    page.locator("table.card a[href^='/directions/']").first.click()
+    page.wait_for_url("**/directions/*")
+    assert "direction" in page.get_by_role("heading", level=1).inner_text().lower()
+
+
 def test_sql_query_and_csv_download(page: Any, url: str, minilm_atlas: Path) -> None:
     query = "SELECT layer, head, round(sigma_max, 3) AS s FROM head_summary ORDER BY s DESC"
     page.goto(f"{url}/sql")
@@ -153,7 +169,8 @@ def test_keyboard_only(browser: Any, url: str) -> None:
 
 @pytest.mark.parametrize("path", ["/", "/search?text=fire", "/model?model=minilm",
                                   "/matrix?model=minilm&layer=2&head=mlp_in", "/directions/432",
-                                  "/sql?query=SELECT+*+FROM+models"])  # fmt: skip
+                                  "/sql?query=SELECT+*+FROM+models", "/circuits?model=minilm",
+                                  "/circuits/head?model=minilm&layer=3&head=3"])  # fmt: skip
 def test_phone_width_has_no_sideways_page_scroll(browser: Any, url: str, path: str) -> None:
     """Wide tables scroll inside their own box; the page itself fits a phone's width."""
     context = browser.new_context(viewport=PHONE)

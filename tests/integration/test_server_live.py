@@ -73,7 +73,7 @@ def test_starts_on_loopback_and_says_so(served: tuple[Server, Path]) -> None:
     assert server.get("/").status_code == 200
     err = server.stop()
     assert f"http://127.0.0.1:{server.port}" in err and "loopback only" in err
-    assert "resident memory" in err and "1 models, 9,216 directions" in err
+    assert "resident memory" in err and "1 models, 13,824 directions" in err
     assert "Traceback" not in err
 
 
@@ -84,7 +84,7 @@ def test_publishes_show_up_without_a_restart_and_never_mixed(
     new, and the new model is served once published."""
     server, root = served
     old = {h["direction_id"] for h in server.get("/api/search?text=fire&k=20").json()["hits"]}
-    assert max(old) < 9216
+    assert max(old) < 13824
     seen: list[str] = []
     failures: list[str] = []
     stop = threading.Event()
@@ -96,7 +96,7 @@ def test_publishes_show_up_without_a_restart_and_never_mixed(
                 failures.append(f"{r.status_code} {r.text[:200]}")
                 continue
             ids = [h["direction_id"] for h in r.json()["hits"]]
-            generations = {"old" if i < 9216 else "new" for i in ids}
+            generations = {"old" if i < 13824 else "new" for i in ids}
             if len(generations) != 1:
                 failures.append(f"mixed: {ids}")
             seen.append(generations.pop())

@@ -84,7 +84,7 @@ def test_python_refuses_past_the_limit_and_the_handle_serves_on(handle: atlas.At
     # the library's own queries share the bound: one past it is the same line
     with pytest.raises(MemoryLimitExceeded):
         handle.reader.sql(HUNGRY)
-    assert handle.sql("SELECT count(*) AS n FROM directions")["n"].to_pylist() == [9216]
+    assert handle.sql("SELECT count(*) AS n FROM directions")["n"].to_pylist() == [13824]
     assert [h.direction_id for h in handle.search("fire", k=1)] == [432]
     # nothing can be spilled: the session has no temp space at all
     settings = handle.sql(

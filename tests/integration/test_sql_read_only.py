@@ -283,38 +283,6 @@ def test_timeout_stops_a_runaway_query(hostile_atlas: Path, handle: atlas.Atlas)
     assert "positive, finite number of seconds" in line
 
 
-def test_cancel_stops_another_threads_work_and_only_that(handle: atlas.Atlas) -> None:
-    """What a server's per-request timeout uses: cancel() interrupts the running statement of
-    a unit of work, refuses its next one, and leaves the thread usable once the unit ends."""
-    import threading
-
-    reader = handle.reader
-    started, outcome = threading.Event(), {}
-
-    def work() -> None:
-        with reader.cancellable() as unit:
-            outcome["unit"] = unit
-            started.set()
-            for step in ("runaway", "next"):
-                try:
-                    reader.sql(RUNAWAY)
-                except AtlasError as exc:
-                    outcome[step] = str(exc)
-        outcome["after"] = reader.sql("SELECT 1 AS x")["x"].to_pylist()
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    started.wait(10)
-    time.sleep(0.3)
-    sent = time.monotonic()
-    reader.cancel(outcome["unit"])
-    thread.join(30)
-    assert not thread.is_alive() and time.monotonic() - sent < 5
-    assert "INTERRUPT" in outcome["runaway"].upper()
-    assert "stopped after its time limit" in outcome["next"]
-    assert outcome["after"] == [1]  # outside its unit of work, the thread is not cancelled
-
-
 def test_sql_help_names_every_table_and_view() -> None:
     from atlas.core.contract import TABLES
     from atlas.core.views import VIEWS

@@ -21,7 +21,7 @@ from atlas.models.loading import load_model
 from atlas.models.random_models import save_random_model
 from ingest.job import IngestOptions, ingest
 from tests.support.atlas_compare import assert_same_atlas
-from tests.support.helpers import quiet, run_cli
+from tests.support.helpers import quiet
 
 # slow: streamed ingests of saved, sharded and half-precision folders against whole-model ones
 pytestmark = pytest.mark.slow
@@ -30,14 +30,13 @@ pytestmark = pytest.mark.slow
 def _both(root: Path, spec: str, **options: object) -> tuple[Path, Path]:
     """The model ingested streamed (into ``root/streamed``) and whole (``root/whole``)."""
     streamed, whole = root / "streamed", root / "whole"
-    ingest(streamed, IngestOptions(model=spec, device="cpu", **options), log=quiet, progress=False)
+    ingest(streamed, IngestOptions(model=spec, device="cpu", **options), log=quiet)
     loaded = load_model(spec, "cpu", processing=str(options.get("processing", "raw")))
     ingest(
         whole,
         IngestOptions(model=spec, device="cpu", **options),
         loaded=loaded,
         log=quiet,
-        progress=False,
     )
     return streamed, whole
 
@@ -52,7 +51,7 @@ def test_saved_llama_tiny_folder_streamed_equals_whole_model(tmp_path: Path) -> 
     # the folder holds the weights random:llama-tiny streams itself
     spec = tmp_path / "from-spec"
     ingest(spec, IngestOptions(model="random:llama-tiny", device="cpu", processing="tl"),
-           log=quiet, progress=False)  # fmt: skip
+           log=quiet)  # fmt: skip
     with atlas.open(spec) as a, atlas.open(tmp_path / "streamed") as b:
         va = a.sql("SELECT vector FROM directions ORDER BY direction_id")["vector"].to_pylist()
         vb = b.sql("SELECT vector FROM directions ORDER BY direction_id")["vector"].to_pylist()
@@ -80,7 +79,7 @@ def test_half_precision_checkpoints_are_read_as_stored(tmp_path: Path) -> None:
     stored = load_file(str(folder / "model.safetensors"))
     assert stored["model.layers.1.mlp.down_proj.weight"].dtype == torch.bfloat16
     root = tmp_path / "atlas"
-    ingest(root, IngestOptions(model=str(folder), device="cpu"), log=quiet, progress=False)
+    ingest(root, IngestOptions(model=str(folder), device="cpu"), log=quiet)
     with atlas.open(root) as a:
         spectrum = a.sql("SELECT spectrum FROM matrices WHERE kind = 'mlp_out' AND layer = 1")[
             "spectrum"
@@ -89,16 +88,6 @@ def test_half_precision_checkpoints_are_read_as_stored(tmp_path: Path) -> None:
     down = stored["model.layers.1.mlp.down_proj.weight"].double().numpy().T  # [d_mlp, d_model]
     np.testing.assert_allclose(spectrum, np.linalg.svd(down, compute_uv=False), rtol=1e-5)
     assert dtype == "float32"
-
-
-def test_progress_names_blocks_done_left_and_time_remaining(tmp_path: Path) -> None:
-    result = run_cli("--atlas", tmp_path / "a", "ingest", "random:llama-tiny", "--max-rank", "2")
-    assert result.returncode == 0, result.stderr
-    lines = [line.strip() for line in result.stderr.splitlines() if "block" in line]
-    progress = [line for line in lines if line.startswith("block ")]
-    assert [line.split()[1] for line in progress] == ["1/4", "2/4", "3/4", "4/4"]
-    assert all("left" in line for line in progress)
-    assert all("remaining" in line for line in progress[:-1])
 
 
 @pytest.mark.parametrize("processing", ["raw", "tl"])

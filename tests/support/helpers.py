@@ -88,15 +88,22 @@ def start_warm_cli(
     env: dict[str, str] | None = None,
     file_size_limit: int | None = None,
     kill_at: str | None = None,
+    terminal: bool = False,
 ) -> WarmProcess:
     """The CLI in a real process forked from a warm parent that has imported the model stack
     (``support.zygote``): for tests that kill, limit or race ingests, seconds faster than
     :func:`start_cli`. ``file_size_limit`` is ``ulimit -f`` in bytes; ``kill_at`` plants a
-    SIGKILL at a moment of publishing (``support.kill_at``)."""
+    SIGKILL at a moment of publishing (``support.kill_at``); ``terminal`` puts its stderr on a
+    pseudo-terminal (where the CLI shows progress), read from ``stderr.fileno()`` until
+    ``OSError`` once the child is gone."""
     from tests.support.zygote import Zygote
 
     return Zygote.get().start(
-        [str(a) for a in args], cli_env(env), file_size_limit=file_size_limit, kill_at=kill_at
+        [str(a) for a in args],
+        cli_env(env),
+        file_size_limit=file_size_limit,
+        kill_at=kill_at,
+        terminal=terminal,
     )
 
 

@@ -45,5 +45,4 @@ def ingest_loaded(root: Path, loaded: LoadedModel, model_id: str) -> None:
         IngestOptions(model=loaded.spec, model_id=model_id, device="cpu"),
         loaded=loaded,
         log=quiet,
-        progress=False,
     )

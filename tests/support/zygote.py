@@ -17,16 +17,20 @@ and, when it ends, its wait status (the zygote is its parent and reaps it).
 from __future__ import annotations
 
 import atexit
+import fcntl
 import io
 import json
 import os
+import pty
 import resource
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 import traceback
 from pathlib import Path
@@ -236,9 +240,12 @@ class Zygote:
         env: dict[str, str],
         file_size_limit: int | None = None,
         kill_at: str | None = None,
+        terminal: bool = False,
     ) -> WarmProcess:
         out_read, out_write = os.pipe()
-        err_read, err_write = os.pipe()
+        err_read, err_write = pty.openpty() if terminal else os.pipe()
+        if terminal:  # 24 rows of 100 columns, for progress bars
+            fcntl.ioctl(err_write, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
         stdin = os.open(os.devnull, os.O_RDONLY)
         request = {
             "argv": args,

@@ -74,6 +74,8 @@ def _toy_weights(seed: int = 4) -> ModelWeights:
     g = torch.Generator().manual_seed(seed)
     W_U = torch.randn(D_MODEL, D_VOCAB, generator=g) + 1.0  # an offset every token shares
     return ModelWeights(
+        W_Q=torch.randn(N_LAYERS, N_HEADS, D_MODEL, D_HEAD, generator=g),
+        W_K=torch.randn(N_LAYERS, N_HEADS, D_MODEL, D_HEAD, generator=g),
         W_V=torch.randn(N_LAYERS, N_HEADS, D_MODEL, D_HEAD, generator=g),
         W_O=torch.randn(N_LAYERS, N_HEADS, D_HEAD, D_MODEL, generator=g),
         mlp={
@@ -87,6 +89,8 @@ def _toy_weights(seed: int = 4) -> ModelWeights:
 def _explicit(w: ModelWeights, kind: str, layer: int, head: int | None) -> np.ndarray:
     if kind == "ov":
         return (w.W_V[layer, head].double() @ w.W_O[layer, head].double()).numpy()
+    if kind == "qk":
+        return (w.W_Q[layer, head].double() @ w.W_K[layer, head].double().T).numpy()
     return w.mlp[kind][layer].double().numpy()
 
 
@@ -113,7 +117,14 @@ def _rows(table: pa.Table, **where: object) -> list[dict]:
 
 @pytest.mark.parametrize(
     ("kind", "layer", "head"),
-    [("ov", 0, 0), ("ov", 1, 2), ("mlp_in", 0, None), ("mlp_out", 1, None)],
+    [
+        ("ov", 0, 0),
+        ("ov", 1, 2),
+        ("qk", 0, 1),
+        ("qk", 1, 2),
+        ("mlp_in", 0, None),
+        ("mlp_out", 1, None),
+    ],  # fmt: skip
 )
 def test_assembled_rows_are_numpys_svd_with_the_canonical_sign(
     toy: tuple[ModelWeights, np.ndarray, dict[str, pa.Table]],
@@ -124,14 +135,14 @@ def test_assembled_rows_are_numpys_svd_with_the_canonical_sign(
     w, W_Uc, tables = toy
     m = _explicit(w, kind, layer, head)
     u, s, vh = np.linalg.svd(m, full_matrices=False)
-    rank = min(D_HEAD, *m.shape) if kind == "ov" else min(m.shape)
+    rank = min(D_HEAD, *m.shape) if kind in ("ov", "qk") else min(m.shape)
     rows = _rows(tables["directions"], kind=kind, layer=layer, head=head)
     assert len(rows) == rank * len(SIDES_OF[kind])
     by = {(r["sv_index"], r["side"]): r for r in rows}
     sigma = [by[(i, SIDES_OF[kind][0])]["sigma"] for i in range(rank)]
     np.testing.assert_allclose(sigma, s[:rank], rtol=1e-5)  # descending, as numpy orders them
     for i in range(rank):
-        expected = {"read": u[:, i], "write": vh[i]}
+        expected = {"read": u[:, i], "write": vh[i], "query": u[:, i], "key": vh[i]}
         judged = np.array(by[(i, JUDGED_SIDE[kind])]["vector"], dtype=np.float64)
         # the canonical sign: the judged vector's largest-magnitude centered score is positive
         scores = judged @ W_Uc
@@ -140,9 +151,9 @@ def test_assembled_rows_are_numpys_svd_with_the_canonical_sign(
         for side in SIDES_OF[kind]:  # each side is its own singular vector, flipped together
             stored = np.array(by[(i, side)]["vector"], dtype=np.float64)
             np.testing.assert_allclose(stored, sign * expected[side], atol=2e-4)
-        if kind == "ov":  # u_i^T M = sigma_i v_i^T with the stored pair
-            read = np.array(by[(i, "read")]["vector"], dtype=np.float64)
-            write = np.array(by[(i, "write")]["vector"], dtype=np.float64)
+        if kind in ("ov", "qk"):  # u_i^T M = sigma_i v_i^T with the stored pair
+            read = np.array(by[(i, SIDES_OF[kind][0])]["vector"], dtype=np.float64)
+            write = np.array(by[(i, SIDES_OF[kind][1])]["vector"], dtype=np.float64)
             np.testing.assert_allclose(read @ m, s[i] * write, atol=1e-4 * s[0])
 
 
@@ -175,6 +186,7 @@ def test_ids_follow_the_bases_in_storage_order(
     assert ids == list(range(1000, 1000 + len(ids)))
     matrices = tables["matrices"].to_pylist()
     assert [m["matrix_id"] for m in matrices] == list(range(100, 100 + len(matrices)))
-    assert [m["kind"] for m in matrices] == ["ov"] * N_LAYERS * N_HEADS + ["mlp_in"] * N_LAYERS + [
-        "mlp_out"
-    ] * N_LAYERS
+    heads = N_LAYERS * N_HEADS
+    assert [m["kind"] for m in matrices] == (
+        ["ov"] * heads + ["mlp_in"] * N_LAYERS + ["mlp_out"] * N_LAYERS + ["qk"] * heads
+    )

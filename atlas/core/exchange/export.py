@@ -32,6 +32,7 @@ from atlas.core.exchange.bundle_format import (
     table_member,
     unembed_member,
 )
+from atlas.core.progress import Progress, no_progress
 from atlas.core.reader import Reader
 from atlas.core.store import TABLE_ORDER, sha256_file
 from atlas.core.vectors import vector_column, vector_matrix
@@ -50,13 +51,20 @@ ROW_ORDER = {
     "vocab": "token_id",
     "token_bags": "token_norm, direction_id",
     "coherence_null": "scope, sample",
+    "composition": "src_layer, src_head, dst_layer, dst_head, mode",
+    "composition_pairs": "src_layer, src_head, dst_layer, dst_head, mode, rank",
 }
 
 
 def export_bundle(
-    a: Reader, model_ids: list[str], out: Path, vectors: str = "f32"
+    a: Reader,
+    model_ids: list[str],
+    out: Path,
+    vectors: str = "f32",
+    progress: Progress = no_progress,
 ) -> BundleManifest:
     """Write ``model_ids`` of atlas ``a`` to the bundle file ``out``; returns its manifest.
+    ``progress`` is told the models written.
 
     Indexes are not bundled: loading rebuilds them from the verified vectors.
     """
@@ -78,6 +86,7 @@ def export_bundle(
         )
         for position, model_id in enumerate(model_ids):
             manifest.models.append(_export_model(a, model_id, position, work, vectors))
+            progress("models", position + 1, len(model_ids))
         for m in manifest.models:
             for name in m.members():
                 path = work / name

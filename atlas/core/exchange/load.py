@@ -39,6 +39,7 @@ from atlas.core.exchange.bundle_format import (
 from atlas.core.exchange.unpack import unpack_bundle
 from atlas.core.layout import UNEMBED, AtlasDir
 from atlas.core.model_lock import model_lock
+from atlas.core.progress import Progress, no_progress
 from atlas.core.publish import IdRange, publish, refuse_existing, reserve_ids, store_record
 from atlas.core.schema import build_metadata
 from atlas.core.store import (
@@ -96,8 +97,11 @@ class LoadResult:
         )
 
 
-def load_bundle(root: str | Path, bundle: str | Path, replace: bool = False) -> list[LoadResult]:
-    """Import every model of ``bundle`` into the atlas at ``root``; see the module notes."""
+def load_bundle(
+    root: str | Path, bundle: str | Path, replace: bool = False, progress: Progress = no_progress
+) -> list[LoadResult]:
+    """Import every model of ``bundle`` into the atlas at ``root``; see the module notes.
+    ``progress`` is told the models built (before the one publish)."""
     bundle, atlas_dir = Path(bundle), AtlasDir(root)
     with tempfile.TemporaryDirectory(prefix="svd-atlas-load-") as tmp:
         manifest = unpack_bundle(bundle, Path(tmp))
@@ -111,11 +115,16 @@ def load_bundle(root: str | Path, bundle: str | Path, replace: bool = False) -> 
         for model_id in model_ids:  # one writer per model id (an ingest, another load)
             locks.enter_context(model_lock(atlas_dir, model_id))
         with locks:
-            return _load(atlas_dir, bundle, manifest.vectors, models, replace)
+            return _load(atlas_dir, bundle, manifest.vectors, models, replace, progress)
 
 
 def _load(
-    atlas_dir: AtlasDir, bundle: Path, vectors: str, models: list[ModelData], replace: bool
+    atlas_dir: AtlasDir,
+    bundle: Path,
+    vectors: str,
+    models: list[ModelData],
+    replace: bool,
+    progress: Progress,
 ) -> list[LoadResult]:
     """Reserve, build and publish the checked ``models`` (their model locks held)."""
     model_ids = [d.model.model_id for d in models]
@@ -132,6 +141,7 @@ def _load(
             staging = stack.enter_context(atlas_dir.staging())
             _build_store(staging, data, ids, vectors, bundle.name)
             staged.append((data.model.model_id, staging, ids))
+            progress("models", len(staged), len(models))
         publish(atlas_dir, staged, replace)
     return [
         _result(data, ids, vectors, data.model.model_id in published)

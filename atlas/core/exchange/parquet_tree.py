@@ -35,25 +35,33 @@ from atlas.core.exchange.tree_format import (
     store_errors,
     tree_filesystem,
 )
+from atlas.core.progress import Progress, no_progress
 from atlas.core.reader import Reader
 from atlas.core.versions import library_versions
 
 
 def export_parquet_tree(
-    a: Reader, model_ids: list[str], dest: str, vectors: str = "f32"
+    a: Reader,
+    model_ids: list[str],
+    dest: str,
+    vectors: str = "f32",
+    progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Write ``model_ids`` of ``a`` (all when empty) into the tree at ``dest`` (created when
-    new); returns the marker, with ``written`` naming the models just written."""
+    new); returns the marker, with ``written`` naming the models just written. ``progress``
+    is told the models written."""
     if vectors not in VECTOR_MODES:
         raise AtlasError(
             "a Parquet tree stores vectors as f32 or not at all (f32 or none)", param="vectors"
         )
     model_ids = resolve_models(a, model_ids)
     with store_errors(dest):
-        return _export(a, model_ids, dest, vectors)
+        return _export(a, model_ids, dest, vectors, progress)
 
 
-def _export(a: Reader, model_ids: list[str], dest: str, vectors: str) -> dict[str, Any]:
+def _export(
+    a: Reader, model_ids: list[str], dest: str, vectors: str, progress: Progress
+) -> dict[str, Any]:
     fs, root = tree_filesystem(dest)
     info = _existing_marker(fs, root, dest)
     if info is None:
@@ -65,7 +73,7 @@ def _export(a: Reader, model_ids: list[str], dest: str, vectors: str) -> dict[st
             param="vectors",
             hint=f"export into it with `vectors` {info['vectors']}",
         )
-    for model_id in model_ids:
+    for done, model_id in enumerate(model_ids, 1):
         for table in TABLES:
             _write_partition(
                 a, model_id, table, fs, f"{root}/{partition_dir(table, model_id)}", vectors
@@ -76,6 +84,7 @@ def _export(a: Reader, model_ids: list[str], dest: str, vectors: str) -> dict[st
             fs.makedirs(folder, exist_ok=True)
             _put(fs, f"{folder}/{UNEMBED_FILE}", _npy_bytes(a.unembedding(model_id)))
         info["models"][model_id] = {**_model_info(a, model_id), "unembed": unembed}
+        progress("models", done, len(model_ids))
     info.update(
         format_version=FORMAT_VERSION,  # a version 1 tree's marker was upgraded as it was read
         tables=list(TABLES),

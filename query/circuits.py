@@ -1,0 +1,196 @@
+"""Circuits: the composition of heads (``composition``, ``composition_pairs``) as questions.
+
+- :func:`strongest`: a model's strongest compositions, per mode;
+- :func:`head_edges`: one head's in-edges (who feeds its Q, K and V) and out-edges (whom its
+  output feeds), each with the direction pairs that carry it;
+- :func:`composition_trace`: from a write direction to the Q, K and V read directions of later
+  heads, weighted by their share of each composition score, hop by hop (a V read direction's
+  head writes again through its partner write direction; Q and K end a path).
+
+Scores and the pairs' contributions are defined in ``ingest.composition``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atlas.core.contract import MODES
+from atlas.core.errors import AtlasError, NotFound
+from atlas.core.reader import Reader, check_direction_id
+
+DEFAULT_TOP = 10  # edges per mode
+EDGE_COLUMNS = (
+    "src_layer, src_head, dst_layer, dst_head, mode, score, baseline, relative, top_pairs_share"
+)
+
+
+def strongest(
+    a: Reader, model_id: str, modes: tuple[str, ...], top: int, min_relative: float
+) -> list[dict[str, Any]]:
+    """The ``top`` strongest compositions of each mode in ``modes`` (by score), relative score
+    at least ``min_relative``."""
+    a.require_model(model_id)
+    return a.sql(
+        f"SELECT {EDGE_COLUMNS} FROM ("
+        f"  SELECT *, row_number() OVER (PARTITION BY mode ORDER BY score DESC, src_layer, "
+        f"  src_head, dst_layer, dst_head) AS n FROM {a.relation(model_id, 'composition')} "
+        "  WHERE list_contains(?, mode) AND relative >= ?"
+        ") WHERE n <= ? ORDER BY mode, score DESC, src_layer, src_head, dst_layer, dst_head",
+        [list(modes), min_relative, top],
+    ).to_pylist()
+
+
+def head_edges(
+    a: Reader,
+    model_id: str,
+    layer: int,
+    head: int,
+    modes: tuple[str, ...],
+    top: int,
+    min_relative: float,
+) -> dict[str, Any]:
+    """Head ``layer``/``head``'s ``top`` strongest in-edges and out-edges per mode, each with
+    its kept direction pairs (``pairs``: src and dst direction ids, sv indices and
+    contributions, which sum to at most score²)."""
+    a.require_model(model_id)
+    (info,) = a.sql(f"SELECT n_layers, n_heads FROM {a.relation(model_id, 'models')}").to_pylist()
+    n_layers, n_heads = info["n_layers"], info["n_heads"]
+    if not 0 <= layer < n_layers or not 0 <= head < n_heads:
+        raise NotFound(
+            f"{model_id!r} has no head {layer}.{head} (layers 0 to {n_layers - 1}, "
+            f"heads 0 to {n_heads - 1})",
+            param="head" if 0 <= layer < n_layers else "layer",
+        )
+    return {
+        "model_id": model_id,
+        "layer": layer,
+        "head": head,
+        "in": _edges(a, model_id, "dst", layer, head, modes, top, min_relative),
+        "out": _edges(a, model_id, "src", layer, head, modes, top, min_relative),
+    }
+
+
+def _edges(
+    a: Reader,
+    model_id: str,
+    end: str,
+    layer: int,
+    head: int,
+    modes: tuple[str, ...],
+    top: int,
+    min_relative: float,
+) -> list[dict[str, Any]]:
+    comp, pairs = a.relation(model_id, "composition"), a.relation(model_id, "composition_pairs")
+    edges = a.sql(
+        f"SELECT {EDGE_COLUMNS} FROM ("
+        f"  SELECT *, row_number() OVER (PARTITION BY mode ORDER BY score DESC, src_layer, "
+        f"  src_head, dst_layer, dst_head) AS n FROM {comp} "
+        f"  WHERE {end}_layer = ? AND {end}_head = ? AND list_contains(?, mode) "
+        "  AND relative >= ?"
+        ") WHERE n <= ? ORDER BY mode, score DESC, src_layer, src_head, dst_layer, dst_head",
+        [layer, head, list(modes), min_relative, top],
+    ).to_pylist()
+    if not edges:
+        return edges
+    rows = a.sql(
+        "SELECT src_layer, src_head, dst_layer, dst_head, mode, rank, src_sv, dst_sv, "
+        f"src_direction_id, dst_direction_id, contribution FROM {pairs} "
+        f"WHERE {end}_layer = ? AND {end}_head = ? AND list_contains(?, mode) ORDER BY rank",
+        [layer, head, list(modes)],
+    ).to_pylist()
+    by_edge: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        key = (r.pop("src_layer"), r.pop("src_head"), r.pop("dst_layer"), r.pop("dst_head"),
+               r.pop("mode"))  # fmt: skip
+        by_edge.setdefault(key, []).append(r)
+    for e in edges:
+        key = (e["src_layer"], e["src_head"], e["dst_layer"], e["dst_head"], e["mode"])
+        e["pairs"] = by_edge.get(key, [])
+    return edges
+
+
+def head_summary(a: Reader, model_id: str, layer: int, head: int, top: int) -> dict[str, Any]:
+    """What a head card shows of circuits: its QK circuit (spectrum, statistics, eigenvalue
+    positivity; whether positions rotate it) and its strongest edges in and out."""
+    qk = a.sql(
+        "SELECT matrix_id, sigma_max, frobenius_norm, stable_rank, effective_rank, "
+        f"eigen_positivity, spectrum FROM {a.relation(model_id, 'matrices')} "
+        "WHERE kind = 'qk' AND layer = ? AND head = ?",
+        [layer, head],
+    ).to_pylist()
+    (model,) = a.sql(
+        f"SELECT positional_embedding FROM {a.relation(model_id, 'models')}"
+    ).to_pylist()
+    positional = model["positional_embedding"]
+    edges = head_edges(a, model_id, layer, head, MODES, top, 0.0)
+    for e in edges["in"] + edges["out"]:
+        del e["pairs"]
+    return {
+        "qk": qk[0] if qk else None,
+        "positional_embedding": positional,
+        "composition": {"in": edges["in"], "out": edges["out"]},
+    }
+
+
+def composition_trace(
+    a: Reader, direction_id: int, hops: int, min_share: float, limit: int
+) -> list[dict[str, Any]]:
+    """From the write direction ``direction_id`` (an OV write side) to the read directions of
+    later heads that its pairs reach, with ``share`` = the pair's contribution over the edge's
+    score² (the part of that composition the pair carries), at least ``min_share``. A V read
+    direction continues through its head's partner write direction (same sv_index) on the
+    next hop. Rows: the origin (hop 0), then each reached direction with ``hop``, ``parent``
+    (the write direction it was reached from), ``mode``, ``share`` and ``contribution``."""
+    direction_id = check_direction_id(direction_id)
+    model_id = a.model_of(direction_id)
+    directions = a.relation(model_id, "directions")
+    (origin,) = a.sql(
+        f"SELECT direction_id, layer, head, kind, side, sv_index, sigma FROM {directions} "
+        "WHERE direction_id = ?",
+        [direction_id],
+    ).to_pylist()
+    if (origin["kind"], origin["side"]) != ("ov", "write"):
+        raise AtlasError(
+            f"direction {direction_id} is an {origin['kind']} {origin['side']} direction; a "
+            "composition trace starts from an OV write direction (kind ov, side write)",
+            param="direction_id",
+        )
+    pairs, comp = a.relation(model_id, "composition_pairs"), a.relation(model_id, "composition")
+    rows = [{**origin, "hop": 0, "parent": None, "mode": None, "share": None,
+             "contribution": None}]  # fmt: skip
+    seen, frontier = {direction_id}, [direction_id]
+    reached_by: dict[int, int] = {}  # a partner write direction -> the V read direction
+    for hop in range(1, hops + 1):
+        if not frontier or len(rows) >= limit:
+            break
+        found = a.sql(
+            "SELECT p.src_direction_id AS parent, p.mode, p.contribution, "
+            "p.contribution / (c.score * c.score) AS share, d.direction_id, d.layer, d.head, "
+            "d.kind, d.side, d.sv_index, d.sigma "
+            f"FROM {pairs} p JOIN {comp} c USING (src_layer, src_head, dst_layer, dst_head, mode) "
+            f"JOIN {directions} d ON d.direction_id = p.dst_direction_id "
+            "WHERE list_contains(?, p.src_direction_id) "
+            "AND p.contribution / (c.score * c.score) >= ? "
+            "ORDER BY share DESC, d.direction_id LIMIT ?",
+            [frontier, min_share, limit - len(rows)],
+        ).to_pylist()
+        frontier = []
+        for r in found:
+            if r["direction_id"] in seen:
+                continue
+            seen.add(r["direction_id"])
+            r["parent"] = reached_by.get(r["parent"], r["parent"])
+            rows.append({**r, "hop": hop})
+            if r["mode"] == "V":
+                frontier.append(r["direction_id"])
+        if frontier:  # the V readers' heads write again: their partner write directions
+            partners = a.sql(
+                f"SELECT r.direction_id AS read_id, w.direction_id AS write_id "
+                f"FROM {directions} r JOIN {directions} w ON w.matrix_id = r.matrix_id "
+                "AND w.sv_index = r.sv_index AND w.side = 'write' "
+                "WHERE list_contains(?, r.direction_id)",
+                [frontier],
+            ).to_pylist()
+            reached_by = {p["write_id"]: p["read_id"] for p in partners}
+            frontier = list(reached_by)
+    return rows
