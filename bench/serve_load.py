@@ -2,7 +2,7 @@
 
     python bench/serve_load.py [--seconds 20] [--clients 1,8] [--workers 1,2]
 
-The atlas is a real ingest of a random GPT-2-style model of width 384 with 651 layers
+The atlas is a real ingest of a random GPT-2-style model of width 384 with 434 layers
 (999,936 directions, approximate index), saved as a folder and streamed; it is built once
 into data/bench/ (about 15 minutes on 2 cores) and reused. In one run, this measures:
 
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DATA = ROOT / "data" / "bench"
 RESULTS = ROOT / "bench" / "results" / "serve.json"
-LAYERS = 651  # 1,536 directions a layer at width 384: 999,936 directions
+LAYERS = 434  # 2,304 directions a layer at width 384 (OV, QK, MLP in and out): 999,936
 CLI = [sys.executable, "-c", "from atlas.cli import main; main()"]
 WORDS = [
     "fire",

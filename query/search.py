@@ -30,6 +30,7 @@ from atlas.core.errors import AtlasError, DamagedIndex, NoMatch
 from atlas.core.index_guard import exact_cosines
 from atlas.core.indexes import merge_valences
 from atlas.core.reader import Reader, no_vectors
+from atlas.core.vectors import numbers
 from atlas.core.views import direction_tokens_sql
 from query.filters import Filters
 from query.nomatch import check_bag, check_filters
@@ -316,8 +317,8 @@ def nearest_tokens(
         [list(bag), list(bag.values()), *params, k],
     )
     return (
-        rows["direction_id"].to_numpy().astype(np.int64),
-        rows["score"].to_numpy().astype(np.float32),
+        numbers(rows["direction_id"]).astype(np.int64),
+        numbers(rows["score"]).astype(np.float32),
     )
 
 

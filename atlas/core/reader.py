@@ -40,7 +40,7 @@ from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size
 from atlas.core.memlimit import parse_memory_limit, session_config
 from atlas.core.model_ids import left_out
 from atlas.core.sqlguard import engine_error, lock_session, run_statement, sql_string
-from atlas.core.vectors import vector_matrix
+from atlas.core.vectors import numbers, vector_matrix
 from atlas.core.views import create_views
 
 USER_DB = "user.duckdb"
@@ -295,7 +295,7 @@ class Reader(ABC):
             f"WHERE direction_id IN ({among})",
             ids.tolist(),
         )
-        found = rows["direction_id"].to_numpy().astype(np.int64)
+        found = numbers(rows["direction_id"]).astype(np.int64)
         vectors = vector_matrix(rows["vector"]) if rows.num_rows else np.zeros((0, 0), np.float32)
         order = np.argsort(found)
         at = order[np.searchsorted(found, ids, sorter=order)] if len(found) else np.zeros(0, int)

@@ -22,7 +22,6 @@ from atlas.core.errors import AtlasError, one_line
 from atlas.core.indexes import SHARD_FILE, build_index
 from atlas.core.indexes import write_index as write_faiss
 from atlas.core.layout import FORMAT_VERSION, MANIFEST, MODEL_DB, UNEMBED
-from atlas.core.schema import create_statements
 from atlas.core.sqlguard import sql_string
 from atlas.core.token_space import BUILD_TOKEN_BAGS
 from atlas.core.vectors import vector_matrix
@@ -102,6 +101,8 @@ class TableWriter:
         memory_limit: str = "1GB",
         threads: int | None = None,
     ):
+        from atlas.core.schema import create_statements  # SQLAlchemy: only where stores are written
+
         # a larger write-ahead log between checkpoints: appending block by block checkpoints
         # less often (a third faster), at no cost in memory beyond ``memory_limit``
         config: dict[str, Any] = {"memory_limit": memory_limit, "checkpoint_threshold": "128MB"}
