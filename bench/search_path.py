@@ -1,18 +1,26 @@
 """Where a library search's time goes on one atlas: the bare index search against the whole
-search with hits described, side by side over the same queries in one process.
+search with hits described, side by side over the same queries in one process, and one search
+as a fresh ``svd-atlas search`` process.
 
-    python bench/search_path.py ATLAS [ATLAS ...]
+    python bench/search_path.py [ATLAS ...]   # default: the 1e6 atlas (bench/million.py)
 
 For each atlas (its first model): p50/p99 of the bare index search (both valences, merged),
 of the index search with its answers scored from the store (``nearest_residual``), of
 describing ten hits, of ``Atlas.search`` (a vector, words, a direction), of ``trace`` one hop
-and of a direction's card; and the ratio of described search to bare index search. Queries
-are words embedded by the model's unembedding (200, cycled over a fixed list). Single runs.
+and of a direction's card; and the ratio of described search to bare index search. "Bare"
+is measured twice: the atlas's own index object (its shards searched as one, both valences
+merged) and the raw FAISS shards read by ``faiss.read_index`` and searched in a loop, as a
+user of FAISS alone would. Queries are words embedded by the model's unembedding (200,
+cycled over a fixed list). A fresh process: best and median of 5 after one warm-up (the
+files in the page cache, as for a researcher's second question). Single runs.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -79,9 +87,54 @@ def measure(location: str, n_queries: int = 200) -> dict[str, Any]:
         row["trace_1_hop"] = _timed(lambda d: a.trace(d, hops=1), directions[:50])
         row["card"] = _timed(lambda d: a.card(d), directions)
         row["described_over_bare_p50"] = round(row["search_vector"][0] / row["bare_index"][0], 2)
+    row["raw_faiss_shards"] = raw_faiss(location, vectors)
+    row["described_over_raw_faiss_p50"] = round(
+        row["search_vector"][0] / row["raw_faiss_shards"][0], 2
+    )
     return row
 
 
+def raw_faiss(location: str, vectors: list[np.ndarray]) -> tuple[float, float]:
+    """The same queries against the store's FAISS shards alone, read with FAISS's defaults."""
+    import faiss
+
+    import atlas
+
+    with atlas.open(location) as a:
+        store = a.reader.store_path(a.reader.model_ids()[0])
+    shards = [faiss.read_index(str(p)) for p in sorted(store.glob("residual-*.faiss"))]
+
+    def search(q: np.ndarray) -> None:
+        both = np.stack([q, -q])
+        found = [s.search(both, 11) for s in shards]
+        sims = np.concatenate([f[0] for f in found], axis=1)
+        np.argsort(-sims, axis=1)[:, :11]
+
+    for q in vectors[:20]:
+        search(q)
+    return _timed(search, vectors)
+
+
+def cli_cold(location: str, runs: int = 5) -> dict[str, float]:
+    """One words search as a fresh ``svd-atlas search`` process, after one warm-up."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-c", "from atlas.cli import main; main()", "--atlas", location,
+               "search", "fire", "-k", "10"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, env=env)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, env=env)
+        times.append(time.perf_counter() - start)
+    return {"best_s": round(min(times), 3), "median_s": round(statistics.median(times), 3)}
+
+
 if __name__ == "__main__":
-    for location in sys.argv[1:]:
-        print(json.dumps(measure(location)), flush=True)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.million import million_atlas
+
+    for location in sys.argv[1:] or [str(million_atlas())]:
+        row = measure(location)
+        print(json.dumps(row), flush=True)
+        print(json.dumps({"cli_search_process": cli_cold(location)}), flush=True)

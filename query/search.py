@@ -31,7 +31,6 @@ from atlas.core.index_guard import exact_cosines
 from atlas.core.indexes import merge_valences
 from atlas.core.reader import Reader, no_vectors
 from atlas.core.vectors import numbers
-from atlas.core.views import direction_tokens_sql
 from query.filters import Filters
 from query.nomatch import check_bag, check_filters
 from query.vectors import (
@@ -162,7 +161,7 @@ def _vector_query(a: Reader, vector: Any, candidates: list[str]) -> Query:
     searchable = [m for m in candidates if a.has_vectors(m)]
     if not searchable:
         raise no_vectors(candidates[0])
-    widths = {m: _d_model(a, m) for m in searchable}
+    widths = {m: a.shape(m)[0] for m in searchable}
     q = query_vector(vector, set(widths.values()))
     models = [m for m in searchable if widths[m] == q.size]
     others = [m for m in searchable if widths[m] != q.size]
@@ -202,11 +201,6 @@ def _words_query(a: Reader, words: list[str], candidates: list[str]) -> Query:
     if not vectors:
         raise NoMatch(f"no token of {listed(candidates)} matches {', '.join(words)}")
     return Query("residual", list(vectors), vectors, notes=notes)
-
-
-def _d_model(a: Reader, model_id: str) -> int:
-    rows = a.sql(f"SELECT d_model FROM {a.relation(model_id, 'models')}")
-    return int(rows["d_model"][0].as_py())
 
 
 def approximate_note(a: Reader, query: Query, filters: Filters) -> str | None:
@@ -322,6 +316,10 @@ def nearest_tokens(
     )
 
 
+# What a hit says of its direction, besides its tokens (``directions`` columns).
+HIT_COLUMNS = "direction_id, model_id, layer, head, kind, side, sv_index, sigma, degenerate"
+
+
 def describe(a: Reader, scored: list[tuple[float, int]], space: str) -> list[Hit]:
     """Hits with their metadata and tokens, in the order given."""
     if not scored:
@@ -330,21 +328,32 @@ def describe(a: Reader, scored: list[tuple[float, int]], space: str) -> list[Hit
     for _, i in scored:
         by_model.setdefault(a.model_of(i), []).append(i)
     meta: dict[int, dict[str, Any]] = {}
+    tokens: dict[tuple[int, str], tuple[list[str], list[float]]] = {}
     for model_id, ids in by_model.items():  # each model's own store, not the atlas-wide view
-        # each table filtered by the ids themselves, so DuckDB reads only the row groups that
-        # hold them (a join or ``IN (SELECT ...)`` would scan the table: ``atlas.core.store``)
+        # two plain reads filtered by the ids themselves, so DuckDB reads only the row groups
+        # that hold them (``atlas.core.store`` clusters both tables by direction id); a join,
+        # ``IN (SELECT ...)`` or an aggregate over them costs more than the reads
         among = f"direction_id IN ({', '.join('?' * len(ids))})"
-        sql = direction_tokens_sql(
-            f"(SELECT * FROM {a.relation(model_id, 'directions')} WHERE {among})",
-            f"(SELECT * FROM {a.relation(model_id, 'top_tokens')} WHERE {among})",
+        rows = a.sql(
+            f"SELECT {HIT_COLUMNS} FROM {a.relation(model_id, 'directions')} WHERE {among}", ids
         )
-        meta |= {r["direction_id"]: r for r in a.sql(sql, [*ids, *ids]).to_pylist()}
+        meta |= {r["direction_id"]: r for r in rows.to_pylist()}
+        rows = a.sql(
+            f"SELECT direction_id, polarity, token_display, score "
+            f"FROM {a.relation(model_id, 'top_tokens')} WHERE {among} "
+            "ORDER BY direction_id, polarity, rank",
+            ids,
+        )
+        for r in rows.to_pylist():
+            words, scores = tokens.setdefault((r["direction_id"], r["polarity"]), ([], []))
+            words.append(r["token_display"])
+            scores.append(r["score"])
     hits = []
     for score, i in scored:
         r = meta[i]
         sign = 1 if score >= 0 else -1
-        pos, neg = r["pos_tokens"] or [], r["neg_tokens"] or []
-        pos_scores, neg_scores = r["pos_scores"] or [], r["neg_scores"] or []
+        pos, pos_scores = tokens.get((i, "pos"), ([], []))
+        neg, neg_scores = tokens.get((i, "neg"), ([], []))
         hits.append(
             Hit(
                 direction_id=i,

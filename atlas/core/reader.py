@@ -132,6 +132,7 @@ class Reader(ABC):
         self._lock = threading.Lock()
         self._closed = False
         self.indexes = IndexCache()
+        self._shapes: dict[str, tuple[int, str]] = {}  # model_id -> (d_model, index_type)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -251,6 +252,22 @@ class Reader(ABC):
     def model_of(self, direction_id: int) -> str:
         """The model a direction belongs to; :class:`NotFound` for an id no model has, an
         :class:`AtlasError` for one that is not an integer (``check_direction_id``)."""
+
+    def shape(self, model_id: str) -> tuple[int, str]:
+        """The model's ``d_model`` and ``index_type``, read once per handle: what a search asks
+        of every model it searches (a store the handle reads never changes)."""
+        with self._lock:
+            known = self._shapes.get(model_id)
+        if known is None:
+            rows = self.sql(
+                f"SELECT d_model, index_type FROM {self.relation(model_id, 'models')}"
+            ).to_pylist()
+            if not rows:
+                raise AtlasError(f"model {model_id!r} has no row in its models table")
+            known = (int(rows[0]["d_model"]), str(rows[0]["index_type"]))
+            with self._lock:
+                self._shapes[model_id] = known
+        return known
 
     def residual_index(self, model_id: str) -> Any:
         """The model's residual-space FAISS index (ids = direction_id), through the cache;
@@ -515,11 +532,10 @@ class StoreReader(Reader):
             contract = self._contracts.get(model_id)
         if contract is None:
             entry = self.catalog.models[model_id]
-            d_model = self.sql(f"SELECT d_model FROM {self.relation(model_id, 'models')}")
             contract = IndexContract.of_store(
                 model_id,
                 self.store_path(model_id),
-                int(d_model["d_model"][0].as_py()),
+                self.shape(model_id)[0],
                 entry.first_direction_id,
                 entry.n_directions,
             )
@@ -546,10 +562,7 @@ class StoreReader(Reader):
     def has_exact_index(self, model_id: str) -> bool:
         from atlas.core.indexes import EXACT
 
-        # the model's own table: the ``models`` view spans every store, and a search across
-        # many models asks this of each
-        rows = self.sql(f"SELECT index_type FROM {self.relation(model_id, 'models')}")
-        return bool(rows.num_rows) and rows["index_type"][0].as_py() == EXACT
+        return self.shape(model_id)[1] == EXACT
 
     def has_unembedding(self, model_id: str) -> bool:
         with self._index_lock:
