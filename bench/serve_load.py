@@ -37,9 +37,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench import million  # noqa: E402
+
 DATA = ROOT / "data" / "bench"
 RESULTS = ROOT / "bench" / "results" / "serve.json"
-LAYERS = 434  # 2,304 directions a layer at width 384 (OV, QK, MLP in and out): 999,936
 CLI = [sys.executable, "-c", "from atlas.cli import main; main()"]
 WORDS = [
     "fire",
@@ -64,28 +65,8 @@ def env() -> dict[str, str]:
 
 
 def million_direction_atlas() -> Path:
-    """The 1e6-direction atlas (built on first use)."""
-    atlas_dir = DATA / "atlas-1e6"
-    if (atlas_dir / "catalog.json").exists():
-        return atlas_dir
-    from transformers import GPT2Config
-
-    from atlas.models.random_models import RANDOM_SHAPES, save_random_model
-
-    folder = DATA / "model-1e6"
-    if not (folder / "config.json").exists():
-        fields = {**RANDOM_SHAPES["gpt2-small"][1], "n_embd": 384, "n_head": 12, "n_layer": LAYERS}
-        config = GPT2Config(**fields)
-        config.architectures = ["GPT2LMHeadModel"]
-        print(f"saving a {LAYERS}-layer random model to {folder} ...", file=sys.stderr)
-        save_random_model("gpt2-small", folder, shards=LAYERS, config=config)
-    print("ingesting it (streamed) ...", file=sys.stderr)
-    subprocess.run(
-        [*CLI, "--atlas", str(atlas_dir), "ingest", str(folder), "--name", "synthetic-1e6",
-         "--top-k", "10"],
-        check=True, env=env(),
-    )  # fmt: skip
-    return atlas_dir
+    """The 1e6-direction atlas (``bench/million.py``, built on first use)."""
+    return million.million_atlas()
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -249,7 +230,9 @@ def mixed_paths(sample: list[dict[str, Any]], directions: int) -> list[str]:
         elif r < 0.75:
             out.append(f"/api/directions/{d}")
         elif r < 0.85:
-            out.append(f"/api/matrix?model=synthetic-1e6&layer={rng.randrange(LAYERS)}&head=3")
+            out.append(
+                f"/api/matrix?model=synthetic-1e6&layer={rng.randrange(million.LAYERS)}&head=3"
+            )
         elif r < 0.95:
             out.append(f"/api/directions/{d}/trace?min_cos=0.3&limit=50")
         else:
