@@ -153,8 +153,11 @@ class ResidualIndex:
         self.d = int(shards[0].d)
         self._ids = [index_ids(s) for s in shards]
         every = np.concatenate(self._ids)
-        self._order = np.argsort(every, kind="stable")
-        self._sorted = every[self._order]
+        # shards written in id order (as every writer does) need no sort: a fresh process
+        # searching a 1e6-direction index saves the sort's 0.1 s
+        ascending = bool(np.all(every[1:] > every[:-1]))
+        self._order = np.arange(len(every)) if ascending else np.argsort(every, kind="stable")
+        self._sorted = every if ascending else every[self._order]
         self._owner = np.repeat(np.arange(len(shards)), [len(i) for i in self._ids])
         self._offset = np.concatenate([np.arange(len(i)) for i in self._ids])
 
