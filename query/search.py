@@ -69,6 +69,8 @@ class Hit:
 
 
 HIT_FIELDS = [f.name for f in fields(Hit)]  # a hit's JSON record (CLI and HTTP API alike)
+# What a hit says of its direction besides its id and tokens (``directions`` columns).
+HIT_COLUMNS = "model_id, layer, head, kind, side, sv_index, sigma, degenerate"
 
 
 class Hits(list[Hit]):
@@ -235,11 +237,13 @@ def search(
     filters = filters or Filters()
     scored: list[tuple[float, int]] = []
     refused: list[str] = []
+    described: dict[int, dict[str, Any]] = {}  # candidates' rows, read as they were scored
     for model_id in query.models:
         check_stopped()  # a deadline or a stop ends a search between models
         if query.space == "residual":
             try:
-                ids, sims = nearest_residual(a, model_id, query.vectors[model_id], filters, k + 1)
+                q = query.vectors[model_id]
+                ids, sims = nearest_residual(a, model_id, q, filters, k + 1, described)
             except DamagedIndex as exc:
                 if len(query.models) == 1:
                     raise
@@ -258,13 +262,19 @@ def search(
         if query.bag is not None and query.exclude is None:
             check_bag(a, query.models, query.bag, filters)
     scored.sort(key=lambda t: (-abs(t[0]), t[1]))
-    return Hits(describe(a, scored[:k], query.space), refused)
+    return Hits(describe(a, scored[:k], query.space, described), refused)
 
 
 def nearest_residual(
-    a: Reader, model_id: str, q: np.ndarray, filters: Filters, k: int
+    a: Reader,
+    model_id: str,
+    q: np.ndarray,
+    filters: Filters,
+    k: int,
+    described: dict[int, dict[str, Any]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and signed cosines of the ``k`` largest ``|cos|`` in one model's residual index."""
+    """Ids and signed cosines of the ``k`` largest ``|cos|`` in one model's residual index;
+    ``described`` gets their rows for :func:`describe` (see :func:`scored_from_store`)."""
     index = a.residual_index(model_id)
     both = np.stack([q, -q]).astype(np.float32)
     if not filters.active:
@@ -275,17 +285,28 @@ def nearest_residual(
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         sims, ids = index.search_among(both, min(k, len(allowed)), allowed)
     ids, sims = merge_valences(ids, sims, k)
-    return ids, scored_from_store(a, model_id, q, ids, sims)
+    return ids, scored_from_store(a, model_id, q, ids, sims, described)
 
 
 def scored_from_store(
-    a: Reader, model_id: str, q: np.ndarray, ids: np.ndarray, index_sims: np.ndarray
+    a: Reader,
+    model_id: str,
+    q: np.ndarray,
+    ids: np.ndarray,
+    index_sims: np.ndarray,
+    described: dict[int, dict[str, Any]] | None = None,
 ) -> np.ndarray:
     """The signed cosines of the index's answers, recomputed from the vectors the store holds
-    (a damaged index is refused here: ``atlas.core.index_guard``)."""
+    (a damaged index is refused here: ``atlas.core.index_guard``). ``described``, where
+    given, gets each answer's ``HIT_COLUMNS`` read with its vector: describing the hits then
+    reads their tokens alone."""
     if len(ids) == 0:
         return np.zeros(0, np.float32)
-    stored = a.stored_vectors(model_id, ids)
+    if described is None:
+        stored = a.stored_vectors(model_id, ids)
+    else:
+        stored, rows = a.stored_rows(model_id, ids, HIT_COLUMNS)
+        described.update((r["direction_id"], r) for r in rows)
     with a.refusing_damaged_index(model_id):
         return exact_cosines(model_id, q, stored, index_sims)
 
@@ -316,28 +337,34 @@ def nearest_tokens(
     )
 
 
-# What a hit says of its direction, besides its tokens (``directions`` columns).
-HIT_COLUMNS = "direction_id, model_id, layer, head, kind, side, sv_index, sigma, degenerate"
-
-
-def describe(a: Reader, scored: list[tuple[float, int]], space: str) -> list[Hit]:
-    """Hits with their metadata and tokens, in the order given."""
+def describe(
+    a: Reader,
+    scored: list[tuple[float, int]],
+    space: str,
+    known: dict[int, dict[str, Any]] | None = None,
+) -> list[Hit]:
+    """Hits with their metadata and tokens, in the order given; ``known``: directions' rows
+    (``HIT_COLUMNS``) read already."""
     if not scored:
         return []
     by_model: dict[str, list[int]] = {}
     for _, i in scored:
         by_model.setdefault(a.model_of(i), []).append(i)
-    meta: dict[int, dict[str, Any]] = {}
+    meta: dict[int, dict[str, Any]] = {i: known[i] for _, i in scored if known and i in known}
     tokens: dict[tuple[int, str], tuple[list[str], list[float]]] = {}
     for model_id, ids in by_model.items():  # each model's own store, not the atlas-wide view
-        # two plain reads filtered by the ids themselves, so DuckDB reads only the row groups
+        # plain reads filtered by the ids themselves, so DuckDB reads only the row groups
         # that hold them (``atlas.core.store`` clusters both tables by direction id); a join,
         # ``IN (SELECT ...)`` or an aggregate over them costs more than the reads
         among = f"direction_id IN ({', '.join('?' * len(ids))})"
-        rows = a.sql(
-            f"SELECT {HIT_COLUMNS} FROM {a.relation(model_id, 'directions')} WHERE {among}", ids
-        )
-        meta |= {r["direction_id"]: r for r in rows.to_pylist()}
+        unknown = [i for i in ids if i not in meta]
+        if unknown:
+            rows = a.sql(
+                f"SELECT direction_id, {HIT_COLUMNS} FROM {a.relation(model_id, 'directions')} "
+                f"WHERE direction_id IN ({', '.join('?' * len(unknown))})",
+                unknown,
+            )
+            meta |= {r["direction_id"]: r for r in rows.to_pylist()}
         rows = a.sql(
             f"SELECT direction_id, polarity, token_display, score "
             f"FROM {a.relation(model_id, 'top_tokens')} WHERE {among} "

@@ -301,15 +301,22 @@ class Reader(ABC):
     def stored_vectors(self, model_id: str, ids: np.ndarray) -> np.ndarray:
         """The vectors ``directions`` stores for ``ids`` of one model, in the order given
         (what the index's answers are scored against: k rows, not the table)."""
+        return self.stored_rows(model_id, ids)[0]
+
+    def stored_rows(
+        self, model_id: str, ids: np.ndarray, columns: str = ""
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """:meth:`stored_vectors`, and the same rows' ``direction_id`` and ``columns`` (other
+        columns of ``directions``, as SQL) as records in the order found, read in one pass."""
         ids = np.asarray(ids, np.int64)
         if len(ids) == 0:
-            return np.zeros((0, 0), np.float32)
+            return np.zeros((0, 0), np.float32), []
         # the ids themselves as the filter: DuckDB reads only the row groups holding them
         # (``IN (SELECT unnest(?))`` is a join, which scans the table)
         among = ", ".join("?" * len(ids))
         rows = self.sql(
-            f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')} "
-            f"WHERE direction_id IN ({among})",
+            f"SELECT direction_id, vector{', ' + columns if columns else ''} "
+            f"FROM {self.relation(model_id, 'directions')} WHERE direction_id IN ({among})",
             ids.tolist(),
         )
         found = numbers(rows["direction_id"]).astype(np.int64)
@@ -318,7 +325,8 @@ class Reader(ABC):
         at = order[np.searchsorted(found, ids, sorter=order)] if len(found) else np.zeros(0, int)
         if len(found) != len(set(ids.tolist())) or not np.array_equal(found[at], ids):
             raise AtlasError(f"model {model_id!r}: a direction id is not in its directions table")
-        return vectors[at]
+        records = rows.drop_columns(["vector"]).to_pylist() if columns else []
+        return vectors[at], records
 
     @abstractmethod
     def _read_index(self, model_id: str) -> tuple[Any, int]:
