@@ -1,14 +1,14 @@
 """The 1e6-direction atlas the search benchmarks share (``search_path``, ``serve_load``).
 
-A real ingest of a random GPT-2-style model (``atlas.models.random_models``): width 256, 4 heads
-of 64, 651 layers, BERT's vocabulary size (30,522), so 1,536 directions a layer (OV and QK
-read and write sides, MLP in and out) and 999,936 in all, with an approximate index. This is
-the cheapest real shape found to reach 1e6 directions on 2 cores: projecting every direction
-through the unembedding costs directions x d_model x d_vocab, so narrow and with a modest
-vocabulary; the composition stage is left out (``--no-composition`` is not an ingest option:
-it is switched off in this process), as it scores every ordered pair of heads, hours at 651
-layers, and search reads none of its tables. Built once into data/bench/ (about 15 minutes)
-and reused.
+A real ingest of a random GPT-2-style model (``atlas.models.random_models``): width 128, 2 heads
+of 64, 1,302 layers, a vocabulary of 8,192, so 768 directions a layer (OV and QK read and
+write sides, MLP in and out) and 999,936 in all, with an approximate index. This is the
+cheapest shape found to reach 1e6 directions on 2 shared cores: projecting every direction
+through the unembedding costs directions x d_model x d_vocab, so narrow and with a small
+vocabulary (width 256 and 30,522 tokens would take about 90 minutes). The composition stage
+is left out (switched off in this process: ingest has no option for it), as it scores every
+ordered pair of heads, hours at 1,302 layers, and search reads none of its tables. Built
+once into data/bench/ and reused.
 
     python bench/million.py     # build it now
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "bench"
-LAYERS = 651
-SHAPE = {"n_embd": 256, "n_head": 4, "n_layer": LAYERS, "vocab_size": 30522, "n_positions": 1024}
+LAYERS = 1302
+SHAPE = {"n_embd": 128, "n_head": 2, "n_layer": LAYERS, "vocab_size": 8192, "n_positions": 1024}
 MODEL_ID = "synthetic-1e6"
 
 
@@ -42,7 +42,7 @@ def million_atlas() -> Path:
         config = GPT2Config(**{**RANDOM_SHAPES["gpt2-small"][1], **SHAPE})
         config.architectures = ["GPT2LMHeadModel"]
         print(f"saving a {LAYERS}-layer random model to {folder} ...", file=sys.stderr)
-        save_random_model("gpt2-small", folder, shards=LAYERS // 7, config=config)
+        save_random_model("gpt2-small", folder, shards=LAYERS // 14, config=config)
     CompositionStage.add_block = lambda self, groups, bases: (None, None)  # type: ignore[method-assign]
     start = time.perf_counter()
     print("ingesting it ...", file=sys.stderr)

@@ -25,6 +25,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,6 +131,64 @@ def cli_cold(location: str, runs: int = 5) -> dict[str, float]:
     return {"best_s": round(min(times), 3), "median_s": round(statistics.median(times), 3)}
 
 
+def breakdown(location: str, n_queries: int = 200) -> dict[str, Any]:
+    """Where a words search's time goes, end to end over HTTP, p50 of each stage over the same
+    queries in one run: the bare index search, the rest of the library search (words
+    embedded, answers scored from the store, hits described), serialising the hits to JSON,
+    and what HTTP adds (one keep-alive client against ``svd-atlas serve``, one worker); each
+    as a share of the HTTP p50."""
+    import httpx
+
+    import atlas
+    from atlas.core.errors import AtlasWarning
+    from atlas.core.indexes import merge_valences
+    from bench.serve_load import start_server
+    from query.search import resolve_query
+
+    warnings.simplefilter("ignore", AtlasWarning)
+    words = [WORDS[i % len(WORDS)] for i in range(n_queries)]
+    process, url, _ = start_server(Path(location), 1)
+    try:
+        with atlas.open(location) as a, httpx.Client(base_url=url, timeout=30) as http:
+            a.load_indexes(8 << 30)
+            r = a.reader
+            model = r.model_ids()[0]
+            index = r.residual_index(model)
+            vectors = [resolve_query(r, text=w).vectors[model] for w in words]
+            for w in words[:20]:  # warm-up
+                a.search(w, k=10)
+                http.get("/api/search", params={"text": w, "k": 10}).raise_for_status()
+
+            def bare(q: np.ndarray) -> None:
+                sims, found = index.search(np.stack([q, -q]), 11)
+                merge_valences(found, sims, 11)
+
+            hits = [a.search(w, k=10) for w in words]
+            p50 = {
+                "index": _timed(bare, vectors)[0],
+                "library": _timed(lambda w: a.search(w, k=10), words)[0],
+                "serialise": _timed(lambda h: json.dumps([x.to_dict() for x in h]), hits)[0],
+                "http": _timed(
+                    lambda w: http.get("/api/search", params={"text": w, "k": 10}), words
+                )[0],
+            }
+    finally:
+        process.terminate()
+        process.wait()
+    stages = {
+        "index": p50["index"],
+        "describe": p50["library"] - p50["index"],
+        "serialise": p50["serialise"],
+        "http": p50["http"] - p50["library"] - p50["serialise"],
+    }
+    total = p50["http"]
+    return {
+        "atlas": location,
+        "p50_ms": p50,
+        "share": {k: round(v / total, 3) for k, v in stages.items()},
+    }
+
+
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from bench.million import million_atlas
@@ -138,3 +197,4 @@ if __name__ == "__main__":
         row = measure(location)
         print(json.dumps(row), flush=True)
         print(json.dumps({"cli_search_process": cli_cold(location)}), flush=True)
+        print(json.dumps({"breakdown": breakdown(location)}), flush=True)
