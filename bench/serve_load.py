@@ -2,7 +2,7 @@
 
     python bench/serve_load.py [--seconds 20] [--clients 1,8] [--workers 1,2]
 
-The atlas is a real ingest of a random GPT-2-style model of width 384 with 651 layers
+The atlas is a real ingest of a random GPT-2-style model of width 384 with 434 layers
 (999,936 directions, approximate index), saved as a folder and streamed; it is built once
 into data/bench/ (about 15 minutes on 2 cores) and reused. In one run, this measures:
 
@@ -37,9 +37,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench import million  # noqa: E402
+
 DATA = ROOT / "data" / "bench"
 RESULTS = ROOT / "bench" / "results" / "serve.json"
-LAYERS = 651  # 1,536 directions a layer at width 384: 999,936 directions
 CLI = [sys.executable, "-c", "from atlas.cli import main; main()"]
 WORDS = [
     "fire",
@@ -64,28 +65,8 @@ def env() -> dict[str, str]:
 
 
 def million_direction_atlas() -> Path:
-    """The 1e6-direction atlas (built on first use)."""
-    atlas_dir = DATA / "atlas-1e6"
-    if (atlas_dir / "catalog.json").exists():
-        return atlas_dir
-    from transformers import GPT2Config
-
-    from atlas.models.random_models import RANDOM_SHAPES, save_random_model
-
-    folder = DATA / "model-1e6"
-    if not (folder / "config.json").exists():
-        fields = {**RANDOM_SHAPES["gpt2-small"][1], "n_embd": 384, "n_head": 12, "n_layer": LAYERS}
-        config = GPT2Config(**fields)
-        config.architectures = ["GPT2LMHeadModel"]
-        print(f"saving a {LAYERS}-layer random model to {folder} ...", file=sys.stderr)
-        save_random_model("gpt2-small", folder, shards=LAYERS, config=config)
-    print("ingesting it (streamed) ...", file=sys.stderr)
-    subprocess.run(
-        [*CLI, "--atlas", str(atlas_dir), "ingest", str(folder), "--name", "synthetic-1e6",
-         "--top-k", "10"],
-        check=True, env=env(),
-    )  # fmt: skip
-    return atlas_dir
+    """The 1e6-direction atlas (``bench/million.py``, built on first use)."""
+    return million.million_atlas()
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -249,7 +230,9 @@ def mixed_paths(sample: list[dict[str, Any]], directions: int) -> list[str]:
         elif r < 0.75:
             out.append(f"/api/directions/{d}")
         elif r < 0.85:
-            out.append(f"/api/matrix?model=synthetic-1e6&layer={rng.randrange(LAYERS)}&head=3")
+            out.append(
+                f"/api/matrix?model=synthetic-1e6&layer={rng.randrange(million.LAYERS)}&head=3"
+            )
         elif r < 0.95:
             out.append(f"/api/directions/{d}/trace?min_cos=0.3&limit=50")
         else:

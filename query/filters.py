@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from atlas.core.reader import Reader
+from atlas.core.vectors import numbers
 
 
 @dataclass(frozen=True)
@@ -63,4 +64,4 @@ class Filters:
             f"SELECT direction_id FROM {reader.relation(model_id, 'directions')} WHERE {condition}",
             params,
         )
-        return table["direction_id"].to_numpy().astype(np.int64)
+        return numbers(table["direction_id"]).astype(np.int64)

@@ -30,7 +30,7 @@ from atlas.core.errors import AtlasError, DamagedIndex, NoMatch
 from atlas.core.index_guard import exact_cosines
 from atlas.core.indexes import merge_valences
 from atlas.core.reader import Reader, no_vectors
-from atlas.core.views import direction_tokens_sql
+from atlas.core.vectors import numbers
 from query.filters import Filters
 from query.nomatch import check_bag, check_filters
 from query.vectors import (
@@ -69,6 +69,8 @@ class Hit:
 
 
 HIT_FIELDS = [f.name for f in fields(Hit)]  # a hit's JSON record (CLI and HTTP API alike)
+# What a hit says of its direction besides its id and tokens (``directions`` columns).
+HIT_COLUMNS = "model_id, layer, head, kind, side, sv_index, sigma, degenerate"
 
 
 class Hits(list[Hit]):
@@ -161,7 +163,7 @@ def _vector_query(a: Reader, vector: Any, candidates: list[str]) -> Query:
     searchable = [m for m in candidates if a.has_vectors(m)]
     if not searchable:
         raise no_vectors(candidates[0])
-    widths = {m: _d_model(a, m) for m in searchable}
+    widths = {m: a.shape(m)[0] for m in searchable}
     q = query_vector(vector, set(widths.values()))
     models = [m for m in searchable if widths[m] == q.size]
     others = [m for m in searchable if widths[m] != q.size]
@@ -203,11 +205,6 @@ def _words_query(a: Reader, words: list[str], candidates: list[str]) -> Query:
     return Query("residual", list(vectors), vectors, notes=notes)
 
 
-def _d_model(a: Reader, model_id: str) -> int:
-    rows = a.sql(f"SELECT d_model FROM {a.relation(model_id, 'models')}")
-    return int(rows["d_model"][0].as_py())
-
-
 def approximate_note(a: Reader, query: Query, filters: Filters) -> str | None:
     """What a reader should know when an unfiltered residual search used an approximate index
     (a filtered one scans its subset exactly)."""
@@ -240,11 +237,13 @@ def search(
     filters = filters or Filters()
     scored: list[tuple[float, int]] = []
     refused: list[str] = []
+    described: dict[int, dict[str, Any]] = {}  # candidates' rows, read as they were scored
     for model_id in query.models:
         check_stopped()  # a deadline or a stop ends a search between models
         if query.space == "residual":
             try:
-                ids, sims = nearest_residual(a, model_id, query.vectors[model_id], filters, k + 1)
+                q = query.vectors[model_id]
+                ids, sims = nearest_residual(a, model_id, q, filters, k + 1, described)
             except DamagedIndex as exc:
                 if len(query.models) == 1:
                     raise
@@ -263,13 +262,19 @@ def search(
         if query.bag is not None and query.exclude is None:
             check_bag(a, query.models, query.bag, filters)
     scored.sort(key=lambda t: (-abs(t[0]), t[1]))
-    return Hits(describe(a, scored[:k], query.space), refused)
+    return Hits(describe(a, scored[:k], query.space, described), refused)
 
 
 def nearest_residual(
-    a: Reader, model_id: str, q: np.ndarray, filters: Filters, k: int
+    a: Reader,
+    model_id: str,
+    q: np.ndarray,
+    filters: Filters,
+    k: int,
+    described: dict[int, dict[str, Any]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and signed cosines of the ``k`` largest ``|cos|`` in one model's residual index."""
+    """Ids and signed cosines of the ``k`` largest ``|cos|`` in one model's residual index;
+    ``described`` gets their rows for :func:`describe` (see :func:`scored_from_store`)."""
     index = a.residual_index(model_id)
     both = np.stack([q, -q]).astype(np.float32)
     if not filters.active:
@@ -280,17 +285,28 @@ def nearest_residual(
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         sims, ids = index.search_among(both, min(k, len(allowed)), allowed)
     ids, sims = merge_valences(ids, sims, k)
-    return ids, scored_from_store(a, model_id, q, ids, sims)
+    return ids, scored_from_store(a, model_id, q, ids, sims, described)
 
 
 def scored_from_store(
-    a: Reader, model_id: str, q: np.ndarray, ids: np.ndarray, index_sims: np.ndarray
+    a: Reader,
+    model_id: str,
+    q: np.ndarray,
+    ids: np.ndarray,
+    index_sims: np.ndarray,
+    described: dict[int, dict[str, Any]] | None = None,
 ) -> np.ndarray:
     """The signed cosines of the index's answers, recomputed from the vectors the store holds
-    (a damaged index is refused here: ``atlas.core.index_guard``)."""
+    (a damaged index is refused here: ``atlas.core.index_guard``). ``described``, where
+    given, gets each answer's ``HIT_COLUMNS`` read with its vector: describing the hits then
+    reads their tokens alone."""
     if len(ids) == 0:
         return np.zeros(0, np.float32)
-    stored = a.stored_vectors(model_id, ids)
+    if described is None:
+        stored = a.stored_vectors(model_id, ids)
+    else:
+        stored, rows = a.stored_rows(model_id, ids, HIT_COLUMNS)
+        described.update((r["direction_id"], r) for r in rows)
     with a.refusing_damaged_index(model_id):
         return exact_cosines(model_id, q, stored, index_sims)
 
@@ -316,32 +332,55 @@ def nearest_tokens(
         [list(bag), list(bag.values()), *params, k],
     )
     return (
-        rows["direction_id"].to_numpy().astype(np.int64),
-        rows["score"].to_numpy().astype(np.float32),
+        numbers(rows["direction_id"]).astype(np.int64),
+        numbers(rows["score"]).astype(np.float32),
     )
 
 
-def describe(a: Reader, scored: list[tuple[float, int]], space: str) -> list[Hit]:
-    """Hits with their metadata and tokens, in the order given."""
+def describe(
+    a: Reader,
+    scored: list[tuple[float, int]],
+    space: str,
+    known: dict[int, dict[str, Any]] | None = None,
+) -> list[Hit]:
+    """Hits with their metadata and tokens, in the order given; ``known``: directions' rows
+    (``HIT_COLUMNS``) read already."""
     if not scored:
         return []
     by_model: dict[str, list[int]] = {}
     for _, i in scored:
         by_model.setdefault(a.model_of(i), []).append(i)
-    meta: dict[int, dict[str, Any]] = {}
+    meta: dict[int, dict[str, Any]] = {i: known[i] for _, i in scored if known and i in known}
+    tokens: dict[tuple[int, str], tuple[list[str], list[float]]] = {}
     for model_id, ids in by_model.items():  # each model's own store, not the atlas-wide view
-        sql = direction_tokens_sql(
-            a.relation(model_id, "directions"),
-            a.relation(model_id, "top_tokens"),
-            "d.direction_id IN (SELECT unnest(?))",
+        # plain reads filtered by the ids themselves, so DuckDB reads only the row groups
+        # that hold them (``atlas.core.store`` clusters both tables by direction id); a join,
+        # ``IN (SELECT ...)`` or an aggregate over them costs more than the reads
+        among = f"direction_id IN ({', '.join('?' * len(ids))})"
+        unknown = [i for i in ids if i not in meta]
+        if unknown:
+            rows = a.sql(
+                f"SELECT direction_id, {HIT_COLUMNS} FROM {a.relation(model_id, 'directions')} "
+                f"WHERE direction_id IN ({', '.join('?' * len(unknown))})",
+                unknown,
+            )
+            meta |= {r["direction_id"]: r for r in rows.to_pylist()}
+        rows = a.sql(
+            f"SELECT direction_id, polarity, token_display, score "
+            f"FROM {a.relation(model_id, 'top_tokens')} WHERE {among} AND basis = 'unembed' "
+            "ORDER BY direction_id, polarity, rank",
+            ids,
         )
-        meta |= {r["direction_id"]: r for r in a.sql(sql, [ids]).to_pylist()}
+        for r in rows.to_pylist():
+            words, scores = tokens.setdefault((r["direction_id"], r["polarity"]), ([], []))
+            words.append(r["token_display"])
+            scores.append(r["score"])
     hits = []
     for score, i in scored:
         r = meta[i]
         sign = 1 if score >= 0 else -1
-        pos, neg = r["pos_tokens"] or [], r["neg_tokens"] or []
-        pos_scores, neg_scores = r["pos_scores"] or [], r["neg_scores"] or []
+        pos, pos_scores = tokens.get((i, "pos"), ([], []))
+        neg, neg_scores = tokens.get((i, "neg"), ([], []))
         hits.append(
             Hit(
                 direction_id=i,

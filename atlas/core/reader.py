@@ -41,7 +41,7 @@ from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size
 from atlas.core.memlimit import parse_memory_limit, session_config
 from atlas.core.model_ids import left_out
 from atlas.core.sqlguard import engine_error, lock_session, run_statement, sql_string
-from atlas.core.vectors import vector_matrix
+from atlas.core.vectors import numbers, vector_matrix
 from atlas.core.views import create_views
 
 USER_DB = "user.duckdb"
@@ -133,6 +133,7 @@ class Reader(ABC):
         self._lock = threading.Lock()
         self._closed = False
         self.indexes = IndexCache()
+        self._shapes: dict[str, tuple[int, str]] = {}  # model_id -> (d_model, index_type)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -268,6 +269,22 @@ class Reader(ABC):
         """The model a direction belongs to; :class:`NotFound` for an id no model has, an
         :class:`AtlasError` for one that is not an integer (``check_direction_id``)."""
 
+    def shape(self, model_id: str) -> tuple[int, str]:
+        """The model's ``d_model`` and ``index_type``, read once per handle: what a search asks
+        of every model it searches (a store the handle reads never changes)."""
+        with self._lock:
+            known = self._shapes.get(model_id)
+        if known is None:
+            rows = self.sql(
+                f"SELECT d_model, index_type FROM {self.relation(model_id, 'models')}"
+            ).to_pylist()
+            if not rows:
+                raise AtlasError(f"model {model_id!r} has no row in its models table")
+            known = (int(rows[0]["d_model"]), str(rows[0]["index_type"]))
+            with self._lock:
+                self._shapes[model_id] = known
+        return known
+
     def residual_index(self, model_id: str) -> Any:
         """The model's residual-space FAISS index (ids = direction_id), through the cache;
         :class:`DamagedIndex` if it disagrees with its store (``atlas.core.index_guard``)."""
@@ -300,19 +317,32 @@ class Reader(ABC):
     def stored_vectors(self, model_id: str, ids: np.ndarray) -> np.ndarray:
         """The vectors ``directions`` stores for ``ids`` of one model, in the order given
         (what the index's answers are scored against: k rows, not the table)."""
+        return self.stored_rows(model_id, ids)[0]
+
+    def stored_rows(
+        self, model_id: str, ids: np.ndarray, columns: str = ""
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """:meth:`stored_vectors`, and the same rows' ``direction_id`` and ``columns`` (other
+        columns of ``directions``, as SQL) as records in the order found, read in one pass."""
         ids = np.asarray(ids, np.int64)
+        if len(ids) == 0:
+            return np.zeros((0, 0), np.float32), []
+        # the ids themselves as the filter: DuckDB reads only the row groups holding them
+        # (``IN (SELECT unnest(?))`` is a join, which scans the table)
+        among = ", ".join("?" * len(ids))
         rows = self.sql(
-            f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')} "
-            "WHERE direction_id IN (SELECT unnest(?))",
-            [ids.tolist()],
+            f"SELECT direction_id, vector{', ' + columns if columns else ''} "
+            f"FROM {self.relation(model_id, 'directions')} WHERE direction_id IN ({among})",
+            ids.tolist(),
         )
-        found = rows["direction_id"].to_numpy().astype(np.int64)
+        found = numbers(rows["direction_id"]).astype(np.int64)
         vectors = vector_matrix(rows["vector"]) if rows.num_rows else np.zeros((0, 0), np.float32)
         order = np.argsort(found)
         at = order[np.searchsorted(found, ids, sorter=order)] if len(found) else np.zeros(0, int)
         if len(found) != len(set(ids.tolist())) or not np.array_equal(found[at], ids):
             raise AtlasError(f"model {model_id!r}: a direction id is not in its directions table")
-        return vectors[at]
+        records = rows.drop_columns(["vector"]).to_pylist() if columns else []
+        return vectors[at], records
 
     @abstractmethod
     def _read_index(self, model_id: str) -> tuple[Any, int]:
@@ -526,11 +556,10 @@ class StoreReader(Reader):
             contract = self._contracts.get(model_id)
         if contract is None:
             entry = self.catalog.models[model_id]
-            d_model = self.sql(f"SELECT d_model FROM {self.relation(model_id, 'models')}")
             contract = IndexContract.of_store(
                 model_id,
                 self.store_path(model_id),
-                int(d_model["d_model"][0].as_py()),
+                self.shape(model_id)[0],
                 entry.first_direction_id,
                 entry.n_directions,
             )
@@ -557,10 +586,7 @@ class StoreReader(Reader):
     def has_exact_index(self, model_id: str) -> bool:
         from atlas.core.indexes import EXACT
 
-        # the model's own table: the ``models`` view spans every store, and a search across
-        # many models asks this of each
-        rows = self.sql(f"SELECT index_type FROM {self.relation(model_id, 'models')}")
-        return bool(rows.num_rows) and rows["index_type"][0].as_py() == EXACT
+        return self.shape(model_id)[1] == EXACT
 
     def has_unembedding(self, model_id: str) -> bool:
         with self._index_lock:

@@ -22,11 +22,26 @@ from atlas.core.errors import AtlasError, one_line
 from atlas.core.indexes import SHARD_FILE, build_index
 from atlas.core.indexes import write_index as write_faiss
 from atlas.core.layout import FORMAT_VERSION, MANIFEST, MODEL_DB, UNEMBED
-from atlas.core.schema import create_statements
 from atlas.core.sqlguard import sql_string
 from atlas.core.token_space import BUILD_TOKEN_BAGS
 from atlas.core.vectors import vector_matrix
 
+# Where a new store's rows wait until they are copied in their cluster order (``TableWriter``).
+UNSORTED = ".unsorted.duckdb"
+# The order each table's rows are stored in: by direction, the rows a hit needs together;
+# token_bags by token string, so that a lookup of a few strings skips most of it (its own
+# build query orders it so, and the copy keeps that order).
+CLUSTER_ORDER = {
+    "directions": "direction_id",
+    "top_tokens": "direction_id, basis, polarity, rank",
+    "top_neurons": "direction_id, rank",
+    "token_bags": "token_norm, direction_id",
+}
+# Rows per row group of a store (DuckDB's default: 122,880). DuckDB skips a row group whose
+# zone map rules it out, but reads every column of one it cannot: small groups make reading
+# ``k`` directions' rows read about ``k`` groups of 2,048 rows (2 ms for ten hits at 1e5
+# directions, against 35 ms with the default), at no cost in size.
+ROW_GROUP_ROWS = 2048
 # The tables whose row counts a manifest records.
 COUNTED = tuple(t for t in TABLES if t != "models")
 # Written through Arrow; token_bags is derived from top_tokens and vocab inside DuckDB.
@@ -64,6 +79,14 @@ def writing_store(atlas_root: Path) -> Iterator[None]:
 class TableWriter:
     """A new store's DuckDB file, written a batch of rows at a time through Arrow.
 
+    Rows land first in a scratch database beside the store (``UNSORTED``, the session's
+    default catalog, so callers' unqualified statements land there too) and are copied into
+    the store once, at :meth:`finish`, each table in its ``CLUSTER_ORDER``: a direction's rows
+    (its metadata, vector, tokens and neurons) sit together in direction id order, so that
+    reading the rows of ``k`` directions touches about ``k`` row ranges (DuckDB skips the rest
+    by its zone maps), where the order of ingest (kind by kind within each block) would spread
+    them over the whole table. The scratch file is deleted after the copy.
+
     ``with_vectors=False`` makes ``directions.vector`` nullable: a model loaded from a bundle
     exported without vectors keeps NULL there (and has no FAISS index). ``memory_limit`` bounds
     DuckDB's buffers (it spills to disk beyond), so a model of any size writes in bounded
@@ -78,21 +101,32 @@ class TableWriter:
         memory_limit: str = "1GB",
         threads: int | None = None,
     ):
+        from atlas.core.schema import create_statements  # SQLAlchemy: only where stores are written
+
         # a larger write-ahead log between checkpoints: appending block by block checkpoints
         # less often (a third faster), at no cost in memory beyond ``memory_limit``
         config: dict[str, Any] = {"memory_limit": memory_limit, "checkpoint_threshold": "128MB"}
         if threads is not None:  # a writer beside other work keeps to its share of the cores
             config["threads"] = threads
-        self.con = duckdb.connect(str(store / MODEL_DB), config=config)
+        # DuckDB spills past ``memory_limit`` into a folder beside the store, as it does for
+        # a database it was connected to (and removes it on closing)
+        config["temp_directory"] = str(store / f"{MODEL_DB}.tmp")
+        self.scratch = store / UNSORTED
+        self.con = duckdb.connect(":memory:", config=config)
         try:
-            self.con.execute("BEGIN")
-            for ddl in create_statements(d_model):
-                self.con.execute(ddl)
-            if not with_vectors:
-                self.con.execute("ALTER TABLE directions ALTER COLUMN vector DROP NOT NULL")
-            self.con.execute("COMMIT")
+            path = sql_string(str(store / MODEL_DB))
+            self.con.execute(f"ATTACH {path} AS store (ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
+            self.con.execute(f"ATTACH {sql_string(str(self.scratch))} AS unsorted")
+            for catalog in ("store", "unsorted"):
+                self.con.execute(f"USE {catalog}")
+                self.con.execute("BEGIN")
+                for ddl in create_statements(d_model):
+                    self.con.execute(ddl)
+                if not with_vectors:
+                    self.con.execute("ALTER TABLE directions ALTER COLUMN vector DROP NOT NULL")
+                self.con.execute("COMMIT")
         except BaseException:
-            self.con.close()
+            self.close()
             raise
 
     def append(self, tables: dict[str, pa.Table | None]) -> None:
@@ -107,15 +141,28 @@ class TableWriter:
         self.con.execute("COMMIT")
 
     def finish(self) -> None:
-        """Derive the token-space bags, flush to disk and close."""
+        """Derive the token-space bags, copy every table into the store in its cluster order,
+        flush to disk and close."""
         try:
             self.con.execute(BUILD_TOKEN_BAGS)
-            self.con.execute("CHECKPOINT")
+            self.con.execute("USE store")
+            self.con.execute("BEGIN")
+            for table in TABLES:
+                order = CLUSTER_ORDER.get(table)
+                self.con.execute(
+                    f"INSERT INTO {table} SELECT * FROM unsorted.{table}"
+                    + (f" ORDER BY {order}" if order else "")
+                )
+            self.con.execute("COMMIT")
+            self.con.execute("DETACH unsorted")
+            self.con.execute("CHECKPOINT store")
         finally:
-            self.con.close()
+            self.close()
 
     def close(self) -> None:
         self.con.close()
+        for path in (self.scratch, self.scratch.with_name(self.scratch.name + ".wal")):
+            path.unlink(missing_ok=True)
 
 
 def write_tables(

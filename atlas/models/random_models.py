@@ -124,10 +124,11 @@ def wordlevel_tokenizer(words: list[str], d_vocab: int) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=unk)
 
 
-def random_tokenizer(shape: str) -> Any:
+def random_tokenizer(shape: str, config: Any = None) -> Any:
+    """The shape's word-level tokenizer, of ``config``'s vocabulary size where one is given."""
     from atlas.models.bundled import minilm_words
 
-    return wordlevel_tokenizer(minilm_words(), random_config(shape).vocab_size)
+    return wordlevel_tokenizer(minilm_words(), (config or random_config(shape)).vocab_size)
 
 
 def save_random_model(shape: str, folder: str | Path, shards: int = 1, config: Any = None) -> Path:
@@ -139,7 +140,7 @@ def save_random_model(shape: str, folder: str | Path, shards: int = 1, config: A
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (config or random_config(shape)).save_pretrained(folder)
-    random_tokenizer(shape).save_pretrained(folder)
+    random_tokenizer(shape, config).save_pretrained(folder)
     tensors = RandomTensors(shape, config)
     names = sorted(tensors.names())
     parts = [names[i::shards] for i in range(shards)]

@@ -116,7 +116,8 @@ def test_local_folder_equals_bundled_and_models_lists_both(
         )
         local = a.sql(q, ["my model ü"]).to_pydict()
         bundled = a.sql(q, ["minilm"]).to_pydict()
-    assert local["kind"] == bundled["kind"] and len(local["kind"]) == 8 * (72 * 2 * 2 + 12)  # OV and QK: 2 sides
+    # every head's OV and QK (two sides each) and each MLP's two matrices
+    assert local["kind"] == bundled["kind"] and len(local["kind"]) == 8 * (72 * 2 * 2 + 12)
     np.testing.assert_allclose(local["sigma"], bundled["sigma"], rtol=1e-6)
     # two float32 SVDs on differently threaded runs agree to about eps * sigma_max / gap
     error = np.abs(np.array(local["vector"]) - np.array(bundled["vector"])).max(axis=1)

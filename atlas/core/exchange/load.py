@@ -18,6 +18,7 @@ taken, including the ids of replaced models: ids are never reused.
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,6 @@ from atlas.core.layout import UNEMBED, AtlasDir
 from atlas.core.model_lock import model_lock
 from atlas.core.progress import Progress, no_progress
 from atlas.core.publish import IdRange, publish, refuse_existing, reserve_ids, store_record
-from atlas.core.schema import build_metadata, empty_table_ddl
 from atlas.core.store import (
     TABLE_ORDER,
     write_index_by_layer,
@@ -58,7 +58,14 @@ from atlas.core.vectors import vector_column, vector_matrix
 Refusal = Callable[[str], AtlasError]
 UNIT_TOLERANCE = 1e-4  # float32 unit vectors
 UNIT_TOLERANCE_F16 = 1e-2  # rounded to half precision before renormalising
-_COLUMNS = {name: [c.name for c in t.columns] for name, t in build_metadata(None).tables.items()}
+
+
+@functools.cache
+def _columns() -> dict[str, list[str]]:
+    """Each contract table's columns (SQLAlchemy is imported only when a bundle is loaded)."""
+    from atlas.core.schema import build_metadata
+
+    return {name: [c.name for c in t.columns] for name, t in build_metadata(None).tables.items()}
 
 
 @dataclass
@@ -175,8 +182,8 @@ def read_model(
             message = f"{source}: member {member!r} is not valid Parquet ({reason})"
             raise AtlasError(message) from None
         if version < FORMAT_VERSION:
-            tables[table] = upgrade_table(table, tables[table], _COLUMNS[table], version)
-        expected = {c for c in _COLUMNS[table] if not (c == "vector" and vectors == "none")}
+            tables[table] = upgrade_table(table, tables[table], _columns()[table], version)
+        expected = {c for c in _columns()[table] if not (c == "vector" and vectors == "none")}
         if set(tables[table].column_names) != expected:
             raise bad(f"table {table} has columns {tables[table].column_names}")
     row = tables["models"].to_pylist()
@@ -320,6 +327,8 @@ def _build_store(
 
 def _empty(table: str) -> pa.Table:
     """A contract table with no rows (one an older bundle does not have)."""
+    from atlas.core.schema import empty_table_ddl
+
     con = duckdb.connect(":memory:")
     try:
         con.execute(empty_table_ddl(table))
