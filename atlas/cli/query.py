@@ -23,6 +23,8 @@ from atlas.interface import (
 from atlas.params import MatrixCardParams, SearchParams, SqlParams, TraceParams
 
 DEFAULT_TOKENS = 8
+# Where a read side's tokens through W_E are those through W_U (a tied embedding), once is enough.
+SAME_READOUT = "the same tokens as through W_U (its embedding reads as its unembedding writes)"
 
 
 def memory_limit_option(fn: Any) -> Any:
@@ -288,8 +290,10 @@ def _print_direction(card: dict[str, Any], n_tokens: int) -> None:
     from atlas.interface import table_cell
 
     readouts = [("W_U", card["tokens"])]
-    if card["embed_tokens"] is not None:
-        readouts.append(("W_E", card["embed_tokens"]))
+    embed = card["embed_tokens"]
+    same_readout = embed is not None and _displays(embed) == _displays(card["tokens"])
+    if embed is not None and not same_readout:
+        readouts.append(("W_E", embed))
     for basis, tokens in readouts:
         if len(readouts) > 1:
             click.echo("  through W_U:" if basis == "W_U" else "  reads (W_E):")
@@ -299,6 +303,8 @@ def _print_direction(card: dict[str, Any], n_tokens: int) -> None:
                 f"  {'+' if polarity == 'pos' else '-'} "
                 + ", ".join(f"{table_cell(t['token_display'])} ({t['score']:.3f})" for t in toks)
             )
+    if same_readout:
+        click.echo(f"  reads (W_E): {SAME_READOUT}")
     if card["embed_missing"]:
         missing = render(card["embed_missing"], click.get_current_context(silent=True))
         click.echo(f"  reads (W_E): none stored; {missing}")
@@ -307,6 +313,10 @@ def _print_direction(card: dict[str, Any], n_tokens: int) -> None:
             "  top neurons: "
             + ", ".join(f"{n['neuron']} ({n['weight']:+.3f})" for n in card["top_neurons"])
         )
+
+
+def _displays(tokens: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(t["polarity"], t["token_display"]) for t in tokens]
 
 
 def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:
@@ -341,12 +351,19 @@ def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:
         if d.get("read_embed_pos") is not None:
             row["reads (W_E) +"] = d["read_embed_pos"][:n_tokens]
         rows.append(row)
+    with_embed = [r for r in rows if "reads (W_E) +" in r]
+    same_readout = bool(with_embed) and all(r["reads (W_E) +"] == r["read +"] for r in with_embed)
+    if same_readout:
+        for r in with_embed:
+            del r["reads (W_E) +"]
     columns = ["sv", "sigma"] + [
         c
         for c in ("write +", "write -", "read +", "read -", "reads (W_E) +")
         if any(c in r for r in rows)
     ]
     emit(rows, columns, "table")
+    if same_readout:
+        click.echo(f"  reads (W_E): {SAME_READOUT}")
     if card.get("embed_missing"):
         missing = render(card["embed_missing"], click.get_current_context(silent=True))
         click.echo(f"  reads (W_E): none stored; {missing}")

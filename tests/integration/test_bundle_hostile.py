@@ -23,6 +23,7 @@ import pytest
 import atlas
 from atlas.core.exchange.bundle_format import FORMAT_VERSION
 from tests.support.helpers import assert_one_error_line, fingerprint, run_cli
+from tests.support.old_formats import version_1_bundle, version_2_bundle
 
 # slow: a sweep of hostile bundles, each loaded and refused
 pytestmark = pytest.mark.slow
@@ -224,35 +225,34 @@ def test_rows_of_another_model_are_refused(
 def test_a_bundled_index_is_never_trusted(
     f32_bundle: Path, minilm_atlas: Path, tmp_path: Path
 ) -> None:
-    """A version 1 bundle's index member (format 2 bundles hold none), with the right ids but
+    """A version 1 bundle's index member (later bundles hold none), with the right ids but
     other vectors (or an HNSW index), is ignored: the loaded index is rebuilt from the verified
     vectors."""
     import faiss
 
-    manifest, members = read_members(f32_bundle)
-    vectors = np.random.default_rng(0).standard_normal((13824, 384)).astype(np.float32)
+    honest = version_1_bundle(version_2_bundle(f32_bundle, tmp_path / "v2"), tmp_path / "v1")
+    manifest, members = read_members(honest)
+    ids = pq.read_table(io.BytesIO(members["models/0000/directions.parquet"]))["direction_id"]
+    ids = ids.to_numpy().astype(np.int64)
+    vectors = np.random.default_rng(0).standard_normal((len(ids), 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     for name, inner in (("flat", faiss.IndexFlatIP(384)), ("hnsw", faiss.IndexHNSWFlat(384, 8))):
         lying = faiss.IndexIDMap2(inner)
-        lying.add_with_ids(vectors, np.arange(13824, dtype=np.int64))
-        index_bytes = faiss.serialize_index(lying).tobytes()
-        model = dict(manifest["models"][0], has_index=True)
-        tampered = {**members, "models/0000/residual.faiss": index_bytes}
-        bundle = write_bundle(
-            tmp_path / f"{name}.bundle",
-            {**manifest, "format_version": 1, "models": [model]},
-            tampered,
-        )
+        lying.add_with_ids(vectors, ids)
+        tampered = {**members, "models/0000/residual.faiss": faiss.serialize_index(lying).tobytes()}
+        bundle = write_bundle(tmp_path / f"{name}.bundle", manifest, tampered)
         root = tmp_path / name
         result = run_cli("--atlas", root, "load", bundle)
         assert result.returncode == 0, result.stderr
         with atlas.open(root) as loaded, atlas.open(minilm_atlas) as original:
             index = loaded.residual_index("minilm")
-            stored = loaded.sql("SELECT vector FROM directions ORDER BY direction_id")
+            stored = loaded.sql("SELECT direction_id, vector FROM directions ORDER BY direction_id")
             expected = np.array(stored["vector"].to_pylist(), np.float32)
-            np.testing.assert_array_equal(index.reconstruct_batch(np.arange(13824)), expected)
-            hits = [h.direction_id for h in loaded.search("fire", k=10)]
-            assert hits == [h.direction_id for h in original.search("fire", k=10)]
+            stored_ids = stored["direction_id"].to_numpy().astype(np.int64)
+            np.testing.assert_array_equal(index.reconstruct_batch(stored_ids), expected)
+            kinds = ["ov", "mlp_in", "mlp_out"]  # what a version 1 atlas held
+            hits = [h.direction_id for h in loaded.search("fire", k=10, kind=kinds)]
+            assert hits == [h.direction_id for h in original.search("fire", k=10, kind=kinds)]
 
 
 def test_a_hostile_bundle_opened_read_only_is_refused_too(f32_bundle: Path, tmp_path: Path) -> None:

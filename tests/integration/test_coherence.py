@@ -110,7 +110,8 @@ def test_stored_scores_and_null_are_consistent(minilm_coherence_atlas: Path) -> 
         mats = a.sql("SELECT coherence, coherence_z, coherence_pct FROM matrices").to_pydict()
         sample = a.sql(
             """SELECT direction_id, polarity, list(token_display ORDER BY rank) AS tokens
-               FROM top_tokens WHERE rank < ? AND direction_id % 97 = 0 GROUP BY ALL
+               FROM top_tokens WHERE rank < ? AND direction_id % 97 = 0 AND basis = 'unembed'
+               GROUP BY ALL
                ORDER BY direction_id, polarity""",
             [K],
         ).to_pylist()

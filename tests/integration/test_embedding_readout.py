@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import atlas
+from atlas.cli.query import SAME_READOUT
 from atlas.core.contract import EMBED_SIDES
 from atlas.models.random_models import RandomTensors
 from atlas.server.app import create_app
@@ -82,6 +83,12 @@ def test_a_tied_models_two_readouts_are_equal(tmp_path: Path) -> None:
     for i, got in embed.items():
         assert got["pos"] == unembed[i]["pos"] and got["neg"] == unembed[i]["neg"]
         np.testing.assert_allclose(got["pos_scores"], unembed[i]["pos_scores"], atol=1e-6)
+    # the cards say so once instead of listing the same tokens twice
+    read = min(embed)
+    card = run_cli("--atlas", root, "show", str(read)).stdout
+    head = run_cli("--atlas", root, "show", "random:gpt2-tiny", "0", "0", "--top", "2").stdout
+    for shown in (card, head):
+        assert f"reads (W_E): {SAME_READOUT}" in shown and "reads (W_E) +" not in shown
 
 
 @pytest.mark.parametrize("side", ["read", "write"])
@@ -113,6 +120,10 @@ def test_cards_show_the_embedding_readout_of_read_sides(small_atlas: Path, side:
     shown = run_cli("--atlas", small_atlas, "show", str(row["d"]))
     assert shown.returncode == 0, shown.stderr
     assert ("reads (W_E):" in shown.stdout) == (side == "read")
+    assert SAME_READOUT not in shown.stdout  # untied: its own tokens, listed
+    if side == "read":
+        first = next(t for t in card["embed_tokens"] if t["polarity"] == "pos")
+        assert first["token_display"] in shown.stdout.partition("reads (W_E):")[2]
     with TestClient(create_app(str(small_atlas))) as client:
         answer = client.get(f"/api/directions/{row['d']}").json()
         assert answer["embed_tokens"] == card["embed_tokens"]

@@ -49,6 +49,7 @@ def test_tl_processing_records_what_was_applied(tmp_path: Path, minilm_atlas: Pa
         "load",
         "decompose",
         "project",
+        "compose",
         "write",
         "wall",
     }

@@ -120,7 +120,8 @@ def test_top_tokens_equal_numpy_projection(minilm_atlas: Path) -> None:
         ).to_pydict()
         toks = a.sql(
             "SELECT direction_id, polarity, rank, token_id, token, score FROM top_tokens "
-            "WHERE direction_id % 7 = 3 ORDER BY direction_id, polarity DESC, rank"
+            "WHERE direction_id % 7 = 3 AND basis = 'unembed' "
+            "ORDER BY direction_id, polarity DESC, rank"
         ).to_pydict()
         k = a.sql("SELECT top_k FROM models").to_pylist()[0]["top_k"]
     vectors = np.array(dirs["vector"], dtype=np.float32)

@@ -34,6 +34,7 @@ def test_token_bags_of_many_directions_fit_a_small_memory_limit(tmp_path: Path) 
         "direction_id": direction, "polarity": np.where(np.arange(rows) % TOP < 20, "pos", "neg"),
         "rank": (np.arange(rows) % 20).astype(np.int16), "token_id": token,
         "token": [""] * rows, "token_display": [""] * rows, "score": score,
+        "basis": ["unembed"] * rows,
     })})  # fmt: skip
     writer.finish()
 
