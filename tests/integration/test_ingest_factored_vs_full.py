@@ -60,7 +60,8 @@ def test_direction_rows_identical(two_atlases: tuple[Path, Path]) -> None:
 
 def test_top_tokens_identical(two_atlases: tuple[Path, Path]) -> None:
     query = """SELECT t.direction_id, polarity, t.rank, token_id, score FROM top_tokens t
-               JOIN directions d USING (direction_id) WHERE NOT d.degenerate AND t.rank < 5 AND t.basis = 'unembed'
+               JOIN directions d USING (direction_id)
+               WHERE NOT d.degenerate AND t.rank < 5 AND t.basis = 'unembed'
                ORDER BY t.direction_id, polarity, t.rank"""
     a, b = (_rows(r, query) for r in two_atlases)
     assert a["direction_id"] == b["direction_id"]
