@@ -8,7 +8,7 @@ positive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pyarrow as pa
@@ -181,15 +181,24 @@ def _direction_table(
 
 
 def embedding_readout(
-    rows: AtlasRows, W_E: torch.Tensor, k: int, vocabulary: pa.Array, display: pa.Array
+    rows: AtlasRows,
+    W_E: torch.Tensor,
+    k: int,
+    vocabulary: pa.Array,
+    display: pa.Array,
+    tied: TokenScores | None = None,
 ) -> pa.Table:
     """``top_tokens`` rows of basis ``embed`` for the read sides of ``rows`` (``read``,
     ``query``, ``key``): their top and bottom ``k`` tokens through the centered embedding
     ``W_E`` ``[d_model, d_vocab]``, which input tokens they read (Dar et al. 2022). Scored after
-    the sign rule, on the stored vectors."""
+    the sign rule, on the stored vectors. ``tied``: the rows' scores through W_U (signs applied),
+    given when W_E is W_U, so that they are not computed twice."""
     reads = np.isin(rows.directions["side"].to_numpy(zero_copy_only=False), EMBED_SIDES)
-    vectors = torch.from_numpy(rows.vectors[reads]).to(W_E.device, W_E.dtype)
-    scores = project(vectors, W_E, k)
+    if tied is not None:
+        scores = TokenScores(*(getattr(tied, f.name)[reads] for f in fields(TokenScores)))
+    else:
+        vectors = torch.from_numpy(rows.vectors[reads]).to(W_E.device, W_E.dtype)
+        scores = project(vectors, W_E, k)
     return _token_table(rows.direction_ids[reads], scores, vocabulary, display, "embed")
 
 

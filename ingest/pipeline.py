@@ -12,6 +12,7 @@ threads beside it would only take cores from it (measured: a third slower on 2 c
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,6 +65,12 @@ class BootedModel:
     ov_method: OvMethod
     started: float  # perf_counter() when the ingest began
 
+    @functools.cached_property
+    def tied(self) -> bool:
+        """Whether the centered embedding is the centered unembedding (a tied model): then a
+        read side's tokens through W_E are those through W_U, projected once."""
+        return self.W_E.shape == self.W_U.shape and bool(torch.equal(self.W_E, self.W_U))
+
 
 def run_blocks(
     model: BootedModel,
@@ -100,9 +107,10 @@ def run_blocks(
                 model.model_id, computed.groups, vectors, scores, tokens, display,
                 layout.bases(i, computed.groups), options.gap_tolerance, options.top_k,
             )  # fmt: skip
-            rows.top_tokens = pa.concat_tables([
-                rows.top_tokens, embedding_readout(rows, model.W_E, options.top_k, tokens, display)
-            ])  # fmt: skip
+            through_embedding = embedding_readout(
+                rows, model.W_E, options.top_k, tokens, display, scores if model.tied else None
+            )
+            rows.top_tokens = pa.concat_tables([rows.top_tokens, through_embedding])
         check()
         with timer("compose"):
             rows.composition, rows.composition_pairs = composition.add_block(

@@ -247,6 +247,7 @@ def test_ingest_leaves_the_hub_settings_as_it_found_them(tmp_path: Path) -> None
         os.environ.update({k: v for k, v in saved.items() if v is not None})
 
 
+@pytest.mark.slow  # a CLI process as another user
 def test_write_on_a_read_only_atlas_says_permission_denied(minilm_atlas: Path) -> None:
     import tempfile
 

@@ -88,6 +88,7 @@ def test_bundle_manifest_describes_models_and_members(bundles: dict[str, Path]) 
     assert all(len(m["sha256"]) == 64 for m in manifest["members"].values())
 
 
+@pytest.mark.slow  # the fast tier's storage round trip is test_round_trip_into_empty_atlas
 def test_open_bundle_read_only(
     minilm_atlas: Path, bundles: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -153,6 +154,7 @@ def test_f16_and_no_vectors(minilm_atlas: Path, bundles: dict[str, Path]) -> Non
             bare.residual_index("minilm")
 
 
+@pytest.mark.slow  # the fast tier's storage round trip is test_round_trip_into_empty_atlas
 def test_load_refuses_existing_model_unless_replace(
     minilm_atlas: Path, bundles: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -88,6 +88,7 @@ def test_a_ray_cluster_that_is_not_there_is_one_line_at_once(tmp_path: Path) -> 
     assert "ray start --head" in line
 
 
+@pytest.mark.slow  # imports matplotlib
 def test_an_unsupported_plot_format_lists_matplotlibs(tiny_atlas: Path, tmp_path: Path) -> None:
     from matplotlib.figure import Figure
 

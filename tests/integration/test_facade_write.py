@@ -155,6 +155,7 @@ def test_unknown_or_misplaced_options_are_one_atlas_error(tmp_path: Path) -> Non
         assert a.models() == []  # nothing was booted or written
 
 
+@pytest.mark.slow  # three ingests; the façade's job is also in test_jobs
 def test_a_job_reports_each_model_and_raises_after_a_failure(tmp_path: Path) -> None:
     root = tmp_path / "job"
     with pytest.raises(atlas.IngestFailed) as failed:

@@ -171,6 +171,7 @@ def _assert_circuits_refused(root: Path | str, model_id: str, version: int) -> N
 # -- the atlas directory --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the fast tier keeps one upgrade path (check --repair from version 1)
 @pytest.mark.parametrize("version", OLD)
 def test_an_older_atlas_is_refused_by_every_other_command_and_left_alone(
     old_atlases: dict[int, Path], tmp_path: Path, version: int
@@ -198,7 +199,10 @@ def test_an_older_atlas_is_refused_by_every_other_command_and_left_alone(
     assert _everything(old) == before
 
 
-@pytest.mark.parametrize("version", OLD)
+@pytest.mark.parametrize(
+    "version",
+    [1, pytest.param(2, marks=pytest.mark.slow)],  # 1 goes through 2's upgrade too
+)
 def test_check_repair_upgrades_an_older_atlas_and_circuits_say_to_reingest(
     fresh: Path, old_atlases: dict[int, Path], tmp_path: Path, version: int
 ) -> None:
@@ -240,6 +244,7 @@ def test_check_repair_upgrades_an_older_atlas_and_circuits_say_to_reingest(
     _assert_circuits_refused(old, "random:gpt2-tiny", version)
 
 
+@pytest.mark.slow  # the fast tier keeps one upgrade path (check --repair from version 1)
 def test_an_hnsw_model_gets_the_index_ingest_builds_today(
     fresh: Path, old_atlases: dict[int, Path], tmp_path: Path
 ) -> None:
@@ -250,6 +255,7 @@ def test_an_hnsw_model_gets_the_index_ingest_builds_today(
     _assert_holds_the_old_rows(old, fresh, 1)
 
 
+@pytest.mark.slow  # the fast tier keeps one upgrade path (check --repair from version 1)
 @pytest.mark.parametrize("version", OLD)
 def test_an_older_atlas_that_lost_its_catalog_is_rebuilt_then_upgraded(
     fresh: Path, old_atlases: dict[int, Path], tmp_path: Path, version: int
@@ -263,6 +269,7 @@ def test_an_older_atlas_that_lost_its_catalog_is_rebuilt_then_upgraded(
     _assert_holds_the_old_rows(old, fresh, version)
 
 
+@pytest.mark.slow  # the fast tier keeps one upgrade path (check --repair from version 1)
 def test_a_model_without_vectors_is_upgraded_too(
     fresh: Path, old_atlases: dict[int, Path], tmp_path: Path
 ) -> None:
@@ -285,6 +292,7 @@ def test_a_model_without_vectors_is_upgraded_too(
     _assert_holds_the_old_rows(old, current, 1, vectors=False, searches=())
 
 
+@pytest.mark.slow  # the fast tier keeps one upgrade path (check --repair from version 1)
 @pytest.mark.parametrize("where", ["second store", "catalog write"])
 def test_an_interrupted_upgrade_leaves_the_atlas_as_it_was(
     fresh: Path,
@@ -357,6 +365,7 @@ def bundle(fresh: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow  # the fast tier keeps one upgrade path (check --repair from version 1)
 @pytest.mark.parametrize("version", OLD)
 def test_an_older_bundle_loads_through_its_upgrade(
     fresh: Path, bundle: Path, tmp_path: Path, version: int
@@ -414,6 +423,7 @@ def tree(fresh: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # the fast tier keeps one upgrade path (check --repair from version 1)
 @pytest.mark.parametrize("version", OLD)
 def test_an_older_tree_reads_through_its_upgrade_without_writing(
     fresh: Path, tree: Path, tmp_path: Path, version: int

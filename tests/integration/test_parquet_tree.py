@@ -114,6 +114,7 @@ def test_tree_refuses_a_folder_that_is_not_a_tree_and_f16(minilm_atlas: Path, tr
     assert "f32" in line and not other.exists()
 
 
+@pytest.mark.slow  # two atlases ingested for it
 def test_ids_shared_by_models_from_two_atlases_are_refused_not_guessed(
     minilm_atlas: Path, tmp_path: Path
 ) -> None:

@@ -56,6 +56,7 @@ def test_ingest_on_a_terminal_shows_a_bar_of_blocks_done_left_and_time(tmp_path:
     assert re.search(r"\b4/4 \[\d\d:\d\d<\d\d:\d\d", stderr), bars[-1]
 
 
+@pytest.mark.slow  # progress display, not results: seconds of ingest and export
 def test_ingest_piped_prints_nothing_on_stderr(tmp_path: Path) -> None:
     result = run_cli("--atlas", tmp_path / "a", *INGEST)
     assert result.returncode == 0 and result.stderr == ""
@@ -69,6 +70,7 @@ class _Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.slow  # progress display, not results: seconds of ingest and export
 def test_export_and_load_draw_a_bar_of_models_on_a_terminal(
     small_atlas: Path, tmp_path: Path
 ) -> None:
@@ -89,6 +91,7 @@ def test_export_and_load_draw_a_bar_of_models_on_a_terminal(
     assert piped.getvalue() == ""
 
 
+@pytest.mark.slow  # progress display, not results: seconds of ingest and export
 def test_export_and_load_piped_print_nothing_on_stderr(small_atlas: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "b.svdatlas"
     exported = run_cli("--atlas", small_atlas, "export", "-o", bundle)

@@ -208,6 +208,7 @@ def test_cards(minilm_atlas: Path) -> None:
         assert token_lines[sign] == f"  {sign} {expected}"
 
 
+@pytest.mark.slow  # ingests for it; exact search is the fast tier's test_query_search
 def test_small_models_stay_exact_whatever_the_threshold(tmp_path: Path) -> None:
     """Below 1024 directions an approximate index cannot train its codebooks: exact it is."""
     ingest(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from atlas.core.indexes import (
     APPROXIMATE,
@@ -34,6 +35,7 @@ def test_reranking_covers_under_five_percent_of_the_data() -> None:
     assert RERANK_FACTOR * (K + 1) / N < 0.05
 
 
+@pytest.mark.slow  # a large index; test_measured_recall_agrees_with_a_numpy_scan stays fast
 def test_approximate_search_recall_against_brute_force() -> None:
     vectors = _directions(N, D, seed=0)
     ids = np.arange(1000, 1000 + N, dtype=np.int64)
