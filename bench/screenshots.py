@@ -23,6 +23,8 @@ PAGES = {
     "search": "/search?text=fire&k=6",
     "model": "/model?model=minilm",
     "head": "/matrix?model=minilm&layer=3&head=3",
+    "circuits": "/circuits?model=minilm&mode=K&top=12",
+    "circuits-head": "/circuits/head?model=minilm&layer=3&head=3",
     "direction": "/directions/432?min_cos=0.2",
     "sql": "/sql?query=SELECT+layer,+head,+round(sigma_max,+2)+AS+sigma_max,+top_write_tokens[1:5]"
     "+AS+top_write+FROM+head_summary+ORDER+BY+sigma_max+DESC+LIMIT+8",

@@ -148,6 +148,7 @@ def start_server(atlas_dir: Path, workers: int) -> tuple[subprocess.Popen[str], 
     port = free_port()
     started = time.perf_counter()
     log = DATA / f"serve-{workers}.log"  # a file, not a pipe: nobody reads it while it runs
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as stderr:
         process = subprocess.Popen(
             [*CLI, "--atlas", str(atlas_dir), "serve", "--port", str(port), "--workers",

@@ -99,6 +99,10 @@ def _embed_lists(
     return {r["direction_id"]: (r["pos"], r["neg"]) for r in rows}
 
 
+def _ranked(tokens: list[dict[str, Any]]) -> list[tuple[str, int, str]]:
+    return [(t["polarity"], t["rank"], t["token"]) for t in tokens]
+
+
 def _without_basis(token: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in token.items() if k != "basis"}
 
@@ -131,11 +135,14 @@ def direction_card(a: Reader, direction_id: int) -> dict[str, Any]:
     ).to_pylist()
     card["tokens"] = [_without_basis(t) for t in tokens if t["basis"] == "unembed"]
     card["embed_tokens"] = None
+    card["embed_same_as_unembed"] = False
     card["embed_missing"] = None
     if card["side"] in EMBED_SIDES:
         refusal = contents_refusal(model_id, a.contents_version(model_id), EMBED_READOUT)
         if refusal is None:
             card["embed_tokens"] = [_without_basis(t) for t in tokens if t["basis"] == "embed"]
+            # a tied model's two readouts are one: interfaces say so instead of listing both
+            card["embed_same_as_unembed"] = _ranked(card["embed_tokens"]) == _ranked(card["tokens"])
         else:
             card["embed_missing"] = str(refusal)
     partner = a.sql(

@@ -290,10 +290,9 @@ def _print_direction(card: dict[str, Any], n_tokens: int) -> None:
     from atlas.interface import table_cell
 
     readouts = [("W_U", card["tokens"])]
-    embed = card["embed_tokens"]
-    same_readout = embed is not None and _displays(embed) == _displays(card["tokens"])
-    if embed is not None and not same_readout:
-        readouts.append(("W_E", embed))
+    same_readout = card["embed_same_as_unembed"]
+    if card["embed_tokens"] is not None and not same_readout:
+        readouts.append(("W_E", card["embed_tokens"]))
     for basis, tokens in readouts:
         if len(readouts) > 1:
             click.echo("  through W_U:" if basis == "W_U" else "  reads (W_E):")
@@ -313,10 +312,6 @@ def _print_direction(card: dict[str, Any], n_tokens: int) -> None:
             "  top neurons: "
             + ", ".join(f"{n['neuron']} ({n['weight']:+.3f})" for n in card["top_neurons"])
         )
-
-
-def _displays(tokens: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    return [(t["polarity"], t["token_display"]) for t in tokens]
 
 
 def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:

@@ -89,6 +89,10 @@ def test_a_tied_models_two_readouts_are_equal(tmp_path: Path) -> None:
     head = run_cli("--atlas", root, "show", "random:gpt2-tiny", "0", "0", "--top", "2").stdout
     for shown in (card, head):
         assert f"reads (W_E): {SAME_READOUT}" in shown and "reads (W_E) +" not in shown
+    with TestClient(create_app(str(root))) as client:
+        assert client.get(f"/api/directions/{read}").json()["embed_same_as_unembed"] is True
+        page = client.get(f"/directions/{read}").text
+        assert "the same tokens as above" in page and "Reads (W_E), positive" not in page
 
 
 @pytest.mark.parametrize("side", ["read", "write"])
@@ -102,7 +106,7 @@ def test_cards_show_the_embedding_readout_of_read_sides(small_atlas: Path, side:
         card = a.card(row["d"])
         stored = _stored(a, "llama-tiny", "embed").get(row["d"])
         head = a.card("llama-tiny", 0, 0, top=2)
-    assert card["embed_missing"] is None
+    assert card["embed_missing"] is None and card["embed_same_as_unembed"] is False  # untied
     assert (
         all(t["polarity"] in ("pos", "neg") for t in card["tokens"])
         and len(card["tokens"]) == 2 * K
