@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,23 @@ CLUSTER_ORDER = {
     "top_neurons": "direction_id, rank",
     "token_bags": "token_norm, direction_id",
 }
-# Rows per row group of a store (DuckDB's default: 122,880). DuckDB skips a row group whose
-# zone map rules it out, but reads every column of one it cannot: small groups make reading
-# ``k`` directions' rows read about ``k`` groups of 2,048 rows (2 ms for ten hits at 1e5
-# directions, against 35 ms with the default), at no cost in size.
-ROW_GROUP_ROWS = 2048
+# Rows per row group, chosen per table by its size (DuckDB's default: 122,880). DuckDB skips a
+# row group whose zone map rules it out but reads every column of one it cannot, and it walks
+# every group's zone map: small groups make reading ``k`` directions' rows read about ``k``
+# groups (2 ms for ten hits at 1e5 directions, against 35 ms with the default), while too many
+# make the walk itself the cost (13 ms for ten hits in 16,275 groups of 2,048 at 1e6
+# directions, 5 ms in groups of 16,384). So a table gets about ``ROW_GROUPS`` groups, of a power
+# of two rows between these bounds; a table of 1e6 directions' vectors keeps the smallest.
+ROW_GROUP_ROWS = (2048, 65536)
+ROW_GROUPS = 2048
+
+
+def row_group_rows(n_rows: int) -> int:
+    """Rows per row group for a table of ``n_rows`` rows (see ``ROW_GROUP_ROWS``)."""
+    low, high = ROW_GROUP_ROWS
+    return min(high, max(low, 1 << round(math.log2(max(1, n_rows / ROW_GROUPS)))))
+
+
 # The tables whose row counts a manifest records.
 COUNTED = tuple(t for t in TABLES if t != "models")
 # Written through Arrow; token_bags is derived from top_tokens and vocab inside DuckDB.
@@ -114,8 +127,8 @@ class TableWriter:
         self.scratch = store / UNSORTED
         self.con = duckdb.connect(":memory:", config=config)
         try:
-            path = sql_string(str(store / MODEL_DB))
-            self.con.execute(f"ATTACH {path} AS store (ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
+            self.path = sql_string(str(store / MODEL_DB))
+            self.con.execute(f"ATTACH {self.path} AS store")
             self.con.execute(f"ATTACH {sql_string(str(self.scratch))} AS unsorted")
             for catalog in ("store", "unsorted"):
                 self.con.execute(f"USE {catalog}")
@@ -145,15 +158,19 @@ class TableWriter:
         flush to disk and close."""
         try:
             self.con.execute(BUILD_TOKEN_BAGS)
-            self.con.execute("USE store")
-            self.con.execute("BEGIN")
             for table in TABLES:
+                # the store attached again with this table's row group size (an option of the
+                # attachment, not of a table); the staged store is published only when whole
+                counted = self.con.execute(f"SELECT count(*) FROM unsorted.{table}").fetchone()
+                size = row_group_rows(counted[0] if counted else 0)
+                self.con.execute("USE memory")
+                self.con.execute("DETACH store")
+                self.con.execute(f"ATTACH {self.path} AS store (ROW_GROUP_SIZE {size})")
                 order = CLUSTER_ORDER.get(table)
                 self.con.execute(
-                    f"INSERT INTO {table} SELECT * FROM unsorted.{table}"
+                    f"INSERT INTO store.{table} SELECT * FROM unsorted.{table}"
                     + (f" ORDER BY {order}" if order else "")
                 )
-            self.con.execute("COMMIT")
             self.con.execute("DETACH unsorted")
             self.con.execute("CHECKPOINT store")
         finally:
