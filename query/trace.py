@@ -137,11 +137,10 @@ def _neighbours(a: Reader, node: int, min_cos: float, walk: _Walk) -> list[tuple
     if walk.allows(model_id):
         pairs = _residual_range(a, model_id, node, min_cos, walk.filters)
         out = [(i, c, "residual") for i, c in pairs]
-    if walk.across_models:
-        bag = direction_bag(a, node)
-        for other in a.model_ids():
-            if other == model_id or not bag or not walk.allows(other):
-                continue
+    others = [m for m in a.model_ids() if m != model_id and walk.allows(m)]
+    # the direction's token bag is read only when another model is there to search with it
+    if walk.across_models and others and (bag := direction_bag(a, node)):
+        for other in others:
             ids, sims = nearest_tokens(a, other, bag, walk.filters, k=1_000_000)
             out += [
                 (int(i), float(s), "token")
