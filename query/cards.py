@@ -79,6 +79,7 @@ def matrix_card(
             pos, neg = embedded.get(d["direction_id"], (None, None))
             by_sv[d["sv_index"]] |= {f"{d['side']}_embed_pos": pos, f"{d['side']}_embed_neg": neg}
     card["directions"] = [by_sv[i] for i in sorted(by_sv)]
+    card["embed_same_as_unembed"] = _same_readouts(card["directions"])
     refusal = contents_refusal(model_id, a.contents_version(model_id), EMBED_READOUT)
     card["embed_missing"] = str(refusal) if refusal else None
     return card
@@ -97,6 +98,18 @@ def _embed_lists(
         [ids],
     ).to_pylist()
     return {r["direction_id"]: (r["pos"], r["neg"]) for r in rows}
+
+
+def _same_readouts(directions: list[dict[str, Any]]) -> bool:
+    """Whether every read side's tokens through W_E are its tokens through W_U (a tied model;
+    interfaces then say so once instead of listing both)."""
+    pairs = [
+        (d[key], d[key.replace("_embed", "")])
+        for d in directions
+        for key in d
+        if key.endswith(("_embed_pos", "_embed_neg"))
+    ]
+    return bool(pairs) and all(embed == unembed for embed, unembed in pairs)
 
 
 def _ranked(tokens: list[dict[str, Any]]) -> list[tuple[str, int, str]]:

@@ -343,21 +343,16 @@ def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:
             if f"{side}_id" in d:
                 row[f"{side} +"] = (d[f"{side}_pos"] or [])[:n_tokens]
                 row[f"{side} -"] = (d[f"{side}_neg"] or [])[:n_tokens]
-        if d.get("read_embed_pos") is not None:
+        if d.get("read_embed_pos") is not None and not card["embed_same_as_unembed"]:
             row["reads (W_E) +"] = d["read_embed_pos"][:n_tokens]
         rows.append(row)
-    with_embed = [r for r in rows if "reads (W_E) +" in r]
-    same_readout = bool(with_embed) and all(r["reads (W_E) +"] == r["read +"] for r in with_embed)
-    if same_readout:
-        for r in with_embed:
-            del r["reads (W_E) +"]
     columns = ["sv", "sigma"] + [
         c
         for c in ("write +", "write -", "read +", "read -", "reads (W_E) +")
         if any(c in r for r in rows)
     ]
     emit(rows, columns, "table")
-    if same_readout:
+    if card["embed_same_as_unembed"]:
         click.echo(f"  reads (W_E): {SAME_READOUT}")
     if card.get("embed_missing"):
         missing = render(card["embed_missing"], click.get_current_context(silent=True))
