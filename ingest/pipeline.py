@@ -69,7 +69,7 @@ class BootedModel:
     def tied(self) -> bool:
         """Whether the centered embedding is the centered unembedding (a tied model): then a
         read side's tokens through W_E are those through W_U, projected once."""
-        return self.W_E.shape == self.W_U.shape and bool(torch.equal(self.W_E, self.W_U))
+        return torch.equal(self.W_E, self.W_U)  # False where the shapes differ
 
 
 def run_blocks(
