@@ -27,6 +27,7 @@ import numpy as np
 
 from atlas.core.cancel import check as check_stopped
 from atlas.core.errors import AtlasError, DamagedIndex, NoMatch
+from atlas.core.hit_rows import HitRow
 from atlas.core.index_guard import exact_cosines
 from atlas.core.indexes import merge_valences
 from atlas.core.reader import Reader, no_vectors
@@ -69,8 +70,6 @@ class Hit:
 
 
 HIT_FIELDS = [f.name for f in fields(Hit)]  # a hit's JSON record (CLI and HTTP API alike)
-# What a hit says of its direction besides its id and tokens (``directions`` columns).
-HIT_COLUMNS = "model_id, layer, head, kind, side, sv_index, sigma, degenerate"
 
 
 class Hits(list[Hit]):
@@ -237,13 +236,12 @@ def search(
     filters = filters or Filters()
     scored: list[tuple[float, int]] = []
     refused: list[str] = []
-    described: dict[int, dict[str, Any]] = {}  # candidates' rows, read as they were scored
     for model_id in query.models:
         check_stopped()  # a deadline or a stop ends a search between models
         if query.space == "residual":
             try:
                 q = query.vectors[model_id]
-                ids, sims = nearest_residual(a, model_id, q, filters, k + 1, described)
+                ids, sims = nearest_residual(a, model_id, q, filters, k + 1)
             except DamagedIndex as exc:
                 if len(query.models) == 1:
                     raise
@@ -262,19 +260,13 @@ def search(
         if query.bag is not None and query.exclude is None:
             check_bag(a, query.models, query.bag, filters)
     scored.sort(key=lambda t: (-abs(t[0]), t[1]))
-    return Hits(describe(a, scored[:k], query.space, described), refused)
+    return Hits(describe(a, scored[:k], query.space), refused)
 
 
 def nearest_residual(
-    a: Reader,
-    model_id: str,
-    q: np.ndarray,
-    filters: Filters,
-    k: int,
-    described: dict[int, dict[str, Any]] | None = None,
+    a: Reader, model_id: str, q: np.ndarray, filters: Filters, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and signed cosines of the ``k`` largest ``|cos|`` in one model's residual index;
-    ``described`` gets their rows for :func:`describe` (see :func:`scored_from_store`)."""
+    """Ids and signed cosines of the ``k`` largest ``|cos|`` in one model's residual index."""
     index = a.residual_index(model_id)
     both = np.stack([q, -q]).astype(np.float32)
     if not filters.active:
@@ -285,28 +277,17 @@ def nearest_residual(
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         sims, ids = index.search_among(both, min(k, len(allowed)), allowed)
     ids, sims = merge_valences(ids, sims, k)
-    return ids, scored_from_store(a, model_id, q, ids, sims, described)
+    return ids, scored_from_store(a, model_id, q, ids, sims)
 
 
 def scored_from_store(
-    a: Reader,
-    model_id: str,
-    q: np.ndarray,
-    ids: np.ndarray,
-    index_sims: np.ndarray,
-    described: dict[int, dict[str, Any]] | None = None,
+    a: Reader, model_id: str, q: np.ndarray, ids: np.ndarray, index_sims: np.ndarray
 ) -> np.ndarray:
     """The signed cosines of the index's answers, recomputed from the vectors the store holds
-    (a damaged index is refused here: ``atlas.core.index_guard``). ``described``, where
-    given, gets each answer's ``HIT_COLUMNS`` read with its vector: describing the hits then
-    reads their tokens alone."""
+    (a damaged index is refused here: ``atlas.core.index_guard``)."""
     if len(ids) == 0:
         return np.zeros(0, np.float32)
-    if described is None:
-        stored = a.stored_vectors(model_id, ids)
-    else:
-        stored, rows = a.stored_rows(model_id, ids, HIT_COLUMNS)
-        described.update((r["direction_id"], r) for r in rows)
+    stored = a.stored_vectors(model_id, ids)
     with a.refusing_damaged_index(model_id):
         return exact_cosines(model_id, q, stored, index_sims)
 
@@ -337,66 +318,35 @@ def nearest_tokens(
     )
 
 
-def describe(
-    a: Reader,
-    scored: list[tuple[float, int]],
-    space: str,
-    known: dict[int, dict[str, Any]] | None = None,
-) -> list[Hit]:
-    """Hits with their metadata and tokens, in the order given; ``known``: directions' rows
-    (``HIT_COLUMNS``) read already."""
-    if not scored:
-        return []
+def describe(a: Reader, scored: list[tuple[float, int]], space: str) -> list[Hit]:
+    """Hits with their metadata and tokens, in the order given (``Reader.hit_rows``: each
+    model's hit-row file in an atlas directory, its tables elsewhere)."""
     by_model: dict[str, list[int]] = {}
     for _, i in scored:
         by_model.setdefault(a.model_of(i), []).append(i)
-    meta: dict[int, dict[str, Any]] = {i: known[i] for _, i in scored if known and i in known}
-    tokens: dict[tuple[int, str], tuple[list[str], list[float]]] = {}
-    for model_id, ids in by_model.items():  # each model's own store, not the atlas-wide view
-        # plain reads filtered by the ids themselves, so DuckDB reads only the row groups
-        # that hold them (``atlas.core.store`` clusters both tables by direction id); a join,
-        # ``IN (SELECT ...)`` or an aggregate over them costs more than the reads
-        among = f"direction_id IN ({', '.join('?' * len(ids))})"
-        unknown = [i for i in ids if i not in meta]
-        if unknown:
-            rows = a.sql(
-                f"SELECT direction_id, {HIT_COLUMNS} FROM {a.relation(model_id, 'directions')} "
-                f"WHERE direction_id IN ({', '.join('?' * len(unknown))})",
-                unknown,
-            )
-            meta |= {r["direction_id"]: r for r in rows.to_pylist()}
-        rows = a.sql(
-            f"SELECT direction_id, polarity, token_display, score "
-            f"FROM {a.relation(model_id, 'top_tokens')} WHERE {among} AND basis = 'unembed' "
-            "ORDER BY direction_id, polarity, rank",
-            ids,
-        )
-        for r in rows.to_pylist():
-            words, scores = tokens.setdefault((r["direction_id"], r["polarity"]), ([], []))
-            words.append(r["token_display"])
-            scores.append(r["score"])
+    rows: dict[int, tuple[str, HitRow]] = {}
+    for model_id, ids in by_model.items():
+        rows |= {i: (model_id, r) for i, r in a.hit_rows(model_id, ids).items()}
     hits = []
     for score, i in scored:
-        r = meta[i]
+        model_id, r = rows[i]
         sign = 1 if score >= 0 else -1
-        pos, pos_scores = tokens.get((i, "pos"), ([], []))
-        neg, neg_scores = tokens.get((i, "neg"), ([], []))
         hits.append(
             Hit(
                 direction_id=i,
-                model_id=r["model_id"],
-                layer=r["layer"],
-                head=r["head"],
-                kind=r["kind"],
-                side=r["side"],
-                sv_index=r["sv_index"],
-                sigma=r["sigma"],
+                model_id=model_id,
+                layer=r.layer,
+                head=r.head,
+                kind=r.kind,
+                side=r.side,
+                sv_index=r.sv_index,
+                sigma=r.sigma,
                 sign=sign,
                 score=abs(score),
-                degenerate=r["degenerate"],
-                tokens=pos if sign > 0 else neg,
-                token_scores=pos_scores if sign > 0 else neg_scores,
-                opposite_tokens=neg if sign > 0 else pos,
+                degenerate=r.degenerate,
+                tokens=r.pos_tokens if sign > 0 else r.neg_tokens,
+                token_scores=r.pos_scores if sign > 0 else r.neg_scores,
+                opposite_tokens=r.neg_tokens if sign > 0 else r.pos_tokens,
                 space=space,
             )
         )

@@ -31,6 +31,7 @@ import numpy as np
 from atlas.core.contents import CONTENTS_VERSION
 from atlas.core.contract import EMBED_SIDES
 from atlas.core.errors import AtlasError, PreviousFormat, UnsupportedFormat, one_line
+from atlas.core.hit_rows import HIT_FILES, HIT_ROWS, hit_rows_problem
 from atlas.core.indexes import (
     APPROXIMATE_MIN,
     EXACT,
@@ -59,8 +60,9 @@ from atlas.core.vectors import vector_matrix
 
 REINGEST = "re-ingest the model (`ingest` with `replace`) or load its bundle again"
 # What ``check --repair`` does about a problem (``Finding.repair``).
-REBUILD_INDEX, REWRITE_MANIFEST, REBUILD_CATALOG, UNPUBLISH, UPGRADE = (
+REBUILD_INDEX, REBUILD_HITS, REWRITE_MANIFEST, REBUILD_CATALOG, UNPUBLISH, UPGRADE = (
     "index",
+    "hits",
     "manifest",
     "catalog",
     "unpublish",
@@ -69,6 +71,7 @@ REBUILD_INDEX, REWRITE_MANIFEST, REBUILD_CATALOG, UNPUBLISH, UPGRADE = (
 REPAIR_SAYS = {
     UPGRADE: f"a repair (`check` with `repair`) upgrades it to version {FORMAT_VERSION}",
     REBUILD_INDEX: "a repair (`check` with `repair`) rebuilds it from DuckDB",
+    REBUILD_HITS: "a repair (`check` with `repair`) writes it again from DuckDB",
     REWRITE_MANIFEST: "a repair (`check` with `repair`) recomputes it once the data is verified",
     REBUILD_CATALOG: "a repair (`check` with `repair`) rebuilds it from the stores' manifests",
     UNPUBLISH: "a repair (`check` with `repair`) takes the model out of the catalog so the rest "
@@ -238,9 +241,23 @@ class ModelCheck:
                 self._check_values(con, unembed)
         except duckdb.Error as exc:
             self.error(f"{MODEL_DB} cannot be read: {one_line(exc)}", UNPUBLISH)
+            model = None
         finally:
             con.close()
+        if model is not None:
+            self._check_hit_rows()
         return self.findings
+
+    def _check_hit_rows(self) -> None:
+        """The hit rows are what the tables say, in full (``atlas.core.hit_rows``)."""
+        absent = [n for n in HIT_FILES if not (self.store / n).is_file()]
+        if absent:
+            listed = self.manifest.get("members", {})
+            if any(n not in listed for n in absent):  # else reported as missing already
+                self.error(f"{absent[0]} is missing", REBUILD_HITS)
+            return
+        if problem := hit_rows_problem(self.store, self.store / MODEL_DB):
+            self.error(f"{HIT_ROWS} {problem}", REBUILD_HITS)
 
     def _check_manifest(self) -> None:
         try:
@@ -254,15 +271,14 @@ class ModelCheck:
             return
         for name, member in members.items():
             path = self.store / name
-            repair = REBUILD_INDEX if is_index_file(name) else None
+            repair = _derived(name)
             if not path.is_file():
                 self.error(f"{name} is missing", repair)
             elif path.stat().st_size != member["bytes"] or sha256_file(path) != member["sha256"]:
                 self.error(f"{name} does not match its manifest checksum", repair)
         for path in sorted(self.store.iterdir()):
             if path.name not in members and path.name != MANIFEST:
-                repair = REBUILD_INDEX if is_index_file(path.name) else None
-                self.error(f"{path.name} is not in the manifest", repair)
+                self.error(f"{path.name} is not in the manifest", _derived(path.name))
 
     def _check_tables(self, con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
         problem = store_problem(con, "m", self.model_id)
@@ -433,6 +449,12 @@ class ModelCheck:
         )  # every vector's norm: _check_vectors
         for problem in problems:
             self.error(problem.split(": ", 1)[1])
+
+
+def _derived(name: str) -> str | None:
+    """What a repair does about a store's file ``name`` that disagrees with the manifest: the
+    index and the hit rows are derived from DuckDB and written again; the rest needs the model."""
+    return REBUILD_INDEX if is_index_file(name) else REBUILD_HITS if name in HIT_FILES else None
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:

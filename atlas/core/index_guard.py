@@ -16,7 +16,6 @@ stored vectors, in [-1, 1] by construction.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 
 from atlas.core.errors import AtlasError, DamagedIndex, one_line
 from atlas.core.indexes import ResidualIndex, full_vectors, index_ids, is_index_file, read_index
-from atlas.core.layout import MANIFEST
+from atlas.core.layout import manifest_sizes
 
 REPAIR = "a repair (`check` with `repair`) rebuilds it"
 # An index's inner products against the stored vectors' cosines: float32 rounding of unit
@@ -51,17 +50,8 @@ class IndexContract:
     def of_store(
         cls, model_id: str, store: Path, d_model: int, first_direction_id: int, n_directions: int
     ) -> IndexContract:
-        return cls(model_id, d_model, first_direction_id, n_directions, _manifest_sizes(store))
-
-
-def _manifest_sizes(store: Path) -> dict[str, int] | None:
-    """The index files the manifest lists and their sizes; None when it cannot be read (then
-    ``check`` reports the manifest, and only the read index is checked here)."""
-    try:
-        members = json.loads((store / MANIFEST).read_text(encoding="utf-8"))["members"]
-        return {n: int(m["bytes"]) for n, m in members.items() if is_index_file(n)}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+        sizes = manifest_sizes(store, is_index_file)
+        return cls(model_id, d_model, first_direction_id, n_directions, sizes)
 
 
 def file_problem(paths: list[Path], contract: IndexContract) -> str | None:

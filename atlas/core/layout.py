@@ -5,7 +5,8 @@
     ATLAS/
       catalog.json          format version, the published models and the id counters
       store/<uuid>/         one model: model.duckdb, residual-NNNN.faiss (its FAISS index
-                            in shards of whole layers), unembed.npy, manifest.json
+                            in shards of whole layers), hit-rows.npy and hit-tokens.json
+                            (what a search hit shows), unembed.npy, manifest.json
       .staging/<uuid>/      a store being written; never read by anyone else
       .lock                 held by the one process that changes the catalog
       .reserved             id counters past every id handed to a writer (published or not)
@@ -35,7 +36,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,10 @@ FORMAT = "svd-atlas"
 # its index as residual-NNNN.faiss shards of the types ``models.index_type`` names (flat or
 # pq-rerank). 3: circuits (kind qk, composition tables, eigenvalue positivity), the embedding
 # readout (``top_tokens.basis``) and ``models.format_version`` (``atlas.core.contents``).
-# Atlases of versions 1 and 2 are upgraded by ``svd-atlas check --repair``
+# 4: each store's hit rows (``hit-rows.npy``, ``hit-tokens.json``: ``atlas.core.hit_rows``).
+# Atlases of versions 1 to 3 are upgraded by ``svd-atlas check --repair``
 # (``atlas.core.upgrade``); nothing else reads or writes them.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 UPGRADE = "a repair (`check` with `repair`) upgrades it"
 TOO_OLD = "re-ingest its models into a new atlas (`ingest`)"
 CATALOG = "catalog.json"
@@ -155,6 +157,17 @@ def _owned(staging: Path) -> bool:
             return True
         fcntl.flock(fh, fcntl.LOCK_UN)
         return False
+
+
+def manifest_sizes(store: Path, wanted: Callable[[str], bool]) -> dict[str, int] | None:
+    """The sizes the store's manifest lists for its files of which ``wanted(name)`` holds
+    (what a derived file must match before it is read); None when the manifest cannot be read
+    (``check`` reports it)."""
+    try:
+        members = json.loads((store / MANIFEST).read_text(encoding="utf-8"))["members"]
+        return {n: int(m["bytes"]) for n, m in members.items() if wanted(n)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def dir_size(path: Path) -> int:

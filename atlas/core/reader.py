@@ -37,7 +37,8 @@ from atlas.core.cancel import running
 from atlas.core.contents import contents_refusal
 from atlas.core.contract import TABLES
 from atlas.core.errors import AtlasError, DamagedIndex, NotFound, NoVectors, one_line
-from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size
+from atlas.core.hit_rows import HIT_FILES, HitFile, HitRow, hit_rows_sql
+from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size, manifest_sizes
 from atlas.core.memlimit import parse_memory_limit, session_config
 from atlas.core.model_ids import left_out
 from atlas.core.sqlguard import engine_error, lock_session, run_statement, sql_string
@@ -317,22 +318,15 @@ class Reader(ABC):
     def stored_vectors(self, model_id: str, ids: np.ndarray) -> np.ndarray:
         """The vectors ``directions`` stores for ``ids`` of one model, in the order given
         (what the index's answers are scored against: k rows, not the table)."""
-        return self.stored_rows(model_id, ids)[0]
-
-    def stored_rows(
-        self, model_id: str, ids: np.ndarray, columns: str = ""
-    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """:meth:`stored_vectors`, and the same rows' ``direction_id`` and ``columns`` (other
-        columns of ``directions``, as SQL) as records in the order found, read in one pass."""
         ids = np.asarray(ids, np.int64)
         if len(ids) == 0:
-            return np.zeros((0, 0), np.float32), []
+            return np.zeros((0, 0), np.float32)
         # the ids themselves as the filter: DuckDB reads only the row groups holding them
         # (``IN (SELECT unnest(?))`` is a join, which scans the table)
         among = ", ".join("?" * len(ids))
         rows = self.sql(
-            f"SELECT direction_id, vector{', ' + columns if columns else ''} "
-            f"FROM {self.relation(model_id, 'directions')} WHERE direction_id IN ({among})",
+            f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')} "
+            f"WHERE direction_id IN ({among})",
             ids.tolist(),
         )
         found = numbers(rows["direction_id"]).astype(np.int64)
@@ -341,8 +335,20 @@ class Reader(ABC):
         at = order[np.searchsorted(found, ids, sorter=order)] if len(found) else np.zeros(0, int)
         if len(found) != len(set(ids.tolist())) or not np.array_equal(found[at], ids):
             raise AtlasError(f"model {model_id!r}: a direction id is not in its directions table")
-        records = rows.drop_columns(["vector"]).to_pylist() if columns else []
-        return vectors[at], records
+        return vectors[at]
+
+    def hit_rows(self, model_id: str, ids: list[int]) -> dict[int, HitRow]:
+        """What a search hit shows of each of ``ids`` (directions of ``model_id``), by id:
+        read from ``directions`` and ``top_tokens`` here; an atlas directory reads its stores'
+        hit-row files instead (``atlas.core.hit_rows``)."""
+        if not ids:
+            return {}
+        return hit_rows_sql(
+            self.sql,
+            self.relation(model_id, "directions"),
+            self.relation(model_id, "top_tokens"),
+            ids,
+        )
 
     @abstractmethod
     def _read_index(self, model_id: str) -> tuple[Any, int]:
@@ -421,6 +427,7 @@ class StoreReader(Reader):
         super().__init__(location or str(self.dir.root), memory_limit)
         self._unembeddings: dict[str, np.ndarray] = {}
         self._contracts: dict[str, Any] = {}  # model_id -> its index_guard.IndexContract
+        self._hit_files: dict[str, HitFile] = {}
         self._index_lock = threading.Lock()
         self._user_db = False
         try:
@@ -567,6 +574,25 @@ class StoreReader(Reader):
                 self._contracts[model_id] = contract
         return contract
 
+    def hit_rows(self, model_id: str, ids: list[int]) -> dict[int, HitRow]:
+        """From the store's hit-row file, mapped once per handle (a published store never
+        changes): no SQL statement (``atlas.core.hit_rows``)."""
+        if not ids:
+            return {}
+        with self._index_lock:
+            hits = self._hit_files.get(model_id)
+        if hits is None:
+            entry = self.catalog.models[model_id]
+            store = self.store_path(model_id)
+            sizes = manifest_sizes(store, lambda name: name in HIT_FILES)
+            with self.refusing_damaged_index(model_id):
+                hits = HitFile(model_id, store, entry.first_direction_id, entry.n_directions,
+                               sizes)  # fmt: skip
+            with self._index_lock:
+                hits = self._hit_files.setdefault(model_id, hits)
+        with self.refusing_damaged_index(model_id):
+            return hits.get(ids)
+
     def index_problem(self, model_id: str) -> str | None:
         from atlas.core.index_guard import damaged_index, file_problem
         from atlas.core.indexes import shard_files
@@ -626,6 +652,7 @@ class StoreReader(Reader):
         super().close()
         with self._index_lock:
             self._unembeddings.clear()
+            self._hit_files.clear()
 
 
 def store_problem(con: duckdb.DuckDBPyConnection, alias: str, model_id: str) -> str | None:

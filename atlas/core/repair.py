@@ -4,14 +4,15 @@ DuckDB is the source of truth; everything else a store holds is derived from it 
 it. Under the atlas's writer lock, for each problem ``atlas.core.check`` marks repairable:
 
 - a missing, stale or damaged FAISS index (its ``residual-NNNN.faiss`` shards) is rebuilt
-  from DuckDB's vectors;
+  from DuckDB's vectors, and missing or damaged hit rows (``atlas.core.hit_rows``) are written
+  again from DuckDB's tables;
 - a missing or unreadable ``manifest.json`` is recomputed, once the check has verified the data
   itself (DuckDB opens, row counts and ids agree with the catalog, the index matches DuckDB);
 - a lost or unreadable ``catalog.json`` is rebuilt from the stores' manifests, with the id
   counters past every id any store on disk holds, so ids stay unique;
 - a model whose store cannot be read at all is taken out of the catalog (its ids stay retired),
   so that every other model works and ``check`` passes; re-ingesting brings it back;
-- an atlas of an older format version (1 or 2) is upgraded (``atlas.core.upgrade``), first.
+- an atlas of an older format version (1 to 3) is upgraded (``atlas.core.upgrade``), first.
 
 Files are replaced by writing a new one next to them and renaming it over the old, so readers
 that opened the old one keep it. DuckDB data is only read (an upgrade writes new stores beside
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import duckdb
 
 from atlas.core.check import (
     REBUILD_CATALOG,
+    REBUILD_HITS,
     REBUILD_INDEX,
     REWRITE_MANIFEST,
     UNPUBLISH,
@@ -37,6 +40,7 @@ from atlas.core.check import (
     check_atlas,
 )
 from atlas.core.errors import AtlasError, one_line
+from atlas.core.hit_rows import HIT_FILES, HIT_ROWS, write_hit_rows
 from atlas.core.indexes import is_index_file, shard_files
 from atlas.core.layout import (
     FORMAT_VERSION,
@@ -49,7 +53,11 @@ from atlas.core.layout import (
     fsync_tree,
 )
 from atlas.core.sqlguard import sql_string
-from atlas.core.store import sha256_file, write_index_from_database, write_manifest
+from atlas.core.store import (
+    with_members,
+    write_index_from_database,
+    write_manifest,
+)
 from atlas.core.upgrade import UNVERSIONED, upgrade_atlas
 
 
@@ -97,7 +105,22 @@ def _repair(atlas_dir: AtlasDir, actions: set[tuple[str, str | None]]) -> list[s
                 with atlas_dir.staging() as scratch:
                     rebuild_index(store, scratch)
                 done.append(f"{model_id}  the FAISS index rebuilt from DuckDB")
+            elif action == REBUILD_HITS:
+                with atlas_dir.staging() as scratch:
+                    rebuild_hit_rows(store, scratch)
+                done.append(f"{model_id}  {HIT_ROWS} written again from DuckDB")
     return done
+
+
+def rebuild_hit_rows(store: Path, scratch: Path) -> None:
+    """Write ``store``'s hit rows again from DuckDB (``hit_rows.write_hit_rows``) and put them
+    in place of the old ones; ``scratch`` as for :func:`rebuild_index`."""
+    write_hit_rows(store / MODEL_DB, scratch)
+    fsync_tree(scratch)
+    for name in HIT_FILES:
+        os.replace(scratch / name, store / name)
+    _replace_members(store, scratch, lambda name: name in HIT_FILES)
+    fsync_tree(store)
 
 
 def rebuild_index(store: Path, scratch: Path) -> None:
@@ -114,23 +137,20 @@ def rebuild_index(store: Path, scratch: Path) -> None:
     for old in shard_files(store):
         if old.name not in new:
             old.unlink()
-    _replace_index_members(store, scratch)
+    _replace_members(store, scratch, is_index_file)
     fsync_tree(store)
 
 
-def _replace_index_members(store: Path, scratch: Path) -> None:
-    """Replace the manifest's entries for the index (the other checksums stay as they were)."""
+def _replace_members(store: Path, scratch: Path, names: Callable[[str], bool]) -> None:
+    """Replace the manifest's entries for the rebuilt files (the other checksums stay as they
+    were)."""
     try:
         manifest = json.loads((store / MANIFEST).read_text(encoding="utf-8"))
-        members = manifest["members"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        with_members(manifest, store, names)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         reason = one_line(exc)
         message = f"cannot repair {store}: its {MANIFEST} cannot be read ({reason})"
         raise AtlasError(message) from None
-    members = {name: m for name, m in members.items() if not is_index_file(name)}
-    for shard in shard_files(store):
-        members[shard.name] = {"bytes": shard.stat().st_size, "sha256": sha256_file(shard)}
-    manifest["members"] = dict(sorted(members.items()))
     _write_json(store / MANIFEST, manifest, scratch)
 
 

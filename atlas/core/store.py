@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from atlas.core.contract import TABLES
 from atlas.core.errors import AtlasError, one_line
+from atlas.core.hit_rows import write_hit_rows
 from atlas.core.indexes import SHARD_FILE, build_index
 from atlas.core.indexes import write_index as write_faiss
 from atlas.core.layout import FORMAT_VERSION, MANIFEST, MODEL_DB, UNEMBED
@@ -124,6 +125,7 @@ class TableWriter:
         # DuckDB spills past ``memory_limit`` into a folder beside the store, as it does for
         # a database it was connected to (and removes it on closing)
         config["temp_directory"] = str(store / f"{MODEL_DB}.tmp")
+        self.store = store
         self.scratch = store / UNSORTED
         self.con = duckdb.connect(":memory:", config=config)
         try:
@@ -155,7 +157,8 @@ class TableWriter:
 
     def finish(self) -> None:
         """Derive the token-space bags, copy every table into the store in its cluster order,
-        flush to disk and close."""
+        flush to disk and close; then derive the store's hit rows from it
+        (``atlas.core.hit_rows``): every writer of a store (ingest, load, upgrade) comes here."""
         try:
             self.con.execute(BUILD_TOKEN_BAGS)
             for table in TABLES:
@@ -175,6 +178,7 @@ class TableWriter:
             self.con.execute("CHECKPOINT store")
         finally:
             self.close()
+        write_hit_rows(self.store / MODEL_DB, self.store)
 
     def close(self) -> None:
         self.con.close()
@@ -293,6 +297,16 @@ def write_manifest(store: Path, record: dict[str, Any]) -> None:
     }
     manifest = {**record, "format_version": FORMAT_VERSION, "counts": counts, "members": members}
     (store / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def with_members(manifest: dict[str, Any], store: Path, names: Callable[[str], bool]) -> None:
+    """Compute ``manifest``'s entries for the files of ``store`` whose ``names(name)`` holds
+    again, in place (a repair's rebuilt file); the other entries stay as they were."""
+    members = {name: m for name, m in manifest["members"].items() if not names(name)}
+    for path in store.iterdir():
+        if path.is_file() and names(path.name):
+            members[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    manifest["members"] = dict(sorted(members.items()))
 
 
 def sha256_file(path: Path) -> str:

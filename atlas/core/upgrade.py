@@ -1,5 +1,5 @@
-"""The one upgrade of an atlas directory: from format version 1 or 2 to 3 (``svd-atlas check
---repair``).
+"""The one upgrade of an atlas directory: from format version 1, 2 or 3 to 4 (``svd-atlas
+check --repair``).
 
 Version 1 grew without changing its number, so a version 1 store may lack what later ones have:
 
@@ -13,18 +13,21 @@ Version 2 has all of them, always. Version 3 added what needs the weights (QK ci
 composition, eigenvalue positivity, the embedding readout: ``atlas.core.contents``), which an
 upgrade cannot compute: an upgraded model keeps its rows, with ``models.format_version`` saying
 which version computed them, so that what shows circuits refuses it with one line that says to
-re-ingest it.
+re-ingest it. Version 4 added each store's hit rows (``atlas.core.hit_rows``), derived from its
+tables.
 
-The upgrade writes each model's store again under ``.staging``: the contract's schema, the old
-rows copied in by column name (what a store lacks is NULL or empty, ``top_tokens.basis`` is
-``unembed``; ``token_bags`` is derived again from ``top_tokens`` and ``vocab``, as ingest
-derives it), an HNSW model given the index type ingest chooses above ``--exact-max``, the index
-rebuilt from DuckDB's vectors, the unembedding and the manifest's record kept. One new catalog
-then publishes every store at once (``AtlasDir.publish_many``), under the writer lock. Until
-that rename the old atlas is exactly as it was: an upgrade that stops anywhere changes
-nothing, and its staging folders are swept later; the old stores stay for readers that still
-use them until a later sweep. A store that cannot be read at all is left out of the new
-catalog, its ids retired, as ``check --repair`` does for any version.
+The upgrade writes each model's store again under ``.staging``. A store of version 3 keeps its
+files (hard links where the file system allows: a published file never changes) and gains its
+hit rows. An older one is written anew: the contract's schema, the old rows copied in by column
+name (what a store lacks is NULL or empty, ``top_tokens.basis`` is ``unembed``; ``token_bags``
+is derived again from ``top_tokens`` and ``vocab``, as ingest derives it, and the hit rows as
+every writer derives them), an HNSW model given the index type ingest chooses above
+``--exact-max``, the index rebuilt from DuckDB's vectors, the unembedding and the manifest's
+record kept. One new catalog then publishes every store at once (``AtlasDir.publish_many``),
+under the writer lock. Until that rename the old atlas is exactly as it was: an upgrade that
+stops anywhere changes nothing, and its staging folders are swept later; the old stores stay
+for readers that still use them until a later sweep. A store that cannot be read at all is
+left out of the new catalog, its ids retired, as ``check --repair`` does for any version.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import duckdb
 from atlas.core.contents import added_columns_sql
 from atlas.core.contract import TABLES
 from atlas.core.errors import one_line
+from atlas.core.hit_rows import HIT_FILES, write_hit_rows
 from atlas.core.indexes import APPROXIMATE, EXACT, index_type_for
 from atlas.core.layout import (
     FORMAT_VERSION,
@@ -56,12 +60,14 @@ from atlas.core.sqlguard import sql_string
 from atlas.core.store import (
     TABLE_ORDER,
     TableWriter,
+    with_members,
     write_index_from_database,
     write_manifest,
     writing_store,
 )
 
 UNVERSIONED = 1  # a store whose manifest names no format version was written by version 1
+HIT_ROWS_ADDED = 4  # the version whose stores first held hit rows: all an older 3 lacks
 FIRST_RELEASE_TABLES = TABLES[:5]  # what every version 1 store has
 INDEX_TYPES = (EXACT, APPROXIMATE)  # what version 2 writes in models.index_type
 
@@ -98,6 +104,9 @@ def upgrade_atlas(atlas_dir: AtlasDir) -> list[str]:
 def upgrade_store(old: Path, new: Path, model_id: str, entry: CatalogEntry, version: int) -> None:
     """Write the store ``old`` of format ``version`` as a current one in the empty folder
     ``new``."""
+    if version == HIT_ROWS_ADDED - 1:
+        add_hit_rows(old, new, model_id, entry)
+        return
     con = duckdb.connect(":memory:")
     try:
         con.execute(f"ATTACH {sql_string(str(old / MODEL_DB))} AS old (READ_ONLY)")
@@ -130,6 +139,32 @@ def upgrade_store(old: Path, new: Path, model_id: str, entry: CatalogEntry, vers
     if (old / UNEMBED).is_file():
         _link_or_copy(old / UNEMBED, new / UNEMBED)
     write_manifest(new, _record(old, model_id, entry, spec, has_vectors=not n_null))
+
+
+def add_hit_rows(old: Path, new: Path, model_id: str, entry: CatalogEntry) -> None:
+    """A store of version 3 as version 4: its files as they are (linked), and its hit rows
+    derived from its tables. The manifest keeps its entries for the old files, so damage
+    they had is still the damage ``check`` finds."""
+    for path in old.iterdir():
+        if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
+            _link_or_copy(path, new / path.name)
+    write_hit_rows(new / MODEL_DB, new)
+    try:
+        manifest = json.loads((old / MANIFEST).read_text(encoding="utf-8"))
+        with_members(manifest, new, lambda name: name in HIT_FILES)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # recomputed instead
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute(f"ATTACH {sql_string(str(new / MODEL_DB))} AS m (READ_ONLY)")
+            (spec,) = con.sql("SELECT spec FROM m.models").fetchall()[0]
+            query = "SELECT count(*) FROM m.directions WHERE vector IS NULL"
+            (n_null,) = con.sql(query).fetchall()[0]
+        finally:
+            con.close()
+        write_manifest(new, _record(old, model_id, entry, spec, has_vectors=not n_null))
+        return
+    manifest["format_version"] = FORMAT_VERSION
+    (new / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
 
 def _rows_of(table: str, n_directions: int, version: int, columns: set[str]) -> str:
