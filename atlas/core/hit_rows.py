@@ -41,6 +41,7 @@ HIT_FILES = (HIT_ROWS, HIT_TOKENS)
 CHUNK = 65_536  # directions built (or compared) at a time: bounded memory at any size
 REPAIR = "a repair (`check` with `repair`) writes it again"
 _META = ("direction_id", "layer", "head", "kind", "side", "sv_index", "sigma", "degenerate")
+_META_ORDER = ("direction_id", "layer", "head", "kind", "side", "degenerate", "sv_index", "sigma")
 
 
 @dataclass(frozen=True)
@@ -87,14 +88,13 @@ def row_dtype(k: int) -> np.dtype:
 def hit_rows_sql(run: Any, directions: str, top_tokens: str, ids: list[int]) -> dict[int, HitRow]:
     """``ids``' hit rows read from the tables (``run(query, params)`` -> Arrow): what a reader
     without the file (a Parquet tree) does, and the file's definition. Plain reads filtered by
-    the ids themselves, so DuckDB reads only the row groups that hold them (a join or
-    ``IN (SELECT ...)`` scans the table)."""
-    among = f"direction_id IN ({', '.join('?' * len(ids))})"
-    meta = run(f"SELECT {', '.join(_META)} FROM {directions} WHERE {among}", ids).to_pylist()
+    the ids themselves (``Reader.stored_vectors`` says why so)."""
+    among = "direction_id = ANY(?)"
+    meta = run(f"SELECT {', '.join(_META)} FROM {directions} WHERE {among}", [ids]).to_pylist()
     tokens = run(
         f"SELECT direction_id, polarity, token_display, score FROM {top_tokens} "
         f"WHERE {among} AND basis = 'unembed' ORDER BY direction_id, polarity, rank",
-        ids,
+        [ids],
     ).to_pylist()
     lists: dict[tuple[int, str], tuple[list[str], list[float]]] = {}
     for t in tokens:
@@ -283,6 +283,7 @@ class HitFile:
                     raise damaged_hits(model_id, f"file {name} {held}; its manifest says {listed}")
         try:
             self.rows, self.vocab = _load(store)
+            self.words = np.array(self.vocab, dtype=object)  # token position -> its string
         except (OSError, ValueError) as exc:
             raise damaged_hits(model_id, f"cannot be read ({one_line(exc, 160)})") from None
         if self.rows.shape != (n_directions,):
@@ -301,21 +302,35 @@ class HitFile:
             or np.any(tokens >= len(self.vocab))
         ):
             raise damaged_hits(self.model_id, "holds rows that are not the model's directions")
-        return {int(r["direction_id"]): self._row(r) for r in rows}
+        lists = {}
+        for side in ("pos", "neg"):  # whole columns at once: a search's hits, or a trace's 500
+            tokens = rows[f"{side}_tokens"]
+            words = self.words[tokens].tolist()
+            scores = rows[f"{side}_scores"].tolist()
+            if np.any(tokens < 0):  # a direction with fewer tokens than the widest
+                kept = (tokens >= 0).tolist()
+                words = [_kept(w, k) for w, k in zip(words, kept, strict=True)]
+                scores = [_kept(x, k) for x, k in zip(scores, kept, strict=True)]
+            lists[side] = (words, scores)
+        out = {}
+        for i, row in enumerate(rows[list(_META_ORDER)].tolist()):
+            direction_id, layer, head, kind, side, degenerate, sv_index, sigma = row
+            out[direction_id] = HitRow(
+                direction_id=direction_id,
+                layer=layer,
+                head=None if head < 0 else head,
+                kind=KINDS[kind],
+                side=SIDES[side],
+                sv_index=sv_index,
+                sigma=sigma,
+                degenerate=degenerate,
+                pos_tokens=lists["pos"][0][i],
+                pos_scores=lists["pos"][1][i],
+                neg_tokens=lists["neg"][0][i],
+                neg_scores=lists["neg"][1][i],
+            )
+        return out
 
-    def _row(self, r: np.void) -> HitRow:
-        pos, neg = r["pos_tokens"], r["neg_tokens"]
-        return HitRow(
-            direction_id=int(r["direction_id"]),
-            layer=int(r["layer"]),
-            head=None if r["head"] < 0 else int(r["head"]),
-            kind=KINDS[r["kind"]],
-            side=SIDES[r["side"]],
-            sv_index=int(r["sv_index"]),
-            sigma=float(r["sigma"]),
-            degenerate=bool(r["degenerate"]),
-            pos_tokens=[self.vocab[i] for i in pos[pos >= 0].tolist()],
-            pos_scores=r["pos_scores"][pos >= 0].tolist(),
-            neg_tokens=[self.vocab[i] for i in neg[neg >= 0].tolist()],
-            neg_scores=r["neg_scores"][neg >= 0].tolist(),
-        )
+
+def _kept(values: list[Any], kept: list[bool]) -> list[Any]:
+    return [v for v, k in zip(values, kept, strict=True) if k]

@@ -321,13 +321,14 @@ class Reader(ABC):
         ids = np.asarray(ids, np.int64)
         if len(ids) == 0:
             return np.zeros((0, 0), np.float32)
-        # the ids themselves as the filter: DuckDB reads only the row groups holding them
-        # (``IN (SELECT unnest(?))`` is a join, which scans the table)
-        among = ", ".join("?" * len(ids))
+        # the ids themselves as the filter, one list parameter: DuckDB reads only the row
+        # groups holding them (``IN (SELECT unnest(?))`` is a join, which scans the table, and
+        # ``IN (?, ?, ...)`` costs more: at 1e6 directions 14.8 against 5.6 ms for 600 ids,
+        # 1.2 against 1.1 for 11)
         rows = self.sql(
             f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')} "
-            f"WHERE direction_id IN ({among})",
-            ids.tolist(),
+            "WHERE direction_id = ANY(?)",
+            [ids.tolist()],
         )
         found = numbers(rows["direction_id"]).astype(np.int64)
         vectors = vector_matrix(rows["vector"]) if rows.num_rows else np.zeros((0, 0), np.float32)
