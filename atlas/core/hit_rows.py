@@ -39,7 +39,7 @@ HIT_ROWS = "hit-rows.npy"
 HIT_TOKENS = "hit-tokens.json"
 HIT_FILES = (HIT_ROWS, HIT_TOKENS)
 CHUNK = 65_536  # directions built (or compared) at a time: bounded memory at any size
-REPAIR = "a repair (`check` with `repair`) writes it again"
+REPAIR = "a repair (`check` with `repair`) writes them again"
 _META = ("direction_id", "layer", "head", "kind", "side", "sv_index", "sigma", "degenerate")
 _META_ORDER = ("direction_id", "layer", "head", "kind", "side", "degenerate", "sv_index", "sigma")
 
@@ -258,7 +258,7 @@ def _load(store: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def damaged_hits(model_id: str, why: str) -> DamagedIndex:
-    return DamagedIndex(f"model {model_id!r}: its {HIT_ROWS} {why}; {REPAIR}")
+    return DamagedIndex(f"model {model_id!r}: its hit rows {why}; {REPAIR}")
 
 
 class HitFile:

@@ -36,6 +36,7 @@ from tests.support.old_formats import (
     version_2_atlas,
     version_2_bundle,
     version_2_tree,
+    version_3_atlas,
 )
 
 MODELS = ("random:gpt2-tiny", "second")
@@ -209,9 +210,9 @@ def test_check_repair_upgrades_an_older_atlas_and_circuits_say_to_reingest(
     old = _old(old_atlases, version, tmp_path / "old")
     repaired = run_cli("--atlas", old, "check", "--repair")
     assert repaired.returncode == 0, repaired.stdout
-    assert f"atlas format {version} upgraded to 3" in repaired.stdout
+    assert f"atlas format {version} upgraded to 4" in repaired.stdout
     catalog = json.loads((old / "catalog.json").read_text())
-    assert catalog["format_version"] == FORMAT_VERSION == 3
+    assert catalog["format_version"] == FORMAT_VERSION == 4
     written = json.loads((old_atlases[version] / "catalog.json").read_text())
     for model_id, entry in catalog["models"].items():  # the same ids
         assert {k: v for k, v in entry.items() if k != "store"} == {
@@ -219,7 +220,7 @@ def test_check_repair_upgrades_an_older_atlas_and_circuits_say_to_reingest(
         }
         store = old / entry["store"]
         assert sorted(p.name for p in store.glob("*.faiss")) == ["residual-0000.faiss"]
-        assert json.loads((store / "manifest.json").read_text())["format_version"] == 3
+        assert json.loads((store / "manifest.json").read_text())["format_version"] == 4
     _assert_holds_the_old_rows(old, fresh, version)
     assert run_cli("--atlas", old, "check").returncode == 0
     _assert_circuits_refused(old, "second", version)
@@ -244,6 +245,40 @@ def test_check_repair_upgrades_an_older_atlas_and_circuits_say_to_reingest(
     _assert_circuits_refused(old, "random:gpt2-tiny", version)
 
 
+def test_a_version_3_atlas_is_refused_then_upgraded_by_adding_its_hit_rows(
+    fresh: Path, tmp_path: Path
+) -> None:
+    """Version 4 added each store's hit rows, derived from its tables: until ``check --repair``
+    writes them the atlas is refused with one line and left alone; then every store holds the
+    fresh one's files, byte for byte, and its searches are the fresh atlas's."""
+    old = version_3_atlas(fresh, tmp_path / "old")
+    before = _everything(old)
+    for command in (["search", "fire"], ["show", "0"]):
+        line = assert_one_error_line(run_cli("--atlas", old, *command))
+        assert "format version 3" in line and "(svd-atlas check --repair) upgrades it" in line
+    assert _everything(old) == before
+    repaired = run_cli("--atlas", old, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout
+    assert "atlas format 3 upgraded to 4" in repaired.stdout
+    catalog = json.loads((old / "catalog.json").read_text())
+    theirs = json.loads((fresh / "catalog.json").read_text())["models"]
+    for model_id, entry in catalog["models"].items():
+        store, fresh_store = old / entry["store"], fresh / theirs[model_id]["store"]
+        files = {p.name: p.read_bytes() for p in store.iterdir() if p.name != "manifest.json"}
+        assert files == {
+            p.name: p.read_bytes() for p in fresh_store.iterdir() if p.name != "manifest.json"
+        }
+        manifest = json.loads((store / "manifest.json").read_text())
+        assert manifest["format_version"] == FORMAT_VERSION
+        assert (
+            manifest["members"]
+            == json.loads((fresh_store / "manifest.json").read_text())["members"]
+        )
+    assert run_cli("--atlas", old, "check").returncode == 0
+    for search in SEARCHES:
+        assert _search(old, *search) == _search(fresh, *search)
+
+
 @pytest.mark.slow  # the fast tier keeps one upgrade path (check --repair from version 1)
 def test_an_hnsw_model_gets_the_index_ingest_builds_today(
     fresh: Path, old_atlases: dict[int, Path], tmp_path: Path
@@ -265,7 +300,7 @@ def test_an_older_atlas_that_lost_its_catalog_is_rebuilt_then_upgraded(
     repaired = run_cli("--atlas", old, "check", "--repair")
     assert repaired.returncode == 0, repaired.stdout
     assert "catalog.json rebuilt" in repaired.stdout
-    assert f"format {version} upgraded to 3" in repaired.stdout
+    assert f"format {version} upgraded to 4" in repaired.stdout
     _assert_holds_the_old_rows(old, fresh, version)
 
 
@@ -331,7 +366,7 @@ def test_an_interrupted_upgrade_leaves_the_atlas_as_it_was(
 
 @pytest.mark.parametrize(
     ("version", "words"),
-    [(4, ["made by a newer svd-atlas", "upgrade svd-atlas"]), (0, ["too old", "re-ingest"])],
+    [(5, ["made by a newer svd-atlas", "upgrade svd-atlas"]), (0, ["too old", "re-ingest"])],
 )
 def test_atlas_versions_it_cannot_read_are_one_line(
     fresh: Path, tmp_path: Path, version: int, words: list[str]
@@ -350,7 +385,7 @@ def test_atlas_versions_it_cannot_read_are_one_line(
     for command in commands:
         line = assert_one_error_line(run_cli("--atlas", root, *command))
         assert f"atlas format version {version}" in line
-        assert "reads versions 1 to 3" in line
+        assert "reads versions 1 to 4" in line
         assert all(word in line for word in words), line
     assert _everything(root) == before
 

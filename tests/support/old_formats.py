@@ -1,8 +1,12 @@
-"""Artefacts of format versions 2 and 1, made from fresh ones the way earlier svd-atlas versions
-wrote them (``tests/integration/test_format_versions.py``): version 2 from a fresh artefact,
-version 1 from a version 2 one.
+"""Artefacts of older format versions, made from fresh ones the way earlier svd-atlas versions
+wrote them (``tests/integration/test_format_versions.py``): version 3 (atlas directories only)
+and 2 from a fresh artefact, version 1 from a version 2 one.
 
-Version 2 (before circuits) is a fresh artefact without what version 3 added
+Version 3 of an atlas directory is a fresh one whose stores have no hit rows
+(``atlas.core.hit_rows``), and whose catalog and manifests say version 3. Bundles and Parquet
+trees never held hit rows: their version 3 is the current one.
+
+Version 2 (before circuits) is a fresh artefact without what versions 3 and 4 added
 (``atlas.core.contents``): no ``qk`` matrices or directions (their ids were the last of each
 model, so a model's ids stay one contiguous range, shorter), no ``composition`` or
 ``composition_pairs`` tables, no ``models.positional_embedding``, ``models.format_version``,
@@ -50,6 +54,24 @@ PER_DIRECTION = ("top_tokens", "top_neurons", "token_bags")
 
 # -- atlas directories ------------------------------------------------------------------------
 
+HIT_FILES = ("hit-rows.npy", "hit-tokens.json")
+
+
+def version_3_atlas(root: Path, dest: Path) -> Path:
+    """A copy of the fresh atlas at ``root`` at ``dest`` as version 3 wrote it."""
+    shutil.copytree(root, dest)
+    catalog = json.loads((dest / "catalog.json").read_text())
+    catalog["format_version"] = 3
+    for entry in catalog["models"].values():
+        store = dest / entry["store"]
+        for name in HIT_FILES:
+            (store / name).unlink()
+        manifest = json.loads((store / "manifest.json").read_text())
+        manifest["format_version"] = 3
+        _write_manifest(store, manifest)
+    (dest / "catalog.json").write_text(json.dumps(catalog, indent=2))
+    return dest
+
 
 def version_2_atlas(root: Path, dest: Path) -> Path:
     """A copy of the fresh atlas at ``root`` at ``dest`` as version 2 wrote it."""
@@ -84,7 +106,7 @@ def version_2_atlas(root: Path, dest: Path) -> Path:
         finally:
             con.close()
         entry["n_directions"], entry["n_matrices"] = n_directions, n_matrices
-        for shard in store.glob("residual-*.faiss"):
+        for shard in [*store.glob("residual-*.faiss"), *(store / n for n in HIT_FILES)]:
             shard.unlink()
         write_index_from_database(store / "model.duckdb", store)
         manifest = json.loads((store / "manifest.json").read_text())
