@@ -156,9 +156,8 @@ def _residual_range(
     """Every direction of the model whose |cos| with ``node`` is at least ``min_cos``."""
     index = a.residual_index(model_id)
     _, q = direction_vector(a, node)
-    (same_ids, same), (opposite_ids, opposite) = index.range_search(np.stack([q, -q]), min_cos)
-    pairs = {int(i): float(s) for i, s in zip(same_ids, same, strict=True)}
-    pairs.update({int(i): -float(s) for i, s in zip(opposite_ids, opposite, strict=True)})
+    found, sims = index.abs_range_search(q, min_cos)
+    pairs = {int(i): float(s) for i, s in zip(found, sims, strict=True)}
     pairs.pop(node, None)
     if pairs:  # every cosine shown is recomputed from the stored vectors
         ids = np.fromiter(pairs, np.int64, len(pairs))

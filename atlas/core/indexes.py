@@ -243,20 +243,21 @@ class ResidualIndex:
             out[mine] = vectors.reconstruct_batch(offsets[mine].astype(np.int64))
         return out
 
-    def range_search(self, queries: np.ndarray, threshold: float) -> list[tuple[Any, Any]]:
-        """For each query, every (direction id, inner product) at or above ``threshold``."""
-        queries = np.ascontiguousarray(queries, np.float32)
-        found: list[list[Any]] = [[] for _ in queries]
+    def abs_range_search(self, query: np.ndarray, threshold: float) -> tuple[Any, Any]:
+        """Every (direction id, inner product) with ``|inner product| >= threshold``, exactly,
+        over the full vectors. FAISS's range search keeps one sign, so it is asked for every
+        product and the two valences are kept here: one pass over the vectors, not one per
+        valence (at 1e6 directions 27 ms against 49 for two range searches, ``q`` and ``-q``,
+        side by side on a loaded machine)."""
+        q = np.ascontiguousarray(query, np.float32).reshape(1, -1)
+        ids, sims = [], []
         for shard, shard_ids in zip(self.shards, self._ids, strict=True):
-            with few_queries(len(queries)):
-                lims, sims, positions = full_vectors(shard).range_search(queries, threshold)
-            for row in range(len(queries)):
-                part = slice(lims[row], lims[row + 1])
-                found[row].append((shard_ids[positions[part]], sims[part]))
-        return [
-            (np.concatenate([f[0] for f in parts]), np.concatenate([f[1] for f in parts]))
-            for parts in found
-        ]
+            with few_queries(1):
+                _, found, positions = full_vectors(shard).range_search(q, -np.inf)
+            keep = np.abs(found) >= threshold
+            ids.append(shard_ids[positions[keep]])
+            sims.append(found[keep])
+        return np.concatenate(ids), np.concatenate(sims)
 
 
 @contextlib.contextmanager

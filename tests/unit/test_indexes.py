@@ -9,6 +9,7 @@ from atlas.core.indexes import (
     APPROXIMATE,
     EXACT,
     RERANK_FACTOR,
+    ResidualIndex,
     build_index,
     is_exact,
     measured_recall,
@@ -79,3 +80,24 @@ def test_measured_recall_agrees_with_a_numpy_scan() -> None:
         got = [i for i in got.tolist() if i != p][:K]
         recalls.append(len(set(truth) & set(got)) / K)
     assert abs(reported - float(np.mean(recalls))) < 1e-9
+
+
+@pytest.mark.parametrize("index_type", [EXACT, APPROXIMATE])
+def test_abs_range_search_is_every_cosine_past_the_threshold_in_both_valences(
+    index_type: str,
+) -> None:
+    """Against numpy: two shards (the second small enough to stay flat), ids not from 0."""
+    vectors = _directions(3000, D, seed=4)
+    ids = np.arange(500, 3500, dtype=np.int64)
+    index = ResidualIndex(
+        [build_index(vectors[:2000], ids[:2000], index_type),
+         build_index(vectors[2000:], ids[2000:], index_type)]
+    )  # fmt: skip
+    for q in _directions(5, D, seed=5):
+        found, sims = index.abs_range_search(q, 0.3)
+        cos = vectors @ q
+        expected = np.flatnonzero(np.abs(cos) >= 0.3)
+        order = np.argsort(found)
+        assert found[order].tolist() == ids[expected].tolist()
+        assert np.allclose(sims[order], cos[expected], atol=1e-5)
+        assert (sims > 0).any() and (sims < 0).any()
