@@ -141,3 +141,20 @@ def test_a_missing_file_is_found_by_check_and_written_again(small_copy: Path) ->
     assert (store / HIT_ROWS).read_bytes() == (store.parent / "elsewhere.npy").read_bytes()
     (store.parent / "elsewhere.npy").unlink()
     assert run_cli("--atlas", small_copy, "check").returncode == 0
+
+
+def test_the_file_holds_what_the_tables_hold_even_a_bad_value(small_copy: Path) -> None:
+    """A NaN sigma (damage only a re-ingest fixes, and check says so) is written as the tables
+    hold it, and then agrees with them: a repair does not find it again and again."""
+    with atlas.open(small_copy) as a:
+        store = a.reader.store_path(a.reader.model_ids()[0])
+    con = duckdb.connect(str(store / "model.duckdb"))
+    (first,) = con.sql("SELECT min(direction_id) FROM directions").fetchall()[0]
+    con.execute("UPDATE directions SET sigma = 'nan'::DOUBLE WHERE direction_id = ?", [first])
+    con.execute("CHECKPOINT")
+    con.close()
+    repaired = run_cli("--atlas", small_copy, "check", "--repair")
+    assert f"{HIT_ROWS} written again from DuckDB" in repaired.stdout, repaired.stdout
+    left = [line for line in repaired.stdout.splitlines() if line.startswith("error")]
+    assert left and not any(HIT_ROWS in line for line in left), repaired.stdout
+    assert np.isnan(np.load(store / HIT_ROWS)["sigma"][0])
