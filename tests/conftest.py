@@ -16,6 +16,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# OpenMP threads that wait by sleeping, not spinning: set before torch or FAISS starts its
+# runtime (both do, in one process). A spinning pool holds a core that the other pool, a
+# server thread or a CLI subprocess needs: on 2 cores FAISS's recall scans ran 3x slower
+# after torch had worked (tests/unit/test_indexes.py after test_oracle_folders.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

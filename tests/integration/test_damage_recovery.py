@@ -102,7 +102,7 @@ def test_a_damaged_store_is_recovered(two: Path, recovery: str) -> None:
         assert result.returncode == 0 and "taken out of the catalog" in result.stdout
         expected = ["tiny"]
     else:
-        result = run_cli("--atlas", two, "ingest", "minilm", "--replace")
+        result = run_cli("--atlas", two, "ingest", "minilm", "--replace", "--max-rank", "4")
         assert result.returncode == 0, result.stderr
         expected = ["minilm", "tiny"]
     assert check_atlas(two).ok

@@ -40,11 +40,14 @@ class Reader(threading.Thread):
 
     def call(self) -> str:
         if self.command == "sql":
-            result = run_cli_process("--atlas", self.root, "sql", COUNT, "--format", "json")
+            result = run_cli_process(
+                "--atlas", self.root, "sql", COUNT, "--format", "json", env=SINGLE_THREAD
+            )
         else:
             result = run_cli_process(
-                "--atlas", self.root, "search", "fire", "-k", "5", "--format", "json"
-            )
+                "--atlas", self.root, "search", "fire", "-k", "5", "--format", "json",
+                env=SINGLE_THREAD,
+            )  # fmt: skip
         if result.returncode != 0 or "lock" in result.stderr.lower():
             self.failures.append(result.stderr)
             return "failed"
@@ -70,7 +73,7 @@ def test_readers_during_replace_ingest(minilm_atlas: Path, tmp_path: Path) -> No
     held = atlas.open(root)
     held_hits = held.search("fire", k=5)
     stop = threading.Event()
-    readers = [Reader(root, command, stop) for command in ("sql", "sql", "search")]
+    readers = [Reader(root, command, stop) for command in ("sql", "search")]
     start = time.monotonic()
     ingest = start_warm_cli(
         "--atlas", root, "ingest", "minilm", "--replace", "--max-rank", "4", env=SINGLE_THREAD

@@ -15,7 +15,7 @@ from atlas.core.store import TableWriter
 # slow: writes token bags under a small memory limit
 pytestmark = pytest.mark.slow
 
-DIRECTIONS, TOP, VOCAB = 200_000, 40, 50_257
+DIRECTIONS, TOP, VOCAB = 80_000, 40, 50_257
 
 
 def test_token_bags_of_many_directions_fit_a_small_memory_limit(tmp_path: Path) -> None:
