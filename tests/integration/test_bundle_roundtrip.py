@@ -22,23 +22,28 @@ from tests.support.atlas_compare import (
 )
 from tests.support.helpers import assert_one_error_line, fingerprint, run_cli
 
+VECTORS = ("f32", "f16", "none")
+
+
+class Bundles(dict[str, Path]):
+    """The MiniLM atlas exported through the real CLI with each ``--vectors`` mode, each on
+    first use (the fast tier needs only f32)."""
+
+    def __init__(self, root: Path, out: Path):
+        super().__init__()
+        self.root, self.out = root, out
+
+    def __missing__(self, vectors: str) -> Path:
+        path = self[vectors] = self.out / f"minilm-{vectors}.bundle"
+        result = run_cli("--atlas", self.root, "export", "minilm", "-o", path, "--vectors", vectors)
+        assert result.returncode == 0, result.stderr
+        assert f"exported minilm to {path}" in result.stdout
+        return path
+
 
 @pytest.fixture(scope="module")
-def bundles(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The MiniLM atlas exported four ways through the real CLI."""
-    out = tmp_path_factory.mktemp("bundles")
-    variants = {
-        "f32": ["--vectors", "f32"],
-        "f16": ["--vectors", "f16"],
-        "none": ["--vectors", "none"],
-    }
-    paths = {}
-    for name, args in variants.items():
-        paths[name] = out / f"minilm-{name}.bundle"
-        result = run_cli("--atlas", minilm_atlas, "export", "minilm", "-o", paths[name], *args)
-        assert result.returncode == 0, result.stderr
-        assert f"exported minilm to {paths[name]}" in result.stdout
-    return paths
+def bundles(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundles:
+    return Bundles(minilm_atlas, tmp_path_factory.mktemp("bundles"))
 
 
 def test_round_trip_into_empty_atlas(
@@ -119,7 +124,7 @@ def test_open_bundle_read_only(
 
 @pytest.mark.slow
 def test_f16_and_no_vectors(minilm_atlas: Path, bundles: dict[str, Path]) -> None:
-    sizes = {k: p.stat().st_size for k, p in bundles.items()}
+    sizes = {k: bundles[k].stat().st_size for k in VECTORS}
     assert sizes["none"] < sizes["f16"] < sizes["f32"]
     with atlas.open(minilm_atlas) as original:
         n_vectors, width = vectors(original, "minilm")[1].shape

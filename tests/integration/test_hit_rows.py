@@ -105,7 +105,11 @@ def _shift(path: Path) -> None:
     rows.flush()
 
 
-@pytest.mark.parametrize("damage", [_truncate, _shift], ids=["truncated", "shifted"])
+@pytest.mark.parametrize(
+    "damage",
+    [_truncate, pytest.param(_shift, marks=pytest.mark.slow)],  # slow: a second repair
+    ids=["truncated", "shifted"],
+)
 def test_a_damaged_file_is_one_line_and_check_repair_writes_it_again(
     small_copy: Path, damage: Any
 ) -> None:
@@ -131,6 +135,7 @@ def test_a_damaged_file_is_one_line_and_check_repair_writes_it_again(
     assert again.returncode == 0 and again.stdout == found.stdout
 
 
+@pytest.mark.slow  # the fast tier repairs a truncated file (above)
 def test_a_missing_file_is_found_by_check_and_written_again(small_copy: Path) -> None:
     with atlas.open(small_copy) as a:
         store = a.reader.store_path(a.reader.model_ids()[-1])

@@ -93,7 +93,10 @@ def test_without_overlap_the_stages_run_in_turn() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("svd-atlas-ingest")]
 
 
-@pytest.mark.parametrize("stage", ["write", "load"])
+@pytest.mark.parametrize(
+    "stage",
+    ["write", pytest.param("load", marks=pytest.mark.slow)],  # slow: 2 s of timed steps
+)
 def test_a_stage_failure_surfaces_while_compute_runs_and_the_pipeline_stops(stage: str) -> None:
     """A long compute step checks between its steps: the failure of block 1's write (or block
     3's load) ends the pipeline within a step, not at the end of block 2's compute."""
