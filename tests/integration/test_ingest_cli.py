@@ -28,7 +28,9 @@ def test_kill_9_mid_ingest_leaves_atlas_unchanged(
     atlas_copy: Path, moment: Callable[[Path], bool]
 ) -> None:
     before = fingerprint(atlas_copy)
-    proc = start_warm_cli("--atlas", atlas_copy, "ingest", "minilm", "--name", "second")
+    proc = start_warm_cli(
+        "--atlas", atlas_copy, "ingest", "minilm", "--name", "second", "--max-rank", "4"
+    )
     deadline = time.monotonic() + 120
     while not moment(atlas_copy) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)

@@ -78,6 +78,20 @@ def s3() -> Iterator[dict[str, str]]:
                     os.environ[k] = v
 
 
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two planted models of ``small_atlas`` (a word-piece and a ``Ġword`` vocabulary), in
+    an atlas of their own: seconds to export, where MiniLM's rows took ten."""
+    from ingest.job import IngestOptions, ingest
+    from tests.support.helpers import quiet
+    from tests.support.planted import planted_models
+
+    root = tmp_path_factory.mktemp("planted") / "atlas"
+    for name, loaded in planted_models().items():
+        ingest(root, IngestOptions(model=name, device="cpu"), loaded=loaded, log=quiet)
+    return root
+
+
 def _objects(prefix: str) -> dict[str, str]:
     """Every object under ``prefix`` with its ETag (changes when an object is rewritten)."""
     listing = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix)
@@ -85,34 +99,34 @@ def _objects(prefix: str) -> dict[str, str]:
 
 
 def test_a_tree_on_s3_grows_model_by_model_and_reads_back_exactly(
-    s3: dict[str, str], minilm_atlas: Path, two_models: Path
+    s3: dict[str, str], planted: Path
 ) -> None:
     url = f"s3://{BUCKET}/zoo"
-    first = run_cli("--atlas", minilm_atlas, "export", "--parquet", url, env=s3)
+    first = run_cli("--atlas", planted, "export", "bert-like", "--parquet", url, env=s3)
     assert first.returncode == 0, first.stderr
-    minilm_objects = {k: v for k, v in _objects("zoo/").items() if "model_id=minilm" in k}
-    assert minilm_objects and not any(".partial" in k for k in _objects("zoo/"))
-    second = run_cli("--atlas", two_models, "export", "tiny", "--parquet", url, env=s3)
+    bert_objects = {k: v for k, v in _objects("zoo/").items() if "model_id=bert-like" in k}
+    assert bert_objects and not any(".partial" in k for k in _objects("zoo/"))
+    second = run_cli("--atlas", planted, "export", "gpt2-like", "--parquet", url, env=s3)
     assert second.returncode == 0, second.stderr
     after = _objects("zoo/")
     # adding a model rewrote none of the other model's partitions
-    assert {k: v for k, v in after.items() if "model_id=minilm" in k} == minilm_objects
-    assert any("model_id=tiny" in k for k in after)
+    assert {k: v for k, v in after.items() if "model_id=bert-like" in k} == bert_objects
+    assert any("model_id=gpt2-like" in k for k in after)
 
-    with atlas.open(url) as tree, atlas.open(two_models) as original:
-        assert tree.model_ids() == ["minilm", "tiny"]
+    with atlas.open(url) as tree, atlas.open(planted) as original:
+        assert tree.model_ids() == ["bert-like", "gpt2-like"]
         assert_tables_equal(original, tree)  # every row of every table, as stored
 
     opened = run_cli("open", url, "--format", "json", env=s3)
     assert opened.returncode == 0, opened.stderr
-    assert [m["model_id"] for m in json.loads(opened.stdout)] == ["minilm", "tiny"]
+    assert [m["model_id"] for m in json.loads(opened.stdout)] == ["bert-like", "gpt2-like"]
 
 
 def test_plain_duckdb_and_pyarrow_answer_as_the_atlas_does(
-    s3: dict[str, str], two_models: Path
+    s3: dict[str, str], planted: Path
 ) -> None:
     url = f"s3://{BUCKET}/plain"
-    assert run_cli("--atlas", two_models, "export", "--parquet", url, env=s3).returncode == 0
+    assert run_cli("--atlas", planted, "export", "--parquet", url, env=s3).returncode == 0
     result = subprocess.run(
         [sys.executable, "-c", PLAIN_READER, url], capture_output=True, text=True,
         env={**os.environ, **s3}, cwd="/",
