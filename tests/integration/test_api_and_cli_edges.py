@@ -239,7 +239,7 @@ def test_ingest_leaves_the_hub_settings_as_it_found_them(tmp_path: Path) -> None
     flag = hub_constants.HF_HUB_OFFLINE
     hub_constants.HF_HUB_OFFLINE = False
     try:
-        ingest(tmp_path / "a", IngestOptions(model="minilm", device="cpu"), log=quiet)
+        ingest(tmp_path / "a", IngestOptions(model="minilm", device="cpu", max_rank=2), log=quiet)
         assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
         assert hub_constants.HF_HUB_OFFLINE is False
     finally:
