@@ -26,7 +26,8 @@ def two_atlases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         root = tmp_path_factory.mktemp(method.__name__) / "atlas"
         ingest(
             root,
-            IngestOptions(model="random:llama-tiny", device="cpu"),
+            # every OV and QK direction (d_head is 32); the MLPs are not what differs
+            IngestOptions(model="random:llama-tiny", device="cpu", max_rank=32),
             loaded=loaded,
             ov_method=method,
             log=quiet,
