@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import warnings
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -31,7 +31,15 @@ class _BadValue(click.ClickException):
 
 class _Cli(click.Group):
     """User errors become one line on stderr and a non-zero exit, never a traceback. Ctrl-C
-    is one line and exit 130, whether Python or DuckDB reports it (``sqlguard.is_interrupt``)."""
+    is one line and exit 130, whether Python or DuckDB reports it (``sqlguard.is_interrupt``),
+    and whenever it comes: while the arguments are parsed too (click's own answer there is
+    "Aborted!" and exit 1)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            _interrupted()
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -40,8 +48,7 @@ class _Cli(click.Group):
             failure = _BadValue if isinstance(exc, BadParameter) else click.ClickException
             raise failure(printable(cli_message(exc, ctx))) from None
         except KeyboardInterrupt:
-            click.echo(INTERRUPTED, err=True)
-            sys.exit(INTERRUPTED_EXIT)
+            _interrupted()
         except BrokenPipeError:
             # the reader of our output went away (`| head`): stop quietly
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -53,8 +60,12 @@ class _Cli(click.Group):
         except Exception as exc:
             if not is_interrupt(exc):
                 raise
-            click.echo(INTERRUPTED, err=True)
-            sys.exit(INTERRUPTED_EXIT)
+            _interrupted()
+
+
+def _interrupted() -> NoReturn:
+    click.echo(INTERRUPTED, err=True)
+    sys.exit(INTERRUPTED_EXIT)
 
 
 def _show_note(message: Any, category: type, *_args: Any, **_kwargs: Any) -> None:

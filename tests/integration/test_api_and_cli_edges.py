@@ -336,3 +336,18 @@ def _can_create_in(folder: Path) -> bool:
         return False
     probe.unlink()
     return True
+
+
+def test_ctrl_c_while_the_arguments_are_parsed_is_the_one_interrupted_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Click's own answer to a KeyboardInterrupt outside a command is "Aborted!" and exit 1."""
+    import click
+
+    def interrupted(*_args: Any, **_kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(click.Group, "parse_args", interrupted)
+    result = run_cli("models")
+    assert result.returncode == 130
+    assert result.stderr.strip() == "interrupted: the atlas is unchanged"
