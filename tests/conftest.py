@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -21,6 +23,34 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # server thread or a CLI subprocess needs: on 2 cores FAISS's recall scans ran 3x slower
 # after torch had worked (tests/unit/test_indexes.py after test_oracle_folders.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker per core: one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` (pyproject.toml): one process for a single file or test, where starting
+    workers costs more than it saves; otherwise pytest-xdist's own count (one per core)."""
+    targets = {str(arg).split("::")[0] for arg in config.args}
+    return 0 if len(targets) == 1 and next(iter(targets)).endswith(".py") else None
+
+
+def _built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A session atlas built once per run: under pytest-xdist the first worker that needs it
+    builds it and the others wait for it and share it (pytest-xdist's documented recipe), instead
+    of each building its own on the same cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        root = factory.mktemp(name) / "atlas"
+        build(root)
+        return root
+    shared = factory.getbasetemp().parent / name  # the run's folder, above each worker's
+    built = shared / "built"
+    with FileLock(f"{shared}.lock"):
+        if not built.exists():
+            shutil.rmtree(shared, ignore_errors=True)  # a worker that failed half-way
+            shared.mkdir()
+            build(shared / "atlas")
+            built.touch()
+    return shared / "atlas"
 
 
 @pytest.fixture(scope="session")
@@ -29,9 +59,10 @@ def minilm_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     README's atlas). Read-only for tests: change a copy (``atlas_copy``)."""
     import atlas
 
-    root = tmp_path_factory.mktemp("minilm") / "atlas"
-    atlas.ingest(root, "minilm", device="cpu")
-    return root
+    def build(root: Path) -> None:
+        atlas.ingest(root, "minilm", device="cpu")
+
+    return _built_once(tmp_path_factory, "minilm", build)
 
 
 @pytest.fixture(scope="session")
@@ -45,12 +76,13 @@ def small_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.support.helpers import quiet
     from tests.support.planted import planted_models
 
-    root = tmp_path_factory.mktemp("small") / "atlas"
-    for name, loaded in planted_models().items():  # built in memory: below the façade
-        options = IngestOptions(model=name, device="cpu")
-        ingest(root, options, loaded=loaded, log=quiet)
-    atlas.ingest(root, "random:llama-tiny", name="llama-tiny", device="cpu")
-    return root
+    def build(root: Path) -> None:
+        for name, loaded in planted_models().items():  # built in memory: below the façade
+            options = IngestOptions(model=name, device="cpu")
+            ingest(root, options, loaded=loaded, log=quiet)
+        atlas.ingest(root, "random:llama-tiny", name="llama-tiny", device="cpu")
+
+    return _built_once(tmp_path_factory, "small", build)
 
 
 @pytest.fixture
@@ -67,9 +99,10 @@ def minilm_coherence_atlas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MiniLM ingested with ``--coherence`` (tens of seconds more): for coherence's tests only."""
     import atlas
 
-    root = tmp_path_factory.mktemp("minilm-coherence") / "atlas"
-    atlas.ingest(root, "minilm", device="cpu", coherence=True)
-    return root
+    def build(root: Path) -> None:
+        atlas.ingest(root, "minilm", device="cpu", coherence=True)
+
+    return _built_once(tmp_path_factory, "minilm-coherence", build)
 
 
 @pytest.fixture
@@ -85,10 +118,11 @@ def two_models(minilm_atlas: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """MiniLM (ids 0..9215) and a tiny GPT-2 after it, in one atlas. Read-only: see ``two``."""
     from tests.support.tiny_models import ingest_loaded, tiny_gpt2
 
-    root = tmp_path_factory.mktemp("two") / "atlas"
-    shutil.copytree(minilm_atlas, root)
-    ingest_loaded(root, tiny_gpt2(), "tiny")
-    return root
+    def build(root: Path) -> None:
+        shutil.copytree(minilm_atlas, root)
+        ingest_loaded(root, tiny_gpt2(), "tiny")
+
+    return _built_once(tmp_path_factory, "two", build)
 
 
 @pytest.fixture

@@ -107,39 +107,42 @@ def test_views_agree_with_tables(minilm_atlas: Path) -> None:
         assert heads == {"n": 72, "d": 72}
 
 
-def run_checking_imports(*args: str) -> subprocess.CompletedProcess[str]:
+HEAVY = ("torch", "transformer_lens", "transformers", "pandas", "sqlalchemy")
+# search, trace and a card import none of HEAVY (a fresh process answers in under a second);
+# no query command imports the model stack
+LIGHT_COMMANDS = [
+    ["search", "fire", "-k", "3"],
+    ["search", "--direction", "432", "--kind", "ov"],
+    ["trace", "432", "--min-cos", "0.2"],
+    ["show", "432"],
+]
+QUERY_COMMANDS = [["sql", "SELECT count(*) FROM directions"], ["models"]]
+
+
+def test_query_commands_do_not_import_torch(minilm_atlas: Path) -> None:
+    """One fresh process runs every command in turn, the light ones first, and prints the heavy
+    modules loaded after each: what a command imports stays loaded, so each line holds what
+    that command and those before it needed."""
+    commands = [["--atlas", str(minilm_atlas), *c] for c in LIGHT_COMMANDS + QUERY_COMMANDS]
     code = (
-        "import sys, atexit\n"
-        "atexit.register(lambda: print('HEAVY', sorted(m for m in ('torch', "
-        "'transformer_lens', 'transformers', 'pandas', 'sqlalchemy') if m in sys.modules), "
-        "file=sys.stderr))\n"
-        "from atlas.cli import main\n"
-        f"sys.argv = ['svd-atlas', *{list(args)!r}]\n"
-        "main()\n"
+        "import sys\n"
+        "from atlas.cli.main import cli\n"
+        f"for args in {commands!r}:\n"
+        "    cli.main(args, prog_name='svd-atlas', standalone_mode=False)\n"
+        f"    print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
     )
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120
     )
-
-
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["sql", "SELECT count(*) FROM directions"],
-        ["search", "fire", "-k", "3"],
-        ["search", "--direction", "432", "--kind", "ov"],
-        ["trace", "432", "--min-cos", "0.2"],
-        ["show", "432"],
-        ["models"],
-    ],
-)
-def test_query_commands_do_not_import_torch(minilm_atlas: Path, command: list[str]) -> None:
-    result = run_checking_imports("--atlas", str(minilm_atlas), *command)
     assert result.returncode == 0, result.stderr
-    heavy = result.stderr.split("HEAVY ")[1].splitlines()[0]
-    assert not {"torch", "transformer_lens", "transformers"} & set(ast.literal_eval(heavy))
-    if command[0] in ("search", "trace", "show"):  # a fresh process's answer in under a second
-        assert heavy == "[]"
+    loaded = [
+        ast.literal_eval(line.removeprefix("HEAVY "))
+        for line in result.stderr.splitlines()
+        if line.startswith("HEAVY ")
+    ]
+    assert len(loaded) == len(commands)
+    assert loaded[len(LIGHT_COMMANDS) - 1] == []
+    assert not {"torch", "transformer_lens", "transformers"} & set(loaded[-1])
 
 
 def test_search_json_hits_have_the_documented_fields(minilm_atlas: Path) -> None:

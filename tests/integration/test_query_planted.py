@@ -45,21 +45,35 @@ def test_planted_directions_meet_across_tokenizers(small_atlas: Path) -> None:
         assert more[0].direction_id == planted_id(a, "gpt2-like")
 
 
-def brute_force_token_space(a, bag: dict[str, float], k: int, filters: Filters):
-    """Bags rebuilt in Python from top_tokens (through W_U) + vocab, cosines by hand."""
-    rows = a.sql(
-        "SELECT t.direction_id, v.token, t.score, d.kind FROM top_tokens t "
-        "JOIN directions d USING (direction_id) "
-        "JOIN vocab v ON v.token_id = t.token_id AND v.model_id = d.model_id "
-        "WHERE t.basis = 'unembed'"
-    ).to_pylist()
-    bags: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+Bags = dict[int, dict[str, float]]
+
+
+@pytest.fixture(scope="module")
+def direction_bags(small_atlas: Path) -> tuple[Bags, dict[int, str]]:
+    """Every direction's token bag rebuilt in Python from top_tokens (through W_U) and vocab,
+    and its kind: read once for the module's brute-force searches."""
+    with atlas.open(small_atlas) as a:
+        rows = a.sql(
+            "SELECT t.direction_id, v.token, t.score, d.kind FROM top_tokens t "
+            "JOIN directions d USING (direction_id) "
+            "JOIN vocab v ON v.token_id = t.token_id AND v.model_id = d.model_id "
+            "WHERE t.basis = 'unembed'"
+        ).to_pylist()
+    bags: Bags = defaultdict(lambda: defaultdict(float))
     kinds = {}
     for r in rows:
         key = normalized_form(r["token"])
         if key:
             bags[r["direction_id"]][key] += r["score"]
         kinds[r["direction_id"]] = r["kind"]
+    return bags, kinds
+
+
+def brute_force_token_space(
+    direction_bags: tuple[Bags, dict[int, str]], bag: dict[str, float], k: int, filters: Filters
+) -> tuple[list[int], np.ndarray]:
+    """The k directions whose bags have the highest |cosine| with ``bag``, by hand."""
+    bags, kinds = direction_bags
     scores = []
     for did, b in bags.items():
         if filters.kinds and kinds[did] not in filters.kinds:
@@ -75,12 +89,12 @@ def brute_force_token_space(a, bag: dict[str, float], k: int, filters: Filters):
 @pytest.mark.parametrize("filters", [Filters(), Filters(kinds=("mlp_out",))], ids=["all", "mlp"])
 @pytest.mark.parametrize("words", ["fire", "water, ocean", "king queen royal"])
 def test_token_space_search_equals_brute_force(
-    small_atlas: Path, words: str, filters: Filters
+    small_atlas: Path, direction_bags: tuple[Bags, dict[int, str]], words: str, filters: Filters
 ) -> None:
     with atlas.open(small_atlas) as a:
         query = resolve_query(a.reader, text=words, space="token")
         hits = search(a.reader, query, filters, k=10)
-        ids, scores = brute_force_token_space(a, query.bag, 10, filters)
+    ids, scores = brute_force_token_space(direction_bags, query.bag, 10, filters)
     assert [h.direction_id for h in hits] == ids
     np.testing.assert_allclose([h.score * h.sign for h in hits], scores, atol=1e-5)
 
