@@ -18,6 +18,7 @@ from atlas.core.exchange.load import load_bundle
 from atlas.core.indexes import is_exact
 from ingest.job import IngestOptions, ingest
 from tests.support.helpers import assert_one_error_line, cli_env, fingerprint, quiet, run_cli
+from tests.support.tiny_models import tiny_gpt2
 
 
 @pytest.mark.parametrize(
@@ -226,14 +227,10 @@ def test_small_models_stay_exact_whatever_the_threshold(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_approximate_index_above_threshold(tmp_path: Path) -> None:
     """A model above --exact-max gets the approximate index; its hits agree with exact ones."""
+    loaded = tiny_gpt2()  # one model twice: 1,152 directions a copy
     for name, exact_max in (("exact", 10**9), ("ann", 1000)):
-        ingest(
-            tmp_path / "atlas",
-            IngestOptions(
-                model="random:llama-tiny", model_id=name, exact_max=exact_max, max_rank=32
-            ),  # fmt: skip
-            log=quiet,
-        )
+        options = IngestOptions(model=loaded.spec, model_id=name, exact_max=exact_max)
+        ingest(tmp_path / "atlas", options, loaded=loaded, log=quiet)
     with atlas.open(tmp_path / "atlas") as a:
         types = a.sql("SELECT model_id, index_type FROM models ORDER BY model_id").to_pylist()
         assert types == [
