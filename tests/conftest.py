@@ -34,6 +34,17 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return 0 if len(targets) == 1 and next(iter(targets)).endswith(".py") else None
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules that use ``small_atlas`` first, each kept whole (its module fixtures are set
+    up once): pytest-xdist hands each worker a run of consecutive tests to start with, so the
+    first worker builds the small atlas while the second builds MiniLM, instead of one waiting
+    for the other's."""
+    uses_small = {
+        item.module for item in items if {"small_atlas", "small_copy"} & set(item.fixturenames)
+    }
+    items.sort(key=lambda item: item.module not in uses_small)  # stable: the order within
+
+
 def _built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
     """A session atlas built once per run: under pytest-xdist the first worker that needs it
     builds it and the others wait for it and share it (pytest-xdist's documented recipe), instead
