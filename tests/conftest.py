@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker per core: one thread each
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ctrl-C as a terminal gives it, for the tests of Ctrl-C (in this process, and in the CLI
+# processes it starts, which inherit an ignored SIGINT): a shell without job control starts a
+# background job (`pytest &`, a CI script's) with SIGINT ignored, and Python keeps it so.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:

@@ -4,46 +4,37 @@ models; piped, stderr stays empty."""
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
-import pty
 import re
-import struct
-import subprocess
-import termios
 import time
 from pathlib import Path
 
 import pytest
 
 import atlas
-from tests.support.helpers import CLI, cli_env, run_cli
+from tests.support.helpers import run_cli, start_warm_cli
 
 INGEST = ["ingest", "random:llama-tiny", "--max-rank", "2"]  # 4 blocks
 
 
 def _on_a_pty(args: list[str], timeout: float = 120) -> tuple[int, str]:
-    """Run the CLI with stderr on a pseudo-terminal (stdout piped); its exit and stderr."""
-    parent, child = pty.openpty()
-    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # rows, columns
-    process = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=child, env=cli_env())
-    os.close(child)
+    """Run the CLI, forked warm, with stderr on a pseudo-terminal (stdout piped); its exit and
+    stderr."""
+    process = start_warm_cli(*args, terminal=True)
     chunks, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            chunk = os.read(parent, 4096)
+            chunk = os.read(process.stderr.fileno(), 4096)
         except OSError:  # the child closed the terminal
             break
         if not chunk:
             break
         chunks.append(chunk)
-    os.close(parent)
-    process.communicate(timeout=30)
-    return process.returncode, b"".join(chunks).decode(errors="replace")
+    return process.wait(timeout=30), b"".join(chunks).decode(errors="replace")
 
 
-@pytest.mark.slow  # boots the CLI in a subprocess on a pty
+@pytest.mark.slow  # an ingest in a real process on a pty
 def test_ingest_on_a_terminal_shows_a_bar_of_blocks_done_left_and_time(tmp_path: Path) -> None:
     code, stderr = _on_a_pty(["--atlas", str(tmp_path / "a"), *INGEST])
     assert code == 0, stderr
