@@ -171,22 +171,19 @@ def run_statement(
         raise AtlasError("max_bytes needs max_rows")
 
     def work() -> pa.Table:
+        # a Ctrl-C can raise in Python after the statement before was interrupted and before its
+        # ROLLBACK ran: that transaction is aborted, and would refuse every later statement
+        _roll_back(con)
         con.execute("BEGIN TRANSACTION")
-        try:
-            relation = con.sql(query, params=params)
-            if relation is None:
-                table = pa.table({})
-            elif max_rows is None:
-                table = relation.to_arrow_table()
-            else:
-                table = _first_rows(relation, max_rows, max_bytes)
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):  # the statement's own error is the news
-                con.execute("ROLLBACK")
-            raise
+        relation = con.sql(query, params=params)
+        if relation is None:
+            table = pa.table({})
+        elif max_rows is None:
+            table = relation.to_arrow_table()
+        else:
+            table = _first_rows(relation, max_rows, max_bytes)
         macros = _own_functions(con) if write else []
         if macros:
-            con.execute("ROLLBACK")
             raise AtlasError(
                 "CREATE MACRO and CREATE FUNCTION are not allowed: your database is on every "
                 "session's search path, where a function would change what the atlas's views "
@@ -199,8 +196,20 @@ def run_statement(
     try:
         with running(con):
             return work()
-    except (duckdb.Error, RuntimeError) as exc:
-        raise engine_error(exc, memory_limit) from None
+    except BaseException as exc:
+        # rolled back once the statement is out of the watcher's reach: a stopped statement is
+        # interrupted again until it ends, and an interrupted ROLLBACK would leave the session's
+        # transaction aborted
+        _roll_back(con)
+        if isinstance(exc, duckdb.Error | RuntimeError):
+            raise engine_error(exc, memory_limit) from None
+        raise
+
+
+def _roll_back(con: duckdb.DuckDBPyConnection) -> None:
+    """End the session's transaction, if it has one (the statement's own error is the news)."""
+    with contextlib.suppress(duckdb.Error):
+        con.execute("ROLLBACK")
 
 
 def _own_functions(con: duckdb.DuckDBPyConnection) -> list[str]:

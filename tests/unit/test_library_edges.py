@@ -151,3 +151,20 @@ def test_a_format_version_is_read_from_the_oldest_to_the_current() -> None:
         with pytest.raises(UnsupportedFormat, match=f"too old .*version {version}.*: redo$"):
             data = {"format": "x", "format_version": version}
             require_format(data, "x", 3, "f", "bundle", "redo")
+
+
+def test_a_statement_left_aborted_by_a_ctrl_c_does_not_refuse_the_next() -> None:
+    """Ctrl-C can raise in Python after DuckDB stopped a statement and before its ROLLBACK ran
+    (seen once in the suite): the session's transaction is then aborted, and DuckDB refuses
+    every later statement until it is rolled back."""
+    import duckdb
+
+    from atlas.core.sqlguard import run_statement
+
+    con = duckdb.connect()
+    con.execute("BEGIN TRANSACTION")
+    with pytest.raises(duckdb.Error):
+        con.execute("SELECT error('stopped')")
+    with pytest.raises(duckdb.Error, match="transaction is aborted"):
+        con.execute("SELECT 1")
+    assert run_statement(con, "SELECT 42 AS x", memory_limit=2 * 10**9).to_pylist() == [{"x": 42}]
