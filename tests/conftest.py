@@ -32,11 +32,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker per core: one thread each
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto`` (pyproject.toml): one process for a single file or test, where starting
-    workers costs more than it saves; otherwise pytest-xdist's own count (one per core)."""
+    workers costs more than it saves; otherwise a worker per CPU this process may use (not
+    pytest-xdist's count of physical cores, which a hyper-threaded machine halves)."""
     targets = {str(arg).split("::")[0] for arg in config.args}
-    return 0 if len(targets) == 1 and next(iter(targets)).endswith(".py") else None
+    if len(targets) == 1 and next(iter(targets)).endswith(".py"):
+        return 0
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
