@@ -57,13 +57,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
     """A session atlas built once per run: under pytest-xdist the first worker that needs it
-    builds it and the others wait for it and share it (pytest-xdist's documented recipe), instead
-    of each building its own on the same cores."""
-    if os.environ.get("PYTEST_XDIST_WORKER") is None:
-        root = factory.mktemp(name) / "atlas"
-        build(root)
-        return root
-    shared = factory.getbasetemp().parent / name  # the run's folder, above each worker's
+    builds it in the run's folder (above each worker's own) and the others wait for it and share
+    it (pytest-xdist's documented recipe), instead of each building its own on the same cores."""
+    base = factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
     built = shared / "built"
     with FileLock(f"{shared}.lock"):
         if not built.exists():
