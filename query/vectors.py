@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 
 from atlas.core.errors import AtlasError, NoMatch
 from atlas.core.reader import Reader
 from atlas.core.tokens import normalized_form
+from atlas.core.vectors import string_array
 
 
 def split_words(text: str | list[str]) -> list[str]:
@@ -35,15 +37,21 @@ def word_tokens(a: Reader, model_id: str, words: list[str]) -> dict[str, WordTok
     word's (casing and leading-space or ``##`` variants included), and every token the atlas
     displays as the word, so that a token as shown (``-fire``, the word piece ``##fire``)
     searches back to itself. Words that name no token are absent."""
-    rows = a.sql(
-        "SELECT w.word, list(DISTINCT v.token_id ORDER BY v.token_id) AS ids, "
-        "list(DISTINCT v.token_norm ORDER BY v.token_norm) AS norms "
-        "FROM (SELECT unnest(?) AS word, unnest(?) AS norm) w "
-        f"JOIN {a.relation(model_id, 'vocab')} v "
-        "ON v.token_norm = w.norm OR v.token_display = w.word GROUP BY w.word",
-        [words, [normalized_form(w) for w in words]],
-    ).to_pylist()
-    return {r["word"]: WordTokens(r["ids"], r["norms"]) for r in rows}
+    vocab = a.vocabulary(model_id)
+    norms = {w: normalized_form(w) for w in words}
+    named = pc.or_(
+        pc.is_in(vocab["token_norm"], value_set=string_array(list(norms.values()))),
+        pc.is_in(vocab["token_display"], value_set=string_array(words)),
+    )
+    tokens = vocab.filter(named).to_pylist()
+    found = {}
+    for word, norm in norms.items():
+        mine = [t for t in tokens if t["token_norm"] == norm or t["token_display"] == word]
+        if mine:
+            found[word] = WordTokens(
+                sorted({t["token_id"] for t in mine}), sorted({t["token_norm"] for t in mine})
+            )
+    return found
 
 
 def text_residual_vector(

@@ -54,3 +54,15 @@ def vector_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
     """A fixed-size-list column (``FLOAT[d]`` in DuckDB) over the rows of ``vectors`` (no copy)."""
     vectors = np.ascontiguousarray(vectors)
     return pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
+
+
+def string_array(values: list[str]) -> pa.StringArray:
+    """An Arrow string array of ``values``, built from its buffers: pyarrow's own conversion of
+    Python objects imports pandas (half a second of a fresh CLI process) to check for its
+    types."""
+    encoded = [v.encode() for v in values]
+    offsets = np.zeros(len(encoded) + 1, np.int32)
+    offsets[1:] = np.cumsum([len(e) for e in encoded])
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    return pa.Array.from_buffers(pa.string(), len(values), buffers)
+

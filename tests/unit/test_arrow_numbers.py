@@ -1,5 +1,6 @@
-"""Arrow columns to numpy without pyarrow's ``to_numpy`` (which imports pandas), checked
-against the values as Python reads them."""
+"""Arrow columns to numpy without pyarrow's ``to_numpy`` (which imports pandas), and strings to
+Arrow without its conversion of Python objects (which does too), checked against the values as
+Python reads them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from atlas.core.vectors import numbers, vector_matrix
+from atlas.core.vectors import numbers, string_array, vector_matrix
 
 
 @pytest.mark.parametrize("sql_type", ["TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UBIGINT",
@@ -32,3 +33,12 @@ def test_vectors_of_a_sliced_fixed_size_list_column() -> None:
 def test_a_column_with_nulls_is_refused() -> None:
     with pytest.raises(ValueError):
         numbers(pa.array([1, None, 3]))
+
+
+@pytest.mark.parametrize(
+    "values", [[], [""], ["fire", "", "über", "##fire", "火", "a\x00b"], ["x" * 70_000, "y"]]
+)
+def test_string_arrays_hold_their_values(values: list[str]) -> None:
+    array = string_array(values)
+    array.validate(full=True)
+    assert array.type == pa.string() and array.to_pylist() == values

@@ -1,0 +1,74 @@
+"""A kept index (``Atlas.load_indexes``, the server): compared with the store in full when it is
+read, then the source of the hits' vectors. The oracle is DuckDB's own ``directions.vector``,
+read here straight from the store's file, and the search of a handle that keeps nothing (every
+hit's vector read from DuckDB)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+import atlas
+from atlas.core.errors import AtlasWarning
+from atlas.core.indexes import build_index, shard_files, write_index
+
+MODEL = "bert-like"
+
+
+def _store(root: Path, model_id: str = MODEL) -> Path:
+    catalog = json.loads((root / "catalog.json").read_text())
+    return root / catalog["models"][model_id]["store"]
+
+
+def _duckdb_vectors(root: Path, model_id: str = MODEL) -> tuple[np.ndarray, np.ndarray]:
+    con = duckdb.connect(str(_store(root, model_id) / "model.duckdb"), read_only=True)
+    try:
+        rows = con.sql("SELECT direction_id, vector FROM directions ORDER BY direction_id")
+        ids, vectors = zip(*rows.fetchall(), strict=True)
+    finally:
+        con.close()
+    return np.array(ids, np.int64), np.array(vectors, np.float32)
+
+
+def test_a_kept_index_gives_the_stored_vectors_and_the_same_hits(small_atlas: Path) -> None:
+    ids, vectors = _duckdb_vectors(small_atlas)
+    picked = np.random.default_rng(0).choice(len(ids), 40, replace=False)
+    with atlas.open(small_atlas) as lazy, atlas.open(small_atlas) as kept:
+        kept.load_indexes(1 << 30)
+        assert MODEL in kept.loaded_indexes()
+        read = kept.reader.stored_vectors(MODEL, ids[picked])
+        np.testing.assert_array_equal(read, vectors[picked])
+        for query in ("fire", "water king"):
+            expected = [h.to_dict() for h in lazy.search(query, model=MODEL, k=10)]
+            assert [h.to_dict() for h in kept.search(query, model=MODEL, k=10)] == expected
+
+
+def test_a_kept_index_whose_vector_differs_by_an_ulp_is_refused(small_copy: Path) -> None:
+    """A change far below the per-search tolerance (1e-3) is still found when an index is kept:
+    the model is left out of the kept indexes with a warning, and its searches go on scoring
+    each hit from DuckDB's vectors."""
+    ids, vectors = _duckdb_vectors(small_copy)
+    (shard,) = shard_files(_store(small_copy))
+    changed = vectors.copy()
+    changed[7] = np.nextafter(changed[7], np.float32(2))
+    before = shard.stat().st_size
+    con = duckdb.connect(str(_store(small_copy) / "model.duckdb"), read_only=True)
+    ((index_type,),) = con.sql("SELECT index_type FROM models").fetchall()
+    con.close()
+    write_index(build_index(changed, ids, index_type), shard)
+    assert shard.stat().st_size == before  # the manifest's size: only a full comparison sees it
+    with atlas.open(small_copy) as a:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always", AtlasWarning)
+            a.load_indexes(1 << 30)
+        assert [str(w.message) for w in seen if MODEL in str(w.message)] == [
+            f"model {MODEL!r}: its FAISS index holds 1 vectors that differ from the stored ones; "
+            "a repair (`check` with `repair`) rebuilds it"
+        ]
+        assert MODEL not in a.loaded_indexes() and MODEL in a.damaged_indexes()
+        np.testing.assert_array_equal(a.reader.stored_vectors(MODEL, ids[7:8]), vectors[7:8])
