@@ -322,9 +322,7 @@ class Reader(ABC):
             None,
             VERIFY_ROWS,
         )
-        chunks = (
-            (numbers(b.column(0)).astype(np.int64), vector_matrix(b.column(1))) for b in rows
-        )
+        chunks = ((numbers(b.column(0)).astype(np.int64), vector_matrix(b.column(1))) for b in rows)
         problem = vectors_problem(index, chunks)
         if problem:
             raise damaged_index(model_id, problem)

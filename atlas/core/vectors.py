@@ -65,4 +65,3 @@ def string_array(values: list[str]) -> pa.StringArray:
     offsets[1:] = np.cumsum([len(e) for e in encoded])
     buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
     return pa.Array.from_buffers(pa.string(), len(values), buffers)
-

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-import pytest
 
 import atlas
 from atlas.core.errors import AtlasWarning
