@@ -367,6 +367,16 @@ def realistic_vectors(n: int, seed: int = 0) -> tuple[Any, Any]:
     and 200 real text queries (centered unembedding directions of vocabulary words)."""
     import numpy as np
 
+    root, queries = real_covariance(seed)
+    rng = np.random.default_rng(seed)
+    return synthetic_directions(rng, root, n), queries
+
+
+def real_covariance(seed: int = 0) -> tuple[Any, Any]:
+    """The Cholesky factor of the covariance of MiniLM's real directions (ingested here), and
+    200 real text queries: centered unembedding directions of vocabulary words."""
+    import numpy as np
+
     import atlas
     from ingest.job import IngestOptions, ingest
 
@@ -384,11 +394,18 @@ def realistic_vectors(n: int, seed: int = 0) -> tuple[Any, Any]:
     rng = np.random.default_rng(seed)
     cov = np.cov(real, rowvar=False)
     root = np.linalg.cholesky(cov + 1e-6 * np.eye(cov.shape[0]))
-    data = (rng.standard_normal((n, real.shape[1]), dtype=np.float32) @ root.T).astype(np.float32)
-    data /= np.linalg.norm(data, axis=1, keepdims=True)
     words = rng.choice(np.arange(1000, unembed.shape[0]), size=200, replace=False)
     queries = unembed[words] / np.linalg.norm(unembed[words], axis=1, keepdims=True)
-    return data, queries
+    return root, queries
+
+
+def synthetic_directions(rng: Any, root: Any, n: int) -> Any:
+    """``n`` unit vectors drawn with the covariance ``root @ root.T``."""
+    import numpy as np
+
+    data = (rng.standard_normal((n, root.shape[0]), dtype=np.float32) @ root.T).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    return data
 
 
 def bench_search(device: str, large: bool) -> list[dict[str, Any]]:

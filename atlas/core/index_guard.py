@@ -133,9 +133,9 @@ def vectors_problem(
     index: ResidualIndex, stored: Iterable[tuple[np.ndarray, np.ndarray]]
 ) -> str | None:
     """Why the index's vectors are not exactly the ``stored`` ones (chunks of direction ids and
-    their vectors, as DuckDB holds them, in id order), or None: every stored vector read and
+    their vectors, as DuckDB holds them, in any order), or None: every stored vector read and
     compared, for an index a process keeps and then reads its vectors from."""
-    seen = 0
+    compared = np.zeros(index.ntotal, bool)
     for ids, vectors in stored:
         try:
             held = index.reconstruct_batch(ids)
@@ -144,9 +144,9 @@ def vectors_problem(
         differ = int(np.sum(np.any(held != vectors, axis=1)))  # NaN differs from itself too
         if differ:
             return f"holds {differ:,} vectors that differ from the stored ones"
-        seen += len(ids)
-    if seen != index.ntotal:
-        return f"holds {index.ntotal:,} vectors; the directions table has {seen:,}"
+        compared[np.searchsorted(index.ids(), ids)] = True
+    if not compared.all():
+        return f"holds {int(np.sum(~compared)):,} vectors the directions table does not have"
     return None
 
 

@@ -137,6 +137,16 @@ def full_vectors(index: Any) -> Any:
     return inner if is_exact(index) else faiss.downcast_index(inner.refine_index)
 
 
+def _flat_view(flat: Any) -> np.ndarray:
+    """A flat index's vectors, ``[ntotal, d]`` float32, as a view of FAISS's own memory."""
+    import faiss
+
+    n, d = int(flat.ntotal), int(flat.d)
+    if n == 0:
+        return np.zeros((0, d), np.float32)
+    return faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+
+
 def index_ids(index: Any) -> np.ndarray:
     import faiss
 
@@ -164,6 +174,9 @@ class ResidualIndex:
         self._sorted = every if ascending else every[self._order]
         self._owner = np.repeat(np.arange(len(shards)), [len(i) for i in self._ids])
         self._offset = np.concatenate([np.arange(len(i)) for i in self._ids])
+        # each shard's full vectors as numpy sees them, without a copy: they live as long as
+        # the shards this object holds, and only copies of their rows are handed out
+        self._vectors = [_flat_view(full_vectors(s)) for s in shards]
 
     @classmethod
     def read(cls, paths: list[Path]) -> ResidualIndex:
@@ -239,8 +252,7 @@ class ResidualIndex:
         owners, offsets = self._owner[rows], self._offset[rows]
         for shard_no in np.unique(owners):
             mine = owners == shard_no
-            vectors = full_vectors(self.shards[shard_no])
-            out[mine] = vectors.reconstruct_batch(offsets[mine].astype(np.int64))
+            out[mine] = self._vectors[shard_no][offsets[mine]]
         return out
 
     def abs_range_search(self, query: np.ndarray, threshold: float) -> tuple[Any, Any]:

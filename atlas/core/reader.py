@@ -316,9 +316,8 @@ class Reader(ABC):
 
     def _read_verified_index(self, model_id: str) -> tuple[Any, int]:
         index, size = self._read_index(model_id)
-        rows = self.batches(
-            f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')} "
-            "ORDER BY direction_id",
+        rows = self.batches(  # in any order: each vector is compared with its id's
+            f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')}",
             None,
             VERIFY_ROWS,
         )

@@ -15,6 +15,7 @@ from atlas.core.indexes import (
     measured_recall,
     merge_valences,
 )
+from atlas.core.index_guard import vectors_problem
 
 N, D, K = 20_000, 64, 10
 
@@ -101,3 +102,48 @@ def test_abs_range_search_is_every_cosine_past_the_threshold_in_both_valences(
         assert found[order].tolist() == ids[expected].tolist()
         assert np.allclose(sims[order], cos[expected], atol=1e-5)
         assert (sims > 0).any() and (sims < 0).any()
+
+
+@pytest.mark.parametrize("index_type", [EXACT, APPROXIMATE])
+def test_reconstruct_batch_gives_each_ids_vector_across_shards(index_type: str) -> None:
+    vectors = _directions(3_000, 16, seed=4)
+    ids = np.arange(500, 3_500)
+    index = ResidualIndex(
+        [build_index(vectors[:1_800], ids[:1_800], index_type),
+         build_index(vectors[1_800:], ids[1_800:], index_type)]
+    )  # fmt: skip
+    asked = np.random.default_rng(0).permutation(ids)[:700]
+    np.testing.assert_array_equal(index.reconstruct_batch(asked), vectors[asked - 500])
+    with pytest.raises(KeyError):
+        index.reconstruct_batch(np.array([499]))
+
+
+def _chunks(ids: np.ndarray, vectors: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    order = np.random.default_rng(1).permutation(len(ids))  # the table's order is not the index's
+    return [(ids[order[i : i + 97]], vectors[order[i : i + 97]]) for i in range(0, len(ids), 97)]
+
+
+def test_vectors_problem_finds_any_difference_from_the_stored_vectors() -> None:
+    vectors = _directions(1_000, 16, seed=5)
+    ids = np.arange(100, 1_100)
+    index = ResidualIndex([build_index(vectors, ids, EXACT)])
+    assert vectors_problem(index, _chunks(ids, vectors)) is None
+    last_bit = vectors.copy()
+    last_bit[3, 7] = np.nextafter(last_bit[3, 7], np.float32(1))
+    assert vectors_problem(index, _chunks(ids, last_bit)) == (
+        "holds 1 vectors that differ from the stored ones"
+    )
+    nan = vectors.copy()
+    nan[9, 0] = np.nan
+    assert vectors_problem(index, _chunks(ids, nan)) is not None
+    assert vectors_problem(index, _chunks(ids[1:], vectors[1:])) == (
+        "holds 1 vectors the directions table does not have"
+    )
+    twice = np.concatenate([ids[1:], ids[:1]]), np.concatenate([vectors[1:], vectors[1:2]])
+    twice[0][-1] = ids[1]  # one row twice, another missing: as many rows as the index holds
+    assert vectors_problem(index, _chunks(*twice)) == (
+        "holds 1 vectors the directions table does not have"
+    )
+    assert vectors_problem(index, _chunks(ids + len(ids), vectors)) == (
+        "lacks a direction of the model's directions table"
+    )

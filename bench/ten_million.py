@@ -1,0 +1,195 @@
+"""The 1e7 tier: search routes over 10,000,000 directions whose vectors stay on disk.
+
+    python bench/ten_million.py            # build once into data/bench/1e7 (about 15 GB), then measure
+    python bench/ten_million.py --n 2000000  # a smaller tier, the same routes
+
+The vectors are synthetic unit directions with the covariance of MiniLM's real ones (384-d,
+``bench.run.real_covariance``, as the 1e6 search benchmark draws them), written once as a
+``.npy`` file; the queries are 200 real text queries (centered unembedding directions of
+words); recall@10 is against the exact top 10 by ``|cos|`` (both valences), computed here by
+one chunked scan of every vector for all queries.
+
+Routes, each measured in a fresh process that opens its index and maps the vectors (so its
+peak resident set is its own: the index in memory, and the pages of vectors it touched), the
+same 200 queries after 20 warm-up ones, both valences as the atlas searches:
+
+- ``exact scan``: every vector read from the mapped file, a chunk at a time (10 queries: each
+  reads the whole file);
+- ``flat PQ fast-scan, rerank from disk``: today's approximate index (4-bit PQ fast-scan codes
+  of every vector, ``atlas.core.indexes``) with its exact rerank reading the candidates'
+  vectors from the mapped file instead of a copy in memory;
+- ``IVF-PQ fast-scan, rerank from disk``: the codes split into ``NLIST`` inverted lists by a
+  coarse quantizer, ``nprobe`` of them scanned per query, the same rerank.
+
+Today's index as shipped keeps the full vectors in memory for its rerank (``IndexRefineFlat``):
+4 bytes x 384 x 1e7 = 15.4 GB, which is why the tier exists; it is not run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+K = 10
+RERANK_FACTOR = 50  # candidates re-ranked exactly per valence: today's index's k_factor
+NLIST = 2048
+NPROBES = (16, 32, 64)
+CHUNK = 500_000
+
+
+def build(folder: Path, n: int) -> None:
+    """Vectors, queries, exact answers and both indexes, each written once."""
+    import faiss
+
+    from bench.run import real_covariance, synthetic_directions
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vectors_path = folder / "vectors.npy"
+    if not (folder / "queries.npy").exists():
+        started = time.perf_counter()
+        root, queries = real_covariance()
+        rng = np.random.default_rng(0)
+        out = np.lib.format.open_memmap(vectors_path, "w+", np.float32, (n, root.shape[0]))
+        for start in range(0, n, CHUNK):
+            out[start : start + CHUNK] = synthetic_directions(rng, root, min(CHUNK, n - start))
+        out.flush()
+        del out
+        np.save(folder / "queries.npy", queries.astype(np.float32))
+        _log(f"vectors written in {time.perf_counter() - started:.0f} s")
+    vectors = np.load(vectors_path, mmap_mode="r")
+    queries = np.load(folder / "queries.npy")
+    if not (folder / "truth.npy").exists():
+        started = time.perf_counter()
+        np.save(folder / "truth.npy", _exact_top(vectors, queries))
+        _log(f"exact answers in {time.perf_counter() - started:.0f} s")
+    d = vectors.shape[1]
+    sample = np.ascontiguousarray(vectors[:: max(1, n // 256_000)][:256_000])
+    if not (folder / "pq.faiss").exists():
+        started = time.perf_counter()
+        pq = faiss.IndexPQFastScan(d, d // 2, 4, faiss.METRIC_INNER_PRODUCT)
+        pq.train(sample[:65_536])
+        _add(pq, vectors)
+        faiss.write_index(pq, str(folder / "pq.faiss"))
+        _log(f"flat PQ fast-scan built in {time.perf_counter() - started:.0f} s")
+    if not (folder / "ivfpq.faiss").exists():
+        started = time.perf_counter()
+        coarse = faiss.IndexFlatIP(d)
+        ivf = faiss.IndexIVFPQFastScan(coarse, d, NLIST, d // 2, 4, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(sample)
+        _add(ivf, vectors)
+        faiss.write_index(ivf, str(folder / "ivfpq.faiss"))
+        _log(f"IVF-PQ fast-scan built in {time.perf_counter() - started:.0f} s")
+
+
+def _add(index: Any, vectors: np.ndarray) -> None:
+    for start in range(0, len(vectors), CHUNK):
+        index.add(np.ascontiguousarray(vectors[start : start + CHUNK]))
+
+
+def _exact_top(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Each query's K largest ``|cos|`` over every vector: ids ``[n_queries, K]``."""
+    best_ids = np.zeros((len(queries), 0), np.int64)
+    best = np.zeros((len(queries), 0), np.float32)
+    for start in range(0, len(vectors), CHUNK):
+        scores = np.abs(np.asarray(vectors[start : start + CHUNK]) @ queries.T).T
+        top = np.argpartition(-scores, K, axis=1)[:, :K]
+        best = np.concatenate([best, np.take_along_axis(scores, top, axis=1)], axis=1)
+        best_ids = np.concatenate([best_ids, top + start], axis=1)
+        keep = np.argsort(-best, axis=1, kind="stable")[:, :K]
+        best, best_ids = np.take_along_axis(best, keep, 1), np.take_along_axis(best_ids, keep, 1)
+    return best_ids
+
+
+def measure(folder: Path, route: str, nprobe: int) -> dict[str, Any]:
+    """One route over the queries, in this (fresh) process."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # one query at a time, as the atlas searches
+    vectors = np.load(folder / "vectors.npy", mmap_mode="r")
+    queries = np.load(folder / "queries.npy")
+    truth = np.load(folder / "truth.npy")
+    started = time.perf_counter()
+    if route == "exact":
+        search = lambda q: _exact_top(vectors, q[None])[0]  # noqa: E731
+        queries, truth = queries[:10], truth[:10]
+    else:
+        index = faiss.read_index(str(folder / ("pq.faiss" if route == "pq" else "ivfpq.faiss")))
+        if route == "ivfpq":
+            index.nprobe = nprobe
+        search = lambda q: _approximate_top(index, vectors, q)  # noqa: E731
+    opened = time.perf_counter() - started
+    for q in queries[:20] if route != "exact" else []:
+        search(q)
+    times, found = [], []
+    for q in queries:
+        start = time.perf_counter()
+        found.append(search(q))
+        times.append(time.perf_counter() - start)
+    recall = np.mean([len(set(f.tolist()) & set(t.tolist())) / K for f, t in zip(found, truth)])
+    ordered = sorted(times)
+    return {
+        "route": route,
+        "nprobe": nprobe if route == "ivfpq" else None,
+        "directions": len(vectors),
+        "queries": len(queries),
+        "open_s": round(opened, 2),
+        "p50_ms": round(ordered[len(ordered) // 2] * 1e3, 2),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3, 2),
+        "recall_at_10": round(float(recall), 3),
+        **_memory(),
+    }
+
+
+def _approximate_top(index: Any, vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Both valences' best ``RERANK_FACTOR x K`` candidates from the codes, re-ranked by their
+    exact ``|cos|``, read from the mapped vectors in file order."""
+    _, candidates = index.search(np.stack([q, -q]).astype(np.float32), RERANK_FACTOR * K)
+    ids = np.unique(candidates[candidates >= 0])
+    exact = np.abs(np.asarray(vectors[ids]) @ q)
+    return ids[np.argsort(-exact, kind="stable")[:K]]
+
+
+def _memory() -> dict[str, int]:
+    """Peak resident set (VmHWM) and, now, its anonymous and file-backed parts, in MB."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "RssAnon", "RssFile"):
+            fields[key] = int(value.split()[0]) // 1024
+    return {"peak_rss_mb": fields["VmHWM"], "anon_mb": fields["RssAnon"],
+            "file_mb": fields["RssFile"]}  # fmt: skip
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000_000)
+    parser.add_argument("--measure", nargs=2, metavar=("ROUTE", "NPROBE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    folder = ROOT / "data" / "bench" / ("1e7" if args.n == 10_000_000 else f"n{args.n}")
+    if args.measure:
+        print(json.dumps(measure(folder, args.measure[0], int(args.measure[1]))), flush=True)
+        return
+    build(folder, args.n)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    runs = [("pq", 0), *(("ivfpq", p) for p in NPROBES), ("exact", 0)]
+    for route, nprobe in runs:
+        command = [sys.executable, __file__, "--n", str(args.n), "--measure", route, str(nprobe)]
+        subprocess.run(command, check=True, env=env)
+
+
+if __name__ == "__main__":
+    main()
