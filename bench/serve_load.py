@@ -231,9 +231,8 @@ def mixed_paths(sample: list[dict[str, Any]], directions: int) -> list[str]:
         elif r < 0.75:
             out.append(f"/api/directions/{d}")
         elif r < 0.85:
-            out.append(
-                f"/api/matrix?model=synthetic-1e6&layer={rng.randrange(million.LAYERS)}&head=3"
-            )
+            layer = rng.randrange(million.TIERS["1e6"])
+            out.append(f"/api/matrix?model=synthetic-1e6&layer={layer}&head=3")
         elif r < 0.95:
             out.append(f"/api/directions/{d}/trace?min_cos=0.3&limit=50")
         else:
