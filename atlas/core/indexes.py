@@ -35,8 +35,10 @@ EXACT, APPROXIMATE = "flat", "pq-rerank"  # the values of models.index_type
 APPROXIMATE_MIN = 1024
 RERANK_FACTOR = 50  # candidates re-ranked exactly per result asked for
 PQ_TRAIN_MAX = 100_000  # a deterministic sample is enough to train 16 centroids per sub-space
-# Searches of at most this many queries run on the calling thread alone (``few_queries``).
+# Searches of at most this many queries, of fewer vectors than the second figure, run on the
+# calling thread alone (``few_queries``).
 FEW_QUERIES = 4
+PARALLEL_MIN_VECTORS = 65_536
 
 
 def index_type_for(n_vectors: int, exact_max: int) -> str:
@@ -200,7 +202,7 @@ class ResidualIndex:
         vectors even in approximate shards."""
         queries = np.ascontiguousarray(queries, np.float32)
         sims, ids = [], []
-        with few_queries(len(queries)):
+        with few_queries(len(queries), self.ntotal):
             for shard in self.shards:
                 searched = full_vectors(shard) if exact else shard
                 d, i = searched.search(queries, min(k, shard.ntotal))
@@ -225,7 +227,7 @@ class ResidualIndex:
                 params = faiss.SearchParameters()
                 selector = faiss.IDSelectorBatch(mine)
                 params.sel = selector  # keep ``selector`` alive while FAISS uses it
-                with few_queries(len(queries)):
+                with few_queries(len(queries), len(mine)):
                     d, i = shard.search(queries, min(k, len(mine)), params=params)
             else:  # approximate shards and selective filters do not mix: scan the subset
                 scores = queries @ self.reconstruct_batch(mine).T
@@ -264,7 +266,7 @@ class ResidualIndex:
         q = np.ascontiguousarray(query, np.float32).reshape(1, -1)
         ids, sims = [], []
         for shard, shard_ids in zip(self.shards, self._ids, strict=True):
-            with few_queries(1):
+            with few_queries(1, 0):  # FAISS splits a search by query: one query, one thread
                 _, found, positions = full_vectors(shard).range_search(q, -np.inf)
             keep = np.abs(found) >= threshold
             ids.append(shard_ids[positions[keep]])
@@ -273,18 +275,21 @@ class ResidualIndex:
 
 
 @contextlib.contextmanager
-def few_queries(n_queries: int) -> Iterator[None]:
-    """Run the block's FAISS calls on the calling thread alone when they search few queries.
+def few_queries(n_queries: int, n_vectors: int) -> Iterator[None]:
+    """Run the block's FAISS calls on the calling thread alone when they search few queries
+    over few vectors.
 
-    FAISS spreads a search over OpenMP threads by query: a search's two valences give two
-    threads little to share, and waking them after DuckDB's statements (the threads have gone
-    to sleep) costs more than the scan on a busy machine (10-25 ms against 1 ms measured at 1e3
-    directions with other work running). OpenMP keeps the setting per thread, so a server's
-    other threads and larger batches keep their parallelism.
+    FAISS spreads a search over OpenMP threads by query. Over a small index the scan is shorter
+    than waking the threads (they have gone to sleep since the last search): on a busy machine
+    10-25 ms against 1 ms measured at 1e3 directions. Over a large one a search's two valences
+    on two threads are the faster (at 1e6 directions, quiet: 1.9 against 3.0 ms; at 1e5, 1.9
+    against 2.7). OpenMP keeps the setting per thread, so a server's other threads and larger
+    batches keep their parallelism; a server sets one thread per search for all of its own
+    (:func:`one_thread_per_search`), as its requests are its parallelism.
     """
     import faiss
 
-    if n_queries > FEW_QUERIES:
+    if n_queries > FEW_QUERIES or n_vectors >= PARALLEL_MIN_VECTORS:
         yield
         return
     before = faiss.omp_get_max_threads()
@@ -293,6 +298,15 @@ def few_queries(n_queries: int) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def one_thread_per_search() -> None:
+    """FAISS calls of the calling thread use one thread (OpenMP's setting is per thread): a
+    server's worker threads, where concurrent requests already use every core and a search
+    that woke more threads would only queue them behind each other."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
 
 
 def _top_k(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[Any, Any]:

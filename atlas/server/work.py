@@ -16,6 +16,7 @@ import anyio
 import anyio.to_thread
 
 from atlas.api import Atlas
+from atlas.core.indexes import one_thread_per_search
 from atlas.interface import Deadline, stoppable
 from atlas.server.live import LiveAtlas
 
@@ -27,6 +28,7 @@ async def run(live: LiveAtlas, call: Callable[[Atlas], T], timeout: float) -> T:
     deadline = Deadline.after(timeout, "the request was stopped after the server's time limit")
 
     def work() -> T:
+        one_thread_per_search()  # the server's parallelism is its concurrent requests
         with live.lease() as handle, stoppable(deadline):
             return call(handle)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from atlas.core.index_guard import vectors_problem
 from atlas.core.indexes import (
     APPROXIMATE,
     EXACT,
@@ -15,7 +16,6 @@ from atlas.core.indexes import (
     measured_recall,
     merge_valences,
 )
-from atlas.core.index_guard import vectors_problem
 
 N, D, K = 20_000, 64, 10
 
