@@ -232,7 +232,8 @@ def mixed_paths(sample: list[dict[str, Any]], directions: int) -> list[str]:
             out.append(f"/api/directions/{d}")
         elif r < 0.85:
             layer = rng.randrange(million.TIERS["1e6"])
-            out.append(f"/api/matrix?model=synthetic-1e6&layer={layer}&head=3")
+            head = rng.randrange(million.SHAPE["n_head"])
+            out.append(f"/api/matrix?model=synthetic-1e6&layer={layer}&head={head}")
         elif r < 0.95:
             out.append(f"/api/directions/{d}/trace?min_cos=0.3&limit=50")
         else:

@@ -19,7 +19,7 @@ negated direction points at the query, i.e. the concept sits in its negative tok
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,12 @@ class Hit:
     space: str = "residual"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The hit's JSON record: its fields, the lists copied (``dataclasses.asdict`` copies
+        deeply, value by value: a third of a millisecond per ten hits on the server)."""
+        record = {name: getattr(self, name) for name in HIT_FIELDS}
+        for name in ("tokens", "token_scores", "opposite_tokens"):
+            record[name] = list(record[name])
+        return record
 
 
 HIT_FIELDS = [f.name for f in fields(Hit)]  # a hit's JSON record (CLI and HTTP API alike)
