@@ -30,7 +30,7 @@ from atlas.core.exchange.sources import open_reader
 from atlas.core.layout import AtlasDir
 from atlas.core.progress import Progress, no_progress
 from atlas.core.reader import Reader, StoreReader
-from atlas.errors import AtlasError, AtlasWarning, DamagedIndex
+from atlas.errors import AtlasError, AtlasWarning
 from atlas.params import (
     CompositionParams,
     MatrixCardParams,
@@ -172,8 +172,8 @@ class Atlas:
             if size and kept + size <= max_bytes:
                 try:
                     self.reader.keep_index(model_id)
-                except DamagedIndex as exc:  # the other models are served as usual
-                    warnings.warn(str(exc), AtlasWarning, stacklevel=2)
+                except AtlasError as exc:  # damaged, or too little memory to compare it
+                    warnings.warn(str(exc), AtlasWarning, stacklevel=2)  # the others are kept
                     continue
                 kept += size
 

@@ -38,19 +38,18 @@ def word_tokens(a: Reader, model_id: str, words: list[str]) -> dict[str, WordTok
     displays as the word, so that a token as shown (``-fire``, the word piece ``##fire``)
     searches back to itself. Words that name no token are absent."""
     vocab = a.vocabulary(model_id)
-    norms = {w: normalized_form(w) for w in words}
+    norms = {w: normalized_form(w) for w in words}  # valid text: checked by the parameters
     named = pc.or_(
         pc.is_in(vocab["token_norm"], value_set=string_array(list(norms.values()))),
-        pc.is_in(vocab["token_display"], value_set=string_array(words)),
+        pc.is_in(vocab["token_display"], value_set=string_array(list(norms))),
     )
     tokens = vocab.filter(named).to_pylist()
     found = {}
     for word, norm in norms.items():
         mine = [t for t in tokens if t["token_norm"] == norm or t["token_display"] == word]
         if mine:
-            found[word] = WordTokens(
-                sorted({t["token_id"] for t in mine}), sorted({t["token_norm"] for t in mine})
-            )
+            ids = sorted({t["token_id"] for t in mine})
+            found[word] = WordTokens(ids, sorted({t["token_norm"] for t in mine} - {None}))
     return found
 
 

@@ -78,16 +78,17 @@ def file_problem(paths: list[Path], contract: IndexContract) -> str | None:
     return None
 
 
-def read_checked(paths: list[Path], contract: IndexContract) -> ResidualIndex:
-    """The model's shards, read only if their files match the manifest and kept only if they
-    hold exactly the model's directions (see the module notes)."""
+def read_checked(paths: list[Path], contract: IndexContract, mapped: bool = True) -> ResidualIndex:
+    """The model's shards, read (memory-mapped, or not: ``read_index``) only if their files
+    match the manifest and kept only if they hold exactly the model's directions (see the
+    module notes)."""
     problem = file_problem(paths, contract)
     if problem:
         raise damaged_index(contract.model_id, problem)
     shards = []
     for path in paths:
         try:
-            shards.append(read_index(path))
+            shards.append(read_index(path, mapped))
         except AtlasError as exc:  # read_index's one line names the file by its full path
             why = str(exc).split("; svd-atlas check")[0].replace(str(path), f"file {path.name}")
             raise damaged_index(contract.model_id, why) from None
@@ -138,6 +139,8 @@ def vectors_problem(
     compared, for an index a process keeps and then reads its vectors from."""
     compared = np.zeros(index.ntotal, bool)
     for ids, vectors in stored:
+        if len(ids) == 0:
+            continue
         try:
             held = index.reconstruct_batch(ids)
         except KeyError:

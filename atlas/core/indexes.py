@@ -91,13 +91,14 @@ def write_index(index: Any, path: Path) -> None:
         raise OSError(f"could not write {path}: {one_line(exc, 200)}") from None
 
 
-def read_index(path: Path) -> Any:
-    """One shard, memory-mapped where FAISS allows (flat codes), checked to be a kind
-    svd-atlas writes."""
+def read_index(path: Path, mapped: bool = True) -> Any:
+    """One shard, checked to be a kind svd-atlas writes: memory-mapped where FAISS allows (flat
+    codes), or (``mapped`` False) read whole into memory, so that what was checked once stays
+    what is searched whatever later happens to the file."""
     import faiss
 
     try:
-        index: Any = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+        index: Any = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
     except RuntimeError as exc:
         raise AtlasError(
             f"{path} cannot be read ({faiss_reason(exc)}); a repair (`check` with `repair`) "
@@ -140,13 +141,16 @@ def full_vectors(index: Any) -> Any:
 
 
 def _flat_view(flat: Any) -> np.ndarray:
-    """A flat index's vectors, ``[ntotal, d]`` float32, as a view of FAISS's own memory."""
+    """A flat index's vectors, ``[ntotal, d]`` float32, as a read-only view of FAISS's own
+    memory."""
     import faiss
 
     n, d = int(flat.ntotal), int(flat.d)
     if n == 0:
         return np.zeros((0, d), np.float32)
-    return faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+    view = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+    view.flags.writeable = False
+    return view
 
 
 def index_ids(index: Any) -> np.ndarray:

@@ -51,8 +51,8 @@ PARQUET_MARKER = "_svd_atlas.json"
 # Up to this many directions' vectors are read through the primary key's index
 # (``Reader.stored_vectors``): the crossover measured lies between 11 and 100.
 FEW_IDS = 64
-# Rows of vectors compared at a time when an index is kept (``Reader.keep_index``).
-VERIFY_ROWS = 65_536
+# Bytes of stored vectors compared at a time when an index is kept (``Reader.keep_index``).
+VERIFY_BYTES = 32 << 20
 # Read a catalog again if a store it names vanished meanwhile (a concurrent replace + sweep).
 _OPEN_ATTEMPTS = 3
 
@@ -315,11 +315,12 @@ class Reader(ABC):
             self.indexes.pin(model_id, lambda: self._read_verified_index(model_id))
 
     def _read_verified_index(self, model_id: str) -> tuple[Any, int]:
-        index, size = self._read_index(model_id)
+        # read into memory, not mapped: a file changed in place later cannot change it
+        index, size = self._read_index(model_id, mapped=False)
         rows = self.batches(  # in any order: each vector is compared with its id's
             f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')}",
             None,
-            VERIFY_ROWS,
+            max(1, VERIFY_BYTES // (4 * self.shape(model_id)[0])),
         )
         chunks = ((numbers(b.column(0)).astype(np.int64), vector_matrix(b.column(1))) for b in rows)
         problem = vectors_problem(index, chunks)
@@ -390,7 +391,7 @@ class Reader(ABC):
         if held is None:
             held = self.sql(
                 "SELECT token_id, token_norm, token_display "
-                f"FROM {self.relation(model_id, 'vocab')}"
+                f"FROM {self.relation(model_id, 'vocab')} WHERE token_id IS NOT NULL"
             ).combine_chunks()
             with self._lock:
                 self._vocabularies[model_id] = held
@@ -410,9 +411,10 @@ class Reader(ABC):
         )
 
     @abstractmethod
-    def _read_index(self, model_id: str) -> tuple[Any, int]:
-        """The model's residual-space FAISS index (ids = direction_id), read, and its size in
-        bytes; :class:`NoVectors` for a model stored without vectors."""
+    def _read_index(self, model_id: str, mapped: bool = True) -> tuple[Any, int]:
+        """The model's residual-space FAISS index (ids = direction_id), read (memory-mapped
+        where the data allows, unless ``mapped`` is False), and its size in bytes;
+        :class:`NoVectors` for a model stored without vectors."""
 
     @abstractmethod
     def index_bytes(self, model_id: str) -> int:
@@ -601,9 +603,9 @@ class StoreReader(Reader):
         self.require_model(model_id)
         return self.dir.store_path(self.catalog.models[model_id])
 
-    def _read_index(self, model_id: str) -> tuple[Any, int]:
-        """Shards memory-mapped, once they agree with the store (``index_guard``); a model
-        without vectors or with a damaged index is one line."""
+    def _read_index(self, model_id: str, mapped: bool = True) -> tuple[Any, int]:
+        """Shards memory-mapped (or read into memory), once they agree with the store
+        (``index_guard``); a model without vectors or with a damaged index is one line."""
         from atlas.core.index_guard import read_checked
         from atlas.core.indexes import shard_files
 
@@ -611,7 +613,7 @@ class StoreReader(Reader):
         shards = shard_files(self.store_path(model_id))
         if not shards and not contract.sizes:
             raise no_vectors(model_id)
-        return read_checked(shards, contract), sum(p.stat().st_size for p in shards)
+        return read_checked(shards, contract, mapped), sum(p.stat().st_size for p in shards)
 
     def _index_contract(self, model_id: str) -> Any:
         """What the model's index must agree with (its manifest, width and id range); read

@@ -71,3 +71,24 @@ def test_a_kept_index_whose_vector_differs_by_an_ulp_is_refused(small_copy: Path
         ]
         assert MODEL not in a.loaded_indexes() and MODEL in a.damaged_indexes()
         np.testing.assert_array_equal(a.reader.stored_vectors(MODEL, ids[7:8]), vectors[7:8])
+
+
+def test_a_kept_index_is_not_changed_by_its_file_changing_afterwards(
+    small_atlas: Path, small_copy: Path
+) -> None:
+    """What was compared is what is searched: the kept index is a copy in memory, not a map of
+    a file that something could overwrite in place later."""
+    ids, vectors = _duckdb_vectors(small_copy)
+    (shard,) = shard_files(_store(small_copy))
+    with atlas.open(small_copy) as a:
+        a.load_indexes(1 << 30)
+        assert MODEL in a.loaded_indexes()
+        data = bytearray(shard.read_bytes())
+        assert len(data) > 8192
+        with open(shard, "r+b") as fh:  # every byte after the header, flipped in place
+            fh.seek(4096)
+            fh.write(bytes(b ^ 0xFF for b in data[4096:]))
+        np.testing.assert_array_equal(a.reader.stored_vectors(MODEL, ids), vectors)
+        expected = [h.direction_id for h in a.search("fire", model=MODEL, k=5)]
+    with atlas.open(small_atlas) as healthy:
+        assert [h.direction_id for h in healthy.search("fire", model=MODEL, k=5)] == expected
