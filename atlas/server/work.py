@@ -16,8 +16,7 @@ import anyio
 import anyio.to_thread
 
 from atlas.api import Atlas
-from atlas.core.indexes import one_thread_per_search
-from atlas.interface import Deadline, stoppable
+from atlas.interface import Deadline, one_thread_per_search, stoppable
 from atlas.server.live import LiveAtlas
 
 T = TypeVar("T")
