@@ -15,7 +15,7 @@ stored vectors, in [-1, 1] by construction.
 
 An index a long-running process keeps (``Atlas.load_indexes``, the server) is instead compared
 with the store in full once, when it is read (``vectors_problem``: every vector equal to
-DuckDB's, about 1.3 s at 1e6 directions); its vectors are then the stored ones, and the hits'
+DuckDB's, about 2.5 s at 1e6 directions); its vectors are then the stored ones, and the hits'
 vectors are read from it in microseconds instead of a DuckDB statement of milliseconds per
 search.
 """
