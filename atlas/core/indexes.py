@@ -91,14 +91,13 @@ def write_index(index: Any, path: Path) -> None:
         raise OSError(f"could not write {path}: {one_line(exc, 200)}") from None
 
 
-def read_index(path: Path, mapped: bool = True) -> Any:
-    """One shard, checked to be a kind svd-atlas writes: memory-mapped where FAISS allows (flat
-    codes), or (``mapped`` False) read whole into memory, so that what was checked once stays
-    what is searched whatever later happens to the file."""
+def read_index(path: Path) -> Any:
+    """One shard, memory-mapped where FAISS allows (flat codes), checked to be a kind
+    svd-atlas writes."""
     import faiss
 
     try:
-        index: Any = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
+        index: Any = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
     except RuntimeError as exc:
         raise AtlasError(
             f"{path} cannot be read ({faiss_reason(exc)}); a repair (`check` with `repair`) "
@@ -140,6 +139,11 @@ def full_vectors(index: Any) -> Any:
     return inner if is_exact(index) else faiss.downcast_index(inner.refine_index)
 
 
+def _file_signature(path: Path) -> tuple[int, int, int, int]:
+    status = path.stat()
+    return status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
+
+
 def _flat_view(flat: Any) -> np.ndarray:
     """A flat index's vectors, ``[ntotal, d]`` float32, as a read-only view of FAISS's own
     memory."""
@@ -166,10 +170,12 @@ class ResidualIndex:
     index works on it; results are merged across shards exactly.
     """
 
-    def __init__(self, shards: list[Any]):
+    def __init__(self, shards: list[Any], files: list[Path] | None = None):
         if not shards:
             raise ValueError("an index needs at least one shard")
         self.shards = shards
+        # the files the shards map, as they were when read (``files_unchanged``)
+        self._files = {path: _file_signature(path) for path in files or []}
         self.d = int(shards[0].d)
         self._ids = [index_ids(s) for s in shards]
         every = np.concatenate(self._ids)
@@ -186,7 +192,15 @@ class ResidualIndex:
 
     @classmethod
     def read(cls, paths: list[Path]) -> ResidualIndex:
-        return cls([read_index(p) for p in paths])
+        return cls([read_index(p) for p in paths], paths)
+
+    def files_unchanged(self) -> bool:
+        """Whether every file the shards map is still the one read (same inode, size and
+        times: a stat each), so that what was checked of the index still holds."""
+        try:
+            return all(_file_signature(p) == known for p, known in self._files.items())
+        except OSError:
+            return False
 
     @property
     def ntotal(self) -> int:

@@ -315,8 +315,7 @@ class Reader(ABC):
             self.indexes.pin(model_id, lambda: self._read_verified_index(model_id))
 
     def _read_verified_index(self, model_id: str) -> tuple[Any, int]:
-        # read into memory, not mapped: a file changed in place later cannot change it
-        index, size = self._read_index(model_id, mapped=False)
+        index, size = self._read_index(model_id)
         rows = self.batches(  # in any order: each vector is compared with its id's
             f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')}",
             None,
@@ -348,12 +347,13 @@ class Reader(ABC):
         """The vectors ``directions`` stores for ``ids`` of one model, in the order given
         (what the index's answers are scored against: k rows, not the table). A kept index was
         found equal to the table, vector for vector, when it was kept (:meth:`keep_index`), so
-        they are read from it (microseconds); otherwise from DuckDB (a statement, 1-3 ms)."""
+        while its files are unchanged they are read from it (microseconds); otherwise from
+        DuckDB (a statement, 1-3 ms)."""
         ids = np.asarray(ids, np.int64)
         if len(ids) == 0:
             return np.zeros((0, 0), np.float32)
         kept = self.indexes.pinned(model_id)
-        if kept is not None:
+        if kept is not None and kept.files_unchanged():
             try:
                 return kept.reconstruct_batch(ids)
             except KeyError:  # the kept index holds exactly the table's ids
@@ -411,10 +411,9 @@ class Reader(ABC):
         )
 
     @abstractmethod
-    def _read_index(self, model_id: str, mapped: bool = True) -> tuple[Any, int]:
-        """The model's residual-space FAISS index (ids = direction_id), read (memory-mapped
-        where the data allows, unless ``mapped`` is False), and its size in bytes;
-        :class:`NoVectors` for a model stored without vectors."""
+    def _read_index(self, model_id: str) -> tuple[Any, int]:
+        """The model's residual-space FAISS index (ids = direction_id), read, and its size in
+        bytes; :class:`NoVectors` for a model stored without vectors."""
 
     @abstractmethod
     def index_bytes(self, model_id: str) -> int:
@@ -603,9 +602,9 @@ class StoreReader(Reader):
         self.require_model(model_id)
         return self.dir.store_path(self.catalog.models[model_id])
 
-    def _read_index(self, model_id: str, mapped: bool = True) -> tuple[Any, int]:
-        """Shards memory-mapped (or read into memory), once they agree with the store
-        (``index_guard``); a model without vectors or with a damaged index is one line."""
+    def _read_index(self, model_id: str) -> tuple[Any, int]:
+        """Shards memory-mapped, once they agree with the store (``index_guard``); a model
+        without vectors or with a damaged index is one line."""
         from atlas.core.index_guard import read_checked
         from atlas.core.indexes import shard_files
 
@@ -613,7 +612,7 @@ class StoreReader(Reader):
         shards = shard_files(self.store_path(model_id))
         if not shards and not contract.sizes:
             raise no_vectors(model_id)
-        return read_checked(shards, contract, mapped), sum(p.stat().st_size for p in shards)
+        return read_checked(shards, contract), sum(p.stat().st_size for p in shards)
 
     def _index_contract(self, model_id: str) -> Any:
         """What the model's index must agree with (its manifest, width and id range); read

@@ -120,8 +120,8 @@ class ParquetReader(Reader):
             raise NotFound(f"no direction {direction_id} in {self.location}")
         return owners[0]
 
-    def _read_index(self, model_id: str, mapped: bool = True) -> tuple[Any, int]:
-        """An exact index built in memory from the tree's vectors (never mapped)."""
+    def _read_index(self, model_id: str) -> tuple[Any, int]:
+        """An exact index built in memory from the tree's vectors."""
         from atlas.core.indexes import EXACT, ResidualIndex, build_index
 
         if self.info["vectors"] == "none":
@@ -145,7 +145,7 @@ class ParquetReader(Reader):
     def _read_verified_index(self, model_id: str) -> tuple[Any, int]:
         """Nothing to compare: the index is built from the tree's own vectors (comparing would
         read a tree on object storage twice)."""
-        return self._read_index(model_id, mapped=False)
+        return self._read_index(model_id)
 
     def stored_vectors(self, model_id: str, ids: np.ndarray) -> np.ndarray:
         """The index is built from the tree's own vectors: its copy is theirs (no second read
