@@ -384,7 +384,7 @@ class Reader(ABC):
     def vocabulary(self, model_id: str) -> pa.Table:
         """The model's ``vocab`` table (``token_id``, ``token_norm``, ``token_display``), read
         once per handle: turning words into tokens is then a scan in memory, not a statement
-        (about 30 bytes a token: 1.5 MB for a vocabulary of 50,257)."""
+        (about 25 bytes a token: 0.75 MB for MiniLM's 30,522, measured)."""
         self.require_model(model_id)
         with self._lock:
             held = self._vocabularies.get(model_id)
