@@ -57,6 +57,47 @@ def test_approximate_search_recall_against_brute_force() -> None:
     assert np.mean(recalls) >= 0.95, np.mean(recalls)
 
 
+def test_one_approximate_shard_answers_as_faiss_refine_does() -> None:
+    """The shards' shared rerank, on one shard, is FAISS's own ``IndexRefineFlat``: the codes'
+    best ``RERANK_FACTOR * k``, re-ranked by their exact inner products."""
+    vectors = _directions(4_000, 32, seed=6)
+    shard = build_index(vectors, np.arange(7, 4_007, dtype=np.int64), APPROXIMATE)
+    queries = _directions(20, 32, seed=7)
+    faiss_sims, faiss_ids = shard.search(queries, K)
+    sims, ids = ResidualIndex([shard]).search(queries, K)
+    np.testing.assert_array_equal(ids, faiss_ids)
+    np.testing.assert_allclose(sims, faiss_sims, atol=1e-6)
+
+
+def test_approximate_shards_rerank_one_budget_and_give_exact_scores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four approximate shards and a small flat one searched as one index: each answer's score
+    is its exact cosine, recall holds against a numpy scan, and the rerank reads one budget of
+    candidates per query however many shards there are."""
+    vectors = _directions(12_500, 32, seed=8)
+    ids = np.arange(100, 12_600, dtype=np.int64)
+    cuts = [0, 3_000, 6_000, 9_000, 12_000, 12_500]
+    pairs = zip(cuts, cuts[1:], strict=False)
+    shards = [build_index(vectors[a:b], ids[a:b], APPROXIMATE) for a, b in pairs]
+    assert [is_exact(s) for s in shards] == [False] * 4 + [True]
+    index = ResidualIndex(shards)
+    read: list[int] = []
+    reconstruct = index.reconstruct_batch
+    monkeypatch.setattr(
+        index, "reconstruct_batch", lambda wanted: read.append(len(wanted)) or reconstruct(wanted)
+    )
+    recalls = []
+    for q in _directions(30, 32, seed=9):
+        sims, found = index.search(np.stack([q, -q]), K)
+        exact = np.einsum("rkd,rd->rk", vectors[found - 100], np.stack([q, -q]))
+        np.testing.assert_allclose(sims, exact, atol=1e-5)
+        got, _ = merge_valences(found, sims, K)
+        recalls.append(len(set(_brute_force(vectors, ids, q, K)) & set(got.tolist())) / K)
+    assert max(read) <= 2 * RERANK_FACTOR * K  # two queries, one budget each
+    assert np.mean(recalls) >= 0.95, np.mean(recalls)
+
+
 def test_exact_index_equals_brute_force() -> None:
     vectors = _directions(3000, D, seed=2)
     ids = np.arange(3000, dtype=np.int64)
