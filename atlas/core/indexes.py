@@ -189,6 +189,13 @@ class ResidualIndex:
         # each shard's full vectors as numpy sees them, without a copy: they live as long as
         # the shards this object holds, and only copies of their rows are handed out
         self._vectors = [_flat_view(full_vectors(s)) for s in shards]
+        approximate = [n for n, s in enumerate(shards) if not is_exact(s)]
+        self._flat_shards = [n for n in range(len(shards)) if n not in approximate]
+        self._codes = (
+            JoinedCodes([shards[n] for n in approximate], [self._ids[n] for n in approximate])
+            if approximate
+            else None
+        )
 
     @classmethod
     def read(cls, paths: list[Path]) -> ResidualIndex:
@@ -217,42 +224,21 @@ class ResidualIndex:
     def search(self, queries: np.ndarray, k: int, exact: bool = False) -> tuple[Any, Any]:
         """The ``k`` largest inner products of each query over all shards: ``(D, I)`` as FAISS
         returns them (``I`` = direction ids, -1 where fewer exist). ``exact`` scans the full
-        vectors even in approximate shards.
-
-        Approximate shards are searched as one index: each shard's codes give their best
-        ``RERANK_FACTOR * k`` candidates, the best ``RERANK_FACTOR * k`` of all shards' are kept
-        by their approximate scores, and only those are re-ranked from the full vectors. A
-        shard's own rerank (``IndexRefineFlat``) would re-rank that many per shard: 60 times
-        the rows at 1e7 directions of width 384, in 60 shards of 256 MB.
-        """
+        vectors even in approximate shards, which are otherwise searched together
+        (:class:`JoinedCodes`)."""
         queries = np.ascontiguousarray(queries, np.float32)
-        sims, ids, guesses, candidates = [], [], [], []
-        budget = RERANK_FACTOR * k
+        sims, ids = [], []
+        flat_shards = range(len(self.shards)) if exact else self._flat_shards
         with few_queries(len(queries), self.ntotal):
-            for shard, shard_ids in zip(self.shards, self._ids, strict=True):
-                if exact or is_exact(shard):
-                    d, i = full_vectors(shard).search(queries, min(k, shard.ntotal))
-                    sims.append(d)
-                    ids.append(_direction_ids(i, shard_ids))
-                else:
-                    d, i = _codes(shard).search(queries, min(budget, shard.ntotal))
-                    guesses.append(d)
-                    candidates.append(_direction_ids(i, shard_ids))
-        if candidates:
-            best = _best_candidates(np.hstack(guesses), np.hstack(candidates), budget)
-            sims.append(self._inner_products(queries, best))
-            ids.append(best)
+            for n in flat_shards:
+                d, i = full_vectors(self.shards[n]).search(queries, min(k, len(self._ids[n])))
+                sims.append(d)
+                ids.append(np.where(i >= 0, self._ids[n][np.maximum(i, 0)], -1))
+            if not exact and self._codes is not None:
+                d, i = self._codes.search(queries, k)
+                sims.append(d)
+                ids.append(i)
         return _top_k(np.hstack(sims), np.hstack(ids), k)
-
-    def _inner_products(self, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """``queries[r] . vector(ids[r, c])`` from the full vectors (-inf where the id is -1)."""
-        wanted = np.unique(ids[ids >= 0])
-        if len(wanted) == 0:
-            return np.full(ids.shape, -np.inf, np.float32)
-        scores = queries @ self.reconstruct_batch(wanted).T  # [n_queries, len(wanted)]
-        column = np.minimum(np.searchsorted(wanted, ids), len(wanted) - 1)
-        found = np.take_along_axis(scores, column, axis=1)
-        return np.where(ids >= 0, found, -np.inf).astype(np.float32)
 
     def search_among(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[Any, Any]:
         """:meth:`search` restricted to the ``allowed`` direction ids, exactly."""
@@ -316,6 +302,58 @@ class ResidualIndex:
         return np.concatenate(ids), np.concatenate(sims)
 
 
+class JoinedCodes:
+    """Approximate shards searched as one index: FAISS's ``IndexShards`` over their codes
+    gives the best ``RERANK_FACTOR * k`` candidates of all of them (merged in C++), and only
+    those are re-ranked from the shards' full vectors, in place (memory-mapped). Each shard's
+    own rerank (``IndexRefineFlat``) would re-rank that many per shard: 51 times the rows at
+    1e7 directions of width 384, in 51 shards of 256 MB.
+
+    A candidate is a *position*: a row of the shards laid end to end (shard ``s`` holds
+    ``starts[s]`` to ``starts[s] + ntotal - 1``).
+    """
+
+    def __init__(self, shards: list[Any], ids: list[np.ndarray]):
+        import faiss
+
+        self.d = int(shards[0].d)
+        self._codes = [faiss.downcast_index(faiss.downcast_index(s.index).base_index)
+                       for s in shards]  # fmt: skip
+        self._joined = faiss.IndexShards(self.d, False, True)  # in turn, ids end to end
+        for codes in self._codes:
+            self._joined.add_shard(codes)
+        self._flats = [full_vectors(s) for s in shards]
+        self._starts = np.cumsum([0] + [f.ntotal for f in self._flats[:-1]])
+        self._ids = ids[0] if len(ids) == 1 else np.concatenate(ids)  # by position
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best of each query by exact inner product among its candidates:
+        ``(D, I)`` with direction ids, unsorted."""
+        budget = min(RERANK_FACTOR * k, len(self._ids))
+        _, positions = self._joined.search(queries, budget)
+        sims = self._inner_products(queries, positions)
+        return sims, np.where(positions >= 0, self._ids[np.maximum(positions, 0)], -1)
+
+    def _inner_products(self, queries: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """``queries[r] . vector(positions[r, c])``, by FAISS from each shard's full vectors
+        where they lie; -inf where the position is -1."""
+        import faiss
+
+        out = np.full(positions.shape, -np.inf, np.float32)
+        shard_of = np.searchsorted(self._starts, positions[positions >= 0], side="right") - 1
+        part = np.empty_like(out)
+        for n in np.unique(shard_of):
+            start, flat = self._starts[n], self._flats[n]
+            mine = (positions >= start) & (positions < start + flat.ntotal)
+            local = np.ascontiguousarray(np.where(mine, positions - start, -1), np.int64)
+            faiss.fvec_inner_products_by_idx(
+                faiss.swig_ptr(part), faiss.swig_ptr(queries), flat.get_xb(),
+                faiss.swig_ptr(local), self.d, *positions.shape,
+            )  # fmt: skip
+            np.maximum(out, part, out=out)  # -inf where the position is another shard's
+        return out
+
+
 @contextlib.contextmanager
 def few_queries(n_queries: int, n_vectors: int) -> Iterator[None]:
     """Run the block's FAISS calls on the calling thread alone when they search few queries
@@ -351,31 +389,14 @@ def one_thread_per_search() -> None:
     faiss.omp_set_num_threads(1)
 
 
-def _codes(shard: Any) -> Any:
-    """An approximate shard's PQ fast-scan index (the codes), without its rerank."""
-    import faiss
-
-    return faiss.downcast_index(faiss.downcast_index(shard.index).base_index)
-
-
-def _direction_ids(positions: np.ndarray, shard_ids: np.ndarray) -> np.ndarray:
-    """A shard's FAISS positions as direction ids (-1 stays -1)."""
-    return np.where(positions >= 0, shard_ids[np.maximum(positions, 0)], -1)
-
-
-def _best_candidates(guesses: np.ndarray, ids: np.ndarray, budget: int) -> np.ndarray:
-    """Per row, the ids of the ``budget`` best approximate scores (in no order; -1 for none)."""
-    guesses = np.where(ids >= 0, guesses, -np.inf)
-    if guesses.shape[1] > budget:
-        keep = np.argpartition(-guesses, budget - 1, axis=1)[:, :budget]
-        guesses = np.take_along_axis(guesses, keep, axis=1)
-        ids = np.take_along_axis(ids, keep, axis=1)
-    return np.where(np.isfinite(guesses), ids, -1)
-
-
 def _top_k(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[Any, Any]:
     """Per row, the ``k`` largest similarities (ties by id), padded with -1 ids."""
     sims = np.where(ids >= 0, sims, -np.inf)
+    if sims.shape[1] > 2 * k:  # sort only each row's k best, unless a tie crosses the k-th
+        keep = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        kept = np.take_along_axis(sims, keep, axis=1)
+        if np.all(np.sum(sims >= kept.min(axis=1, keepdims=True), axis=1) == k):
+            sims, ids = kept, np.take_along_axis(ids, keep, axis=1)
     order = np.lexsort((ids, -sims), axis=1)[:, :k]
     top_sims = np.take_along_axis(sims, order, axis=1)
     top_ids = np.take_along_axis(ids, order, axis=1)

@@ -10,8 +10,10 @@ from atlas.core.indexes import (
     APPROXIMATE,
     EXACT,
     RERANK_FACTOR,
+    JoinedCodes,
     ResidualIndex,
     build_index,
+    index_ids,
     is_exact,
     measured_recall,
     merge_valences,
@@ -69,12 +71,10 @@ def test_one_approximate_shard_answers_as_faiss_refine_does() -> None:
     np.testing.assert_allclose(sims, faiss_sims, atol=1e-6)
 
 
-def test_approximate_shards_rerank_one_budget_and_give_exact_scores(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_approximate_shards_rerank_one_budget_and_give_exact_scores() -> None:
     """Four approximate shards and a small flat one searched as one index: each answer's score
-    is its exact cosine, recall holds against a numpy scan, and the rerank reads one budget of
-    candidates per query however many shards there are."""
+    is its exact cosine, recall holds against a numpy scan, and the approximate shards offer
+    one budget of candidates for re-ranking however many they are."""
     vectors = _directions(12_500, 32, seed=8)
     ids = np.arange(100, 12_600, dtype=np.int64)
     cuts = [0, 3_000, 6_000, 9_000, 12_000, 12_500]
@@ -82,19 +82,20 @@ def test_approximate_shards_rerank_one_budget_and_give_exact_scores(
     shards = [build_index(vectors[a:b], ids[a:b], APPROXIMATE) for a, b in pairs]
     assert [is_exact(s) for s in shards] == [False] * 4 + [True]
     index = ResidualIndex(shards)
-    read: list[int] = []
-    reconstruct = index.reconstruct_batch
-    monkeypatch.setattr(
-        index, "reconstruct_batch", lambda wanted: read.append(len(wanted)) or reconstruct(wanted)
-    )
+    joined = JoinedCodes(shards[:4], [index_ids(s) for s in shards[:4]])
     recalls = []
     for q in _directions(30, 32, seed=9):
-        sims, found = index.search(np.stack([q, -q]), K)
-        exact = np.einsum("rkd,rd->rk", vectors[found - 100], np.stack([q, -q]))
+        both = np.stack([q, -q])
+        sims, found = index.search(both, K)
+        exact = np.einsum("rkd,rd->rk", vectors[found - 100], both)
         np.testing.assert_allclose(sims, exact, atol=1e-5)
         got, _ = merge_valences(found, sims, K)
         recalls.append(len(set(_brute_force(vectors, ids, q, K)) & set(got.tolist())) / K)
-    assert max(read) <= 2 * RERANK_FACTOR * K  # two queries, one budget each
+        candidate_sims, candidates = joined.search(both, K)
+        assert candidates.shape == (2, RERANK_FACTOR * K)  # one budget, not one per shard
+        assert (candidates >= 0).all() and len(np.unique(candidates[0])) == RERANK_FACTOR * K
+        exact = np.einsum("rkd,rd->rk", vectors[candidates - 100], both)
+        np.testing.assert_allclose(candidate_sims, exact, atol=1e-5)
     assert np.mean(recalls) >= 0.95, np.mean(recalls)
 
 
