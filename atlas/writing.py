@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 from atlas.core.check import CheckReport, Finding, check_atlas
 from atlas.core.errors import AtlasError
 from atlas.core.exchange.bundle_format import VECTOR_MODES
-from atlas.core.exchange.check_tree import check_tree
 from atlas.core.exchange.load import LoadResult, load_bundle
 from atlas.core.exchange.tree_format import MARKER
 from atlas.core.progress import Progress, no_progress
@@ -222,6 +221,8 @@ def check(location: str | os.PathLike[str], repair: bool = False) -> CheckReport
                 f"{location} is a Parquet tree: check reads it, but nothing repairs it in "
                 "place; export the damaged models into it again"
             )
+        from atlas.core.exchange.check_tree import check_tree  # fsspec: not at CLI start
+
         return check_tree(str(location))
     return repair_atlas(Path(location)) if repair else check_atlas(Path(location))
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from atlas.core.errors import AtlasError, DamagedIndex, one_line
-from atlas.core.indexes import ResidualIndex, full_vectors, index_ids, is_index_file, read_index
+from atlas.core.indexes import ResidualIndex, full_vectors, is_index_file, read_index
 from atlas.core.layout import manifest_sizes
 
 REPAIR = "a repair (`check` with `repair`) rebuilds it"
@@ -99,7 +99,11 @@ def read_checked(paths: list[Path], contract: IndexContract) -> ResidualIndex:
     problem = _structure_problem(shards, contract)
     if problem:
         raise damaged_index(contract.model_id, problem)
-    return ResidualIndex(shards, paths)
+    index = ResidualIndex(shards, paths)
+    problem = _ids_problem(index.ids(), contract)
+    if problem:
+        raise damaged_index(contract.model_id, problem)
+    return index
 
 
 def _structure_problem(shards: list[Any], contract: IndexContract) -> str | None:
@@ -114,16 +118,19 @@ def _structure_problem(shards: list[Any], contract: IndexContract) -> str | None
         widths = {int(shard.d), int(vectors.d)}
         if widths != {d}:
             return f"has width {max(widths - {d})}; the model's d_model is {d}"
-        if not int(shard.ntotal) == int(vectors.ntotal) == len(index_ids(shard)):
+        if not int(shard.ntotal) == int(vectors.ntotal) == int(shard.id_map.size()):
             return "has a vector count that disagrees with its id map"
         n += int(shard.ntotal)
     if n != contract.n_directions:
         return f"holds {n:,} vectors; the model has {contract.n_directions:,} directions"
-    ids = np.concatenate([index_ids(s) for s in shards])
-    if not np.all(ids[1:] > ids[:-1]):  # written in id order, as a rule: no sort needed
-        ids = np.sort(ids)
-    first = contract.first_direction_id
-    if len(ids) and not np.array_equal(ids, np.arange(first, first + len(ids))):
+    return None
+
+
+def _ids_problem(ids: np.ndarray, contract: IndexContract) -> str | None:
+    """``ids`` (ascending, as many as the model's directions) must be exactly the model's
+    range: n distinct integers from ``first`` to ``first + n - 1`` are that range."""
+    first, last = contract.first_direction_id, contract.first_direction_id + len(ids) - 1
+    if len(ids) and not (ids[0] == first and ids[-1] == last and np.all(ids[1:] > ids[:-1])):
         return (
             f"holds ids {int(ids[0])}..{int(ids[-1])}, not exactly the model's "
             f"{first}..{first + contract.n_directions - 1}"

@@ -160,7 +160,7 @@ def _flat_view(flat: Any) -> np.ndarray:
 def index_ids(index: Any) -> np.ndarray:
     import faiss
 
-    return faiss.vector_to_array(index.id_map).astype(np.int64)
+    return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
 
 
 class ResidualIndex:
@@ -182,20 +182,19 @@ class ResidualIndex:
         # shards written in id order (as every writer does) need no sort: a fresh process
         # searching a 1e6-direction index saves the sort's 0.1 s
         ascending = bool(np.all(every[1:] > every[:-1]))
-        self._order = np.arange(len(every)) if ascending else np.argsort(every, kind="stable")
-        self._sorted = every if ascending else every[self._order]
-        self._owner = np.repeat(np.arange(len(shards)), [len(i) for i in self._ids])
-        self._offset = np.concatenate([np.arange(len(i)) for i in self._ids])
+        # ``_order[j]``: the position (the shards' rows laid end to end) of the j-th smallest id
+        self._order = None if ascending else np.argsort(every, kind="stable")
+        self._sorted = every if self._order is None else every[self._order]
+        self._starts = np.cumsum([0] + [len(i) for i in self._ids[:-1]])  # shards' first rows
         # each shard's full vectors as numpy sees them, without a copy: they live as long as
         # the shards this object holds, and only copies of their rows are handed out
         self._vectors = [_flat_view(full_vectors(s)) for s in shards]
         approximate = [n for n, s in enumerate(shards) if not is_exact(s)]
         self._flat_shards = [n for n in range(len(shards)) if n not in approximate]
-        self._codes = (
-            JoinedCodes([shards[n] for n in approximate], [self._ids[n] for n in approximate])
-            if approximate
-            else None
-        )
+        self._codes = None
+        if approximate:
+            ids = every if not self._flat_shards else np.hstack([self._ids[n] for n in approximate])
+            self._codes = JoinedCodes([shards[n] for n in approximate], ids)
 
     @classmethod
     def read(cls, paths: list[Path]) -> ResidualIndex:
@@ -278,8 +277,9 @@ class ResidualIndex:
             self._sorted[np.minimum(at, len(self._sorted) - 1)] != ids
         ):
             raise KeyError("a direction id is not in the index")
-        rows = self._order[at]
-        owners, offsets = self._owner[rows], self._offset[rows]
+        rows = at if self._order is None else self._order[at]
+        owners = np.searchsorted(self._starts, rows, side="right") - 1
+        offsets = rows - self._starts[owners]
         for shard_no in np.unique(owners):
             mine = owners == shard_no
             out[mine] = self._vectors[shard_no][offsets[mine]]
@@ -313,18 +313,20 @@ class JoinedCodes:
     ``starts[s]`` to ``starts[s] + ntotal - 1``).
     """
 
-    def __init__(self, shards: list[Any], ids: list[np.ndarray]):
+    def __init__(self, shards: list[Any], ids: np.ndarray):
+        """``ids``: the shards' direction ids laid end to end (by position)."""
         import faiss
 
         self.d = int(shards[0].d)
-        self._codes = [faiss.downcast_index(faiss.downcast_index(s.index).base_index)
-                       for s in shards]  # fmt: skip
-        self._joined = faiss.IndexShards(self.d, False, True)  # in turn, ids end to end
+        refined: list[Any] = [faiss.downcast_index(s.index) for s in shards]
+        self._codes = [faiss.downcast_index(r.base_index) for r in refined]
+        # FAISS's defaults: the shards searched in turn, their ids laid end to end
+        self._joined = faiss.IndexShards(self.d)
         for codes in self._codes:
             self._joined.add_shard(codes)
         self._flats = [full_vectors(s) for s in shards]
         self._starts = np.cumsum([0] + [f.ntotal for f in self._flats[:-1]])
-        self._ids = ids[0] if len(ids) == 1 else np.concatenate(ids)  # by position
+        self._ids = ids
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best of each query by exact inner product among its candidates:
@@ -346,7 +348,7 @@ class JoinedCodes:
             start, flat = self._starts[n], self._flats[n]
             mine = (positions >= start) & (positions < start + flat.ntotal)
             local = np.ascontiguousarray(np.where(mine, positions - start, -1), np.int64)
-            faiss.fvec_inner_products_by_idx(
+            faiss.fvec_inner_products_by_idx(  # type: ignore[attr-defined]  # not in its stubs
                 faiss.swig_ptr(part), faiss.swig_ptr(queries), flat.get_xb(),
                 faiss.swig_ptr(local), self.d, *positions.shape,
             )  # fmt: skip

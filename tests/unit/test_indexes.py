@@ -82,7 +82,7 @@ def test_approximate_shards_rerank_one_budget_and_give_exact_scores() -> None:
     shards = [build_index(vectors[a:b], ids[a:b], APPROXIMATE) for a, b in pairs]
     assert [is_exact(s) for s in shards] == [False] * 4 + [True]
     index = ResidualIndex(shards)
-    joined = JoinedCodes(shards[:4], [index_ids(s) for s in shards[:4]])
+    joined = JoinedCodes(shards[:4], np.hstack([index_ids(s) for s in shards[:4]]))
     recalls = []
     for q in _directions(30, 32, seed=9):
         both = np.stack([q, -q])
@@ -156,6 +156,9 @@ def test_reconstruct_batch_gives_each_ids_vector_across_shards(index_type: str) 
     )  # fmt: skip
     asked = np.random.default_rng(0).permutation(ids)[:700]
     np.testing.assert_array_equal(index.reconstruct_batch(asked), vectors[asked - 500])
+    reversed_shards = ResidualIndex(index.shards[::-1])  # ids no longer ascend by position
+    np.testing.assert_array_equal(reversed_shards.reconstruct_batch(asked), vectors[asked - 500])
+    np.testing.assert_array_equal(reversed_shards.ids(), ids)
     with pytest.raises(KeyError):
         index.reconstruct_batch(np.array([499]))
 

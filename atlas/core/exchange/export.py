@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from atlas.core.errors import AtlasError
 from atlas.core.exchange.bundle_format import (
@@ -152,6 +151,8 @@ def _scalar(a: Reader, query: str) -> Any:
 
 
 def _write_parquet(a: Reader, query: str, target: Path, vectors: str) -> int:
+    import pyarrow.parquet as pq  # here, not at CLI start (25 ms)
+
     n = 0
     writer: pq.ParquetWriter | None = None
     try:

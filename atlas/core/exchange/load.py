@@ -29,7 +29,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from atlas.core.errors import AtlasError, one_line
 from atlas.core.exchange.bundle_format import (
@@ -165,6 +164,7 @@ def read_model(
     """Read one model's verified members and check that they form a consistent store
     (``version``: the bundle's format version; an older one's are upgraded as they are
     read)."""
+    import pyarrow.parquet as pq  # here, not at CLI start (25 ms)
 
     def bad(why: str) -> AtlasError:
         return AtlasError(f"{source}: model {model.model_id!r} is inconsistent: {why}")

@@ -16,7 +16,6 @@ import uuid
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from atlas.core.contract import TABLES
 from atlas.core.errors import AtlasError, one_line
@@ -119,6 +118,8 @@ def _write_partition(
     a: Reader, model_id: str, table: str, fs: Any, folder: str, vectors: str
 ) -> None:
     """One model's rows of one table, streamed; ``model_id`` lives in the folder name."""
+    import pyarrow.parquet as pq  # here, not at CLI start (25 ms)
+
     from atlas.core.exchange.export import encode_vectors
 
     query = f"SELECT * FROM {a.relation(model_id, table)} ORDER BY {ROW_ORDER[table]}"

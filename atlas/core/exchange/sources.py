@@ -16,8 +16,6 @@ import weakref
 from pathlib import Path
 
 from atlas.core.errors import AtlasError
-from atlas.core.exchange.load import load_bundle
-from atlas.core.exchange.parquet_reader import ParquetReader
 from atlas.core.exchange.tree_format import MARKER
 from atlas.core.memlimit import parse_memory_limit
 from atlas.core.reader import Reader, StoreReader
@@ -30,17 +28,26 @@ def open_reader(
 ) -> Reader:
     """The reader for whatever ``location`` is (see the module notes), its session bounded by
     ``memory_limit`` (``atlas.core.memlimit``)."""
+    # the Parquet reader (fsspec, asyncio, ssl: 50 ms) and the bundle loader are imported
+    # only for their sources: an atlas directory, what a fresh CLI process mostly opens,
+    # needs neither
     if isinstance(location, str) and "://" in location:
         _refuse_write(write, location)
-        return ParquetReader(location, memory_limit)
+        return _parquet_reader(location, memory_limit)
     path = Path(location)
     if path.is_file():
         _refuse_write(write, location)
         return BundleReader(path, memory_limit)
     if (path / MARKER).is_file():
         _refuse_write(write, location)
-        return ParquetReader(str(path), memory_limit)
+        return _parquet_reader(str(path), memory_limit)
     return StoreReader(path, write=write, memory_limit=memory_limit)
+
+
+def _parquet_reader(location: str, memory_limit: int | str | None) -> Reader:
+    from atlas.core.exchange.parquet_reader import ParquetReader
+
+    return ParquetReader(location, memory_limit)
 
 
 def _refuse_write(write: bool, location: object) -> None:
@@ -57,6 +64,8 @@ class BundleReader(StoreReader):
         tmp = Path(tempfile.mkdtemp(prefix="svd-atlas-open-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, tmp, ignore_errors=True)
         try:
+            from atlas.core.exchange.load import load_bundle
+
             load_bundle(tmp / "atlas", bundle)
             super().__init__(tmp / "atlas", location=str(bundle), memory_limit=memory_limit)
         except BaseException:
