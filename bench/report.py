@@ -286,8 +286,9 @@ def _server(r: dict[str, Any]) -> list[str]:
     measured = ", ".join(f"{rate:,.0f} searches/s from {n}" for n, rate in allowed.items())
     out = [
         f"`svd-atlas serve` on a {r['directions']:,}-direction atlas (approximate index), "
-        "clients on the same machine (threads of the benchmark process, one keep-alive "
-        f"connection each) sharing its {cores} cores with the server. Baselines in the same "
+        "clients on the same machine (threads of the benchmark process, `http.client`, one "
+        f"keep-alive connection each) sharing its {cores} cores with the server. Baselines in "
+        "the same "
         f"run: the library's own search, in process with the index loaded, p50 "
         f"{lib['p50_ms']} ms, p99 {lib['p99_ms']} ms, mean {lib['mean_ms']} ms; what the cores "
         "allow, measured as the library's throughput from as many threads of one process as "

@@ -13,21 +13,23 @@ Routes, each measured in a fresh process that opens its index and maps the vecto
 peak resident set is its own: the index in memory, and the pages of vectors it touched), the
 same 200 queries after 20 warm-up ones, both valences as the atlas searches:
 
-- ``exact scan``: every vector read from the mapped file, a chunk at a time (10 queries: each
-  reads the whole file);
-- ``pq``: today's approximate index (4-bit PQ fast-scan codes of every vector, ``d/2``
-  sub-quantizers, ``atlas.core.indexes``) with its exact rerank reading the candidates'
-  vectors from the mapped file instead of a copy in memory; on one thread, as the atlas
-  searches today, and on two (one valence each: FAISS splits a search by query);
+- ``atlas``: the atlas's own index, as an ingest writes it (``atlas.core.store.IndexShards``:
+  shards of whole "layers" of at least 256 MB, each with its own codes and its full vectors)
+  and as the library reads and searches it (``ResidualIndex``: the codes in memory, the full
+  vectors memory-mapped from the shard files, one candidate budget re-ranked for all shards),
+  without describing the hits;
+- ``pq``: one index of the same kind of codes over every vector (4-bit PQ fast-scan, ``d/2``
+  sub-quantizers, one codebook), its rerank reading the candidates' vectors from the vectors
+  file with ``pread``; on one thread and on two (one valence each: FAISS splits a search by
+  query);
 - ``pq-sharded``: the same codes in ``SHARDS`` shards (one per core) searched on as many
   threads, each for both valences in one pass over its codes (FAISS's fast-scan scores a
   block of queries per pass: two queries cost 1.3x one), the candidates merged;
 - ``pq-half``: the same with ``d/4`` sub-quantizers (codes half the size, coarser);
 - ``ivfpq``: the codes split into ``NLIST`` inverted lists by a coarse quantizer, ``nprobe``
-  of them scanned per query, the same rerank.
-
-Today's index as shipped keeps the full vectors in memory for its rerank (``IndexRefineFlat``):
-4 bytes x 384 x 1e7 = 15.4 GB, which is why the tier exists; it is not run here.
+  of them scanned per query, the same rerank;
+- ``exact scan``: every vector read from the mapped file, a chunk at a time (10 queries: each
+  reads the whole file).
 """
 
 from __future__ import annotations
@@ -44,12 +46,17 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from atlas.core.indexes import APPROXIMATE, ResidualIndex, merge_valences, shard_files  # noqa: E402
+from atlas.core.store import IndexShards  # noqa: E402
+
 K = 10
 RERANK_FACTOR = 50  # candidates re-ranked exactly per valence: today's index's k_factor
 NLIST = 2048
 NPROBES = (64, 256)
 CHUNK = 500_000
 SHARDS = 2
+ATLAS_LAYER = 32_768  # vectors a "layer" adds to the atlas's shards (a shard holds whole layers)
 
 
 def build(folder: Path, n: int) -> None:
@@ -96,6 +103,15 @@ def build(folder: Path, n: int) -> None:
             _add(part, vectors[bounds[shard] : bounds[shard + 1]])
             faiss.write_index(part, str(folder / f"pq-shard-{shard}.faiss"))
         _log(f"pq shards built in {time.perf_counter() - started:.0f} s")
+    if not shard_files(folder / "atlas"):
+        started = time.perf_counter()
+        (folder / "atlas").mkdir(exist_ok=True)
+        shards = IndexShards(folder / "atlas", APPROXIMATE)
+        for start in range(0, n, ATLAS_LAYER):
+            layer = np.ascontiguousarray(vectors[start : start + ATLAS_LAYER])
+            shards.add_layer(layer, np.arange(start, start + len(layer)))
+        shards.flush()
+        _log(f"atlas shards built in {time.perf_counter() - started:.0f} s")
     if not (folder / "ivfpq.faiss").exists():
         started = time.perf_counter()
         coarse = faiss.IndexFlatIP(d)
@@ -144,6 +160,9 @@ def measure(folder: Path, route: str, nprobe: int, threads: int) -> dict[str, An
         )
         on_disk = OnDisk(folder / "vectors.npy")
         search = lambda q: _approximate_top(sharded, on_disk, q)  # noqa: E731
+    elif route == "atlas":
+        residual = ResidualIndex.read(shard_files(folder / "atlas"))
+        search = lambda q: _atlas_top(residual, q)  # noqa: E731
     else:
         index = faiss.read_index(str(folder / f"{route}.faiss"))
         if route == "ivfpq":
@@ -232,6 +251,12 @@ def _approximate_top(index: Any, vectors: OnDisk, q: np.ndarray) -> np.ndarray:
     return ids[np.argsort(-exact, kind="stable")[:K]]
 
 
+def _atlas_top(index: ResidualIndex, q: np.ndarray) -> np.ndarray:
+    """Both valences' best ``K`` as the library's residual search finds them."""
+    sims, ids = index.search(np.stack([q, -q]).astype(np.float32), K)
+    return merge_valences(ids, sims, K)[0]
+
+
 def _memory() -> dict[str, int]:
     """Peak resident set (VmHWM) and, now, its anonymous and file-backed parts, in MB."""
     fields = {}
@@ -252,7 +277,6 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000_000)
     parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)  # route nprobe threads
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     folder = ROOT / "data" / "bench" / ("1e7" if args.n == 10_000_000 else f"n{args.n}")
     if args.measure:
         route, nprobe, threads = args.measure
@@ -260,8 +284,8 @@ def main() -> None:
         return
     build(folder, args.n)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
-    runs = [("pq", 0, 1), ("pq", 0, 2), ("pq-sharded", 0, SHARDS), ("pq-half", 0, 2),
-            *(("ivfpq", p, 2) for p in NPROBES), ("exact", 0, 1)]  # fmt: skip
+    runs = [("atlas", 0, 2), ("pq", 0, 1), ("pq", 0, 2), ("pq-sharded", 0, SHARDS),
+            ("pq-half", 0, 2), *(("ivfpq", p, 2) for p in NPROBES), ("exact", 0, 1)]  # fmt: skip
     for route, nprobe, threads in runs:
         command = [sys.executable, __file__, "--n", str(args.n), "--measure", route,
                    str(nprobe), str(threads)]  # fmt: skip

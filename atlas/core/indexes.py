@@ -6,8 +6,10 @@ threshold queries can always be answered exactly from the index itself.
 
 A model's index is a list of shards (one per transformer block at ingest, so that building it
 never needs more than one block's vectors in memory), searched together by
-:class:`ResidualIndex`: each shard answers for its own directions and the results are merged
-exactly, so the shards behave as one index. Shards are memory-mapped where FAISS allows.
+:class:`ResidualIndex`, so that they behave as one index: flat shards answer for their own
+directions and the results are merged exactly; approximate shards pool their codes'
+candidates and re-rank one budget of them (:class:`JoinedCodes`). Shards are memory-mapped
+where FAISS allows: the full vectors are, the codes are read into memory.
 
 Why not HNSW or IVF: singular directions are nearly isotropic (the participation ratio of
 MiniLM's direction covariance is 353 of 384 dimensions), so a query's true neighbours sit only a
