@@ -98,6 +98,7 @@ class Work:
     parent: Work | None = None
     _why: BaseException | None = None
     _statements: list[Interruptible] = field(default_factory=list)
+    _ended: bool = False  # its block has exited (its deadline no longer matters)
 
     def stop(self, why: BaseException | None = None) -> None:
         """Stop this work from any thread: its running statements are interrupted, its next
@@ -222,11 +223,16 @@ class _Watcher:
         with self.lock:
             self._ensure()
             heapq.heappush(self._deadlines, (work.deadline.at, id(work), work))
-            self._wake()
+            # the thread sleeps until the earliest deadline it knew of: only an earlier one
+            # needs it awake now (a server's equal time limits never do: no thread switch per
+            # request)
+            if self._deadlines[0][2] is work:
+                self._wake()
 
     def forget(self, work: Work) -> None:
         with self.lock:
-            self._stopping.discard(work)  # its deadline drops off the heap when it comes
+            work._ended = True  # its deadline leaves the heap once it is the earliest
+            self._stopping.discard(work)
 
     def stopping(self, work: Work) -> None:
         with self.lock:
@@ -278,8 +284,12 @@ class _Watcher:
         this is needed next (None: not until woken)."""
         now = time.monotonic()
         with self.lock:
-            while self._deadlines and self._deadlines[0][0] <= now:
+            while self._deadlines and (
+                self._deadlines[0][2]._ended or self._deadlines[0][0] <= now
+            ):
                 _, _, work = heapq.heappop(self._deadlines)
+                if work._ended:
+                    continue
                 if work._why is None:
                     work._why = work.deadline.error()
                 self._stopping.add(work)

@@ -344,12 +344,11 @@ class JoinedCodes:
         import faiss
 
         out = np.full(positions.shape, -np.inf, np.float32)
-        shard_of = np.searchsorted(self._starts, positions[positions >= 0], side="right") - 1
+        shard_of = np.searchsorted(self._starts, positions, side="right") - 1  # -1 for -1
         part = np.empty_like(out)
-        for n in np.unique(shard_of):
+        for n in np.flatnonzero(np.bincount(shard_of.ravel() + 1)[1:]):
             start, flat = self._starts[n], self._flats[n]
-            mine = (positions >= start) & (positions < start + flat.ntotal)
-            local = np.ascontiguousarray(np.where(mine, positions - start, -1), np.int64)
+            local = np.where(shard_of == n, positions - start, -1)
             faiss.fvec_inner_products_by_idx(  # type: ignore[attr-defined]  # not in its stubs
                 faiss.swig_ptr(part), faiss.swig_ptr(queries), flat.get_xb(),
                 faiss.swig_ptr(local), self.d, *positions.shape,

@@ -488,6 +488,7 @@ class StoreReader(Reader):
         self._unembeddings: dict[str, np.ndarray] = {}
         self._contracts: dict[str, Any] = {}  # model_id -> its index_guard.IndexContract
         self._hit_files: dict[str, HitFile] = {}
+        self._index_sizes: dict[str, int] = {}  # model_id -> bytes of its shard files
         self._index_lock = threading.Lock()
         self._user_db = False
         try:
@@ -665,9 +666,14 @@ class StoreReader(Reader):
         return str(damaged_index(model_id, problem)) if problem else None
 
     def index_bytes(self, model_id: str) -> int:
+        """Once per handle and model (a glob and a stat a file: a word search asks each time
+        whether the model has vectors); the handle's catalog, so its stores, do not change."""
         from atlas.core.indexes import shard_files
 
-        return sum(p.stat().st_size for p in shard_files(self.store_path(model_id)))
+        if model_id not in self._index_sizes:
+            files = shard_files(self.store_path(model_id))
+            self._index_sizes[model_id] = sum(p.stat().st_size for p in files)
+        return self._index_sizes[model_id]
 
     def has_exact_index(self, model_id: str) -> bool:
         from atlas.core.indexes import EXACT

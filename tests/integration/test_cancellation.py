@@ -64,6 +64,22 @@ def test_a_deadline_stops_a_long_statement_and_the_handle_serves_on(handle: atla
     assert handle.sql("SELECT 1 AS x")["x"].to_pylist() == [1]
 
 
+def test_a_shorter_deadline_set_later_still_stops_in_time(handle: atlas.Atlas) -> None:
+    """The watcher sleeps until the earliest deadline it knows of (one that another unit set
+    first, here 20 s away): a shorter one set after it must wake it."""
+    with stoppable(Deadline.after(20)):
+        started = time.monotonic()
+        with pytest.raises(QueryTimeout, match="time limit of 0.3 s"):
+            handle.sql(RUNAWAY, timeout=0.3)
+        assert time.monotonic() - started < 0.3 + BOUND
+    for _ in range(50):  # units that end at once leave nothing running behind them
+        assert handle.sql("SELECT 1 AS x", timeout=30)["x"].to_pylist() == [1]
+    started = time.monotonic()
+    with pytest.raises(QueryTimeout, match="time limit of 0.2 s"):
+        handle.sql(RUNAWAY, timeout=0.2)
+    assert time.monotonic() - started < 0.2 + BOUND
+
+
 def test_a_stop_from_another_thread_ends_that_work_and_only_that(handle: atlas.Atlas) -> None:
     """Its running statement is interrupted, its next one refused, and the thread serves on
     once the unit has ended; other threads' work is not touched."""
