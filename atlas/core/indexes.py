@@ -333,6 +333,7 @@ class JoinedCodes:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best of each query by exact inner product among its candidates:
         ``(D, I)`` with direction ids, unsorted."""
+        queries = np.ascontiguousarray(queries, np.float32)  # FAISS reads its memory as is
         budget = min(RERANK_FACTOR * k, len(self._ids))
         _, positions = self._joined.search(queries, budget)
         sims = self._inner_products(queries, positions)
