@@ -99,6 +99,37 @@ def test_approximate_shards_rerank_one_budget_and_give_exact_scores() -> None:
     assert np.mean(recalls) >= 0.95, np.mean(recalls)
 
 
+def test_approximate_shards_answer_concurrent_threads_as_one_at_a_time() -> None:
+    """A server's worker threads search one index at once (FAISS's ``IndexShards`` and the
+    rerank share no state between searches)."""
+    import threading
+
+    vectors = _directions(9_000, 32, seed=10)
+    ids = np.arange(9_000, dtype=np.int64)
+    index = ResidualIndex(
+        [
+            build_index(vectors[a : a + 3_000], ids[a : a + 3_000], APPROXIMATE)
+            for a in (0, 3_000, 6_000)
+        ]
+    )
+    queries = [np.stack([q, -q]) for q in _directions(40, 32, seed=11)]
+    alone = [index.search(q, K) for q in queries]
+    wrong: list[int] = []
+
+    def searcher(first: int) -> None:
+        for j in range(first, len(queries), 4):
+            sims, found = index.search(queries[j], K)
+            if not (np.array_equal(found, alone[j][1]) and np.allclose(sims, alone[j][0])):
+                wrong.append(j)
+
+    threads = [threading.Thread(target=searcher, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
 def test_exact_index_equals_brute_force() -> None:
     vectors = _directions(3000, D, seed=2)
     ids = np.arange(3000, dtype=np.int64)
