@@ -22,8 +22,11 @@ float32 bytes) and re-ranks the best ``RERANK_FACTOR * k`` candidates exactly.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -294,14 +297,18 @@ class ResidualIndex:
         valence (at 1e6 directions 27 ms against 49 for two range searches, ``q`` and ``-q``,
         side by side on a loaded machine)."""
         q = np.ascontiguousarray(query, np.float32).reshape(1, -1)
-        ids, sims = [], []
-        for shard, shard_ids in zip(self.shards, self._ids, strict=True):
+
+        def scan(n: int) -> tuple[np.ndarray, np.ndarray]:
             with few_queries(1, 0):  # FAISS splits a search by query: one query, one thread
-                _, found, positions = full_vectors(shard).range_search(q, -np.inf)
+                _, found, positions = full_vectors(self.shards[n]).range_search(q, -np.inf)
             keep = np.abs(found) >= threshold
-            ids.append(shard_ids[positions[keep]])
-            sims.append(found[keep])
-        return np.concatenate(ids), np.concatenate(sims)
+            return self._ids[n][positions[keep]], found[keep]
+
+        # the shards on threads of their own: one thread reads memory at a fraction of the
+        # machine's bandwidth (at 1e6 directions, two shards: 31 against 57 ms in turn)
+        shards = range(len(self.shards))
+        found = list(_scan_pool().map(scan, shards)) if len(shards) > 1 else [scan(0)]
+        return np.concatenate([i for i, _ in found]), np.concatenate([s for _, s in found])
 
 
 class JoinedCodes:
@@ -356,6 +363,21 @@ class JoinedCodes:
             )  # fmt: skip
             np.maximum(out, part, out=out)  # -inf where the position is another shard's
         return out
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (the process it belongs to, the pool)
+_pool_lock = threading.Lock()
+
+
+def _scan_pool() -> ThreadPoolExecutor:
+    """The process's threads for scanning shards side by side, one per core; made again in
+    a forked child, where the parent's threads do not exist."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="svd-atlas-scan")
+            _pool = (os.getpid(), pool)
+        return _pool[1]
 
 
 @contextlib.contextmanager

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
 
@@ -175,6 +179,28 @@ def test_abs_range_search_is_every_cosine_past_the_threshold_in_both_valences(
         assert found[order].tolist() == ids[expected].tolist()
         assert np.allclose(sims[order], cos[expected], atol=1e-5)
         assert (sims > 0).any() and (sims < 0).any()
+
+
+def test_a_forked_child_scans_shards_on_threads_of_its_own() -> None:
+    """The shards are scanned on a pool of threads; a child forked after the parent used it
+    (a forked CLI, a Ray worker) has none of them and must make its own, not wait forever."""
+    vectors = _directions(3000, D, seed=12)
+    ids = np.arange(3000, dtype=np.int64)
+    index = ResidualIndex([build_index(vectors[:1500], ids[:1500], EXACT),
+                           build_index(vectors[1500:], ids[1500:], EXACT)])  # fmt: skip
+    q = vectors[0]
+    expected = sorted(index.abs_range_search(q, 0.3)[0].tolist())  # the parent's pool
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its scan finds what the parent's did
+        os._exit(0 if sorted(index.abs_range_search(q, 0.3)[0].tolist()) == expected else 1)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's scan never finished")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
 
 
 @pytest.mark.parametrize("index_type", [EXACT, APPROXIMATE])
