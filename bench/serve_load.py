@@ -215,7 +215,8 @@ def load(url: str, clients: int, seconds: float, paths: list[str]) -> dict[str, 
     import http.client
     from urllib.parse import urlsplit
 
-    host, port = urlsplit(url).hostname, urlsplit(url).port
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
