@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import pytest
 
-from atlas.cli.main import cli
+from atlas.cli.main import all_commands
 from tests.support.helpers import assert_one_error_line, run_cli
 from tests.support.tiny_models import ingest_loaded, tiny_gpt2
 
@@ -88,7 +88,7 @@ def _argv(command: click.Command, values: dict[str, list[str]]) -> list[str]:
 
 def cases() -> Iterator[tuple[str, str, str, list[str]]]:
     """(command, what is bad, the bad value, the command's arguments)."""
-    for name, command in sorted(cli.commands.items()):
+    for name, command in sorted(all_commands().items()):
         good = GOOD.get(name, {})
         yield (
             name,
@@ -127,8 +127,8 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_command_is_tried() -> None:
-    assert {c.values[0] for c in CASES} == set(cli.commands)
-    assert set(GOOD) <= set(cli.commands)
+    assert {c.values[0] for c in CASES} == set(all_commands())
+    assert set(GOOD) <= set(all_commands())
 
 
 @pytest.mark.parametrize(("name", "bad", "value", "argv"), CASES)

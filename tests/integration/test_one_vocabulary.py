@@ -28,7 +28,7 @@ from pydantic.fields import FieldInfo
 
 import atlas
 from atlas.api import Atlas
-from atlas.cli.main import cli
+from atlas.cli.main import all_commands, cli
 from atlas.errors import AtlasError
 from atlas.params import (
     MAX_SQL_ROWS,
@@ -113,7 +113,7 @@ def _app_for_schema() -> Any:
 def test_python_cli_and_http_take_each_field_by_one_name_default_and_limit(query: str) -> None:
     model, method, command_name, path = QUERIES[query]
     signature = inspect.signature(getattr(Atlas, method)).parameters
-    command = cli.commands[command_name]
+    command = all_commands()[command_name]
     options = {p.name: p for p in command.params}
     http = _http_parameters(path)
     for name, field in model.model_fields.items():
@@ -256,9 +256,7 @@ def _not_ours(text: str) -> str:
 
 def _cli_flags() -> set[str]:
     """Every long option of every svd-atlas command."""
-    from atlas.cli.main import cli
-
-    commands = [cli, *cli.commands.values()]
+    commands = [cli, *all_commands().values()]
     return {o for c in commands for p in c.params for o in p.opts if o.startswith("--")}
 
 

@@ -55,6 +55,9 @@ def serve(path: str) -> None:
 
     for name in WARM_MODULES:
         importlib.import_module(name)
+    from atlas.cli.main import all_commands
+
+    all_commands()  # each command's module, imported once here rather than in every child
     parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
