@@ -28,8 +28,6 @@ from atlas.core.sqlguard import sql_string
 from atlas.core.token_space import BUILD_TOKEN_BAGS
 from atlas.core.vectors import vector_matrix
 
-# Where a new store's rows wait until they are copied in their cluster order (``TableWriter``).
-UNSORTED = ".unsorted.duckdb"
 # The order each table's rows are stored in: by direction, the rows a hit needs together;
 # token_bags by token string, so that a lookup of a few strings skips most of it (its own
 # build query orders it so, and the copy keeps that order).
@@ -84,7 +82,10 @@ def writing_store(atlas_root: Path) -> Iterator[None]:
             "The atlas is unchanged"
         ) from None
     except (OSError, duckdb.Error) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
+        if isinstance(exc, OSError) and exc.strerror:
+            reason = exc.strerror
+        else:  # a failed checkpoint says what failed last, after pages of context
+            reason = one_line(str(exc).rpartition("Original error: ")[2])
         raise AtlasError(
             f"writing to {atlas_root} failed ({reason}); is the disk full? The atlas is unchanged"
         ) from None
@@ -93,13 +94,15 @@ def writing_store(atlas_root: Path) -> Iterator[None]:
 class TableWriter:
     """A new store's DuckDB file, written a batch of rows at a time through Arrow.
 
-    Rows land first in a scratch database beside the store (``UNSORTED``, the session's
-    default catalog, so callers' unqualified statements land there too) and are copied into
-    the store once, at :meth:`finish`, each table in its ``CLUSTER_ORDER``: a direction's rows
-    (its metadata, vector, tokens and neurons) sit together in direction id order, so that
-    reading the rows of ``k`` directions touches about ``k`` row ranges (DuckDB skips the rest
-    by its zone maps), where the order of ingest (kind by kind within each block) would spread
-    them over the whole table. The scratch file is deleted after the copy.
+    Rows land first in an in-memory database (``unsorted``, the session's default catalog, so
+    callers' unqualified statements land there too) and are copied into the store once, at
+    :meth:`finish`, each table in its ``CLUSTER_ORDER``: a direction's rows (its metadata,
+    vector, tokens and neurons) sit together in direction id order, so that reading the rows of
+    ``k`` directions touches about ``k`` row ranges (DuckDB skips the rest by its zone maps),
+    where the order of ingest (kind by kind within each block) would spread them over the whole
+    table. Past ``memory_limit`` DuckDB moves the staged rows to its temporary folder, so
+    staging in memory stays bounded; it saves compressing and checkpointing rows that are
+    read once (MiniLM: a bundle loads in 3.3 s instead of 4.5, an ingest takes 1.2 s less).
 
     ``with_vectors=False`` makes ``directions.vector`` nullable: a model loaded from a bundle
     exported without vectors keeps NULL there (and has no FAISS index). ``memory_limit`` bounds
@@ -117,21 +120,18 @@ class TableWriter:
     ):
         from atlas.core.schema import create_statements  # SQLAlchemy: only where stores are written
 
-        # a larger write-ahead log between checkpoints: appending block by block checkpoints
-        # less often (a third faster), at no cost in memory beyond ``memory_limit``
-        config: dict[str, Any] = {"memory_limit": memory_limit, "checkpoint_threshold": "128MB"}
+        config: dict[str, Any] = {"memory_limit": memory_limit}
         if threads is not None:  # a writer beside other work keeps to its share of the cores
             config["threads"] = threads
         # DuckDB spills past ``memory_limit`` into a folder beside the store, as it does for
         # a database it was connected to (and removes it on closing)
         config["temp_directory"] = str(store / f"{MODEL_DB}.tmp")
         self.store = store
-        self.scratch = store / UNSORTED
         self.con = duckdb.connect(":memory:", config=config)
         try:
             self.path = sql_string(str(store / MODEL_DB))
             self.con.execute(f"ATTACH {self.path} AS store")
-            self.con.execute(f"ATTACH {sql_string(str(self.scratch))} AS unsorted")
+            self.con.execute("ATTACH ':memory:' AS unsorted")
             for catalog in ("store", "unsorted"):
                 self.con.execute(f"USE {catalog}")
                 self.con.execute("BEGIN")
@@ -182,8 +182,6 @@ class TableWriter:
 
     def close(self) -> None:
         self.con.close()
-        for path in (self.scratch, self.scratch.with_name(self.scratch.name + ".wal")):
-            path.unlink(missing_ok=True)
 
 
 def write_tables(
