@@ -80,7 +80,8 @@ def serve(
         if host in LOOPBACK
         else "reachable from the network: anyone who can reach this address can read the atlas"
     )
-    options = {"host": host, "port": port, "log_level": "warning"}
+    # httptools: uvicorn's C parser (a dependency), not its pure-Python fallback
+    options = {"host": host, "port": port, "log_level": "warning", "http": "httptools"}
     if workers == 1:
         started = time.perf_counter()
         app = create_app(location, timeout, index_memory, memory_limit)
