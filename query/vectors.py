@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -39,9 +41,9 @@ def word_tokens(a: Reader, model_id: str, words: list[str]) -> dict[str, WordTok
     searches back to itself. Words that name no token are absent."""
     vocab = a.vocabulary(model_id)
     norms = {w: normalized_form(w) for w in words}  # valid text: checked by the parameters
-    named = pc.or_(
-        pc.is_in(vocab["token_norm"], value_set=string_array(list(norms.values()))),
-        pc.is_in(vocab["token_display"], value_set=string_array(list(norms))),
+    named = pc.or_kleene(  # a row of no normalized form (null) may still match as shown
+        _any_of(vocab["token_norm"], list(dict.fromkeys(norms.values()))),
+        _any_of(vocab["token_display"], list(norms)),
     )
     tokens = vocab.filter(named).to_pylist()
     found = {}
@@ -51,6 +53,19 @@ def word_tokens(a: Reader, model_id: str, words: list[str]) -> dict[str, WordTok
             ids = sorted({t["token_id"] for t in mine})
             found[word] = WordTokens(ids, sorted({t["token_norm"] for t in mine} - {None}))
     return found
+
+
+# Up to this many values, a column is compared with each (a scan of memcmp) rather than looked
+# up in a hash set of them (which hashes every row): MiniLM's 30,522 tokens, one word, 0.10
+# against 0.42 ms a column; a search asks for one or a few words.
+FEW_VALUES = 4
+
+
+def _any_of(column: Any, values: list[str]) -> Any:
+    """Whether each row of the string ``column`` is one of ``values``."""
+    if len(values) > FEW_VALUES:
+        return pc.is_in(column, value_set=string_array(values))
+    return functools.reduce(pc.or_kleene, [pc.equal(column, v) for v in values])
 
 
 def text_residual_vector(
