@@ -65,7 +65,9 @@ def _any_of(column: Any, values: list[str]) -> Any:
     """Whether each row of the string ``column`` is one of ``values``."""
     if len(values) > FEW_VALUES:
         return pc.is_in(column, value_set=string_array(values))
-    return functools.reduce(pc.or_kleene, [pc.equal(column, v) for v in values])
+    # the values as Arrow scalars from buffers: given Python strings, pyarrow imports pandas
+    equal = [pc.equal(column, value) for value in string_array(values)]
+    return functools.reduce(pc.or_kleene, equal)
 
 
 def text_residual_vector(
