@@ -134,18 +134,22 @@ def direction_card(a: Reader, direction_id: int) -> dict[str, Any]:
     direction_id = check_direction_id(direction_id)
     model_id = a.model_of(direction_id)  # its own store's tables, not the atlas-wide views
     directions, top_tokens = a.relation(model_id, "directions"), a.relation(model_id, "top_tokens")
+    # one statement for the row, its tokens and its neurons (each statement costs about 2 ms
+    # at 1e6 directions, whatever it reads): each subquery filters on the id itself, so that
+    # DuckDB skips the row groups of other directions as it does for a plain lookup
     card = a.sql(
         "SELECT d.direction_id, d.model_id, d.layer, d.head, d.kind, d.side, d.sv_index, d.sigma, "
         "d.sv_gap, d.degenerate, d.degenerate_group, d.matrix_id, d.coherence, d.coherence_z, "
-        f"d.coherence_pct FROM {directions} d "
-        "WHERE direction_id = ?",
-        [direction_id],
+        "d.coherence_pct, "
+        "(SELECT list({'basis': basis, 'polarity': polarity, 'rank': rank, "
+        "'token_display': token_display, 'token': token, 'score': score} "
+        f"ORDER BY polarity DESC, rank) FROM {top_tokens} WHERE direction_id = ?) AS tokens, "
+        "(SELECT list({'rank': rank, 'neuron': neuron, 'weight': weight} ORDER BY rank) "
+        f"FROM {a.relation(model_id, 'top_neurons')} WHERE direction_id = ?) AS neurons "
+        f"FROM {directions} d WHERE direction_id = ?",
+        [direction_id] * 3,
     ).to_pylist()[0]
-    tokens = a.sql(
-        f"SELECT basis, polarity, rank, token_display, token, score FROM {top_tokens} "
-        "WHERE direction_id = ? ORDER BY polarity DESC, rank",
-        [direction_id],
-    ).to_pylist()
+    tokens = card.pop("tokens") or []
     card["tokens"] = [_without_basis(t) for t in tokens if t["basis"] == "unembed"]
     card["embed_tokens"] = None
     card["embed_same_as_unembed"] = False
@@ -164,11 +168,7 @@ def direction_card(a: Reader, direction_id: int) -> dict[str, Any]:
         [card["matrix_id"], card["sv_index"], direction_id],
     ).to_pylist()
     card["partner_id"] = partner[0]["direction_id"] if partner else None
-    card["top_neurons"] = a.sql(
-        f"SELECT rank, neuron, weight FROM {a.relation(model_id, 'top_neurons')} "
-        "WHERE direction_id = ? ORDER BY rank",
-        [direction_id],
-    ).to_pylist()
+    card["top_neurons"] = card.pop("neurons") or []
     return card
 
 
