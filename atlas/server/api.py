@@ -19,7 +19,15 @@ from pydantic import Field
 
 from atlas.api import Atlas, CompositionTrace, coherence
 from atlas.errors import AtlasError, one_line
-from atlas.interface import MLP_KINDS, csv_cell, jsonable, load_npy, result_rows, unique_names
+from atlas.interface import (
+    MLP_KINDS,
+    csv_cell,
+    jsonable,
+    load_npy,
+    records_json,
+    result_rows,
+    unique_names,
+)
 from atlas.params import (
     MAX_SQL_ROWS,
     MAX_TEXT,
@@ -49,7 +57,7 @@ class StrictJSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(jsonable(content), ensure_ascii=False, allow_nan=False).encode()
+        return records_json(content).encode()
 
 
 class SqlRequest(SqlParams):
