@@ -17,7 +17,7 @@ from pathlib import Path
 from atlas.core.cancel import Deadline, Work, stoppable
 from atlas.core.contract import JUDGED_SQL, KINDS, MLP_KINDS, SIDES, TABLES, Kind
 from atlas.core.errors import MemoryLimitExceeded, NotFound, QueryTimeout
-from atlas.core.indexes import one_thread_per_search
+from atlas.core.indexes import search_threads
 from atlas.core.jsondata import (
     csv_cell,
     dumps,
@@ -82,10 +82,10 @@ __all__ = [
     "format_bytes",
     "is_interrupt",
     "load_npy",
-    "one_thread_per_search",
     "parse_memory_limit",
     "plot_spectra",
     "read_pairs",
+    "search_threads",
     "singular_values_figure",
     "stoppable",
     "spectra_figure",

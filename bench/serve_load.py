@@ -120,13 +120,13 @@ def library_search(
 def parallel_searches(a: Any, sample: list[dict[str, Any]], threads: int, seconds: float) -> float:
     """What the cores allow: searches a second from ``threads`` threads of this process on one
     handle, each searching on one thread as the server's workers do, for ``seconds``."""
-    from atlas.interface import one_thread_per_search
+    from atlas.interface import search_threads
 
     done = [0] * threads
     deadline = time.monotonic() + seconds
 
     def searcher(n: int) -> None:
-        one_thread_per_search()
+        search_threads(1)
         i = n * 7
         while time.monotonic() < deadline:
             q = sample[i % len(sample)]

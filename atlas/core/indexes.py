@@ -390,8 +390,8 @@ def few_queries(n_queries: int, n_vectors: int) -> Iterator[None]:
     10-25 ms against 1 ms measured at 1e3 directions. Over a large one a search's two valences
     on two threads are the faster (at 1e6 directions, quiet: 1.9 against 3.0 ms; at 1e5, 1.9
     against 2.7). OpenMP keeps the setting per thread, so a server's other threads and larger
-    batches keep their parallelism; a server sets one thread per search for all of its own
-    (:func:`one_thread_per_search`), as its requests are its parallelism.
+    batches keep their parallelism; a server sets the threads of each of its searches by how
+    many requests it is answering (:func:`search_threads`).
     """
     import faiss
 
@@ -406,13 +406,14 @@ def few_queries(n_queries: int, n_vectors: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def one_thread_per_search() -> None:
-    """FAISS calls of the calling thread use one thread (OpenMP's setting is per thread): a
-    server's worker threads, where concurrent requests already use every core and a search
-    that woke more threads would only queue them behind each other."""
+def search_threads(n: int) -> None:
+    """FAISS calls of the calling thread use ``n`` threads (OpenMP's setting is per thread).
+    A server sets it per request (``atlas.server.work``): every core for a request alone, one
+    thread each for requests side by side, which use the cores between them, and where a
+    search that woke more threads would only queue them behind each other."""
     import faiss
 
-    faiss.omp_set_num_threads(1)
+    faiss.omp_set_num_threads(n)
 
 
 def _top_k(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[Any, Any]:
