@@ -32,7 +32,7 @@ class _BadValue(click.ClickException):
 
 # Which module under ``atlas.cli`` holds each command. A command's module is imported when the
 # command runs (or help lists it), so that `svd-atlas search` does not import what `ingest`,
-# `edit` or `serve` need: about 60 ms of a fresh query process.
+# `edit` or `serve` need: about 0.1 s of a fresh query process.
 COMMAND_MODULES = {
     "ingest": "ingest",
     "models": "models",

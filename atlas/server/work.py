@@ -8,15 +8,14 @@ for work between statements (a FAISS search) to notice: it is the timeout at the
 
 A request's FAISS searches use the cores it has to itself: every core when it is the only one
 being answered (at 1e6 directions, quiet: 1.9 ms a search on two threads against 3.0 on one),
-fewer as more are answered (waiting for a thread or parsed and encoded in the event loop
-included), down to one each, as concurrent requests then use the cores between them. The
-count is this process's: worker processes (``serve --workers``) do not see each other's.
+fewer as more are answered (those waiting for a thread included), down to one each, as
+concurrent requests then use the cores between them. The count is this process's: worker
+processes (``serve --workers``) do not see each other's.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -34,21 +33,19 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 
 
 class _InFlight:
-    """How many requests this process is answering now (waiting for a thread included)."""
+    """How many requests this process is answering now (waiting for a thread included).
+    Counted on the event loop's thread alone; worker threads only read it."""
 
     def __init__(self) -> None:
         self.count = 0
-        self._lock = threading.Lock()
 
     @contextmanager
     def one(self) -> Iterator[None]:
-        with self._lock:
-            self.count += 1
+        self.count += 1
         try:
             yield
         finally:
-            with self._lock:
-                self.count -= 1
+            self.count -= 1
 
 
 _in_flight = _InFlight()
