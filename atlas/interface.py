@@ -17,7 +17,7 @@ from pathlib import Path
 from atlas.core.cancel import Deadline, Work, stoppable
 from atlas.core.contract import JUDGED_SQL, KINDS, MLP_KINDS, SIDES, TABLES, Kind
 from atlas.core.errors import MemoryLimitExceeded, NotFound, QueryTimeout
-from atlas.core.indexes import search_threads
+from atlas.core.indexes import search_threads, usable_cores
 from atlas.core.jsondata import (
     csv_cell,
     dumps,
@@ -89,6 +89,7 @@ __all__ = [
     "singular_values_figure",
     "stoppable",
     "spectra_figure",
+    "usable_cores",
     "version",
 ]
 

@@ -288,11 +288,11 @@ def _server(r: dict[str, Any]) -> list[str]:
         f"`svd-atlas serve` on a {r['directions']:,}-direction atlas (approximate index), "
         "clients on the same machine (threads of the benchmark process, `http.client`, one "
         f"keep-alive connection each) sharing its {cores} cores with the server. Baselines in "
-        "the same "
-        f"run: the library's own search, in process with the index loaded, p50 "
+        "the same run: the library's own search, in process with the index loaded, p50 "
         f"{lib['p50_ms']} ms, p99 {lib['p99_ms']} ms, mean {lib['mean_ms']} ms; what the cores "
         "allow, measured as the library's throughput from as many threads of one process as "
-        "there are clients, each searching on one thread as the server's workers do: "
+        "there are clients, each searching on one thread as the server's workers do under "
+        "load: "
         f"{measured} threads; one search as a fresh `svd-atlas search` process: "
         f"{r['cli_cold_search']['best_seconds']} s.",
         "",

@@ -119,7 +119,8 @@ def library_search(
 
 def parallel_searches(a: Any, sample: list[dict[str, Any]], threads: int, seconds: float) -> float:
     """What the cores allow: searches a second from ``threads`` threads of this process on one
-    handle, each searching on one thread as the server's workers do, for ``seconds``."""
+    handle, each searching on one thread as the server's workers do under load (a request
+    alone searches on every core), for ``seconds``."""
     from atlas.interface import search_threads
 
     done = [0] * threads

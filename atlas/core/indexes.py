@@ -327,12 +327,13 @@ class JoinedCodes:
         import faiss
 
         self.d = int(shards[0].d)
-        refined: list[Any] = [faiss.downcast_index(s.index) for s in shards]
-        self._codes = [faiss.downcast_index(r.base_index) for r in refined]
-        # FAISS's defaults: the shards searched in turn, their ids laid end to end
+        # FAISS's defaults: the shards searched in turn, their ids laid end to end; each
+        # shard's codes are its PQ fast-scan index (``IndexRefineFlat.base_index``), owned by
+        # the shard, which the ResidualIndex that holds this keeps open
         self._joined = faiss.IndexShards(self.d)
-        for codes in self._codes:
-            self._joined.add_shard(codes)
+        for shard in shards:
+            refined: Any = faiss.downcast_index(shard.index)
+            self._joined.add_shard(faiss.downcast_index(refined.base_index))
         self._flats = [full_vectors(s) for s in shards]
         self._starts = np.cumsum([0] + [f.ntotal for f in self._flats[:-1]])
         self._ids = ids
@@ -369,13 +370,21 @@ _pool: tuple[int, ThreadPoolExecutor] | None = None  # (the process it belongs t
 _pool_lock = threading.Lock()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the system has one (a
+    container or ``taskset`` may grant fewer than the machine has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _scan_pool() -> ThreadPoolExecutor:
     """The process's threads for scanning shards side by side, one per core; made again in
     a forked child, where the parent's threads do not exist."""
     global _pool
     with _pool_lock:
         if _pool is None or _pool[0] != os.getpid():
-            pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="svd-atlas-scan")
+            pool = ThreadPoolExecutor(usable_cores(), thread_name_prefix="svd-atlas-scan")
             _pool = (os.getpid(), pool)
         return _pool[1]
 

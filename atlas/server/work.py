@@ -15,7 +15,6 @@ processes (``serve --workers``) do not see each other's.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -24,12 +23,12 @@ import anyio
 import anyio.to_thread
 
 from atlas.api import Atlas
-from atlas.interface import Deadline, search_threads, stoppable
+from atlas.interface import Deadline, search_threads, stoppable, usable_cores
 from atlas.server.live import LiveAtlas
 
 T = TypeVar("T")
 
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+CORES = usable_cores()
 
 
 class _InFlight:
