@@ -76,25 +76,42 @@ class _Cli(click.Group):
             _interrupted()
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except AtlasError as exc:
-            failure = _BadValue if isinstance(exc, BadParameter) else click.ClickException
-            raise failure(printable(cli_message(exc, ctx))) from None
+        try:  # a Ctrl-C while a failure below is put into words is a Ctrl-C too
+            try:
+                return super().invoke(ctx)
+            except AtlasError as exc:
+                failure = _BadValue if isinstance(exc, BadParameter) else click.ClickException
+                raise failure(printable(cli_message(exc, ctx))) from None
+            except BrokenPipeError:
+                # the reader of our output went away (`| head`): stop quietly
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                sys.exit(SIGPIPE_EXIT)
+            except OSError as exc:
+                where = f": {exc.filename}" if exc.filename else ""
+                raise click.ClickException(printable(f"{exc.strerror or exc}{where}")) from None
+            except Exception as exc:
+                if not is_interrupt(exc):
+                    raise
+                _interrupted()
         except KeyboardInterrupt:
             _interrupted()
-        except BrokenPipeError:
-            # the reader of our output went away (`| head`): stop quietly
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            sys.exit(SIGPIPE_EXIT)
-        except OSError as exc:
-            where = f": {exc.filename}" if exc.filename else ""
-            raise click.ClickException(printable(f"{exc.strerror or exc}{where}")) from None
-        except Exception as exc:
-            if not is_interrupt(exc):
-                raise
-            _interrupted()
+        finally:
+            if _process_ends_with_the_command:
+                # its output is written or its failure raised: a Ctrl-C while click winds up
+                # (the error line, the context's closing) would end it as "Aborted!", exit 1
+                _outcome_decided()
+
+
+# Set by :func:`main`: this interpreter ends with the command (not so in-process, as under
+# click's CliRunner, whose callers keep their Ctrl-C).
+_process_ends_with_the_command = False
+
+
+def _outcome_decided() -> None:
+    """The command has ended and said how: Ctrl-C from here on has nothing left to stop, and
+    would only make the interpreter die of SIGINT on its way out, after the outcome."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _interrupted() -> NoReturn:
@@ -135,9 +152,9 @@ def all_commands() -> dict[str, click.Command]:
 
 
 def main() -> None:
+    global _process_ends_with_the_command
+    _process_ends_with_the_command = True
     try:
         cli(prog_name="svd-atlas")
-    finally:
-        # The command has ended and said how: Ctrl-C from here on has nothing left to stop, and
-        # would only make the interpreter die of SIGINT on its way out, after the outcome.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    finally:  # also after help, the version or a usage error, which end before a command runs
+        _outcome_decided()

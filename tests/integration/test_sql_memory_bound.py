@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -144,6 +145,56 @@ def test_every_command_maps_duckdb_interrupts_to_one_line_and_130(
     result = run_cli("--atlas", minilm_atlas, "trace", "432")
     assert result.returncode == 130 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == ["interrupted: the atlas is unchanged"]
+
+
+def test_ctrl_c_while_the_process_winds_up_leaves_the_commands_outcome(
+    minilm_atlas: Path,
+) -> None:
+    """A Ctrl-C after the command has ended (its output written, click closing its context)
+    has nothing left to stop: the command's own outcome stands, not click's "Aborted!" and
+    exit 1. A real process, as the moment is after everything ``CliRunner`` sees; the
+    context's closing is slowed to make the moment wide enough to hit."""
+    code = (
+        "import sys, time, click\n"
+        "from atlas.cli import main\n"
+        "close = click.Context.close\n"
+        "def slowly(self):\n"
+        "    if self.parent is None:\n"
+        "        print('closing', file=sys.stderr, flush=True)\n"
+        "        time.sleep(2)\n"
+        "    close(self)\n"
+        "click.Context.close = slowly\n"
+        "main()\n"
+    )
+    process = start_cli("--atlas", minilm_atlas, "models", prefix=[sys.executable, "-c", code])
+    assert process.stderr is not None and process.stderr.readline() == "closing\n"
+    interrupt(process)
+    ended = finish(process, timeout=30)
+    assert ended.returncode == 0 and "Aborted" not in ended.stderr, ended.stderr
+    assert ended.stdout.splitlines()[1].startswith("minilm ")
+
+
+def test_ctrl_c_while_a_failure_is_put_into_words_is_a_ctrl_c(minilm_atlas: Path) -> None:
+    """The command failed and its message is being written when Ctrl-C comes: exit 130 and
+    the one interrupted line, not click's "Aborted!". Slowed as above, in a real process."""
+    code = (
+        "import importlib, sys, time\n"
+        "cli_main = importlib.import_module('atlas.cli.main')  # the package names main() so\n"
+        "words = cli_main.cli_message\n"
+        "def slowly(*args, **kwargs):\n"
+        "    print('wording', file=sys.stderr, flush=True)\n"
+        "    time.sleep(2)\n"
+        "    return words(*args, **kwargs)\n"
+        "cli_main.cli_message = slowly\n"
+        "cli_main.main()\n"
+    )
+    args = ("--atlas", minilm_atlas, "show", "99999999")  # no such direction
+    process = start_cli(*args, prefix=[sys.executable, "-c", code])
+    assert process.stderr is not None and process.stderr.readline() == "wording\n"
+    interrupt(process)
+    ended = finish(process, timeout=30)
+    assert ended.returncode == 130, ended.stderr
+    assert ended.stderr.strip().splitlines() == ["interrupted: the atlas is unchanged"]
 
 
 def _sigint_sweep(args: list[str | Path], fractions: list[float]) -> list[Ended]:
