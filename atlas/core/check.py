@@ -406,7 +406,7 @@ class ModelCheck:
             except Exception as exc:  # faiss raises RuntimeError or worse for a damaged file
                 self.index_error(f"{path.name} cannot be read ({one_line(exc, 200)})")
                 return None
-            if not isinstance(shard, faiss.IndexIDMap2) or shard.d != d_model:
+            if not isinstance(shard, faiss.IndexIDMap) or shard.d != d_model:
                 self.index_error(f"{path.name} is not an id-mapped index of width {d_model}")
                 return None
             # an approximate model's shards are approximate unless too small to train

@@ -111,7 +111,7 @@ def _structure_problem(shards: list[Any], contract: IndexContract) -> str | None
 
     n = 0
     for shard in shards:
-        if not isinstance(shard, faiss.IndexIDMap2):
+        if not isinstance(shard, faiss.IndexIDMap):
             return "is not an id-mapped index"
         vectors = full_vectors(shard)
         d = contract.d_model

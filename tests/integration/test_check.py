@@ -76,7 +76,7 @@ def _stale_id(index: faiss.Index) -> None:
 
 def _moved_vector(index: faiss.Index) -> None:
     moved = _ids(index)[5:6]
-    vector = index.reconstruct(int(moved[0]))
+    vector = faiss.downcast_index(index.index).reconstruct(5)  # the vector at position 5
     index.remove_ids(moved)
     index.add_with_ids(-vector[None, :], moved)
 
@@ -246,8 +246,8 @@ def test_an_index_of_a_type_svd_atlas_does_not_write_is_rebuilt(atlas_copy: Path
     store = _store(atlas_copy)
     flat = faiss.read_index(str(store / SHARD))
     ids = _ids(flat)
-    hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(384, 16, faiss.METRIC_INNER_PRODUCT))
-    hnsw.add_with_ids(flat.reconstruct_batch(ids), ids)
+    hnsw = faiss.IndexIDMap(faiss.IndexHNSWFlat(384, 16, faiss.METRIC_INNER_PRODUCT))
+    hnsw.add_with_ids(faiss.downcast_index(flat.index).reconstruct_n(0, flat.ntotal), ids)
     faiss.write_index(hnsw, str(store / SHARD))
     manifest = json.loads((store / "manifest.json").read_text())
     manifest["members"][SHARD] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ from atlas.core.indexes import (
     is_exact,
     measured_recall,
     merge_valences,
+    read_index,
+    write_index,
 )
 
 N, D, K = 20_000, 64, 10
@@ -249,3 +252,41 @@ def test_vectors_problem_finds_any_difference_from_the_stored_vectors() -> None:
     assert vectors_problem(index, _chunks(ids + len(ids), vectors)) == (
         "lacks a direction of the model's directions table"
     )
+
+
+@pytest.mark.parametrize("index_type", [EXACT, APPROXIMATE])
+def test_shards_earlier_versions_wrote_read_and_answer_as_todays(
+    index_type: str, tmp_path: Path
+) -> None:
+    """Shards are written as ``IndexIDMap`` (no reverse map to build on every read); an
+    ``IndexIDMap2`` shard, as earlier versions wrote, still reads and answers every kind of
+    query as the same shard written today."""
+    import faiss
+
+    vectors = _directions(3_000, 32, seed=21)
+    ids = np.arange(100, 3_100, dtype=np.int64)
+    today, earlier = [], []
+    for n, part in enumerate([slice(0, 1_800), slice(1_800, 3_000)]):
+        shard = build_index(vectors[part], ids[part], index_type)
+        assert type(shard) is faiss.IndexIDMap
+        write_index(shard, tmp_path / f"today-{n}.faiss")
+        today.append(read_index(tmp_path / f"today-{n}.faiss"))
+        # the two files differ only in their tag, as FAISS writes them
+        written = (tmp_path / f"today-{n}.faiss").read_bytes()
+        assert written[:4] == b"IxMp"
+        (tmp_path / f"earlier-{n}.faiss").write_bytes(b"IxM2" + written[4:])
+        earlier.append(read_index(tmp_path / f"earlier-{n}.faiss"))
+    assert all(type(s) is faiss.IndexIDMap2 for s in earlier)
+    mixed = ResidualIndex([earlier[0], today[1]])
+    queries = _directions(6, 32, seed=22)
+    allowed = ids[::7]
+    for index in (ResidualIndex(earlier), mixed):
+        reference = ResidualIndex(today)
+        for got, want in [
+            (index.search(queries, K), reference.search(queries, K)),
+            (index.search_among(queries, K, allowed), reference.search_among(queries, K, allowed)),
+            (index.abs_range_search(queries[0], 0.3), reference.abs_range_search(queries[0], 0.3)),
+        ]:
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(index.reconstruct_batch(ids[::-5]), vectors[ids[::-5] - 100])
