@@ -46,9 +46,9 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The modules that use ``small_atlas`` first, each kept whole (its module fixtures are set
-    up once): pytest-xdist hands each worker a run of consecutive tests to start with, so the
-    first worker builds the small atlas while the second builds MiniLM, instead of one waiting
-    for the other's."""
+    up once): pytest-xdist (``--dist worksteal``) hands each worker a run of consecutive tests
+    to start with, so the first worker builds the small atlas while the second builds MiniLM,
+    instead of one waiting for the other's."""
     uses_small = {
         item.module for item in items if {"small_atlas", "small_copy"} & set(item.fixturenames)
     }
