@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal, get_args
 
 from atlas.core.contents import contents_refusal
-from atlas.core.contract import EMBED_SIDES, HEAD_KINDS, JUDGED_SQL, KINDS
+from atlas.core.contract import EMBED_SIDES, HEAD_KINDS, JUDGED_SQL, KINDS, SIDES_OF
 from atlas.core.errors import AtlasError, NotFound
 from atlas.core.reader import Reader, check_direction_id
 from atlas.core.views import direction_tokens_sql
@@ -168,6 +168,8 @@ def direction_card(a: Reader, direction_id: int) -> dict[str, Any]:
         [card["matrix_id"], card["sv_index"], direction_id],
     ).to_pylist()
     card["partner_id"] = partner[0]["direction_id"] if partner else None
+    # the partner's side: the other of its kind's two (read and write, query and key)
+    card["partner_side"] = next((s for s in SIDES_OF[card["kind"]] if s != card["side"]), None)
     card["top_neurons"] = card.pop("neurons") or []
     return card
 

@@ -277,10 +277,7 @@ def _print_direction(card: dict[str, Any], n_tokens: int) -> None:
             "group's span is meaningful, not this vector alone"
         )
     if card["partner_id"] is not None:
-        click.echo(
-            f"  partner ({'write' if card['side'] == 'read' else 'read'} side): "
-            f"{card['partner_id']}"
-        )
+        click.echo(f"  partner ({card['partner_side']} side): {card['partner_id']}")
     if card["coherence"] is not None:
         click.echo(
             f"  coherence: percentile {card['coherence_pct']:.1f} of the model's null (random "

@@ -211,6 +211,33 @@ def test_cards(minilm_atlas: Path) -> None:
         assert token_lines[sign] == f"  {sign} {expected}"
 
 
+def test_a_cards_partner_is_the_other_side_of_its_singular_value(minilm_atlas: Path) -> None:
+    """For a direction of every side of OV and QK, and an MLP's: the card's partner is the
+    row SQL finds in its matrix at its sv_index, and the card names that row's side."""
+    with atlas.open(minilm_atlas) as a:
+        picks = a.sql(
+            "SELECT kind, side, min(direction_id) + 37 AS d FROM directions "
+            "GROUP BY kind, side ORDER BY kind, side"
+        ).to_pylist()
+        assert {p["side"] for p in picks} >= {"read", "write", "query", "key"}
+        for pick in picks:
+            card = a.card(pick["d"])
+            partner = a.sql(
+                "SELECT p.direction_id, p.side FROM directions d JOIN directions p "
+                "ON p.matrix_id = d.matrix_id AND p.sv_index = d.sv_index "
+                "AND p.direction_id <> d.direction_id WHERE d.direction_id = ?",
+                [pick["d"]],
+            ).to_pylist()
+            if pick["kind"].startswith("mlp"):  # the other side lives in neuron space
+                assert partner == [] and card["partner_id"] is card["partner_side"] is None
+                continue
+            assert (card["partner_id"], card["partner_side"]) == (
+                partner[0]["direction_id"], partner[0]["side"],
+            )  # fmt: skip
+            shown = run_cli("--atlas", minilm_atlas, "show", str(pick["d"])).stdout
+            assert f"  partner ({partner[0]['side']} side): {partner[0]['direction_id']}" in shown
+
+
 @pytest.mark.slow  # ingests for it; exact search is the fast tier's test_query_search
 def test_small_models_stay_exact_whatever_the_threshold(tmp_path: Path) -> None:
     """Below 1024 directions an approximate index cannot train its codebooks: exact it is."""
