@@ -299,8 +299,10 @@ class Atlas:
         score²), hop by hop: a :class:`CompositionTrace` of records (``query.circuits``)."""
         p = validate(TraceParams, **options)
         if p.via == "composition":
-            rows = composition_trace(self.reader, direction_id, p.hops, p.min_share, p.limit)
-            return CompositionTrace(rows, [])
+            rows, notes = composition_trace(self.reader, direction_id, p.hops, p.min_share, p.limit)
+            for note in notes:
+                warnings.warn(note, AtlasWarning, stacklevel=2)
+            return CompositionTrace(rows, notes)
 
         def work() -> Trace:
             return run_trace(

@@ -289,6 +289,24 @@ class TraceParams(FilterParams):
         "composition score squared.",
     )
 
+    @_model_validator(mode="after")
+    def _read_by_its_walk(self) -> TraceParams:
+        """An option the chosen walk would ignore is refused, not ignored: the residual walk
+        reads the cosine, the filters and the models; the composition walk the share."""
+        ignored = (
+            [*FilterParams.model_fields, "min_cos", "same_model"]
+            if self.via == "composition"
+            else ["min_share"]
+        )
+        for name in ignored:
+            if getattr(self, name) != type(self).model_fields[name].default:
+                kept = "`min_share`" if self.via == "composition" else "`min_cos` and the filters"
+                raise ValueError(
+                    f"`{name}` does not apply to a trace via {self.via}, which keeps its "
+                    f"steps by {kept}; leave it out"
+                )
+        return self
+
 
 class CompositionParams(Params):
     """A model's strongest head compositions, or one head's in- and out-edges."""

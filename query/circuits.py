@@ -147,13 +147,15 @@ def head_summary(a: Reader, model_id: str, layer: int, head: int, top: int) -> d
 
 def composition_trace(
     a: Reader, direction_id: int, hops: int, min_share: float, limit: int
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[str]]:
     """From the write direction ``direction_id`` (an OV write side) to the read directions of
     later heads that its pairs reach, with ``share`` = the pair's contribution over the edge's
     score² (the part of that composition the pair carries), at least ``min_share``. A V read
     direction continues through its head's partner write direction (same sv_index) on the
     next hop. Rows: the origin (hop 0), then each reached direction with ``hop``, ``parent``
-    (the write direction it was reached from), ``mode``, ``share`` and ``contribution``."""
+    (the write direction it was reached from), ``mode``, ``share``, ``contribution`` and
+    ``tokens`` (its top tokens through the unembedding); at most ``limit`` rows, the origin
+    included, the strongest of the last hop kept. The notes say what the limit cut."""
     direction_id = check_direction_id(direction_id)
     model_id = a.model_of(direction_id)
     a.require_contents(model_id, CIRCUITS)
@@ -172,12 +174,12 @@ def composition_trace(
     pairs, comp = a.relation(model_id, "composition_pairs"), a.relation(model_id, "composition")
     rows = [{**origin, "hop": 0, "parent": None, "mode": None, "share": None,
              "contribution": None}]  # fmt: skip
-    seen, frontier = {direction_id}, [direction_id]
+    seen, frontier, notes = {direction_id}, [direction_id], []
     reached_by: dict[int, int] = {}  # a partner write direction -> the V read direction
     for hop in range(1, hops + 1):
-        if not frontier or len(rows) >= limit:
+        if not frontier:
             break
-        found = a.sql(
+        found = a.sql(  # every pair that passes: a source's pairs are few (the top per edge)
             "SELECT p.src_direction_id AS parent, p.mode, p.contribution, "
             "p.contribution / (c.score * c.score) AS share, d.direction_id, d.layer, d.head, "
             "d.kind, d.side, d.sv_index, d.sigma "
@@ -185,18 +187,29 @@ def composition_trace(
             f"JOIN {directions} d ON d.direction_id = p.dst_direction_id "
             "WHERE list_contains(?, p.src_direction_id) "
             "AND p.contribution / (c.score * c.score) >= ? "
-            "ORDER BY share DESC, d.direction_id LIMIT ?",
-            [frontier, min_share, limit - len(rows)],
+            "ORDER BY share DESC, d.direction_id",
+            [frontier, min_share],
         ).to_pylist()
-        frontier = []
+        new = []
         for r in found:
-            if r["direction_id"] in seen:
-                continue
-            seen.add(r["direction_id"])
+            if r["direction_id"] not in seen:
+                seen.add(r["direction_id"])
+                new.append(r)
+        room = limit - len(rows)
+        if len(new) > room:
+            notes.append(
+                f"cut at the limit of {limit} directions (the origin included): {len(new) - room} "
+                f"more at hop {hop} pass min_share {min_share:g}, and any beyond them were not "
+                "followed"
+            )
+        frontier = []
+        for r in new[:room]:
             r["parent"] = reached_by.get(r["parent"], r["parent"])
             rows.append({**r, "hop": hop})
             if r["mode"] == "V":
                 frontier.append(r["direction_id"])
+        if len(new) > room:
+            break
         if frontier:  # the V readers' heads write again: their partner write directions
             partners = a.sql(
                 f"SELECT r.direction_id AS read_id, w.direction_id AS write_id "
@@ -207,4 +220,5 @@ def composition_trace(
             ).to_pylist()
             reached_by = {p["write_id"]: p["read_id"] for p in partners}
             frontier = list(reached_by)
-    return rows
+    hits = a.hit_rows(model_id, [r["direction_id"] for r in rows])
+    return [{**r, "tokens": hits[r["direction_id"]].pos_tokens} for r in rows], notes

@@ -194,8 +194,8 @@ TRACE_COLUMNS = [  # the table's, under a heading of model and layer
 ]
 
 
-COMPOSITION_TRACE_COLUMNS = ["hop", "parent", "mode", "direction_id", "layer", "head", "kind",
-                             "side", "sv_index", "sigma", "share"]  # fmt: skip
+COMPOSITION_TRACE_COLUMNS = ["direction_id", "hop", "parent", "mode", "layer", "head", "kind",
+                             "side", "sv_index", "sigma", "share", "tokens"]  # fmt: skip
 
 
 @click.command()
@@ -222,7 +222,8 @@ def trace(obj: dict[str, Any], direction_id: int, n_tokens: int, fmt: str, **par
     with atlas.open(obj["atlas"]) as a, HopProgress() as progress:
         steps = a.trace(direction_id, progress=progress, **params)
     if isinstance(steps, CompositionTrace):
-        emit(steps, COMPOSITION_TRACE_COLUMNS, fmt)
+        shown = steps if fmt == "json" else [{**r, "tokens": r["tokens"][:n_tokens]} for r in steps]
+        emit(shown, COMPOSITION_TRACE_COLUMNS, fmt)
         return
     rows = [{**s.to_dict(), **_hit_row(s.hit, n_tokens, fmt)} for s in steps]
     if fmt == "json":

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 import atlas
+from atlas.core.errors import AtlasWarning
 from tests.support.circuits import PLANTS, composition_scores, planted_folder, raw_heads
-from tests.support.helpers import run_cli
+from tests.support.helpers import assert_one_error_line, run_cli
 
 # (model id in the atlas, shape, processing)
 INGESTS = [("gpt2-raw", "gpt2-tiny", "raw"), ("gpt2-tl", "gpt2-tiny", "tl"),
@@ -220,6 +221,42 @@ def test_trace_via_composition_reaches_the_planted_reader(circuits: dict[str, An
     assert (first["layer"], first["head"], first["kind"], first["side"], first["mode"]) == (
         *plant.dst, "qk", "key", "K")  # fmt: skip
     assert first["share"] == pytest.approx(1.0, abs=1e-4) and first["parent"] == origin
+
+
+def test_a_composition_trace_says_what_its_limit_cut_and_refuses_what_it_ignores(
+    circuits: dict[str, Any],
+) -> None:
+    """The limit keeps the strongest rows and a note counts the rest; each row carries its
+    tokens (the card's, through W_U); an option the walk would ignore is one error line."""
+    root = circuits["root"]
+    a = atlas.open(root)
+    (origin,) = a.sql(
+        "SELECT direction_id FROM directions WHERE model_id = 'gpt2-raw' AND kind = 'ov' "
+        "AND side = 'write' AND layer = 0 AND sv_index = 0 ORDER BY head LIMIT 1"
+    )["direction_id"].to_pylist()
+    full = a.trace(origin, via="composition", hops=1, min_share=0.0)
+    assert len(full) >= 3 and full.notes == []
+    with pytest.warns(AtlasWarning, match="cut at the limit of 2 directions"):
+        cut = a.trace(origin, via="composition", hops=1, min_share=0.0, limit=2)
+    assert list(cut) == full[:2]
+    assert cut.notes == [
+        f"cut at the limit of 2 directions (the origin included): {len(full) - 2} more at "
+        "hop 1 pass min_share 0, and any beyond them were not followed"
+    ]
+    for row in full:
+        pos = [t["token_display"] for t in a.card(row["direction_id"])["tokens"]
+               if t["polarity"] == "pos"]  # fmt: skip
+        assert row["tokens"] and row["tokens"] == pos[: len(row["tokens"])]
+    text = run_cli("--atlas", root, "trace", str(origin), "--via", "composition",
+                   "--min-share", "0", "--tokens", "2").stdout.splitlines()  # fmt: skip
+    assert text[0].split()[:2] == ["direction_id", "hop"]
+    assert ", ".join(full[1]["tokens"][:2]) in text[2]
+    for args, name in ((["--via", "composition", "--min-cos", "0.5"], "min_cos"),
+                       (["--via", "composition", "--layer", "1"], "layer"),
+                       (["--same-model", "--via", "composition"], "same_model"),
+                       (["--min-share", "0.2"], "min_share")):  # fmt: skip
+        line = assert_one_error_line(run_cli("--atlas", root, "trace", str(origin), *args))
+        assert "does not apply to a trace via" in line and name.replace("_", "-") in line, line
 
 
 def test_cli_and_http_reach_the_planted_pair(circuits: dict[str, Any]) -> None:
