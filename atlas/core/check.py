@@ -36,6 +36,7 @@ from atlas.core.indexes import (
     APPROXIMATE_MIN,
     EXACT,
     ResidualIndex,
+    UnreadableShard,
     is_exact,
     is_index_file,
     measured_recall,
@@ -377,6 +378,9 @@ class ModelCheck:
         stale = np.setdiff1d(index.ids(), seen).size
         if missing or stale:
             self.index_error(f"{missing} directions missing from it, {stale} stale ids in it")
+        twice = index.ntotal - np.unique(index.ids()).size  # a shard copied, say
+        if twice:
+            self.index_error(f"{twice} vectors hold an id another one holds")
         if mismatched:
             self.index_error(f"{mismatched} vectors differ from DuckDB's")
         elif not missing and not stale and not index.exact:
@@ -397,17 +401,18 @@ class ModelCheck:
             if not listed:  # else reported as missing already
                 self.index_error("missing")
             return None
-        import faiss
-
         shards = []
         for path in paths:
             try:
                 shard = read_index(path)
-            except Exception as exc:  # faiss raises RuntimeError or worse for a damaged file
+            except UnreadableShard as exc:
+                self.index_error(f"{path.name} {exc.why}")
+                return None
+            except Exception as exc:  # faiss raises worse than RuntimeError for some headers
                 self.index_error(f"{path.name} cannot be read ({one_line(exc, 200)})")
                 return None
-            if not isinstance(shard, faiss.IndexIDMap) or shard.d != d_model:
-                self.index_error(f"{path.name} is not an id-mapped index of width {d_model}")
+            if shard.d != d_model:
+                self.index_error(f"{path.name} has width {shard.d}, not d_model {d_model}")
                 return None
             # an approximate model's shards are approximate unless too small to train
             expected_exact = index_type == EXACT or shard.ntotal < APPROXIMATE_MIN

@@ -30,8 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from atlas.core.errors import AtlasError, DamagedIndex, one_line
-from atlas.core.indexes import ResidualIndex, full_vectors, is_index_file, read_index
+from atlas.core.errors import DamagedIndex, one_line
+from atlas.core.indexes import (
+    ResidualIndex,
+    UnreadableShard,
+    full_vectors,
+    is_index_file,
+    read_index,
+)
 from atlas.core.layout import manifest_sizes
 
 REPAIR = "a repair (`check` with `repair`) rebuilds it"
@@ -89,9 +95,8 @@ def read_checked(paths: list[Path], contract: IndexContract) -> ResidualIndex:
     for path in paths:
         try:
             shards.append(read_index(path))
-        except AtlasError as exc:  # read_index's one line names the file by its full path
-            why = str(exc).split("; svd-atlas check")[0].replace(str(path), f"file {path.name}")
-            raise damaged_index(contract.model_id, why) from None
+        except UnreadableShard as exc:
+            raise damaged_index(contract.model_id, f"file {path.name} {exc.why}") from None
         except Exception as exc:  # faiss raises worse than RuntimeError for some headers
             raise damaged_index(
                 contract.model_id, f"file {path.name} cannot be read ({one_line(exc, 120)})"
@@ -107,12 +112,8 @@ def read_checked(paths: list[Path], contract: IndexContract) -> ResidualIndex:
 
 
 def _structure_problem(shards: list[Any], contract: IndexContract) -> str | None:
-    import faiss
-
     n = 0
-    for shard in shards:
-        if not isinstance(shard, faiss.IndexIDMap):
-            return "is not an id-mapped index"
+    for shard in shards:  # each an id map of a kind svd-atlas writes (``read_index``)
         vectors = full_vectors(shard)
         d = contract.d_model
         widths = {int(shard.d), int(vectors.d)}

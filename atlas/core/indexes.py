@@ -101,24 +101,36 @@ def write_index(index: Any, path: Path) -> None:
         raise OSError(f"could not write {path}: {one_line(exc, 200)}") from None
 
 
+class UnreadableShard(AtlasError):
+    """A shard file FAISS cannot read, or not of the kind svd-atlas writes; ``why`` says which
+    without the file's path, for callers that name the file their own way."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path} {why}; a repair (`check` with `repair`) rebuilds it")
+        self.why = why
+
+
 def read_index(path: Path) -> Any:
     """One shard, memory-mapped where FAISS allows (flat codes), checked to be a kind
-    svd-atlas writes."""
+    svd-atlas writes: an id map over a flat index, or over PQ codes with their full vectors,
+    every part scoring by inner product (a cosine, for unit vectors)."""
     import faiss
 
     try:
         index: Any = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
     except RuntimeError as exc:
-        raise AtlasError(
-            f"{path} cannot be read ({faiss_reason(exc)}); a repair (`check` with `repair`) "
-            "rebuilds it"
-        ) from None
+        raise UnreadableShard(path, f"cannot be read ({faiss_reason(exc)})") from None
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
-    if not isinstance(inner, faiss.IndexFlat | faiss.IndexRefineFlat):
-        raise AtlasError(
-            f"{path}: {type(inner).__name__} is not an index type svd-atlas writes; "
-            "a repair (`check` with `repair`) rebuilds it"
-        )
+    if not isinstance(index, faiss.IndexIDMap) or not isinstance(
+        inner, faiss.IndexFlat | faiss.IndexRefineFlat
+    ):
+        kind = type(inner).__name__ if inner is not index else type(index).__name__
+        raise UnreadableShard(path, f"holds {kind}, not an index type svd-atlas writes")
+    parts: list[Any] = [index, inner]
+    if isinstance(inner, faiss.IndexRefineFlat):
+        parts += [faiss.downcast_index(inner.base_index), faiss.downcast_index(inner.refine_index)]
+    if any(int(part.metric_type) != faiss.METRIC_INNER_PRODUCT for part in parts):
+        raise UnreadableShard(path, "does not score by inner product (its metric was changed)")
     return index
 
 
@@ -154,6 +166,20 @@ def _file_signature(path: Path) -> tuple[int, int, int, int]:
     return status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
+class FileStamps:
+    """Files as they were when read (inode, size and times, a stat each): whether they are
+    still those files, so that what was found of them still holds."""
+
+    def __init__(self, paths: list[Path]):
+        self._stamps = {path: _file_signature(path) for path in paths}
+
+    def unchanged(self) -> bool:
+        try:
+            return all(_file_signature(p) == known for p, known in self._stamps.items())
+        except OSError:
+            return False
+
+
 def _flat_view(flat: Any) -> np.ndarray:
     """A flat index's vectors, ``[ntotal, d]`` float32, as a read-only view of FAISS's own
     memory."""
@@ -184,8 +210,7 @@ class ResidualIndex:
         if not shards:
             raise ValueError("an index needs at least one shard")
         self.shards = shards
-        # the files the shards map, as they were when read (``files_unchanged``)
-        self._files = {path: _file_signature(path) for path in files or []}
+        self.files = FileStamps(files or [])  # the files the shards map, as they were read
         self.d = int(shards[0].d)
         self._ids = [index_ids(s) for s in shards]
         every = np.concatenate(self._ids)
@@ -211,12 +236,9 @@ class ResidualIndex:
         return cls([read_index(p) for p in paths], paths)
 
     def files_unchanged(self) -> bool:
-        """Whether every file the shards map is still the one read (same inode, size and
-        times: a stat each), so that what was checked of the index still holds."""
-        try:
-            return all(_file_signature(p) == known for p, known in self._files.items())
-        except OSError:
-            return False
+        """Whether every file the shards map is still the one read (see :class:`FileStamps`),
+        so that what was checked of the index still holds."""
+        return self.files.unchanged()
 
     @property
     def ntotal(self) -> int:

@@ -11,7 +11,7 @@ import io
 import json
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -144,6 +144,56 @@ def test_another_models_index_with_a_matching_manifest_is_refused_by_its_width(t
     for command in (["search", "fire", "--model", "minilm"], ["trace", "432"]):
         line = _refusal(run_cli("--atlas", two, *command))
         assert "width 64" in line and "d_model is 384" in line, line
+
+
+def _listed_as_is(store: Path) -> None:
+    """The manifest rewritten to the index files as they are now (sizes and checksums)."""
+    manifest_path = store / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    members = manifest["members"]
+    for name in [n for n in members if n.startswith("residual-")]:
+        del members[name]
+    for path in sorted(store.glob("residual-*.faiss")):
+        members[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def _l2_metric(store: Path) -> None:
+    """The id map's and its flat index's metric set to L2 (FAISS's header field after the
+    4-byte tag, d, ntotal, two reserved words and is_trained), the vectors untouched."""
+    data = bytearray((store / INDEX).read_bytes())
+    assert data[:4] == b"IxMp" and data[37:41] == b"IxFI"
+    for at in (33, 37 + 33):
+        data[at : at + 4] = (1).to_bytes(4, "little")
+    (store / INDEX).write_bytes(bytes(data))
+
+
+def _copied_shard(store: Path) -> None:
+    shutil.copy(store / INDEX, store / "residual-0001.faiss")
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [(_l2_metric, "does not score by inner product"), (_copied_shard, "27,648 vectors")],
+)
+def test_an_index_listed_as_is_but_not_of_the_model_is_refused_and_repaired(
+    atlas_copy: Path, damage: Callable[[Path], None], said: str
+) -> None:
+    """Damage that no checksum catches (the manifest lists the files as they are): an L2
+    metric (where a trace would find nothing), a shard held twice. Every use refuses it in
+    one line; check finds it and check --repair rebuilds it."""
+    store = _store(atlas_copy)
+    damage(store)
+    _listed_as_is(store)
+    for command in (["search", "fire"], ["trace", "432", "--min-cos", "0.15"]):
+        line = _refusal(run_cli("--atlas", atlas_copy, *command))
+        assert said in line, line
+    found = run_cli("--atlas", atlas_copy, "check")
+    assert found.returncode == 1 and "FAISS index" in found.stdout + found.stderr
+    assert run_cli("--atlas", atlas_copy, "check", "--repair").returncode == 0
+    assert run_cli("--atlas", atlas_copy, "check").returncode == 0
+    trace = run_cli("--atlas", atlas_copy, "trace", "432", "--min-cos", "0.15", "--format", "json")
+    assert trace.returncode == 0 and len(json.loads(trace.stdout)) > 1, trace.stderr
 
 
 def test_healthy_models_stay_searchable_with_a_note(two: Path) -> None:
