@@ -39,6 +39,7 @@ from atlas.core.contract import TABLES
 from atlas.core.errors import AtlasError, DamagedIndex, NotFound, NoVectors, one_line
 from atlas.core.hit_rows import HIT_FILES, HitFile, HitRow, hit_rows_sql
 from atlas.core.index_guard import damaged_index, vectors_problem
+from atlas.core.indexes import FileStamps
 from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size, manifest_sizes
 from atlas.core.memlimit import parse_memory_limit, session_config
 from atlas.core.model_ids import left_out
@@ -148,6 +149,8 @@ class Reader(ABC):
         self.indexes = IndexCache()
         self._shapes: dict[str, tuple[int, str]] = {}  # model_id -> (d_model, index_type)
         self._vocabularies: dict[str, pa.Table] = {}
+        # model_id -> index files a full comparison found to differ from the stored vectors
+        self._differing_files: dict[str, tuple[FileStamps, str]] = {}
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -301,9 +304,15 @@ class Reader(ABC):
 
     def residual_index(self, model_id: str) -> Any:
         """The model's residual-space FAISS index (ids = direction_id), through the cache;
-        :class:`DamagedIndex` if it disagrees with its store (``atlas.core.index_guard``)."""
+        :class:`DamagedIndex` if it disagrees with its store (``atlas.core.index_guard``), or
+        if its files are still those that a full comparison (:meth:`keep_index`) found to
+        differ from the stored vectors: a search's own checks would miss a changed vector that
+        its scores never bring up."""
         self.require_model(model_id)
         with self.refusing_damaged_index(model_id):
+            found_different = self._differing_files.get(model_id)
+            if found_different is not None and found_different[0].unchanged():
+                raise damaged_index(model_id, found_different[1])
             return self.indexes.get(model_id, lambda: self._read_index(model_id))
 
     def keep_index(self, model_id: str) -> None:
@@ -324,6 +333,8 @@ class Reader(ABC):
         chunks = ((numbers(b.column(0)).astype(np.int64), vector_matrix(b.column(1))) for b in rows)
         problem = vectors_problem(index, chunks)
         if problem:
+            with self._lock:
+                self._differing_files[model_id] = (index.files, problem)
             raise damaged_index(model_id, problem)
         return index, size
 
