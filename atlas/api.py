@@ -54,6 +54,7 @@ from query.trace import Trace, TraceProgress
 from query.trace import trace as run_trace
 
 F = TypeVar("F", bound=Callable[..., Any])
+_R = TypeVar("_R")
 
 MODELS_QUERY = """
     SELECT model_id, architecture, n_layers AS layers, n_heads AS heads, n_kv_heads AS kv_heads,
@@ -243,6 +244,23 @@ class Atlas:
         deadline = Deadline.after(timeout)
         with stoppable(deadline):
             return self.reader.user_sql(p.query, params, p.max_rows, max_bytes)
+
+    def sql_stream(
+        self,
+        query: str,
+        consume: Callable[[pa.RecordBatchReader], _R],
+        params: list[Any] | dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> _R:
+        """Run one statement as :meth:`sql` does and hand its rows to ``consume``, a function
+        of a ``pyarrow.RecordBatchReader``, returning what it returns. The rows are read as
+        ``consume`` asks for them, never held whole: a result larger than memory can be
+        written to a file (``svd-atlas sql --out``), where :meth:`sql` would hold it all
+        outside the handle's ``memory_limit``."""
+        p = validate(SqlParams, query=query)
+        with stoppable(Deadline.after(timeout)):
+            return self.reader.user_sql_stream(p.query, params, consume)
 
     @_takes(SearchParams)
     def search(

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from atlas.cli.output import dumps, emit, format_option, text_or_json_option
+from atlas.cli.output import (
+    MAX_TABLE_ROWS,
+    dumps,
+    emit,
+    format_option,
+    print_table,
+    text_or_json_option,
+)
 from atlas.cli.params import REFERENCE, options, render
-from atlas.cli.result_file import OUT_FORMATS, out_format, write_result
+from atlas.cli.result_file import OUT_FORMATS, capped, out_format, write_result, write_rows
 from atlas.errors import AtlasError
 from atlas.interface import (
     DEFAULT_MEMORY_LIMIT,
@@ -20,7 +28,7 @@ from atlas.interface import (
     format_bytes,
     result_rows,
 )
-from atlas.params import MatrixCardParams, SearchParams, SqlParams, TraceParams
+from atlas.params import MatrixCardParams, SearchParams, SqlParams, TraceParams, validate
 
 DEFAULT_TOKENS = 8
 # Where a read side's tokens through W_E are those through W_U (a tied embedding), once is enough.
@@ -96,14 +104,30 @@ def sql(
         out_fmt = out_format(out, out_fmt)
         if out.is_dir():
             raise AtlasError(f"{out} is a directory; give a file name")
+    cap = validate(SqlParams, query=query, max_rows=max_rows).max_rows
+    # files and csv or json go out as the rows come (a result may be larger than memory);
+    # a table shows its first MAX_TABLE_ROWS, so no more are read
     with atlas.open(obj["atlas"], write=write, memory_limit=memory_limit) as a:
-        result = a.sql(query, timeout=timeout, max_rows=max_rows)
-    if out is not None and out_fmt is not None:
-        write_result(result, out, out_fmt)
-        click.echo(f"wrote {result.num_rows} rows to {out} ({out_fmt})", err=True)
-        return
+        if out is not None and out_fmt is not None:
+            written = a.sql_stream(
+                query, lambda r: write_result(capped(r, cap), out, out_fmt), timeout=timeout
+            )
+            click.echo(f"wrote {written} rows to {out} ({out_fmt})", err=True)
+            return
+        if fmt != "table":
+            a.sql_stream(
+                query, lambda r: write_rows(capped(r, cap), sys.stdout, fmt), timeout=timeout
+            )
+            return
+        result = a.sql(query, timeout=timeout, max_rows=MAX_TABLE_ROWS + 1 if cap is None else cap)
     names, rows = result_rows(result)
-    emit([dict(zip(names, row, strict=True)) for row in rows], names, fmt)
+    records = [dict(zip(names, row, strict=True)) for row in rows]
+    if cap is None and len(records) > MAX_TABLE_ROWS:  # how many more is not computed
+        print_table(records[:MAX_TABLE_ROWS], names)
+        click.echo(f"... more rows: the table shows the first {MAX_TABLE_ROWS} (--format csv or "
+                   "json, or --out FILE, for all of them)")  # fmt: skip
+        return
+    emit(records, names, fmt)
 
 
 def refuse_inside(out: Path, atlas_location: str) -> None:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+
+import pyarrow as pa
 
 from atlas.errors import AtlasError, one_line
-from atlas.interface import csv_cell, dumps, jsonable, result_rows
+from atlas.interface import csv_cell, dumps, jsonable, result_rows, unique_names
 
 OUT_FORMATS = ("parquet", "csv", "json", "jsonl")
 EXTENSIONS = {"parquet": "parquet", "pq": "parquet", "csv": "csv", "json": "json",
@@ -30,49 +33,78 @@ def out_format(out: Path, given: str | None) -> str:
     )
 
 
-def write_result(table: Any, out: Path, fmt: str) -> None:
-    """``table`` as a new file at ``out``: written beside it, then renamed over it, so that
-    whatever ``out`` was (a hard link to an atlas file, say) is replaced, never written into.
-    A failure names ``out``, never the temporary file."""
+def write_result(reader: Any, out: Path, fmt: str) -> int:
+    """The rows of ``reader`` (a ``pyarrow.RecordBatchReader``) as a new file at ``out``,
+    written batch by batch as they come, then renamed over ``out``, so that whatever ``out``
+    was (a hard link to an atlas file, say) is replaced, never written into. Returns the rows
+    written. A failure names ``out``, never the temporary file."""
     if not out.parent.is_dir():
         raise AtlasError(f"cannot write {out}: the folder {out.parent} does not exist")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        _WRITERS[fmt](table, tmp)
+        if fmt == "parquet":
+            rows = _parquet(reader, tmp)
+        else:
+            with tmp.open("w", encoding="utf-8", newline="") as fh:
+                rows = write_rows(reader, fh, fmt)
         os.replace(tmp, out)
     except OSError as exc:
         why = (exc.strerror or one_line(exc)).replace(str(tmp), str(out))
         raise AtlasError(f"cannot write {out}: {why}") from None
     finally:
         tmp.unlink(missing_ok=True)
+    return rows
 
 
-def _parquet(table: Any, path: Path) -> None:
+def write_rows(reader: Any, fh: TextIO, fmt: str) -> int:
+    """The rows of ``reader`` as text on ``fh``, a batch at a time: csv, json (one array,
+    exactly as ``--format json`` prints a list) or jsonl (an object a line). Returns how many
+    rows were written."""
+    names = unique_names(reader.schema.names)
+    writer = csv.writer(fh, lineterminator="\n")
+    if fmt == "csv":
+        writer.writerow(names)
+    n = 0
+    for batch in reader:
+        _, rows = result_rows(pa.Table.from_batches([batch]))
+        if fmt == "csv":
+            writer.writerows([csv_cell(v) for v in row] for row in rows)
+            n += len(rows)
+            continue
+        for row in rows:
+            record = dict(zip(names, row, strict=True))
+            if fmt == "jsonl":
+                fh.write(json.dumps(jsonable(record), ensure_ascii=False, allow_nan=False) + "\n")
+            else:  # an element of dumps(list): one more space of indent, a comma between
+                fh.write(("[\n " if n == 0 else ",\n ") + dumps(record).replace("\n", "\n "))
+            n += 1
+    if fmt == "json":
+        fh.write("\n]\n" if n else "[]\n")
+    return n
+
+
+def _parquet(reader: Any, path: Path) -> int:
     import pyarrow.parquet as pq
 
-    pq.write_table(table, path)
+    n = 0
+    with pq.ParquetWriter(path, reader.schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+            n += batch.num_rows
+    return n
 
 
-def _csv(table: Any, path: Path) -> None:
-    names, rows = result_rows(table)
-    with path.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(names)
-        writer.writerows([csv_cell(v) for v in row] for row in rows)
+def capped(reader: Any, max_rows: int | None) -> Any:
+    """``reader``'s first ``max_rows`` rows (all of them for None), reading no further."""
+    if max_rows is None:
+        return reader
 
+    def first() -> Iterator[pa.RecordBatch]:
+        left = max_rows
+        for batch in reader:
+            if left <= 0:
+                return
+            yield batch.slice(0, left)
+            left -= batch.num_rows
 
-def _json(table: Any, path: Path) -> None:
-    names, rows = result_rows(table)
-    records = [dict(zip(names, row, strict=True)) for row in rows]
-    path.write_text(dumps(records) + "\n", encoding="utf-8")
-
-
-def _jsonl(table: Any, path: Path) -> None:
-    names, rows = result_rows(table)
-    with path.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            record = jsonable(dict(zip(names, row, strict=True)))
-            fh.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-
-
-_WRITERS = {"parquet": _parquet, "csv": _csv, "json": _json, "jsonl": _jsonl}
+    return pa.RecordBatchReader.from_batches(reader.schema, first())

@@ -27,7 +27,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -43,7 +43,13 @@ from atlas.core.indexes import FileStamps
 from atlas.core.layout import MODEL_DB, UNEMBED, AtlasDir, Catalog, dir_size, manifest_sizes
 from atlas.core.memlimit import parse_memory_limit, session_config
 from atlas.core.model_ids import left_out
-from atlas.core.sqlguard import engine_error, lock_session, run_statement, sql_string
+from atlas.core.sqlguard import (
+    engine_error,
+    lock_session,
+    run_statement,
+    sql_string,
+    stream_statement,
+)
 from atlas.core.vectors import numbers, vector_matrix
 from atlas.core.views import create_views
 
@@ -56,6 +62,8 @@ FEW_IDS = 64
 VERIFY_BYTES = 32 << 20
 # Read a catalog again if a store it names vanished meanwhile (a concurrent replace + sweep).
 _OPEN_ATTEMPTS = 3
+
+_R = TypeVar("_R")
 
 
 class IndexCache:
@@ -239,6 +247,18 @@ class Reader(ABC):
             max_rows,
             max_bytes,
             memory_limit=self.memory_limit,
+        )
+
+    def user_sql_stream(
+        self,
+        query: str,
+        params: list[Any] | dict[str, Any] | None,
+        consume: Callable[[pa.RecordBatchReader], _R],
+    ) -> _R:
+        """:meth:`user_sql`, its rows handed to ``consume`` batch by batch, never held whole
+        (``sqlguard.stream_statement``)."""
+        return stream_statement(
+            self.cursor(), query, params, self.writable, consume, memory_limit=self.memory_limit
         )
 
     # -- models ----------------------------------------------------------------------------

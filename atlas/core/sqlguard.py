@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -35,6 +36,7 @@ from atlas.core.errors import AtlasError, one_line
 from atlas.core.memlimit import memory_limit_exceeded
 
 _T = duckdb.StatementType
+_R = TypeVar("_R")
 READ_ONLY_TYPES = (_T.SELECT, _T.EXPLAIN)
 # With writes allowed: changing tables of the researcher's own database, nothing about the
 # session (ATTACH, DETACH, USE, SET, PRAGMA) and no files (COPY, EXPORT, LOAD).
@@ -163,25 +165,68 @@ def run_statement(
     ``max_rows`` (and ``max_bytes``), rows are streamed and only the first ``max_rows`` (as
     many batches as fit in about ``max_bytes``) are ever materialized.
     """
-    check_statement(query, write)
     if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int)
                                  or max_rows < 0):  # fmt: skip
         raise AtlasError(f"max_rows must be an integer of at least 0, not {max_rows!r}")
     if max_bytes is not None and max_rows is None:
         raise AtlasError("max_bytes needs max_rows")
 
-    def work() -> pa.Table:
+    def rows(relation: duckdb.DuckDBPyRelation | None) -> pa.Table:
+        if relation is None:
+            return pa.table({})
+        if max_rows is None:
+            return relation.to_arrow_table()
+        return _first_rows(relation, max_rows, max_bytes)
+
+    return consume_statement(con, query, params, write, rows, memory_limit=memory_limit)
+
+
+def stream_statement(
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    params: list[Any] | dict[str, Any] | None,
+    write: bool,
+    consume: Callable[[pa.RecordBatchReader], _R],
+    *,
+    memory_limit: int,
+) -> _R:
+    """:func:`run_statement`, its rows handed to ``consume`` as a reader of Arrow batches of
+    ``STREAM_BATCH_ROWS``, read as ``consume`` asks for them: a result larger than memory
+    can be written out, where a table of it would be held whole outside the session's
+    memory limit."""
+
+    def batches(relation: duckdb.DuckDBPyRelation | None) -> _R:
+        if relation is None:
+            return consume(pa.RecordBatchReader.from_batches(pa.schema([]), []))
+        reader = relation.to_arrow_reader(STREAM_BATCH_ROWS)
+        try:
+            return consume(reader)
+        finally:
+            reader.close()
+
+    return consume_statement(con, query, params, write, batches, memory_limit=memory_limit)
+
+
+def consume_statement(
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    params: list[Any] | dict[str, Any] | None,
+    write: bool,
+    consume: Callable[[duckdb.DuckDBPyRelation | None], _R],
+    *,
+    memory_limit: int,
+) -> _R:
+    """Check one statement, run it in a transaction (committed only if ``write``) and return
+    what ``consume`` makes of its relation (None for a statement without rows), all within
+    the caller's stoppable work."""
+    check_statement(query, write)
+
+    def work() -> _R:
         # a Ctrl-C can raise in Python after the statement before was interrupted and before its
         # ROLLBACK ran: that transaction is aborted, and would refuse every later statement
         _roll_back(con)
         con.execute("BEGIN TRANSACTION")
-        relation = con.sql(query, params=params)
-        if relation is None:
-            table = pa.table({})
-        elif max_rows is None:
-            table = relation.to_arrow_table()
-        else:
-            table = _first_rows(relation, max_rows, max_bytes)
+        result = consume(con.sql(query, params=params))
         macros = _own_functions(con) if write else []
         if macros:
             raise AtlasError(
@@ -191,7 +236,7 @@ def run_statement(
                 "MACRO removes one an earlier version let you make)"
             )
         con.execute("COMMIT" if write else "ROLLBACK")
-        return table
+        return result
 
     try:
         with running(con):
