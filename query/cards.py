@@ -64,6 +64,17 @@ def matrix_card(
         f"FROM ({rows_of_matrix}) ORDER BY sv_index, side",
         [card["matrix_id"], offset, offset + top],
     ).to_pylist()
+    if not directions and offset > 0:  # paged past the stored directions
+        (stored,) = a.sql(
+            f"SELECT count(DISTINCT sv_index) AS n FROM {a.relation(model_id, 'directions')} "
+            "WHERE matrix_id = ?",
+            [card["matrix_id"]],
+        )["n"].to_pylist()
+        raise NotFound(
+            f"no direction from sv_index {offset} on: the matrix has {stored} stored "
+            f"(sv_index 0 to {stored - 1})",
+            param="offset",
+        )
     by_sv: dict[int, dict[str, Any]] = {}
     for d in directions:
         entry = by_sv.setdefault(

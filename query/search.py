@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from atlas.core.cancel import check as check_stopped
-from atlas.core.errors import AtlasError, DamagedIndex, NoMatch
+from atlas.core.errors import AtlasError, BadParameter, DamagedIndex, NoMatch
 from atlas.core.hit_rows import HitRow
 from atlas.core.index_guard import exact_cosines
 from atlas.core.indexes import merge_valences
@@ -93,7 +93,7 @@ class Query:
     models: list[str]
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     bag: dict[str, float] | None = None
-    exclude: int | None = None  # a --direction query does not return itself
+    exclude: tuple[str, int] | None = None  # a --direction query's (model, id): not returned
     notes: list[str] = field(default_factory=list)
 
 
@@ -112,7 +112,7 @@ def resolve_query(
     token space otherwise.
     """
     if sum(x is not None for x in (text, direction, vector)) != 1:
-        raise AtlasError("give exactly one of `text`, `direction` or `vector`")
+        raise BadParameter("give exactly one of `text`, `direction` or `vector`")
     if text is not None and not (
         isinstance(text, str) or (isinstance(text, list) and all(isinstance(t, str) for t in text))
     ):
@@ -140,7 +140,8 @@ def resolve_query(
         if vector is not None:
             raise AtlasError("a residual-space vector cannot search token space", param="vector")
         if direction is not None:
-            return Query(space, candidates, bag=direction_bag(a, direction), exclude=direction)
+            bag = direction_bag(a, direction)
+            return Query(space, candidates, bag=bag, exclude=(str(home), direction))
         words = split_words(text)  # type: ignore[arg-type]
         bag, missing = text_token_bag(a, candidates, words)
         if missing:
@@ -156,7 +157,7 @@ def resolve_query(
                 hint="`space` token searches other models",
             )
         home, q = direction_vector(a, direction)
-        return Query(space, [home], {home: q}, exclude=direction)
+        return Query(space, [home], {home: q}, exclude=(home, direction))
     if vector is not None:
         return _vector_query(a, vector, candidates)
     return _words_query(a, split_words(text), candidates)  # type: ignore[arg-type]
@@ -239,7 +240,7 @@ def search(
     is one line instead). ``k`` and ``min_score`` are checked by the caller
     (:class:`atlas.params.SearchParams`)."""
     filters = filters or Filters()
-    scored: list[tuple[float, int]] = []
+    scored: list[tuple[float, int, str]] = []
     refused: list[str] = []
     for model_id in query.models:
         check_stopped()  # a deadline or a stop ends a search between models
@@ -256,15 +257,15 @@ def search(
             assert query.bag is not None
             ids, sims = nearest_tokens(a, model_id, query.bag, filters, k + 1)
         scored += [
-            (float(s), int(i))
+            (float(s), int(i), model_id)
             for i, s in zip(ids, sims, strict=True)
-            if i != query.exclude and abs(s) >= min_score
+            if (model_id, i) != query.exclude and abs(s) >= min_score
         ]
     if not scored:
         check_filters(a, query.models, filters)
         if query.bag is not None and query.exclude is None:
             check_bag(a, query.models, query.bag, filters)
-    scored.sort(key=lambda t: (-abs(t[0]), t[1]))
+    scored.sort(key=lambda t: (-abs(t[0]), t[1], t[2]))
     return Hits(describe(a, scored[:k], query.space), refused)
 
 
@@ -323,18 +324,20 @@ def nearest_tokens(
     )
 
 
-def describe(a: Reader, scored: list[tuple[float, int]], space: str) -> list[Hit]:
-    """Hits with their metadata and tokens, in the order given (``Reader.hit_rows``: each
-    model's hit-row file in an atlas directory, its tables elsewhere)."""
+def describe(a: Reader, scored: list[tuple[float, int, str]], space: str) -> list[Hit]:
+    """Hits (score, direction id, the model it was found in) with their metadata and tokens,
+    in the order given (``Reader.hit_rows``: each model's hit-row file in an atlas directory,
+    its tables elsewhere). The model is given, not looked up by id: in a Parquet tree grown
+    from several atlases two models may hold the same id."""
     by_model: dict[str, list[int]] = {}
-    for _, i in scored:
-        by_model.setdefault(a.model_of(i), []).append(i)
-    rows: dict[int, tuple[str, HitRow]] = {}
+    for _, i, model_id in scored:
+        by_model.setdefault(model_id, []).append(i)
+    rows: dict[tuple[str, int], HitRow] = {}
     for model_id, ids in by_model.items():
-        rows |= {i: (model_id, r) for i, r in a.hit_rows(model_id, ids).items()}
+        rows |= {(model_id, i): r for i, r in a.hit_rows(model_id, ids).items()}
     hits = []
-    for score, i in scored:
-        model_id, r = rows[i]
+    for score, i, model_id in scored:
+        r = rows[model_id, i]
         sign = 1 if score >= 0 else -1
         hits.append(
             Hit(

@@ -170,7 +170,8 @@ def _residual_range(
 
 
 def _steps(a: Reader, found: dict[int, _Found]) -> list[TraceStep]:
-    hits = describe(a, [(step[2] * step[3], i) for i, step in found.items()], "residual")
+    scored = [(step[2] * step[3], i, a.model_of(i)) for i, step in found.items()]
+    hits = describe(a, scored, "residual")
     steps = [
         TraceStep(
             hit=h,

@@ -46,7 +46,7 @@ def export(
     from atlas.cli.progress import Bars
 
     if (output is None) == (parquet is None):
-        raise atlas.AtlasError("give exactly one of -o FILE (a bundle) or --parquet DEST")
+        raise click.UsageError("give exactly one of -o FILE (a bundle) or --parquet DEST")
     refuse_inside(output if output is not None else Path(str(parquet)), obj["atlas"])
     with atlas.open(obj["atlas"]) as a, Bars() as bars:  # a bar on a terminal only
         if output is not None:

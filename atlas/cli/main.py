@@ -30,6 +30,13 @@ class _BadValue(click.ClickException):
     exit_code = 2
 
 
+def _one_line_usage(exc: click.UsageError) -> _BadValue:
+    """Click's usage error as one line naming where help is, instead of the usage block,
+    a blank line and the error that click prints."""
+    where = exc.ctx.command_path if exc.ctx is not None else "svd-atlas"
+    return _BadValue(f"{exc.format_message()} (see: {where} --help)")
+
+
 # Which module under ``atlas.cli`` holds each command. A command's module is imported when the
 # command runs (or help lists it), so that `svd-atlas search` does not import what `ingest`,
 # `edit` or `serve` need: about 0.1 s of a fresh query process.
@@ -72,6 +79,8 @@ class _Cli(click.Group):
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:
             return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _one_line_usage(exc) from None
         except KeyboardInterrupt:
             _interrupted()
 
@@ -82,6 +91,8 @@ class _Cli(click.Group):
             except AtlasError as exc:
                 failure = _BadValue if isinstance(exc, BadParameter) else click.ClickException
                 raise failure(printable(cli_message(exc, ctx))) from None
+            except click.UsageError as exc:  # a command's own arguments, or no such command
+                raise _one_line_usage(exc) from None
             except BrokenPipeError:
                 # the reader of our output went away (`| head`): stop quietly
                 devnull = os.open(os.devnull, os.O_WRONLY)

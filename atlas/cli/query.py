@@ -278,7 +278,7 @@ def show(
     import atlas
 
     if not (len(target) == 1 and target[0].isdigit()) and len(target) != 3:
-        raise AtlasError("give a direction id, or MODEL LAYER HEAD")
+        raise click.UsageError("give a direction id, or MODEL LAYER HEAD")
     with atlas.open(obj["atlas"]) as a:
         card = a.card(int(target[0])) if len(target) == 1 else a.card(*target, **params)
     if fmt == "json":

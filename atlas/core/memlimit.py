@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from atlas.core.errors import AtlasError, MemoryLimitExceeded
+from atlas.core.errors import BadParameter, MemoryLimitExceeded
 
 DEFAULT_MEMORY_LIMIT = 2_000_000_000  # bytes: "2GB"
 # Below this, opening an atlas and the library's own small queries cannot run.
@@ -37,13 +37,15 @@ def parse_memory_limit(value: Any) -> int:
         unit = _UNITS.get(match[2].lower())
         size = None if unit is None else float(match[1]) * unit
     if size is None:
-        raise AtlasError(
-            f"a memory limit is a size such as 2GB, 512MB or 4GiB (or bytes), not {value!r}"
+        raise BadParameter(
+            f"a memory limit is a size such as 2GB, 512MB or 4GiB (or bytes), not {value!r}",
+            param="memory_limit",
         )
     if size < MIN_MEMORY_LIMIT:
-        raise AtlasError(
+        raise BadParameter(
             f"a memory limit of {value!r} is too small: an atlas needs at least "
-            f"{format_bytes(MIN_MEMORY_LIMIT)}"
+            f"{format_bytes(MIN_MEMORY_LIMIT)}",
+            param="memory_limit",
         )
     return int(size)
 

@@ -109,6 +109,7 @@ def check_statement(query: str, write: bool = False) -> duckdb.StatementType:
             "one: list the values, as in PIVOT t ON kind IN ('ov', 'mlp_in') USING count(*)"
         )
     name = str(inner or kind).rsplit(".", 1)[-1]
+    name = "INSTALL or LOAD" if name == "LOAD" else name  # DuckDB types both as LOAD
     what = "EXPLAIN " if kind == _T.EXPLAIN and inner is not None else ""
     if write:
         raise AtlasError(

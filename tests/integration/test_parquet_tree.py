@@ -136,6 +136,19 @@ def test_ids_shared_by_models_from_two_atlases_are_refused_not_guessed(
             "SELECT sigma FROM directions WHERE model_id = 'tiny' AND direction_id = 5"
         ).to_pylist()
         assert rows == tiny.sql("SELECT sigma FROM directions WHERE direction_id = 5").to_pylist()
+        # words need no id lookup: each hit is described from the model it was found in
+        with atlas.open(minilm_atlas) as alone:
+            for model in ("minilm", "tiny"):
+                source = alone if model == "minilm" else tiny
+                got = [(h.direction_id, h.score, h.tokens)
+                       for h in opened.search("fire", model=model, k=5)]  # fmt: skip
+                want = [(h.direction_id, h.score, h.tokens)
+                        for h in source.search("fire", k=5)]  # fmt: skip
+                assert [g[0] for g in got] == [w[0] for w in want]
+                assert [g[2] for g in got] == [w[2] for w in want]
+                np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], atol=1e-5)
+            both = opened.search("fire", k=20)
+            assert {h.model_id for h in both} == {"minilm", "tiny"}
 
 
 def test_words_without_an_unembedding_are_searched_in_token_space_with_a_note(

@@ -180,11 +180,36 @@ def test_search_json_hits_have_the_documented_fields(minilm_atlas: Path) -> None
         (["search", "fire", "--model", "nope"], "no model 'nope'"),
         (["show", "99999999"], "no direction"),
         (["show", "minilm", "9", "0"], "no ov matrix"),
+        (["show", "minilm", "3", "3", "--offset", "40"], "from sv_index 40 on: the matrix has 32"),
+        (["show", "minilm", "3"], "give a direction id, or MODEL LAYER HEAD (see: svd-atlas show"),
+        (["serch", "fire"], "No such command 'serch'."),
+        (["search", "fire", "--direction", "3"], "give exactly one of"),
         (["trace", "99999999"], "no direction"),
     ],
 )
 def test_bad_query_input_is_one_clear_line(minilm_atlas: Path, args, message: str) -> None:
     assert message in assert_one_error_line(run_cli("--atlas", minilm_atlas, *args))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["trace", "432", "--model-id"],  # no such option
+        ["serch", "fire"],  # no such command
+        ["show"],  # a missing argument
+        ["sql", "SELECT 1", "--timeout", "0"],  # a value out of click's range
+        ["sql", "SELECT 1", "--memory-limit", "lots"],  # a value the library refuses
+        ["search", "fire", "--direction", "432"],  # two queries
+        ["show", "minilm", "3"],  # neither an id nor MODEL LAYER HEAD
+        ["export"],  # neither -o nor --parquet
+    ],
+)
+def test_a_usage_mistake_is_one_line_and_exit_2(minilm_atlas: Path, args: list[str]) -> None:
+    """Not click's usage block: the one line says what is wrong and where help is."""
+    result = run_cli("--atlas", minilm_atlas, *args)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
 
 
 def test_cards(minilm_atlas: Path) -> None:
