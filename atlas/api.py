@@ -528,12 +528,14 @@ def _empty_note(min_score: float, direction: int | None) -> str:
     return "no direction matched"
 
 
-def coherence(*lists: str | Sequence[str]) -> list[ListCoherence]:
+def coherence(*lists: str | Sequence[str], wait: bool = True) -> list[ListCoherence]:
     """The coherence of token lists, each a list of strings or one comma-separated string:
     first its percentile among random lists of as many tokens from the bundled MiniLM's
     vocabulary (``coherence_pct``), then the raw score, P(a lenient judge names a theme)
-    (``coherence``). Needs no atlas. ::
+    (``coherence``). Needs no atlas. The first list of a length computes that length's null
+    of random lists (about a minute, then cached on the machine); ``wait=False`` starts it
+    and raises :class:`NotReady` instead of waiting. ::
 
         atlas.coherence("fire, flame, smoke, burning, blaze, heat")[0].coherence_pct  # 100.0
     """
-    return list_coherence(lists)
+    return list_coherence(lists, wait=wait)

@@ -15,6 +15,7 @@ from atlas.core.errors import (
     ModelBusy,
     NoMatch,
     NotFound,
+    NotReady,
     NoVectors,
     QueryTimeout,
     one_line,
@@ -30,6 +31,7 @@ __all__ = [
     "NoMatch",
     "NoVectors",
     "NotFound",
+    "NotReady",
     "QueryTimeout",
     "one_line",
 ]

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, NotReady
 from atlas.models.coherence import (
     BIAS,
     WEIGHTS,
@@ -106,6 +106,8 @@ class ListNull:
         self._by_length: dict[int, np.ndarray] = {}
         self._tables: tuple[np.ndarray, ...] | None = None
         self._lock = threading.Lock()  # a server scores from many threads
+        self._preparing: set[int] = set()  # lengths whose null a thread is computing
+        self._preparing_lock = threading.Lock()
 
     def scores(self, length: int) -> np.ndarray:
         """The null of lists of ``length`` tokens, sorted ascending."""
@@ -116,6 +118,30 @@ class ListNull:
                 self._by_length[length] = self._compute(length)
                 self._write()
             return self._by_length[length]
+
+    def ready(self, length: int) -> bool:
+        """Whether the null of ``length`` is at hand (in memory or in the cache file), without
+        waiting for one being computed (it is not at hand then)."""
+        if length in self._by_length:
+            return True
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._by_length.update(self._read())
+            return length in self._by_length
+        finally:
+            self._lock.release()
+
+    def prepare(self, length: int) -> None:
+        """Compute the null of ``length`` on a thread of its own, once however often asked,
+        for a caller that cannot wait (a server's request: about a minute, once a machine)."""
+        with self._preparing_lock:
+            if length in self._preparing:
+                return
+            self._preparing.add(length)
+        threading.Thread(
+            target=self.scores, args=(length,), name="svd-atlas-coherence-null", daemon=True
+        ).start()
 
     def describe(self, length: int) -> dict[str, Any]:
         return {
@@ -175,9 +201,12 @@ def list_coherence(
     lists: Sequence[str | Sequence[str]],
     vocabulary: Vocabulary | None = None,
     cache_dir: Path | None | str = "default",
+    wait: bool = True,
 ) -> list[ListCoherence]:
     """Score token lists (each a list of strings or one comma-separated string, >= 2 tokens)
-    against random lists of ``vocabulary`` (default: the bundled MiniLM's)."""
+    against random lists of ``vocabulary`` (default: the bundled MiniLM's). Without ``wait``,
+    a null not computed yet is started on a thread of its own and :class:`NotReady` says so
+    (a server's answer, where the first computation outlasts a request's time limit)."""
     parsed = [
         parse_list(x) if isinstance(x, str) else [t for t in (clean(str(t)) for t in x) if t]
         for x in lists
@@ -188,6 +217,15 @@ def list_coherence(
             raise AtlasError(f"{where} needs 2 to {MAX_TOKENS} tokens, not {len(tokens)}")
     folder = default_cache_dir() if cache_dir == "default" else cache_dir
     null = _null(vocabulary or bundled_vocabulary(), None if folder is None else Path(folder))
+    missing = sorted({len(t) for t in parsed if not null.ready(len(t))})
+    if missing and not wait:
+        for length in missing:
+            null.prepare(length)
+        raise NotReady(
+            f"the coherence null of lists of {', '.join(map(str, missing))} tokens is being "
+            f"computed: {NULL_LISTS:,} random lists, about a minute, once on this machine "
+            "(kept in its cache); ask again shortly"
+        )
     scores = null.scorer.score_lists(parsed)
     return [
         ListCoherence(

@@ -75,6 +75,12 @@ class DamagedIndex(AtlasError):
     status = 503
 
 
+class NotReady(AtlasError):
+    """What was asked needs a one-off computation that is under way: ask again shortly."""
+
+    status = 503
+
+
 class QueryTimeout(AtlasError):
     """A statement ran past its time limit and was stopped."""
 

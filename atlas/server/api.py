@@ -228,7 +228,7 @@ async def coherence_of_list(
     """A comma-separated token list's coherence (``svd-atlas coherence --format json``): its
     percentile among random lists of the same length (``coherence_pct``), then the raw score,
     P(a lenient judge names a theme) (``coherence``)."""
-    return await answer(request, lambda _a: coherence(q)[0].to_dict())
+    return await answer(request, lambda _a: coherence(q, wait=False)[0].to_dict())
 
 
 # A model id may hold any printable character, "/" included (hub names): it is a query

@@ -445,15 +445,15 @@ async def coherence_page(
         if not q:
             return {}
         try:
-            return {"result": coherence(q)[0].to_dict()}
-        except AtlasError as exc:
-            return {"error": str(exc)}
+            return {"result": coherence(q, wait=False)[0].to_dict()}
+        except AtlasError as exc:  # a bad list (400), or its null still being computed (503)
+            return {"error": str(exc), "status": exc.status}
 
     context = await run(live_atlas(request), work, time_limit(request))
     return render(
         request,
         "coherence.html",
-        400 if context.get("error") else 200,
+        context.get("status", 200),
         q=q or "",
         result=context.get("result"),
         error=context.get("error"),

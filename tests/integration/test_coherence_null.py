@@ -7,6 +7,9 @@ from __future__ import annotations
 import html
 import json
 import re
+import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ import atlas
 from atlas.core.jsondata import jsonable
 from atlas.core.tokens import display_vocabulary
 from atlas.models.bundled import minilm_words
-from atlas.models.coherence import Scorer, clean
+from atlas.models.coherence import Scorer, clean, default_cache_dir
 from atlas.server.app import create_app
 from query.coherence import NULL_LISTS, list_coherence, random_lists
 from tests.support.helpers import assert_one_error_line, run_cli
@@ -137,12 +140,37 @@ def _same(value: Any) -> Any:
 
 
 def test_http_api_equals_the_library(client: TestClient) -> None:
+    expected = _same(atlas.coherence(FIRE)[0].to_dict())  # its null computed, or read
     response = client.get("/api/coherence", params={"q": FIRE})
     assert response.status_code == 200, response.text
-    assert response.json() == _same(atlas.coherence(FIRE)[0].to_dict())
+    assert response.json() == expected
     for bad in ({"q": "fire"}, {"q": ""}, {}):
         refused = client.get("/api/coherence", params=bad)
         assert refused.status_code == 400 and "error" in refused.json(), (bad, refused.text)
+
+
+def test_a_null_not_computed_yet_is_503_at_once_then_computed_once(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A null not in the cache: the server starts it on a thread and answers 503 at once (the
+    first computation outlasts a request's time limit), however often asked; then the answer
+    is the library's. (A cache folder of its own, with the judge's embeddings copied in.)"""
+    for judge in default_cache_dir().glob("judge-*.npz"):
+        shutil.copy(judge, tmp_path)
+    monkeypatch.setenv("SVD_ATLAS_CACHE", str(tmp_path))
+    thirteen = ", ".join(["fire", "flame", "smoke", "ash", "ember", "blaze", "heat", "spark",
+                          "burn", "coal", "torch", "soot", "lava"])  # fmt: skip
+    for _ in range(3):
+        busy = client.get("/api/coherence", params={"q": thirteen})
+        assert busy.status_code == 503, busy.text
+        assert "lists of 13 tokens is being computed" in busy.json()["error"]
+    assert sum(t.name == "svd-atlas-coherence-null" for t in threading.enumerate()) <= 1
+    deadline = time.monotonic() + 300
+    while (done := client.get("/api/coherence", params={"q": thirteen})).status_code == 503:
+        assert time.monotonic() < deadline, "the null was never computed"
+        time.sleep(0.5)
+    assert done.status_code == 200, done.text
+    assert done.json() == _same(atlas.coherence(thirteen)[0].to_dict())
 
 
 def _text(client: TestClient, url: str, **params: Any) -> str:
