@@ -519,7 +519,7 @@ class StoreReader(Reader):
         self._unembeddings: dict[str, np.ndarray] = {}
         self._contracts: dict[str, Any] = {}  # model_id -> its index_guard.IndexContract
         self._hit_files: dict[str, HitFile] = {}
-        self._index_sizes: dict[str, int] = {}  # model_id -> bytes of its shard files
+        self._index_sizes: dict[str, list[int]] = {}  # model_id -> its index files' sizes
         self._index_lock = threading.Lock()
         self._user_db = False
         try:
@@ -697,13 +697,27 @@ class StoreReader(Reader):
         return str(damaged_index(model_id, problem)) if problem else None
 
     def index_bytes(self, model_id: str) -> int:
-        """Once per handle and model (a glob and a stat a file: a word search asks each time
-        whether the model has vectors); the handle's catalog, so its stores, do not change."""
-        from atlas.core.indexes import shard_files
+        return sum(self._index_listing(model_id))
+
+    def has_vectors(self, model_id: str) -> bool:
+        return bool(self._index_listing(model_id))
+
+    def _index_listing(self, model_id: str) -> list[int]:
+        """The sizes of the index files the store's manifest lists (what its writer wrote: a
+        missing or emptied file is damage, refused as such when the index is read, not a model
+        without vectors), or of the files there where it cannot be read; once per handle and
+        model (a word search asks each time whether the model has vectors): its stores do not
+        change."""
+        from atlas.core.indexes import is_index_file, shard_files
 
         if model_id not in self._index_sizes:
-            files = shard_files(self.store_path(model_id))
-            self._index_sizes[model_id] = sum(p.stat().st_size for p in files)
+            store = self.store_path(model_id)
+            listed = manifest_sizes(store, is_index_file)
+            self._index_sizes[model_id] = (
+                list(listed.values())
+                if listed is not None
+                else [p.stat().st_size for p in shard_files(store)]
+            )
         return self._index_sizes[model_id]
 
     def has_exact_index(self, model_id: str) -> bool:

@@ -196,6 +196,18 @@ def test_an_index_listed_as_is_but_not_of_the_model_is_refused_and_repaired(
     assert trace.returncode == 0 and len(json.loads(trace.stdout)) > 1, trace.stderr
 
 
+def test_a_missing_index_file_is_damage_not_a_model_without_vectors(atlas_copy: Path) -> None:
+    """The manifest lists the file its writer wrote: without it every use refuses the index,
+    naming the file and the repair (not "no vectors here", the state of a model loaded from a
+    bundle exported without them)."""
+    (_store(atlas_copy) / INDEX).unlink()
+    for command in (["search", "fire"], ["search", "--direction", "432"], ["trace", "432"]):
+        line = _refusal(run_cli("--atlas", atlas_copy, *command))
+        assert INDEX in line and "manifest" in line and "vectors" not in line, line
+    assert run_cli("--atlas", atlas_copy, "check", "--repair").returncode == 0
+    assert run_cli("--atlas", atlas_copy, "search", "--direction", "432").returncode == 0
+
+
 def test_healthy_models_stay_searchable_with_a_note(two: Path) -> None:
     _truncate(_store(two) / INDEX)
     with atlas.open(two) as healthy_tiny:
