@@ -386,8 +386,9 @@ def validation_error(
     its own terms. ``located``: FastAPI's, whose locations start with where (query, path,
     body)."""
     error: dict[str, Any] = next(iter(errors), {})
-    loc = [str(x) for x in error.get("loc", ())][1 if located else 0 :]
-    param = loc[0] if loc else None
+    loc = list(error.get("loc", ()))[1 if located else 0 :]
+    # a name, not a position (an invalid JSON body's error is located at a character offset)
+    param = loc[0] if loc and isinstance(loc[0], str) else None
     if error.get("type") == "extra_forbidden":
         hint = f"the parameters are {', '.join(known)}" if known else None
         return BadParameter("no such parameter", param=param, hint=hint)

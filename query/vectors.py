@@ -173,17 +173,18 @@ def query_vector(source: str | Path | np.ndarray | bytes, widths: set[int]) -> n
     vector = source if isinstance(source, np.ndarray) else load_npy(source)
     if not isinstance(vector, np.ndarray) or vector.dtype.kind not in "iuf":
         kind = getattr(vector, "dtype", type(vector))
-        raise AtlasError(f"{name} must hold real numbers, not {kind}")
+        raise AtlasError(f"{name} must hold real numbers, not {kind}", param="vector")
     vector = vector.astype(np.float64).reshape(-1)
     if vector.shape[0] not in widths:
         raise AtlasError(
             f"{name} holds {vector.shape[0]} values; the model"
             + (f" has d_model {next(iter(widths))}" if len(widths) == 1
-               else f"s searched have d_model {', '.join(map(str, sorted(widths)))}")
+               else f"s searched have d_model {', '.join(map(str, sorted(widths)))}"),
+            param="vector",
         )  # fmt: skip
     if not np.isfinite(vector).all() or not np.any(vector):
-        raise AtlasError(f"{name} is zero or not finite")
-    return unit(vector)
+        raise AtlasError(f"{name} is zero or not finite", param="vector")
+    return unit(vector / np.abs(vector).max())  # scaled first: a norm of 1e300s overflows
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -180,7 +180,7 @@ async def search(request: Request, params: Annotated[SearchParams, Query()]) -> 
 @router.post("/search", response_class=StrictJSON)
 async def search_vector(request: Request, body: VectorSearch) -> Any:
     """Directions nearest to a residual-space vector (JSON body ``{"vector": [...]}``)."""
-    vector = np.asarray(body.vector, dtype=np.float32)
+    vector = np.asarray(body.vector, dtype=np.float64)  # float32 would overflow past 3.4e38
     return await answer(request, lambda a: search_hits(a, body, vector))
 
 

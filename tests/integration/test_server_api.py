@@ -205,12 +205,19 @@ def test_unknown_ids_are_404(client: TestClient, url: str, message: str) -> None
     assert message in error(client, "GET", url, 404)
 
 
-def test_bodies_vectors_and_methods(client: TestClient) -> None:
-    wrong_width = {"vector": [1.0] * 10}
-    assert "384" in error(client, "POST", "/api/search", 400, json=wrong_width)
+def test_bodies_vectors_and_methods(client: TestClient, handle: atlas.Atlas) -> None:
+    wrong_width = client.post("/api/search", json={"vector": [1.0] * 10}).json()
+    assert wrong_width["param"] == "vector" and "384" in wrong_width["error"], wrong_width
     assert "vector" in error(client, "POST", "/api/search", 400, json={"vector": [1.0, "x"]})
     assert error(client, "POST", "/api/search", 400, content=b"{not json",
                  headers={"content-type": "application/json"})  # fmt: skip
+    not_json = client.post("/api/search", content=b"{not json",
+                           headers={"content-type": "application/json"})  # fmt: skip
+    assert not_json.json()["param"] is None  # not the character offset of the JSON error
+    # finite values past float32's range are a direction like any other (scaled, not inf)
+    vector = np.random.default_rng(4).standard_normal(384)
+    huge = ok(client, "/api/search", method="POST", json={"vector": (vector * 1e300).tolist()})
+    assert huge["hits"] == same([h.to_dict() for h in handle.search(vector=vector)])
     too_many = {"vector": [0.0] * 65_537}
     assert "65536" in error(client, "POST", "/api/search", 400, json=too_many)
     huge = b"[" + b"0," * (MAX_BODY // 2) + b"0]"
