@@ -17,6 +17,7 @@ ov,mlp_in``), which Python callers may also give as a list. Every refusal is an
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import re
 import types
@@ -166,8 +167,16 @@ def _integer(value: Any) -> Any:
 
 
 def _number(value: Any) -> Any:
+    """A number as given (pydantic converts it), refused first if it is a bool or not finite:
+    a NaN would otherwise fail a bound instead ("less than or equal to 1")."""
     if isinstance(value, bool):
         raise ValueError(f"give a number, not {value!r}")
+    try:
+        finite = math.isfinite(float(value))
+    except (TypeError, ValueError, OverflowError):  # not a number: pydantic says so
+        return value
+    if not finite:
+        raise ValueError(f"Input should be a finite number (got {value!r})")
     return value
 
 

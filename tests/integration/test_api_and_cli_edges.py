@@ -99,6 +99,8 @@ def test_one_handle_serves_eight_threads(handle: atlas.Atlas) -> None:
         (["search", "fire", "--head", "-1"], "--head: give head numbers (0 or more)"),
         (["search", "fire", "--head", "1,,2"], "--head: give head numbers separated by commas"),
         (["search", "fire", "--min-sigma", "nan"], "--min-sigma: Input should be a finite number"),
+        # a NaN is refused as one, not as a number past a bound ("less than or equal to 1")
+        (["search", "fire", "--min-score", "nan"], "--min-score: Input should be a finite number"),
         (["ingest", "minilm", "--name", ""], "model id '' is not allowed: it is empty"),
         (["ingest", "minilm", "--name", "a\x1b[31mb"], "holds a control character"),
         (["trace", "432", "--model", "nope"], "no model 'nope'"),
