@@ -68,7 +68,8 @@ def measure(location: str, n_queries: int = 200) -> dict[str, Any]:
         ids = index.ids()
         directions = [int(ids[i]) for i in rng.integers(len(ids), size=n_queries)]
         hits = [
-            [(0.5, int(d)) for d in rng.choice(ids, 10, replace=False)] for _ in range(n_queries)
+            [(0.5, int(d), model) for d in rng.choice(ids, 10, replace=False)]
+            for _ in range(n_queries)
         ]
         for q in vectors[:20]:  # warm-up
             a.search(vector=q, k=10)

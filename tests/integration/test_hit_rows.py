@@ -83,7 +83,10 @@ def test_describing_through_the_file_equals_describing_through_sql(
         rng = np.random.default_rng(0)
         ids = [int(i) for i in store_reader.sql("SELECT direction_id FROM directions")[0]]
         picked = rng.choice(ids, 60, replace=False).tolist()
-        scored = [(float(s), i) for s, i in zip(rng.uniform(-1, 1, 60), picked, strict=True)]
+        scored = [
+            (float(s), i, store_reader.model_of(i))
+            for s, i in zip(rng.uniform(-1, 1, 60), picked, strict=True)
+        ]
         through_file = describe(store_reader, scored, "residual")
         assert [h.to_dict() for h in through_file] == [
             h.to_dict() for h in describe(tree, scored, "residual")

@@ -56,7 +56,8 @@ def test_described_hits_match_the_direction_tokens_view(small_atlas: Path) -> No
         ids = a.sql("SELECT direction_id FROM directions ORDER BY direction_id")["direction_id"]
         every = ids.to_numpy()
         picks = np.random.default_rng(0).choice(every, 25, replace=False)
-        scored = [(0.5 if i % 2 else -0.5, int(d)) for i, d in enumerate(picks)]
+        scored = [(0.5 if i % 2 else -0.5, int(d), reader.model_of(int(d)))
+                  for i, d in enumerate(picks)]  # fmt: skip
         hits = describe(reader, scored, "residual")
         view = {
             r["direction_id"]: r
@@ -66,7 +67,7 @@ def test_described_hits_match_the_direction_tokens_view(small_atlas: Path) -> No
             ).to_pylist()
         }
     assert [h.direction_id for h in hits] == [int(d) for d in picks]
-    for hit, (score, _) in zip(hits, scored, strict=True):
+    for hit, (score, _, _) in zip(hits, scored, strict=True):
         row = view[hit.direction_id]
         pos, neg = row["pos_tokens"], row["neg_tokens"]
         assert (hit.layer, hit.head, hit.kind, hit.side) == (
