@@ -118,8 +118,8 @@ def check_statement(query: str, write: bool = False) -> duckdb.StatementType:
         )
     raise AtlasError(
         f"{what}{name} is not allowed: sql is read-only (SELECT, or EXPLAIN of one)",
-        hint="to keep your own tables in the atlas's user.duckdb, open it with `write`; "
-        "model data always stays read-only",
+        hint="to keep your own tables in the atlas's user.duckdb, open it with `write` "
+        "(the server never writes); model data always stays read-only",
     )
 
 

@@ -174,6 +174,7 @@ def error(client: TestClient, method: str, url: str, status: int, **kw: Any) -> 
         ("/api/directions/-1", "direction_id: Input should be greater than or equal to 0"),
         ("/api/matrix?model=minilm&layer=1&head=mlp_up", "head: String should match"),
         ("/api/sql?query=DROP+VIEW+directions", "DROP is not allowed"),
+        ("/api/sql?query=CREATE+TABLE+t+AS+SELECT+1", "(the server never writes)"),
         ("/api/sql?query=COPY+directions+TO+'/tmp/x.csv'", "not allowed"),
         ("/api/sql?query=SELEC+1", "syntax error"),
         (
