@@ -46,7 +46,7 @@ from query.cards import direction_card, matrix_card, matrix_stats
 from query.circuits import composition_trace, head_edges, head_summary, strongest
 from query.coherence import ListCoherence, list_coherence
 from query.compare import compare as compare_models
-from query.editable import check_editable
+from query.editable import check_editable, check_eps, edit_pairs
 from query.search import Hits, approximate_note, resolve_query
 from query.search import search as run_search
 from query.spectrum import Spectra, load_spectra
@@ -473,7 +473,9 @@ class Atlas:
         """Boot ``model_id``, apply ``W' = W + Σ eps_i σ_i u_i v_iᵀ`` for ``{direction_id: eps}``
         and measure each (prompt, target) before and after (an ``query.edit.EditReport``).
         The model's weights are restored bit for bit afterwards."""
-        check_editable(self.reader, model_id)  # from the atlas, before torch is imported
+        for _, eps in edit_pairs(edits):  # before the model and torch are loaded
+            check_eps(eps)
+        check_editable(self.reader, model_id)
         from query.edit import measure_edit
 
         return measure_edit(self.reader, model_id, edits, prompts, device)

@@ -119,10 +119,10 @@ def _layers(value: Any) -> str | None:
     stop: int | None
     if _is_int(value):
         start, stop = operator.index(value), operator.index(value) + 1
-    elif isinstance(value, list | tuple) and len(value) == 2 and _is_int(value[0]):
-        if not (value[1] is None or _is_int(value[1])):
+    elif isinstance(value, list | tuple) and len(value) == 2:
+        if not all(v is None or _is_int(v) for v in value):
             raise ValueError(f"bad layer range {value!r}: {_LAYERS}")
-        start, stop = value[0], value[1]
+        start, stop = value[0] or 0, value[1]  # (None, 2) is ":2", as (3, None) is "3:"
     elif isinstance(value, str):
         start, stop = _layer_text(value)
     else:

@@ -55,8 +55,8 @@ def head_edges(
     min_relative: float,
 ) -> dict[str, Any]:
     """Head ``layer``/``head``'s ``top`` strongest in-edges and out-edges per mode, each with
-    its kept direction pairs (``pairs``: src and dst direction ids, sv indices and
-    contributions, which sum to at most score²)."""
+    its kept direction pairs (``pairs``: src and dst direction ids, sv indices, contributions,
+    which sum to at most score², and ``share``: contribution over score²)."""
     a.require_model(model_id)
     a.require_contents(model_id, CIRCUITS)
     (info,) = a.sql(f"SELECT n_layers, n_heads FROM {a.relation(model_id, 'models')}").to_pylist()
@@ -113,7 +113,9 @@ def _edges(
         by_edge.setdefault(key, []).append(r)
     for e in edges:
         key = (e["src_layer"], e["src_head"], e["dst_layer"], e["dst_head"], e["mode"])
-        e["pairs"] = by_edge.get(key, [])
+        squared = e["score"] ** 2
+        e["pairs"] = [{**p, "share": p["contribution"] / squared if squared else None}
+                      for p in by_edge.get(key, [])]  # fmt: skip
     return edges
 
 
@@ -161,14 +163,19 @@ def composition_trace(
     a.require_contents(model_id, CIRCUITS)
     directions = a.relation(model_id, "directions")
     (origin,) = a.sql(
-        f"SELECT direction_id, layer, head, kind, side, sv_index, sigma FROM {directions} "
-        "WHERE direction_id = ?",
+        f"SELECT direction_id, layer, head, kind, side, sv_index, sigma, "
+        f"(SELECT min(w.direction_id) FROM {directions} w WHERE w.matrix_id = d.matrix_id "
+        "AND w.sv_index = d.sv_index AND w.side = 'write') AS write_partner "
+        f"FROM {directions} d WHERE direction_id = ?",
         [direction_id],
     ).to_pylist()
+    partner = origin.pop("write_partner")
     if (origin["kind"], origin["side"]) != ("ov", "write"):
         raise AtlasError(
-            f"direction {direction_id} is an {origin['kind']} {origin['side']} direction; a "
-            "composition trace starts from an OV write direction (kind ov, side write)",
+            f"direction {direction_id} is {'a' if origin['kind'] == 'qk' else 'an'} "
+            f"{origin['kind']} {origin['side']} direction; a "
+            "composition trace starts from an OV write direction (kind ov, side write)"
+            + (f": its write partner is direction {partner}" if origin["kind"] == "ov" else ""),
             param="direction_id",
         )
     pairs, comp = a.relation(model_id, "composition_pairs"), a.relation(model_id, "composition")

@@ -28,9 +28,8 @@ map and are left alone.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +39,7 @@ from atlas.core.contract import KINDS
 from atlas.core.errors import AtlasError, NotFound
 from atlas.core.reader import Reader
 from atlas.models.svd import factor_svd
+from query.editable import check_eps, edit_pairs
 from query.probe import Probe, Reading, make_probes, measure, require_causal
 
 MLP_VIEWS = {"mlp_in": "W_in", "mlp_gate": "W_gate", "mlp_out": "W_out"}
@@ -68,7 +68,7 @@ class Direction:
     sigma: float
     side: str
     degenerate: bool
-    vector: np.ndarray
+    vector: np.ndarray = field(repr=False)  # a printed report shows where, not the numbers
 
     @property
     def where(self) -> str:
@@ -83,11 +83,11 @@ class RankOneEdit:
     direction: Direction
     eps: float
     sigma: float
-    u: torch.Tensor  # float64, the matrix's input space
-    v: torch.Tensor  # float64, the matrix's output space
+    u: torch.Tensor = field(repr=False)  # float64, the matrix's input space
+    v: torch.Tensor = field(repr=False)  # float64, the matrix's output space
     route: str  # which parameters carry it: "W_V", "W_O+b_O", "W_in", ...
     # For OV: the d_head vector that realises the edit through the chosen route (c or a).
-    head_vector: torch.Tensor | None = None
+    head_vector: torch.Tensor | None = field(default=None, repr=False)
 
 
 def lookup(a: Reader, direction_ids: Sequence[int]) -> list[Direction]:
@@ -107,14 +107,6 @@ def lookup(a: Reader, direction_ids: Sequence[int]) -> list[Direction]:
         r["vector"] = np.asarray(r["vector"], dtype=np.float64)
         out.append(Direction(**r))
     return out
-
-
-def check_eps(eps: float) -> None:
-    if not math.isfinite(eps) or eps < -1:
-        raise AtlasError(
-            f"eps must be a finite number >= -1 (-1 removes, (-1, 0) dampens, > 0 amplifies), "
-            f"got {eps:g}"
-        )
 
 
 def plan(bridge: Any, directions: Sequence[Direction], eps: Sequence[float]) -> list[RankOneEdit]:
@@ -264,11 +256,6 @@ def edited(bridge: Any, edits: Sequence[RankOneEdit]) -> Iterator[list[RankOneEd
         with torch.no_grad():
             for p, original in saved:
                 p.copy_(original)
-
-
-def edit_pairs(edits: dict[int, float] | Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
-    """``{direction_id: eps}`` or ``[(direction_id, eps), ...]`` as a list of pairs."""
-    return list(edits.items()) if isinstance(edits, dict) else list(edits)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,11 @@ does not know.
 
 from __future__ import annotations
 
-from atlas.core.errors import AtlasError
+import math
+from collections.abc import Sequence
+from numbers import Real
+
+from atlas.core.errors import AtlasError, BadParameter
 from atlas.core.reader import Reader
 
 # Bidirectional encoders and masked or diffusion language models.
@@ -64,3 +68,18 @@ def check_editable(a: Reader, model_id: str) -> None:
         "probabilities after an edit would be meaningless; edit it from Python "
         "(query.edit.concept_edit) and measure what fits"
     )
+
+
+def edit_pairs(edits: dict[int, float] | Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+    """``{direction_id: eps}`` or ``[(direction_id, eps), ...]`` as a list of pairs."""
+    return list(edits.items()) if isinstance(edits, dict) else list(edits)
+
+
+def check_eps(eps: float) -> None:
+    """A :class:`BadParameter` for an edit factor that is not a finite number >= -1."""
+    if isinstance(eps, bool) or not isinstance(eps, Real) or not math.isfinite(eps) or eps < -1:
+        raise BadParameter(
+            "must be a finite number >= -1 (-1 removes, (-1, 0) dampens, > 0 amplifies), "
+            f"not {eps!r}",
+            param="eps",
+        )

@@ -95,7 +95,15 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
 
 @torch.inference_mode()
 def measure(bridge: Any, probes: list[Probe]) -> list[Reading]:
-    """Probability and rank of each probe's target at the prompt's last position."""
+    """Probability and rank of each probe's target at the prompt's last position (refused for
+    a model that does not predict next tokens: its readings would look like results)."""
+    direction = getattr(bridge.cfg, "attention_dir", "causal")
+    if direction != "causal":
+        raise AtlasError(
+            f"measure reads next-token probabilities, which mean nothing for "
+            f"{bridge.cfg.model_name!r} (attention is {direction}): measure what its own head "
+            "predicts (masked tokens) instead"
+        )
     device = next(bridge.parameters()).device
     out = []
     for p in probes:

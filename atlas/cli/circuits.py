@@ -51,19 +51,26 @@ def circuits(
     if not place:
         emit(result["edges"], EDGE_COLUMNS, fmt)
         return
+    if fmt == "csv":  # one table: each edge (or with --pairs each of its pairs) a row
+        rows = [
+            {"end": end, **e, **p}
+            for end in ("in", "out")
+            for e in result[end]
+            for p in (e["pairs"] or [{}] if pairs else [{}])
+        ]
+        emit(rows, ["end", *EDGE_COLUMNS, *(PAIR_COLUMNS if pairs else [])], fmt)
+        return
     for end, title in (("in", "fed by"), ("out", "feeds")):
         edges = result[end]
-        if fmt == "table":
-            click.echo(f"\n{model} layer {result['layer']} head {result['head']}: {title}")
+        click.echo(f"\n{model} layer {result['layer']} head {result['head']}: {title}")
         emit(edges, EDGE_COLUMNS, fmt)
-        if pairs and fmt == "table":
+        if pairs:
             for e in edges:
                 click.echo(
                     f"  {e['mode']} L{e['src_layer']}H{e['src_head']} -> "
                     f"L{e['dst_layer']}H{e['dst_head']}:"
                 )
-                rows = [{**p, "share": p["contribution"] / e["score"] ** 2} for p in e["pairs"]]
-                emit(rows, PAIR_COLUMNS, fmt)
+                emit(e["pairs"], PAIR_COLUMNS, fmt)
 
 
 COMMANDS = [circuits]

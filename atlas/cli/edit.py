@@ -6,9 +6,8 @@ from typing import Any
 
 import click
 
-from atlas.cli.numbers import FiniteFloat
 from atlas.cli.output import dumps, emit, format_option
-from atlas.errors import AtlasError
+from atlas.errors import AtlasError, BadParameter
 from atlas.writing import DEFAULT_DEVICE, DEVICES
 
 EDIT_COLUMNS = [
@@ -48,7 +47,7 @@ RESULT_COLUMNS = [
 @click.option(
     "--eps",
     "eps",
-    type=FiniteFloat(),
+    type=float,
     multiple=True,
     required=True,
     help="Factor per --direction, in order (one value applies to all): -1 removes, "
@@ -86,9 +85,10 @@ def edit(
 
     pairs = _pairs(prompts, targets, prompts_file)
     if len(eps) not in (1, len(direction_ids)):
-        raise AtlasError(
-            f"give one --eps for all directions or one per --direction "
-            f"({len(direction_ids)} directions, {len(eps)} eps values)"
+        raise BadParameter(
+            f"give one for all directions or one per `direction` "
+            f"({len(direction_ids)} directions, {len(eps)} eps values)",
+            param="eps",
         )
     factors = list(eps) * len(direction_ids) if len(eps) == 1 else list(eps)
     with atlas.open(obj["atlas"]) as a:

@@ -50,8 +50,8 @@ def spectrum(
 ) -> None:
     """Singular value spectra of MODEL by layer, and layers whose norm jumps.
 
-    A layer is flagged when its spectral or Frobenius norm (the largest over heads for ov) is
-    more than --jump-factor times above or below the median of its 4 nearest layers'.
+    A layer is flagged when its spectral or Frobenius norm (the largest over heads for ov and
+    qk) is more than --jump-factor times above or below the median of its 4 nearest layers'.
     """
     import atlas
 

@@ -10,6 +10,8 @@ numpy on the folder's raw safetensors is the second oracle.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from typing import Any
 
@@ -18,7 +20,7 @@ import pytest
 import torch
 
 import atlas
-from atlas.core.errors import AtlasWarning
+from atlas.core.errors import AtlasError, AtlasWarning
 from tests.support.circuits import PLANTS, composition_scores, planted_folder, raw_heads
 from tests.support.helpers import assert_one_error_line, run_cli
 
@@ -221,6 +223,21 @@ def test_trace_via_composition_reaches_the_planted_reader(circuits: dict[str, An
     assert (first["layer"], first["head"], first["kind"], first["side"], first["mode"]) == (
         *plant.dst, "qk", "key", "K")  # fmt: skip
     assert first["share"] == pytest.approx(1.0, abs=1e-4) and first["parent"] == origin
+    # from a read direction it is refused, naming the write direction to start from
+    (read,) = a.sql(
+        "SELECT r.direction_id FROM directions r JOIN directions w USING (matrix_id, sv_index) "
+        "WHERE w.direction_id = ? AND r.side = 'read'",
+        [origin],
+    )["direction_id"].to_pylist()
+    with pytest.raises(
+        AtlasError, match=f"an ov read direction; .*write partner is direction {origin}$"
+    ):
+        a.trace(read, via="composition")
+    (query,) = a.sql(
+        "SELECT direction_id FROM directions WHERE model_id = 'gpt2-raw' AND side = 'query' LIMIT 1"
+    )["direction_id"].to_pylist()
+    with pytest.raises(AtlasError, match=r"is a qk query direction; .*\(kind ov, side write\)$"):
+        a.trace(query, via="composition")
 
 
 def test_a_composition_trace_says_what_its_limit_cut_and_refuses_what_it_ignores(
@@ -273,6 +290,22 @@ def test_cli_and_http_reach_the_planted_pair(circuits: dict[str, Any]) -> None:
         *plant.src, *plant.dst)  # fmt: skip
     head = run_cli("--atlas", root, "circuits", "llama-raw", *map(str, plant.dst), "--pairs")
     assert head.returncode == 0 and "fed by" in head.stdout and "Traceback" not in head.stderr
+    # as CSV, one table: a row per pair of each in- and out-edge, as the JSON holds them
+    place = ["--atlas", root, "circuits", "llama-raw", *map(str, plant.dst), "--top", "2"]
+    edges = json.loads(run_cli(*place, "--format", "json").stdout)
+    rows = list(csv.DictReader(io.StringIO(run_cli(*place, "--pairs", "--format", "csv").stdout)))
+    ends = ("src_direction_id", "dst_direction_id")
+    expected = [
+        (end, e["mode"], *("" if p.get(c) is None else str(p[c]) for c in ends))
+        for end in ("in", "out")
+        for e in edges[end]
+        for p in e["pairs"] or [{}]
+    ]
+    assert [(r["end"], r["mode"], *(r[c] for c in ends)) for r in rows] == expected
+    assert {r["end"] for r in rows} == {"in", "out"}
+    for e in edges["in"] + edges["out"]:  # a pair's share of its edge, in every interface
+        for p in e["pairs"]:
+            assert p["share"] == pytest.approx(p["contribution"] / e["score"] ** 2)
     bad = run_cli("--atlas", root, "circuits", "llama-raw", "2")
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
     # LAYER and HEAD are arguments: a missing head names them, never a --head flag

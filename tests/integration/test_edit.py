@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import atlas
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, BadParameter
 from query.edit import Direction, concept_edit, lookup, plan
 from tests.support.helpers import assert_one_error_line, run_cli
 from tests.support.tiny_models import ingest_loaded, tiny_gpt2
@@ -202,7 +202,7 @@ def test_bad_input(tiny: tuple[Any, atlas.Atlas]) -> None:
         lookup(a, [99999999])
     d = lookup(a, [direction_id(a, "ov", 0, 0, 0)])
     for eps in (-1.5, float("nan"), float("inf")):
-        with pytest.raises(AtlasError, match="eps must be"):
+        with pytest.raises(BadParameter, match="eps: must be a finite number >= -1"):
             plan(bridge, d, [eps])
     other = Direction(**{**vars(d[0]), "kind": "qk"})
     with pytest.raises(AtlasError, match="residual-space directions"):
@@ -329,7 +329,10 @@ def test_cli_bad_input(llama: tuple[Any, Path], minilm_atlas: Path) -> None:
     err = assert_one_error_line(
         run_cli(*base, "--direction", "1", "--eps", "-2", "--prompt", "a", "--target", "b")
     )
-    assert "eps must be" in err
+    assert "--eps: must be a finite number >= -1" in err and "not -2.0" in err
+    nan = run_cli(*base, "--direction", "1", "--eps", "nan", "--prompt", "a", "--target", "b")
+    assert nan.returncode == 2  # a bad value, in the library's words
+    assert "--eps: must be a finite number >= -1" in assert_one_error_line(nan)
     err = assert_one_error_line(
         run_cli(
             *base,
@@ -365,7 +368,7 @@ def test_cli_bad_input(llama: tuple[Any, Path], minilm_atlas: Path) -> None:
             "b",
         )  # fmt: skip
     )
-    assert "one --eps for all directions or one per --direction" in err
+    assert "--eps: give one for all directions or one per --direction" in err
     err = assert_one_error_line(
         run_cli(
             "--atlas",

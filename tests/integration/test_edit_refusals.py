@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import atlas
-from atlas.core.errors import AtlasError
+from atlas.core.errors import AtlasError, BadParameter
 from query.probe import broken_distribution
 from tests.support.helpers import assert_one_error_line, run_cli
 
@@ -34,6 +34,11 @@ def test_a_bidirectional_model_is_refused_before_it_is_booted(
     assert "BertForMaskedLM" in err and "not a causal language model" in err
     with atlas.open(minilm_atlas) as a, pytest.raises(AtlasError, match="bidirectional"):
         a.edit("minilm", {0: -1.0}, [("the fire", "burns")])
+    with atlas.open(minilm_atlas) as a:  # a bad factor, before the model or torch is loaded
+        for eps in (float("nan"), -1.5, True, "0.5"):
+            with pytest.raises(BadParameter, match="eps: must be a finite number >= -1") as err:
+                a.edit("minilm", [(0, -1.0), (1, eps)], [("the fire", "burns")])
+            assert err.value.param == "eps"
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +93,15 @@ def test_an_eps_that_breaks_the_logits_is_refused(llama: tuple[Path, int]) -> No
 )
 def test_broken_distribution(logits: torch.Tensor, expected: str | None) -> None:
     assert broken_distribution(logits.double()) == expected
+
+
+def test_measure_refuses_a_model_that_does_not_predict_next_tokens() -> None:
+    """``concept_edit`` edits any model, but ``measure`` reads next-token probabilities: for an
+    encoder those come from a head that does not predict them, and would look like results."""
+    from types import SimpleNamespace
+
+    from query.probe import measure
+
+    encoder = SimpleNamespace(cfg=SimpleNamespace(attention_dir="bidirectional", model_name="enc"))
+    with pytest.raises(AtlasError, match="mean nothing for 'enc' \\(attention is bidirectional\\)"):
+        measure(encoder, [])

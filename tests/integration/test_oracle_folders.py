@@ -600,6 +600,9 @@ def test_edit_removing_the_top_ov_direction_moves_the_target_probability(
     assert abs(after.probability - before.probability) > 1e-4 * before.probability
     # a fresh boot sees the original weights again: the first edit left nothing behind
     assert second.before == first.before and second.after == first.after
+    shown = repr(first)  # a printed report says what was edited, not every float of it
+    assert f"direction_id={top_ov.direction_id}" in shown and "route=" in shown
+    assert len(shown) < 2_000 and "vector=" not in shown and "tensor(" not in shown
 
 
 def test_edit_subtracts_numpys_top_triple_and_restores_every_parameter(

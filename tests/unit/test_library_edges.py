@@ -110,6 +110,9 @@ def test_the_contract_names_every_declared_table() -> None:
         {"layer": "abc"},
         {"layer": (5, 2)},
         {"layer": (-1, None)},
+        {"layer": (None, "x")},
+        {"layer": (True, 3)},
+        {"layer": (1, 2, 3)},
         {"head": -1},
         {"head": ["x"]},
         {"side": "up"},
@@ -132,6 +135,7 @@ def test_filters_from_python_values_and_text_alike() -> None:
     assert validate(FilterParams, layer=(2, None)).filters().layers == (2, None)
     assert validate(FilterParams, layer="2:").filters().layers == (2, None)
     assert validate(FilterParams, layer=":4").filters().layers == (0, 4)
+    assert validate(FilterParams, layer=(None, 4)).filters().layers == (0, 4)  # as ":4"
     assert not validate(FilterParams).filters().active
 
 
