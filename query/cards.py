@@ -173,14 +173,14 @@ def direction_card(a: Reader, direction_id: int) -> dict[str, Any]:
             card["embed_same_as_unembed"] = _ranked(card["embed_tokens"]) == _ranked(card["tokens"])
         else:
             card["embed_missing"] = str(refusal)
-    partner = a.sql(
-        f"SELECT direction_id FROM {directions} WHERE matrix_id = ? AND sv_index = ? "
-        "AND direction_id <> ?",
-        [card["matrix_id"], card["sv_index"], direction_id],
-    ).to_pylist()
-    card["partner_id"] = partner[0]["direction_id"] if partner else None
-    # the partner's side: the other of its kind's two (read and write, query and key)
+    # the partner: the other side of its triple (read and write, query and key); an MLP's
+    # other side lives in neuron space
     card["partner_side"] = next((s for s in SIDES_OF[card["kind"]] if s != card["side"]), None)
+    card["partner_id"] = (
+        a.partner(model_id, direction_id, card["matrix_id"], card["sv_index"])
+        if card["partner_side"]
+        else None
+    )
     card["top_neurons"] = card.pop("neurons") or []
     return card
 

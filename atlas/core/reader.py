@@ -156,6 +156,7 @@ class Reader(ABC):
         self._closed = False
         self.indexes = IndexCache()
         self._shapes: dict[str, tuple[int, str]] = {}  # model_id -> (d_model, index_type)
+        self._contents: dict[str, int] = {}  # model_id -> models.format_version
         self._vocabularies: dict[str, pa.Table] = {}
         # model_id -> index files a full comparison found to differ from the stored vectors
         self._differing_files: dict[str, tuple[FileStamps, str]] = {}
@@ -283,11 +284,18 @@ class Reader(ABC):
 
     def contents_version(self, model_id: str) -> int:
         """The format version whose contents the model's rows hold (``models.format_version``:
-        older than the current one for a model upgraded from an older atlas, bundle or tree)."""
-        (row,) = self.sql(
-            f"SELECT format_version FROM {self.relation(model_id, 'models')}"
-        ).to_pylist()
-        return int(row["format_version"] or 1)
+        older than the current one for a model upgraded from an older atlas, bundle or tree),
+        read once per handle (a card asks each time)."""
+        with self._lock:
+            known = self._contents.get(model_id)
+        if known is None:
+            (row,) = self.sql(
+                f"SELECT format_version FROM {self.relation(model_id, 'models')}"
+            ).to_pylist()
+            known = int(row["format_version"] or 1)
+            with self._lock:
+                self._contents[model_id] = known
+        return known
 
     def require_contents(self, model_id: str, what: str) -> None:
         """Nothing if the model's rows hold ``what`` (e.g. "circuits"), which the current
@@ -440,6 +448,18 @@ class Reader(ABC):
             self.relation(model_id, "top_tokens"),
             ids,
         )
+
+    def partner(
+        self, model_id: str, direction_id: int, matrix_id: int, sv_index: int
+    ) -> int | None:
+        """The other side of ``direction_id``'s singular triple (read and write, query and key),
+        or None where the model stores one side."""
+        rows = self.sql(
+            f"SELECT direction_id FROM {self.relation(model_id, 'directions')} "
+            "WHERE matrix_id = ? AND sv_index = ? AND direction_id <> ?",
+            [matrix_id, sv_index, direction_id],
+        ).to_pylist()
+        return rows[0]["direction_id"] if rows else None
 
     @abstractmethod
     def _read_index(self, model_id: str) -> tuple[Any, int]:
@@ -684,6 +704,24 @@ class StoreReader(Reader):
                 hits = self._hit_files.setdefault(model_id, hits)
         with self.refusing_damaged_index(model_id):
             return hits.get(ids)
+
+    def partner(
+        self, model_id: str, direction_id: int, matrix_id: int, sv_index: int
+    ) -> int | None:
+        """From the hit rows where they show it (no statement): ingest numbers a triple's two
+        sides next to each other, so the partner is a neighbour of the same layer, head, kind
+        and sv_index on the other side; the table is asked otherwise."""
+        entry = self.catalog.models[model_id]
+        first, stop = entry.first_direction_id, entry.first_direction_id + entry.n_directions
+        near = [i for i in (direction_id - 1, direction_id + 1) if first <= i < stop]
+        rows = self.hit_rows(model_id, [direction_id, *near])
+        me = rows[direction_id]
+        where = (me.layer, me.head, me.kind, me.sv_index)
+        for i in near:
+            r = rows[i]
+            if (r.layer, r.head, r.kind, r.sv_index) == where and r.side != me.side:
+                return i
+        return super().partner(model_id, direction_id, matrix_id, sv_index)
 
     def index_problem(self, model_id: str) -> str | None:
         from atlas.core.index_guard import damaged_index, file_problem

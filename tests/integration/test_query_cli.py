@@ -261,6 +261,18 @@ def test_a_cards_partner_is_the_other_side_of_its_singular_value(minilm_atlas: P
             )  # fmt: skip
             shown = run_cli("--atlas", minilm_atlas, "show", str(pick["d"])).stdout
             assert f"  partner ({partner[0]['side']} side): {partner[0]['direction_id']}" in shown
+        # the partner is read from the hit rows' neighbours: every id agrees with the table,
+        # the model's first and last included
+        rows = a.sql(
+            "SELECT d.direction_id AS d, p.direction_id AS p FROM directions d "
+            "LEFT JOIN directions p ON p.matrix_id = d.matrix_id "
+            "AND p.sv_index = d.sv_index AND p.direction_id <> d.direction_id"
+        ).to_pylist()
+        expected = {r["d"]: r["p"] for r in rows}
+        ids = sorted(expected)
+        sample = [ids[0], ids[-1], *np.random.default_rng(0).choice(ids, 150, replace=False)]
+        for d in sample:
+            assert a.card(int(d))["partner_id"] == expected[int(d)], d
 
 
 @pytest.mark.slow  # ingests for it; exact search is the fast tier's test_query_search
