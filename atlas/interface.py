@@ -26,6 +26,7 @@ from atlas.core.jsondata import (
     records_json,
     result_rows,
     table_cell,
+    text_slices,
     unique_names,
 )
 from atlas.core.layout import DEFAULT_ATLAS
@@ -60,6 +61,7 @@ __all__ = [
     "records_json",
     "printable",
     "result_rows",
+    "text_slices",
     "table_cell",
     "unique_names",
     "DEFAULT_ATLAS",

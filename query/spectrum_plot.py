@@ -7,6 +7,7 @@ a server can draw figures in several threads at once.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,16 @@ KIND_TITLES = {
 
 def plot_spectra(spectra: Spectra, out: str | Path, dpi: int = 80) -> Path:
     """Write the figure (:func:`spectra_figure`) in the format of ``out``'s extension (PNG
-    when it has none)."""
+    when it has none), as a new file renamed over ``out``: a file ``out`` shares with another
+    name (a hard link into an atlas) is replaced, never written into."""
     path = check_plot_path(out)
-    spectra_figure(spectra).savefig(path, dpi=dpi)
+    fmt = path.suffix.lower().removeprefix(".") or "png"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        spectra_figure(spectra).savefig(tmp, dpi=dpi, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 import atlas
-from atlas.cli.query import refuse_inside
+from atlas.cli.result_file import refuse_inside
 from atlas.writing import VECTOR_MODES
 
 

@@ -17,7 +17,14 @@ from atlas.cli.output import (
     text_or_json_option,
 )
 from atlas.cli.params import REFERENCE, options, render
-from atlas.cli.result_file import OUT_FORMATS, capped, out_format, write_result, write_rows
+from atlas.cli.result_file import (
+    OUT_FORMATS,
+    capped,
+    out_format,
+    output_file,
+    write_result,
+    write_rows,
+)
 from atlas.errors import AtlasError
 from atlas.interface import (
     DEFAULT_MEMORY_LIMIT,
@@ -99,18 +106,16 @@ def sql(
 
     if out is None and out_fmt is not None:
         raise AtlasError("--out-format is the format of --out: give --out FILE too")
+    target = None if out is None else output_file(out, obj["atlas"])
     if out is not None:
-        refuse_inside(out, obj["atlas"])
         out_fmt = out_format(out, out_fmt)
-        if out.is_dir():
-            raise AtlasError(f"{out} is a directory; give a file name")
     cap = validate(SqlParams, query=query, max_rows=max_rows).max_rows
     # files and csv or json go out as the rows come (a result may be larger than memory);
     # a table shows its first MAX_TABLE_ROWS, so no more are read
     with atlas.open(obj["atlas"], write=write, memory_limit=memory_limit) as a:
-        if out is not None and out_fmt is not None:
+        if out is not None and target is not None and out_fmt is not None:
             written = a.sql_stream(
-                query, lambda r: write_result(capped(r, cap), out, out_fmt), timeout=timeout
+                query, lambda r: write_result(capped(r, cap), target, out_fmt), timeout=timeout
             )
             click.echo(f"wrote {written} rows to {out} ({out_fmt})", err=True)
             return
@@ -128,16 +133,6 @@ def sql(
                    "json, or --out FILE, for all of them)")  # fmt: skip
         return
     emit(records, names, fmt)
-
-
-def refuse_inside(out: Path, atlas_location: str) -> None:
-    """An output file may not land inside the atlas (or overwrite the bundle it reads)."""
-    if "://" in str(atlas_location):
-        return
-    root = Path(atlas_location).resolve()
-    target = out.resolve()
-    if target == root or root in target.parents:
-        raise AtlasError(f"{out} is inside the atlas {atlas_location}: write results elsewhere")
 
 
 def _tokens_option(fn: Any) -> Any:

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import pyarrow as pa
 
 from atlas.errors import AtlasError, one_line
-from atlas.interface import csv_cell, dumps, jsonable, result_rows, unique_names
+from atlas.interface import csv_cell, dumps, jsonable, result_rows, text_slices, unique_names
 
 OUT_FORMATS = ("parquet", "csv", "json", "jsonl")
 EXTENSIONS = {"parquet": "parquet", "pq": "parquet", "csv": "csv", "json": "json",
@@ -31,6 +31,28 @@ def out_format(out: Path, given: str | None) -> str:
         f"cannot tell the format of {out} from its extension: name it "
         f"{', '.join('.' + e for e in EXTENSIONS)}, or give --out-format {'|'.join(OUT_FORMATS)}"
     )
+
+
+def refuse_inside(out: Path, atlas_location: str) -> None:
+    """An output file may not land inside the atlas (or overwrite the bundle it reads)."""
+    if "://" in str(atlas_location):
+        return
+    root = Path(atlas_location).resolve()
+    target = out.resolve()
+    if target == root or root in target.parents:
+        raise AtlasError(f"{out} is inside the atlas {atlas_location}: write results elsewhere")
+
+
+def output_file(out: Path, atlas_location: str) -> Path:
+    """The file a result or a figure named ``out`` is written to: the one a link names (the
+    link stays), never inside the atlas, and only in place of a regular file: the new file is
+    renamed over what was there, which a device, a pipe or a folder must not be."""
+    refuse_inside(out, atlas_location)
+    target = out.resolve()
+    if target.exists() and not target.is_file():
+        what = "a directory" if target.is_dir() else "not a regular file (a device or a pipe)"
+        raise AtlasError(f"cannot write {out}: it is {what}; give a file name")
+    return target
 
 
 def write_result(reader: Any, out: Path, fmt: str) -> int:
@@ -65,8 +87,8 @@ def write_rows(reader: Any, fh: TextIO, fmt: str) -> int:
     if fmt == "csv":
         writer.writerow(names)
     n = 0
-    for batch in reader:
-        _, rows = result_rows(pa.Table.from_batches([batch]))
+    for part in (p for batch in reader for p in text_slices(pa.Table.from_batches([batch]))):
+        _, rows = result_rows(part)  # a bounded slice of the result at a time
         if fmt == "csv":
             writer.writerows([csv_cell(v) for v in row] for row in rows)
             n += len(rows)

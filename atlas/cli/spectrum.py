@@ -55,16 +55,18 @@ def spectrum(
     """
     import atlas
 
+    figure = None
     if plot_path:
+        from atlas.cli.result_file import output_file
         from atlas.interface import check_plot_path
 
-        check_plot_path(plot_path)
+        figure = output_file(check_plot_path(plot_path), obj["atlas"])
     with atlas.open(obj["atlas"]) as a:
         spectra = a.spectrum(model, kind=kind, jump_factor=jump_factor)
-    if plot_path:
+    if figure is not None:
         from atlas.interface import plot_spectra
 
-        plot_spectra(spectra, plot_path)
+        plot_spectra(spectra, figure)
     if fmt == "json":
         click.echo(
             dumps(

@@ -12,7 +12,10 @@ import datetime as dt
 import json
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
+
+from atlas.core.errors import AtlasError
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # tabs and newlines too: one cell, one line
 _CONTROL_NOT_SPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # CSV quotes the rest
@@ -126,16 +129,53 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
+# Python values take up to about ten times a result's Arrow bytes (a float is 24 bytes, not 4):
+# text output converts at most TEXT_SLICE_BYTES of rows at a time, and refuses a row larger than
+# MAX_TEXT_ROW_BYTES (one ``list(vector)`` over a cross join is gigabytes in one cell)
+TEXT_SLICE_BYTES = 16 << 20
+MAX_TEXT_ROW_BYTES = 64 << 20
+
+
+def text_slices(table: Any, max_bytes: int = TEXT_SLICE_BYTES) -> Iterator[Any]:
+    """``table`` in consecutive slices of at most ``max_bytes`` of Arrow data each (a larger
+    row alone, up to ``MAX_TEXT_ROW_BYTES``; beyond it, one :class:`AtlasError`)."""
+    start, n = 0, table.num_rows
+    while start < n:
+        fits, step = start, 1  # the longest run of rows from ``start`` within ``max_bytes``
+        while fits < n and table.slice(start, fits + step - start).nbytes <= max_bytes:
+            fits = min(n, fits + step)
+            step *= 2
+        while step > 1:
+            step //= 2
+            if fits + step <= n and table.slice(start, fits + step - start).nbytes <= max_bytes:
+                fits += step
+        if fits == start:  # one row larger than a slice
+            size = table.slice(start, 1).nbytes
+            if size > MAX_TEXT_ROW_BYTES:
+                raise AtlasError(
+                    f"row {start + 1} of the result holds {size / 2**20:,.0f} MB, more than a "
+                    f"table, JSON or CSV row may ({MAX_TEXT_ROW_BYTES >> 20} MB): select less "
+                    "of it, or write it as Parquet"
+                )
+            fits = start + 1
+        yield table.slice(start, fits - start)
+        start = fits
+
+
 def result_rows(table: Any) -> tuple[list[str], list[list[Any]]]:
-    """A result table's unique column names and its rows as lists of Python values. A value
-    Python cannot hold (a date past year 9999, DuckDB's infinite dates) is Arrow's text for it."""
+    """A result table's unique column names and its rows as lists of Python values, converted
+    a bounded slice at a time (:func:`text_slices`). A value Python cannot hold (a date past
+    year 9999, DuckDB's infinite dates) is Arrow's text for it."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    columns = []
-    for column in table.columns:
-        try:
-            columns.append(column.to_pylist())
-        except (OverflowError, ValueError, pa.ArrowException):
-            columns.append(pc.cast(column, pa.string()).to_pylist())
-    return unique_names(table.column_names), [list(row) for row in zip(*columns, strict=True)]
+    rows: list[list[Any]] = []
+    for part in text_slices(table):
+        columns = []
+        for column in part.columns:
+            try:
+                columns.append(column.to_pylist())
+            except (OverflowError, ValueError, pa.ArrowException):
+                columns.append(pc.cast(column, pa.string()).to_pylist())
+        rows += [list(row) for row in zip(*columns, strict=True)]
+    return unique_names(table.column_names), rows

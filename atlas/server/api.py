@@ -26,6 +26,7 @@ from atlas.interface import (
     load_npy,
     records_json,
     result_rows,
+    text_slices,
     unique_names,
 )
 from atlas.params import (
@@ -138,7 +139,16 @@ def sql_result(a: Atlas, query: str, limit: int) -> tuple[Any, bool]:
     whether it had more."""
     table = a.sql(query, max_rows=limit + 1, max_bytes=MAX_SQL_BYTES)
     truncated = table.num_rows > limit or table.nbytes >= MAX_SQL_BYTES
-    return table.slice(0, limit), truncated
+    table = table.slice(0, limit)
+    if table.nbytes > MAX_SQL_BYTES:  # the rows that fit (the last batch read went past)
+        first = table.slice(0, 1).nbytes
+        if first > MAX_SQL_BYTES:
+            raise AtlasError(
+                f"the result's first row holds {first / 2**20:,.0f} MB, more than a result "
+                f"may ({MAX_SQL_BYTES >> 20} MB): select less of it"
+            )
+        table = next(text_slices(table, MAX_SQL_BYTES))
+    return table, truncated
 
 
 # -- endpoints -----------------------------------------------------------------------------

@@ -102,6 +102,22 @@ def test_an_unsupported_plot_format_lists_matplotlibs(tiny_atlas: Path, tmp_path
     assert svg.read_text().lstrip().startswith("<?xml")
 
 
+@pytest.mark.slow  # imports matplotlib
+def test_a_plot_never_lands_in_the_atlas(tiny_atlas: Path, tmp_path: Path) -> None:
+    """As ``sql --out``: not inside the atlas, not through a link into it, and a hard link to
+    an atlas file is replaced, never written into (that overwrote a store's unembedding)."""
+    before = {p: p.read_bytes() for p in tiny_atlas.rglob("*") if p.is_file()}
+    (tmp_path / "link.png").symlink_to(tiny_atlas / "catalog.json")
+    unembed = next(tiny_atlas.glob("store/*/unembed.npy"))
+    (tmp_path / "hard.png").hardlink_to(unembed)
+    plot = ["--atlas", tiny_atlas, "spectrum", "tiny", "--plot"]
+    for out in (tiny_atlas / "x.png", tmp_path / "link.png"):
+        assert "inside the atlas" in assert_one_error_line(run_cli(*plot, out))
+    assert run_cli(*plot, tmp_path / "hard.png").returncode == 0
+    assert (tmp_path / "hard.png").read_bytes()[:4] == b"\x89PNG"
+    assert {p: p.read_bytes() for p in tiny_atlas.rglob("*") if p.is_file()} == before
+
+
 def _expected(tiny_atlas: Path) -> list[dict[str, object]]:
     result = run_cli("--atlas", tiny_atlas, "sql", QUERY, "--format", "json")
     assert result.returncode == 0, result.stderr

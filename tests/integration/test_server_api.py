@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -279,6 +280,11 @@ def test_sql_results_are_bounded_in_bytes(client: TestClient) -> None:
     assert response.status_code == 200 and response.headers["x-truncated"] == "true"
     assert len(response.content) < 2 * MAX_SQL_BYTES
     assert ok(client, "/api/health")["status"] == "ok"
+    # one value larger than a result may be is refused before it becomes Python objects
+    # (about ten times its size: a list of every vector over a cross join took gigabytes)
+    huge = "SELECT list(repeat('x', 3000)) AS s FROM range(20000)"  # 60 MB in one cell
+    refused = error(client, "GET", "/api/sql?" + urlencode({"query": huge}), 400)
+    assert "the result's first row holds 57 MB, more than a result may (32 MB)" in refused
 
 
 def test_hostile_uploads_and_bodies(client: TestClient) -> None:

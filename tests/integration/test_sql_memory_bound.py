@@ -298,3 +298,12 @@ def test_a_table_reads_only_the_rows_it_shows(minilm_atlas: Path) -> None:
     capped = run_cli("--atlas", minilm_atlas, "sql", "SELECT range FROM range(10000000000)",
                      "--format", "json", "--max-rows", "3").stdout  # fmt: skip
     assert capped == '[\n {\n  "range": 0\n },\n {\n  "range": 1\n },\n {\n  "range": 2\n }\n]\n'
+
+
+def test_a_row_too_large_for_text_is_one_line_before_it_takes_memory(minilm_atlas: Path) -> None:
+    """One cell of 90 MB (a list over a cross join) would be about a gigabyte of Python
+    values in a table, JSON or CSV: refused in one line; Parquet takes it as it is."""
+    huge = "SELECT list(repeat('x', 3000)) AS s FROM range(30000)"
+    for fmt in ("table", "json", "csv"):
+        line = assert_one_error_line(run_cli("--atlas", minilm_atlas, "sql", huge, "--format", fmt))
+        assert "row 1 of the result holds 86 MB, more than a table, JSON or CSV row" in line

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,6 +228,17 @@ def test_out_refuses_any_path_inside_the_atlas(hostile_atlas: Path, tmp_path: Pa
     assert ok.returncode == 0, ok.stderr
     assert every_file(hostile_atlas) == before
     assert hard.read_bytes()[:4] == b"PAR1"
+    # a symbolic link is written through (the link stays); a pipe is refused, never replaced
+    (tmp_path / "real.csv").write_text("old")
+    (tmp_path / "named.csv").symlink_to(tmp_path / "real.csv")
+    ok = run_cli("--atlas", hostile_atlas, "sql", "SELECT 1 AS x", "--out", tmp_path / "named.csv")
+    assert ok.returncode == 0 and (tmp_path / "named.csv").is_symlink()
+    assert (tmp_path / "real.csv").read_text() == "x\n1\n"
+    os.mkfifo(tmp_path / "pipe.csv")
+    line = assert_one_error_line(
+        run_cli("--atlas", hostile_atlas, "sql", "SELECT 1 AS x", "--out", tmp_path / "pipe.csv")
+    )
+    assert "pipe.csv: it is not a regular file" in line and (tmp_path / "pipe.csv").is_fifo()
 
 
 def test_macros_are_refused_even_with_write(small_copy: Path) -> None:
