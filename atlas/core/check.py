@@ -19,7 +19,6 @@ Damage only the model can fix (an altered unembedding, inconsistent tables) says
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from atlas.core.indexes import (
     read_index,
     shard_files,
 )
+from atlas.core.jsondata import load_json
 from atlas.core.layout import (
     CATALOG,
     FORMAT_VERSION,
@@ -262,7 +262,7 @@ class ModelCheck:
 
     def _check_manifest(self) -> None:
         try:
-            self.manifest = json.loads((self.store / MANIFEST).read_text(encoding="utf-8"))
+            self.manifest = load_json((self.store / MANIFEST).read_text(encoding="utf-8"))
             members = self.manifest["members"]
             for member in members.values():
                 int(member["bytes"]), str(member["sha256"])

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 
 from atlas.core.contract import KINDS, SIDES
 from atlas.core.errors import AtlasError, DamagedIndex, one_line
+from atlas.core.jsondata import load_json
 from atlas.core.sqlguard import sql_string
 
 HIT_ROWS = "hit-rows.npy"
@@ -245,7 +246,10 @@ def hit_rows_problem(store: Path, database: Path) -> str | None:
 
 def _load(store: Path) -> tuple[np.ndarray, list[str]]:
     rows = np.load(store / HIT_ROWS, mmap_mode="r", allow_pickle=False)
-    vocab = json.loads((store / HIT_TOKENS).read_text(encoding="utf-8"))
+    try:
+        vocab = load_json((store / HIT_TOKENS).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{HIT_TOKENS}: {one_line(exc, 120)}") from None
     if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
         raise ValueError(f"{HIT_TOKENS} is not a list of strings")
     if rows.ndim != 1 or rows.dtype.names is None or "pos_tokens" not in rows.dtype.names:

@@ -17,6 +17,17 @@ from typing import Any
 
 from atlas.core.errors import AtlasError
 
+
+def load_json(text: str | bytes) -> Any:
+    """``json.loads`` for files svd-atlas reads (catalogs, manifests, bundles): every malformed
+    document is a ``ValueError``, one nested too deeply to decode (``[[[[...``, which Python's
+    decoder meets with a ``RecursionError``) included."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("its JSON is nested too deeply to read") from None
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # tabs and newlines too: one cell, one line
 _CONTROL_NOT_SPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # CSV quotes the rest
 

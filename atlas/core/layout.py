@@ -43,6 +43,7 @@ from typing import Any
 
 from atlas.core.errors import AtlasError, PreviousFormat, one_line
 from atlas.core.formats import require_format
+from atlas.core.jsondata import load_json
 
 FORMAT = "svd-atlas"
 # 2: every store has every table and column of the contract (``models.weight_dtype`` included),
@@ -164,7 +165,7 @@ def manifest_sizes(store: Path, wanted: Callable[[str], bool]) -> dict[str, int]
     (what a derived file must match before it is read); None when the manifest cannot be read
     (``check`` reports it)."""
     try:
-        members = json.loads((store / MANIFEST).read_text(encoding="utf-8"))["members"]
+        members = load_json((store / MANIFEST).read_text(encoding="utf-8"))["members"]
         return {n: int(m["bytes"]) for n, m in members.items() if wanted(n)}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -207,7 +208,7 @@ class AtlasDir:
         if not self.exists():
             return Catalog()
         try:
-            data = json.loads(self.catalog_path.read_text(encoding="utf-8"))
+            data = load_json(self.catalog_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             reason = one_line(exc, 200)
             raise AtlasError(
@@ -312,7 +313,7 @@ class AtlasDir:
     def read_reserved(self) -> tuple[int, int]:
         """The (direction, matrix) id counters past every id ever handed to a writer."""
         try:
-            data = json.loads((self.root / RESERVED).read_text(encoding="utf-8"))
+            data = load_json((self.root / RESERVED).read_text(encoding="utf-8"))
             return int(data["next_direction_id"]), int(data["next_matrix_id"])
         except (OSError, ValueError, KeyError, TypeError):
             return 0, 0

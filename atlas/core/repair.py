@@ -42,6 +42,7 @@ from atlas.core.check import (
 from atlas.core.errors import AtlasError, one_line
 from atlas.core.hit_rows import HIT_FILES, HIT_ROWS, write_hit_rows
 from atlas.core.indexes import is_index_file, shard_files
+from atlas.core.jsondata import load_json
 from atlas.core.layout import (
     FORMAT_VERSION,
     MANIFEST,
@@ -145,7 +146,7 @@ def _replace_members(store: Path, scratch: Path, names: Callable[[str], bool]) -
     """Replace the manifest's entries for the rebuilt files (the other checksums stay as they
     were)."""
     try:
-        manifest = json.loads((store / MANIFEST).read_text(encoding="utf-8"))
+        manifest = load_json((store / MANIFEST).read_text(encoding="utf-8"))
         with_members(manifest, store, names)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         reason = one_line(exc)
@@ -215,7 +216,7 @@ def _store_version(store: Path) -> int:
     """The atlas format version a store was written in: its manifest says so from version 2
     on (a catalog rebuilt over older stores is of the older version, and is upgraded next)."""
     try:
-        version = json.loads((store / MANIFEST).read_text(encoding="utf-8"))["format_version"]
+        version = load_json((store / MANIFEST).read_text(encoding="utf-8"))["format_version"]
         return version if isinstance(version, int) else UNVERSIONED
     except (OSError, ValueError, KeyError, TypeError):
         return UNVERSIONED
@@ -224,7 +225,7 @@ def _store_version(store: Path) -> int:
 def _recorded_ids(store: Path) -> tuple[int, int]:
     """The ends of the id ranges a store's manifest records (0, 0 when it has none)."""
     try:
-        ids = json.loads((store / MANIFEST).read_text(encoding="utf-8"))["ids"]
+        ids = load_json((store / MANIFEST).read_text(encoding="utf-8"))["ids"]
         return (
             int(ids["first_direction_id"]) + int(ids["n_directions"]),
             int(ids["first_matrix_id"]) + int(ids["n_matrices"]),

@@ -46,6 +46,7 @@ from atlas.core.contract import TABLES
 from atlas.core.errors import one_line
 from atlas.core.hit_rows import HIT_FILES, write_hit_rows
 from atlas.core.indexes import APPROXIMATE, EXACT, index_type_for
+from atlas.core.jsondata import load_json
 from atlas.core.layout import (
     FORMAT_VERSION,
     MANIFEST,
@@ -150,7 +151,7 @@ def add_hit_rows(old: Path, new: Path, model_id: str, entry: CatalogEntry) -> No
             _link_or_copy(path, new / path.name)
     write_hit_rows(new / MODEL_DB, new)
     try:
-        manifest = json.loads((old / MANIFEST).read_text(encoding="utf-8"))
+        manifest = load_json((old / MANIFEST).read_text(encoding="utf-8"))
         with_members(manifest, new, lambda name: name in HIT_FILES)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # recomputed instead
         con = duckdb.connect(":memory:")
@@ -189,7 +190,7 @@ def _record(
     """What the old manifest says about the store's place (model id, spec, ids, vectors,
     provenance), or, where it cannot be read, the same from the catalog and the store."""
     try:
-        manifest = json.loads((old / MANIFEST).read_text(encoding="utf-8"))
+        manifest = load_json((old / MANIFEST).read_text(encoding="utf-8"))
         if not isinstance(manifest, dict):
             raise TypeError("not an object")
     except (OSError, ValueError, TypeError):

@@ -145,6 +145,16 @@ def test_newer_format_version(valid_bundle: Path, atlas_copy: Path, tmp_path: Pa
     refused(atlas_copy, bundle, f"format version {FORMAT_VERSION + 1}", "upgrade svd-atlas")
 
 
+def test_a_manifest_nested_too_deeply(atlas_copy: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "deep.bundle"
+    with tarfile.open(bundle, "w") as tar:
+        data = ("[" * 100_000 + "]" * 100_000).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    refused(atlas_copy, bundle, "unreadable manifest: its JSON is nested too deeply to read")
+
+
 def test_member_not_in_manifest(valid_bundle: Path, atlas_copy: Path, tmp_path: Path) -> None:
     manifest, members = read_members(valid_bundle)
     extra = {**members, "models/0000/extra.parquet": b"unexpected"}

@@ -124,7 +124,10 @@ def test_a_truncated_unembedding_is_one_line_and_named_by_check(two: Path) -> No
     assert "--repair" not in next(x for x in check.stdout.splitlines() if "unembed" in x)
 
 
-@pytest.mark.parametrize("damage", ["deleted", "garbage", "malformed"])
+DEEP = "[" * 100_000 + "]" * 100_000  # Python's decoder meets it with a RecursionError
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbage", "malformed", "nested"])
 def test_a_lost_catalog_is_rebuilt_with_its_counters(two: Path, damage: str) -> None:
     before = json.loads((two / "catalog.json").read_text())
     # a replaced model's ids are retired: the rebuilt counters must stay past them too
@@ -132,6 +135,8 @@ def test_a_lost_catalog_is_rebuilt_with_its_counters(two: Path, damage: str) -> 
         (two / "catalog.json").unlink()
     elif damage == "garbage":
         (two / "catalog.json").write_bytes(b"\x00not json")
+    elif damage == "nested":
+        (two / "catalog.json").write_text(DEEP)
     else:
         (two / "catalog.json").write_text(json.dumps({"format": "svd-atlas", "format_version": 1}))
     line = assert_one_error_line(run_cli("--atlas", two, "models"))
@@ -149,9 +154,11 @@ def test_a_lost_catalog_is_rebuilt_with_its_counters(two: Path, damage: str) -> 
 def test_a_lost_or_corrupt_manifest_is_recomputed_from_verified_data(two: Path) -> None:
     store = _store(two, "tiny")
     original = json.loads((store / "manifest.json").read_text())
-    for damage in ("delete", "corrupt"):
+    for damage in ("delete", "corrupt", "nested"):
         if damage == "delete":
             (store / "manifest.json").unlink()
+        elif damage == "nested":
+            (store / "manifest.json").write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
         else:
             (store / "manifest.json").write_text('{"members": {"model.duckdb": 3}}')
         check = run_cli("--atlas", two, "check")

@@ -19,7 +19,7 @@ import pytest
 import atlas
 from atlas.core.exchange.parquet_reader import ParquetReader
 from atlas.core.exchange.sources import open_reader
-from atlas.core.hit_rows import HIT_FILES, HIT_ROWS
+from atlas.core.hit_rows import HIT_FILES, HIT_ROWS, HIT_TOKENS
 from atlas.core.reader import Reader, StoreReader
 from atlas.core.store import sha256_file
 from query.search import describe
@@ -108,11 +108,19 @@ def _shift(path: Path) -> None:
     rows.flush()
 
 
+def _nest_tokens(path: Path) -> None:
+    """Its vocabulary, the same size, nested too deeply for Python's JSON decoder."""
+    tokens = path.with_name(HIT_TOKENS)
+    size = tokens.stat().st_size
+    tokens.write_text("[" * (size // 2) + "]" * (size - size // 2))
+
+
 @pytest.mark.parametrize(
     "damage",
-    [_truncate, pytest.param(_shift, marks=pytest.mark.slow)],  # slow: a second repair
-    ids=["truncated", "shifted"],
-)
+    [_truncate, pytest.param(_shift, marks=pytest.mark.slow),  # slow: a second repair
+     pytest.param(_nest_tokens, marks=pytest.mark.slow)],
+    ids=["truncated", "shifted", "nested"],
+)  # fmt: skip
 def test_a_damaged_file_is_one_line_and_check_repair_writes_it_again(
     small_copy: Path, damage: Any
 ) -> None:

@@ -34,6 +34,7 @@ from atlas.core.exchange.tree_format import (
     store_errors,
     tree_filesystem,
 )
+from atlas.core.jsondata import load_json
 from atlas.core.progress import Progress, no_progress
 from atlas.core.reader import Reader
 from atlas.core.versions import library_versions
@@ -108,7 +109,7 @@ def _existing_marker(fs: Any, root: str, dest: str) -> dict[str, Any] | None:
         return None
     try:
         with fs.open(marker, "rb") as fh:
-            info = json.loads(fh.read().decode("utf-8"))
+            info = load_json(fh.read().decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise AtlasError(f"cannot read {dest}/{MARKER}: {one_line(exc)}") from None
     return check_marker(info, dest)

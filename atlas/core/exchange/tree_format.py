@@ -29,7 +29,6 @@ and exporting into an older tree writes its marker as the current version.
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from typing import Any
 from atlas.core.contents import ADDED_TABLES
 from atlas.core.errors import AtlasError, one_line
 from atlas.core.formats import require_format
+from atlas.core.jsondata import load_json
 
 MARKER = "_svd_atlas.json"
 FORMAT = "svd-atlas-parquet"
@@ -100,7 +100,7 @@ def store_errors(location: str) -> Iterator[None]:
 def read_marker(fs: Any, root: str, location: str) -> dict[str, Any]:
     try:
         with fs.open(f"{root}/{MARKER}", "rb") as fh:
-            info = json.loads(fh.read().decode("utf-8"))
+            info = load_json(fh.read().decode("utf-8"))
     except FileNotFoundError:
         raise AtlasError(f"{location} is not an svd-atlas Parquet tree (no {MARKER})") from None
     except (OSError, ValueError) as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import tarfile
 from pathlib import Path, PurePosixPath
 
@@ -21,6 +20,7 @@ from atlas.core.exchange.bundle_format import (
     BundleManifest,
     is_known_member,
 )
+from atlas.core.jsondata import load_json
 
 _CHUNK = 1 << 20
 
@@ -45,7 +45,7 @@ def _unpack(tar: tarfile.TarFile, source: str, dest: Path) -> BundleManifest:
         raise AtlasError(f"{source} has an implausibly large manifest ({first.size} bytes)")
     raw = _read_member(tar, first)
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = load_json(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise AtlasError(f"{source} has an unreadable manifest: {one_line(exc)}") from None
     manifest = BundleManifest.from_json(data, source)
