@@ -85,7 +85,7 @@ def memory_limit_option(fn: Any) -> Any:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, min_open=True),  # the library refuses nan and inf, in its words
+    type=float,  # the library refuses 0, nan and inf, in its words
     help="Stop the query after SECONDS.",
 )
 @memory_limit_option

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from atlas.core.errors import AtlasError, QueryTimeout
+from atlas.core.errors import BadParameter, QueryTimeout
 
 STOP_INTERVAL = 0.05  # seconds between interrupts of stopped work that has not ended yet
 
@@ -57,8 +57,8 @@ def check_timeout(timeout: Any) -> None:
         or not isinstance(timeout, int | float)
         or not 0 < timeout <= threading.TIMEOUT_MAX
     ):
-        raise AtlasError(
-            f"timeout must be a positive, finite number of seconds (or None), not {timeout!r}",
+        raise BadParameter(
+            f"must be a positive, finite number of seconds (or None), not {timeout!r}",
             param="timeout",
         )
 

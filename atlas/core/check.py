@@ -264,8 +264,10 @@ class ModelCheck:
         try:
             self.manifest = load_json((self.store / MANIFEST).read_text(encoding="utf-8"))
             members = self.manifest["members"]
-            for member in members.values():
+            for name, member in members.items():
                 int(member["bytes"]), str(member["sha256"])
+                if not _is_file_name(name):  # never a path: check reads no file outside
+                    raise ValueError(f"it lists {name!r}, which is not a file name")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             self.error(f"{MANIFEST} cannot be read ({one_line(exc, 200)})", REWRITE_MANIFEST)
             self.manifest = {}
@@ -479,3 +481,12 @@ def _vector_chunks(
     reader = con.sql(query).to_arrow_reader(VECTOR_CHUNK)
     for batch in reader:
         yield batch.column(0).to_numpy().astype(np.int64), vector_matrix(batch.column(1))
+
+
+def _is_file_name(name: object) -> bool:
+    """A name a store's manifest may list: a file of the store itself, not a path."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+    )

@@ -25,6 +25,9 @@ _UNITS = {
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", re.IGNORECASE)
 
 
+MAX_MEMORY_LIMIT = 10**18  # DuckDB refuses a limit larger than about 1e20 bytes
+
+
 def parse_memory_limit(value: Any) -> int:
     """``value`` in bytes: an integer, or a size such as ``"2GB"``, ``"512MiB"`` (None: the
     default); at least :data:`MIN_MEMORY_LIMIT`."""
@@ -39,6 +42,12 @@ def parse_memory_limit(value: Any) -> int:
     if size is None:
         raise BadParameter(
             f"a memory limit is a size such as 2GB, 512MB or 4GiB (or bytes), not {value!r}",
+            param="memory_limit",
+        )
+    if size > MAX_MEMORY_LIMIT:
+        raise BadParameter(
+            f"a memory limit of {value!r} is more than DuckDB takes "
+            f"(at most {MAX_MEMORY_LIMIT // 10**12:,} TB)",
             param="memory_limit",
         )
     if size < MIN_MEMORY_LIMIT:

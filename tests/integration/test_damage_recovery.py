@@ -3,7 +3,9 @@ are never reused, by ingest, replace or load."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -168,6 +170,26 @@ def test_a_lost_or_corrupt_manifest_is_recomputed_from_verified_data(two: Path) 
         rebuilt = json.loads((store / "manifest.json").read_text())
         assert rebuilt["members"] == original["members"]  # the same files, the same checksums
         assert rebuilt["counts"] == original["counts"] and rebuilt["ids"] == original["ids"]
+
+
+def test_a_manifest_that_names_paths_is_refused_not_followed(two: Path, tmp_path: Path) -> None:
+    """check reads no file outside the store, even one the manifest lists with its true size
+    and checksum (a tampered atlas would learn whether any file holds given content)."""
+    store = _store(two, "tiny")
+    original = json.loads((store / "manifest.json").read_text())
+    outside = tmp_path / "outside.faiss"
+    outside.write_bytes(b"secret")
+    listed = {"bytes": 6, "sha256": hashlib.sha256(b"secret").hexdigest()}
+    for name in (str(outside), os.path.relpath(outside, store)):
+        manifest = {**original, "members": {**original["members"], name: listed}}
+        (store / "manifest.json").write_text(json.dumps(manifest))
+        check = run_cli("--atlas", two, "check")
+        assert check.returncode == 1, check.stdout
+        assert f"manifest.json cannot be read (it lists {name!r}, which is not a file name" in (
+            check.stdout
+        )
+        assert run_cli("--atlas", two, "check", "--repair").returncode == 0
+        assert json.loads((store / "manifest.json").read_text())["members"] == original["members"]
 
 
 def test_manifest_of_damaged_data_is_not_recomputed(two: Path) -> None:

@@ -65,15 +65,18 @@ def test_a_query_past_the_limit_is_one_line_and_the_process_stays_near_it(
 def test_the_environment_sets_the_limit_and_bad_limits_are_one_line(minilm_atlas: Path) -> None:
     result = run_cli("--atlas", minilm_atlas, "sql", HUNGRY, env={"SVD_ATLAS_MEMORY_LIMIT": SMALL})
     assert "needed more than 256 MB" in assert_one_error_line(result)
-    for bad, why in (("10MB", "too small"), ("lots", "a size such as"), ("2XB", "a size such as")):
+    for bad, why in (("10MB", "too small"), ("lots", "a size such as"), ("2XB", "a size such as"),
+                     ("99999999TB", "more than DuckDB takes")):  # fmt: skip
         for command in ("sql", "serve"):
             args = [command, "SELECT 1"] if command == "sql" else [command, "--port", "1"]
-            line = assert_one_error_line(
-                run_cli("--atlas", minilm_atlas, *args, "--memory-limit", bad)
-            )
-            assert why in line, (command, line)
+            result = run_cli("--atlas", minilm_atlas, *args, "--memory-limit", bad)
+            assert why in assert_one_error_line(result) and result.returncode == 2, (command, bad)
         with pytest.raises(AtlasError, match=why):
             atlas.open(minilm_atlas, memory_limit=bad)
+    for bad in ("nan", "inf", "0", "-1", "1e300"):  # a bad time limit is a bad value: exit 2
+        result = run_cli("--atlas", minilm_atlas, "sql", "SELECT 1", "--timeout", bad)
+        line = assert_one_error_line(result)
+        assert result.returncode == 2 and "--timeout: must be a positive, finite number" in line
     ok = run_cli("--atlas", minilm_atlas, "sql", "SELECT 42 AS x", "--memory-limit", "1.5GB")
     assert ok.returncode == 0 and ok.stdout.split() == ["x", "42"]
 
