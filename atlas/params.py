@@ -58,7 +58,7 @@ _LAYERS = "use N, START:STOP (stop excluded), START: or :STOP"
 
 def _items(value: Any, what: str, numbers: bool = False) -> list[str]:
     """A list given as comma-separated text or, from Python, as a list: its items as text
-    (``numbers``: integers too)."""
+    (``numbers``: integers too), each once (a model named twice would be searched twice)."""
     items: list[Any]
     if isinstance(value, str):
         items = value.split(",")
@@ -71,7 +71,7 @@ def _items(value: Any, what: str, numbers: bool = False) -> list[str]:
     texts = [_text(x) if numbers else x for x in items]
     if not all(isinstance(t, str) and t.strip() for t in texts):
         raise ValueError(f"give {what} separated by commas, none empty; not {value!r}")
-    return [t.strip() for t in texts]
+    return list(dict.fromkeys(t.strip() for t in texts))
 
 
 def _text(item: Any) -> Any:

@@ -136,6 +136,8 @@ def test_filters_from_python_values_and_text_alike() -> None:
     assert validate(FilterParams, layer="2:").filters().layers == (2, None)
     assert validate(FilterParams, layer=":4").filters().layers == (0, 4)
     assert validate(FilterParams, layer=(None, 4)).filters().layers == (0, 4)  # as ":4"
+    twice = validate(FilterParams, model="a,b,a", kind=["ov", "ov,mlp_in"], head="2,2")
+    assert (twice.model, twice.kind, twice.head) == ("a,b", "ov,mlp_in", "2")  # each once
     assert not validate(FilterParams).filters().active
 
 
