@@ -69,12 +69,15 @@ REBUILD_INDEX, REBUILD_HITS, REWRITE_MANIFEST, REBUILD_CATALOG, UNPUBLISH, UPGRA
     "unpublish",
     "upgrade",
 )
+RAISE_COUNTERS = "counters"
 REPAIR_SAYS = {
     UPGRADE: f"a repair (`check` with `repair`) upgrades it to version {FORMAT_VERSION}",
     REBUILD_INDEX: "a repair (`check` with `repair`) rebuilds it from DuckDB",
     REBUILD_HITS: "a repair (`check` with `repair`) writes it again from DuckDB",
     REWRITE_MANIFEST: "a repair (`check` with `repair`) recomputes it once the data is verified",
     REBUILD_CATALOG: "a repair (`check` with `repair`) rebuilds it from the stores' manifests",
+    RAISE_COUNTERS: "a repair (`check` with `repair`) raises it past every id on disk, so that "
+    "no id is handed out twice",
     UNPUBLISH: "a repair (`check` with `repair`) takes the model out of the catalog so the rest "
     "of the atlas is whole; re-ingest it (`ingest` with `replace`) to get it back",
 }
@@ -175,10 +178,13 @@ def _catalog_findings(atlas_dir: AtlasDir, catalog: Catalog) -> list[Finding]:
     """Overlapping id ranges and counters (errors), leftovers of interrupted writers (info)."""
     found = []
     entries = list(catalog.models.values())
+    fix = REPAIR_SAYS[RAISE_COUNTERS]
     if any(e.first_direction_id + e.n_directions > catalog.next_direction_id for e in entries):
-        found.append(Finding("error", None, f"{CATALOG}: next_direction_id is below an id in use"))
+        message = f"{CATALOG}: next_direction_id is below an id in use"
+        found.append(Finding("error", None, message, fix, RAISE_COUNTERS))
     if any(e.first_matrix_id + e.n_matrices > catalog.next_matrix_id for e in entries):
-        found.append(Finding("error", None, f"{CATALOG}: next_matrix_id is below an id in use"))
+        message = f"{CATALOG}: next_matrix_id is below an id in use"
+        found.append(Finding("error", None, message, fix, RAISE_COUNTERS))
     ranges = sorted((e.first_direction_id, e.n_directions, e.store) for e in entries)
     for (lo, n, one), (next_lo, _, other) in zip(ranges, ranges[1:], strict=False):
         if n and lo + n > next_lo:

@@ -30,6 +30,7 @@ from typing import Any
 import duckdb
 
 from atlas.core.check import (
+    RAISE_COUNTERS,
     REBUILD_CATALOG,
     REBUILD_HITS,
     REBUILD_INDEX,
@@ -44,6 +45,7 @@ from atlas.core.hit_rows import HIT_FILES, HIT_ROWS, write_hit_rows
 from atlas.core.indexes import is_index_file, shard_files
 from atlas.core.jsondata import load_json
 from atlas.core.layout import (
+    CATALOG,
     FORMAT_VERSION,
     MANIFEST,
     MODEL_DB,
@@ -88,6 +90,8 @@ def _repair(atlas_dir: AtlasDir, actions: set[tuple[str, str | None]]) -> list[s
         done.append(rebuild_catalog(atlas_dir))
     else:
         catalog = atlas_dir.read_catalog()
+        if (RAISE_COUNTERS, None) in actions:
+            done.append(raise_counters(atlas_dir, catalog))
         broken = {m for a, m in actions if a == UNPUBLISH and m is not None and m in catalog.models}
         for name in sorted(broken):
             del catalog.models[name]
@@ -175,6 +179,24 @@ def rewrite_manifest(store: Path, model_id: str, entry: CatalogEntry) -> None:
     (store / MANIFEST).unlink(missing_ok=True)
     write_manifest(store, record)
     fsync_tree(store)
+
+
+def raise_counters(atlas_dir: AtlasDir, catalog: Catalog) -> str:
+    """Move the catalog's id counters (and ``.reserved``'s) past every id on disk: the
+    catalog's models, the reservations and every store's recorded ids, so that no id a store
+    holds, or a replaced one held, is handed out again."""
+    directions, matrices = atlas_dir.read_reserved()
+    ends = [_recorded_ids(store) for store in atlas_dir.orphan_stores()]
+    ends += [(e.first_direction_id + e.n_directions, e.first_matrix_id + e.n_matrices)
+             for e in catalog.models.values()]  # fmt: skip
+    catalog.next_direction_id = max([catalog.next_direction_id, directions, *(d for d, _ in ends)])
+    catalog.next_matrix_id = max([catalog.next_matrix_id, matrices, *(m for _, m in ends)])
+    atlas_dir.write_catalog(catalog)
+    atlas_dir.write_reserved(catalog.next_direction_id, catalog.next_matrix_id)
+    return (
+        f"-  {CATALOG}: id counters raised past every id on disk (next direction "
+        f"{catalog.next_direction_id:,}, next matrix {catalog.next_matrix_id:,})"
+    )
 
 
 def rebuild_catalog(atlas_dir: AtlasDir) -> str:

@@ -192,6 +192,23 @@ def test_a_manifest_that_names_paths_is_refused_not_followed(two: Path, tmp_path
         assert json.loads((store / "manifest.json").read_text())["members"] == original["members"]
 
 
+def test_counters_below_the_ids_in_use_are_raised_past_every_id_on_disk(two: Path) -> None:
+    """Lowered counters (the catalog's and the reservations') would hand out ids in use."""
+    before = json.loads((two / "catalog.json").read_text())
+    for name in ("catalog.json", ".reserved"):
+        data = json.loads((two / name).read_text())
+        (two / name).write_text(json.dumps({**data, "next_direction_id": 5, "next_matrix_id": 1}))
+    check = run_cli("--atlas", two, "check")
+    assert check.returncode == 1 and "next_direction_id is below an id in use" in check.stdout
+    assert "raises it past every id on disk" in check.stdout
+    repaired = run_cli("--atlas", two, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout
+    for name in ("catalog.json", ".reserved"):
+        after = json.loads((two / name).read_text())
+        assert after["next_direction_id"] >= before["next_direction_id"], name
+        assert after["next_matrix_id"] >= before["next_matrix_id"], name
+
+
 def test_manifest_of_damaged_data_is_not_recomputed(two: Path) -> None:
     store = _store(two, "tiny")
     (store / "manifest.json").unlink()
