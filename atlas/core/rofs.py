@@ -2,7 +2,8 @@
 
 A Parquet tree is read by DuckDB through this fsspec file system, registered on the session
 under the ``svdatlas://`` protocol, which is the only place the locked session may open
-(``allowed_directories``). Every path resolves inside the root (``..`` is refused) and every
+(``allowed_directories``). Every path resolves inside the root (``..`` is refused, and on a
+local disk so is a link to a file outside it) and every
 operation that would write (an open for writing, a delete, a move, a new folder) is refused.
 
 DuckDB reads one open file from several threads, each seeking and then reading; a file object
@@ -13,12 +14,14 @@ range.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import PurePosixPath
 from typing import Any
 
 from fsspec import AbstractFileSystem
 from fsspec.implementations.dirfs import DirFileSystem
+from fsspec.implementations.local import LocalFileSystem
 
 PROTOCOL = "svdatlas"
 _WRITING = (
@@ -40,6 +43,8 @@ class ReadOnlyRoot(DirFileSystem):
         super().__init__(path=root, fs=fs)
         for name in _WRITING:
             setattr(self, name, _refuse)
+        # on a local disk a file of the tree may be a link: where it really lies must be inside
+        self._real_root = os.path.realpath(root) if isinstance(fs, LocalFileSystem) else None
 
     def _join(self, path: Any) -> Any:
         if isinstance(path, str):
@@ -53,6 +58,12 @@ class ReadOnlyRoot(DirFileSystem):
         if any(c in mode for c in "wax+"):
             _refuse()
         full = self._join(path)
+        if self._real_root is not None:
+            real = os.path.realpath(full)
+            if os.path.commonpath([real, self._real_root]) != self._real_root:
+                raise PermissionError(
+                    f"{path.split('://', 1)[-1]}: a link to a file outside the atlas"
+                )
         return PositionalFile(self.fs, full, int(self.fs.size(full)))
 
     _open = open

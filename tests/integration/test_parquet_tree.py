@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 import atlas
@@ -112,6 +114,27 @@ def test_tree_refuses_a_folder_that_is_not_a_tree_and_f16(minilm_atlas: Path, tr
         run_cli("--atlas", minilm_atlas, "export", "--parquet", other, "--vectors", "f16")
     )
     assert "f32" in line and not other.exists()
+
+
+def test_a_link_out_of_the_tree_is_not_followed(tree: Path, tmp_path: Path) -> None:
+    """The session reads inside the tree only: a data file replaced by a link to a file
+    elsewhere is refused; a link to another file of the tree is read."""
+    copy = tmp_path / "tree"
+    shutil.copytree(tree, copy)
+    vocab = next(copy.glob("vocab/*/data_0.parquet"))
+    outside = tmp_path / "outside.parquet"
+    vocab.rename(outside)
+    vocab.symlink_to(outside)
+    for args in (["sql", "SELECT count(*) AS n FROM vocab"], ["check"]):
+        line = assert_one_error_line(run_cli("--atlas", copy, *args))
+        assert f"{vocab.relative_to(copy)}: a link to a file outside the atlas" in line, line
+    inside = copy / "kept.parquet"
+    outside.rename(inside)
+    vocab.unlink()
+    vocab.symlink_to(inside)
+    counted = run_cli("--atlas", copy, "sql", "SELECT count(*) AS n FROM vocab", "--format", "csv")
+    rows = pq.read_metadata(inside).num_rows
+    assert counted.returncode == 0 and counted.stdout.split()[1] == str(rows)
 
 
 @pytest.mark.slow  # two atlases ingested for it

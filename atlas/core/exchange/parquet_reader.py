@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import duckdb
 import numpy as np
 
 from atlas.core.contents import added_columns_sql
 from atlas.core.contract import TABLES
-from atlas.core.errors import AtlasError, NotFound
+from atlas.core.errors import AtlasError, NotFound, one_line
 from atlas.core.exchange.tree_format import (
     DATA_FILE,
     FORMAT_VERSION,
@@ -55,7 +56,10 @@ class ParquetReader(Reader):
         self._ranges: dict[str, tuple[int, int]] | None = None
         tables = [t for t in TABLES if t in self.info["tables"]]
         self._unembeddings: dict[str, np.ndarray] = {}
-        self._finish_open({t: self._parts(t, self._models) for t in tables})
+        try:
+            self._finish_open({t: self._parts(t, self._models) for t in tables})
+        except duckdb.Error as exc:  # a file the views read cannot be opened
+            raise AtlasError(f"cannot read the Parquet tree {location}: {_why(exc)}") from None
         if validate:
             self.validate()
 
@@ -227,3 +231,10 @@ class ParquetReader(Reader):
                 if self._fs.exists(path):
                     sizes[model_id] += int(self._fs.du(path))
         return sizes
+
+
+def _why(exc: duckdb.Error) -> str:
+    """DuckDB's error, or the file system's refusal inside it (DuckDB quotes the Python
+    traceback of a refused open whole)."""
+    refused = [line for line in str(exc).splitlines() if line.startswith("PermissionError: ")]
+    return refused[-1].removeprefix("PermissionError: ") if refused else one_line(exc, 200)
