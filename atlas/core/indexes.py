@@ -319,17 +319,24 @@ class ResidualIndex:
 
     def abs_range_search(self, query: np.ndarray, threshold: float) -> tuple[Any, Any]:
         """Every (direction id, inner product) with ``|inner product| >= threshold``, exactly,
-        over the full vectors. FAISS's range search keeps one sign, so it is asked for every
-        product and the two valences are kept here: one pass over the vectors, not one per
-        valence (at 1e6 directions 27 ms against 49 for two range searches, ``q`` and ``-q``,
-        side by side on a loaded machine)."""
-        q = np.ascontiguousarray(query, np.float32).reshape(1, -1)
+        over the full vectors: one pass computes every product (FAISS's SIMD kernel, into one
+        array) and both valences are kept here. FAISS's range search keeps one sign, so it
+        would take two passes (``q`` and ``-q``), or one that collects every product as a
+        result (at 1e6 directions, two shards on two threads: 28-30 ms against 40-43 for
+        that, side by side)."""
+        import faiss
+
+        q = np.ascontiguousarray(query, np.float32).reshape(-1)
 
         def scan(n: int) -> tuple[np.ndarray, np.ndarray]:
-            with few_queries(1, 0):  # FAISS splits a search by query: one query, one thread
-                _, found, positions = full_vectors(self.shards[n]).range_search(q, -np.inf)
-            keep = np.abs(found) >= threshold
-            return self._ids[n][positions[keep]], found[keep]
+            flat = full_vectors(self.shards[n])
+            products = np.empty(flat.ntotal, np.float32)
+            if flat.ntotal:
+                faiss.fvec_inner_products_ny(  # type: ignore[attr-defined]  # not in its stubs
+                    faiss.swig_ptr(products), faiss.swig_ptr(q), flat.get_xb(), self.d, flat.ntotal
+                )
+            positions = np.flatnonzero(np.abs(products) >= threshold)
+            return self._ids[n][positions], products[positions]
 
         # the shards on threads of their own: one thread reads memory at a fraction of the
         # machine's bandwidth (at 1e6 directions, two shards: 31 against 57 ms in turn)
