@@ -48,6 +48,7 @@ def matrix_card(
         [layer, kind, head],
     ).to_pylist()
     if not rows:
+        check_place(a, model_id, layer, head)  # a layer or head the model lacks, named
         raise NotFound(
             f"no {kind} matrix at layer {layer}"
             + (f" head {head}" if head is not None else "")
@@ -94,6 +95,21 @@ def matrix_card(
     refusal = contents_refusal(model_id, a.contents_version(model_id), EMBED_READOUT)
     card["embed_missing"] = str(refusal) if refusal else None
     return card
+
+
+def check_place(a: Reader, model_id: str, layer: int, head: int | None) -> None:
+    """:class:`NotFound` naming the parameter and the model's range for a layer (or head)
+    that ``model_id`` does not have; nothing otherwise."""
+    (info,) = a.sql(f"SELECT n_layers, n_heads FROM {a.relation(model_id, 'models')}").to_pylist()
+    n_layers, n_heads = info["n_layers"], info["n_heads"]
+    if not 0 <= layer < n_layers:
+        raise NotFound(f"{model_id!r} has no layer {layer} (layers 0 to {n_layers - 1})",
+                       param="layer")  # fmt: skip
+    if head is not None and not 0 <= head < n_heads:
+        raise NotFound(
+            f"{model_id!r} has no head {head} in layer {layer} (heads 0 to {n_heads - 1})",
+            param="head",
+        )
 
 
 def _embed_lists(

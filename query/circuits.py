@@ -18,8 +18,9 @@ from typing import Any
 
 from atlas.core.contents import contents_refusal
 from atlas.core.contract import MODES
-from atlas.core.errors import AtlasError, NotFound
+from atlas.core.errors import AtlasError
 from atlas.core.reader import Reader, check_direction_id
+from query.cards import check_place
 
 DEFAULT_TOP = 10  # edges per mode
 CIRCUITS = "QK circuits or head composition"  # what a model of an older format lacks
@@ -59,16 +60,7 @@ def head_edges(
     which sum to at most score², and ``share``: contribution over score²)."""
     a.require_model(model_id)
     a.require_contents(model_id, CIRCUITS)
-    (info,) = a.sql(f"SELECT n_layers, n_heads FROM {a.relation(model_id, 'models')}").to_pylist()
-    n_layers, n_heads = info["n_layers"], info["n_heads"]
-    if not 0 <= layer < n_layers:
-        raise NotFound(f"{model_id!r} has no layer {layer} (layers 0 to {n_layers - 1})",
-                       param="layer")  # fmt: skip
-    if not 0 <= head < n_heads:
-        raise NotFound(
-            f"{model_id!r} has no head {head} in layer {layer} (heads 0 to {n_heads - 1})",
-            param="head",
-        )
+    check_place(a, model_id, layer, head)
     return {
         "model_id": model_id,
         "layer": layer,

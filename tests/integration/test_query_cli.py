@@ -179,7 +179,9 @@ def test_search_json_hits_have_the_documented_fields(minilm_atlas: Path) -> None
         (["search", "fire", "--layer", "a:b"], "bad layer range"),
         (["search", "fire", "--model", "nope"], "no model 'nope'"),
         (["show", "99999999"], "no direction"),
-        (["show", "minilm", "9", "0"], "no ov matrix"),
+        (["show", "minilm", "9", "0"], "LAYER: 'minilm' has no layer 9 (layers 0 to 5)"),
+        (["show", "minilm", "3", "12"], "HEAD: 'minilm' has no head 12 in layer 3 (heads 0 to 11)"),
+        (["show", "minilm", "3", "mlp_gate"], "no mlp_gate matrix at layer 3 in 'minilm'"),
         (["show", "minilm", "3", "3", "--offset", "40"], "from sv_index 40 on: the matrix has 32"),
         (["show", "minilm", "3"], "give a direction id, or MODEL LAYER HEAD (see: svd-atlas show"),
         (["serch", "fire"], "No such command 'serch'."),
@@ -197,7 +199,7 @@ def test_bad_query_input_is_one_clear_line(minilm_atlas: Path, args, message: st
         ["trace", "432", "--model-id"],  # no such option
         ["serch", "fire"],  # no such command
         ["show"],  # a missing argument
-        ["sql", "SELECT 1", "--timeout", "0"],  # a value out of click's range
+        ["sql", "SELECT 1", "--timeout", "0"],  # a time limit the library refuses
         ["sql", "SELECT 1", "--memory-limit", "lots"],  # a value the library refuses
         ["search", "fire", "--direction", "432"],  # two queries
         ["show", "minilm", "3"],  # neither an id nor MODEL LAYER HEAD

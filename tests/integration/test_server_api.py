@@ -196,7 +196,10 @@ def test_bad_input_is_400(client: TestClient, url: str, message: str) -> None:
         ("/api/directions/987654321/trace", "no direction 987654321"),
         ("/api/search?direction=987654321", "no direction 987654321"),
         ("/api/matrix?model=gpt-9&layer=0&head=0", "no model 'gpt-9'"),
-        ("/api/matrix?model=minilm&layer=99&head=0", "no ov matrix at layer 99 head 0"),
+        (
+            "/api/matrix?model=minilm&layer=99&head=0",
+            "layer: 'minilm' has no layer 99 (layers 0 to 5)",
+        ),
         ("/api/spectrum?model=..%2F..%2Fetc%2Fpasswd", "no model '../../etc/passwd'"),
         ("/api/search?text=fire&model=nope", "no model 'nope'"),
         ("/api/nothing-here", "not found"),
