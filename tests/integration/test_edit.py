@@ -317,6 +317,10 @@ def test_cli_end_to_end(llama: tuple[Any, Path], tmp_path: Path) -> None:
     assert table.stdout.splitlines()[0].split()[:3] == ["direction_id", "kind", "layer"]
     assert any(line.startswith("fire and") for line in table.stdout.splitlines())
     assert "restored bit for bit" in table.stdout
+    # as CSV, one table: each probe's row names the edits it was measured under
+    rows = run_cli(*common, "--prompts", prompts, "--format", "csv").stdout.splitlines()
+    assert rows[0].split(",")[-1] == "edits" and len(rows) == 2
+    assert rows[1].startswith("fire and,smoke,") and rows[1].endswith(f",{d_ov}:-1;{d_mlp}:20")
 
 
 def test_cli_bad_input(llama: tuple[Any, Path], minilm_atlas: Path) -> None:
