@@ -258,6 +258,10 @@ class ResidualIndex:
         """Every direction id the index holds, ascending."""
         return self._by_id[1]
 
+    def held_ids(self) -> np.ndarray:
+        """Every direction id the index holds, in the shards' order (no sort)."""
+        return self._every
+
     def search(self, queries: np.ndarray, k: int, exact: bool = False) -> tuple[Any, Any]:
         """The ``k`` largest inner products of each query over all shards: ``(D, I)`` as FAISS
         returns them (``I`` = direction ids, -1 where fewer exist). ``exact`` scans the full

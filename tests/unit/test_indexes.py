@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from atlas.core.index_guard import vectors_problem
+from atlas.core.index_guard import IndexContract, _ids_problem, vectors_problem
 from atlas.core.indexes import (
     APPROXIMATE,
     EXACT,
@@ -290,3 +292,21 @@ def test_shards_earlier_versions_wrote_read_and_answer_as_todays(
             for a, b in zip(got, want, strict=True):
                 np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(index.reconstruct_batch(ids[::-5]), vectors[ids[::-5] - 100])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    first=st.integers(0, 50),
+    ids=st.lists(st.integers(0, 70), min_size=1, max_size=30),
+)
+def test_an_index_holds_exactly_the_models_ids_checked_without_a_sort(
+    first: int, ids: list[int]
+) -> None:
+    """The one-pass check agrees with the sorted oracle: n ids are the model's range exactly
+    when, sorted, they are first..first + n - 1."""
+    contract = IndexContract("m", 4, first, len(ids), None)
+    problem = _ids_problem(np.array(ids, np.int64), contract)
+    assert (problem is None) == (sorted(ids) == list(range(first, first + len(ids))))
+    if problem and min(ids) >= first and max(ids) < first + len(ids):
+        missing = min(set(range(first, first + len(ids))) - set(ids))
+        assert problem == f"holds an id twice and lacks direction {missing}"
