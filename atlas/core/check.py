@@ -185,9 +185,17 @@ def _catalog_findings(atlas_dir: AtlasDir, catalog: Catalog) -> list[Finding]:
     if any(e.first_matrix_id + e.n_matrices > catalog.next_matrix_id for e in entries):
         message = f"{CATALOG}: next_matrix_id is below an id in use"
         found.append(Finding("error", None, message, fix, RAISE_COUNTERS))
+    stores: dict[str, list[str]] = {}
+    for model_id, e in catalog.models.items():
+        stores.setdefault(e.store, []).append(model_id)
+    for shared, named in stores.items():
+        if len(named) > 1:  # an edited catalog: the stores know their own model
+            message = f"{CATALOG}: models {', '.join(map(repr, named))} name one store, {shared}"
+            fix = REPAIR_SAYS[REBUILD_CATALOG]
+            found.append(Finding("error", None, message, fix, REBUILD_CATALOG))
     ranges = sorted((e.first_direction_id, e.n_directions, e.store) for e in entries)
     for (lo, n, one), (next_lo, _, other) in zip(ranges, ranges[1:], strict=False):
-        if n and lo + n > next_lo:
+        if n and lo + n > next_lo and one != other:
             found.append(Finding("error", None, f"direction ids of {one} and {other} overlap"))
     referenced = {e.store for e in entries}
     for store in sorted((atlas_dir.root / "store").glob("*")):

@@ -209,6 +209,21 @@ def test_counters_below_the_ids_in_use_are_raised_past_every_id_on_disk(two: Pat
         assert after["next_matrix_id"] >= before["next_matrix_id"], name
 
 
+def test_a_store_two_models_name_is_found_and_the_catalog_rebuilt(two: Path) -> None:
+    """An edited catalog naming one store twice: check says so (not that the store's ids
+    overlap themselves), and the repair rebuilds the catalog from the stores."""
+    catalog = json.loads((two / "catalog.json").read_text())
+    catalog["models"]["copy"] = dict(catalog["models"]["tiny"])
+    (two / "catalog.json").write_text(json.dumps(catalog))
+    check = run_cli("--atlas", two, "check")
+    store = catalog["models"]["tiny"]["store"]
+    assert f"models 'tiny', 'copy' name one store, {store}" in check.stdout, check.stdout
+    assert "rebuilds it from the stores' manifests" in check.stdout
+    assert f"direction ids of {store} and {store} overlap" not in check.stdout
+    assert run_cli("--atlas", two, "check", "--repair").returncode == 0
+    assert sorted(json.loads((two / "catalog.json").read_text())["models"]) == ["minilm", "tiny"]
+
+
 def test_manifest_of_damaged_data_is_not_recomputed(two: Path) -> None:
     store = _store(two, "tiny")
     (store / "manifest.json").unlink()
