@@ -110,6 +110,8 @@ def check_statement(query: str, write: bool = False) -> duckdb.StatementType:
         )
     name = str(inner or kind).rsplit(".", 1)[-1]
     name = "INSTALL or LOAD" if name == "LOAD" else name  # DuckDB types both as LOAD
+    if kind in _NAMED_BY_OTHERS:  # CHECKPOINT is a CALL to DuckDB, USE a SET, ANALYZE a VACUUM
+        name = _leading_keywords(query) or name
     what = "EXPLAIN " if kind == _T.EXPLAIN and inner is not None else ""
     if write:
         raise AtlasError(
@@ -121,6 +123,23 @@ def check_statement(query: str, write: bool = False) -> duckdb.StatementType:
         hint="to keep your own tables in the atlas's user.duckdb, open it with `write` "
         "(the server never writes); model data always stays read-only",
     )
+
+
+_NAMED_BY_OTHERS = (_T.CALL, _T.SET, _T.VACUUM)
+
+
+def _leading_keywords(query: str) -> str:
+    """The statement's first keywords as written (``FORCE CHECKPOINT``), upper-cased."""
+    words: list[str] = []
+    for start, kind in duckdb.tokenize(query):
+        if kind == duckdb.token_type.comment:
+            continue
+        if kind != duckdb.token_type.keyword or len(words) == 2:
+            break
+        words.append(query[start:].split(None, 1)[0].upper())
+        if words[0] != "FORCE":
+            break
+    return " ".join(words)
 
 
 def _explained_type(query: str) -> duckdb.StatementType | None:

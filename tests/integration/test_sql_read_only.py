@@ -315,3 +315,17 @@ def test_python_reads_need_write_to_be_asked_for(small_copy: Path) -> None:
     with atlas.open(small_copy, write=True) as a:
         a.sql("DROP TABLE mine2")
     assert json.loads((small_copy / "catalog.json").read_text())["models"]
+
+
+@pytest.mark.parametrize(
+    ("statement", "named"),
+    [("CHECKPOINT", "CHECKPOINT"), ("FORCE CHECKPOINT", "FORCE CHECKPOINT"), ("USE m0", "USE"),
+     ("RESET threads", "RESET"), ("ANALYZE", "ANALYZE"), ("CALL pragma_version()", "CALL"),
+     ("SET threads = 1", "SET"), ("/* why */ checkpoint", "CHECKPOINT"), ("VACUUM", "VACUUM")],
+)  # fmt: skip
+def test_a_refusal_names_the_statement_as_written(
+    handle: atlas.Atlas, statement: str, named: str
+) -> None:
+    """DuckDB types CHECKPOINT as a CALL, USE and RESET as a SET, ANALYZE as a VACUUM."""
+    with pytest.raises(AtlasError, match=f"^{named} is not allowed: sql is read-only"):
+        handle.sql(statement)
