@@ -150,6 +150,10 @@ MAX_TEXT_ROW_BYTES = 64 << 20
 def text_slices(table: Any, max_bytes: int = TEXT_SLICE_BYTES) -> Iterator[Any]:
     """``table`` in consecutive slices of at most ``max_bytes`` of Arrow data each (a larger
     row alone, up to ``MAX_TEXT_ROW_BYTES``; beyond it, one :class:`AtlasError`)."""
+    if table.nbytes <= max_bytes:  # the usual batch: one slice, no search
+        if table.num_rows:
+            yield table
+        return
     start, n = 0, table.num_rows
     while start < n:
         fits, step = start, 1  # the longest run of rows from ``start`` within ``max_bytes``
