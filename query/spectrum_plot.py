@@ -28,10 +28,15 @@ def plot_spectra(spectra: Spectra, out: str | Path, dpi: int = 80) -> Path:
     name (a hard link into an atlas) is replaced, never written into."""
     path = check_plot_path(out)
     fmt = path.suffix.lower().removeprefix(".") or "png"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    target = path.resolve()  # through a symbolic link: the link stays
+    if not target.parent.is_dir():
+        raise AtlasError(f"cannot write {out}: the folder {path.parent} does not exist")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         spectra_figure(spectra).savefig(tmp, dpi=dpi, format=fmt)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise AtlasError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -119,7 +119,7 @@ def edit(
     if fmt == "json":
         click.echo(dumps({"model_id": model, "edits": edit_rows, "results": results}))
     elif fmt == "csv":  # one table: each probe's row says which edits it was measured under
-        applied = ";".join(f"{e['direction_id']}:{e['eps']:g}" for e in edit_rows)
+        applied = ";".join(f"{e['direction_id']}:{e['eps']!r}" for e in edit_rows)  # exactly
         emit([{**r, "edits": applied} for r in results], [*RESULT_COLUMNS, "edits"], fmt)
     else:
         emit(edit_rows, EDIT_COLUMNS, fmt)

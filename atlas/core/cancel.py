@@ -58,7 +58,7 @@ def check_timeout(timeout: Any) -> None:
         or not 0 < timeout <= threading.TIMEOUT_MAX
     ):
         raise BadParameter(
-            f"must be a positive, finite number of seconds (or None), not {timeout!r}",
+            f"must be a positive, finite number of seconds, not {timeout!r}",
             param="timeout",
         )
 

@@ -336,6 +336,8 @@ class ResidualIndex:
         import faiss
 
         q = np.ascontiguousarray(query, np.float32).reshape(-1)
+        if q.size != self.d:  # FAISS reads d floats from the query, whatever its length
+            raise ValueError(f"a query of width {q.size} for an index of width {self.d}")
 
         def scan(n: int) -> tuple[np.ndarray, np.ndarray]:
             flat = full_vectors(self.shards[n])

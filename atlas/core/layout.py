@@ -352,8 +352,14 @@ class AtlasDir:
     @staticmethod
     def _in_skeleton(name: str) -> bool:
         """Whether ``name`` is something a writer creating the atlas makes before its catalog
-        (see ``SKELETON``), its catalog's temporary file included."""
-        return name in SKELETON or (name.startswith(f".{CATALOG}.") and name.endswith(".tmp"))
+        (see ``SKELETON``), its catalog's temporary file included, and the catalog itself: a
+        writer creating the atlas at the same moment may publish it between this one finding
+        none and listing the folder."""
+        return (
+            name in SKELETON
+            or name == CATALOG
+            or (name.startswith(f".{CATALOG}.") and name.endswith(".tmp"))
+        )
 
     def sweep(self, catalog: Catalog) -> None:
         """Delete stores and staging folders that no catalog entry names and nobody still uses.

@@ -24,6 +24,7 @@ the session's memory limit (``atlas.core.memlimit``) is one :class:`MemoryLimitE
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -77,8 +78,15 @@ def engine_error(exc: BaseException, memory_limit: int, prefix: str = "") -> Bas
     if isinstance(exc, duckdb.OutOfMemoryException):
         return memory_limit_exceeded(memory_limit)
     if isinstance(exc, duckdb.Error):
-        return AtlasError(f"{prefix}{one_line(exc)}")
+        return AtlasError(f"{prefix}{engine_message(exc)}")
     return exc
+
+
+def engine_message(exc: BaseException) -> str:
+    """DuckDB's error in one line; a refusal of the Python file system a Parquet tree is read
+    through, which DuckDB quotes with its whole traceback, is that refusal alone."""
+    refused = [line for line in str(exc).splitlines() if line.startswith("PermissionError: ")]
+    return refused[-1].removeprefix("PermissionError: ") if refused else one_line(exc)
 
 
 def lock_session(con: duckdb.DuckDBPyConnection) -> None:
@@ -110,9 +118,10 @@ def check_statement(query: str, write: bool = False) -> duckdb.StatementType:
         )
     name = str(inner or kind).rsplit(".", 1)[-1]
     name = "INSTALL or LOAD" if name == "LOAD" else name  # DuckDB types both as LOAD
-    if kind in _NAMED_BY_OTHERS:  # CHECKPOINT is a CALL to DuckDB, USE a SET, ANALYZE a VACUUM
-        name = _leading_keywords(query) or name
     what = "EXPLAIN " if kind == _T.EXPLAIN and inner is not None else ""
+    if (inner or kind) in _NAMED_BY_OTHERS:  # to DuckDB CHECKPOINT is a CALL, USE a SET, ...
+        skip = (2 if _words(query, 2)[1:] == ["ANALYZE"] else 1) if what else 0
+        name = _leading_keywords(query, skip) or name
     if write:
         raise AtlasError(
             f"{what}{name} is not allowed: with `write`, statements may create and change "
@@ -128,18 +137,24 @@ def check_statement(query: str, write: bool = False) -> duckdb.StatementType:
 _NAMED_BY_OTHERS = (_T.CALL, _T.SET, _T.VACUUM)
 
 
-def _leading_keywords(query: str) -> str:
-    """The statement's first keywords as written (``FORCE CHECKPOINT``), upper-cased."""
+def _words(query: str, n: int) -> list[str]:
+    """The statement's first ``n`` keywords as written, upper-cased (comments skipped)."""
     words: list[str] = []
     for start, kind in duckdb.tokenize(query):
         if kind == duckdb.token_type.comment:
             continue
-        if kind != duckdb.token_type.keyword or len(words) == 2:
+        word = re.match(r"[A-Za-z_]+", query[start:])
+        if kind != duckdb.token_type.keyword or word is None or len(words) == n:
             break
-        words.append(query[start:].split(None, 1)[0].upper())
-        if words[0] != "FORCE":
-            break
-    return " ".join(words)
+        words.append(word.group().upper())
+    return words
+
+
+def _leading_keywords(query: str, skip: int = 0) -> str:
+    """The statement's name as written (``CHECKPOINT``, ``FORCE CHECKPOINT``), past ``skip``
+    leading keywords (``EXPLAIN``, ``EXPLAIN ANALYZE``)."""
+    words = _words(query, skip + 2)[skip:]
+    return " ".join(words[:2] if words[:1] == ["FORCE"] else words[:1])
 
 
 def _explained_type(query: str) -> duckdb.StatementType | None:

@@ -320,7 +320,7 @@ def test_cli_end_to_end(llama: tuple[Any, Path], tmp_path: Path) -> None:
     # as CSV, one table: each probe's row names the edits it was measured under
     rows = run_cli(*common, "--prompts", prompts, "--format", "csv").stdout.splitlines()
     assert rows[0].split(",")[-1] == "edits" and len(rows) == 2
-    assert rows[1].startswith("fire and,smoke,") and rows[1].endswith(f",{d_ov}:-1;{d_mlp}:20")
+    assert rows[1].startswith("fire and,smoke,") and rows[1].endswith(f",{d_ov}:-1.0;{d_mlp}:20.0")
 
 
 def test_cli_bad_input(llama: tuple[Any, Path], minilm_atlas: Path) -> None:

@@ -116,6 +116,14 @@ def test_a_plot_never_lands_in_the_atlas(tiny_atlas: Path, tmp_path: Path) -> No
     assert run_cli(*plot, tmp_path / "hard.png").returncode == 0
     assert (tmp_path / "hard.png").read_bytes()[:4] == b"\x89PNG"
     assert {p: p.read_bytes() for p in tiny_atlas.rglob("*") if p.is_file()} == before
+    # a link elsewhere is written through and stays a link; a missing folder is named
+    (tmp_path / "named.png").symlink_to(tmp_path / "real.png")
+    assert run_cli(*plot, tmp_path / "named.png").returncode == 0
+    assert (tmp_path / "named.png").is_symlink()
+    assert (tmp_path / "real.png").read_bytes()[:4] == b"\x89PNG"
+    line = assert_one_error_line(run_cli(*plot, tmp_path / "nowhere" / "x.png"))
+    assert line.endswith(f"cannot write {tmp_path / 'nowhere' / 'x.png'}: the folder "
+                         f"{tmp_path / 'nowhere'} does not exist")  # fmt: skip
 
 
 def _expected(tiny_atlas: Path) -> list[dict[str, object]]:

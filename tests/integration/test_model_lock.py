@@ -125,3 +125,16 @@ def test_a_writer_joins_an_atlas_another_is_creating_and_never_replaces_its_cata
     (root / "catalog.json").unlink()
     with pytest.raises(AtlasError, match="is not empty and holds no svd-atlas catalog"):
         AtlasDir(root).ensure_writable()
+
+
+def test_a_catalog_published_while_the_folder_is_listed_is_no_stranger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers creating one atlas: the second finds no catalog, then lists the folder after
+    the first has published one. That catalog is the first writer's, not a stranger's file
+    (``ensure_writable`` refused the folder as not empty, about one race in sixteen)."""
+    first = AtlasDir(tmp_path / "atlas")
+    first.ensure_writable()
+    seen = iter([False])  # the second writer's first look finds no catalog yet
+    monkeypatch.setattr(AtlasDir, "exists", lambda self: next(seen, True))
+    AtlasDir(tmp_path / "atlas").ensure_writable()

@@ -128,6 +128,18 @@ def test_a_link_out_of_the_tree_is_not_followed(tree: Path, tmp_path: Path) -> N
     for args in (["sql", "SELECT count(*) AS n FROM vocab"], ["check"]):
         line = assert_one_error_line(run_cli("--atlas", copy, *args))
         assert f"{vocab.relative_to(copy)}: a link to a file outside the atlas" in line, line
+    unembed = next(copy.glob("unembed/*/unembed.npy"))  # read by Python, not DuckDB
+    unembed.rename(tmp_path / "unembed.npy")
+    unembed.symlink_to(tmp_path / "unembed.npy")
+    vocab.unlink()
+    outside.rename(vocab)
+    line = assert_one_error_line(run_cli("--atlas", copy, "search", "fire"))
+    assert f"{unembed.relative_to(copy)}: a link to a file outside the atlas" in line, line
+    unembed.unlink()
+    (tmp_path / "unembed.npy").rename(unembed)
+    outside = tmp_path / "outside.parquet"
+    vocab.rename(outside)
+    vocab.symlink_to(outside)
     inside = copy / "kept.parquet"
     outside.rename(inside)
     vocab.unlink()

@@ -321,7 +321,10 @@ def test_python_reads_need_write_to_be_asked_for(small_copy: Path) -> None:
     ("statement", "named"),
     [("CHECKPOINT", "CHECKPOINT"), ("FORCE CHECKPOINT", "FORCE CHECKPOINT"), ("USE m0", "USE"),
      ("RESET threads", "RESET"), ("ANALYZE", "ANALYZE"), ("CALL pragma_version()", "CALL"),
-     ("SET threads = 1", "SET"), ("/* why */ checkpoint", "CHECKPOINT"), ("VACUUM", "VACUUM")],
+     ("SET threads = 1", "SET"), ("/* why */ checkpoint", "CHECKPOINT"), ("VACUUM", "VACUUM"),
+     ("CHECKPOINT;", "CHECKPOINT"), ("RESET/**/threads", "RESET"),
+     ("EXPLAIN CHECKPOINT", "EXPLAIN CHECKPOINT"),
+     ("EXPLAIN ANALYZE CHECKPOINT", "EXPLAIN CHECKPOINT")],
 )  # fmt: skip
 def test_a_refusal_names_the_statement_as_written(
     handle: atlas.Atlas, statement: str, named: str

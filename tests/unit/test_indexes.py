@@ -184,6 +184,8 @@ def test_abs_range_search_is_every_cosine_past_the_threshold_in_both_valences(
         assert found[order].tolist() == ids[expected].tolist()
         assert np.allclose(sims[order], cos[expected], atol=1e-5)
         assert (sims > 0).any() and (sims < 0).any()
+    with pytest.raises(ValueError, match="a query of width 3 for an index of width"):
+        index.abs_range_search(np.ones(3, np.float32), 0.3)  # FAISS would read past it
 
 
 def test_a_forked_child_scans_shards_on_threads_of_its_own() -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from atlas.core.contents import added_columns_sql
 from atlas.core.contract import TABLES
-from atlas.core.errors import AtlasError, NotFound, one_line
+from atlas.core.errors import AtlasError, NotFound
 from atlas.core.exchange.tree_format import (
     DATA_FILE,
     FORMAT_VERSION,
@@ -34,7 +34,7 @@ from atlas.core.exchange.tree_format import (
 from atlas.core.model_ids import left_out
 from atlas.core.reader import Reader, check_direction_id, no_vectors
 from atlas.core.rofs import PROTOCOL, ReadOnlyRoot
-from atlas.core.sqlguard import sql_string
+from atlas.core.sqlguard import engine_message, sql_string
 from atlas.core.value_checks import UNIT_TOLERANCE, value_problems
 from atlas.core.vectors import vector_matrix
 
@@ -44,10 +44,13 @@ class ParquetReader(Reader):
 
     def __init__(self, location: str, memory_limit: int | str | None = None, validate: bool = True):
         super().__init__(location, memory_limit)
-        self._fs, self._root = tree_filesystem(location)
+        self._fs, self._root = tree_filesystem(location)  # for the files' sizes
+        # every file of the tree is read through it, the marker and unembeddings included:
+        # inside the tree only, and on a local disk no link out of it
+        self._tree = ReadOnlyRoot(self._fs, self._root)
         with store_errors(location):
-            self.info = read_marker(self._fs, self._root, location)
-        self._con.register_filesystem(ReadOnlyRoot(self._fs, self._root))
+            self.info = read_marker(self._tree, "", location)
+        self._con.register_filesystem(self._tree)
         self._con.execute(f"SET allowed_directories = ['{PROTOCOL}://']")
         # The marker is written after a model's files: the models it names are complete.
         named = sorted(self.info["models"])
@@ -59,7 +62,8 @@ class ParquetReader(Reader):
         try:
             self._finish_open({t: self._parts(t, self._models) for t in tables})
         except duckdb.Error as exc:  # a file the views read cannot be opened
-            raise AtlasError(f"cannot read the Parquet tree {location}: {_why(exc)}") from None
+            why = engine_message(exc)
+            raise AtlasError(f"cannot read the Parquet tree {location}: {why}") from None
         if validate:
             self.validate()
 
@@ -186,7 +190,7 @@ class ParquetReader(Reader):
                 f"{self.location}: model {model_id!r} has no unembedding in this tree, so words "
                 "are searched in token space"
             )
-        unembed = read_unembedding(self._fs, self._root, model_id, self._shape(model_id))
+        unembed = read_unembedding(self._tree, "", model_id, self._shape(model_id))
         with self._lock:
             return self._unembeddings.setdefault(model_id, unembed)
 
@@ -231,10 +235,3 @@ class ParquetReader(Reader):
                 if self._fs.exists(path):
                     sizes[model_id] += int(self._fs.du(path))
         return sizes
-
-
-def _why(exc: duckdb.Error) -> str:
-    """DuckDB's error, or the file system's refusal inside it (DuckDB quotes the Python
-    traceback of a refused open whole)."""
-    refused = [line for line in str(exc).splitlines() if line.startswith("PermissionError: ")]
-    return refused[-1].removeprefix("PermissionError: ") if refused else one_line(exc, 200)
