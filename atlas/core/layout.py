@@ -226,7 +226,10 @@ class AtlasDir:
         if self.root.is_dir() and not self.exists():
             if self.orphan_stores():
                 self.require_atlas()  # says how to rebuild a lost catalog
-            if any(not self._in_skeleton(p.name) for p in self.root.iterdir()):
+            strangers = any(not self._in_skeleton(p.name) for p in self.root.iterdir())
+            # a writer creating the atlas at the same moment may have published its catalog
+            # (and taken a model's lock) between the look above and the listing
+            if strangers and not self.exists():
                 raise AtlasError(f"{self.root} is not empty and holds no svd-atlas catalog")
         try:
             (self.root / ".staging").mkdir(parents=True, exist_ok=True)
@@ -352,14 +355,8 @@ class AtlasDir:
     @staticmethod
     def _in_skeleton(name: str) -> bool:
         """Whether ``name`` is something a writer creating the atlas makes before its catalog
-        (see ``SKELETON``), its catalog's temporary file included, and the catalog itself: a
-        writer creating the atlas at the same moment may publish it between this one finding
-        none and listing the folder."""
-        return (
-            name in SKELETON
-            or name == CATALOG
-            or (name.startswith(f".{CATALOG}.") and name.endswith(".tmp"))
-        )
+        (see ``SKELETON``), its catalog's temporary file included."""
+        return name in SKELETON or (name.startswith(f".{CATALOG}.") and name.endswith(".tmp"))
 
     def sweep(self, catalog: Catalog) -> None:
         """Delete stores and staging folders that no catalog entry names and nobody still uses.

@@ -82,11 +82,24 @@ def engine_error(exc: BaseException, memory_limit: int, prefix: str = "") -> Bas
     return exc
 
 
+# an exception's line in a quoted traceback: "module.Name: message", or a bare "Name"
+_RAISED = re.compile(r"(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception))(?:: (.+))?")
+
+
 def engine_message(exc: BaseException) -> str:
-    """DuckDB's error in one line; a refusal of the Python file system a Parquet tree is read
-    through, which DuckDB quotes with its whole traceback, is that refusal alone."""
-    refused = [line for line in str(exc).splitlines() if line.startswith("PermissionError: ")]
-    return refused[-1].removeprefix("PermissionError: ") if refused else one_line(exc)
+    """DuckDB's error in one line. A failure of the Python file system a Parquet tree is read
+    through, which DuckDB quotes with its whole traceback, is its exception's own line (a
+    refusal to read a file, its message alone)."""
+    text = str(exc)
+    if "Traceback (most recent call last)" not in text:
+        return one_line(exc)
+    raised = [m for line in text.splitlines() if (m := _RAISED.fullmatch(line.strip()))]
+    if not raised:
+        return one_line(exc)
+    name, message = raised[-1].groups()
+    if message is None:
+        return name
+    return one_line(message if name == "PermissionError" else f"{name}: {message}")
 
 
 def lock_session(con: duckdb.DuckDBPyConnection) -> None:
@@ -120,8 +133,8 @@ def check_statement(query: str, write: bool = False) -> duckdb.StatementType:
     name = "INSTALL or LOAD" if name == "LOAD" else name  # DuckDB types both as LOAD
     what = "EXPLAIN " if kind == _T.EXPLAIN and inner is not None else ""
     if (inner or kind) in _NAMED_BY_OTHERS:  # to DuckDB CHECKPOINT is a CALL, USE a SET, ...
-        skip = (2 if _words(query, 2)[1:] == ["ANALYZE"] else 1) if what else 0
-        name = _leading_keywords(query, skip) or name
+        start = _explained_start(query) if what else 0
+        name = (_leading_keywords(query[start:]) if start is not None else "") or name
     if write:
         raise AtlasError(
             f"{what}{name} is not allowed: with `write`, statements may create and change "
@@ -137,30 +150,37 @@ def check_statement(query: str, write: bool = False) -> duckdb.StatementType:
 _NAMED_BY_OTHERS = (_T.CALL, _T.SET, _T.VACUUM)
 
 
-def _words(query: str, n: int) -> list[str]:
-    """The statement's first ``n`` keywords as written, upper-cased (comments skipped)."""
+def _tokens(query: str) -> list[tuple[int, Any]]:
+    """DuckDB's tokens of ``query``, each with its position as an index into the string
+    (DuckDB gives byte offsets into its UTF-8 text: a comment in another script moves them)."""
+    data, at_byte, at_char, tokens = query.encode(), 0, 0, []
+    for pos, kind in duckdb.tokenize(query):
+        at_char += len(data[at_byte:pos].decode())
+        at_byte = pos
+        tokens.append((at_char, kind))
+    return tokens
+
+
+def _leading_keywords(query: str) -> str:
+    """The statement's name as written (``CHECKPOINT``, ``FORCE CHECKPOINT``), upper-cased,
+    comments skipped; "" if it starts with no keyword."""
     words: list[str] = []
-    for start, kind in duckdb.tokenize(query):
+    for start, kind in _tokens(query):
         if kind == duckdb.token_type.comment:
             continue
         word = re.match(r"[A-Za-z_]+", query[start:])
-        if kind != duckdb.token_type.keyword or word is None or len(words) == n:
+        if kind != duckdb.token_type.keyword or word is None or len(words) == 2:
             break
         words.append(word.group().upper())
-    return words
+        if words[0] != "FORCE":
+            break
+    return " ".join(words)
 
 
-def _leading_keywords(query: str, skip: int = 0) -> str:
-    """The statement's name as written (``CHECKPOINT``, ``FORCE CHECKPOINT``), past ``skip``
-    leading keywords (``EXPLAIN``, ``EXPLAIN ANALYZE``)."""
-    words = _words(query, skip + 2)[skip:]
-    return " ".join(words[:2] if words[:1] == ["FORCE"] else words[:1])
-
-
-def _explained_type(query: str) -> duckdb.StatementType | None:
-    """The type of the statement an ``EXPLAIN [ANALYZE] [(options)]`` wraps (DuckDB's tokenizer
-    finds where it starts, comments included): ``EXPLAIN ANALYZE`` runs it."""
-    tokens = duckdb.tokenize(query)
+def _explained_start(query: str) -> int | None:
+    """Where the statement an ``EXPLAIN [ANALYZE] [(options)]`` wraps starts in ``query``
+    (DuckDB's tokenizer finds it, comments included), or None."""
+    tokens = _tokens(query)
     words = [
         (pos, query[pos : tokens[i + 1][0] if i + 1 < len(tokens) else len(query)].strip())
         for i, (pos, kind) in enumerate(tokens)
@@ -173,10 +193,16 @@ def _explained_type(query: str) -> duckdb.StatementType | None:
             break
         depth += word.count("(") - word.count(")")
         i += 1
-    if i >= len(words):
+    return words[i][0] if i < len(words) else None
+
+
+def _explained_type(query: str) -> duckdb.StatementType | None:
+    """The type of the statement an ``EXPLAIN`` wraps: ``EXPLAIN ANALYZE`` runs it."""
+    start = _explained_start(query)
+    if start is None:
         return None
     try:
-        inner = duckdb.extract_statements(query[words[i][0] :])
+        inner = duckdb.extract_statements(query[start:])
     except duckdb.Error:
         return None
     return inner[0].type if len(inner) == 1 else None

@@ -135,6 +135,16 @@ def test_a_catalog_published_while_the_folder_is_listed_is_no_stranger(
     (``ensure_writable`` refused the folder as not empty, about one race in sixteen)."""
     first = AtlasDir(tmp_path / "atlas")
     first.ensure_writable()
-    seen = iter([False])  # the second writer's first look finds no catalog yet
-    monkeypatch.setattr(AtlasDir, "exists", lambda self: next(seen, True))
-    AtlasDir(tmp_path / "atlas").ensure_writable()
+    with model_lock(first, "lockme"):  # the first writer's next step: its model's lock
+        seen = iter([False])  # the second writer's first look finds no catalog yet
+        monkeypatch.setattr(AtlasDir, "exists", lambda self: next(seen, True))
+        AtlasDir(tmp_path / "atlas").ensure_writable()
+    monkeypatch.undo()
+    # a folder whose catalog.json is no file (a folder, a broken link) is refused at once
+    (tmp_path / "folder" / "catalog.json").mkdir(parents=True)
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / "catalog.json").symlink_to(tmp_path / "nowhere")
+    for name in ("folder", "link"):
+        with pytest.raises(AtlasError, match="is not empty and holds no svd-atlas catalog"):
+            AtlasDir(tmp_path / name).ensure_writable()
+        assert [p.name for p in (tmp_path / name).iterdir()] == ["catalog.json"]

@@ -332,3 +332,19 @@ def test_a_refusal_names_the_statement_as_written(
     """DuckDB types CHECKPOINT as a CALL, USE and RESET as a SET, ANALYZE as a VACUUM."""
     with pytest.raises(AtlasError, match=f"^{named} is not allowed: sql is read-only"):
         handle.sql(statement)
+
+
+def test_text_in_another_script_moves_nothing_the_guard_reads(handle: atlas.Atlas) -> None:
+    """DuckDB's tokenizer gives byte offsets: read as string indexes, a comment of accented
+    letters before an EXPLAINed statement shifted where the guard looked for it, so that a
+    write could be read as the SELECT inside it, and a valid EXPLAIN was refused."""
+    shift = "é" * len("CREATE TABLE t AS ")  # lands a byte-offset reading on "SELECT 1"
+    with pytest.raises(AtlasError, match="^EXPLAIN CREATE is not allowed"):
+        handle.sql(f"EXPLAIN ANALYZE /* {shift} */ CREATE TABLE t AS SELECT 1")
+    for query in ("EXPLAIN /* 日本語 */ SELECT 1", "-- ü\nEXPLAIN ANALYZE SELECT 1",
+                  "EXPLAIN (FORMAT json) /* 日本語日本語 */ SELECT 1"):  # fmt: skip
+        assert handle.sql(query).num_rows >= 1, query
+    with pytest.raises(AtlasError, match="^FORCE CHECKPOINT is not allowed"):
+        handle.sql("/* café */ FORCE CHECKPOINT")
+    with pytest.raises(AtlasError, match="^EXPLAIN CHECKPOINT is not allowed"):
+        handle.sql("EXPLAIN (FORMAT json) CHECKPOINT")

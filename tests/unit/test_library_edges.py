@@ -174,3 +174,27 @@ def test_a_statement_left_aborted_by_a_ctrl_c_does_not_refuse_the_next() -> None
     with pytest.raises(duckdb.Error, match="transaction is aborted"):
         con.execute("SELECT 1")
     assert run_statement(con, "SELECT 42 AS x", memory_limit=2 * 10**9).to_pylist() == [{"x": 42}]
+
+
+@pytest.mark.parametrize(
+    ("quoted", "shown"),
+    [
+        ("Traceback (most recent call last):\n  File \"x\", line 1\nPermissionError: a/b.parquet: "
+         "a link to a file outside the atlas\n\nLINE 1: CREATE VIEW v AS ...\n   ^^^",
+         "a/b.parquet: a link to a file outside the atlas"),
+        ("IO Error: Traceback (most recent call last):\n  File \"s.py\", line 3, in send\n"
+         "botocore.exceptions.EndpointConnectionError: Could not connect to \"http://h/x\"\n",
+         "EndpointConnectionError: Could not connect to \"http://h/x\""),
+        ("Traceback (most recent call last):\n  File \"f.py\", line 9\nAssertionError\n",
+         "AssertionError"),
+        ("Binder Error: column x not found\n\nLINE 1: SELECT x\n        ^",
+         "Binder Error: column x not found LINE 1: SELECT x"),
+    ],
+)  # fmt: skip
+def test_a_python_failure_duckdb_quotes_is_its_own_line(quoted: str, shown: str) -> None:
+    """A Parquet tree's file system is Python: DuckDB quotes its failure with the traceback."""
+    import duckdb
+
+    from atlas.core.sqlguard import engine_message
+
+    assert engine_message(duckdb.Error(quoted)) == shown
