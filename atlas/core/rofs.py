@@ -15,6 +15,7 @@ range.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import PurePosixPath
 from typing import Any
@@ -53,6 +54,14 @@ class ReadOnlyRoot(DirFileSystem):
                 raise PermissionError(f"{path}: outside the atlas")
             path = relative.lstrip("/")
         return super()._join(path)
+
+    def glob(self, path: str, **kwargs: Any) -> Any:
+        """DirFileSystem's glob with the root taken literally: a tree in a folder named
+        ``c[2]`` or ``b*`` is that folder, not a pattern (which matched none, or a neighbour)."""
+        literal = re.sub(r"([*?\[])", r"[\1]", self.path)
+        pattern = self._join(path)
+        found = self.fs.glob(literal + pattern[len(self.path) :], **kwargs)
+        return self._relpath_detail(found) if kwargs.get("detail") else self._relpath(found)
 
     def open(self, path: str, mode: str = "rb", *_args: Any, **_kwargs: Any) -> Any:
         if any(c in mode for c in "wax+"):

@@ -149,6 +149,18 @@ def test_a_link_out_of_the_tree_is_not_followed(tree: Path, tmp_path: Path) -> N
     assert counted.returncode == 0 and counted.stdout.split()[1] == str(rows)
 
 
+def test_a_tree_in_a_folder_named_like_a_pattern_is_that_folder(tree: Path, tmp_path: Path) -> None:
+    """DuckDB globs every file it reads: the tree's own folder name is taken literally (a tree
+    at ``b*`` matched its neighbour ``bz`` too, one at ``c[2]`` nothing)."""
+    for name in ("c[2]", "b*"):
+        shutil.copytree(tree, tmp_path / name)
+    shutil.copytree(tree, tmp_path / "bz")
+    for name in ("c[2]", "b*"):
+        shown = run_cli("--atlas", tmp_path / name, "sql", "SELECT count(*) AS n FROM models",
+                        "--format", "csv")  # fmt: skip
+        assert shown.returncode == 0 and shown.stdout.split() == ["n", "1"], shown.stderr
+
+
 @pytest.mark.slow  # two atlases ingested for it
 def test_ids_shared_by_models_from_two_atlases_are_refused_not_guessed(
     minilm_atlas: Path, tmp_path: Path
