@@ -147,7 +147,7 @@ def check_statement(query: str, write: bool = False) -> duckdb.StatementType:
     )
 
 
-_NAMED_BY_OTHERS = (_T.CALL, _T.SET, _T.VACUUM)
+_NAMED_BY_OTHERS = (_T.CALL, _T.SET, _T.VACUUM, _T.DROP)  # DEALLOCATE is a DROP too
 
 
 def _tokens(query: str) -> list[tuple[int, Any]]:

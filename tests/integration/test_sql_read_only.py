@@ -324,7 +324,8 @@ def test_python_reads_need_write_to_be_asked_for(small_copy: Path) -> None:
      ("SET threads = 1", "SET"), ("/* why */ checkpoint", "CHECKPOINT"), ("VACUUM", "VACUUM"),
      ("CHECKPOINT;", "CHECKPOINT"), ("RESET/**/threads", "RESET"),
      ("EXPLAIN CHECKPOINT", "EXPLAIN CHECKPOINT"),
-     ("EXPLAIN ANALYZE CHECKPOINT", "EXPLAIN CHECKPOINT")],
+     ("EXPLAIN ANALYZE CHECKPOINT", "EXPLAIN CHECKPOINT"), ("DEALLOCATE p", "DEALLOCATE"),
+     ("DROP VIEW directions", "DROP")],
 )  # fmt: skip
 def test_a_refusal_names_the_statement_as_written(
     handle: atlas.Atlas, statement: str, named: str
