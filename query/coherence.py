@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from atlas.core.errors import AtlasError, NotReady
+from atlas.core.errors import AtlasError, BadParameter, NotReady
 from atlas.models.coherence import (
     BIAS,
     WEIGHTS,
@@ -48,6 +48,9 @@ from atlas.models.coherence import (
 NULL_LISTS = 10_000
 NULL_SEED = 0
 MAX_TOKENS = 100  # longest list scored (the judge was calibrated on lists of 15)
+# longest token scored: vocabulary entries are short, and each string the judge encodes is kept
+# in a cache shared by every process on the machine (one long one made it 15 GB)
+MAX_TOKEN_CHARS = 100
 THEME = "P(a lenient judge names a theme)"
 
 
@@ -197,6 +200,26 @@ def _null(vocabulary: Vocabulary, cache_dir: Path | None) -> ListNull:
     return ListNull(Scorer(), vocabulary, cache_dir)
 
 
+def _tokens_of(value: object) -> list[str]:
+    """One list's tokens: a comma-separated string, or a list of strings."""
+    if isinstance(value, str):
+        return parse_list(value)
+    if isinstance(value, list | tuple) and all(isinstance(t, str) for t in value):
+        return [t for t in (clean(t) for t in value) if t]
+    raise BadParameter(
+        f"a token list is a comma-separated string or a list of strings, not {value!r:.80}"
+    )
+
+
+def _encodable(token: str) -> bool:
+    """Whether ``token`` is text a tokenizer reads (no lone surrogates: undecodable bytes)."""
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def list_coherence(
     lists: Sequence[str | Sequence[str]],
     vocabulary: Vocabulary | None = None,
@@ -207,14 +230,19 @@ def list_coherence(
     against random lists of ``vocabulary`` (default: the bundled MiniLM's). Without ``wait``,
     a null not computed yet is started on a thread of its own and :class:`NotReady` says so
     (a server's answer, where the first computation outlasts a request's time limit)."""
-    parsed = [
-        parse_list(x) if isinstance(x, str) else [t for t in (clean(str(t)) for t in x) if t]
-        for x in lists
-    ]
+    parsed = [_tokens_of(x) for x in lists]
     for n, tokens in enumerate(parsed, 1):
+        where = "the token list" if len(parsed) == 1 else f"token list {n}"
         if not 2 <= len(tokens) <= MAX_TOKENS:
-            where = "the token list" if len(parsed) == 1 else f"token list {n}"
-            raise AtlasError(f"{where} needs 2 to {MAX_TOKENS} tokens, not {len(tokens)}")
+            raise BadParameter(f"{where} needs 2 to {MAX_TOKENS} tokens, not {len(tokens)}")
+        for token in tokens:
+            if len(token) > MAX_TOKEN_CHARS:
+                raise BadParameter(
+                    f"{where}: a token of {len(token):,} characters; a token is at most "
+                    f"{MAX_TOKEN_CHARS}"
+                )
+            if not token.isprintable() or not _encodable(token):
+                raise BadParameter(f"{where}: {token!r} is not printable text")
     folder = default_cache_dir() if cache_dir == "default" else cache_dir
     null = _null(vocabulary or bundled_vocabulary(), None if folder is None else Path(folder))
     missing = sorted({len(t) for t in parsed if not null.ready(len(t))})

@@ -9,6 +9,7 @@ import click
 
 import atlas
 from atlas.cli.output import emit, format_option, print_table
+from atlas.errors import BadParameter, one_line
 
 RECORD = ["coherence_pct", "coherence", "tokens"]
 
@@ -32,12 +33,14 @@ def coherence(_obj: dict[str, Any], tokens: str | None, path: Path | None, fmt: 
     every list of real words puts above 0.9. See docs/coherence.md.
     """
     if (tokens is None) == (path is None):
-        raise atlas.AtlasError("give either a token list or --file FILE")
+        raise click.UsageError("give either a token list or --file FILE")
     lines = [tokens] if tokens is not None else _lines(path)
     try:
         results = atlas.coherence(*lines)
-    except atlas.AtlasError as exc:
-        raise atlas.AtlasError(f"{path}: {exc}" if path else str(exc)) from None
+    except BadParameter as exc:
+        if path is None:
+            raise
+        raise BadParameter(f"{path}: {exc.message}") from None
     if fmt != "table":  # one record per list: percentile, raw score, tokens (json: and the null)
         records = [{**r.to_dict(), "coherence": round(r.coherence, 6)} for r in results]
         emit(records, [*RECORD, "null"] if fmt == "json" else RECORD, fmt)
@@ -62,7 +65,11 @@ def coherence(_obj: dict[str, Any], tokens: str | None, path: Path | None, fmt: 
 
 def _lines(path: Path | None) -> list[str]:
     assert path is not None
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise atlas.AtlasError(f"{path} is not UTF-8 text ({one_line(exc, 120)})") from None
+    lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         raise atlas.AtlasError(f"{path} holds no token lists")
     return lines

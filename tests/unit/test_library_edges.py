@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
+import atlas
 from atlas.cli.output import dumps
 from atlas.core.contract import JUDGED_SIDE, KINDS, SIDES_OF, TABLES
-from atlas.core.errors import AtlasError, UnsupportedFormat
+from atlas.core.errors import AtlasError, BadParameter, UnsupportedFormat
 from atlas.core.formats import require_format
 from atlas.core.jsondata import jsonable, printable, table_cell
 from atlas.core.sqlguard import check_statement
@@ -198,3 +200,39 @@ def test_a_python_failure_duckdb_quotes_is_its_own_line(quoted: str, shown: str)
     from atlas.core.sqlguard import engine_message
 
     assert engine_message(duckdb.Error(quoted)) == shown
+
+
+@pytest.mark.parametrize(
+    ("lists", "message"),
+    [
+        (["a" * 101 + ", fire"], "a token of 101 characters; a token is at most 100"),
+        (["fire, \ud800"], r"'\\ud800' is not printable text"),
+        (["fire, flame\u202e"], "is not printable text"),
+        ([5], "a token list is a comma-separated string or a list of strings, not 5"),
+        ([["fire", 3]], "a list of strings"),
+        (["fire"], "the token list needs 2 to 100 tokens, not 1"),
+        (["fire, flame", "smoke"], "token list 2 needs 2 to 100 tokens"),
+    ],
+)
+def test_bad_token_lists_are_refused_before_anything_is_scored(
+    lists: list[object], message: str
+) -> None:
+    """Each string the judge encodes is kept in a cache every process on the machine shares:
+    one 100,000-character token made it 15 GB (and a server reading it ran out of memory)."""
+    with pytest.raises(BadParameter, match=message):
+        atlas.coherence(*lists)  # type: ignore[arg-type]
+
+
+def test_the_coherence_command_refuses_bad_text_in_one_line(tmp_path: Path) -> None:
+    from tests.support.helpers import assert_one_error_line, run_cli
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fire, \xff\xfe\n")
+    for args, said, status in (
+        (["fire, \udcff\udcfe"], "is not printable text", 2),  # bytes no encoding decodes
+        (["--file", bad], "is not UTF-8 text", 1),
+        (["fire"], "the token list needs 2 to 100 tokens, not 1", 2),
+        ([], "give either a token list or --file FILE", 2),
+    ):
+        result = run_cli("coherence", *args)
+        assert said in assert_one_error_line(result) and result.returncode == status, args
