@@ -19,7 +19,11 @@ def _staging_db(root: Path) -> bool:
 
 
 def _staging_dir(root: Path) -> bool:
-    return any(p.is_dir() for p in (root / ".staging").glob("*"))  # not the write probe file
+    """A staging folder its writer owns: not the write probe file, nor the ``.new-`` folder
+    it renames once it holds the owner lock (one left by a writer killed before the lock is
+    kept for the sweep's grace period: a creator may still be inside it)."""
+    return any(p.is_dir() and not p.name.startswith(".new-")
+               for p in (root / ".staging").glob("*"))  # fmt: skip
 
 
 @pytest.mark.slow
