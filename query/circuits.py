@@ -155,19 +155,23 @@ def composition_trace(
     a.require_contents(model_id, CIRCUITS)
     directions = a.relation(model_id, "directions")
     (origin,) = a.sql(
-        f"SELECT direction_id, layer, head, kind, side, sv_index, sigma, "
-        f"(SELECT min(w.direction_id) FROM {directions} w WHERE w.matrix_id = d.matrix_id "
-        "AND w.sv_index = d.sv_index AND w.side = 'write') AS write_partner "
-        f"FROM {directions} d WHERE direction_id = ?",
+        "SELECT direction_id, layer, head, kind, side, sv_index, sigma, matrix_id "
+        f"FROM {directions} WHERE direction_id = ?",
         [direction_id],
     ).to_pylist()
-    partner = origin.pop("write_partner")
+    matrix_id = origin.pop("matrix_id")
     if (origin["kind"], origin["side"]) != ("ov", "write"):
+        # an OV read direction's partner is the write direction to start from
+        partner = (
+            a.partner(model_id, direction_id, matrix_id, origin["sv_index"])
+            if origin["kind"] == "ov"
+            else None
+        )
         raise AtlasError(
             f"direction {direction_id} is {'a' if origin['kind'] == 'qk' else 'an'} "
             f"{origin['kind']} {origin['side']} direction; a "
             "composition trace starts from an OV write direction (kind ov, side write)"
-            + (f": its write partner is direction {partner}" if origin["kind"] == "ov" else ""),
+            + (f": its write partner is direction {partner}" if partner is not None else ""),
             param="direction_id",
         )
     pairs, comp = a.relation(model_id, "composition_pairs"), a.relation(model_id, "composition")

@@ -29,10 +29,14 @@ class Reading:
     broken: str | None = None
 
 
+def _attention(bridge: Any) -> str:
+    """How the booted model attends: "causal" for a next-token predictor."""
+    return str(getattr(bridge.cfg, "attention_dir", "causal"))
+
+
 def require_causal(bridge: Any, model_id: str) -> None:
     """Next-token probabilities mean something only for a causal language model."""
-    direction = getattr(bridge.cfg, "attention_dir", "causal")
-    if direction != "causal":
+    if (direction := _attention(bridge)) != "causal":
         raise AtlasError(
             f"{model_id!r} is not a causal language model (attention is {direction}); its "
             "TransformerLens LM head is randomly initialised, so target probabilities would be "
@@ -97,8 +101,7 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
 def measure(bridge: Any, probes: list[Probe]) -> list[Reading]:
     """Probability and rank of each probe's target at the prompt's last position (refused for
     a model that does not predict next tokens: its readings would look like results)."""
-    direction = getattr(bridge.cfg, "attention_dir", "causal")
-    if direction != "causal":
+    if (direction := _attention(bridge)) != "causal":
         raise AtlasError(
             f"measure reads next-token probabilities, which mean nothing for "
             f"{bridge.cfg.model_name!r} (attention is {direction}): measure what its own head "

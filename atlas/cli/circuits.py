@@ -56,7 +56,7 @@ def circuits(
             {"end": end, **e, **p}
             for end in ("in", "out")
             for e in result[end]
-            for p in (e["pairs"] or [{}] if pairs else [{}])
+            for p in ((e["pairs"] or [{}]) if pairs else [{}])  # an edge without pairs: a row
         ]
         emit(rows, ["end", *EDGE_COLUMNS, *(PAIR_COLUMNS if pairs else [])], fmt)
         return

@@ -113,7 +113,7 @@ def sql(
     # files and csv or json go out as the rows come (a result may be larger than memory);
     # a table shows its first MAX_TABLE_ROWS, so no more are read
     with atlas.open(obj["atlas"], write=write, memory_limit=memory_limit) as a:
-        if out is not None and target is not None and out_fmt is not None:
+        if target is not None and out_fmt is not None:
             written = a.sql_stream(
                 query, lambda r: write_result(capped(r, cap), target, out_fmt), timeout=timeout
             )

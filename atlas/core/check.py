@@ -178,21 +178,24 @@ def _catalog_findings(atlas_dir: AtlasDir, catalog: Catalog) -> list[Finding]:
     """Overlapping id ranges and counters (errors), leftovers of interrupted writers (info)."""
     found = []
     entries = list(catalog.models.values())
-    fix = REPAIR_SAYS[RAISE_COUNTERS]
-    if any(e.first_direction_id + e.n_directions > catalog.next_direction_id for e in entries):
-        message = f"{CATALOG}: next_direction_id is below an id in use"
-        found.append(Finding("error", None, message, fix, RAISE_COUNTERS))
-    if any(e.first_matrix_id + e.n_matrices > catalog.next_matrix_id for e in entries):
-        message = f"{CATALOG}: next_matrix_id is below an id in use"
-        found.append(Finding("error", None, message, fix, RAISE_COUNTERS))
+    for counter, below in (
+        ("next_direction_id",
+         any(e.first_direction_id + e.n_directions > catalog.next_direction_id for e in entries)),
+        ("next_matrix_id",
+         any(e.first_matrix_id + e.n_matrices > catalog.next_matrix_id for e in entries)),
+    ):  # fmt: skip
+        if below:
+            message = f"{CATALOG}: {counter} is below an id in use"
+            found.append(Finding("error", None, message, REPAIR_SAYS[RAISE_COUNTERS],
+                                 RAISE_COUNTERS))  # fmt: skip
     stores: dict[str, list[str]] = {}
     for model_id, e in catalog.models.items():
         stores.setdefault(e.store, []).append(model_id)
     for shared, named in stores.items():
         if len(named) > 1:  # an edited catalog: the stores know their own model
             message = f"{CATALOG}: models {', '.join(map(repr, named))} name one store, {shared}"
-            fix = REPAIR_SAYS[REBUILD_CATALOG]
-            found.append(Finding("error", None, message, fix, REBUILD_CATALOG))
+            found.append(Finding("error", None, message, REPAIR_SAYS[REBUILD_CATALOG],
+                                 REBUILD_CATALOG))  # fmt: skip
     ranges = sorted((e.first_direction_id, e.n_directions, e.store) for e in entries)
     for (lo, n, one), (next_lo, _, other) in zip(ranges, ranges[1:], strict=False):
         if n and lo + n > next_lo and one != other:
