@@ -31,9 +31,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Worker processes (each keeps its own copy of the atlas open).",
+    default=None,
+    show_default="a process per core, at most 8",
+    help="Worker processes, each with the atlas open and its index codes in its own memory "
+    "(the vectors' pages are shared): one process answers concurrent searches at two thirds "
+    "of what two cores allow.",
 )
 @click.option(
     "--timeout",
@@ -57,7 +59,7 @@ def serve(
     obj: dict[str, Any],
     host: str,
     port: int,
-    workers: int,
+    workers: int | None,
     timeout: float,
     index_memory: float,
     memory_limit: str,
@@ -82,21 +84,26 @@ def serve(
     )
     # httptools: uvicorn's C parser (a dependency), not its pure-Python fallback
     options = {"host": host, "port": port, "log_level": "warning", "http": "httptools"}
+    workers = workers or default_workers()
+    started = time.perf_counter()
     if workers == 1:
-        started = time.perf_counter()
         app = create_app(location, timeout, index_memory, memory_limit)
         with app.state.live.lease() as a:
-            n_models, n_directions = len(a.model_ids()), sum(m["directions"] for m in a.models())
-            n_loaded = len(a.loaded_indexes())
+            opened = (
+                _summary(a) + f", opened with {len(a.loaded_indexes())} of their indexes loaded"
+            )
         click.echo(
-            f"serving {location}: {n_models} models, {n_directions:,} directions, opened with "
-            f"{n_loaded} of their indexes loaded in {time.perf_counter() - started:.1f} s; "
+            f"serving {location}: {opened} in {time.perf_counter() - started:.1f} s; "
             f"resident memory {_resident_mb():,.0f} MB",
             err=True,
         )
         click.echo(f"  {url}  ({reach}); Ctrl-C stops it", err=True)
         uvicorn.run(app, **options)  # type: ignore[arg-type]
         return
+    import atlas
+
+    with atlas.open(location) as a:  # a bad location is one line here, not one per worker
+        opened = _summary(a)
     os.environ[LOCATION_ENV] = json.dumps(
         {
             "location": location,
@@ -105,9 +112,23 @@ def serve(
             "memory_limit": memory_limit,
         }
     )
-    click.echo(f"serving {location} with {workers} worker processes", err=True)
+    click.echo(f"serving {location}: {opened}, with {workers} worker processes", err=True)
     click.echo(f"  {url}  ({reach}); Ctrl-C stops it", err=True)
     uvicorn.run("atlas.server.app:create_app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+
+
+def default_workers() -> int:
+    """A worker process per core this process may use, at most 8: eight clients on one
+    process got 53-82% of what two cores allow, on two 73-100% (BENCHMARKS.md#server)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def _summary(a: Any) -> str:
+    return f"{len(a.model_ids())} models, {sum(m['directions'] for m in a.models()):,} directions"
 
 
 def _check_free(host: str, port: int) -> None:

@@ -115,3 +115,21 @@ def test_a_kept_index_whose_file_changes_afterwards_is_checked_hit_by_hit_again(
             return
         for hit in hits:  # any hit shown is scored from its stored vector
             assert hit.score == pytest.approx(cosines[hit.direction_id], abs=1e-5)
+
+
+def test_keeping_an_index_leaves_no_vectors_cached_in_the_session(minilm_atlas: Path) -> None:
+    """The comparison reads every stored vector; those blocks are not kept in the handle's
+    DuckDB session afterwards (a server worker would hold them for its lifetime)."""
+    _, vectors = _duckdb_vectors(minilm_atlas, "minilm")
+
+    def cached_bytes(a: atlas.Atlas) -> int:
+        query = "SELECT memory_usage_bytes FROM duckdb_memory() WHERE tag = 'BASE_TABLE'"
+        return int(a.reader.sql(query).column(0)[0].as_py())
+
+    with atlas.open(minilm_atlas) as kept:
+        before = cached_bytes(kept)
+        kept.load_indexes(1 << 30)
+        assert kept.loaded_indexes() == ["minilm"]
+        assert cached_bytes(kept) - before < vectors.nbytes / 10
+        kept.reader.sql("SELECT sum(list_sum(vector)) FROM directions")  # the oracle: it counts
+        assert cached_bytes(kept) - before > vectors.nbytes / 2

@@ -3,6 +3,7 @@ show up without a restart and never mixed with the old ones, and a kill -9 loses
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -30,9 +31,11 @@ def free_port() -> int:
 
 
 class Server:
-    """A `svd-atlas serve` subprocess on a free loopback port, stopped by the fixture."""
+    """A `svd-atlas serve` subprocess on a free loopback port, stopped by the fixture: one
+    worker process unless ``args`` say otherwise."""
 
-    def __init__(self, root: Path, *args: str):
+    def __init__(self, root: Path, *args: str, workers: int | None = 1):
+        args = (*args, "--workers", str(workers)) if workers else args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = start_cli("--atlas", root, "serve", "--port", str(self.port), *args)
@@ -150,13 +153,25 @@ def test_kill_9_loses_nothing(served: tuple[Server, Path]) -> None:
 
 
 def test_workers(atlas_copy: Path) -> None:
-    server = Server(atlas_copy, "--workers", "2")
+    """By default a worker process per core (at most 8), each answering."""
+    server = Server(atlas_copy, workers=None)
     try:
         answers = {server.get("/api/health").json()["status"] for _ in range(6)}
         assert answers == {"ok"}
+        workers = [p for p in _children(server.process.pid) if "spawn_main" in _cmdline(p)]
     finally:
         err = server.stop(signal.SIGTERM)
-    assert "with 2 worker processes" in err
+    expected = min(len(os.sched_getaffinity(0)), 8)
+    assert f"1 models, 13,824 directions, with {expected} worker processes" in err
+    assert len(workers) == expected if expected > 1 else "resident memory" in err
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
 
 
 def test_bad_starts_are_one_line(minilm_atlas: Path, tmp_path: Path) -> None:
