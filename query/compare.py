@@ -145,7 +145,8 @@ def token_overlap(pos_a: set[int], neg_a: set[int], pos_b: set[int], neg_b: set[
 
 def _compare_matrix(x: _Matrix, y: _Matrix) -> dict[str, float | None]:
     r = min(len(x.sigma), len(y.sigma))
-    cos = np.abs(x.vectors[:r] @ y.vectors[:r].T)
+    # unit vectors by contract: a product of float32 roundings can pass 1 by an ulp
+    cos = np.minimum(np.abs(x.vectors[:r].astype(np.float64) @ y.vectors[:r].T), 1.0)
     match = cos.argmax(axis=1)
     by_index = [token_overlap(x.pos[i], x.neg[i], y.pos[i], y.neg[i]) for i in range(r)]
     by_match = [token_overlap(x.pos[i], x.neg[i], y.pos[j], y.neg[j]) for i, j in enumerate(match)]

@@ -99,6 +99,7 @@ def test_compare_raw_and_tl_matches_numpy_on_the_stored_rows(raw_and_tl: Path) -
         }
         for name, value in want.items():
             assert got[name] == pytest.approx(value, rel=1e-6, abs=1e-9), (key, name)
+        assert got["match_cos"] <= 1.0  # mlp_in is the same in both: cosines of 1, not more
 
     aggregate = {r["kind"]: r for r in rows if r["scope"] == "aggregate"}
     assert aggregate["all"]["n"] == 156 and aggregate["ov"]["n"] == aggregate["qk"]["n"] == 72
