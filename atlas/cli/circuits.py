@@ -42,6 +42,8 @@ def circuits(
 
     if head is None and layer is not None:
         raise BadParameter("give LAYER and HEAD, or neither")
+    if pairs and head is None:  # a model's strongest edges come without their pairs
+        raise BadParameter("--pairs lists one head's edges' direction pairs: give LAYER and HEAD")
     place = {"layer": layer, "head": head} if head is not None else {}
     with atlas.open(obj["atlas"]) as a:
         result = a.composition(model, **place, **params)

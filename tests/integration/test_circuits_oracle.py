@@ -306,8 +306,10 @@ def test_cli_and_http_reach_the_planted_pair(circuits: dict[str, Any]) -> None:
     for e in edges["in"] + edges["out"]:  # a pair's share of its edge, in every interface
         for p in e["pairs"]:
             assert p["share"] == pytest.approx(p["contribution"] / e["score"] ** 2)
-    bad = run_cli("--atlas", root, "circuits", "llama-raw", "2")
-    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    for half in (("2",), ("--pairs",)):  # half a place, or pairs of no head: refused
+        bad = run_cli("--atlas", root, "circuits", "llama-raw", *half)
+        assert bad.returncode != 0 and bad.stderr.count("\n") == 1, bad.stderr
+        assert "LAYER and HEAD" in bad.stderr and "Traceback" not in bad.stderr
     # LAYER and HEAD are arguments: a missing head names them, never a --head flag
     for where, said in ((("2", "99"), "HEAD: 'llama-raw' has no head 99 in layer 2"),
                         (("99", "0"), "LAYER: 'llama-raw' has no layer 99")):  # fmt: skip
