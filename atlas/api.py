@@ -30,6 +30,7 @@ from atlas.core.exchange.sources import open_reader
 from atlas.core.layout import AtlasDir
 from atlas.core.progress import Progress, no_progress
 from atlas.core.reader import Reader, StoreReader
+from atlas.core.vectors import python_rows
 from atlas.errors import AtlasError, AtlasWarning
 from atlas.params import (
     CompositionParams,
@@ -196,7 +197,7 @@ class Atlas:
     def model(self, model_id: str) -> dict[str, Any]:
         """One model's row of :meth:`models` (:class:`NotFound` for an unknown id)."""
         self.reader.require_model(model_id)
-        (row,) = self.reader.sql(f"{MODELS_QUERY} WHERE model_id = ?", [model_id]).to_pylist()
+        (row,) = python_rows(self.reader.sql(f"{MODELS_QUERY} WHERE model_id = ?", [model_id]))
         row["size_bytes"] = self.reader.model_sizes([model_id])[model_id]
         return row
 
@@ -216,7 +217,7 @@ class Atlas:
 
     def models(self) -> list[dict[str, Any]]:
         """One row per model: shape, processing, directions, index type and bytes on disk."""
-        rows = self.reader.sql(f"{MODELS_QUERY} ORDER BY model_id").to_pylist()
+        rows = python_rows(self.reader.sql(f"{MODELS_QUERY} ORDER BY model_id"))
         sizes = self.reader.model_sizes()
         for r in rows:
             r["size_bytes"] = sizes.get(r["model_id"], 0)

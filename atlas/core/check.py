@@ -57,7 +57,7 @@ from atlas.core.reader import store_problem
 from atlas.core.sqlguard import sql_string
 from atlas.core.store import sha256_file
 from atlas.core.value_checks import value_problems
-from atlas.core.vectors import vector_matrix
+from atlas.core.vectors import numbers, python_rows, vector_matrix
 
 REINGEST = "re-ingest the model (`ingest` with `replace`) or load its bundle again"
 # What ``check --repair`` does about a problem (``Finding.repair``).
@@ -305,7 +305,7 @@ class ModelCheck:
         if problem:
             self.error(f"{MODEL_DB} {problem}", UNPUBLISH)
             return None
-        rows = con.sql("SELECT * FROM models").to_arrow_table().to_pylist()
+        rows = python_rows(con.sql("SELECT * FROM models").to_arrow_table())
         model = rows[0]
         e = self.entry
         counts = {t: _count(con, t) for t in ("matrices", "directions", "top_tokens")}
@@ -497,7 +497,7 @@ def _vector_chunks(
     query = "SELECT direction_id, vector FROM directions ORDER BY direction_id"
     reader = con.sql(query).to_arrow_reader(VECTOR_CHUNK)
     for batch in reader:
-        yield batch.column(0).to_numpy().astype(np.int64), vector_matrix(batch.column(1))
+        yield numbers(batch.column(0)).astype(np.int64), vector_matrix(batch.column(1))
 
 
 def _is_file_name(name: object) -> bool:

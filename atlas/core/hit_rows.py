@@ -35,6 +35,7 @@ from atlas.core.contract import KINDS, SIDES
 from atlas.core.errors import AtlasError, DamagedIndex, one_line
 from atlas.core.jsondata import load_json
 from atlas.core.sqlguard import sql_string
+from atlas.core.vectors import numbers, string_array
 
 HIT_ROWS = "hit-rows.npy"
 HIT_TOKENS = "hit-tokens.json"
@@ -152,29 +153,31 @@ class _Source:
         rows = np.zeros(stop - start, row_dtype(self.k))
         for side in ("pos", "neg"):
             rows[f"{side}_tokens"] = -1
+        # a head of NULL (an MLP matrix's direction) is -1
+        columns = ", ".join("coalesce(head, -1) AS head" if c == "head" else c for c in _META)
         meta = self.con.sql(
-            f"SELECT {', '.join(_META)} FROM m.directions "
+            f"SELECT {columns} FROM m.directions "
             "WHERE direction_id >= ? AND direction_id < ? ORDER BY direction_id",
             params=[lo, hi],
         ).to_arrow_table()
         for name in _META:
             if name in ("kind", "side"):
                 rows[name] = _codes(meta[name], KINDS if name == "kind" else SIDES, name)
-            else:  # a head of NULL (an MLP matrix's direction) is -1
-                column = meta[name].fill_null(-1) if name == "head" else meta[name]
-                rows[name] = column.to_numpy()
+            else:
+                rows[name] = numbers(meta[name])
         tokens = self.con.sql(
-            "SELECT t.direction_id, t.polarity, t.rank, v.i, t.score FROM m.top_tokens t "
+            "SELECT t.direction_id, (t.polarity = 'pos')::UTINYINT AS positive, t.rank, v.i, "
+            "t.score FROM m.top_tokens t "
             "JOIN hit_vocab v USING (token_display) WHERE t.basis = 'unembed' "
             "AND t.direction_id >= ? AND t.direction_id < ?",
             params=[lo, hi],
         ).to_arrow_table()
-        at = tokens["direction_id"].to_numpy() - lo
-        rank = tokens["rank"].to_numpy()
-        positive = pc.equal(tokens["polarity"], "pos").to_numpy()
+        at = numbers(tokens["direction_id"]) - lo
+        rank = numbers(tokens["rank"])
+        positive = numbers(tokens["positive"]).astype(bool)
         for side, mine in (("pos", positive), ("neg", ~positive)):
-            rows[f"{side}_tokens"][at[mine], rank[mine]] = tokens["i"].to_numpy()[mine]
-            rows[f"{side}_scores"][at[mine], rank[mine]] = tokens["score"].to_numpy()[mine]
+            rows[f"{side}_tokens"][at[mine], rank[mine]] = numbers(tokens["i"])[mine]
+            rows[f"{side}_scores"][at[mine], rank[mine]] = numbers(tokens["score"])[mine]
         return rows
 
     def close(self) -> None:
@@ -183,10 +186,10 @@ class _Source:
 
 def _codes(values: pa.ChunkedArray, names: tuple[str, ...], column: str) -> np.ndarray:
     """Positions of ``values`` in ``names``."""
-    codes = pc.index_in(values, value_set=pa.array(names))
+    codes = pc.index_in(values, value_set=string_array(list(names)))
     if codes.null_count:
         raise ValueError(f"directions.{column} holds a value that is none of {', '.join(names)}")
-    return codes.to_numpy().astype(np.uint8)
+    return numbers(codes).astype(np.uint8)
 
 
 def write_hit_rows(database: Path, dest: Path) -> None:

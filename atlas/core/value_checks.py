@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from atlas.core.vectors import vector_matrix
+from atlas.core.vectors import numbers, vector_matrix
 
 Run = Callable[[str, list[Any] | None], pa.Table]
 UNIT_TOLERANCE = 1e-3  # float32 vectors, or float16 ones renormalised on load
@@ -173,14 +173,14 @@ def _score_problem(run: Run, directions: str, top_tokens: str, unembed: np.ndarr
     )
     rows = {i: n for n, i in enumerate(ids)}
     owner = np.array([rows[i] for i in tokens["direction_id"].to_pylist()], np.int64)
-    token_ids = tokens["token_id"].to_numpy().astype(np.int64)
+    token_ids = numbers(tokens["token_id"]).astype(np.int64)
     if len(token_ids) and (token_ids.min() < 0 or token_ids.max() >= len(unembed)):
         bad = int(np.flatnonzero((token_ids < 0) | (token_ids >= len(unembed)))[0])
         row = sample.slice(int(owner[bad]), 1).to_pylist()[0]
         return f"{where(row)}: a top token id {token_ids[bad]} is not in the vocabulary"
     rows_u = np.asarray(unembed[token_ids], np.float32)
     recomputed = np.einsum("ij,ij->i", rows_u, vectors[owner])
-    stored = tokens["score"].to_numpy().astype(np.float64)
+    stored = numbers(tokens["score"]).astype(np.float64)
     allowed = SCORE_TOLERANCE * np.linalg.norm(rows_u, axis=1) + 1e-5
     wrong = np.flatnonzero(~(np.abs(recomputed - stored) <= allowed))
     if len(wrong) == 0:

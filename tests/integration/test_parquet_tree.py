@@ -209,3 +209,24 @@ def test_words_without_an_unembedding_are_searched_in_token_space_with_a_note(
         result.stderr
     )
     assert {hit["space"] for hit in json.loads(result.stdout)} == {"token"}
+
+
+@pytest.mark.parametrize("column", ["direction_id", "vector"])
+def test_a_null_id_or_vector_value_is_refused_in_one_line(
+    tree: Path, tmp_path: Path, column: str
+) -> None:
+    """A tree is untrusted: a NULL where a search reads numbers is named, not read as a number
+    (a NULL id was a NaN cast to an id, with a warning)."""
+    import duckdb
+
+    copy = tmp_path / "tree"
+    shutil.copytree(tree, copy)
+    (data,) = copy.glob("directions/*/data_*.parquet")
+    null = "NULL" if column == "direction_id" else "list_concat(vector[:3], [NULL])"
+    duckdb.sql(
+        f"COPY (SELECT * REPLACE (CASE WHEN direction_id = 5 THEN {null} ELSE {column} END "
+        f"AS {column}) FROM read_parquet('{data}')) TO '{tmp_path / 'x.parquet'}'"
+    )
+    (tmp_path / "x.parquet").rename(data)
+    line = assert_one_error_line(run_cli("--atlas", copy, "search", "fire"))
+    assert "model 'minilm': its directions hold a NULL id or vector value" in line, line

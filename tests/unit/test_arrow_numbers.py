@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from atlas.core.vectors import numbers, string_array, vector_matrix
+from atlas.core.vectors import numbers, python_rows, string_array, vector_matrix
 
 
 @pytest.mark.parametrize("sql_type", ["TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UBIGINT",
@@ -42,3 +42,22 @@ def test_string_arrays_hold_their_values(values: list[str]) -> None:
     array = string_array(values)
     array.validate(full=True)
     assert array.type == pa.string() and array.to_pylist() == values
+
+
+def test_numbers_of_a_boolean_column_at_any_offset() -> None:
+    table = duckdb.sql("SELECT (i * 7 % 3 = 0) AS b FROM range(300) t(i)").to_arrow_table()
+    column = table["b"].combine_chunks()
+    for start, length in ((0, 300), (1, 0), (3, 1), (5, 17), (8, 64), (13, 250)):
+        part = column.slice(start, length)
+        assert numbers(part).dtype == bool and numbers(part).tolist() == part.to_pylist()
+
+
+def test_python_rows_give_zoned_timestamps_as_the_same_instants() -> None:
+    table = duckdb.sql(
+        "SELECT i, CASE WHEN i = 2 THEN NULL ELSE TIMESTAMPTZ '2026-12-07 16:30:00+05:30' "
+        "+ i * INTERVAL 1 HOUR END AS t FROM range(4) r(i)"
+    ).to_arrow_table()
+    got = python_rows(table)
+    assert got == table.to_pylist()  # equal instants, whatever zone each datetime carries
+    assert all(r["t"] is None or r["t"].utcoffset() is not None for r in got)
+    assert [r["i"] for r in got] == [0, 1, 2, 3] and got[2]["t"] is None

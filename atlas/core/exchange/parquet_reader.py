@@ -36,7 +36,7 @@ from atlas.core.reader import Reader, check_direction_id, no_vectors
 from atlas.core.rofs import PROTOCOL, ReadOnlyRoot
 from atlas.core.sqlguard import engine_message, sql_string
 from atlas.core.value_checks import UNIT_TOLERANCE, value_problems
-from atlas.core.vectors import vector_matrix
+from atlas.core.vectors import numbers, vector_matrix
 
 
 class ParquetReader(Reader):
@@ -138,8 +138,14 @@ class ParquetReader(Reader):
             f"SELECT direction_id, vector FROM {self.relation(model_id, 'directions')} "
             "ORDER BY direction_id"
         )
-        ids = rows["direction_id"].to_numpy().astype(np.int64)
-        vectors = vector_matrix(rows["vector"])
+        try:
+            ids = numbers(rows["direction_id"]).astype(np.int64)
+            vectors = vector_matrix(rows["vector"])
+        except ValueError:  # numbers with nulls
+            raise AtlasError(
+                f"{self.location}: model {model_id!r}: its directions hold a NULL id or "
+                "vector value"
+            ) from None
         norms = np.linalg.norm(vectors, axis=1)
         off = ~(np.abs(norms - 1) <= UNIT_TOLERANCE)  # NaN and infinities too
         if off.any():
