@@ -130,7 +130,7 @@ def _interrupted() -> NoReturn:
     sys.exit(INTERRUPTED_EXIT)
 
 
-def _show_note(message: Any, category: type, *_args: Any, **_kwargs: Any) -> None:
+def show_note(message: Any, category: type, *_args: Any, **_kwargs: Any) -> None:
     label = "note" if issubclass(category, AtlasWarning) else "warning"
     text = render(str(message), click.get_current_context(silent=True))
     click.echo(f"{label}: {printable(text)}", err=True)
@@ -151,7 +151,7 @@ def cli(ctx: click.Context, atlas_path: str) -> None:
     """A searchable atlas of the SVDs of transformer weight matrices."""
     ctx.obj = {"atlas": atlas_path}
     warnings.simplefilter("always", AtlasWarning)
-    warnings.showwarning = _show_note
+    warnings.showwarning = show_note
 
 
 def all_commands() -> dict[str, click.Command]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +16,12 @@ import click
 
 from atlas.cli.numbers import FiniteFloat
 from atlas.cli.query import memory_limit_option
-from atlas.errors import AtlasError, one_line
+from atlas.errors import AtlasError, AtlasWarning, one_line
 from atlas.interface import parse_memory_limit
 from atlas.server import DEFAULT_INDEX_MEMORY_GB, DEFAULT_PORT, DEFAULT_TIMEOUT
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WORKER_SETTINGS_ENV = "SVD_ATLAS_SERVE"  # how `serve` hands its settings to its workers
 
 
 @click.command()
@@ -71,7 +75,7 @@ def serve(
     """
     import uvicorn
 
-    from atlas.server.app import LOCATION_ENV, create_app
+    from atlas.server.app import create_app
 
     parse_memory_limit(memory_limit)  # one line now, not a failure in each worker
     _check_free(host, port)
@@ -86,35 +90,72 @@ def serve(
     options = {"host": host, "port": port, "log_level": "warning", "http": "httptools"}
     workers = workers or default_workers()
     started = time.perf_counter()
+    # opened here as each worker opens it: what would stop a worker is one line now, and what
+    # a worker would warn (a model left out) is told once
+    app = create_app(location, timeout, index_memory, memory_limit)
+    with app.state.live.lease() as a:
+        n_models, n_directions = len(a.model_ids()), sum(m["directions"] for m in a.models())
+        n_loaded = len(a.loaded_indexes())
+    opened = (
+        f"{n_models} models, {n_directions:,} directions, opened with {n_loaded} of their "
+        f"indexes loaded in {time.perf_counter() - started:.1f} s"
+    )
     if workers == 1:
-        app = create_app(location, timeout, index_memory, memory_limit)
-        with app.state.live.lease() as a:
-            opened = (
-                _summary(a) + f", opened with {len(a.loaded_indexes())} of their indexes loaded"
-            )
         click.echo(
-            f"serving {location}: {opened} in {time.perf_counter() - started:.1f} s; "
-            f"resident memory {_resident_mb():,.0f} MB",
-            err=True,
+            f"serving {location}: {opened}; resident memory {_resident_mb():,.0f} MB", err=True
         )
         click.echo(f"  {url}  ({reach}); Ctrl-C stops it", err=True)
         uvicorn.run(app, **options)  # type: ignore[arg-type]
         return
-    import atlas
-
-    with atlas.open(location) as a:  # a bad location is one line here, not one per worker
-        opened = _summary(a)
-    os.environ[LOCATION_ENV] = json.dumps(
-        {
-            "location": location,
-            "timeout": timeout,
-            "index_memory_gb": index_memory,
-            "memory_limit": memory_limit,
-        }
-    )
-    click.echo(f"serving {location}: {opened}, with {workers} worker processes", err=True)
+    app.state.live.close()  # each worker opens its own
+    del app
+    settings = {"location": location, "timeout": timeout, "index_memory_gb": index_memory,
+                "memory_limit": memory_limit, "parent": os.getpid()}  # fmt: skip
+    os.environ[WORKER_SETTINGS_ENV] = json.dumps(settings)
+    click.echo(f"serving {location}: {opened}; {workers} worker processes", err=True)
     click.echo(f"  {url}  ({reach}); Ctrl-C stops it", err=True)
-    uvicorn.run("atlas.server.app:create_app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+
+
+def worker_app() -> Any:
+    """The app of each worker process when `serve` runs several (uvicorn imports it by name).
+
+    The parent opened the atlas first, so a worker keeps quiet about what it finds at
+    start-up, and says what changes later (a reload's notes) as the CLI does. It stops with
+    its parent however that ends (kill -9 included: uvicorn's workers would go on serving
+    alone, holding the port), and leaves Ctrl-C to the parent, which stops every worker.
+    """
+    from uvicorn.config import STARTUP_FAILURE
+
+    from atlas.cli.main import show_note
+    from atlas.server.app import create_app
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    settings = json.loads(os.environ[WORKER_SETTINGS_ENV])
+    _stop_with_parent(settings["parent"])
+    warnings.showwarning = show_note
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AtlasWarning)
+            return create_app(
+                settings["location"],
+                settings["timeout"],
+                settings["index_memory_gb"],
+                settings["memory_limit"],
+            )
+    except AtlasError as exc:  # the atlas changed since the parent opened it: the parent stops
+        click.echo(f"Error: {one_line(exc)}", err=True)
+        sys.exit(STARTUP_FAILURE)
+
+
+def _stop_with_parent(parent: int) -> None:
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1  # prctl(2): this signal when the parent thread ends
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # it ended before that took hold
+        sys.exit(0)
 
 
 def default_workers() -> int:
@@ -125,10 +166,6 @@ def default_workers() -> int:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return max(1, min(cores, 8))
-
-
-def _summary(a: Any) -> str:
-    return f"{len(a.model_ids())} models, {sum(m['directions'] for m in a.models()):,} directions"
 
 
 def _check_free(host: str, port: int) -> None:

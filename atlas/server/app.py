@@ -11,7 +11,6 @@ pages need no JavaScript at all.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,7 +32,6 @@ from atlas.server.live import LiveAtlas
 log = logging.getLogger("svd_atlas.server")
 
 MAX_BODY = 2 << 20  # bytes: a 65,536-value vector as JSON or .npy fits
-LOCATION_ENV = "SVD_ATLAS_SERVE"  # how `svd-atlas serve --workers N` hands its options over
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'none'; style-src 'self' "
     "'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; "
@@ -83,19 +81,6 @@ def create_app(
     app.add_middleware(_Limits)
     app.add_middleware(_Head)
     return app
-
-
-def create_app_from_env() -> FastAPI:
-    """The app for each worker process of ``svd-atlas serve --workers N``."""
-    import json
-
-    options = json.loads(os.environ[LOCATION_ENV])
-    return create_app(
-        options["location"],
-        options["timeout"],
-        options["index_memory_gb"],
-        options.get("memory_limit"),
-    )
 
 
 # -- errors --------------------------------------------------------------------------------

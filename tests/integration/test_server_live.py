@@ -15,7 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.helpers import assert_one_error_line, fingerprint, run_cli, start_cli
+from tests.support.helpers import (
+    assert_one_error_line,
+    fingerprint,
+    run_cli,
+    run_cli_process,
+    start_cli,
+)
 from tests.support.tiny_models import ingest_loaded, tiny_gpt2
 
 # slow: runs `svd-atlas serve` as a real process, ingests beside it and kills it
@@ -162,8 +168,49 @@ def test_workers(atlas_copy: Path) -> None:
     finally:
         err = server.stop(signal.SIGTERM)
     expected = min(len(os.sched_getaffinity(0)), 8)
-    assert f"1 models, 13,824 directions, with {expected} worker processes" in err
-    assert len(workers) == expected if expected > 1 else "resident memory" in err
+    assert "1 models, 13,824 directions, opened with 1 of their indexes loaded" in err
+    if expected > 1:
+        assert f"; {expected} worker processes" in err and len(workers) == expected
+    else:
+        assert "resident memory" in err
+
+
+def test_what_would_stop_a_worker_stops_serve_in_one_line(atlas_copy: Path) -> None:
+    """Damage found only when the indexes are loaded (a truncated unembedding) stops `serve` in
+    one line however many workers it would start (uvicorn restarted failing workers forever,
+    a traceback each time)."""
+    (unembed,) = atlas_copy.glob("store/*/unembed.npy")
+    with unembed.open("r+b") as f:
+        f.truncate(1000)
+    for workers in ("1", "2"):
+        args = ("--atlas", atlas_copy, "serve", "--port", str(free_port()), "--workers", workers)
+        line = assert_one_error_line(run_cli_process(*args, timeout=120))
+        assert "unembed.npy is damaged" in line, line
+
+
+def test_the_workers_end_with_a_killed_server(atlas_copy: Path) -> None:
+    """kill -9 of the server (or the kernel's out-of-memory killer) ends its workers too:
+    they would go on serving alone, holding the port."""
+    server = Server(atlas_copy, workers=2)
+    workers = [p for p in _children(server.process.pid) if "spawn_main" in _cmdline(p)]
+    assert len(workers) == 2 and server.get("/api/health").status_code == 200
+    server.process.kill()
+    server.process.wait(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(map(_running, workers)):
+        time.sleep(0.2)
+    assert not any(map(_running, workers))
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", server.port))  # the port is free
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit is reaped by whoever adopted it, if anyone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _children(pid: int) -> list[int]:
