@@ -57,7 +57,7 @@ from atlas.core.reader import store_problem
 from atlas.core.sqlguard import sql_string
 from atlas.core.store import sha256_file
 from atlas.core.value_checks import value_problems
-from atlas.core.vectors import numbers, python_rows, vector_matrix
+from atlas.core.vectors import BadValues, numbers, python_rows, vector_matrix
 
 REINGEST = "re-ingest the model (`ingest` with `replace`) or load its bundle again"
 # What ``check --repair`` does about a problem (``Finding.repair``).
@@ -305,8 +305,11 @@ class ModelCheck:
         if problem:
             self.error(f"{MODEL_DB} {problem}", UNPUBLISH)
             return None
-        rows = python_rows(con.sql("SELECT * FROM models").to_arrow_table())
-        model = rows[0]
+        try:
+            (model,) = python_rows(con.sql("SELECT * FROM models").to_arrow_table())
+        except BadValues as exc:
+            self.error(f"models: {exc}", UNPUBLISH)
+            return None
         e = self.entry
         counts = {t: _count(con, t) for t in ("matrices", "directions", "top_tokens")}
         counts |= {t: _count(con, t) for t in ("top_neurons", "vocab", "token_bags")}
@@ -375,6 +378,12 @@ class ModelCheck:
             elif shard_files(self.store):
                 self.index_error("present although the model has no vectors")
             return  # loaded from a bundle exported with --vectors none: no index by design
+        (n_holed,) = _one(
+            con, "SELECT count(*) FROM directions WHERE list_count(vector) < len(vector)"
+        )
+        if n_holed:
+            self.error(f"{n_holed} direction vectors hold NULL values")
+            return
         index = self._read_index(int(model["d_model"]), str(model["index_type"]))
         seen = np.zeros(0, np.int64)
         bad_norm = mismatched = 0

@@ -3,8 +3,11 @@
 A checksum says a file is the one its manifest describes; a hostile bundle or an edited store
 recomputes it. These checks look at the values themselves:
 
+- no NULL where a reader needs a value (a direction's ids, layer, kind, side, sv_index and
+  sigma, a head for a head's matrix only; a top token's rank, id and score), and a vector for
+  every direction or for none;
 - ``sigma`` finite, non-negative and non-increasing with ``sv_index`` within a matrix's side;
-- direction vectors finite and of unit norm (all of them, or a sample where reading every
+- direction vectors without NULLs, finite and of unit norm (all of them, or a sample where reading every
   vector is the expensive part, as when a Parquet tree is opened);
 - top-token scores finite, in rank order (of all directions, or a sample with the vectors),
   and, on a sample of directions, equal to the
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from atlas.core.contract import HEAD_KINDS
 from atlas.core.vectors import numbers, vector_matrix
 
 Run = Callable[[str, list[Any] | None], pa.Table]
@@ -57,7 +61,10 @@ def value_problems(
 
     ``vectors``: check the norms of ``all`` vectors, a ``sample`` (and then the top-token order
     of a sample too) or ``none`` (the caller checks them itself)."""
-    found = [_sigma_problem(run, directions)]
+    found = [_null_problem(run, directions, top_tokens)]
+    if found[0]:  # the other checks read these values
+        return [f"model {model_id!r}: {found[0]}"]
+    found.append(_sigma_problem(run, directions))
     if vectors != "none":
         found.append(_vector_problem(run, directions, vectors == "all"))
     found.append(_score_order_problem(run, directions, top_tokens, vectors != "sample"))
@@ -71,6 +78,48 @@ def _first(run: Run, query: str, params: list[Any] | None = None) -> dict[str, A
     return rows[0] if rows else None
 
 
+# the columns that hold a value in every row (head: in every row of a head's matrix only)
+_REQUIRED = {
+    "directions": ("direction_id", "matrix_id", "layer", "kind", "side", "sv_index", "sigma"),
+    "top_tokens": ("direction_id", "basis", "polarity", "rank", "token_id", "score"),
+}
+
+
+def _null_problem(run: Run, directions: str, top_tokens: str) -> str | None:
+    """The first NULL where the readers need a value (they would fail on it, or show it)."""
+    for table, relation in (("directions", directions), ("top_tokens", top_tokens)):
+        columns = _REQUIRED[table]
+        missing = " ".join(f"WHEN {c} IS NULL THEN '{c}'" for c in columns)
+        wrong = " OR ".join(f"{c} IS NULL" for c in columns)
+        if table == "directions":
+            heads = f"(head IS NULL) = (kind IN {HEAD_KINDS})"
+            missing += f" WHEN {heads} THEN 'head'"
+            wrong += f" OR {heads}"
+        row = _first(
+            run,
+            f"SELECT direction_id, CASE {missing} END AS missing FROM {relation} "
+            f"WHERE {wrong} LIMIT 1",
+        )
+        if row is None and table == "directions":  # vectors: every direction's, or none
+            row = _first(
+                run,
+                f"SELECT min(direction_id) FILTER (WHERE vector IS NULL) AS direction_id, "
+                f"'vector' AS missing FROM {relation} "
+                "HAVING count(vector) > 0 AND count(vector) < count(*)",
+            )
+        if row is not None and row["missing"] == "head":
+            return (
+                f"direction {row['direction_id']}: its head does not fit its kind (NULL for "
+                "a head's matrix, or set for an MLP's)"
+            )
+        if row is not None and row["direction_id"] is None:
+            return f"a row of {table} has no direction_id (NULL)"
+        if row is not None:
+            others = " while other directions have theirs" if row["missing"] == "vector" else ""
+            return f"direction {row['direction_id']}: {table}.{row['missing']} is NULL{others}"
+    return None
+
+
 def _sigma_problem(run: Run, directions: str) -> str | None:
     row = _first(
         run,
@@ -78,7 +127,7 @@ def _sigma_problem(run: Run, directions: str) -> str | None:
         SELECT direction_id, {_WHERE}, sigma,
                lag(sigma) OVER (PARTITION BY matrix_id, side ORDER BY sv_index) AS previous
         FROM {directions}
-        QUALIFY sigma IS NULL OR NOT isfinite(sigma) OR sigma < 0
+        QUALIFY NOT isfinite(sigma) OR sigma < 0
                 OR sigma > previous * (1 + {SIGMA_RTOL}) + 1e-12
         ORDER BY direction_id LIMIT 1
         """,
@@ -86,7 +135,7 @@ def _sigma_problem(run: Run, directions: str) -> str | None:
     if row is None:
         return None
     sigma = row["sigma"]
-    if sigma is None or not np.isfinite(sigma):
+    if not np.isfinite(sigma):
         return f"{where(row)}: sigma is {sigma}, not a finite number"
     if sigma < 0:
         return f"{where(row)}: sigma is {sigma:.6g}, negative"
@@ -101,18 +150,24 @@ def _vector_problem(run: Run, directions: str, all_vectors: bool) -> str | None:
     row = _first(
         run,
         f"""
-        SELECT direction_id, {_WHERE}, norm FROM (
+        SELECT direction_id, {_WHERE}, norm, holed FROM (
             SELECT direction_id, {_WHERE},
-                   sqrt(list_dot_product(vector::DOUBLE[], vector::DOUBLE[])) AS norm
+                   list_count(vector) < len(vector) AS holed,  -- a NULL among its values
+                   CASE WHEN NOT holed
+                        THEN sqrt(list_dot_product(vector::DOUBLE[], vector::DOUBLE[])) END
+                   AS norm
             FROM (SELECT * FROM {directions} WHERE vector IS NOT NULL {sample})
         )
         WHERE norm IS NULL OR NOT isfinite(norm) OR abs(norm - 1) > {UNIT_TOLERANCE}
+              OR holed
         ORDER BY direction_id LIMIT 1
         """,
     )
     if row is None:
         return None
     norm = row["norm"]
+    if row["holed"]:
+        return f"{where(row)}: its vector holds NULL values"
     if norm is None or not np.isfinite(norm):
         return f"{where(row)}: its vector holds NaN or infinite values"
     return f"{where(row)}: its vector has norm {norm:.6g}, not unit length"

@@ -10,6 +10,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from atlas.core.errors import AtlasError
+
+
+class BadValues(AtlasError, ValueError):
+    """Values no atlas writes (a NULL among numbers, a time past the year 9999): only an
+    edited store, bundle or tree holds them (``check`` names where)."""
+
 
 def numbers(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A numeric column without nulls as numpy, read from its data buffer.
@@ -20,7 +27,7 @@ def numbers(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if column.null_count:
-        raise ValueError("a numeric column with nulls")
+        raise BadValues("a NULL where a number must be (the atlas's data was changed)")
     data = column.buffers()[1]
     if pa.types.is_boolean(column.type):  # one bit a value, from the array's offset on
         if data is None:
@@ -79,16 +86,21 @@ def string_array(values: list[str]) -> pa.StringArray:
 
 def python_rows(table: pa.Table) -> list[dict[str, Any]]:
     """``table.to_pylist()``, but a column of timestamps with a time zone (``models.ingested_at``)
-    is converted as UTC wall times, then given the UTC zone: the same instants, and pyarrow's
-    own conversion of zoned timestamps imports pandas."""
+    is converted as UTC wall times to the microsecond, then given the UTC zone: the same
+    instants, and pyarrow's own conversion of zoned (or nanosecond) timestamps imports pandas.
+    A time past what Python holds (the year 9999) is :class:`BadValues`."""
     zoned = []
     for i, field in enumerate(table.schema):
         if pa.types.is_timestamp(field.type) and field.type.tz:
             zoned.append(field.name)
-            table = table.set_column(
-                i, field.name, table.column(i).cast(pa.timestamp(field.type.unit))
-            )
-    rows = table.to_pylist()
+            column = table.column(i).cast(pa.timestamp("us"), safe=False)
+            table = table.set_column(i, field.name, column)
+    try:
+        rows = table.to_pylist()
+    except OverflowError:
+        raise BadValues(
+            "a time in the atlas's data is past the year 9999 (it was changed)"
+        ) from None
     for row in rows:
         for name in zoned:
             if row[name] is not None:

@@ -277,6 +277,15 @@ VALUE_EDITS = {
         "not unit length (or not finite)",
     ),
     "wrong token scores": ("UPDATE top_tokens SET score = score * 1.5", "top_tokens score"),
+    "null in a vector": (
+        "UPDATE directions SET vector = list_concat([NULL::FLOAT], vector[2:])::FLOAT[384] "
+        "WHERE direction_id = 433",
+        "1 direction vectors hold NULL values",
+    ),
+    "time past 9999": (
+        "UPDATE models SET ingested_at = TIMESTAMPTZ '20000-01-01 00:00:00+00'",
+        "a time in the atlas's data is past the year 9999",
+    ),
 }
 
 
@@ -326,8 +335,24 @@ def _sigma_at(value: float) -> object:
     return change
 
 
+def _nulls_at(column: str, every: int) -> object:
+    def change(table: pa.Table) -> pa.Array:
+        values = table[column].combine_chunks()
+        holes = np.arange(len(values)) % every == 0
+        return pc.if_else(pa.array(holes), pa.nulls(len(values), values.type), values)
+
+    return change
+
+
 BUNDLE_EDITS = {
     "nan sigma": (DIRECTIONS, "sigma", _sigma_at(float("nan")), "sigma is nan"),
+    "null token ids": (
+        "models/0000/top_tokens.parquet",
+        "token_id",
+        _nulls_at("token_id", 7),
+        "top_tokens.token_id is NULL",
+    ),
+    "null heads": (DIRECTIONS, "head", _nulls_at("head", 1), "its head does not fit its kind"),
     "negative sigma": (DIRECTIONS, "sigma", _sigma_at(-1.0), "negative"),
     "wrong token scores": (
         "models/0000/top_tokens.parquet",

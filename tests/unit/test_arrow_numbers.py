@@ -61,3 +61,15 @@ def test_python_rows_give_zoned_timestamps_as_the_same_instants() -> None:
     assert got == table.to_pylist()  # equal instants, whatever zone each datetime carries
     assert all(r["t"] is None or r["t"].utcoffset() is not None for r in got)
     assert [r["i"] for r in got] == [0, 1, 2, 3] and got[2]["t"] is None
+
+
+def test_python_rows_give_nanosecond_zoned_timestamps_as_datetimes() -> None:
+    """Nanoseconds to the microsecond (a Python datetime holds no more), the instant kept."""
+    import datetime as dt
+
+    nanos = 1_765_000_000_123_456_789
+    table = pa.table({"t": pa.array([nanos, None], pa.timestamp("ns", tz="Asia/Tokyo"))})
+    (first, second) = python_rows(table)
+    assert isinstance(first["t"], dt.datetime) and second["t"] is None
+    assert first["t"] == dt.datetime.fromtimestamp(nanos // 1000 / 1e6, dt.UTC)
+    assert first["t"].microsecond == 123_456
