@@ -4,11 +4,11 @@ A checksum says a file is the one its manifest describes; a hostile bundle or an
 recomputes it. These checks look at the values themselves:
 
 - no NULL where a reader needs a value (a direction's ids, layer, kind, side, sv_index and
-  sigma, a head for a head's matrix only; a top token's rank, id and score), and a vector for
-  every direction or for none;
+  sigma, a head for a head's matrix only; a top token's rank, id and score);
 - ``sigma`` finite, non-negative and non-increasing with ``sv_index`` within a matrix's side;
-- direction vectors without NULLs, finite and of unit norm (all of them, or a sample where reading every
-  vector is the expensive part, as when a Parquet tree is opened);
+- direction vectors without NULLs, finite and of unit norm, and one for every direction or
+  for none (all of them, or a sample where reading every vector is the expensive part, as
+  when a Parquet tree is opened);
 - top-token scores finite, in rank order (of all directions, or a sample with the vectors),
   and, on a sample of directions, equal to the
   direction's vector read through the model's centered unembedding (where both are here).
@@ -100,13 +100,6 @@ def _null_problem(run: Run, directions: str, top_tokens: str) -> str | None:
             f"SELECT direction_id, CASE {missing} END AS missing FROM {relation} "
             f"WHERE {wrong} LIMIT 1",
         )
-        if row is None and table == "directions":  # vectors: every direction's, or none
-            row = _first(
-                run,
-                f"SELECT min(direction_id) FILTER (WHERE vector IS NULL) AS direction_id, "
-                f"'vector' AS missing FROM {relation} "
-                "HAVING count(vector) > 0 AND count(vector) < count(*)",
-            )
         if row is not None and row["missing"] == "head":
             return (
                 f"direction {row['direction_id']}: its head does not fit its kind (NULL for "
@@ -115,8 +108,7 @@ def _null_problem(run: Run, directions: str, top_tokens: str) -> str | None:
         if row is not None and row["direction_id"] is None:
             return f"a row of {table} has no direction_id (NULL)"
         if row is not None:
-            others = " while other directions have theirs" if row["missing"] == "vector" else ""
-            return f"direction {row['direction_id']}: {table}.{row['missing']} is NULL{others}"
+            return f"direction {row['direction_id']}: {table}.{row['missing']} is NULL"
     return None
 
 
@@ -146,6 +138,16 @@ def _sigma_problem(run: Run, directions: str) -> str | None:
 
 
 def _vector_problem(run: Run, directions: str, all_vectors: bool) -> str | None:
+    if all_vectors:  # a vector for every direction or for none (reads every vector)
+        row = _first(
+            run,
+            f"SELECT min(direction_id) FILTER (WHERE vector IS NULL) AS direction_id "
+            f"FROM {directions} HAVING count(vector) > 0 AND count(vector) < count(*)",
+        )
+        if row is not None:
+            return (
+                f"direction {row['direction_id']}: its vector is NULL, other directions have theirs"
+            )
     sample = "" if all_vectors else f"USING SAMPLE reservoir({SAMPLE} ROWS)"
     row = _first(
         run,

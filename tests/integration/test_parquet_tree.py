@@ -211,24 +211,30 @@ def test_words_without_an_unembedding_are_searched_in_token_space_with_a_note(
     assert {hit["space"] for hit in json.loads(result.stdout)} == {"token"}
 
 
-@pytest.mark.parametrize("column", ["direction_id", "vector"])
-def test_a_null_id_or_vector_value_is_refused_in_one_line(
-    tree: Path, tmp_path: Path, column: str
-) -> None:
+# a NULL in direction 5's row: (column, its value, what check says)
+NULLS = {
+    "id": ("direction_id", "NULL", "directions.direction_id values are not unique"),
+    "vector value": ("vector", "list_concat(vector[:3], [NULL])", "its vector holds NULL values"),
+    "vector": ("vector", "NULL", "its vector is NULL, other directions have theirs"),
+}
+
+
+@pytest.mark.parametrize("case", list(NULLS))
+def test_a_null_id_or_vector_is_refused_in_one_line(tree: Path, tmp_path: Path, case: str) -> None:
     """A tree is untrusted: a NULL where a search reads numbers is named, not read as a number
-    (a NULL id was a NaN cast to an id, with a warning)."""
+    (a NULL id was a NaN cast to an id, with a warning), and check finds it."""
     import duckdb
 
+    column, null, found = NULLS[case]
     copy = tmp_path / "tree"
     shutil.copytree(tree, copy)
     (data,) = copy.glob("directions/*/data_*.parquet")
-    null = "NULL" if column == "direction_id" else "list_concat(vector[:3], [NULL])"
     duckdb.sql(
         f"COPY (SELECT * REPLACE (CASE WHEN direction_id = 5 THEN {null} ELSE {column} END "
         f"AS {column}) FROM read_parquet('{data}')) TO '{tmp_path / 'x.parquet'}'"
     )
     (tmp_path / "x.parquet").rename(data)
-    readers = [["search", "fire"], ["trace", "5"]] + ([["show", "5"]] if column != "vector" else [])
+    readers = [["search", "fire"], ["trace", "5"]] + ([["show", "5"]] if case == "id" else [])
     for args in readers:  # a card reads no vector
         line = assert_one_error_line(run_cli("--atlas", copy, *args))
         assert "model 'minilm'" in line and "NULL" in line, line
@@ -238,5 +244,4 @@ def test_a_null_id_or_vector_value_is_refused_in_one_line(
             "its directions hold a NULL id or vector value")  # fmt: skip
     assert any(m in line for m in said), line
     report = run_cli("--atlas", copy, "check")
-    named = "NULL" if column == "vector" else "direction_id"  # not unique and contiguous
-    assert report.returncode == 1 and named in report.stdout, report.stdout
+    assert report.returncode == 1 and found in report.stdout, report.stdout
