@@ -117,10 +117,14 @@ class AtlasWarning(UserWarning):
 
 def one_line(error: BaseException | str, limit: int = 300) -> str:
     """A message on one line: whitespace collapsed, DuckDB's caret diagrams dropped, at most
-    ``limit`` characters (library messages can span pages)."""
+    ``limit`` characters (library messages can span pages), a longer one cut after a word
+    and marked so."""
     text = str(error)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     joined = " ".join(line for line in lines if not set(line) <= {"^", " "})
     if not joined and isinstance(error, BaseException):
         joined = type(error).__name__
-    return joined[:limit]
+    if len(joined) <= limit:
+        return joined
+    cut = joined[: limit - 1]
+    return (cut.rsplit(" ", 1)[0] if " " in cut[limit // 2 :] else cut) + "…"
