@@ -752,7 +752,15 @@ class StoreReader(Reader):
             return known
         paths = shard_files(self.store_path(model_id))
         problem = file_problem(paths, self._index_contract(model_id))
-        return str(damaged_index(model_id, problem)) if problem else None
+        if problem:
+            return str(damaged_index(model_id, problem))
+        entry = self.catalog.models[model_id]
+        try:  # the hit rows every search describes its hits with: mapped once, sizes checked
+            if entry.n_directions:
+                self.hit_rows(model_id, [entry.first_direction_id])
+        except AtlasError as exc:
+            return str(exc)
+        return None
 
     def index_bytes(self, model_id: str) -> int:
         return sum(self._index_listing(model_id))

@@ -132,6 +132,8 @@ def test_a_damaged_file_is_one_line_and_check_repair_writes_it_again(
     assert found.returncode == 0, found.stderr
     damage(store / HIT_ROWS)
 
+    with atlas.open(small_copy) as a:  # what a server's health says before any search
+        assert list(a.damaged_indexes()) == [model_id], a.damaged_indexes()
     line = assert_one_error_line(run_cli("--atlas", small_copy, "search", "fire", "--model",
                                          model_id))  # fmt: skip
     assert f"model '{model_id}': its hit rows" in line, line
