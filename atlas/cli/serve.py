@@ -16,7 +16,7 @@ import click
 
 from atlas.cli.numbers import FiniteFloat
 from atlas.cli.query import memory_limit_option
-from atlas.errors import AtlasError, AtlasWarning, one_line
+from atlas.errors import AtlasError, one_line
 from atlas.interface import parse_memory_limit
 from atlas.server import DEFAULT_INDEX_MEMORY_GB, DEFAULT_PORT, DEFAULT_TIMEOUT
 
@@ -133,19 +133,19 @@ def worker_app() -> Any:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = json.loads(os.environ[WORKER_SETTINGS_ENV])
     _stop_with_parent(settings["parent"])
-    warnings.showwarning = show_note
+    warnings.showwarning = lambda *_args, **_kwargs: None  # the parent told them
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AtlasWarning)
-            return create_app(
-                settings["location"],
-                settings["timeout"],
-                settings["index_memory_gb"],
-                settings["memory_limit"],
-            )
+        app = create_app(
+            settings["location"],
+            settings["timeout"],
+            settings["index_memory_gb"],
+            settings["memory_limit"],
+        )
     except AtlasError as exc:  # the atlas changed since the parent opened it: the parent stops
         click.echo(f"Error: {one_line(exc)}", err=True)
         sys.exit(STARTUP_FAILURE)
+    warnings.showwarning = show_note  # create_app's filters kept: a request's notes stay quiet
+    return app
 
 
 def _stop_with_parent(parent: int) -> None:

@@ -3,6 +3,7 @@ show up without a restart and never mixed with the old ones, and a kill -9 loses
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -186,6 +187,28 @@ def test_what_would_stop_a_worker_stops_serve_in_one_line(atlas_copy: Path) -> N
         args = ("--atlas", atlas_copy, "serve", "--port", str(free_port()), "--workers", workers)
         line = assert_one_error_line(run_cli_process(*args, timeout=120))
         assert "unembed.npy is damaged" in line, line
+
+
+def test_workers_leave_what_the_server_found_at_start_up_to_it(small_copy: Path) -> None:
+    """A model whose index is damaged is told once, as a note, by the server, not once per
+    worker as a Python warning; a request's notes stay in its response."""
+    catalog = json.loads((small_copy / "catalog.json").read_text())
+    model = sorted(catalog["models"])[0]
+    (shard,) = (small_copy / catalog["models"][model]["store"]).glob("residual-*.faiss")
+    with shard.open("r+b") as f:
+        f.truncate(1000)
+    server = Server(small_copy, workers=2)
+    try:
+        for _ in range(4):  # refused: the model's own index is damaged
+            refused = server.get(f"/api/search?text=fire&k=3&model={model}")
+            assert refused.status_code == 503 and "residual-" in refused.json()["error"]
+            noted = server.get("/api/search?text=fire+qqzzqq&k=3")  # a word no model has
+            assert noted.status_code == 200 and "qqzzqq" in " ".join(noted.json()["notes"])
+    finally:
+        err = server.stop()
+    damage = [line for line in err.splitlines() if f"model {model!r}" in line]
+    assert len(damage) == 1 and damage[0].startswith("note: "), err
+    assert "AtlasWarning" not in err and "Traceback" not in err and "qqzzqq" not in err, err
 
 
 def test_the_workers_end_with_a_killed_server(atlas_copy: Path) -> None:
