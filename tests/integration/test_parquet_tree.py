@@ -219,7 +219,9 @@ NULLS = {
 }
 
 
-@pytest.mark.parametrize("case", list(NULLS))
+@pytest.mark.parametrize(
+    "case", ["id", *(pytest.param(c, marks=pytest.mark.slow) for c in NULLS if c != "id")]
+)  # slow: the fast tier refuses a NULL id
 def test_a_null_id_or_vector_is_refused_in_one_line(tree: Path, tmp_path: Path, case: str) -> None:
     """A tree is untrusted: a NULL where a search reads numbers is named, not read as a number
     (a NULL id was a NaN cast to an id, with a warning), and check finds it."""
