@@ -353,6 +353,12 @@ BUNDLE_EDITS = {
         "top_tokens.token_id is NULL",
     ),
     "null heads": (DIRECTIONS, "head", _nulls_at("head", 1), "its head does not fit its kind"),
+    "time past 9999": (
+        "models/0000/models.parquet",
+        "ingested_at",
+        lambda t: pa.array([3 * 10**17], t["ingested_at"].type),  # microseconds: year 11476
+        "a time in the atlas's data is past the year 9999",
+    ),
     "negative sigma": (DIRECTIONS, "sigma", _sigma_at(-1.0), "negative"),
     "wrong token scores": (
         "models/0000/top_tokens.parquet",

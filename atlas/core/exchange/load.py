@@ -52,7 +52,7 @@ from atlas.core.store import (
     writing_store,
 )
 from atlas.core.value_checks import value_problems
-from atlas.core.vectors import vector_column, vector_matrix
+from atlas.core.vectors import BadValues, python_rows, vector_column, vector_matrix
 
 Refusal = Callable[[str], AtlasError]
 UNIT_TOLERANCE = 1e-4  # float32 unit vectors
@@ -186,7 +186,10 @@ def read_model(
         expected = {c for c in _columns()[table] if not (c == "vector" and vectors == "none")}
         if set(tables[table].column_names) != expected:
             raise bad(f"table {table} has columns {tables[table].column_names}")
-    row = tables["models"].to_pylist()
+    try:
+        row = python_rows(tables["models"])
+    except BadValues as exc:
+        raise bad(f"models: {exc}") from None
     if len(row) != 1 or row[0]["model_id"] != model.model_id or row[0]["d_model"] != model.d_model:
         raise bad("its models row does not match the manifest")
     for table in ("matrices", "directions"):
