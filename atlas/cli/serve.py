@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -91,8 +95,19 @@ def serve(
     workers = workers or default_workers()
     started = time.perf_counter()
     # opened here as each worker opens it: what would stop a worker is one line now, and what
-    # a worker would warn (a model left out) is told once
-    app = create_app(location, timeout, index_memory, memory_limit)
+    # a worker would warn (a model left out) is told once, here
+    told: list[str] = []
+    show = warnings.showwarning
+
+    def tell(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+        told.append(str(message))
+        show(message, *args, **kwargs)
+
+    warnings.showwarning = tell
+    try:
+        app = create_app(location, timeout, index_memory, memory_limit)
+    finally:
+        warnings.showwarning = show
     with app.state.live.lease() as a:
         n_models, n_directions = len(a.model_ids()), sum(m["directions"] for m in a.models())
         n_loaded = len(a.loaded_indexes())
@@ -109,21 +124,45 @@ def serve(
         return
     app.state.live.close()  # each worker opens its own
     del app
-    settings = {"location": location, "timeout": timeout, "index_memory_gb": index_memory,
-                "memory_limit": memory_limit, "parent": os.getpid()}  # fmt: skip
-    os.environ[WORKER_SETTINGS_ENV] = json.dumps(settings)
     click.echo(f"serving {location}: {opened}; {workers} worker processes", err=True)
     click.echo(f"  {url}  ({reach}); Ctrl-C stops it", err=True)
-    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+    settings = {"location": location, "timeout": timeout, "index_memory_gb": index_memory,
+                "memory_limit": memory_limit, "told": told}  # fmt: skip
+    _run_workers(workers, options, settings)
+
+
+def _run_workers(workers: int, options: dict[str, Any], settings: dict[str, Any]) -> None:
+    """uvicorn's supervisor and its workers (:func:`worker_app`).
+
+    A worker that cannot start leaves its one line in a file, and the parent fails with it
+    once uvicorn has stopped (which it does, with a log line of its own left out here, and
+    returns as if asked to)."""
+    import uvicorn
+
+    folder = Path(tempfile.mkdtemp(prefix="svd-atlas-serve-"))
+    failure = folder / "failure"
+    settings = {**settings, "parent": os.getpid(), "failure": str(failure)}
+    os.environ[WORKER_SETTINGS_ENV] = json.dumps(settings)
+    logging.getLogger("uvicorn.error").addFilter(
+        lambda record: "failed to start" not in record.getMessage()
+    )
+    try:
+        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, **options)
+    finally:
+        said = failure.read_text() if failure.exists() else None
+        shutil.rmtree(folder, ignore_errors=True)
+    if said:
+        raise AtlasError(said)
 
 
 def worker_app() -> Any:
     """The app of each worker process when `serve` runs several (uvicorn imports it by name).
 
-    The parent opened the atlas first, so a worker keeps quiet about what it finds at
-    start-up, and says what changes later (a reload's notes) as the CLI does. It stops with
-    its parent however that ends (kill -9 included: uvicorn's workers would go on serving
-    alone, holding the port), and leaves Ctrl-C to the parent, which stops every worker.
+    The parent opened the atlas first: a worker tells only what the parent did not (a model
+    damaged since), and later notes (a reload's) as the CLI does. It stops with its parent
+    however that ends (kill -9 included: uvicorn's workers would go on serving alone,
+    holding the port), and leaves Ctrl-C to the parent, which stops every worker (a terminal
+    sends it to them all; one arriving while a worker's interpreter still starts is its own).
     """
     from uvicorn.config import STARTUP_FAILURE
 
@@ -133,7 +172,13 @@ def worker_app() -> Any:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = json.loads(os.environ[WORKER_SETTINGS_ENV])
     _stop_with_parent(settings["parent"])
-    warnings.showwarning = lambda *_args, **_kwargs: None  # the parent told them
+    told = set(settings["told"])
+
+    def tell_news(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+        if str(message) not in told:
+            show_note(message, *args, **kwargs)
+
+    warnings.showwarning = tell_news
     try:
         app = create_app(
             settings["location"],
@@ -142,7 +187,8 @@ def worker_app() -> Any:
             settings["memory_limit"],
         )
     except AtlasError as exc:  # the atlas changed since the parent opened it: the parent stops
-        click.echo(f"Error: {one_line(exc)}", err=True)
+        with contextlib.suppress(FileExistsError), open(settings["failure"], "x") as said:
+            said.write(one_line(exc))  # unless another worker's says it already
         sys.exit(STARTUP_FAILURE)
     warnings.showwarning = show_note  # create_app's filters kept: a request's notes stay quiet
     return app

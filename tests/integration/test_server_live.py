@@ -189,6 +189,22 @@ def test_what_would_stop_a_worker_stops_serve_in_one_line(atlas_copy: Path) -> N
         assert "unembed.npy is damaged" in line, line
 
 
+def test_a_worker_that_cannot_start_fails_serve_in_one_line(atlas_copy: Path) -> None:
+    """The atlas breaks between the server's opening and its workers' (a catalog written over
+    after the banner, before a worker's interpreter has started): one line and exit 1, not
+    a line per worker, uvicorn's own log line and exit 0."""
+    process = start_cli("--atlas", atlas_copy, "serve", "--port", str(free_port()),
+                        "--workers", "2")  # fmt: skip
+    assert process.stderr is not None
+    banner = process.stderr.readline()
+    assert "2 worker processes" in banner, banner
+    (atlas_copy / "catalog.json").write_text("{garbage")
+    _, err = process.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip() and "http://" not in line]
+    assert process.returncode == 1 and len(lines) == 1, err
+    assert lines[0].startswith("Error: ") and "catalog.json" in lines[0], err
+
+
 def test_workers_leave_what_the_server_found_at_start_up_to_it(small_copy: Path) -> None:
     """A model whose index is damaged is told once, as a note, by the server, not once per
     worker as a Python warning; a request's notes stay in its response."""
