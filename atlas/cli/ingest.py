@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
 import atlas
+from atlas.cli.main import stopped
 from atlas.cli.numbers import FiniteFloat
 from atlas.writing import (
     DEFAULT_DEVICE,
@@ -166,12 +166,10 @@ def ingest(
     except KeyboardInterrupt:
         if not (from_file is not None or len(models) > 1 or ray is not None):
             raise  # one model: nothing was published
-        click.echo(
-            "interrupted: the models published before stay in the atlas; the ones in progress "
-            "are not published (running the job again finishes it)",
-            err=True,
+        stopped(
+            "the models published before stay in the atlas; the ones in progress are not "
+            "published (running the job again finishes it)"
         )
-        sys.exit(130)
     if result.job:
         print_job_summary(result.models)
     else:

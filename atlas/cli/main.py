@@ -20,8 +20,7 @@ from atlas.errors import AtlasError, AtlasWarning, BadParameter
 from atlas.interface import DEFAULT_ATLAS, is_interrupt, printable
 
 SIGPIPE_EXIT = 141  # what a process killed by SIGPIPE reports, as `yes | head` does
-INTERRUPTED_EXIT = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
-INTERRUPTED = "interrupted: the atlas is unchanged"
+UNCHANGED = "the atlas is unchanged"
 
 
 class _BadValue(click.ClickException):
@@ -123,11 +122,31 @@ def _outcome_decided() -> None:
     """The command has ended and said how: Ctrl-C from here on has nothing left to stop, and
     would only make the interpreter die of SIGINT on its way out, after the outcome."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+# The signal that stopped the command. SIGTERM (a scheduler's or `kill`'s stop) is handled as
+# Ctrl-C is, so a stopped command cleans up the same way either way (a bundle's private copy,
+# a model half written); the exit status tells the two apart, as a shell's does (128 + it).
+_stopped_by = signal.SIGINT
+
+
+def _terminate(_signum: int, _frame: Any) -> NoReturn:
+    global _stopped_by
+    _stopped_by = signal.SIGTERM
+    raise KeyboardInterrupt
+
+
+def stopped(what: str = UNCHANGED) -> NoReturn:
+    """End a command that Ctrl-C or SIGTERM stopped: one line saying ``what`` became of the
+    atlas, and exit 130 or 143."""
+    word = "terminated" if _stopped_by == signal.SIGTERM else "interrupted"
+    click.echo(f"{word}: {what}", err=True)
+    sys.exit(128 + _stopped_by)
 
 
 def _interrupted() -> NoReturn:
-    click.echo(INTERRUPTED, err=True)
-    sys.exit(INTERRUPTED_EXIT)
+    stopped()
 
 
 def show_note(message: Any, category: type, *_args: Any, **_kwargs: Any) -> None:
@@ -165,6 +184,7 @@ def all_commands() -> dict[str, click.Command]:
 def main() -> None:
     global _process_ends_with_the_command
     _process_ends_with_the_command = True
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli(prog_name="svd-atlas")
     finally:  # also after help, the version or a usage error, which end before a command runs

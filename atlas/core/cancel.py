@@ -7,7 +7,7 @@ it is needed). It interrupts (``cursor.interrupt()``) the running statements of 
 
 - whose deadline has passed (it sleeps until the earliest one),
 - that another thread stopped (:meth:`Work.stop`, e.g. a request whose client gave up), or
-- on the main thread, when Ctrl-C arrives.
+- on the main thread, when Ctrl-C arrives (or SIGTERM, which the command line takes as Ctrl-C).
 
 Ctrl-C needs the watcher because DuckDB's Python client notices SIGINT in a statement on the
 main thread only when its own check comes round (``PyErr_CheckSignals`` between tasks):
@@ -273,7 +273,7 @@ class _Watcher:
             ready, _, _ = select.select([self._read], [], [], wait)
             if ready:
                 data = os.read(self._read, 512)
-                if signal.SIGINT in data:
+                if signal.SIGINT in data or signal.SIGTERM in data:
                     with self.lock:
                         statements = list(self._main)
                     for statement in statements:
