@@ -478,7 +478,7 @@ class ModelCheck:
             return con.sql(query, params=params).to_arrow_table()
 
         problems = value_problems(
-            run, self.model_id, "directions", "top_tokens", unembed, vectors="none"
+            run, self.model_id, "models", "directions", "top_tokens", unembed, vectors="none"
         )  # every vector's norm: _check_vectors
         for problem in problems:
             self.error(problem.split(": ", 1)[1])

@@ -5,6 +5,8 @@ recomputes it. These checks look at the values themselves:
 
 - no NULL where a reader needs a value (a direction's ids, layer, kind, side, sv_index and
   sigma, a head for a head's matrix only; a top token's rank, id and score);
+- the model's shape (its ``models`` row) positive, and every direction's layer and head within
+  it: readers take a model's layers and heads from there (a card refuses a layer past it);
 - ``sigma`` finite, non-negative and non-increasing with ``sv_index`` within a matrix's side;
 - direction vectors without NULLs, finite and of unit norm, and one for every direction or
   for none (all of them, or a sample where reading every vector is the expensive part, as
@@ -52,16 +54,18 @@ def where(row: dict[str, Any]) -> str:
 def value_problems(
     run: Run,
     model_id: str,
+    models: str,
     directions: str,
     top_tokens: str,
     unembed: np.ndarray | None,
     vectors: str = "all",
 ) -> list[str]:
     """Every kind of bad value the model's rows hold (the first case of each), as lines.
+    ``models``, ``directions`` and ``top_tokens`` are the model's relations.
 
     ``vectors``: check the norms of ``all`` vectors, a ``sample`` (and then the top-token order
     of a sample too) or ``none`` (the caller checks them itself)."""
-    found = [_null_problem(run, directions, top_tokens)]
+    found = [_null_problem(run, directions, top_tokens) or _shape_problem(run, models, directions)]
     if found[0]:  # the other checks read these values
         return [f"model {model_id!r}: {found[0]}"]
     found.append(_sigma_problem(run, directions))
@@ -110,6 +114,34 @@ def _null_problem(run: Run, directions: str, top_tokens: str) -> str | None:
         if row is not None:
             return f"direction {row['direction_id']}: {table}.{row['missing']} is NULL"
     return None
+
+
+# the counts of a model's shape, at least 1 each (``n_heads``: an attention-free model has none)
+_SHAPE = {"n_layers": 1, "n_heads": 0, "d_head": 1, "d_vocab": 1, "top_k": 1}
+
+
+def _shape_problem(run: Run, models: str, directions: str) -> str | None:
+    """The ``models`` row's shape: counts that can be, and every layer and head within it."""
+    rows = run(f"SELECT {', '.join(_SHAPE)} FROM {models}", None).to_pylist()
+    if len(rows) != 1:
+        return f"models has {len(rows)} rows, not one"
+    shape = rows[0]
+    for column, least in _SHAPE.items():
+        if shape[column] is None or shape[column] < least:
+            return f"models.{column} is {shape[column]}, not a count of at least {least}"
+    row = _first(
+        run,
+        f"SELECT direction_id, {_WHERE} FROM {directions} "
+        "WHERE layer NOT BETWEEN 0 AND ? - 1 OR head NOT BETWEEN 0 AND ? - 1 "
+        "ORDER BY direction_id LIMIT 1",
+        [shape["n_layers"], shape["n_heads"]],
+    )
+    if row is None:
+        return None
+    return (
+        f"{where(row)}: outside the model's {shape['n_layers']} layers of {shape['n_heads']} "
+        "heads (models.n_layers, n_heads)"
+    )
 
 
 def _sigma_problem(run: Run, directions: str) -> str | None:

@@ -286,6 +286,10 @@ VALUE_EDITS = {
         "UPDATE models SET ingested_at = TIMESTAMPTZ '20000-01-01 00:00:00+00'",
         "a time in the atlas's data is past the year 9999",
     ),
+    "heads past the model's": (  # MiniLM has 12 a layer
+        "UPDATE models SET n_heads = 6",
+        "(layer 0 head 6 ov read sv 0): outside the model's 6 layers of 6 heads",
+    ),
 }
 
 
@@ -360,6 +364,18 @@ BUNDLE_EDITS = {
         "a time in the atlas's data is past the year 9999",
     ),
     "negative sigma": (DIRECTIONS, "sigma", _sigma_at(-1.0), "negative"),
+    "layers past the model's": (  # MiniLM has 6 (direction 3840 is the first in layer 5)
+        "models/0000/models.parquet",
+        "n_layers",
+        lambda t: pa.array([5], t["n_layers"].type),
+        "outside the model's 5 layers of 12 heads",
+    ),
+    "a negative top_k": (
+        "models/0000/models.parquet",
+        "top_k",
+        lambda t: pa.array([-10], t["top_k"].type),
+        "models.top_k is -10, not a count of at least 1",
+    ),
     "wrong token scores": (
         "models/0000/top_tokens.parquet",
         "score",

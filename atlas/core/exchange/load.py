@@ -227,8 +227,8 @@ def bundle_value_problems(
     checked in full already (``_vectors``)."""
     con = duckdb.connect(":memory:", config={"temp_directory": ""})
     try:
-        con.register("directions", tables["directions"])
-        con.register("top_tokens", tables["top_tokens"])
+        for table in ("models", "directions", "top_tokens"):
+            con.register(table, tables[table])
         has_vectors = "vector" in tables["directions"].column_names
         directions = (
             "directions" if has_vectors else "(SELECT *, NULL::FLOAT[] AS vector FROM directions)"
@@ -237,7 +237,9 @@ def bundle_value_problems(
         def run(query: str, params: list[Any] | None) -> pa.Table:
             return con.sql(query, params=params).to_arrow_table()
 
-        return value_problems(run, model_id, directions, "top_tokens", unembed, vectors="none")
+        return value_problems(
+            run, model_id, "models", directions, "top_tokens", unembed, vectors="none"
+        )
     finally:
         con.close()
 

@@ -223,6 +223,7 @@ class ParquetReader(Reader):
         return value_problems(
             lambda q, p: self.sql(q, p),
             model_id,
+            self.relation(model_id, "models"),
             self.relation(model_id, "directions"),
             self.relation(model_id, "top_tokens"),
             unembed,
