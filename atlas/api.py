@@ -47,7 +47,7 @@ from query.cards import direction_card, matrix_card, matrix_stats
 from query.circuits import composition_trace, head_edges, head_summary, strongest
 from query.coherence import ListCoherence, list_coherence
 from query.compare import compare as compare_models
-from query.editable import check_editable, check_eps, edit_pairs
+from query.editable import check_editable, check_eps, edit_pairs, edit_refusal
 from query.search import Hits, approximate_note, resolve_query
 from query.search import search as run_search
 from query.spectrum import Spectra, load_spectra
@@ -480,6 +480,11 @@ class Atlas:
         from query.edit import measure_edit
 
         return measure_edit(self.reader, model_id, edits, prompts, device)
+
+    def edit_refusal(self, model_id: str) -> str | None:
+        """Why :meth:`edit` would refuse ``model_id`` whatever the edit (it is not a causal
+        language model), or None: for an interface that offers edits."""
+        return edit_refusal(self.reader, model_id)
 
     def _call(self, work: Any, timeout: float | None) -> Any:
         """``work()`` as one stoppable unit (``atlas.core.cancel``): Ctrl-C stops it, and so

@@ -54,6 +54,14 @@ ENCODER_DECODER = frozenset(
 def check_editable(a: Reader, model_id: str) -> None:
     """An :class:`AtlasError` at once when ``model_id``'s stored architecture cannot be
     measured by ``edit`` (an unknown model is :class:`NotFound`)."""
+    refusal = edit_refusal(a, model_id)
+    if refusal is not None:
+        raise AtlasError(refusal)
+
+
+def edit_refusal(a: Reader, model_id: str) -> str | None:
+    """Why ``edit`` cannot measure ``model_id``, from its stored architecture; None when it
+    can (as far as the table tells: the booted model is checked again)."""
     a.require_model(model_id)
     rows = a.sql(f"SELECT architecture FROM {a.relation(model_id, 'models')}").to_pylist()
     architecture = rows[0]["architecture"]
@@ -62,8 +70,8 @@ def check_editable(a: Reader, model_id: str) -> None:
     elif architecture in ENCODER_DECODER:
         why = "it is an encoder-decoder"
     else:
-        return
-    raise AtlasError(
+        return None
+    return (
         f"{model_id!r} ({architecture}) is not a causal language model ({why}), so next-token "
         "probabilities after an edit would be meaningless; edit it from Python "
         "(query.edit.concept_edit) and measure what fits"

@@ -380,6 +380,7 @@ async def direction_page(
             "across": [h.to_dict() for h in across],
             "trace": api.trace_steps(a, direction_id, trace),
             "models": a.model_ids(),
+            "edit_refusal": a.edit_refusal(card["model_id"]),
         }
 
     context = await run(live_atlas(request), work, time_limit(request))
@@ -413,6 +414,7 @@ async def direction_page(
         trace_notes=context["trace"]["notes"],
         max_hops=MAX_HOPS,
         edits=EDITS,
+        edit_refusal=context["edit_refusal"],
         cli=_reproduce(request, direction_id, trace),
     )
 

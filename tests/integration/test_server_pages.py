@@ -174,3 +174,21 @@ def test_static_files_and_paths_stay_inside_the_package(client: TestClient) -> N
     for path in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2f..%2fpyproject.toml"):
         assert client.get(path).status_code == 404, path
     page(client, "/nowhere", status=404)
+
+
+def test_a_direction_page_offers_edits_only_for_a_model_edit_can_measure(
+    client: TestClient, hostile_atlas: Path
+) -> None:
+    """MiniLM is a masked language model, so its page names why there is no edit command (it
+    listed three that `edit` always refuses); a causal model's page lists them."""
+    with atlas.open(hostile_atlas) as a:
+        causal = a.sql("SELECT min(direction_id) FROM directions WHERE model_id = ?", [HOSTILE_ID])
+        refusal = a.edit_refusal("minilm")
+        assert a.edit_refusal(HOSTILE_ID) is None
+    assert refusal is not None and "not a causal language model" in refusal
+    masked = html.unescape(page(client, "/directions/432"))
+    assert "edit minilm" not in masked and f"No edit command here: {refusal}" in masked
+    first = causal.column(0)[0].as_py()
+    listed = html.unescape(page(client, f"/directions/{first}"))
+    for eps in ("-1", "-0.5", "1"):
+        assert f"--direction {first} --eps {eps} --prompt PROMPT" in listed
