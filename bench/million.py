@@ -42,12 +42,13 @@ def tier_atlas(tier: str) -> Path:
     from transformers import GPT2Config
 
     import atlas
-    from atlas.models.random_models import RANDOM_SHAPES, save_random_model
+    from atlas.models.random_models import RANDOM_SHAPES, gpt2_fields, save_random_model
     from ingest.composition import CompositionStage
 
     folder = DATA / f"model-{tier}"
     if not (folder / "config.json").exists():
-        config = GPT2Config(**{**RANDOM_SHAPES["gpt2-small"][1], **SHAPE, "n_layer": layers})
+        fields = {**RANDOM_SHAPES["gpt2-small"][1], **SHAPE, "n_layer": layers}
+        config = GPT2Config(**gpt2_fields(fields))
         config.architectures = ["GPT2LMHeadModel"]
         print(f"saving a {layers}-layer random model to {folder} ...", file=sys.stderr)
         save_random_model("gpt2-small", folder, shards=max(1, layers // 14), config=config)

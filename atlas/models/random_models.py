@@ -25,6 +25,7 @@ __all__ = [
     "RANDOM_PREFIX",
     "RANDOM_SHAPES",
     "RandomTensors",
+    "gpt2_fields",
     "random_config",
     "save_random_model",
     "wordlevel_tokenizer",
@@ -56,6 +57,14 @@ RANDOM_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
 }  # fmt: skip
 
 
+def gpt2_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """GPT-2 configuration fields with its end-of-text token (bos and eos) the vocabulary's last,
+    as in GPT-2 (50256 of 50257): its default id is outside a smaller vocabulary, which
+    transformers warns about on every load."""
+    last = fields["vocab_size"] - 1
+    return {"bos_token_id": last, "eos_token_id": last, **fields}
+
+
 def random_config(shape: str) -> Any:
     """The Hugging Face configuration of a named shape."""
     from transformers import GPT2Config, LlamaConfig
@@ -63,7 +72,7 @@ def random_config(shape: str) -> Any:
     family, fields = RANDOM_SHAPES[shape]
     config: Any
     if family == "gpt2":
-        config = GPT2Config(**fields)
+        config = GPT2Config(**gpt2_fields(fields))
         config.architectures = ["GPT2LMHeadModel"]
     else:
         config = LlamaConfig(**fields)
