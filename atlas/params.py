@@ -103,6 +103,14 @@ def _modes(value: Any) -> str | None:
     return ",".join(modes)
 
 
+def _mode(value: Any) -> str:
+    """One composition mode, any case: ``Q``, ``K`` or ``V``."""
+    mode = value.upper() if isinstance(value, str) else value
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {value!r}; choose from {', '.join(MODES)}")
+    return str(mode)
+
+
 def _heads(value: Any) -> str | None:
     if value is None:
         return None
@@ -186,6 +194,7 @@ Float = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
 Names = Annotated[str | None, BeforeValidator(_names)]
 Kinds = Annotated[str | None, BeforeValidator(_kinds)]
 Modes = Annotated[str | None, BeforeValidator(_modes)]
+Mode = Annotated[str, BeforeValidator(_mode)]
 Heads = Annotated[str | None, BeforeValidator(_heads)]
 Layers = Annotated[str | None, BeforeValidator(_layers)]
 

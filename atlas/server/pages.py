@@ -29,6 +29,7 @@ from atlas.params import (
     MAX_SQL_TEXT,
     MAX_TEXT,
     MAX_VECTOR,
+    Mode,
     SearchParams,
     TraceParams,
     VectorSearch,
@@ -266,13 +267,12 @@ def _svg(figure: Any) -> Response:
 async def circuits_page(
     request: Request,
     model: ModelId,
-    mode: Annotated[str, Query(pattern="^[QKVqkv]$")] = "K",
+    mode: Annotated[Mode, Query()] = "K",
     top: Annotated[int, Query(ge=1, le=1000)] = 20,
     min_relative: Annotated[float, Query(ge=0.0, allow_inf_nan=False)] = 0.0,
 ) -> HTMLResponse:
     """A model's composition: per mode, each head's strongest in-edge as a heatmap, and the
     strongest edges above a relative-score threshold."""
-    mode = mode.upper()
 
     def work(a: Atlas) -> dict[str, Any]:
         edges = a.composition(model, mode=mode, top=top, min_relative=min_relative)["edges"]

@@ -364,7 +364,12 @@ def test_pages_show_the_planted_edge_and_link_its_directions(circuits: dict[str,
         first = pair["in"][0]["pairs"][0]
         assert f'href="/directions/{first["src_direction_id"]}"' in head.text
         assert f'href="/directions/{first["dst_direction_id"]}"' in head.text
-        assert client.get("/circuits", params={"model": "gpt2-raw", "mode": "X"}).status_code == 400
+        unknown = client.get("/circuits", params={"model": "gpt2-raw", "mode": "X"})
+        # the command line's words (it showed its own pattern: String should match '^[QKVqkv]$')
+        assert unknown.status_code == 400
+        assert "mode: unknown mode &#39;X&#39;; choose from Q, K, V" in unknown.text
+        lower = client.get("/circuits", params={"model": "gpt2-raw", "mode": plant.mode.lower()})
+        assert lower.status_code == 200 and lower.text.count("Strongest") == 1
         bad = client.get("/circuits/head", params={"model": "gpt2-raw", "layer": 9, "head": 0})
         assert bad.status_code == 404 and "<script" not in bad.text
 
