@@ -29,10 +29,19 @@ class _BadValue(click.ClickException):
     exit_code = 2
 
 
-def _one_line_usage(exc: click.UsageError) -> _BadValue:
+def _one_line_usage(exc: click.UsageError) -> click.UsageError:
     """Click's usage error as one line naming where help is, instead of the usage block,
-    a blank line and the error that click prints."""
+    a blank line and the error that click prints; but the help itself where none was asked
+    for (``svd-atlas`` alone), as click shows it."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        return exc
     where = exc.ctx.command_path if exc.ctx is not None else "svd-atlas"
+    if isinstance(exc, click.NoSuchOption) and exc.option_name == "--atlas" and exc.ctx:
+        command = exc.ctx.info_name
+        return _BadValue(
+            f"--atlas goes before the command: svd-atlas --atlas PATH {command} ... "
+            f"(see: svd-atlas --help)"
+        )
     return _BadValue(f"{exc.format_message()} (see: {where} --help)")
 
 

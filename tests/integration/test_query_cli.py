@@ -186,6 +186,7 @@ def test_search_json_hits_have_the_documented_fields(minilm_atlas: Path) -> None
         (["serch", "fire"], "No such command 'serch'."),
         (["search", "fire", "--direction", "3"], "give exactly one of"),
         (["trace", "99999999"], "no direction"),
+        (["search", "fire", "--atlas", "x"], "--atlas goes before the command: svd-atlas --atlas"),
     ],
 )
 def test_bad_query_input_is_one_clear_line(minilm_atlas: Path, args, message: str) -> None:
@@ -211,6 +212,15 @@ def test_a_usage_mistake_is_one_line_and_exit_2(minilm_atlas: Path, args: list[s
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
+
+
+def test_no_command_shows_the_help_as_click_does() -> None:
+    """The help, not one line of it behind "Error:" (click raises it as a usage error)."""
+    result = run_cli()
+    assert result.returncode == 2 and not result.stderr.startswith("Error")
+    assert (
+        result.stderr.startswith("Usage: svd-atlas [OPTIONS] COMMAND") and "search" in result.stderr
+    )
 
 
 def test_cards(minilm_atlas: Path) -> None:
