@@ -29,7 +29,7 @@ class _BadValue(click.ClickException):
     exit_code = 2
 
 
-def _one_line_usage(exc: click.UsageError) -> click.UsageError:
+def _one_line_usage(exc: click.UsageError) -> click.ClickException:
     """Click's usage error as one line naming where help is, instead of the usage block,
     a blank line and the error that click prints; but the help itself where none was asked
     for (``svd-atlas`` alone), as click shows it."""
