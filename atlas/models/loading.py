@@ -63,7 +63,16 @@ def resolve_spec(spec: str) -> ModelSpec:
         _require_model_folder(folder)
         path = folder.resolve()
         return ModelSpec(str(path), path.name, str(path), folder=path)
+    if _is_path(spec):
+        raise AtlasError(
+            f"no folder {spec}: a local model is a folder with config.json and weights"
+        )
     return ModelSpec(spec, spec, f"hub:{spec}", folder=_download(spec))
+
+
+def _is_path(spec: str) -> bool:
+    """Whether ``spec`` can only be a path: a hub id is ``name`` or ``namespace/name``."""
+    return Path(spec).is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1
 
 
 def _require_model_folder(folder: Path) -> None:
