@@ -288,7 +288,7 @@ class HitFile:
                 size = path.stat().st_size if path.is_file() else None
                 if name not in sizes or size != sizes[name]:
                     held = "is missing" if size is None else f"has {size:,} bytes"
-                    listed = f"{sizes[name]:,}" if name in sizes else "no such file"
+                    listed = f"{sizes[name]:,} bytes" if name in sizes else "no such file"
                     raise damaged_hits(model_id, f"file {name} {held}; its manifest says {listed}")
         try:
             self.rows, self.vocab = _load(store)
