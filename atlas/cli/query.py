@@ -19,7 +19,7 @@ from atlas.cli.output import (
 from atlas.cli.params import REFERENCE, options, render
 from atlas.cli.result_file import (
     OUT_FORMATS,
-    capped,
+    FirstRows,
     out_format,
     output_file,
     write_result,
@@ -113,18 +113,20 @@ def sql(
     # files and csv or json go out as the rows come (a result may be larger than memory);
     # a table shows its first MAX_TABLE_ROWS, so no more are read
     with atlas.open(obj["atlas"], write=write, memory_limit=memory_limit) as a:
+        first = FirstRows(cap)
         if target is not None and out_fmt is not None:
             written = a.sql_stream(
-                query, lambda r: write_result(capped(r, cap), target, out_fmt), timeout=timeout
+                query, lambda r: write_result(first.of(r), target, out_fmt), timeout=timeout
             )
             click.echo(f"wrote {written} rows to {out} ({out_fmt})", err=True)
+            _note_cut(first.cut, cap)
             return
         if fmt != "table":
-            a.sql_stream(
-                query, lambda r: write_rows(capped(r, cap), sys.stdout, fmt), timeout=timeout
-            )
+            a.sql_stream(query, lambda r: write_rows(first.of(r), sys.stdout, fmt), timeout=timeout)
+            _note_cut(first.cut, cap)
             return
-        result = a.sql(query, timeout=timeout, max_rows=MAX_TABLE_ROWS + 1 if cap is None else cap)
+        shown = MAX_TABLE_ROWS if cap is None else cap
+        result = a.sql(query, timeout=timeout, max_rows=shown + 1)  # one more tells there are
     names, rows = result_rows(result)
     records = [dict(zip(names, row, strict=True)) for row in rows]
     if cap is None and len(records) > MAX_TABLE_ROWS:  # how many more is not computed
@@ -132,7 +134,13 @@ def sql(
         click.echo(f"... more rows: the table shows the first {MAX_TABLE_ROWS} (--format csv or "
                    "json, or --out FILE, for all of them)")  # fmt: skip
         return
-    emit(records, names, fmt)
+    emit(records[:shown], names, fmt)
+    _note_cut(len(records) > shown, cap)
+
+
+def _note_cut(cut: bool, cap: int | None) -> None:
+    if cut:
+        click.echo(f"note: the first {cap} rows (--max-rows); more rows match", err=True)
 
 
 def _tokens_option(fn: Any) -> Any:

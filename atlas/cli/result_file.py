@@ -116,17 +116,25 @@ def _parquet(reader: Any, path: Path) -> int:
     return n
 
 
-def capped(reader: Any, max_rows: int | None) -> Any:
-    """``reader``'s first ``max_rows`` rows (all of them for None), reading no further."""
-    if max_rows is None:
-        return reader
+class FirstRows:
+    """A result's first ``max_rows`` rows (all of them for None), and whether it held more
+    (``cut``, known once they are read: one batch past them is read to tell)."""
 
-    def first() -> Iterator[pa.RecordBatch]:
-        left = max_rows
+    def __init__(self, max_rows: int | None):
+        self.max_rows, self.cut = max_rows, False
+
+    def of(self, reader: Any) -> Any:
+        """``reader``'s first rows, as a ``RecordBatchReader``."""
+        if self.max_rows is None:
+            return reader
+        return pa.RecordBatchReader.from_batches(reader.schema, self._first(reader, self.max_rows))
+
+    def _first(self, reader: Any, left: int) -> Iterator[pa.RecordBatch]:
         for batch in reader:
-            if left <= 0:
+            if batch.num_rows > left:
+                self.cut = True
+            if left > 0:
+                yield batch.slice(0, left)
+                left -= min(left, batch.num_rows)
+            if self.cut:
                 return
-            yield batch.slice(0, left)
-            left -= batch.num_rows
-
-    return pa.RecordBatchReader.from_batches(reader.schema, first())

@@ -74,8 +74,8 @@ def file_problem(paths: list[Path], contract: IndexContract) -> str | None:
         return None
     names = sorted(p.name for p in paths)
     if names != sorted(contract.sizes):
-        listed = ", ".join(sorted(contract.sizes)) or "none"
-        return f"files are {', '.join(names) or 'missing'}; its manifest lists {listed}"
+        manifest = ", ".join(sorted(contract.sizes)) or "none"
+        return f"files are {', '.join(names) or 'missing'}; its manifest lists {manifest}"
     for path in paths:
         size = path.stat().st_size
         listed = contract.sizes[path.name]
