@@ -55,6 +55,7 @@ from ingest.options import BUNDLED, RANDOM_PREFIX, IngestOptions
 from ingest.pipeline import BootedModel, run_blocks
 from ingest.report import IngestReport, Timer, peak_rss_mb
 from ingest.sources import Blocks, BridgeBlocks, StreamedBlocks
+from ingest.weights import require_finite
 
 __all__ = ["IngestOptions", "IngestReport", "build_in", "ingest", "plan"]
 
@@ -145,6 +146,7 @@ def boot(
     with timer("boot"):
         blocks: Blocks = BridgeBlocks(loaded) if loaded else StreamedBlocks(options)
         W_U, W_E = blocks.unembedding().to(device), blocks.embedding().to(device)
+        require_finite({"W_U": W_U, "W_E": W_E}, "the model's")
         first = blocks.block(0)
         layout = IdLayout.plan(first, blocks.n_blocks, options.max_rank)
     timer.report.skipped = list(first.skipped)

@@ -32,7 +32,7 @@ from ingest.options import IngestOptions
 from ingest.project import project
 from ingest.report import Timer
 from ingest.sources import Blocks
-from ingest.weights import ModelWeights, on_device
+from ingest.weights import ModelWeights, on_device, require_finite_block
 
 T = TypeVar("T")
 W = TypeVar("W")
@@ -97,6 +97,7 @@ def run_blocks(
             return blocks.block(i)
 
     def compute(i: int, weights: ModelWeights, check: Callable[[], None]) -> AtlasRows:
+        require_finite_block(weights, i)
         with timer("decompose"):
             computed = Computed(i, weights, report.device, options, model.ov_method)
         check()

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from atlas.errors import AtlasError
+
 
 @dataclass
 class ModelWeights:
@@ -27,6 +29,28 @@ class ModelWeights:
     W_U: torch.Tensor
     W_E: torch.Tensor
     skipped: list[str] = field(default_factory=list)
+
+
+# TransformerLens's names of the MLP matrices, for messages
+MLP_NAMES = {"mlp_in": "W_in", "mlp_gate": "W_gate", "mlp_out": "W_out"}
+
+
+def require_finite(matrices: dict[str, torch.Tensor], where: str) -> None:
+    """An :class:`AtlasError` naming the first of ``matrices`` that holds inf or NaN: the SVD
+    of an infinite matrix is garbage (stored as such once), of a NaN one a LAPACK failure."""
+    for name, m in matrices.items():
+        if not bool(torch.isfinite(m).all()):
+            raise AtlasError(
+                f"{where} {name} holds non-finite values (inf or NaN): its SVD would be "
+                "meaningless, so the model is not ingested"
+            )
+
+
+def require_finite_block(w: ModelWeights, layer: int) -> None:
+    """:func:`require_finite` over a block's matrices."""
+    named = {"W_Q": w.W_Q, "W_K": w.W_K, "W_V": w.W_V, "W_O": w.W_O}
+    named |= {MLP_NAMES[kind]: m for kind, m in w.mlp.items()}
+    require_finite(named, f"layer {layer}'s")
 
 
 def centered_unembedding(W_U: torch.Tensor) -> torch.Tensor:
