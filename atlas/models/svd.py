@@ -46,15 +46,16 @@ class FactoredSVD:
 def factor_svd(left: torch.Tensor, right: torch.Tensor) -> FactoredSVD:
     """The SVD of ``left @ right`` without forming the product.
 
-    ``left`` is ``[B, n, r]`` and ``right`` is ``[B, r, m]`` with ``r <= n, m`` (an OV circuit:
-    ``W_V`` and ``W_O``). With QR factors ``left = Q1 R1`` and ``rightᵀ = Q2 R2`` the product is
-    ``Q1 (R1 R2ᵀ) Q2ᵀ``, so only the small ``r x r`` core needs an SVD; then ``U = Q1 U'`` and
-    ``V = Q2 V'``. The triangular factors and the core are computed in float64, which keeps
-    close singular values apart at little cost for r x r matrices.
+    ``left`` is ``[B, n, r]`` and ``right`` is ``[B, r, m]`` (an OV circuit: ``W_V`` and
+    ``W_O``, ``r = d_head``). With reduced QR factors ``left = Q1 R1`` and ``rightᵀ = Q2 R2`` the
+    product is ``Q1 (R1 R2ᵀ) Q2ᵀ``, so only the small core (``r x r`` when ``r <= n, m``, and
+    ``min(n, r) x min(m, r)`` for a head wider than the model) needs an SVD; then
+    ``U = Q1 U'`` and ``V = Q2 V'``. The triangular factors and the core are computed in
+    float64, which keeps close singular values apart at little cost for r x r matrices.
     """
     r1, apply_q1 = _qr_factor(left)
     r2, apply_q2 = _qr_factor(right.mT)
-    core_u, s, core_vh = torch.linalg.svd(r1 @ r2.mT)
+    core_u, s, core_vh = torch.linalg.svd(r1 @ r2.mT, full_matrices=False)
     return FactoredSVD(r1, r2, core_u, s, core_vh.mT, apply_q1, apply_q2)
 
 
@@ -80,6 +81,9 @@ def _qr_factor(
     get Householder QR.
     """
     a64 = a.double()
+    if a.shape[-2] < a.shape[-1]:  # wider than tall (a head wider than the model): R is k x r
+        q, r_wide = torch.linalg.qr(a64)
+        return r_wide, lambda x: (q @ x).to(a.dtype)
     chol, info = torch.linalg.cholesky_ex(a64.mT @ a64)
     r = chol.mT
     diag = torch.diagonal(r, dim1=-2, dim2=-1).abs()

@@ -75,3 +75,20 @@ def test_factored_svd_handles_rank_deficient_and_ill_conditioned_heads() -> None
         keep = s > 1e-3 * s[0]  # vectors of zero singular values are arbitrary
         gram = (svd.U[b][:, keep].T @ svd.U[b][:, keep]).numpy()
         np.testing.assert_allclose(gram, np.eye(keep.sum()), atol=1e-5)
+
+
+def test_factored_svd_of_a_head_wider_than_the_model() -> None:
+    """d_head 24 over d_model 10 (and 16 out): rank 10, from the reduced QR factors (the
+    Cholesky path's square R did not fit, a shape error at ingest)."""
+    gen = torch.Generator().manual_seed(2)
+    left = torch.randn(3, 10, 24, generator=gen)
+    right = torch.randn(3, 24, 16, generator=gen)
+    svd = factored_svd(left, right)
+    assert svd.S.shape == (3, 10) and svd.U.shape == (3, 10, 10) and svd.V.shape == (3, 16, 10)
+    for b in range(3):
+        product = (left[b] @ right[b]).double().numpy()
+        s = np.linalg.svd(product, compute_uv=False)
+        np.testing.assert_allclose(svd.S[b].numpy(), s, rtol=1e-5)
+        recon = (svd.U[b] * svd.S[b]).double().numpy() @ svd.V[b].double().numpy().T
+        np.testing.assert_allclose(recon, product, atol=1e-4 * s[0])
+        np.testing.assert_allclose(svd.V[b].T @ svd.V[b], np.eye(10), atol=1e-5)
