@@ -99,6 +99,9 @@ class CompositionStage:
         terms = torch.einsum("aid,bjd->abij", w.scaled, r_scaled)
         squares = terms.square().reshape(n_src, n_dst, d_head * d_head_r)
         norm2 = (w.norms[:, None] * r_norms[None, :]).square()
+        # a zero circuit (a pruned head) composes with nothing: score and shares 0, where
+        # TransformerLens's ratio is 0/0 (NaN, which sorted above every real score)
+        norm2 = torch.where(norm2 > 0, norm2, torch.ones_like(norm2))
         total = squares.sum(-1)
         score = (total / norm2).sqrt()
         k = min(self.pairs_kept, squares.shape[-1])

@@ -1,0 +1,69 @@
+"""Weights at the edges. Those whose SVD means nothing are refused in one line, before
+anything is published: an infinite value (its SVD was stored as garbage: sigma inf and NaN,
+basis vectors for directions) or a NaN (LAPACK failed with a traceback). A zero head (pruned)
+is a model like any other: it composes with nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+import atlas
+from atlas.models.random_models import save_random_model
+from tests.support.helpers import assert_one_error_line, run_cli
+
+# random:gpt2-tiny: width 64, 4 heads of 16, 3 layers, an MLP of 256
+DAMAGE = {
+    "inf": ("transformer.h.2.mlp.c_fc.weight", float("inf"), "layer 2's W_in"),
+    "nan": ("transformer.h.1.attn.c_attn.weight", float("nan"), "layer 1's W_Q"),
+    "inf unembedding": ("transformer.wte.weight", float("-inf"), "the model's W_U"),
+}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=[pytest.mark.slow] if c != "inf" else []) for c in DAMAGE]
+)
+def test_non_finite_weights_are_refused_in_one_line(tmp_path: Path, case: str) -> None:
+    name, value, words = DAMAGE[case]
+    folder = save_random_model("gpt2-tiny", tmp_path / "model")
+    tensors = load_file(folder / "model.safetensors")
+    tensors[name][0, 0] = value  # W_U is tied to the embedding: one token's row, all of it
+    if case == "inf unembedding":
+        tensors[name][0, :] = value
+    save_file(tensors, folder / "model.safetensors")
+    root = tmp_path / "atlas"
+    line = assert_one_error_line(run_cli("--atlas", root, "ingest", folder))
+    assert f"{words} holds non-finite values (inf or NaN)" in line, line
+    assert "not ingested" in line
+    if root.exists():  # the atlas the ingest created holds nothing
+        assert "holds no models yet" in run_cli("--atlas", root, "models").stdout
+
+
+@pytest.mark.slow  # an ingest: about 5 s
+def test_a_zero_head_composes_with_nothing(tmp_path: Path) -> None:
+    """Head 1 of layer 0 with W_V = 0: its OV circuit is zero, so its composition scores are
+    0 (TransformerLens's ratio is 0/0; stored as NaN, it sorted above every real score)."""
+    folder = save_random_model("gpt2-tiny", tmp_path / "model")
+    tensors = load_file(folder / "model.safetensors")
+    d_model, d_head = 64, 16  # c_attn holds Q, K and V side by side, d_model columns each
+    tensors["transformer.h.0.attn.c_attn.weight"][
+        :, 2 * d_model + d_head : 2 * d_model + 2 * d_head
+    ] = 0
+    save_file(tensors, folder / "model.safetensors")
+    root = tmp_path / "atlas"
+    assert run_cli("--atlas", root, "ingest", folder).returncode == 0
+    with atlas.open(root) as a:
+        rows = a.sql(
+            "SELECT src_layer, src_head, score, relative, top_pairs_share, contribution "
+            "FROM composition JOIN composition_pairs "
+            "USING (src_layer, src_head, dst_layer, dst_head, mode)"
+        ).to_pylist()
+        top = a.composition("model", top=1)["edges"]
+    assert rows and all(all(v == v for v in r.values()) for r in rows), (
+        "a NaN in the composition tables"
+    )
+    zero = [r for r in rows if (r["src_layer"], r["src_head"]) == (0, 1)]
+    assert zero and all(r["score"] == r["relative"] == r["contribution"] == 0 for r in zero)
+    assert all(e["score"] > 0 for e in top)
