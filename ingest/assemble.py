@@ -15,6 +15,7 @@ import pyarrow as pa
 import torch
 
 from atlas.core.contract import EMBED_SIDES, JUDGED_SIDE, NEURON_SIDE, SIDES_OF, U_SIDES
+from atlas.models.rank import numerically_zero
 from atlas.models.svd import canonical_signs, degenerate_groups, relative_gaps, spectrum_stats
 from ingest.decompose import MatrixGroup
 from ingest.project import TokenScores, project
@@ -148,7 +149,13 @@ def _direction_table(
     n_mat, rank, n_sides = block.shape
     gaps = relative_gaps(g.spectra, g.full_rank)[:, :rank]
     groups = degenerate_groups(g.spectra, gap_tolerance)[:, :rank]
-    degenerate = gaps < gap_tolerance
+    # a numerically zero singular value's vectors are set by rounding: one group, from the
+    # first of them, however far apart they are
+    null = numerically_zero(g.spectra, g.shape)
+    first_null = np.where(null.any(axis=1), null.argmax(axis=1), -1)[:, None]
+    null = null[:, :rank]
+    degenerate = (gaps < gap_tolerance) | null
+    groups = np.where(null, first_null, groups)
     sv_index = np.broadcast_to(np.arange(rank), (n_mat, rank))
     groups = np.where(degenerate & (groups < 0), sv_index, groups)
 

@@ -7,7 +7,9 @@ are matched by (kind, layer, head); within a matrix the judged directions (``ov`
 
 Per matrix:
 
-- ``sigma_change``: mean over sv_index of ``|sigma_B - sigma_A| / sigma_A``;
+- ``sigma_change``: mean over sv_index of ``|sigma_B - sigma_A| / sigma_A``, where sigma_A is
+  not zero to float32 precision (a LayerNorm fold's null direction divided rounding noise by
+  rounding noise: 4e4 for a matrix whose real changes were 0.04);
 - ``spectrum_corr``: Pearson correlation of the two spectra;
 - ``overlap_index``: mean top-token overlap of the directions with the same sv_index;
 - ``match_cos``: mean over A's directions of the best ``|cos|`` with a direction of B;
@@ -31,6 +33,7 @@ import numpy as np
 from atlas.core.contract import JUDGED_SQL, KINDS
 from atlas.core.errors import AtlasError
 from atlas.core.reader import Reader
+from atlas.models.rank import numerically_zero
 
 METRICS = (
     "sigma_change",
@@ -60,6 +63,7 @@ class _Matrix:
     pos: list[set[int]]
     neg: list[set[int]]
     head_coherence: float | None
+    shape: tuple[int, int]
 
 
 def compare(a: Reader, model_a: str, model_b: str) -> list[dict[str, Any]]:
@@ -103,7 +107,7 @@ def _load(a: Reader, model_id: str, k: int) -> dict[tuple[str, int, int | None],
     dirs = a.sql(
         f"""
         SELECT d.direction_id, d.kind, d.layer, d.head, d.sv_index, d.sigma, d.vector,
-               d.coherence, m.coherence AS head_coherence
+               d.coherence, m.coherence AS head_coherence, m.n_rows, m.n_cols
         FROM directions d JOIN matrices m USING (matrix_id)
         WHERE d.model_id = ? AND {_JUDGED}
         ORDER BY d.kind, d.layer, d.head, d.sv_index
@@ -131,6 +135,7 @@ def _load(a: Reader, model_id: str, k: int) -> dict[tuple[str, int, int | None],
             pos=[lists[(r["direction_id"], "pos")] for r in rs],
             neg=[lists[(r["direction_id"], "neg")] for r in rs],
             head_coherence=rs[0]["head_coherence"],
+            shape=(rs[0]["n_rows"], rs[0]["n_cols"]),
         )
         for key, rs in grouped.items()
     }
@@ -141,6 +146,15 @@ def token_overlap(pos_a: set[int], neg_a: set[int], pos_b: set[int], neg_b: set[
     same = len(pos_a & pos_b) + len(neg_a & neg_b)
     flipped = len(pos_a & neg_b) + len(neg_a & pos_b)
     return max(same, flipped) / (len(pos_a) + len(neg_a))
+
+
+def _sigma_change(x: _Matrix, y: _Matrix, r: int) -> float | None:
+    """The mean relative change of the first ``r`` singular values that A holds (None for a
+    zero matrix)."""
+    held = ~numerically_zero(x.sigma[None, :r], x.shape)[0]
+    if not held.any():
+        return None
+    return float(np.mean(np.abs(y.sigma[:r] - x.sigma[:r])[held] / x.sigma[:r][held]))
 
 
 def _compare_matrix(x: _Matrix, y: _Matrix) -> dict[str, float | None]:
@@ -154,7 +168,7 @@ def _compare_matrix(x: _Matrix, y: _Matrix) -> dict[str, float | None]:
     ha, hb = x.head_coherence, y.head_coherence
     return _clean(
         {
-            "sigma_change": float(np.mean(np.abs(y.sigma[:r] - x.sigma[:r]) / x.sigma[:r])),
+            "sigma_change": _sigma_change(x, y, r),
             "spectrum_corr": float(corr),
             "overlap_index": float(np.mean(by_index)),
             "overlap_match": float(np.mean(by_match)),

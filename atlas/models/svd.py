@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from atlas.models.rank import numerically_zero
+
 
 @dataclass
 class BatchSVD:
@@ -147,13 +149,12 @@ def spectrum_stats(spectra: np.ndarray, shape: tuple[int, int]) -> SpectrumStats
     p = s / np.where(total > 0, total, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
-    tol = max(shape) * np.finfo(np.float32).eps * sigma_max
     return SpectrumStats(
         sigma_max=sigma_max,
         frobenius_norm=frob,
         stable_rank=frob**2 / safe_max**2,
         effective_rank=np.exp(entropy),
-        numerical_rank=(s > tol[:, None]).sum(axis=1),
+        numerical_rank=(~numerically_zero(s, shape)).sum(axis=1),
     )
 
 

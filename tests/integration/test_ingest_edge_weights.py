@@ -67,3 +67,33 @@ def test_a_zero_head_composes_with_nothing(tmp_path: Path) -> None:
     zero = [r for r in rows if (r["src_layer"], r["src_head"]) == (0, 1)]
     assert zero and all(r["score"] == r["relative"] == r["contribution"] == 0 for r in zero)
     assert all(e["score"] > 0 for e in top)
+
+
+@pytest.mark.slow  # two ingests: about 10 s
+def test_a_numerically_zero_singular_value_is_flagged_and_left_out_of_ratios(
+    tmp_path: Path,
+) -> None:
+    """TransformerLens's processing folds LayerNorm into W_in, whose rows then sum to zero:
+    rank 63 of 64, its last singular value rounding noise. That direction is flagged degenerate
+    (its vector is set by rounding), and compare's relative sigma change leaves it out (it
+    divided noise by noise: 4e4 for matrices whose real change was 0.04)."""
+    root = tmp_path / "atlas"
+    for processing in ("raw", "tl"):
+        atlas.ingest(root, "random:gpt2-tiny", name=processing, processing=processing,
+                     device="cpu", progress=False)  # fmt: skip
+    with atlas.open(root) as a:
+        rows = a.sql(
+            "SELECT d.sigma, d.degenerate, d.degenerate_group, m.sigma_max FROM directions d "
+            "JOIN matrices m USING (matrix_id) WHERE d.model_id = 'tl' AND d.kind = 'mlp_in' "
+            "AND d.side = 'read' AND d.sv_index = 63"
+        ).to_pylist()
+        compared = {
+            r["kind"]: r["sigma_change"]
+            for r in a.compare("tl", "raw")
+            if r["scope"] == "aggregate"
+        }
+    assert len(rows) == 3
+    for r in rows:
+        assert r["sigma"] < 1e-5 * r["sigma_max"]  # zero to float32 precision
+        assert r["degenerate"] and r["degenerate_group"] == 63
+    assert 0 < compared["mlp_in"] < 1 and 0 < compared["all"] < 1, compared
