@@ -124,7 +124,8 @@ def plan(bridge: Any, directions: Sequence[Direction], eps: Sequence[float]) -> 
         if d.degenerate:
             raise AtlasError(
                 f"direction {d.direction_id} ({d.where}) is degenerate: its singular value "
-                "ties with a neighbour's, so only their span is defined, not this vector"
+                "ties with a neighbour's or is zero to float32 precision, so the matrix defines "
+                "only a span, not this vector"
             )
         if d.layer >= bridge.cfg.n_layers:
             raise AtlasError(f"direction {d.direction_id} is in layer {d.layer}; {_changed()}")
