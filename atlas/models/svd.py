@@ -139,7 +139,8 @@ def spectrum_stats(spectra: np.ndarray, shape: tuple[int, int]) -> SpectrumStats
     """Statistics of spectra ``[B, r]`` of matrices of the given shape.
 
     stable rank = ‖M‖_F² / σ_max²; effective rank = exp(entropy of σ / Σσ) (Roy & Vetterli 2007);
-    numerical rank counts σ above ``max(shape) · eps(float32) · σ_max``.
+    numerical rank counts σ above ``max(shape) · eps(float32) · σ_max``. A zero matrix (a pruned
+    head) has every rank 0 (its entropy's exp would say 1).
     """
     s = np.asarray(spectra, dtype=np.float64)
     sigma_max = s[:, 0]
@@ -153,7 +154,7 @@ def spectrum_stats(spectra: np.ndarray, shape: tuple[int, int]) -> SpectrumStats
         sigma_max=sigma_max,
         frobenius_norm=frob,
         stable_rank=frob**2 / safe_max**2,
-        effective_rank=np.exp(entropy),
+        effective_rank=np.where(total[:, 0] > 0, np.exp(entropy), 0.0),
         numerical_rank=(~numerically_zero(s, shape)).sum(axis=1),
     )
 

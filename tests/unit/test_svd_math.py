@@ -92,3 +92,10 @@ def test_factored_svd_of_a_head_wider_than_the_model() -> None:
         recon = (svd.U[b] * svd.S[b]).double().numpy() @ svd.V[b].double().numpy().T
         np.testing.assert_allclose(recon, product, atol=1e-4 * s[0])
         np.testing.assert_allclose(svd.V[b].T @ svd.V[b], np.eye(10), atol=1e-5)
+
+
+def test_a_zero_matrix_has_every_rank_zero() -> None:
+    stats = spectrum_stats(np.zeros((2, 5)), (8, 8))
+    for rank in (stats.stable_rank, stats.effective_rank, stats.numerical_rank):
+        np.testing.assert_array_equal(rank, [0, 0])
+    np.testing.assert_array_equal(stats.sigma_max, [0, 0])
