@@ -403,9 +403,14 @@ class Atlas:
         progress: Progress | None = None,
     ) -> dict[str, Any]:
         """Write models (all when none named) to a Parquet tree: a folder or an object-store URL
-        such as ``s3://bucket/prefix``; ``progress`` as for :meth:`export`."""
+        such as ``s3://bucket/prefix``; ``progress`` as for :meth:`export`. A model whose
+        direction ids overlap another's in the tree (exported from another atlas) is written,
+        with a warning: a direction looked up by id there will be refused."""
         models = list(model_ids or [])
-        return export_parquet_tree(self.reader, models, str(dest), vectors, progress or no_progress)
+        info = export_parquet_tree(self.reader, models, str(dest), vectors, progress or no_progress)
+        for note in info["notes"]:  # ids the tree now holds twice
+            warnings.warn(note, AtlasWarning, stacklevel=2)
+        return info
 
     def ingest(self, *models: writing.Model, **options: Any) -> writing.IngestResult:
         """Decompose models into this atlas, as ``svd-atlas ingest`` does: ``"minilm"``, a

@@ -172,12 +172,19 @@ def test_ids_shared_by_models_from_two_atlases_are_refused_not_guessed(
     other = tmp_path / "other"
     ingest_loaded(other, tiny_gpt2(), "tiny")
     tree = tmp_path / "tree"
-    for root in (minilm_atlas, other):
-        result = run_cli("--atlas", root, "export", "--parquet", tree)
-        assert result.returncode == 0, result.stderr
+    exported = [run_cli("--atlas", root, "export", "--parquet", tree)
+                for root in (minilm_atlas, other)]  # fmt: skip
+    assert all(e.returncode == 0 for e in exported), [e.stderr for e in exported]
+    # the second export says what it made of the tree
+    assert "overlap" not in exported[0].stderr
+    assert (
+        f"note: the direction ids of 'tiny' (0..{tiny_last(other)}) overlap those of 'minilm' in "
+        f"{tree}: ids are unique only within one atlas" in exported[1].stderr
+    ), exported[1].stderr
     for command in (["show", "5"], ["trace", "5"], ["search", "--direction", "5"]):
         line = assert_one_error_line(run_cli("--atlas", tree, *command))
         assert "direction 5 is ambiguous" in line and "minilm, tiny" in line, line
+        assert "load their bundles into one atlas" in line, line
     with atlas.open(tree) as opened, atlas.open(other) as tiny:
         rows = opened.sql(
             "SELECT sigma FROM directions WHERE model_id = 'tiny' AND direction_id = 5"
@@ -196,6 +203,11 @@ def test_ids_shared_by_models_from_two_atlases_are_refused_not_guessed(
                 np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], atol=1e-5)
             both = opened.search("fire", k=20)
             assert {h.model_id for h in both} == {"minilm", "tiny"}
+
+
+def tiny_last(root: Path) -> int:
+    with atlas.open(root) as a:
+        return int(a.sql("SELECT max(direction_id) FROM directions").column(0)[0].as_py())
 
 
 def test_words_without_an_unembedding_are_searched_in_token_space_with_a_note(

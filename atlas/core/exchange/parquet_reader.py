@@ -24,6 +24,7 @@ from atlas.core.exchange.tree_format import (
     FORMAT_VERSION,
     PARTITION,
     PARTITIONED_BY_DIRECTION,
+    SHARED_IDS_HINT,
     model_has_table,
     partition_dir,
     read_marker,
@@ -122,7 +123,7 @@ class ParquetReader(Reader):
             raise AtlasError(
                 f"direction {direction_id} is ambiguous in {self.location}: the id ranges of "
                 f"{', '.join(sorted(owners))} overlap, as ids are unique only within the atlas a "
-                "model was exported from"
+                f"model was exported from; {SHARED_IDS_HINT}"
             )
         if not owners:
             raise NotFound(f"no direction {direction_id} in {self.location}")

@@ -26,6 +26,7 @@ from atlas.core.exchange.tree_format import (
     FORMAT_VERSION,
     MARKER,
     PARTITION,
+    SHARED_IDS_HINT,
     UNEMBED_DIR,
     UNEMBED_FILE,
     VECTOR_MODES,
@@ -96,7 +97,7 @@ def _export(
         library_versions=library_versions(),
     )
     _put(fs, f"{root}/{MARKER}", json.dumps(info, indent=2).encode("utf-8"))
-    return {**info, "written": model_ids}
+    return {**info, "written": model_ids, "notes": id_overlaps(info, model_ids, dest)}
 
 
 def _existing_marker(fs: Any, root: str, dest: str) -> dict[str, Any] | None:
@@ -167,4 +168,34 @@ def _model_info(a: Reader, model_id: str) -> dict[str, Any]:
     row = a.sql(
         f"SELECT d_model, n_directions, architecture, source FROM {a.relation(model_id, 'models')}"
     ).to_pylist()[0]
-    return {**row, "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    (ids,) = a.sql(
+        f"SELECT min(direction_id) AS lo, max(direction_id) AS hi "
+        f"FROM {a.relation(model_id, 'directions')}"
+    ).to_pylist()
+    return {
+        **row,
+        "direction_ids": [ids["lo"], ids["hi"]],
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def id_overlaps(info: dict[str, Any], written: list[str], dest: str) -> list[str]:
+    """A note for each model just written whose direction ids overlap another model's in the
+    tree (models exported from different atlases): a lookup of those ids will be refused."""
+    spans = {
+        m: entry["direction_ids"]
+        for m, entry in info["models"].items()
+        if isinstance(entry.get("direction_ids"), list) and None not in entry["direction_ids"]
+    }
+    notes = []
+    for m in written:
+        others = [o for o in sorted(spans) if o != m and m in spans
+                  and spans[o][0] <= spans[m][1] and spans[m][0] <= spans[o][1]]  # fmt: skip
+        if others:
+            lo, hi = spans[m]
+            notes.append(
+                f"the direction ids of {m!r} ({lo}..{hi}) overlap those of "
+                f"{', '.join(map(repr, others))} in {dest}: ids are unique only within one atlas, "
+                f"so a direction looked up by id there is refused; {SHARED_IDS_HINT}"
+            )
+    return notes

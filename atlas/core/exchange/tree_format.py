@@ -44,6 +44,11 @@ FORMAT = "svd-atlas-parquet"
 FORMAT_VERSION = 3
 TOO_OLD = "export its models into a new tree (`export` with `parquet`)"
 VECTOR_MODES = ("f32", "none")
+# models exported from different atlases into one tree may share direction ids
+SHARED_IDS_HINT = (
+    "to share them together, load their bundles into one atlas (it gives each model its own "
+    "ids) and export that"
+)
 PARTITION = "model_id"
 DATA_FILE = "data_0.parquet"
 UNEMBED_DIR, UNEMBED_FILE = "unembed", "unembed.npy"
