@@ -16,7 +16,7 @@ from pathlib import Path
 
 from atlas.core.cancel import Deadline, Work, stoppable
 from atlas.core.contract import JUDGED_SQL, KINDS, MLP_KINDS, SIDES, TABLES, Kind
-from atlas.core.errors import MemoryLimitExceeded, NotFound, QueryTimeout
+from atlas.core.errors import MemoryLimitExceeded, NotFound, QueryTimeout, no_models
 from atlas.core.indexes import search_threads, usable_cores
 from atlas.core.jsondata import (
     csv_cell,
@@ -84,6 +84,7 @@ __all__ = [
     "format_bytes",
     "is_interrupt",
     "load_npy",
+    "no_models",
     "parse_memory_limit",
     "plot_spectra",
     "read_pairs",

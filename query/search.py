@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from atlas.core.cancel import check as check_stopped
-from atlas.core.errors import AtlasError, BadParameter, DamagedIndex, NoMatch
+from atlas.core.errors import AtlasError, BadParameter, DamagedIndex, NoMatch, no_models
 from atlas.core.hit_rows import HitRow
 from atlas.core.index_guard import exact_cosines
 from atlas.core.indexes import merge_valences
@@ -123,7 +123,7 @@ def resolve_query(
     for m in candidates:
         a.require_model(m)  # an unknown model id fails here, naming the known ones
     if not candidates:
-        raise AtlasError(f"{a.location} holds no models yet")
+        raise AtlasError(no_models(a.location, list(a.damaged)))
     home = a.model_of(direction) if direction is not None else None
     notes: list[str] = []
     if space == "auto":

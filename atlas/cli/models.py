@@ -7,6 +7,8 @@ from typing import Any
 import click
 
 from atlas.cli.output import emit, format_option
+from atlas.cli.params import render
+from atlas.interface import no_models
 
 MODEL_COLUMNS = [
     "model_id",
@@ -54,9 +56,9 @@ def _list(location: str, fmt: str) -> None:
 
     with atlas.open(location) as a:
         rows = a.models()
-        location = a.location
+        location, damaged = a.location, list(a.damaged)
     if not rows and fmt == "table":
-        click.echo(f"{location} holds no models yet (svd-atlas ingest MODEL adds one)")
+        click.echo(render(no_models(location, damaged), click.get_current_context(silent=True)))
         return
     for r in rows:
         r["size"] = human_bytes(r["size_bytes"]) if fmt == "table" else r["size_bytes"]

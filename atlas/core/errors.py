@@ -128,3 +128,14 @@ def one_line(error: BaseException | str, limit: int = 300) -> str:
         return joined
     cut = joined[: limit - 1]
     return (cut.rsplit(" ", 1)[0] if " " in cut[limit // 2 :] else cut) + "…"
+
+
+def no_models(location: str, damaged: list[str]) -> str:
+    """What an atlas with no model to read holds: nothing yet, or only models left out as
+    damaged (an empty atlas would send its user to ingest what is there)."""
+    if damaged:
+        return (
+            f"{location} holds no readable models: {', '.join(map(repr, damaged))} left out as "
+            "damaged (`check` names the damage)"
+        )
+    return f"{location} holds no models yet (`ingest` adds one)"

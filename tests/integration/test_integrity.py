@@ -466,3 +466,14 @@ def test_check_works_on_a_tree(tree: Path, tmp_path: Path) -> None:
     line = assert_one_error_line(run_cli("--atlas", bad, "search", "fire"))
     assert "'minilm'" in line and "negative" in line, line
     assert assert_one_error_line(run_cli("--atlas", bad, "check", "--repair"))
+
+
+def test_an_atlas_whose_only_model_is_damaged_is_not_called_empty(atlas_copy: Path) -> None:
+    """It said "holds no models yet (svd-atlas ingest MODEL adds one)", and search "holds no
+    models yet", as if nothing were there."""
+    (_store(atlas_copy) / "model.duckdb").write_bytes(b"junk")
+    listed = run_cli("--atlas", atlas_copy, "models")
+    assert listed.returncode == 0
+    said = f"{atlas_copy} holds no readable models: 'minilm' left out as damaged"
+    assert said in listed.stdout and "svd-atlas check names the damage" in listed.stdout
+    assert said in assert_one_error_line(run_cli("--atlas", atlas_copy, "search", "fire"))
