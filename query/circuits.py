@@ -223,5 +223,11 @@ def composition_trace(
             ).to_pylist()
             reached_by = {p["write_id"]: p["read_id"] for p in partners}
             frontier = list(reached_by)
+    if len(rows) == 1:  # say why nothing was reached, as a search that finds nothing does
+        notes.append(
+            f"no stored pair from direction {direction_id} carries min_share {min_share:g} of "
+            "an edge's score² (each edge keeps its largest pairs: `circuits` with `pairs` "
+            "lists them)"
+        )
     hits = a.hit_rows(model_id, [r["direction_id"] for r in rows])
     return [{**r, "tokens": hits[r["direction_id"]].pos_tokens} for r in rows], notes

@@ -256,6 +256,13 @@ def test_a_composition_trace_says_what_its_limit_cut_and_refuses_what_it_ignores
     with pytest.warns(AtlasWarning, match="cut at the limit of 2 directions"):
         cut = a.trace(origin, via="composition", hops=1, min_share=0.0, limit=2)
     assert list(cut) == full[:2]
+    with pytest.warns(AtlasWarning, match="no stored pair from direction"):
+        alone = a.trace(origin, via="composition", hops=2, min_share=1.0)  # no pair has it all
+    assert [r["direction_id"] for r in alone] == [origin]
+    assert alone.notes == [
+        f"no stored pair from direction {origin} carries min_share 1 of an edge's score² (each "
+        "edge keeps its largest pairs: `circuits` with `pairs` lists them)"
+    ]
     assert cut.notes == [
         f"cut at the limit of 2 directions (the origin included): {len(full) - 2} more at "
         "hop 1 pass min_share 0, and any beyond them were not followed"
