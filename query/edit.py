@@ -40,7 +40,7 @@ from atlas.core.errors import AtlasError, NotFound
 from atlas.core.reader import Reader
 from atlas.models.svd import factor_svd
 from query.editable import check_eps, edit_pairs
-from query.probe import Probe, Reading, make_probes, measure, require_causal
+from query.probe import Probe, Reading, make_probes, measure, require_causal, resolve_target
 
 MLP_VIEWS = {"mlp_in": "W_in", "mlp_gate": "W_gate", "mlp_out": "W_out"}
 # QK directions are not edited: a QK circuit is W_Q W_Kᵀ, whose factors an edit of one
@@ -305,6 +305,17 @@ def boot_model(a: Reader, model_id: str, device: str = "auto") -> Any:
     return loaded.bridge
 
 
+def check_targets(a: Reader, model_id: str, targets: list[str]) -> None:
+    """Refuse a target that is not one token of the model's tokenizer before the model boots
+    (the tokenizer alone loads in about a second)."""
+    from atlas.models.loading import load_tokenizer
+
+    (info,) = a.sql(f"SELECT spec FROM {a.relation(model_id, 'models')}").to_pylist()
+    tokenizer = load_tokenizer(info["spec"])
+    for target in targets:
+        resolve_target(tokenizer, target)
+
+
 def measure_edit(
     a: Reader,
     model_id: str,
@@ -329,6 +340,7 @@ def measure_edit(
             f"direction {foreign[0].direction_id} belongs to {foreign[0].model_id!r}, "
             f"not {model_id!r}"
         )
+    check_targets(a, model_id, [t for _, t in pairs])
     bridge = boot_model(a, model_id, device)
     require_causal(bridge, model_id)
     probes = make_probes(bridge, list(pairs))

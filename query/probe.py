@@ -58,10 +58,10 @@ def encode_prompt(bridge: Any, prompt: str) -> list[int]:
     return ids
 
 
-def resolve_target(bridge: Any, target: str) -> tuple[int, str]:
-    """The one token ``target`` names: the next-word form (with a leading space) if the
-    tokenizer has one, else the exact vocabulary entry, else its single-token encoding."""
-    tok = bridge.tokenizer
+def resolve_target(tok: Any, target: str) -> tuple[int, str]:
+    """The one token ``target`` names in the tokenizer ``tok``: the next-word form (with a
+    leading space) if the tokenizer has one, else the exact vocabulary entry, else its
+    single-token encoding."""
     candidates = [] if target.startswith(" ") else [" " + target]
     for text in [*candidates, target]:
         ids = tok.encode(text, add_special_tokens=False)
@@ -76,7 +76,7 @@ def resolve_target(bridge: Any, target: str) -> tuple[int, str]:
 def make_probes(bridge: Any, pairs: list[tuple[str, str]]) -> list[Probe]:
     probes = []
     for prompt, target in pairs:
-        target_id, token = resolve_target(bridge, target)
+        target_id, token = resolve_target(bridge.tokenizer, target)
         probes.append(Probe(prompt, target, target_id, token, encode_prompt(bridge, prompt)))
     return probes
 

@@ -108,6 +108,19 @@ def config_and_tokenizer(folder: Path) -> tuple[Any, Any]:
         raise AtlasError(f"cannot load model folder {folder}: {one_line(exc)}") from None
 
 
+def load_tokenizer(spec: str) -> Any:
+    """MODEL's tokenizer alone, without its weights (a second, where a boot takes ten or
+    more): what an edit's targets are checked against before the model is booted."""
+    resolved = resolve_spec(spec)
+    with hub.quiet():
+        if resolved.shape is not None:
+            from atlas.models.random_models import random_tokenizer
+
+            return random_tokenizer(resolved.shape)
+        assert resolved.folder is not None
+        return config_and_tokenizer(resolved.folder)[1]
+
+
 def load_model(
     spec: str, device: str = "cpu", dtype: str = "float32", processing: str = "raw"
 ) -> LoadedModel:

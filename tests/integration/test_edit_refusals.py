@@ -41,6 +41,22 @@ def test_a_bidirectional_model_is_refused_before_it_is_booted(
             assert err.value.param == "eps"
 
 
+def test_a_target_that_is_no_token_is_refused_before_the_model_boots(
+    llama: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tokenizer alone says so in about a second; the refusal came after a boot of ten."""
+    import atlas.models.loading
+
+    def no_boot(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("edit booted a model it could have refused from its tokenizer")
+
+    monkeypatch.setattr(atlas.models.loading, "load_model", no_boot)
+    root, direction = llama
+    args = ["--direction", direction, "--eps", "-1", "--prompt", "the fire", "--target"]
+    err = assert_one_error_line(run_cli("--atlas", root, "edit", "llama", *args, "no such word"))
+    assert "target 'no such word' is not one token of this model's vocabulary" in err
+
+
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     """An atlas of a random:llama-tiny folder (a causal model ``edit`` can boot again), and
