@@ -7,6 +7,7 @@ a server can draw figures in several threads at once.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -133,9 +134,20 @@ def singular_values_figure(values: list[float], title: str) -> Any:
 
 
 def _plain_log_ticks(ax: Any) -> None:
-    """Log-axis labels as plain numbers (``0.5``, ``2``), not ``5 x 10^-1``."""
+    """Log-axis labels as plain numbers (``0.5``, ``2``), not ``5 x 10^-1``, and only as many
+    as fit: every tick within a decade, 1, 2 and 5 over a few, powers of ten beyond (every
+    minor tick labelled ran ``0.9 0.8 0.7 ...`` into one smudge)."""
     from matplotlib import ticker
 
-    plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    def label(value: float, _position: Any) -> str:
+        if value <= 0:
+            return ""
+        low, high = ax.get_ylim()
+        decades = math.log10(high / low) if 0 < low < high else 1.0
+        shown = range(1, 10) if decades < 0.6 else (1, 2, 5) if decades < 2.5 else (1,)
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        return f"{value:g}" if mantissa in shown else ""
+
+    plain = ticker.FuncFormatter(label)
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
