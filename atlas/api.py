@@ -357,14 +357,15 @@ class Atlas:
     @_takes(MatrixCardParams)
     def card(self, *target: Any, **options: Any) -> dict[str, Any]:
         """``card(direction_id)`` or ``card(model_id, layer, head_or_kind)`` (its directions
-        from sv_index ``offset``, ``top`` of them: :class:`atlas.params.MatrixCardParams`)."""
+        from sv_index ``offset``, ``top`` of them, of a head's ``circuit`` ``ov`` or ``qk``:
+        :class:`atlas.params.MatrixCardParams`)."""
         p = validate(MatrixCardParams, **options)
         if len(target) == 1:
             return direction_card(self.reader, target[0])
         if len(target) == 3:
             model_id, layer, head = target
-            card = matrix_card(self.reader, model_id, layer, head, p.top, p.offset)
-            if card["kind"] == "ov":
+            card = matrix_card(self.reader, model_id, layer, head, p.top, p.offset, p.circuit)
+            if card["kind"] == "ov":  # a head's circuits summarised on its OV card
                 card.update(head_summary(self.reader, model_id, card["layer"], card["head"], 5))
             return card
         raise AtlasError(

@@ -47,6 +47,7 @@ MAX_VECTOR = 65_536  # values of a residual-space vector
 MAX_SQL_ROWS = 100_000  # rows one SQL answer holds over HTTP (the server's bound)
 Space = Literal["auto", "residual", "token"]
 Side = Literal["read", "write", "query", "key"]
+Circuit = Literal["ov", "qk"]  # a head's two circuits
 Via = Literal["residual", "composition"]
 
 _INTEGER = re.compile(r" *[0-9]+ *")  # ASCII digits only: not "1_0", not "٣", not "-1"
@@ -383,6 +384,9 @@ class MatrixCardParams(Params):
 
     top: Int = Field(DEFAULT_TOP, ge=1, le=MAX_TOP, description="Directions shown.")
     offset: Int = Field(0, ge=0, description="From this sv_index.")
+    circuit: Circuit = Field(
+        "ov", description="A head's circuit: ov (what it moves) or qk (what it attends by)."
+    )
 
 
 P = TypeVar("P", bound=Params)

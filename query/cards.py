@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args
 
 from atlas.core.contents import contents_refusal
 from atlas.core.contract import EMBED_SIDES, HEAD_KINDS, JUDGED_SQL, KINDS, SIDES_OF
-from atlas.core.errors import AtlasError, NotFound
+from atlas.core.errors import AtlasError, BadParameter, NotFound
 from atlas.core.reader import Reader, check_direction_id
 from atlas.core.views import direction_tokens_sql
 
@@ -25,18 +25,34 @@ MATRIX_COLUMNS = (
 
 
 def matrix_card(
-    a: Reader, model_id: str, layer: Any, head_or_kind: Any, top: int = DEFAULT_TOP, offset: int = 0
+    a: Reader,
+    model_id: str,
+    layer: Any,
+    head_or_kind: Any,
+    top: int = DEFAULT_TOP,
+    offset: int = 0,
+    circuit: str = "ov",
 ) -> dict[str, Any]:
-    """A head (``head_or_kind`` a head number, kind ov) or an MLP matrix (a kind name), with
-    its directions ``offset`` to ``offset + top`` (by sv_index)."""
+    """A head's ``circuit`` (``head_or_kind`` a head number; ``ov`` or ``qk``) or an MLP matrix
+    (a kind name), with its directions ``offset`` to ``offset + top`` (by sv_index) on each of
+    its ``sides``."""
     a.require_model(model_id)
     layer = _number(layer, "LAYER")
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise AtlasError(f"top must be an integer of at least 1, not {top!r}")
     offset = _number(offset, "offset")
+    if circuit not in HEAD_KINDS:
+        raise BadParameter(
+            f"must be one of {', '.join(HEAD_KINDS)}, not {circuit!r}", param="circuit"
+        )
     if not isinstance(head_or_kind, str) or head_or_kind.isdigit():
-        kind, head = "ov", _number(head_or_kind, "HEAD")
+        kind, head = circuit, _number(head_or_kind, "HEAD")
     elif head_or_kind in KINDS and head_or_kind not in HEAD_KINDS:
+        if circuit != "ov":
+            raise BadParameter(
+                f"{circuit} is a head's circuit; an MLP matrix ({head_or_kind}) has none",
+                param="circuit",
+            )
         kind, head = head_or_kind, None
     else:
         raise AtlasError(
@@ -54,7 +70,8 @@ def matrix_card(
             + (f" head {head}" if head is not None else "")
             + f" in {model_id!r}"
         )
-    card = rows[0]
+    # its sides as shown: what it writes first (write, read; query, key)
+    card = rows[0] | {"sides": sorted(SIDES_OF[kind], key=lambda side: side != "write")}
     rows_of_matrix = direction_tokens_sql(
         a.relation(model_id, "directions"),
         a.relation(model_id, "top_tokens"),

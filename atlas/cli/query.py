@@ -276,8 +276,8 @@ def trace(obj: dict[str, Any], direction_id: int, n_tokens: int, fmt: str, **par
 def show(
     obj: dict[str, Any], target: tuple[str, ...], n_tokens: int, fmt: str, **params: Any
 ) -> None:
-    """A card: `show ID` (one direction) or `show MODEL LAYER HEAD` (HEAD: a head number, or
-    mlp_in / mlp_gate / mlp_out)."""
+    """A card: `show ID` (one direction) or `show MODEL LAYER HEAD` (HEAD: a head number, its
+    OV circuit or with --circuit qk its QK circuit; or mlp_in / mlp_gate / mlp_out)."""
     import atlas
 
     if not (len(target) == 1 and target[0].isdigit()) and len(target) != 3:
@@ -362,19 +362,22 @@ def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:
         missing = render(card["circuits_missing"], click.get_current_context(silent=True))
         click.echo(f"  circuits: none stored; {missing}")
     rows = []
+    sides = card["sides"]
+    embedded = {side: "reads (W_E) +" if side == "read" else f"{side} (W_E) +" for side in sides}
     for d in card["directions"]:
         row = {"sv": f"{d['sv_index']}{'~' if d['degenerate'] else ''}", "sigma": d["sigma"]}
-        for side in ("write", "read"):
+        for side in sides:
             if f"{side}_id" in d:
                 row[f"{side} +"] = (d[f"{side}_pos"] or [])[:n_tokens]
                 row[f"{side} -"] = (d[f"{side}_neg"] or [])[:n_tokens]
-        if d.get("read_embed_pos") is not None and not card["embed_same_as_unembed"]:
-            row["reads (W_E) +"] = d["read_embed_pos"][:n_tokens]
+        for side in sides:
+            embed = d.get(f"{side}_embed_pos")
+            if embed is not None and not card["embed_same_as_unembed"]:
+                row[embedded[side]] = embed[:n_tokens]
         rows.append(row)
+    shown = [c for side in sides for c in (f"{side} +", f"{side} -")]
     columns = ["sv", "sigma"] + [
-        c
-        for c in ("write +", "write -", "read +", "read -", "reads (W_E) +")
-        if any(c in r for r in rows)
+        c for c in (*shown, *embedded.values()) if any(c in r for r in rows)
     ]
     emit(rows, columns, "table")
     if card["embed_same_as_unembed"]:

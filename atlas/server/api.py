@@ -252,9 +252,8 @@ async def matrix(request: Request, params: Annotated[MatrixRequest, Query()]) ->
     """A head's (``head`` a number) or MLP matrix's card, with its directions ``offset`` to
     ``offset + top`` (``svd-atlas show MODEL LAYER HEAD --format json``)."""
     p = params
-    return await answer(
-        request, lambda a: a.card(p.model, p.layer, p.head, top=p.top, offset=p.offset)
-    )
+    options = p.model_dump(exclude={"model", "layer", "head"})  # every option of the card
+    return await answer(request, lambda a: a.card(p.model, p.layer, p.head, **options))
 
 
 @router.get("/spectrum", response_class=StrictJSON)

@@ -29,6 +29,7 @@ from atlas.params import (
     MAX_SQL_TEXT,
     MAX_TEXT,
     MAX_VECTOR,
+    Circuit,
     Mode,
     SearchParams,
     TraceParams,
@@ -327,11 +328,12 @@ async def matrix_page(
     layer: Annotated[int, Query(ge=0)],
     head: MatrixHead,
     page: Annotated[int, Query(ge=1)] = 1,
+    circuit: Annotated[Circuit, Query()] = "ov",
 ) -> HTMLResponse:
     offset = (page - 1) * PAGE_DIRECTIONS
 
     def work(a: Atlas) -> dict[str, Any]:
-        return a.card(model, layer, head, top=PAGE_DIRECTIONS, offset=offset)
+        return a.card(model, layer, head, top=PAGE_DIRECTIONS, offset=offset, circuit=circuit)
 
     card = await run(live_atlas(request), work, time_limit(request))
     pages = max(1, math.ceil(card["rank"] / PAGE_DIRECTIONS)) if card["rank"] else 1
@@ -342,19 +344,24 @@ async def matrix_page(
         page=page,
         pages=pages,
         head=head,
+        circuit=circuit,
         per_page=PAGE_DIRECTIONS,
     )
 
 
 @router.get("/matrix/spectrum.svg")
 async def matrix_spectrum_svg(
-    request: Request, model: ModelId, layer: Annotated[int, Query(ge=0)], head: MatrixHead
+    request: Request,
+    model: ModelId,
+    layer: Annotated[int, Query(ge=0)],
+    head: MatrixHead,
+    circuit: Annotated[Circuit, Query()] = "ov",
 ) -> Response:
     from atlas.interface import singular_values_figure
 
     def work(a: Atlas) -> Any:
-        card = a.card(model, layer, head, top=1)
-        where = f"layer {layer} " + (f"head {head}" if head.isdigit() else head)
+        card = a.card(model, layer, head, top=1, circuit=circuit)
+        where = f"layer {layer} " + (f"head {head} {circuit}" if head.isdigit() else head)
         return singular_values_figure(card["spectrum"], f"{where}: singular values")
 
     return _svg(await run(live_atlas(request), work, time_limit(request)))

@@ -247,6 +247,35 @@ def test_cards(minilm_atlas: Path) -> None:
         assert token_lines[sign] == f"  {sign} {expected}"
 
 
+def test_a_heads_qk_card_lists_its_query_and_key_directions(minilm_atlas: Path) -> None:
+    """`show MODEL LAYER HEAD --circuit qk`: the QK circuit's directions (a head card showed
+    its OV circuit only, and `show minilm 3 qk` was refused), as SQL finds them."""
+    args = ["--atlas", minilm_atlas, "show", "minilm", "3", "5", "--top", "3", "--circuit", "qk"]
+    card = json.loads(run_cli(*args, "--format", "json").stdout)
+    with atlas.open(minilm_atlas) as a:
+        rows = a.sql(
+            "SELECT d.sv_index, d.side, d.direction_id, d.sigma, t.token_display "
+            "FROM directions d JOIN top_tokens t USING (direction_id) WHERE d.kind = 'qk' "
+            "AND d.layer = 3 AND d.head = 5 AND d.sv_index < 3 AND t.basis = 'unembed' "
+            "AND t.polarity = 'pos' AND t.rank = 0 ORDER BY d.sv_index, d.side"
+        ).to_pylist()
+        api = a.card("minilm", 3, 5, top=3, circuit="qk")
+    assert card["directions"] == api["directions"]
+    assert card["kind"] == "qk" and card["sides"] == ["query", "key"]
+    for r in rows:
+        d = card["directions"][r["sv_index"]]
+        assert d[f"{r['side']}_id"] == r["direction_id"] and d["sigma"] == pytest.approx(r["sigma"])
+        assert d[f"{r['side']}_pos"][0] == r["token_display"]
+    text = run_cli(*args, "--tokens", "2").stdout
+    assert "minilm layer 3 head 5 qk (384x384, rank 32)" in text
+    header = next(line for line in text.splitlines() if line.startswith("sv "))
+    assert header.split() == ["sv", "sigma", "query", "+", "query", "-", "key", "+", "key", "-"]
+    refused = assert_one_error_line(
+        run_cli("--atlas", minilm_atlas, "show", "minilm", "3", "mlp_in", "--circuit", "qk")
+    )
+    assert "qk is a head's circuit; an MLP matrix (mlp_in) has none" in refused
+
+
 def test_a_cards_partner_is_the_other_side_of_its_singular_value(minilm_atlas: Path) -> None:
     """For a direction of every side of OV and QK, and an MLP's: the card's partner is the
     row SQL finds in its matrix at its sv_index, and the card names that row's side."""

@@ -192,3 +192,20 @@ def test_a_direction_page_offers_edits_only_for_a_model_edit_can_measure(
     listed = html.unescape(page(client, f"/directions/{first}"))
     for eps in ("-1", "-0.5", "1"):
         assert f"--direction {first} --eps {eps} --prompt PROMPT" in listed
+
+
+def test_a_heads_qk_page_lists_its_query_and_key_directions(
+    client: TestClient, hostile_atlas: Path
+) -> None:
+    with atlas.open(hostile_atlas) as a:
+        card = a.card("minilm", 3, 5, top=20, circuit="qk")
+    text = page(client, "/matrix?model=minilm&layer=3&head=5&circuit=qk")
+    assert "Layer 3 head 5 QK circuit" in text and "query +" in text and "key −" in text
+    for d in card["directions"]:
+        assert f'href="/directions/{d["query_id"]}"' in text
+        assert f'href="/directions/{d["key_id"]}"' in text
+    assert "&amp;circuit=qk&amp;page=2" in text  # the pager stays on the QK circuit
+    assert "--circuit qk" in text and 'href="/matrix?model=minilm&amp;layer=3&amp;head=5"' in text
+    ov = page(client, "/matrix?model=minilm&layer=3&head=5")
+    assert "head 5 OV circuit" in ov and "head=5&amp;circuit=qk" in ov
+    page(client, "/matrix?model=minilm&layer=3&head=mlp_in&circuit=qk", status=400)
