@@ -57,7 +57,8 @@ def head_edges(
 ) -> dict[str, Any]:
     """Head ``layer``/``head``'s ``top`` strongest in-edges and out-edges per mode, each with
     its kept direction pairs (``pairs``: src and dst direction ids, sv indices, contributions,
-    which sum to at most score², and ``share``: contribution over score²)."""
+    which sum to at most score², ``share``: contribution over score², and whether each
+    direction is degenerate, its share then one basis choice's)."""
     a.require_model(model_id)
     a.require_contents(model_id, CIRCUITS)
     check_place(a, model_id, layer, head)
@@ -92,10 +93,17 @@ def _edges(
     ).to_pylist()
     if not edges:
         return edges
+    directions = a.relation(model_id, "directions")
+    # a pair's direction in a degenerate group is one basis of its span among many: the pair's
+    # share depends on that choice (NULL: not stored, past the ingest's max_rank)
     rows = a.sql(
-        "SELECT src_layer, src_head, dst_layer, dst_head, mode, rank, src_sv, dst_sv, "
-        f"src_direction_id, dst_direction_id, contribution FROM {pairs} "
-        f"WHERE {end}_layer = ? AND {end}_head = ? AND list_contains(?, mode) ORDER BY rank",
+        "SELECT p.src_layer, p.src_head, p.dst_layer, p.dst_head, p.mode, p.rank, p.src_sv, "
+        "p.dst_sv, p.src_direction_id, p.dst_direction_id, p.contribution, "
+        "s.degenerate AS src_degenerate, d.degenerate AS dst_degenerate "
+        f"FROM {pairs} p LEFT JOIN {directions} s ON s.direction_id = p.src_direction_id "
+        f"LEFT JOIN {directions} d ON d.direction_id = p.dst_direction_id "
+        f"WHERE p.{end}_layer = ? AND p.{end}_head = ? AND list_contains(?, p.mode) "
+        "ORDER BY p.rank",
         [layer, head, list(modes)],
     ).to_pylist()
     by_edge: dict[tuple[Any, ...], list[dict[str, Any]]] = {}

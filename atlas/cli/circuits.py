@@ -72,7 +72,17 @@ def circuits(
                     f"  {e['mode']} L{e['src_layer']}H{e['src_head']} -> "
                     f"L{e['dst_layer']}H{e['dst_head']}:"
                 )
-                emit(e["pairs"], PAIR_COLUMNS, fmt)
+                emit([_marked(p) for p in e["pairs"]], PAIR_COLUMNS, fmt)
+
+
+def _marked(pair: dict[str, Any]) -> dict[str, Any]:
+    """A pair as the table shows it: ``~`` after the sv index of a degenerate direction, as a
+    card marks it (its share is one basis choice's)."""
+    marked = dict(pair)
+    for end in ("src", "dst"):
+        if pair.get(f"{end}_degenerate"):
+            marked[f"{end}_sv"] = f"{pair[f'{end}_sv']}~"
+    return marked
 
 
 COMMANDS = [circuits]

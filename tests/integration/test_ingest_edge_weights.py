@@ -97,3 +97,43 @@ def test_a_numerically_zero_singular_value_is_flagged_and_left_out_of_ratios(
         assert r["sigma"] < 1e-5 * r["sigma_max"]  # zero to float32 precision
         assert r["degenerate"] and r["degenerate_group"] == 63
     assert 0 < compared["mlp_in"] < 1 and 0 < compared["all"] < 1, compared
+
+
+@pytest.mark.slow  # an ingest: about 5 s
+def test_a_pair_through_a_degenerate_head_is_marked(tmp_path: Path) -> None:
+    """Layer 1 head 2's OV circuit is 0.1 times a projection: its 16 singular values are
+    equal, so its directions are one basis of their span among many, and a composition pair
+    through one of them carries one basis choice's share: marked, in the library's rows, the
+    command line's `~` and the page."""
+    import torch
+    from fastapi.testclient import TestClient
+
+    from atlas.server.app import create_app
+
+    folder = save_random_model("gpt2-tiny", tmp_path / "model")
+    tensors = load_file(folder / "model.safetensors")
+    d_model, d_head, head = 64, 16, 2
+    columns = slice(2 * d_model + head * d_head, 2 * d_model + (head + 1) * d_head)
+    w_v = tensors["transformer.h.1.attn.c_attn.weight"]
+    w_v[:, columns] = 0
+    w_v[:d_head, columns] = 0.1 * torch.eye(d_head)
+    w_o = tensors["transformer.h.1.attn.c_proj.weight"]
+    rows = slice(head * d_head, (head + 1) * d_head)
+    w_o[rows, :] = 0
+    w_o[rows, :d_head] = torch.eye(d_head)
+    save_file(tensors, folder / "model.safetensors")
+    root = tmp_path / "atlas"
+    assert run_cli("--atlas", root, "ingest", folder).returncode == 0
+    with atlas.open(root) as a:
+        edges = a.composition("model", layer=1, head=2, mode="V")["out"]
+    pairs = [p for e in edges for p in e["pairs"]]
+    assert pairs and all(p["src_degenerate"] for p in pairs)
+    assert all(p["dst_degenerate"] is not None for p in pairs)
+    text = run_cli("--atlas", root, "circuits", "model", "1", "2", "--mode", "V", "--pairs")
+    shown = [line.split() for line in text.stdout.splitlines() if line[:1].isdigit()]
+    # fed by: its V read directions (dst_sv) are the degenerate ones; feeds: its write ones
+    assert shown and all(row[3].endswith("~") or row[4].endswith("~") for row in shown), text
+    assert any(row[3].endswith("~") for row in shown), text.stdout
+    with TestClient(create_app(str(root))) as client:
+        page = client.get("/circuits/head", params={"model": "model", "layer": 1, "head": 2})
+    assert page.status_code == 200 and page.text.count('class="degenerate"') >= len(pairs)
