@@ -19,6 +19,7 @@ def _terminated(ended_stderr: str) -> bool:
     return ended_stderr.strip().splitlines() == ["terminated: the atlas is unchanged"]
 
 
+@pytest.mark.slow  # an export and a bundle's open in a process: about 7 s
 def test_a_bundle_opened_by_a_terminated_command_leaves_no_private_copy(
     small_atlas: Path, tmp_path: Path
 ) -> None:
