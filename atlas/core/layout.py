@@ -201,7 +201,9 @@ class AtlasDir:
                 f"{self.root} has no {CATALOG} but holds {len(self.orphan_stores())} model "
                 f"store(s); {REBUILD_CATALOG}"
             )
-        raise AtlasError(f"no atlas at {self.root} (create one with `ingest`)")
+        raise AtlasError(
+            f"no atlas at {self.root}, nor a bundle or Parquet tree (`ingest` creates an atlas)"
+        )
 
     def read_catalog(self, upgrading: bool = False) -> Catalog:
         """The published catalog (see :meth:`Catalog.from_json` for ``upgrading``)."""

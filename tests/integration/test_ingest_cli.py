@@ -141,4 +141,5 @@ def test_local_folder_equals_bundled_and_models_lists_both(
 
 
 def test_models_on_missing_atlas(tmp_path: Path) -> None:
-    assert "no atlas at" in assert_one_error_line(run_cli("--atlas", tmp_path / "x", "models"))
+    line = assert_one_error_line(run_cli("--atlas", tmp_path / "x.bundle", "models"))
+    assert f"no atlas at {tmp_path / 'x.bundle'}, nor a bundle or Parquet tree" in line
