@@ -25,6 +25,7 @@ from atlas.interface import parse_memory_limit
 from atlas.server import DEFAULT_INDEX_MEMORY_GB, DEFAULT_PORT, DEFAULT_TIMEOUT
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+BACKLOG = 2048  # uvicorn's: connections the kernel queues before one is accepted
 WORKER_SETTINGS_ENV = "SVD_ATLAS_SERVE"  # how `serve` hands its settings to its workers
 
 
@@ -77,13 +78,26 @@ def serve(
     The atlas stays open with its indexes loaded; a model that an ingest or a load publishes
     meanwhile shows up without a restart. Nothing is ever written.
     """
+    parse_memory_limit(memory_limit)  # one line now, not a failure in each worker
+    with _listen(host, port) as listening:
+        _serve(obj["atlas"], listening, host, port, workers, timeout, index_memory, memory_limit)
+
+
+def _serve(
+    location: str,
+    listening: socket.socket,
+    host: str,
+    port: int,
+    workers: int | None,
+    timeout: float,
+    index_memory: float,
+    memory_limit: str,
+) -> None:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from atlas.server.app import create_app
 
-    parse_memory_limit(memory_limit)  # one line now, not a failure in each worker
-    _check_free(host, port)
-    location = obj["atlas"]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     reach = (
         "loopback only: other machines cannot reach it"
@@ -91,7 +105,12 @@ def serve(
         else "reachable from the network: anyone who can reach this address can read the atlas"
     )
     # httptools: uvicorn's C parser (a dependency), not its pure-Python fallback
-    options = {"host": host, "port": port, "log_level": "warning", "http": "httptools"}
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "http": "httptools",
+    }
     workers = workers or default_workers()
     started = time.perf_counter()
     # opened here as each worker opens it: what would stop a worker is one line now, and what
@@ -120,7 +139,11 @@ def serve(
             f"serving {location}: {opened}; resident memory {_resident_mb():,.0f} MB", err=True
         )
         click.echo(f"  {url}  ({reach}); Ctrl-C stops it", err=True)
-        uvicorn.run(app, **options)  # type: ignore[arg-type]
+        server = uvicorn.Server(uvicorn.Config(app, **options))
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops on it, then raises it
+            server.run(sockets=[listening])
+        if not server.started:
+            raise AtlasError(f"the server did not start on {url}")
         return
     app.state.live.close()  # each worker opens its own
     del app
@@ -128,17 +151,16 @@ def serve(
     click.echo(f"  {url}  ({reach}); Ctrl-C stops it", err=True)
     settings = {"location": location, "timeout": timeout, "index_memory_gb": index_memory,
                 "memory_limit": memory_limit, "told": told}  # fmt: skip
-    _run_workers(workers, options, settings)
+    config = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=workers, **options)
+    _run_workers(Multiprocess(config, sockets=[listening]), settings)
 
 
-def _run_workers(workers: int, options: dict[str, Any], settings: dict[str, Any]) -> None:
+def _run_workers(supervisor: Any, settings: dict[str, Any]) -> None:
     """uvicorn's supervisor and its workers (:func:`worker_app`).
 
     A worker that cannot start leaves its one line in a file, and the parent fails with it
     once uvicorn has stopped (which it does, with a log line of its own left out here, and
     returns as if asked to)."""
-    import uvicorn
-
     folder = Path(tempfile.mkdtemp(prefix="svd-atlas-serve-"))
     failure = folder / "failure"
     settings = {**settings, "parent": os.getpid(), "failure": str(failure)}
@@ -147,7 +169,8 @@ def _run_workers(workers: int, options: dict[str, Any], settings: dict[str, Any]
         lambda record: "failed to start" not in record.getMessage()
     )
     try:
-        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, **options)
+        with contextlib.suppress(KeyboardInterrupt):  # the supervisor stops its workers first
+            supervisor.run()
     finally:
         said = failure.read_text() if failure.exists() else None
         shutil.rmtree(folder, ignore_errors=True)
@@ -214,21 +237,28 @@ def default_workers() -> int:
     return max(1, min(cores, 8))
 
 
-def _check_free(host: str, port: int) -> None:
-    """One clear line if the address cannot be listened on (rather than a server log)."""
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound and listening before the address is printed: a client that
+    connects as soon as it sees it waits in the backlog until a worker accepts (uvicorn listens
+    only once it, or its first worker, has started: such a client was refused). One clear line
+    if the address cannot be listened on."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise AtlasError(f"cannot listen on {host!r}: {one_line(exc)}") from None
     family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise AtlasError(
-                f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port"
-            ) from None
+    listening = socket.socket(family, kind, proto)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind(address)
+        listening.listen(BACKLOG)
+    except OSError as exc:
+        listening.close()
+        raise AtlasError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port"
+        ) from None
+    listening.set_inheritable(True)  # the workers take it over
+    return listening
 
 
 def _resident_mb() -> float:
