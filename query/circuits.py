@@ -196,7 +196,7 @@ def composition_trace(
             "d.kind, d.side, d.sv_index, d.sigma "
             f"FROM {pairs} p JOIN {comp} c USING (src_layer, src_head, dst_layer, dst_head, mode) "
             f"JOIN {directions} d ON d.direction_id = p.dst_direction_id "
-            "WHERE list_contains(?, p.src_direction_id) "
+            "WHERE list_contains(?, p.src_direction_id) AND c.score > 0 "  # a zero edge: 0/0
             "AND p.contribution / (c.score * c.score) >= ? "
             "ORDER BY share DESC, d.direction_id",
             [frontier, min_share],

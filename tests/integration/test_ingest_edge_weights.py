@@ -11,6 +11,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 import atlas
+from atlas.errors import AtlasWarning
 from atlas.models.random_models import save_random_model
 from tests.support.helpers import assert_one_error_line, run_cli
 
@@ -61,6 +62,17 @@ def test_a_zero_head_composes_with_nothing(tmp_path: Path) -> None:
             "USING (src_layer, src_head, dst_layer, dst_head, mode)"
         ).to_pylist()
         top = a.composition("model", top=1)["edges"]
+        (write,) = (
+            a.sql(
+                "SELECT direction_id FROM directions WHERE kind = 'ov' AND side = 'write' "
+                "AND layer = 0 AND head = 1 AND sv_index = 0"
+            )
+            .column(0)
+            .to_pylist()
+        )
+        with pytest.warns(AtlasWarning, match="no stored pair"):
+            alone = a.trace(write, via="composition", min_share=0.0)  # its shares are 0/0
+    assert [r["direction_id"] for r in alone] == [write]
     assert rows and all(all(v == v for v in r.values()) for r in rows), (
         "a NaN in the composition tables"
     )
