@@ -65,7 +65,10 @@ def value_problems(
 
     ``vectors``: check the norms of ``all`` vectors, a ``sample`` (and then the top-token order
     of a sample too) or ``none`` (the caller checks them itself)."""
-    found = [_null_problem(run, directions, top_tokens) or _shape_problem(run, models, directions)]
+    found = [
+        _null_problem(run, directions, top_tokens)
+        or _shape_problem(run, models, directions, top_tokens, unembed)
+    ]
     if found[0]:  # the other checks read these values
         return [f"model {model_id!r}: {found[0]}"]
     found.append(_sigma_problem(run, directions))
@@ -120,28 +123,51 @@ def _null_problem(run: Run, directions: str, top_tokens: str) -> str | None:
 _SHAPE = {"n_layers": 1, "n_heads": 0, "d_head": 1, "d_vocab": 1, "top_k": 1}
 
 
-def _shape_problem(run: Run, models: str, directions: str) -> str | None:
-    """The ``models`` row's shape: counts that can be, and every layer and head within it."""
+def _shape_problem(
+    run: Run, models: str, directions: str, top_tokens: str, unembed: np.ndarray | None
+) -> str | None:
+    """The ``models`` row's shape: integer counts, every direction's layer and head within
+    them and the last of each there, top_k the ranks stored, d_vocab the unembedding's rows."""
     rows = run(f"SELECT {', '.join(_SHAPE)} FROM {models}", None).to_pylist()
     if len(rows) != 1:
         return f"models has {len(rows)} rows, not one"
     shape = rows[0]
     for column, least in _SHAPE.items():
-        if shape[column] is None or shape[column] < least:
-            return f"models.{column} is {shape[column]}, not a count of at least {least}"
+        value = shape[column]
+        if value is None:
+            return f"models.{column} is NULL"
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            return f"models.{column} is {value!r}, not a count of at least {least}"
+    n_layers, n_heads = shape["n_layers"], shape["n_heads"]
     row = _first(
         run,
         f"SELECT direction_id, {_WHERE} FROM {directions} "
         "WHERE layer NOT BETWEEN 0 AND ? - 1 OR head NOT BETWEEN 0 AND ? - 1 "
         "ORDER BY direction_id LIMIT 1",
-        [shape["n_layers"], shape["n_heads"]],
+        [n_layers, n_heads],
     )
-    if row is None:
-        return None
-    return (
-        f"{where(row)}: outside the model's {shape['n_layers']} layers of {shape['n_heads']} "
-        "heads (models.n_layers, n_heads)"
+    if row is not None:
+        return (
+            f"{where(row)}: outside the model's {n_layers} layers of {n_heads} heads "
+            "(models.n_layers, n_heads)"
+        )
+    last = _first(run, f"SELECT max(layer) AS layer, max(head) AS head FROM {directions}", None)
+    if last is not None and last["layer"] is not None and last["layer"] != n_layers - 1:
+        return f"models.n_layers is {n_layers}, but the directions' layers end at {last['layer']}"
+    if last is not None and last["head"] is not None and last["head"] != n_heads - 1:
+        return f"models.n_heads is {n_heads}, but the directions' heads end at {last['head']}"
+    ranks = _first(
+        run, f"SELECT max(rank) + 1 AS n FROM {top_tokens} WHERE basis = 'unembed'", None
     )
+    listed = min(shape["top_k"], shape["d_vocab"])
+    if ranks is not None and ranks["n"] is not None and ranks["n"] != listed:
+        return (
+            f"models.top_k is {shape['top_k']} (of {shape['d_vocab']} tokens), but each "
+            f"direction lists {ranks['n']} top tokens"
+        )
+    if unembed is not None and len(unembed) != shape["d_vocab"]:
+        return f"models.d_vocab is {shape['d_vocab']}, but the unembedding has {len(unembed)} rows"
+    return None
 
 
 def _sigma_problem(run: Run, directions: str) -> str | None:
