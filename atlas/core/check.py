@@ -54,7 +54,7 @@ from atlas.core.layout import (
     CatalogEntry,
 )
 from atlas.core.reader import store_problem
-from atlas.core.sqlguard import sql_string
+from atlas.core.sqlguard import raise_interrupt, sql_string
 from atlas.core.store import sha256_file
 from atlas.core.value_checks import value_problems
 from atlas.core.vectors import BadValues, numbers, python_rows, vector_matrix
@@ -258,6 +258,7 @@ class ModelCheck:
                 unembed = self._check_unembedding(model)
                 self._check_values(con, unembed)
         except duckdb.Error as exc:
+            raise_interrupt(exc)
             self.error(f"{MODEL_DB} cannot be read: {one_line(exc)}", UNPUBLISH)
             model = None
         finally:

@@ -46,6 +46,7 @@ from atlas.core.model_ids import left_out
 from atlas.core.sqlguard import (
     engine_error,
     lock_session,
+    raise_interrupt,
     run_statement,
     sql_string,
     stream_statement,
@@ -572,6 +573,7 @@ class StoreReader(Reader):
                     self._con.execute(f"ATTACH {sql_string(str(path))} AS m{i} (READ_ONLY)")
                     problem = store_problem(self._con, f"m{i}", model_id)
                 except duckdb.Error as exc:
+                    raise_interrupt(exc)
                     problem = f"cannot be read ({one_line(exc, 120)})"
                 if problem:
                     self._detach(f"m{i}")
@@ -613,6 +615,7 @@ class StoreReader(Reader):
         try:
             self._con.execute(f"ATTACH {sql_string(str(path))} AS user_db{mode}")
         except duckdb.Error as exc:
+            raise_interrupt(exc)
             if not write:
                 self.notes.append(
                     f"{path} is being written by another process: your own tables are not "

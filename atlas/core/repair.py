@@ -55,7 +55,7 @@ from atlas.core.layout import (
     CatalogEntry,
     fsync_tree,
 )
-from atlas.core.sqlguard import sql_string
+from atlas.core.sqlguard import raise_interrupt, sql_string
 from atlas.core.store import (
     with_members,
     write_index_from_database,
@@ -261,13 +261,15 @@ def _describe_store(store: Path) -> tuple[str, CatalogEntry] | None:
     match), or None."""
     try:
         con = _open_store(store)
-    except duckdb.Error:
+    except duckdb.Error as exc:
+        raise_interrupt(exc)
         return None
     try:
         (model_id,) = con.sql("SELECT model_id FROM m.models").fetchall()[0]
         d_lo, d_n = con.sql("SELECT min(direction_id), count(*) FROM m.directions").fetchall()[0]
         m_lo, m_n = con.sql("SELECT min(matrix_id), count(*) FROM m.matrices").fetchall()[0]
-    except (duckdb.Error, IndexError):
+    except (duckdb.Error, IndexError) as exc:
+        raise_interrupt(exc)
         return None
     finally:
         con.close()

@@ -69,6 +69,14 @@ def is_interrupt(exc: BaseException) -> bool:
     return type(exc) is RuntimeError and str(exc).strip().lower() == "query interrupted"
 
 
+def raise_interrupt(exc: BaseException) -> None:
+    """Raise ``KeyboardInterrupt`` if ``exc`` is an interruption: for a handler that turns
+    DuckDB's errors into findings or refusals (a damaged store, say), which would otherwise
+    turn Ctrl-C or SIGTERM into one and carry on."""
+    if is_interrupt(exc):
+        raise KeyboardInterrupt from None
+
+
 def engine_error(exc: BaseException, memory_limit: int, prefix: str = "") -> BaseException:
     """What a DuckDB failure is to the caller: ``KeyboardInterrupt`` for an interruption,
     :class:`MemoryLimitExceeded` past the memory limit, else one :class:`AtlasError` line

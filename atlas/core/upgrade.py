@@ -57,7 +57,7 @@ from atlas.core.layout import (
     fsync_tree,
 )
 from atlas.core.publish import IdRange, store_record
-from atlas.core.sqlguard import sql_string
+from atlas.core.sqlguard import raise_interrupt, sql_string
 from atlas.core.store import (
     TABLE_ORDER,
     TableWriter,
@@ -223,6 +223,7 @@ def _unreadable(store: Path, model_id: str) -> str | None:
         if rows != [(model_id,)]:
             return f"holds {[r[0] for r in rows][:3]!r}, not {model_id!r}"
     except duckdb.Error as exc:
+        raise_interrupt(exc)
         return f"cannot be read ({one_line(exc, 120)})"
     finally:
         con.close()

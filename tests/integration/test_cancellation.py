@@ -147,3 +147,20 @@ def test_the_servers_limit_answers_504_in_time_and_serves_on(small_atlas: Path) 
         for _ in range(3):
             got = client.get("/api/sql", params={"query": "SELECT 42 AS x"})
             assert got.status_code == 200 and got.json()["rows"] == [{"x": 42}]
+
+
+def test_an_interrupt_while_a_store_is_attached_is_not_taken_for_damage(
+    small_atlas: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening an atlas turns a store DuckDB cannot read into a model left out as damaged; an
+    interrupted read (Ctrl-C, SIGTERM) stays an interruption, not a damaged model."""
+    import duckdb
+
+    import atlas.core.reader
+
+    def interrupted(*_args: Any, **_kwargs: Any) -> None:
+        raise duckdb.InterruptException("INTERRUPT Error: Interrupted!")
+
+    monkeypatch.setattr(atlas.core.reader, "store_problem", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atlas.open(small_atlas)

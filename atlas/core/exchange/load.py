@@ -44,6 +44,7 @@ from atlas.core.layout import UNEMBED, AtlasDir
 from atlas.core.model_lock import model_lock
 from atlas.core.progress import Progress, no_progress
 from atlas.core.publish import IdRange, publish, refuse_existing, reserve_ids, store_record
+from atlas.core.sqlguard import raise_interrupt
 from atlas.core.store import (
     TABLE_ORDER,
     write_index_by_layer,
@@ -314,6 +315,7 @@ def _build_store(
     try:
         write_tables(staging, tables, data.model.d_model, with_vectors=data.vectors is not None)
     except duckdb.Error as exc:
+        raise_interrupt(exc)
         reason = one_line(exc)
         raise AtlasError(f"model {data.model.model_id!r} could not be stored: {reason}") from None
     if data.vectors is not None:

@@ -35,7 +35,7 @@ from atlas.core.exchange.tree_format import (
 from atlas.core.model_ids import left_out
 from atlas.core.reader import Reader, check_direction_id, no_vectors
 from atlas.core.rofs import PROTOCOL, ReadOnlyRoot
-from atlas.core.sqlguard import engine_message, sql_string
+from atlas.core.sqlguard import engine_message, raise_interrupt, sql_string
 from atlas.core.value_checks import UNIT_TOLERANCE, value_problems
 from atlas.core.vectors import numbers, vector_matrix
 
@@ -63,6 +63,7 @@ class ParquetReader(Reader):
         try:
             self._finish_open({t: self._parts(t, self._models) for t in tables})
         except duckdb.Error as exc:  # a file the views read cannot be opened
+            raise_interrupt(exc)
             why = engine_message(exc)
             raise AtlasError(f"cannot read the Parquet tree {location}: {why}") from None
         if validate:
