@@ -47,7 +47,7 @@ from atlas.core.publish import (
 from atlas.core.store import writing_store
 from atlas.core.tokens import display_vocabulary, normalized_form
 from atlas.core.versions import COMPUTE_LIBRARIES, STORAGE_LIBRARIES, library_versions
-from atlas.models.loading import LoadedModel, resolve_device
+from atlas.models.loading import LoadedModel, local_path, resolve_device
 from ingest.coherence_stage import CoherenceStage
 from ingest.decompose import OvMethod, ov_factored
 from ingest.ids import IdLayout
@@ -66,7 +66,7 @@ def default_model_id(spec: str) -> str:
     """The model_id an ingest uses when --name is not given (known before booting)."""
     if spec == BUNDLED or spec.startswith(RANDOM_PREFIX):
         return spec
-    path = Path(spec).expanduser()
+    path = local_path(spec)
     if path.exists() or spec.startswith(("/", ".", "~")):
         # a folder's name (a missing folder's too: booting it says it is missing)
         return path.resolve().name

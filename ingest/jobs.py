@@ -33,6 +33,7 @@ from atlas.core.errors import AtlasError, one_line
 from atlas.core.layout import AtlasDir
 from atlas.core.model_lock import ModelBusy, model_lock
 from atlas.core.publish import IdRange, publish, reserve_ids
+from atlas.models.loading import local_path
 from ingest.job import build_in, ingest, model_id_of, plan
 from ingest.options import DEFAULT_RETRIES, LOCAL_RAY, IngestOptions
 from ingest.report import IngestReport
@@ -305,7 +306,7 @@ class _RayJob:
 def _portable(options: IngestOptions, model_id: str) -> IngestOptions:
     """``options`` as a worker on another node (or in another folder) reads them: a local
     folder as an absolute path, and the model_id fixed."""
-    folder = Path(options.model).expanduser()
+    folder = local_path(options.model)
     model = str(folder.resolve()) if folder.exists() else options.model
     return replace(options, model=model, model_id=model_id)
 

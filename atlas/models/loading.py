@@ -58,7 +58,7 @@ def resolve_spec(spec: str) -> ModelSpec:
                 f"unknown random shape {shape!r}; choose one of {', '.join(RANDOM_SHAPES)}"
             )
         return ModelSpec(spec, spec, f"{spec} (random weights)", shape=shape)
-    folder = Path(spec).expanduser()
+    folder = local_path(spec)
     if folder.exists():
         _require_model_folder(folder)
         path = folder.resolve()
@@ -68,6 +68,16 @@ def resolve_spec(spec: str) -> ModelSpec:
             f"no folder {spec}: a local model is a folder with config.json and weights"
         )
     return ModelSpec(spec, spec, f"hub:{spec}", folder=_download(spec))
+
+
+def local_path(spec: str) -> Path:
+    """``spec`` as a local path, ``~`` expanded (``~nobody/x``: one line, not Python's
+    "Could not determine home directory")."""
+    try:
+        return Path(spec).expanduser()
+    except RuntimeError:
+        user = spec.split("/", 1)[0]
+        raise AtlasError(f"no folder {spec}: {user} names no user's home directory") from None
 
 
 def _is_path(spec: str) -> bool:

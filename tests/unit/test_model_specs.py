@@ -31,6 +31,13 @@ def test_a_missing_folder_is_named_as_given(spec: str, hub: list[str]) -> None:
     assert hub == []
 
 
+def test_a_home_directory_nobody_has_is_one_line(hub: list[str]) -> None:
+    """``~nobody-here/x``: Python's expanduser raised "Could not determine home directory"."""
+    with pytest.raises(AtlasError, match="^no folder ~nobody-here/x: ~nobody-here names no user"):
+        loading.resolve_spec("~nobody-here/x")
+    assert hub == []
+
+
 @pytest.mark.parametrize("spec", ["gpt2", "EleutherAI/pythia-70m"])
 def test_a_hub_id_goes_to_the_hub(spec: str, hub: list[str], tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
