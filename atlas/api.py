@@ -367,6 +367,10 @@ class Atlas:
             card = matrix_card(self.reader, model_id, layer, head, p.top, p.offset, p.circuit)
             if card["kind"] == "ov":  # a head's circuits summarised on its OV card
                 card.update(head_summary(self.reader, model_id, card["layer"], card["head"], 5))
+            elif card["kind"] == "qk":  # whether positions rotate what it shows
+                models = self.reader.relation(model_id, "models")
+                (row,) = self.reader.sql(f"SELECT positional_embedding FROM {models}").to_pylist()
+                card["positional_embedding"] = row["positional_embedding"]
             return card
         raise AtlasError(
             "card takes a direction id, or a model id, a layer and a head (or MLP kind)",

@@ -33,14 +33,14 @@ def strongest(
     a: Reader, model_id: str, modes: tuple[str, ...], top: int, min_relative: float
 ) -> list[dict[str, Any]]:
     """The ``top`` strongest compositions of each mode in ``modes`` (by score), relative score
-    at least ``min_relative``."""
+    at least ``min_relative``; an edge of score 0 (through a pruned head) is none."""
     a.require_model(model_id)
     a.require_contents(model_id, CIRCUITS)
     return a.sql(
         f"SELECT {EDGE_COLUMNS} FROM ("
         f"  SELECT *, row_number() OVER (PARTITION BY mode ORDER BY score DESC, src_layer, "
         f"  src_head, dst_layer, dst_head) AS n FROM {a.relation(model_id, 'composition')} "
-        "  WHERE list_contains(?, mode) AND relative >= ?"
+        "  WHERE list_contains(?, mode) AND relative >= ? AND score > 0"  # 0: no composition
         ") WHERE n <= ? ORDER BY mode, score DESC, src_layer, src_head, dst_layer, dst_head",
         [list(modes), min_relative, top],
     ).to_pylist()
@@ -87,7 +87,7 @@ def _edges(
         f"  SELECT *, row_number() OVER (PARTITION BY mode ORDER BY score DESC, src_layer, "
         f"  src_head, dst_layer, dst_head) AS n FROM {comp} "
         f"  WHERE {end}_layer = ? AND {end}_head = ? AND list_contains(?, mode) "
-        "  AND relative >= ?"
+        "  AND relative >= ? AND score > 0"  # a pruned head's edges: no composition
         ") WHERE n <= ? ORDER BY mode, score DESC, src_layer, src_head, dst_layer, dst_head",
         [layer, head, list(modes), min_relative, top],
     ).to_pylist()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from atlas.cli.output import (
     MAX_TABLE_ROWS,
@@ -35,7 +36,14 @@ from atlas.interface import (
     format_bytes,
     result_rows,
 )
-from atlas.params import MatrixCardParams, SearchParams, SqlParams, TraceParams, validate
+from atlas.params import (
+    MatrixCardParams,
+    SearchParams,
+    SqlParams,
+    TraceParams,
+    cli_flag,
+    validate,
+)
 
 DEFAULT_TOKENS = 8
 # Where a read side's tokens through W_E are those through W_U (a tied embedding), once is enough.
@@ -282,6 +290,12 @@ def show(
 
     if not (len(target) == 1 and target[0].isdigit()) and len(target) != 3:
         raise click.UsageError("give a direction id, or MODEL LAYER HEAD")
+    if len(target) == 1:  # a matrix's options say nothing about one direction
+        ctx = click.get_current_context()
+        given = [n for n in params if ctx.get_parameter_source(n) != ParameterSource.DEFAULT]
+        if given:
+            flags = ", ".join(cli_flag(name) for name in given)
+            raise click.UsageError(f"{flags}: a matrix's option; give MODEL LAYER HEAD")
     with atlas.open(obj["atlas"]) as a:
         card = a.card(int(target[0])) if len(target) == 1 else a.card(*target, **params)
     if fmt == "json":
@@ -356,6 +370,8 @@ def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:
         + " ".join(f"{s:.3g}" for s in spectrum[:16])
         + (f" ... ({len(spectrum)} values)" if len(spectrum) > 16 else "")
     )
+    if card["kind"] == "qk" and card["positional_embedding"] == "rotary":
+        click.echo(f"  {ROTARY_NOTE}")
     if card.get("qk") is not None:
         _print_circuits(card)
     elif card.get("circuits_missing"):
@@ -387,6 +403,9 @@ def _print_matrix(card: dict[str, Any], n_tokens: int) -> None:
         click.echo(f"  reads (W_E): none stored; {missing}")
 
 
+ROTARY_NOTE = "rotary: the content part; positions rotate it"
+
+
 def _print_circuits(card: dict[str, Any]) -> None:
     """A head card's circuits: its QK spectrum, eigenvalue scores and strongest edges."""
     qk = card["qk"]
@@ -395,7 +414,7 @@ def _print_circuits(card: dict[str, Any]) -> None:
         f"qk {qk['eigen_positivity']:+.3f} (matching > 0)"
     )
     rotary = card["positional_embedding"] == "rotary"
-    note = "  (rotary: the content part; positions rotate it)" if rotary else ""
+    note = f"  ({ROTARY_NOTE})" if rotary else ""
     click.echo(f"  qk sigma_max {qk['sigma_max']:.4g}  stable rank {qk['stable_rank']:.3g}{note}")
     click.echo(
         "  qk spectrum: "

@@ -388,3 +388,15 @@ def test_a_qk_direction_is_not_edited(circuits: dict[str, Any]) -> None:
     )["d"].to_pylist()
     with pytest.raises(atlas.AtlasError, match="'qk' direction; rank-1 edits apply"):
         a.edit("gpt2-raw", {qk: -1.0}, [("the cat", "sat")], device="cpu")
+
+
+def test_a_rotary_models_qk_card_says_positions_rotate_it(circuits: dict[str, Any]) -> None:
+    """As its OV card's circuits line does: the QK circuit shown is the content part."""
+    root = circuits["root"]
+    with atlas.open(root) as a:
+        assert a.card("llama-raw", 1, 0, circuit="qk")["positional_embedding"] == "rotary"
+        assert a.card("gpt2-raw", 1, 0, circuit="qk")["positional_embedding"] != "rotary"
+    shown = run_cli("--atlas", root, "show", "llama-raw", "1", "0", "--circuit", "qk").stdout
+    assert "  rotary: the content part; positions rotate it" in shown.splitlines()
+    plain = run_cli("--atlas", root, "show", "gpt2-raw", "1", "0", "--circuit", "qk").stdout
+    assert "rotary" not in plain

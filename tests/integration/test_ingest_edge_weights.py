@@ -79,6 +79,9 @@ def test_a_zero_head_composes_with_nothing(tmp_path: Path) -> None:
     zero = [r for r in rows if (r["src_layer"], r["src_head"]) == (0, 1)]
     assert zero and all(r["score"] == r["relative"] == r["contribution"] == 0 for r in zero)
     assert all(e["score"] > 0 for e in top)
+    with atlas.open(root) as a:  # its card and page list no edge out of it: there is none
+        assert a.card("model", 0, 1)["composition"]["out"] == []
+        assert a.composition("model", layer=0, head=1)["out"] == []
 
 
 @pytest.mark.slow  # two ingests: about 10 s
