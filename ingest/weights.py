@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from atlas.errors import AtlasError
+from atlas.core.errors import AtlasError
 
 
 @dataclass
