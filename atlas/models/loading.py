@@ -180,9 +180,11 @@ def _boot_random(shape: str, device: str, dtype: Any) -> Any:
     model.tie_weights()
     state = {name: tensors.get(name).to(dtype) for name, _ in model.named_parameters()}
     model.load_state_dict(state, strict=False)
+    # from_config leaves a model in training mode, dropout on (from_pretrained does not): an
+    # edit's measurements of it then changed from run to run
     return TransformerBridge.boot_transformers(
         f"random-{shape}",
-        hf_model=model.to(device),
+        hf_model=model.to(device).eval(),
         tokenizer=random_tokenizer(shape),
         device=device,
         dtype=dtype,

@@ -121,3 +121,15 @@ def test_measure_refuses_a_model_that_does_not_predict_next_tokens() -> None:
     encoder = SimpleNamespace(cfg=SimpleNamespace(attention_dir="bidirectional", model_name="enc"))
     with pytest.raises(AtlasError, match="mean nothing for 'enc' \\(attention is bidirectional\\)"):
         measure(encoder, [])
+
+
+def test_a_random_model_is_booted_for_measuring_without_dropout() -> None:
+    """transformers' from_config leaves a model in training mode: an edit of a random model
+    measured other probabilities on every run (GPT-2's dropout of 0.1)."""
+    from atlas.models.loading import load_model
+
+    bridge = load_model("random:gpt2-tiny").bridge
+    assert not any(m.training for m in bridge.modules())
+    tokens = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(bridge(tokens), bridge(tokens))
