@@ -247,6 +247,7 @@ def test_cards(minilm_atlas: Path) -> None:
         assert token_lines[sign] == f"  {sign} {expected}"
 
 
+@pytest.mark.slow  # four cards and a refusal, in-process: about 3 s
 def test_a_heads_qk_card_lists_its_query_and_key_directions(minilm_atlas: Path) -> None:
     """`show MODEL LAYER HEAD --circuit qk`: the QK circuit's directions (a head card showed
     its OV circuit only, and `show minilm 3 qk` was refused), as SQL finds them."""
