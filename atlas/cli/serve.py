@@ -78,26 +78,15 @@ def serve(
     The atlas stays open with its indexes loaded; a model that an ingest or a load publishes
     meanwhile shows up without a restart. Nothing is ever written.
     """
-    parse_memory_limit(memory_limit)  # one line now, not a failure in each worker
-    with _listen(host, port) as listening:
-        _serve(obj["atlas"], listening, host, port, workers, timeout, index_memory, memory_limit)
-
-
-def _serve(
-    location: str,
-    listening: socket.socket,
-    host: str,
-    port: int,
-    workers: int | None,
-    timeout: float,
-    index_memory: float,
-    memory_limit: str,
-) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     from atlas.server.app import create_app
 
+    parse_memory_limit(memory_limit)  # one line now, not a failure in each worker
+    listening = _listen(host, port)
+    click.get_current_context().call_on_close(listening.close)  # however serve ends
+    location = obj["atlas"]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     reach = (
         "loopback only: other machines cannot reach it"
